@@ -1,0 +1,248 @@
+//! The run store: the history of runs, the audit ledger of actions, per-job state and
+//! consumption samples.
+//!
+//! The contract is the [`Store`] trait. SQLite ([`sqlite`]) is the embedded default; a
+//! PostgreSQL implementation (several replicas sharing one store) must be able to implement
+//! the same trait, so the trait uses nothing SQLite-specific: a run is *claimed* by inserting
+//! a row whose `(job, scheduled_for)` is unique, and whoever's insert wins runs it.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub mod sqlite;
+
+/// Primary key of a run.
+pub type RunId = i64;
+/// Primary key of an action in the audit ledger.
+pub type ActionId = i64;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: cannot open {what}: {source}")]
+    Open { what: String, #[source] source: sqlx::Error },
+    #[error("store: migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    /// Some actions succeeded and some failed.
+    Partial,
+    /// The tick was not run (overlap with a running run under `forbid`, etc.).
+    Skipped,
+    /// The daemon stopped (crash, shutdown past the grace period) while it ran.
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Partial => "partial",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "partial" => RunStatus::Partial,
+            "skipped" => RunStatus::Skipped,
+            "interrupted" => RunStatus::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a run started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Schedule,
+    /// A missed tick run once at start-up (`missed = "run_once"`).
+    CatchUp,
+    /// `once`, `plan` or `POST /api/v1/jobs/{name}/trigger`.
+    Manual,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub job: String,
+    pub kind: String,
+    /// The tick this run is for. Manual runs use the time they were asked for.
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+    /// `Running` for a run that starts now, `Skipped` to record a skipped tick.
+    pub status: RunStatus,
+    /// For skipped ticks: why.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ActionCounts {
+    pub succeeded: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    /// Actions a dry run would have taken.
+    pub planned: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub job: String,
+    pub kind: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: RunStatus,
+    pub dry_run: bool,
+    pub error: Option<String>,
+    pub counts: ActionCounts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOutcome {
+    /// Written before the API call; still pending means the daemon died during the call.
+    Pending,
+    Succeeded,
+    Failed,
+    /// Decided not to act (e.g. an endpoint with an operation in progress).
+    Skipped,
+    /// A dry run: what would have been done.
+    Planned,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NewAction {
+    pub run_id: RunId,
+    pub job: String,
+    /// `branch`, `endpoint`, `snapshot`, `project`.
+    pub resource_kind: String,
+    pub resource_id: String,
+    pub resource_name: Option<String>,
+    pub project_id: Option<String>,
+    /// `delete_branch`, `set_branch_expiry`, `create_snapshot`, `delete_snapshot`,
+    /// `suspend_endpoint`, `start_endpoint`, `collect_consumption`.
+    pub action: String,
+    /// The rule of the policy that matched (e.g. `ttl`, `idle_ttl`, `keep_daily`).
+    pub rule: Option<String>,
+    /// Human-readable reason (e.g. `age 9d > ttl 7d`).
+    pub reason: String,
+    pub dry_run: bool,
+    /// `Pending` for a real action about to be attempted, `Planned` for a dry run,
+    /// `Skipped` for a decision not to act.
+    pub outcome: ActionOutcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRecord {
+    pub id: ActionId,
+    pub run_id: RunId,
+    pub job: String,
+    pub resource_kind: String,
+    pub resource_id: String,
+    pub resource_name: Option<String>,
+    pub project_id: Option<String>,
+    pub action: String,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub dry_run: bool,
+    pub outcome: ActionOutcome,
+    /// Error message for failures, or extra facts for successes (e.g. `recoverable_until`).
+    pub detail: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub job: Option<String>,
+    pub limit: u32,
+    /// Runs with an id below this (for paging backwards through history).
+    pub before: Option<RunId>,
+}
+
+/// One value of one consumption metric for one project and one period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsumptionSample {
+    pub project_id: String,
+    pub metric: String,
+    /// `hourly`, `daily` or `monthly`.
+    pub granularity: String,
+    pub timeframe_start: DateTime<Utc>,
+    pub timeframe_end: DateTime<Utc>,
+    pub value: f64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies the embedded migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts a run. Returns `None` when a run for the same `(job, scheduled_for)` exists
+    /// already: another replica (or an earlier life of this process) has claimed the tick.
+    async fn claim_run(&self, run: &NewRun) -> StoreResult<Option<RunId>>;
+    async fn finish_run(
+        &self,
+        id: RunId,
+        status: RunStatus,
+        counts: ActionCounts,
+        error: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Marks every run still `running` as `interrupted` (called at start-up, after a
+    /// crash) and returns how many there were.
+    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64>;
+    async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
+    /// Newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
+    /// The newest run of the job triggered by its schedule (any status): the basis of the
+    /// missed-run decision after a restart.
+    async fn last_scheduled_run(&self, job: &str) -> StoreResult<Option<RunRecord>>;
+    /// The newest run of the job that ended `succeeded`.
+    async fn last_success(&self, job: &str) -> StoreResult<Option<RunRecord>>;
+
+    /// Writes an action to the ledger *before* it is attempted.
+    async fn begin_action(&self, action: &NewAction) -> StoreResult<ActionId>;
+    /// Records how the action ended.
+    async fn finish_action(
+        &self,
+        id: ActionId,
+        outcome: ActionOutcome,
+        detail: Option<&str>,
+    ) -> StoreResult<()>;
+    async fn actions_for_run(&self, run: RunId) -> StoreResult<Vec<ActionRecord>>;
+
+    /// Small per-job key/value state (e.g. consumption cursors).
+    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<String>>;
+    async fn set_state(&self, job: &str, key: &str, value: &str) -> StoreResult<()>;
+
+    /// Idempotent upsert keyed by (project, metric, granularity, timeframe_start).
+    async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64>;
+    /// The end of the newest stored timeframe for a granularity, to resume collection.
+    async fn latest_consumption_end(&self, granularity: &str)
+        -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// Deletes finished runs (and their actions) that finished before `before`.
+    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+}
