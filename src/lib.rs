@@ -10,5 +10,6 @@ pub mod http;
 pub mod jobs;
 pub mod neon;
 pub mod scheduler;
+pub mod secret;
 pub mod store;
 pub mod telemetry;
