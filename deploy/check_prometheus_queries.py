@@ -68,8 +68,9 @@ def wait_for_data(base, job, min_scrapes, timeout):
     last = "no answer from Prometheus"
     while time.monotonic() < deadline:
         res = api(base, "/api/v1/query", {"query": query})
-        if res.get("status") == "success" and res["data"]["result"]:
-            ups = float(res["data"]["result"][0]["value"][1])
+        if res.get("status") == "success":
+            result = res["data"]["result"]
+            ups = float(result[0]["value"][1]) if result else 0.0
             last = f"{ups:.0f} successful scrape(s) so far"
             if ups >= min_scrapes:
                 rules = api(base, "/api/v1/rules")
@@ -79,12 +80,10 @@ def wait_for_data(base, job, min_scrapes, timeout):
                     print(f"Prometheus has {last}; rules evaluated")
                     return True
                 last += f"; rules not yet evaluated: {pending}"
-        else:
-            targets = api(base, "/api/v1/targets")
-            active = targets.get("data", {}).get("activeTargets", []) if targets.get("status") == "success" else []
-            errs = [f"{t.get('scrapeUrl')}: {t.get('health')} {t.get('lastError')}" for t in active]
-            if errs:
-                last = "; ".join(errs)
+            else:
+                targets = api(base, "/api/v1/targets")
+                active = targets.get("data", {}).get("activeTargets", []) if targets.get("status") == "success" else []
+                last += "".join(f"; target {t.get('scrapeUrl')} is {t.get('health')}: {t.get('lastError') or '-'}" for t in active)
         time.sleep(1)
     print(f"FAIL  timed out after {timeout:.0f}s waiting for scrapes: {last}")
     return False
