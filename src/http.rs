@@ -231,9 +231,11 @@ fn parse_runs_query(q: RunsQuery) -> Result<RunFilter, ApiError> {
         None | Some("") => 0,
         Some(s) => match s.parse::<u32>() {
             Ok(n) if (1..=MAX_RUN_LIMIT).contains(&n) => n,
-            _ => return Err(ApiError::bad_request(format!(
+            _ => {
+                return Err(ApiError::bad_request(format!(
                 "query parameter `limit`: expected an integer from 1 to {MAX_RUN_LIMIT}, got {s:?}"
-            ))),
+            )))
+            }
         },
     };
     let before = match q.before.as_deref() {
