@@ -75,6 +75,7 @@ run "promtool check rules" promtool check rules "$here/prometheus/alerts.yaml"
 run "promtool test rules" bash -c 'cd "$1" && promtool test rules alerts_test.yaml' _ "$here/prometheus"
 run "Kubernetes manifests" env K8S_VALIDATE_VENV="$venv" "$here/test-kubernetes.sh"
 run "hadolint Dockerfile" "$venv/bin/hadolint" "$here/container/Dockerfile"
+run "fixture matches src/telemetry/metrics.rs" python3 "$here/check_fixture.py" "$here/../src/telemetry/metrics.rs" "$here/testdata/metrics.prom"
 run "dashboard + alerts on a real Prometheus (fixture)" "$here/test-prometheus.sh" --fixture
 if [[ -n "$metrics_url" ]]; then
     run "dashboard + alerts on a real Prometheus scraping $metrics_url" "$here/test-prometheus.sh" "$metrics_url"
