@@ -28,7 +28,6 @@ pub async fn sqlite_fixture() -> Fixture {
 }
 
 /// A fresh database per test on the PostgreSQL server, dropped by [`drop_pg_database`].
-#[cfg(feature = "postgres-tests")]
 pub async fn postgres_fixture() -> Fixture {
     use sqlx::Connection;
     let admin_url = std::env::var("NEON_STEWARD_TEST_POSTGRES")
@@ -36,7 +35,7 @@ pub async fn postgres_fixture() -> Fixture {
     let name = format!("steward_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
-        .expect("the PostgreSQL test server is reachable (see NEON_STEWARD_TEST_POSTGRES)");
+        .expect("the PostgreSQL test server is reachable: start PostgreSQL on 127.0.0.1:5432 (trust auth) or set NEON_STEWARD_TEST_POSTGRES to an admin URL");
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
@@ -54,7 +53,6 @@ pub async fn postgres_fixture() -> Fixture {
     }
 }
 
-#[cfg(feature = "postgres-tests")]
 pub async fn drop_pg_database(url: &str) {
     use sqlx::Connection;
     let (base, name) = url.rsplit_once('/').unwrap();
@@ -520,7 +518,6 @@ macro_rules! contract_tests {
 }
 
 contract_tests!(sqlite, super::sqlite_fixture, super::no_cleanup);
-#[cfg(feature = "postgres-tests")]
 contract_tests!(postgres, super::postgres_fixture, super::drop_pg_database);
 
 #[tokio::test]
