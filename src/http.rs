@@ -100,7 +100,9 @@ pub fn router(state: HttpState) -> Router {
     if state.admin_token.is_some() {
         app = app.route("/api/v1/jobs/{name}/trigger", post(trigger));
     }
-    app.fallback(not_found).with_state(state)
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then finishes the
@@ -152,6 +154,13 @@ impl IntoResponse for ApiError {
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn metrics_text() -> Response {

@@ -12,13 +12,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Opens the store named by `url`, applies the migrations and returns it behind the trait.
 ///
 /// `sqlite:` URLs (`sqlite:///var/lib/neon-steward/state.db`, `sqlite:state.db`,
 /// `sqlite::memory:`) open the embedded SQLite store, creating the file if it is missing.
-/// `postgres:`/`postgresql:` URLs are recognised but not implemented yet.
+/// `postgres://`/`postgresql://` URLs open the PostgreSQL store (the database must exist).
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
@@ -26,14 +27,31 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
             let store = sqlite::SqliteStore::open(url).await?;
             Ok(Arc::new(store))
         }
-        "postgres" | "postgresql" => Err(StoreError::Unsupported(
-            "PostgreSQL stores are not supported yet; use a sqlite: URL".into(),
-        )),
+        "postgres" | "postgresql" => {
+            let store = postgres::PgStore::open(url).await?;
+            Ok(Arc::new(store))
+        }
         _ => Err(StoreError::Unsupported(format!(
             "unknown store URL scheme {scheme:?}: expected sqlite: (for example \
-             sqlite:///var/lib/neon-steward/state.db)"
+             sqlite:///var/lib/neon-steward/state.db) or postgres:"
         ))),
     }
+}
+
+// Time encoding shared by every backend: an instant is an integer of milliseconds since the
+// Unix epoch, UTC. It orders and indexes alike everywhere and has no zone to get wrong.
+
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64, column: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("{column} = {ms} is not a valid instant")))
+}
+
+pub(crate) fn opt_from_ms(ms: Option<i64>, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    ms.map(|ms| from_ms(ms, column)).transpose()
 }
 
 /// Primary key of a run.

@@ -21,8 +21,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ActionCounts, ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction, NewRun,
-    RunFilter, RunId, RunRecord, RunStatus, Store, StoreError, StoreResult, Trigger,
+    from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord,
+    ConsumptionSample, NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus, Store,
+    StoreError, StoreResult, Trigger,
 };
 
 /// How long a connection waits for another writer's lock before giving up.
@@ -86,19 +87,6 @@ impl SqliteStore {
     async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
-}
-
-pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-pub(crate) fn from_ms(ms: i64, column: &str) -> StoreResult<DateTime<Utc>> {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::Corrupt(format!("{column} = {ms} is not a valid instant")))
-}
-
-fn opt_from_ms(ms: Option<i64>, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
-    ms.map(|ms| from_ms(ms, column)).transpose()
 }
 
 const RUN_COLUMNS: &str = "id, job, kind, scheduled_for, triggered_by, started_at, finished_at, \

@@ -338,8 +338,10 @@ pub const OTHER_PROJECTS: &str = "other";
 
 /// The label sets last exported per granularity, so series of projects that disappeared (or
 /// fell under the cap) are removed instead of reporting a stale value forever.
-static EXPORTED: LazyLock<Mutex<HashMap<String, HashSet<(String, String)>>>> =
-    LazyLock::new(Default::default);
+/// `(project_id, metric)` label pairs exported for one granularity.
+type SeriesKeys = HashSet<(String, String)>;
+
+static EXPORTED: LazyLock<Mutex<HashMap<String, SeriesKeys>>> = LazyLock::new(Default::default);
 
 /// Consumption gauges are replaced with the latest complete period of one granularity.
 ///

@@ -483,6 +483,11 @@ async fn trigger_requires_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405, "GET on the trigger route");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "method GET is not allowed on /api/v1/jobs/nightly-snapshot/trigger"
+    );
     assert_eq!(
         *s.control.triggered.lock().unwrap(),
         vec!["nightly-snapshot", "idle", "nope"]

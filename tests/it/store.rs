@@ -27,6 +27,47 @@ pub async fn sqlite_fixture() -> Fixture {
     }
 }
 
+/// A fresh database per test on the PostgreSQL server, dropped by [`drop_pg_database`].
+pub async fn postgres_fixture() -> Fixture {
+    use sqlx::Connection;
+    let admin_url = std::env::var("NEON_STEWARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("steward_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("the PostgreSQL test server is reachable: start PostgreSQL on 127.0.0.1:5432 (trust auth) or set NEON_STEWARD_TEST_POSTGRES to an admin URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = admin_url
+        .rsplit_once('/')
+        .expect("the URL names a database")
+        .0;
+    let url = format!("{base}/{name}");
+    let store = store::open(&url).await.expect("postgres store opens");
+    Fixture {
+        store,
+        url,
+        _dir: None,
+    }
+}
+
+pub async fn drop_pg_database(url: &str) {
+    use sqlx::Connection;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// Nothing to clean for SQLite: the temp dir goes with the fixture.
+pub async fn no_cleanup(_url: &str) {}
+
 fn t(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 3, 30, 1, minute, 0).unwrap()
 }
@@ -445,9 +486,9 @@ async fn ping_and_migrate_again(f: Fixture) {
 }
 
 macro_rules! contract_tests {
-    ($backend:ident, $fixture:path) => {
+    ($backend:ident, $fixture:path, $cleanup:path) => {
         mod $backend {
-            contract_tests!(@each $fixture;
+            contract_tests!(@each $fixture, $cleanup;
                 claim_is_unique,
                 concurrent_claims_have_one_winner,
                 skipped_tick_is_recorded_finished,
@@ -463,17 +504,21 @@ macro_rules! contract_tests {
             );
         }
     };
-    (@each $fixture:path; $($name:ident),* $(,)?) => {
+    (@each $fixture:path, $cleanup:path; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                super::$name($fixture().await).await
+                let fixture = $fixture().await;
+                let url = fixture.url.clone();
+                super::$name(fixture).await;
+                $cleanup(&url).await;
             }
         )*
     };
 }
 
-contract_tests!(sqlite, super::sqlite_fixture);
+contract_tests!(sqlite, super::sqlite_fixture, super::no_cleanup);
+contract_tests!(postgres, super::postgres_fixture, super::drop_pg_database);
 
 #[tokio::test]
 async fn sqlite_file_is_created_with_missing_file() {
@@ -495,13 +540,18 @@ async fn in_memory_sqlite_works() {
 }
 
 #[tokio::test]
-async fn unsupported_urls_say_so() {
-    let err = store::open("postgres://postgres@127.0.0.1/test")
+async fn bad_store_urls_say_what_is_wrong() {
+    // Port 1 on loopback: nothing listens there. The password must not leak into the error.
+    let err = store::open("postgres://u:hunter2@127.0.0.1:1/db")
         .await
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(
+        err.contains("cannot open postgres database \"db\" on 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
     let err = store::open("mysql://x").await.err().unwrap().to_string();
     assert!(err.contains("unknown store URL scheme \"mysql\""), "{err}");
     let err = store::open("sqlite:///nonexistent-dir/sub/x.db")
