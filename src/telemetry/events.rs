@@ -916,5 +916,23 @@ mod tests {
             20,
             "a new family needs a line above"
         );
+        // Prometheus attaches `job` and `instance` to every scraped series; a label of the
+        // same name would be renamed `exported_*` (see deploy/README.md, Metrics labels).
+        for mf in metrics().registry.gather() {
+            for metric in mf.get_metric() {
+                for label in metric.get_label() {
+                    assert!(
+                        !["job", "instance"].contains(&label.name()),
+                        "{} has the label {:?}, which clashes with a Prometheus target label",
+                        mf.name(),
+                        label.name()
+                    );
+                }
+            }
+        }
+        assert!(
+            text.contains(&format!("job_runs_total{{job_name=\"{job}\"")),
+            "job families are labelled job_name:\n{text}"
+        );
     }
 }
