@@ -111,7 +111,7 @@ impl Metrics {
             ),
             job_skipped_ticks_total: register(
                 &r,
-                IntCounterVec::new(opts("job_skipped_ticks_total", "Schedule ticks not run, by reason (overlap, missed, claimed_elsewhere)."), &["job_name", "reason"]).unwrap(),
+                IntCounterVec::new(opts("job_skipped_ticks_total", "Schedule ticks not run, by reason (overlap, missed, claimed_elsewhere, store_error)."), &["job_name", "reason"]).unwrap(),
             ),
             actions_total: register(
                 &r,
