@@ -1,2 +1,3 @@
 pub mod faults;
 pub mod openapi;
+pub mod ratelimit;
