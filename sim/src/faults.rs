@@ -590,3 +590,257 @@ mod tests {
         assert!((16..=48).contains(&hits), "p=0.5 gave {hits}/64");
     }
 }
+
+/// The layer at work on a real router: each kind of fault, and reproducibility.
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    fn app(h: &FaultHandle) -> Router {
+        Router::new()
+            .route(
+                "/api/v2/projects/{project_id}",
+                get(|| async {
+                    Json(serde_json::json!({"project": {"id": "p-1", "name": "demo"}}))
+                }),
+            )
+            .route(
+                "/api/v2/regions",
+                get(|| async { Json(serde_json::json!({"regions": []})) }),
+            )
+            .merge(admin_router(h.clone()))
+            .layer(h.layer())
+    }
+
+    fn get_req(path: &str) -> Request<Body> {
+        Request::builder()
+            .uri(path)
+            .header(REQUEST_ID, "req-1")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn body_json(resp: Response<Body>) -> serde_json::Value {
+        let b = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn status_faults_answer_general_error_for_n_requests() {
+        let h = FaultHandle::new(1);
+        for (status, retry) in [(500, None), (503, None), (423, None), (429, Some(3))] {
+            h.inject(
+                FaultRule::on(
+                    "GET",
+                    "/projects/{project_id}",
+                    Fault::Status {
+                        status,
+                        retry_after_secs: retry,
+                    },
+                )
+                .times(1),
+            )
+            .unwrap();
+            let resp = app(&h)
+                .oneshot(get_req("/api/v2/projects/p-9"))
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[REQUEST_ID], "req-1");
+            assert_eq!(
+                resp.headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string()),
+                retry.map(|r| r.to_string())
+            );
+            let body = body_json(resp).await;
+            crate::openapi::validate_neon_response("GET", "/projects/p-9", status, Some(&body))
+                .unwrap();
+            assert_eq!(body["request_id"], "req-1");
+        }
+        // Rules retired after their one use; other routes never matched.
+        let resp = app(&h)
+            .oneshot(get_req("/api/v2/projects/p-9"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(h.injected().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_delays_on_tokio_time() {
+        let h = FaultHandle::new(1);
+        h.inject(FaultRule::prefix(
+            "/regions",
+            Fault::Latency { millis: 1500 },
+        ))
+        .unwrap();
+        let start = tokio::time::Instant::now();
+        let resp = app(&h).oneshot(get_req("/api/v2/regions")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(start.elapsed() >= Duration::from_millis(1500));
+        // Unmatched route: no delay.
+        let start = tokio::time::Instant::now();
+        app(&h)
+            .oneshot(get_req("/api/v2/projects/p"))
+            .await
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_millis(1500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hang_until_client_gives_up_or_shutdown() {
+        let h = FaultHandle::new(1);
+        h.inject(FaultRule::prefix("/", Fault::Hang)).unwrap();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(600),
+            app(&h).oneshot(get_req("/api/v2/regions")),
+        )
+        .await;
+        assert!(waited.is_err(), "a hung request must not answer");
+
+        let pending = tokio::spawn(app(&h).oneshot(get_req("/api/v2/regions")));
+        tokio::task::yield_now().await;
+        h.shutdown();
+        let resp = pending.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn malformed_body_is_invalid_json_with_2xx() {
+        let h = FaultHandle::new(1);
+        h.inject(FaultRule::on("GET", "/projects/{project_id}", Fault::MalformedBody).times(1))
+            .unwrap();
+        let resp = app(&h)
+            .oneshot(get_req("/api/v2/projects/p-1"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let b = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(!b.is_empty());
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&b).is_err(),
+            "{b:?}"
+        );
+        assert!(br#"{"project":{"id":"p-1","name":"demo"}}"#.starts_with(&b));
+    }
+
+    #[tokio::test]
+    async fn dropped_connection_gives_no_response() {
+        let h = FaultHandle::new(1);
+        h.inject(FaultRule::on("GET", "/regions", Fault::DropConnection).times(1))
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app(&h)).await });
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/api/v2/regions");
+        let err = client
+            .get(&url)
+            .send()
+            .await
+            .expect_err("connection must drop");
+        assert!(!err.is_status() && err.status().is_none(), "{err:?}");
+        // The next request is served normally.
+        let ok = client.get(&url).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn same_seed_same_faults() {
+        async fn run(seed: u64) -> Vec<u16> {
+            let h = FaultHandle::new(seed);
+            h.inject(
+                FaultRule::on(
+                    "GET",
+                    "/regions",
+                    Fault::Status {
+                        status: 503,
+                        retry_after_secs: None,
+                    },
+                )
+                .with_probability(0.3),
+            )
+            .unwrap();
+            let app = app(&h);
+            let mut out = Vec::new();
+            for _ in 0..40 {
+                let r = app
+                    .clone()
+                    .oneshot(get_req("/api/v2/regions"))
+                    .await
+                    .unwrap();
+                out.push(r.status().as_u16());
+            }
+            out
+        }
+        let a = run(99).await;
+        assert_eq!(a, run(99).await);
+        assert_ne!(a, run(100).await);
+        assert!(a.contains(&503) && a.contains(&200), "{a:?}");
+    }
+
+    #[tokio::test]
+    async fn admin_route_injects_lists_and_clears() {
+        let h = FaultHandle::new(1);
+        let app = app(&h);
+        let post = |body: &str| {
+            Request::builder()
+                .method("POST")
+                .uri("/_sim/faults")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let resp = app
+            .clone()
+            .oneshot(post(
+                r#"[{"method":"GET","route":"/regions","fault":{"kind":"status","status":500}}]"#,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let r = app
+            .clone()
+            .oneshot(get_req("/api/v2/regions"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        // Admin routes themselves are never faulted.
+        h.inject(FaultRule::prefix("/", Fault::Hang)).unwrap();
+        let listed = app.clone().oneshot(get_req("/_sim/faults")).await.unwrap();
+        let listed = body_json(listed).await;
+        assert_eq!(listed["rules"].as_array().unwrap().len(), 2);
+        assert_eq!(listed["injected"][0]["path"], "/regions");
+
+        let bad = app
+            .clone()
+            .oneshot(post(r#"{"fault":{"kind":"status","status":200}}"#))
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert!(body_json(bad).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("4xx or 5xx"));
+
+        let del = Request::builder()
+            .method("DELETE")
+            .uri("/_sim/faults")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            app.clone().oneshot(del).await.unwrap().status(),
+            StatusCode::NO_CONTENT
+        );
+        let r = app.oneshot(get_req("/api/v2/regions")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}

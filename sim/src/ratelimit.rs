@@ -396,3 +396,99 @@ mod tests {
         assert!(rl.check("k", "GET c", p).is_err());
     }
 }
+
+/// The layer on a router, with paused tokio time.
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+    use axum::routing::get;
+    use axum::Router;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn app(rl: &RateLimiter) -> Router {
+        Router::new()
+            .route("/api/v2/projects/{project_id}", get(|| async { "ok" }))
+            .route("/api/v2/regions", get(|| async { "ok" }))
+            .route("/_sim/clock", get(|| async { "ok" }))
+            .layer(rl.layer())
+    }
+
+    fn req(path: &str, key: &str) -> Request<Body> {
+        Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn statuses(app: &Router, n: usize, path: &str, key: &str) -> Vec<u16> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let r = app.clone().oneshot(req(path, key)).await.unwrap();
+            out.push(r.status().as_u16());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_of_41_on_one_route_gives_one_429_then_refills() {
+        let rl = RateLimiter::new(RateLimitConfig::default());
+        let app = app(&rl);
+        // Different project ids are the same route template.
+        let mut got = Vec::new();
+        for i in 0..41 {
+            let r = app
+                .clone()
+                .oneshot(req(&format!("/api/v2/projects/p-{i}"), "key-a"))
+                .await
+                .unwrap();
+            got.push(r.status().as_u16());
+            if r.status() == StatusCode::TOO_MANY_REQUESTS {
+                assert!(r.headers().get("retry-after").is_none());
+                let b = axum::body::to_bytes(r.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                crate::openapi::validate_neon_response("GET", "/projects/p", 429, Some(&body))
+                    .unwrap();
+            }
+        }
+        assert_eq!(got.iter().filter(|s| **s == 429).count(), 1, "{got:?}");
+        assert_eq!(got[40], 429);
+        // Other routes, other keys and admin routes are not limited by that burst.
+        assert_eq!(statuses(&app, 1, "/api/v2/regions", "key-a").await, [200]);
+        assert_eq!(
+            statuses(&app, 1, "/api/v2/projects/p", "key-b").await,
+            [200]
+        );
+        assert_eq!(statuses(&app, 50, "/_sim/clock", "key-a").await, [200; 50]);
+        // A second later the route's bucket is full again.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let again = statuses(&app, 41, "/api/v2/projects/p", "key-a").await;
+        assert_eq!(again.iter().filter(|s| **s == 429).count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_when_configured_and_off_switch() {
+        let rl = RateLimiter::new(RateLimitConfig {
+            retry_after: true,
+            burst_per_second: 2,
+            ..RateLimitConfig::default()
+        });
+        let app = app(&rl);
+        assert_eq!(statuses(&app, 2, "/api/v2/regions", "k").await, [200, 200]);
+        let r = app
+            .clone()
+            .oneshot(req("/api/v2/regions", "k"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "1");
+        rl.set_config(RateLimitConfig::disabled());
+        assert_eq!(
+            statuses(&app, 100, "/api/v2/regions", "k").await,
+            [200; 100]
+        );
+    }
+}
