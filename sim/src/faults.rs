@@ -32,8 +32,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::openapi::API_BASE;
-
 /// How long a `hang` fault holds a request at most. Far beyond any client timeout; the bound
 /// only keeps a forgotten hung request from living forever. Measured on tokio's timer, not on
 /// the emulator's virtual clock, so advancing virtual time does not end a hang.
@@ -394,8 +392,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let handle = self.handle.clone();
         Box::pin(async move {
-            let path = req.uri().path();
-            let Some(api_path) = path.strip_prefix(API_BASE) else {
+            let Some(api_path) = crate::openapi::api_path(req.uri().path()) else {
                 return inner.call(req).await;
             };
             let Some(fault) = handle.pick(req.method().as_str(), api_path) else {
@@ -751,6 +748,35 @@ mod layer_tests {
         let ok = client.get(&url).send().await.unwrap();
         assert_eq!(ok.status(), 200);
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn works_inside_a_nested_api_router() {
+        let h = FaultHandle::new(1);
+        h.inject(FaultRule::on(
+            "GET",
+            "/regions",
+            Fault::Status {
+                status: 503,
+                retry_after_secs: None,
+            },
+        ))
+        .unwrap();
+        let api = Router::new()
+            .route("/regions", get(|| async { "ok" }))
+            .layer(h.layer());
+        let app = Router::new()
+            .nest("/api/v2", api)
+            .merge(admin_router(h.clone()));
+        let r = app
+            .clone()
+            .oneshot(get_req("/api/v2/regions"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.injected()[0].path, "/regions");
+        let r = app.oneshot(get_req("/_sim/faults")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -30,6 +30,19 @@ pub const NEON_SPEC_JSON: &str = include_str!("../spec/neon-v2.json");
 /// are relative to it.
 pub const API_BASE: &str = "/api/v2";
 
+/// The API path (relative to `/api/v2`) of a request path, or `None` for the emulator's admin
+/// routes (`/_sim/...`). Middleware may sit outside the `/api/v2` nest (it sees the full path)
+/// or inside it (axum strips the prefix), so both forms are accepted.
+pub fn api_path(path: &str) -> Option<&str> {
+    if let Some(rest) = path.strip_prefix(API_BASE) {
+        return Some(rest);
+    }
+    if path == "/_sim" || path.starts_with("/_sim/") {
+        return None;
+    }
+    Some(path)
+}
+
 /// How deep `$ref` chains and nested schemas may go before we call the schema cyclic.
 const MAX_DEPTH: usize = 64;
 

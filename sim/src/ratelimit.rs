@@ -25,7 +25,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use tokio::time::Instant;
 
-use crate::openapi::{Spec, API_BASE};
+use crate::openapi::Spec;
 
 /// The limits to enforce. `Default` is Neon's.
 #[derive(Debug, Clone, PartialEq)]
@@ -304,7 +304,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         Box::pin(async move {
-            let Some(api_path) = req.uri().path().strip_prefix(API_BASE) else {
+            let Some(api_path) = crate::openapi::api_path(req.uri().path()) else {
                 return inner.call(req).await;
             };
             let route = route_of(req.method().as_str(), api_path);
