@@ -1,0 +1,3 @@
+//! neon-sim integration tests (one binary, one module per area).
+
+mod conformance;
