@@ -132,6 +132,15 @@ impl Granularity {
         }
     }
 
+    /// The parameter value (`hourly`, `daily`, `monthly`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Hourly => "hourly",
+            Granularity::Daily => "daily",
+            Granularity::Monthly => "monthly",
+        }
+    }
+
     /// Rounds down to the start of the timeframe containing `t`.
     pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
         let day = t
@@ -331,10 +340,11 @@ pub fn check_range(
     g: Granularity,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
+    let (f, t, name) = (rfc3339(from), rfc3339(to), g.as_str());
     let not_acceptable = |m: String| ApiError::new(StatusCode::NOT_ACCEPTABLE, "NOT_ACCEPTABLE", m);
     if from < history_start() {
         return Err(not_acceptable(format!(
-            "`from` {from} is before the earliest allowed date 2024-03-01T00:00:00Z"
+            "`from` {f} is before the earliest allowed date 2024-03-01T00:00:00Z"
         )));
     }
     let earliest = g.earliest_from(now);
@@ -345,13 +355,14 @@ pub fn check_range(
             Granularity::Monthly => "the last year",
         };
         return Err(not_acceptable(format!(
-            "`from` {from} is outside the range of {g:?} granularity ({window}, from {earliest}); \
-             choose a later `from` or a coarser granularity"
+            "`from` {f} is outside the range of {name} granularity ({window}, from {}); \
+             choose a later `from` or a coarser granularity",
+            rfc3339(earliest)
         )));
     }
     if g.floor(to) <= g.floor(from) {
         return Err(not_acceptable(format!(
-            "the range from {from} to {to} is shorter than one {g:?} timeframe after rounding"
+            "the range from {f} to {t} is shorter than one {name} timeframe after rounding"
         )));
     }
     Ok(())
