@@ -93,11 +93,14 @@ const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
+/// (lowercase method, template split into segments, template) of one operation.
+type OpEntry = (String, Vec<String>, String);
+
 /// A parsed OpenAPI document with its operations indexed by method and path template.
 pub struct Spec {
     doc: Value,
-    /// (lowercase method, template split into segments, template) for every operation.
-    ops: Vec<(String, Vec<String>, String)>,
+    /// Every operation of the document.
+    ops: Vec<OpEntry>,
     /// Compiled `pattern` regexes, keyed by their source.
     patterns: Mutex<HashMap<String, Option<regex::Regex>>>,
 }
@@ -196,7 +199,7 @@ impl Spec {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let path = path.strip_prefix(API_BASE).unwrap_or(path);
         let concrete = split_path(path);
-        let mut best: Option<(&(String, Vec<String>, String), Vec<bool>)> = None;
+        let mut best: Option<(&OpEntry, Vec<bool>)> = None;
         for entry in &self.ops {
             let (m, segs, _) = entry;
             if *m != method || segs.len() != concrete.len() {
