@@ -680,3 +680,60 @@ async fn every_other_operation_answers_501() {
     );
     sim.shutdown().await;
 }
+
+/// 423 while an operation runs and 429 over the rate limit are `GeneralError`s too.
+#[tokio::test]
+async fn locked_and_rate_limited_answers_conform() {
+    // Five requests a minute: one token back every 12 s, so timing cannot blur the count.
+    let limits = neon_sim::ratelimit::RateLimitConfig {
+        per_minute: 5,
+        ..Default::default()
+    };
+    let sim = Sim::start(
+        SimConfig::default()
+            .projects(1)
+            .operation_duration(std::time::Duration::from_secs(60))
+            .rate_limit(limits),
+    )
+    .await
+    .expect("the emulator starts");
+    let http = reqwest::Client::new();
+    let p = sim.projects()[0].id.clone();
+    let path = format!("/projects/{p}/branches");
+    let mut statuses = Vec::new();
+    for i in 0..2 {
+        let r = http
+            .post(format!("{}{path}", sim.base_url()))
+            .bearer_auth(sim.api_key())
+            .json(&json!({"branch": {"name": format!("locked-{i}")}}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        validate_neon_response("POST", &path, status, Some(&body))
+            .unwrap_or_else(|e| panic!("POST {path} -> {status}: {e}"));
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [201, 423],
+        "the second mutation meets the running operation"
+    );
+
+    // Two POSTs and three GETs use the five tokens; the fourth GET is refused.
+    let mut last = 0;
+    for _ in 0..4 {
+        let r = http
+            .get(format!("{}/projects/{p}", sim.base_url()))
+            .bearer_auth(sim.api_key())
+            .send()
+            .await
+            .unwrap();
+        last = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        validate_neon_response("GET", &format!("/projects/{p}"), last, Some(&body)).unwrap();
+    }
+    assert_eq!(last, 429);
+    sim.shutdown().await;
+}
