@@ -300,3 +300,13 @@ async fn consumption_has_its_own_lower_rate_limit() {
     assert_eq!(statuses[30], 429);
     api.sim.shutdown().await;
 }
+
+#[test]
+fn consumption_operations_are_listed_as_emulated() {
+    for op in neon_sim::consumption::CONSUMPTION_OPERATIONS {
+        assert!(
+            neon_sim::EMULATED_OPERATIONS.contains(op),
+            "{op:?} missing from EMULATED_OPERATIONS"
+        );
+    }
+}
