@@ -40,6 +40,10 @@ pub struct ClientConfig {
     pub rate_limit_per_minute: u32,
     /// Requests that may go out back to back (Neon allows bursts of 40/s per route).
     pub burst: u32,
+    /// Extra client-side limit for `/consumption_history/*`, which Neon limits harder
+    /// (about 30/min). Requests there take a token from both buckets.
+    pub consumption_rate_limit_per_minute: u32,
+    pub consumption_burst: u32,
     /// Retries after the first attempt of one call.
     pub max_retries: u32,
     /// Total time one call may spend retrying.
@@ -64,6 +68,8 @@ impl ClientConfig {
             timeout: Duration::from_secs(30),
             rate_limit_per_minute: 700,
             burst: 40,
+            consumption_rate_limit_per_minute: 30,
+            consumption_burst: 10,
             max_retries: 6,
             max_retry_elapsed: Duration::from_secs(120),
             retry_base_delay: Duration::from_millis(500),
@@ -87,6 +93,7 @@ struct Inner {
     base: Url,
     key: Secret,
     limiter: RateLimiter,
+    consumption_limiter: RateLimiter,
     policy: RetryPolicy,
     timeout: Duration,
     page_size: u32,
@@ -161,12 +168,15 @@ struct Reply {
     request_id: Option<String>,
 }
 
-/// How one page of a list is read: its items and the cursor for the next page.
-type Extract<W, T> = Box<dyn Fn(W) -> (Vec<T>, Option<String>) + Send + Sync>;
+/// How one page of a list is read: its items, the cursor for the next page, and how many
+/// records the page held (projects for consumption, whose items are their periods).
+type Extract<W, T> = Box<dyn Fn(W) -> (Vec<T>, Option<String>, usize) + Send + Sync>;
 
 struct PageSpec<W, T> {
     base: Call,
     cursor_param: &'static str,
+    /// The `limit` asked for: a shorter page is the last one.
+    limit: usize,
     extract: Extract<W, T>,
 }
 
@@ -204,6 +214,10 @@ impl NeonClient {
                 base,
                 key: config.api_key,
                 limiter: RateLimiter::new(config.rate_limit_per_minute, config.burst),
+                consumption_limiter: RateLimiter::new(
+                    config.consumption_rate_limit_per_minute,
+                    config.consumption_burst,
+                ),
                 policy: RetryPolicy {
                     max_retries: config.max_retries,
                     max_elapsed: config.max_retry_elapsed,
@@ -237,17 +251,21 @@ impl NeonClient {
         &self,
         filter: ProjectFilter,
     ) -> impl Stream<Item = Result<Project, ApiError>> + Send + 'static {
+        let limit = self.limit(400);
         let base = Call::get("/projects", &["projects"])
-            .query("limit", self.limit(400))
+            .query("limit", limit.to_string())
             .query_opt("org_id", filter.org_id.map(|o| o.to_string()))
             .query_opt("search", filter.search);
         self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
+            limit,
             extract: Box::new(|p: wire::ProjectsPage| {
+                let n = p.projects.len();
                 (
                     p.projects.into_iter().map(Into::into).collect(),
                     p.pagination.and_then(|p| p.cursor),
+                    n,
                 )
             }),
         })
@@ -267,20 +285,24 @@ impl NeonClient {
         &self,
         project: &ProjectId,
     ) -> impl Stream<Item = Result<Branch, ApiError>> + Send + 'static {
+        let limit = self.limit(10_000);
         let base = Call::get(
             "/projects/{project_id}/branches",
             &["projects", project.as_str(), "branches"],
         )
-        .query("limit", self.limit(10_000))
+        .query("limit", limit.to_string())
         .query("sort_by", "created_at")
         .query("sort_order", "asc");
         self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
+            limit,
             extract: Box::new(|p: wire::BranchesPage| {
+                let n = p.branches.len();
                 (
                     p.branches.into_iter().map(Into::into).collect(),
                     p.pagination.and_then(|p| p.next),
+                    n,
                 )
             }),
         })
@@ -550,18 +572,22 @@ impl NeonClient {
         &self,
         project: &ProjectId,
     ) -> impl Stream<Item = Result<Operation, ApiError>> + Send + 'static {
+        let limit = self.limit(1000);
         let base = Call::get(
             "/projects/{project_id}/operations",
             &["projects", project.as_str(), "operations"],
         )
-        .query("limit", self.limit(1000));
+        .query("limit", limit.to_string());
         self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
+            limit,
             extract: Box::new(|p: wire::OperationsPage| {
+                let n = p.operations.len();
                 (
                     p.operations.into_iter().map(Into::into).collect(),
                     p.pagination.and_then(|p| p.cursor),
+                    n,
                 )
             }),
         })
@@ -695,19 +721,20 @@ impl NeonClient {
             Ok(())
         })();
         let granularity = query.granularity;
+        let limit = self.limit(100);
         let base = consumption_call(
             Call::get(ROUTE, &["consumption_history", "v2", "projects"]),
             &query,
-            self.limit(100),
+            limit,
         );
         let pages = self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
+            limit,
             extract: Box::new(move |p: wire::ConsumptionV2Page| {
                 let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
-                // A page of projects with no periods is still a page: keep paging.
-                let periods = p.into_periods(granularity);
-                (periods, cursor)
+                let n = p.projects.len();
+                (p.into_periods(granularity), cursor, n)
             }),
         });
         guard(check, pages)
@@ -722,17 +749,20 @@ impl NeonClient {
         const ROUTE: &str = "/consumption_history/projects";
         let check = validate_consumption(&query);
         let granularity = query.granularity;
+        let limit = self.limit(100);
         let base = consumption_call(
             Call::get(ROUTE, &["consumption_history", "projects"]),
             &query,
-            self.limit(100),
+            limit,
         );
         let pages = self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
+            limit,
             extract: Box::new(move |p: wire::ConsumptionLegacyPage| {
                 let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
-                (p.into_periods(granularity), cursor)
+                let n = p.projects.len();
+                (p.into_periods(granularity), cursor, n)
             }),
         });
         guard(check, pages)
@@ -769,8 +799,8 @@ impl NeonClient {
 
     // ---------------------------------------------------------------- plumbing
 
-    fn limit(&self, max: u32) -> String {
-        self.inner.page_size.min(max).to_string()
+    fn limit(&self, max: u32) -> usize {
+        self.inner.page_size.min(max) as usize
     }
 
     fn url(&self, call: &Call, extra_query: &[(String, String)]) -> Url {
@@ -844,6 +874,9 @@ impl NeonClient {
 
     /// One HTTP attempt. Errors carry the `Retry-After` delay when the answer had one.
     async fn attempt(&self, call: &Call, url: &Url) -> Result<Reply, (ApiError, Option<Duration>)> {
+        if call.route.starts_with("/consumption_history/") {
+            self.inner.consumption_limiter.acquire().await;
+        }
         self.inner.limiter.acquire().await;
         let request_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::debug_span!(
@@ -967,10 +1000,16 @@ impl NeonClient {
                 .collect();
             let reply = st.client.execute_with(&st.spec.base, &extra).await?;
             let page: W = decode(st.spec.base.route, &reply)?;
-            let (items, next) = (st.spec.extract)(page);
+            let (items, next, records) = (st.spec.extract)(page);
             match next {
-                // A repeated cursor would loop forever: treat it as the end.
-                Some(c) if !c.is_empty() && !items.is_empty() && st.seen.insert(c.clone()) => {
+                // Neon returns a cursor even on the last page; a short page is the last one
+                // (this saves one request per listing). A repeated cursor would loop forever.
+                Some(c)
+                    if !c.is_empty()
+                        && records > 0
+                        && records >= st.spec.limit
+                        && st.seen.insert(c.clone()) =>
+                {
                     st.cursor = Some(c)
                 }
                 _ => st.done = true,
@@ -1014,12 +1053,12 @@ fn validate_consumption(q: &ConsumptionQuery) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn consumption_call(mut call: Call, q: &ConsumptionQuery, limit: String) -> Call {
+fn consumption_call(mut call: Call, q: &ConsumptionQuery, limit: usize) -> Call {
     call = call
         .query("from", wire::rfc3339(q.from))
         .query("to", wire::rfc3339(q.to))
         .query("granularity", q.granularity.as_str())
-        .query("limit", limit)
+        .query("limit", limit.to_string())
         .query_opt("org_id", q.org_id.as_ref().map(|o| o.to_string()));
     // Arrays as repeated parameters: OpenAPI's default (form, explode) that Neon documents.
     for m in &q.metrics {

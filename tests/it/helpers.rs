@@ -1,6 +1,7 @@
-//! Shared test setup: an in-process neon-sim on 127.0.0.1:0 with its virtual clock, wrapped in
-//! the emulator's fault-injection and rate-limit layers, plus a recorder of every API request
-//! the client sent (so tests can validate request bodies against Neon's document).
+//! Shared test setup: an in-process neon-sim on 127.0.0.1:0 with its virtual clock (its router
+//! includes fault injection and Neon's rate limits), plus a recorder of every API request the
+//! client sent (so tests can validate request bodies against Neon's document) and a hook that
+//! makes the emulator fail *after* carrying out a request.
 
 #![allow(dead_code)] // Not every test module uses every helper.
 
@@ -13,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use neon_sim::faults::FaultHandle;
-use neon_sim::ratelimit::{RateLimitConfig, RateLimiter};
+use neon_sim::ratelimit::RateLimiter;
 use neon_sim::{AppState, Clock, Mutation, SharedState, SimConfig};
 use neon_steward::neon::{ClientConfig, NeonClient};
 use neon_steward::secret::Secret;
@@ -63,8 +64,8 @@ impl Drop for TestSim {
     }
 }
 
-/// Starts an emulator built from `config` (virtual clock by default), without rate limits
-/// (tests turn them on through `ratelimit`) and without faults.
+/// Starts an emulator built from `config` (virtual clock and Neon's rate limits by default;
+/// change them with `SimConfig::rate_limit` or `TestSim::ratelimit`), without faults.
 pub async fn spawn_sim(config: SimConfig) -> TestSim {
     let state = config.build_state().expect("sim state from a test config");
     let key = state
@@ -74,16 +75,14 @@ pub async fn spawn_sim(config: SimConfig) -> TestSim {
         .map(|k| k.secret.clone())
         .expect("build_state always creates a key");
     let app = AppState::new(SharedState::new(state), Arc::new(config));
-    let faults = FaultHandle::new(7);
-    let ratelimit = RateLimiter::new(RateLimitConfig::disabled());
+    let faults = app.faults.clone();
+    let ratelimit = app.rate_limiter.clone();
     let hooks = Hooks::default();
     let service = neon_sim::router(app.clone())
         .layer(middleware::from_fn_with_state(
             hooks.clone(),
             fail_after_layer,
         ))
-        .layer(faults.layer())
-        .layer(ratelimit.layer())
         .layer(middleware::from_fn_with_state(hooks.clone(), record_layer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -131,19 +130,22 @@ async fn fail_after_layer(State(hooks): State<Hooks>, req: Request, next: Next) 
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
+    if !resp.status().is_success() {
+        return resp;
+    }
     let mut rules = hooks.fail_after.lock().unwrap();
     if let Some(i) = rules
         .iter()
         .position(|r| r.method == method && path.ends_with(&r.path_suffix) && r.times > 0)
     {
         rules[i].times -= 1;
-        if resp.status().is_success() {
-            return (
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(serde_json::json!({"code": "", "message": "committed, then failed (test hook)"})),
-            )
-                .into_response();
-        }
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(
+                serde_json::json!({"code": "", "message": "committed, then failed (test hook)"}),
+            ),
+        )
+            .into_response();
     }
     resp
 }
@@ -190,13 +192,11 @@ impl TestSim {
         });
     }
 
-    /// A client config suited to tests: small retry delays, short timeout, no client-side
-    /// throttling unless a test sets it.
+    /// A client config suited to tests: the default client-side rate limit (which keeps under
+    /// the emulator's Neon-like limits), small retry and poll delays, a short timeout.
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new(self.base_url(), Secret::new(self.api_key()));
         c.timeout = Duration::from_secs(5);
-        c.rate_limit_per_minute = 1_000_000;
-        c.burst = 10_000;
         c.max_retries = 5;
         c.max_retry_elapsed = Duration::from_secs(10);
         c.retry_base_delay = Duration::from_millis(2);
