@@ -261,8 +261,22 @@ async fn every_operation_round_trips() {
     assert!(regions.is_ok(), "{regions:?}");
 
     assert_bodies_match_spec(&sim);
-    // Every request carried our User-Agent-independent id header and went to /api/v2.
     assert!(sim.sent().iter().all(|s| s.path.starts_with("/api/v2/")));
+
+    // Telemetry is labelled by route template, never by the raw path.
+    let m = neon_steward::telemetry::metrics::metrics();
+    assert!(
+        m.api_requests_total
+            .with_label_values(&["GET", "/projects/{project_id}/branches/{branch_id}", "2xx"])
+            .get()
+            > 0
+    );
+    assert!(
+        m.api_requests_total
+            .with_label_values(&["GET", "/projects/{project_id}", "4xx"])
+            .get()
+            > 0
+    );
 }
 
 #[tokio::test]
