@@ -2,7 +2,12 @@
 //! safety rules, calendar windows, dry-run and the audit ledger.
 
 pub mod branch_tree;
+pub mod consumption;
+pub mod expire;
+pub mod ledger;
 pub mod limits;
 pub mod retention;
 pub mod select;
+pub mod snapshot;
+pub mod suspend;
 pub mod windows;
