@@ -22,7 +22,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: cannot open {what}: {source}")]
-    Open { what: String, #[source] source: sqlx::Error },
+    Open {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("store: migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store: {0}")]

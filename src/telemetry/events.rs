@@ -44,7 +44,9 @@ impl ApiRequestCompleted<'_> {
             .with_label_values(&[self.method, self.route])
             .observe(self.elapsed.as_secs_f64());
         if self.status == Some(429) {
-            m.api_rate_limited_total.with_label_values(&[self.route]).inc();
+            m.api_rate_limited_total
+                .with_label_values(&[self.route])
+                .inc();
         }
     }
 }
@@ -69,6 +71,9 @@ impl ApiRetry<'_> {
             delay_ms = self.delay.as_millis() as u64,
             "retrying neon api request"
         );
-        metrics().api_retries_total.with_label_values(&[self.reason]).inc();
+        metrics()
+            .api_retries_total
+            .with_label_values(&[self.reason])
+            .inc();
     }
 }

@@ -53,8 +53,12 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
-        let secs = vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-        let api_secs = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let secs = vec![
+            0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        ];
+        let api_secs = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         Metrics {
             build_info: register(
                 &r,
@@ -179,7 +183,9 @@ impl Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics::new();
-    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
     m
 });
 
