@@ -214,9 +214,9 @@ impl Params {
     }
 
     fn required(&self, name: &str) -> Result<&str, ApiError> {
-        self.one(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ApiError::bad_request(format!("missing required query parameter `{name}`")))
+        self.one(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            ApiError::bad_request(format!("missing required query parameter `{name}`"))
+        })
     }
 
     /// Repeated and/or comma-separated values.
@@ -236,7 +236,9 @@ impl Params {
         DateTime::parse_from_rfc3339(raw)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| {
-                ApiError::bad_request(format!("query parameter `{name}`: {raw:?} is not an RFC 3339 date-time: {e}"))
+                ApiError::bad_request(format!(
+                    "query parameter `{name}`: {raw:?} is not an RFC 3339 date-time: {e}"
+                ))
             })
     }
 
@@ -283,9 +285,14 @@ impl Params {
             )));
         }
         if let Some(bad) = ids.iter().find(|id| {
-            id.len() > 60 || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            id.len() > 60
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         }) {
-            return Err(ApiError::bad_request(format!("query parameter `{name}`: {bad:?} is not a valid id")));
+            return Err(ApiError::bad_request(format!(
+                "query parameter `{name}`: {bad:?} is not a valid id"
+            )));
         }
         Ok(ids)
     }
@@ -294,7 +301,9 @@ impl Params {
         let ms = self.list("metrics");
         if ms.is_empty() {
             return if required {
-                Err(ApiError::bad_request("missing required query parameter `metrics`"))
+                Err(ApiError::bad_request(
+                    "missing required query parameter `metrics`",
+                ))
             } else {
                 Ok(None)
             };
@@ -374,8 +383,16 @@ fn branch_hour(state: &State, branch_id: &str, h: DateTime<Utc>, active: bool) -
         .unwrap_or(24);
     [
         cu,
-        if is_root { byte_hours / HOURS_PER_MONTH } else { 0 },
-        if is_root { 0 } else { byte_hours / HOURS_PER_MONTH },
+        if is_root {
+            byte_hours / HOURS_PER_MONTH
+        } else {
+            0
+        },
+        if is_root {
+            0
+        } else {
+            byte_hours / HOURS_PER_MONTH
+        },
         written.saturating_mul(retention_hours) / HOURS_PER_MONTH,
         transfer,
         0,
@@ -383,7 +400,12 @@ fn branch_hour(state: &State, branch_id: &str, h: DateTime<Utc>, active: bool) -
 }
 
 /// Sums of the branch metrics over `[start, end)`, hour by hour.
-fn branch_totals(state: &State, branch_id: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> [i64; 6] {
+fn branch_totals(
+    state: &State,
+    branch_id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> [i64; 6] {
     let mut total = [0i64; 6];
     let now = state.now();
     let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(now)));
@@ -404,7 +426,12 @@ fn branch_totals(state: &State, branch_id: &str, start: DateTime<Utc>, end: Date
 }
 
 /// Project-only hourly metrics: (extra branch-hours, snapshot bytes-month).
-fn project_only_totals(state: &State, project_id: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> (i64, i64) {
+fn project_only_totals(
+    state: &State,
+    project_id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> (i64, i64) {
     let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(state.now())));
     let branch_ids = state.project_branch_ids_between(project_id, start, end.max(start));
     let mut extra = 0;
@@ -441,7 +468,13 @@ fn alive_in(state: &State, branch_id: &str, h: DateTime<Utc>, e: DateTime<Utc>) 
 }
 
 /// The value of each requested v2 metric for a project over a timeframe.
-fn project_v2_values(state: &State, project_id: &str, start: DateTime<Utc>, end: DateTime<Utc>, metrics: &[String]) -> Vec<(String, i64)> {
+fn project_v2_values(
+    state: &State,
+    project_id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    metrics: &[String],
+) -> Vec<(String, i64)> {
     let mut sums = [0i64; 6];
     for b in state.project_branch_ids_between(project_id, start, end) {
         for (s, x) in sums.iter_mut().zip(branch_totals(state, &b, start, end)) {
@@ -473,7 +506,13 @@ fn project_v2_values(state: &State, project_id: &str, start: DateTime<Utc>, end:
         .collect()
 }
 
-fn branch_v2_values(state: &State, branch_id: &str, start: DateTime<Utc>, end: DateTime<Utc>, metrics: &[String]) -> Vec<(String, i64)> {
+fn branch_v2_values(
+    state: &State,
+    branch_id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    metrics: &[String],
+) -> Vec<(String, i64)> {
     let t = branch_totals(state, branch_id, start, end);
     metrics
         .iter()
@@ -489,7 +528,12 @@ fn branch_v2_values(state: &State, branch_id: &str, start: DateTime<Utc>, end: D
 }
 
 /// Legacy metric values of a set of projects over a timeframe.
-fn legacy_values(state: &State, project_ids: &[String], start: DateTime<Utc>, end: DateTime<Utc>) -> BTreeMap<&'static str, i64> {
+fn legacy_values(
+    state: &State,
+    project_ids: &[String],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> BTreeMap<&'static str, i64> {
     let mut out: BTreeMap<&'static str, i64> = LEGACY_METRICS.iter().map(|m| (*m, 0)).collect();
     let now = state.now();
     let clipped_end = end.min(now);
@@ -513,7 +557,8 @@ fn legacy_values(state: &State, project_ids: &[String], start: DateTime<Utc>, en
             .filter(|b| alive_in(state, b, clipped_end - TimeDelta::seconds(1), clipped_end))
             .filter_map(|b| state.any_branch(b).map(|x| x.logical_size))
             .sum();
-        *out.entry("active_time_seconds").or_default() += state.project_active_seconds(p, start, end);
+        *out.entry("active_time_seconds").or_default() +=
+            state.project_active_seconds(p, start, end);
         *out.entry("compute_time_seconds").or_default() += cu;
         *out.entry("written_data_bytes").or_default() += written;
         *out.entry("synthetic_storage_size_bytes").or_default() += size;
@@ -600,12 +645,20 @@ fn v2_timeframe(s: DateTime<Utc>, e: DateTime<Utc>, values: Vec<(String, i64)>) 
 // ----- handlers --------------------------------------------------------------------------------
 
 /// The org the caller names, or 404 when it is not theirs.
-fn org_for<'a>(state: &'a State, who: &Principal, org_id: &str) -> Result<&'a crate::state::Org, ApiError> {
+fn org_for<'a>(
+    state: &'a State,
+    who: &Principal,
+    org_id: &str,
+) -> Result<&'a crate::state::Org, ApiError> {
     state
         .visible_orgs(who)
         .into_iter()
         .find(|o| o.id == org_id)
-        .ok_or_else(|| ApiError::not_found(format!("organization {org_id} not found or not accessible with this API key")))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "organization {org_id} not found or not accessible with this API key"
+            ))
+        })
 }
 
 /// Visible projects, filtered by org (when given) and ids (when given), newest first.
@@ -618,7 +671,10 @@ fn select_projects<'a>(
     for id in ids {
         let p = state.project_for(who, id)?;
         if org_id.is_some() && p.org_id.as_deref() != org_id {
-            return Err(ApiError::not_found(format!("project {id} not found in organization {}", org_id.unwrap_or(""))));
+            return Err(ApiError::not_found(format!(
+                "project {id} not found in organization {}",
+                org_id.unwrap_or("")
+            )));
         }
     }
     let mut ps: Vec<&Project> = state
@@ -628,19 +684,32 @@ fn select_projects<'a>(
         .filter(|p| org_id.is_none() || p.org_id.as_deref() == org_id)
         .filter(|p| ids.is_empty() || ids.contains(&p.id))
         .collect();
-    ps.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+    ps.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| b.id.cmp(&a.id))
+    });
     Ok(ps)
 }
 
 /// Applies a cursor (the last id of the previous page) and a limit.
-fn page<T>(items: Vec<T>, key: impl Fn(&T) -> String, cursor: Option<&str>, limit: usize) -> Result<(Vec<T>, Option<String>), ApiError> {
+fn page<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
     let start = match cursor.filter(|c| !c.is_empty()) {
         None => 0,
         Some(c) => items
             .iter()
             .position(|i| key(i) == c)
             .map(|p| p + 1)
-            .ok_or_else(|| ApiError::bad_request(format!("query parameter `cursor`: {c:?} is not a cursor of this listing")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "query parameter `cursor`: {c:?} is not a cursor of this listing"
+                ))
+            })?,
     };
     let page: Vec<T> = items.into_iter().skip(start).take(limit).collect();
     let next = page.last().map(&key);
@@ -662,7 +731,11 @@ fn plan_of(state: &State, org_id: Option<&str>) -> String {
         .unwrap_or_else(|| "scale".to_string())
 }
 
-async fn v2_projects(AxState(app): AxState<AppState>, who: Principal, uri: Uri) -> Result<Response, ApiError> {
+async fn v2_projects(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
     let state = app.state.settled();
     let now = state.now();
@@ -672,7 +745,11 @@ async fn v2_projects(AxState(app): AxState<AppState>, who: Principal, uri: Uri) 
     let ids = q.ids("project_ids", false)?;
     let limit = q.limit(10, 100)?;
     let org = org_for(&state, &who, &org_id)?;
-    let plan = if org.plan.is_empty() { "scale".to_string() } else { org.plan.clone() };
+    let plan = if org.plan.is_empty() {
+        "scale".to_string()
+    } else {
+        org.plan.clone()
+    };
     let projects = select_projects(&state, &who, Some(&org_id), &ids)?;
     let (projects, next) = page(projects, |p| p.id.clone(), q.one("cursor"), limit)?;
     let frames = timeframes(range.from, range.to, range.granularity);
@@ -690,7 +767,11 @@ async fn v2_projects(AxState(app): AxState<AppState>, who: Principal, uri: Uri) 
     Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
 }
 
-async fn v2_branches(AxState(app): AxState<AppState>, who: Principal, uri: Uri) -> Result<Response, ApiError> {
+async fn v2_branches(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
     let state = app.state.settled();
     let now = state.now();
@@ -701,7 +782,11 @@ async fn v2_branches(AxState(app): AxState<AppState>, who: Principal, uri: Uri) 
     let branch_ids = q.ids("branch_ids", false)?;
     let limit = q.limit(100, 1000)?;
     let org = org_for(&state, &who, &org_id)?;
-    let plan = if org.plan.is_empty() { "scale".to_string() } else { org.plan.clone() };
+    let plan = if org.plan.is_empty() {
+        "scale".to_string()
+    } else {
+        org.plan.clone()
+    };
     let projects = select_projects(&state, &who, Some(&org_id), &project_ids)?;
     let frames = timeframes(range.from, range.to, range.granularity);
     let (from, to) = (
@@ -757,7 +842,12 @@ fn legacy_metric_names(q: &Params, allowed: &[&str]) -> Result<Vec<&'static str>
     Ok(names)
 }
 
-fn legacy_timeframe(s: DateTime<Utc>, e: DateTime<Utc>, values: &BTreeMap<&'static str, i64>, names: &[&'static str]) -> Value {
+fn legacy_timeframe(
+    s: DateTime<Utc>,
+    e: DateTime<Utc>,
+    values: &BTreeMap<&'static str, i64>,
+    names: &[&'static str],
+) -> Value {
     let mut tf = json!({
         "timeframe_start": rfc3339(s),
         "timeframe_end": rfc3339(e),
@@ -768,12 +858,19 @@ fn legacy_timeframe(s: DateTime<Utc>, e: DateTime<Utc>, values: &BTreeMap<&'stat
     tf
 }
 
-async fn legacy_projects(AxState(app): AxState<AppState>, who: Principal, uri: Uri) -> Result<Response, ApiError> {
+async fn legacy_projects(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
     let state = app.state.settled();
     let now = state.now();
     let range = q.range(now)?;
-    let org_id = q.one("org_id").filter(|o| !o.is_empty()).map(str::to_string);
+    let org_id = q
+        .one("org_id")
+        .filter(|o| !o.is_empty())
+        .map(str::to_string);
     if let Some(o) = &org_id {
         org_for(&state, &who, o)?;
     }
@@ -799,12 +896,19 @@ async fn legacy_projects(AxState(app): AxState<AppState>, who: Principal, uri: U
     Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
 }
 
-async fn legacy_account(AxState(app): AxState<AppState>, who: Principal, uri: Uri) -> Result<Response, ApiError> {
+async fn legacy_account(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
     let state = app.state.settled();
     let now = state.now();
     let range = q.range(now)?;
-    let org_id = q.one("org_id").filter(|o| !o.is_empty()).map(str::to_string);
+    let org_id = q
+        .one("org_id")
+        .filter(|o| !o.is_empty())
+        .map(str::to_string);
     if let Some(o) = &org_id {
         org_for(&state, &who, o)?;
     }
@@ -816,7 +920,9 @@ async fn legacy_account(AxState(app): AxState<AppState>, who: Principal, uri: Ur
         .map(|p| p.id.clone())
         .collect();
     let frames = timeframes(range.from, range.to, range.granularity);
-    let scope = org_id.clone().unwrap_or_else(|| format!("user:{}", who.user_id));
+    let scope = org_id
+        .clone()
+        .unwrap_or_else(|| format!("user:{}", who.user_id));
     let body = json!({
         "periods": periods(&scope, &plan, now, &frames, |s, e| {
             legacy_timeframe(s, e, &legacy_values(&state, &ids, s, e), &names)
@@ -836,38 +942,105 @@ mod tests {
     #[test]
     fn rounding_and_timeframes() {
         let g = Granularity::Daily;
-        assert_eq!(g.floor(t("2024-03-15T15:30:00Z")), t("2024-03-15T00:00:00Z"));
-        assert_eq!(Granularity::Hourly.floor(t("2024-03-15T15:30:10Z")), t("2024-03-15T15:00:00Z"));
-        assert_eq!(Granularity::Monthly.floor(t("2024-03-15T15:30:00Z")), t("2024-03-01T00:00:00Z"));
-        let f = timeframes(t("2024-01-31T10:00:00Z"), t("2024-04-02T00:00:00Z"), Granularity::Monthly);
+        assert_eq!(
+            g.floor(t("2024-03-15T15:30:00Z")),
+            t("2024-03-15T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Hourly.floor(t("2024-03-15T15:30:10Z")),
+            t("2024-03-15T15:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Monthly.floor(t("2024-03-15T15:30:00Z")),
+            t("2024-03-01T00:00:00Z")
+        );
+        let f = timeframes(
+            t("2024-01-31T10:00:00Z"),
+            t("2024-04-02T00:00:00Z"),
+            Granularity::Monthly,
+        );
         assert_eq!(
             f.iter().map(|x| rfc3339(x.0)).collect::<Vec<_>>(),
-            ["2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z"]
+            [
+                "2024-01-01T00:00:00Z",
+                "2024-02-01T00:00:00Z",
+                "2024-03-01T00:00:00Z"
+            ]
         );
         assert_eq!(f[1].1, t("2024-03-01T00:00:00Z"));
-        assert_eq!(timeframes(t("2024-05-01T10:20:00Z"), t("2024-05-01T13:00:00Z"), Granularity::Hourly).len(), 3);
+        assert_eq!(
+            timeframes(
+                t("2024-05-01T10:20:00Z"),
+                t("2024-05-01T13:00:00Z"),
+                Granularity::Hourly
+            )
+            .len(),
+            3
+        );
     }
 
     #[test]
     fn retention_windows_give_406() {
         let now = t("2025-06-10T12:34:00Z");
         let ok = |f: &str, to: &str, g| check_range(t(f), t(to), g, now);
-        assert!(ok("2025-06-03T12:00:00Z", "2025-06-10T12:00:00Z", Granularity::Hourly).is_ok());
+        assert!(ok(
+            "2025-06-03T12:00:00Z",
+            "2025-06-10T12:00:00Z",
+            Granularity::Hourly
+        )
+        .is_ok());
         assert_eq!(
-            ok("2025-06-03T11:00:00Z", "2025-06-10T12:00:00Z", Granularity::Hourly).unwrap_err().status,
+            ok(
+                "2025-06-03T11:00:00Z",
+                "2025-06-10T12:00:00Z",
+                Granularity::Hourly
+            )
+            .unwrap_err()
+            .status,
             StatusCode::NOT_ACCEPTABLE
         );
-        assert!(ok("2025-04-11T00:00:00Z", "2025-06-10T00:00:00Z", Granularity::Daily).is_ok());
+        assert!(ok(
+            "2025-04-11T00:00:00Z",
+            "2025-06-10T00:00:00Z",
+            Granularity::Daily
+        )
+        .is_ok());
         assert_eq!(
-            ok("2025-04-10T00:00:00Z", "2025-06-10T00:00:00Z", Granularity::Daily).unwrap_err().status,
+            ok(
+                "2025-04-10T00:00:00Z",
+                "2025-06-10T00:00:00Z",
+                Granularity::Daily
+            )
+            .unwrap_err()
+            .status,
             StatusCode::NOT_ACCEPTABLE
         );
-        assert!(ok("2024-06-01T00:00:00Z", "2025-06-01T00:00:00Z", Granularity::Monthly).is_ok());
-        assert!(ok("2024-05-31T00:00:00Z", "2025-06-01T00:00:00Z", Granularity::Monthly).is_err());
+        assert!(ok(
+            "2024-06-01T00:00:00Z",
+            "2025-06-01T00:00:00Z",
+            Granularity::Monthly
+        )
+        .is_ok());
+        assert!(ok(
+            "2024-05-31T00:00:00Z",
+            "2025-06-01T00:00:00Z",
+            Granularity::Monthly
+        )
+        .is_err());
         // Empty after rounding.
-        assert!(ok("2025-06-10T10:10:00Z", "2025-06-10T10:50:00Z", Granularity::Hourly).is_err());
+        assert!(ok(
+            "2025-06-10T10:10:00Z",
+            "2025-06-10T10:50:00Z",
+            Granularity::Hourly
+        )
+        .is_err());
         // Before the document's history start.
-        let old = check_range(t("2024-02-01T00:00:00Z"), t("2024-04-01T00:00:00Z"), Granularity::Monthly, t("2024-06-01T00:00:00Z"));
+        let old = check_range(
+            t("2024-02-01T00:00:00Z"),
+            t("2024-04-01T00:00:00Z"),
+            Granularity::Monthly,
+            t("2024-06-01T00:00:00Z"),
+        );
         assert!(old.unwrap_err().message.contains("2024-03-01"));
     }
 

@@ -10,8 +10,163 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Timelike, Utc};
 
+use futures::TryStreamExt;
+
+use super::engine::{selected_projects, JobEnv, RunContext, RunError};
+use super::ledger::{ActionSpec, Ledger};
+use crate::config::{ConsumptionSpec, JobConfig};
+use crate::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
 use crate::store::ConsumptionSample;
-use crate::telemetry::events::ConsumptionPoint;
+use crate::telemetry::events::{ConsumptionCollected, ConsumptionExported, ConsumptionPoint};
+
+fn cursor_key(period: Period) -> String {
+    format!("consumption_cursor/{}", period.as_str())
+}
+
+/// Collects consumption incrementally and exports the gauges.
+///
+/// Without an `org_id` the legacy `/consumption_history/projects` is used (legacy plans
+/// and personal accounts); with one, `/consumption_history/v2/projects`. The cursor (the
+/// end of the last range collected in full) is kept in the job's state and advanced only
+/// when every call of the run succeeded, so a failed chunk is collected again next time.
+pub(crate) async fn run(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &ConsumptionSpec,
+    ctx: &RunContext,
+    ledger: &Ledger,
+) -> Result<(), RunError> {
+    let (period, granularity) = match spec.granularity {
+        crate::config::Granularity::Hourly => (Period::Hourly, Granularity::Hourly),
+        crate::config::Granularity::Daily => (Period::Daily, Granularity::Daily),
+        crate::config::Granularity::Monthly => (Period::Monthly, Granularity::Monthly),
+    };
+    let projects = selected_projects(env, job).await?;
+    let ids: Vec<ProjectId> = projects.iter().map(|p| p.id.clone()).collect();
+    let cursor = match env.store.get_state(&job.name, &cursor_key(period)).await? {
+        Some(v) => DateTime::parse_from_rfc3339(&v)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        None => env.store.latest_consumption_end(period.as_str()).await?,
+    };
+    let range = collection_range(period, cursor, ctx.now);
+    if let (Some((from, to)), false) = (range, ids.is_empty()) {
+        let calls = chunks(&ids);
+        let n = calls.len();
+        let mut all_ok = true;
+        let mut samples_total = 0usize;
+        for (i, chunk) in calls.into_iter().enumerate() {
+            let spec_ = ActionSpec {
+                resource_kind: "project",
+                resource_id: format!("{} project(s), call {}/{}", chunk.len(), i + 1, n),
+                resource_name: None,
+                project_id: (chunk.len() == 1).then(|| chunk[0].to_string()),
+                action: "collect_consumption",
+                rule: Some(period.as_str().to_string()),
+                reason: format!(
+                    "collect {} consumption {}..{}",
+                    period.as_str(),
+                    from.to_rfc3339(),
+                    to.to_rfc3339()
+                ),
+            };
+            if ctx.dry_run {
+                ledger.planned(&spec_).await?;
+                continue;
+            }
+            let pending = ledger.begin(&spec_).await?;
+            let query = ConsumptionQuery {
+                from,
+                to,
+                granularity,
+                metrics: spec.metrics.clone(),
+                org_id: spec.org_id.clone().map(OrgId::from),
+                project_ids: chunk,
+            };
+            let fetched: Result<Vec<ConsumptionPeriod>, _> = if spec.org_id.is_some() {
+                env.client
+                    .consumption_v2_projects(query)
+                    .try_collect()
+                    .await
+            } else {
+                env.client
+                    .consumption_legacy_projects(query)
+                    .try_collect()
+                    .await
+            };
+            match fetched {
+                Ok(periods) => {
+                    let samples = to_samples(&periods, period);
+                    match env.store.upsert_consumption(&samples).await {
+                        Ok(_) => {
+                            samples_total += samples.len();
+                            let d = format!("{} samples", samples.len());
+                            ledger.succeeded(pending, Some(&d)).await?;
+                        }
+                        Err(e) => {
+                            all_ok = false;
+                            ledger.failed(pending, &e.to_string()).await?;
+                        }
+                    }
+                }
+                Err(e) => {
+                    all_ok = false;
+                    ledger.failed(pending, &e.to_string()).await?;
+                }
+            }
+        }
+        if !ctx.dry_run {
+            if all_ok {
+                env.store
+                    .set_state(&job.name, &cursor_key(period), &to.to_rfc3339())
+                    .await?;
+            }
+            ConsumptionCollected {
+                job: &job.name,
+                granularity: period.as_str(),
+                projects: ids.len(),
+                samples: samples_total,
+                at: ctx.now,
+            }
+            .emit();
+        }
+    }
+    // Export what the store has, selected projects only.
+    let selected: std::collections::HashSet<&str> = ids.iter().map(|p| p.as_str()).collect();
+    let stored: Vec<ConsumptionSample> = env
+        .store
+        .list_consumption(period.as_str(), ctx.now - period.retention())
+        .await?
+        .into_iter()
+        .filter(|s| selected.contains(s.project_id.as_str()))
+        .collect();
+    let points = latest_points(&stored, &spec.prices);
+    ConsumptionExported {
+        granularity: period.as_str(),
+        points: &points,
+        max_projects: spec.max_projects_exported,
+    }
+    .emit();
+    Ok(())
+}
+
+fn to_samples(periods: &[ConsumptionPeriod], period: Period) -> Vec<ConsumptionSample> {
+    periods
+        .iter()
+        .flat_map(|p| {
+            p.metrics
+                .iter()
+                .map(move |(metric, value)| ConsumptionSample {
+                    project_id: p.project_id.to_string(),
+                    metric: metric.clone(),
+                    granularity: period.as_str().to_string(),
+                    timeframe_start: p.timeframe_start,
+                    timeframe_end: p.timeframe_end,
+                    value: *value,
+                })
+        })
+        .collect()
+}
 
 /// Neon's data freshness: a period is collected once it ended at least this long ago.
 pub const FRESHNESS: Duration = Duration::from_secs(15 * 60);

@@ -5,9 +5,142 @@
 //! rules for native branch expiry: `expires_at` must be in the future and at most 30 days
 //! ahead, and it is not allowed on protected, default or parent branches.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+
+use super::branch_tree::{plan_deletions, TreeBranch};
+use super::engine::{
+    branch_last_activity, passes_age_filters, JobEnv, Op, PlannedAction, ProjectPlan, RunContext,
+};
+use super::ledger::ActionSpec;
+use super::select::{BranchFacts, BranchSelector, Selection, Why};
+use crate::config::{ExpireMode, ExpireSpec, JobConfig};
+use crate::neon::{ApiError, Branch, Project};
+
+pub(crate) async fn plan(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &ExpireSpec,
+    ctx: &RunContext,
+    names: &BranchSelector,
+    project: &Project,
+) -> Result<ProjectPlan, ApiError> {
+    let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
+    let endpoints = env.client.list_endpoints(&project.id).await?;
+    let mut out = ProjectPlan::new(project.id.clone());
+    let by_id: HashMap<&str, &Branch> = branches.iter().map(|b| (b.id.as_str(), b)).collect();
+    let parents: HashSet<&str> = branches
+        .iter()
+        .filter_map(|b| b.parent_id.as_ref().map(|p| p.as_str()))
+        .collect();
+    let with_age = BranchSelector {
+        ttl: spec.ttl,
+        idle_ttl: spec.idle_ttl,
+        ..names.clone()
+    };
+    let spec_for = |b: &Branch, action: &'static str, rule: &str, reason: String| ActionSpec {
+        resource_kind: "branch",
+        resource_id: b.id.to_string(),
+        resource_name: Some(b.name.clone()),
+        project_id: Some(project.id.to_string()),
+        action,
+        rule: Some(rule.to_string()),
+        reason,
+    };
+    let mut due: BTreeSet<String> = BTreeSet::new();
+    let mut whys: HashMap<String, Why> = HashMap::new();
+    for b in &branches {
+        let activity = branch_last_activity(ctx.now, b, &endpoints);
+        let facts = BranchFacts {
+            id: b.id.as_str(),
+            name: &b.name,
+            default: b.default,
+            protected: b.protected,
+            created_at: b.created_at,
+            last_activity: activity,
+        };
+        if !names.select(ctx.now, &facts).is_selected()
+            || !passes_age_filters(job, ctx.now, b.created_at, activity)
+        {
+            continue;
+        }
+        out.matched += 1;
+        match spec.mode {
+            ExpireMode::Delete => {
+                if let Selection::Selected(why) = with_age.select(ctx.now, &facts) {
+                    due.insert(b.id.to_string());
+                    whys.insert(b.id.to_string(), why);
+                }
+            }
+            ExpireMode::SetExpiresAt => {
+                let f = ExpiryFacts {
+                    default: b.default,
+                    protected: b.protected,
+                    has_children: parents.contains(b.id.as_str()),
+                    created_at: b.created_at,
+                    last_activity: activity,
+                    current_expires_at: b.expires_at,
+                };
+                match decide_expiry(ctx.now, spec.ttl, spec.idle_ttl, &f) {
+                    ExpiryDecision::Set { at, rule, reason } => out.actions.push(PlannedAction {
+                        spec: spec_for(
+                            b,
+                            "set_branch_expiry",
+                            rule,
+                            format!("{reason}; expires_at {}", at.to_rfc3339()),
+                        ),
+                        op: Op::SetBranchExpiry(b.id.clone(), at),
+                    }),
+                    ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
+                        b,
+                        "set_branch_expiry",
+                        "neon_rules",
+                        why.to_string(),
+                    )),
+                    ExpiryDecision::AlreadySet(_)
+                    | ExpiryDecision::TooFarAhead(_)
+                    | ExpiryDecision::NotDue => {}
+                }
+            }
+        }
+    }
+    if spec.mode == ExpireMode::Delete {
+        let tree: Vec<TreeBranch> = branches
+            .iter()
+            .map(|b| TreeBranch {
+                id: b.id.to_string(),
+                parent_id: b.parent_id.as_ref().map(|p| p.to_string()),
+                default: b.default,
+                protected: b.protected,
+            })
+            .collect();
+        let plan = plan_deletions(&tree, &due);
+        for id in &plan.order {
+            let b = by_id[id.as_str()];
+            let why = &whys[id];
+            out.actions.push(PlannedAction {
+                spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
+                op: Op::DeleteBranch(b.id.clone()),
+            });
+        }
+        for (id, refusal) in &plan.refused {
+            let Some(b) = by_id.get(id.as_str()) else {
+                continue;
+            };
+            let why = &whys[id];
+            out.skips.push(spec_for(
+                b,
+                "delete_branch",
+                &why.rule,
+                format!("{}; not deleted: {refusal}", why.reason),
+            ));
+        }
+    }
+    Ok(out)
+}
 
 /// Neon's horizon for `expires_at`.
 pub const MAX_EXPIRES_AHEAD: Duration = Duration::from_secs(30 * 86_400);

@@ -3,6 +3,7 @@
 
 pub mod branch_tree;
 pub mod consumption;
+pub mod engine;
 pub mod expire;
 pub mod ledger;
 pub mod limits;
@@ -11,3 +12,5 @@ pub mod select;
 pub mod snapshot;
 pub mod suspend;
 pub mod windows;
+
+pub use engine::{run_job, JobEnv, RunContext, RunResult};

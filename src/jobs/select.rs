@@ -189,6 +189,8 @@ pub struct ProjectSelector {
     pub org_id: Option<String>,
     /// Only projects whose name matches one of these (empty: any).
     pub names: Vec<NamePattern>,
+    /// Additionally, the name must match this (when set).
+    pub name_regex: Option<NamePattern>,
     pub exclude_ids: Vec<String>,
     pub exclude_names: Vec<NamePattern>,
 }
@@ -221,6 +223,15 @@ impl ProjectSelector {
                 rule = "name";
             }
             reasons.push(format!("name {:?} matches {}", p.name, pat.describe()));
+        }
+        if let Some(re) = &self.name_regex {
+            if !re.is_match(p.name) {
+                return Selection::NotSelected;
+            }
+            if rule == "all" {
+                rule = "name_regex";
+            }
+            reasons.push(format!("name {:?} matches {}", p.name, re.describe()));
         }
         if self.exclude_ids.iter().any(|id| id == p.id) {
             return Selection::Excluded(Why::new(
@@ -592,6 +603,19 @@ mod tests {
         assert!(!ex.is_selected());
         let ex = s.select(&p("p-skip", "shop-us", Some("org-1")));
         assert_eq!(ex.why().unwrap().rule, "exclude_ids");
+
+        let re = ProjectSelector {
+            name_regex: Some(NamePattern::regex("name_regex", "^shop-(eu|us)$").unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            re.select(&p("a", "shop-eu", None)).why().unwrap().rule,
+            "name_regex"
+        );
+        assert_eq!(
+            re.select(&p("a", "shop-asia", None)),
+            Selection::NotSelected
+        );
 
         let ids = ProjectSelector {
             ids: vec!["p1".into(), "p2".into()],

@@ -10,7 +10,142 @@
 //! made by hand or by another policy never match.
 
 use chrono::{DateTime, TimeZone};
+use futures::TryStreamExt;
 use regex::Regex;
+
+use super::engine::{JobEnv, Op, PlannedAction, ProjectPlan, RunContext};
+use super::ledger::ActionSpec;
+use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
+use super::select::{BranchFacts, BranchSelector, Selection};
+use crate::config::{JobConfig, SnapshotSpec};
+use crate::neon::{ApiError, Branch, Project};
+
+/// Marks the snapshot a plan is about to create, in the retention input.
+const NEW_SNAPSHOT: &str = "(new)";
+
+/// Plans one project: a snapshot of each selected branch (unless this tick's exists), then
+/// retention over the snapshots this job made of that branch.
+pub(crate) async fn plan(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &SnapshotSpec,
+    ctx: &RunContext,
+    selector: &BranchSelector,
+    project: &Project,
+) -> Result<ProjectPlan, ApiError> {
+    let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
+    let snapshots = env.client.list_snapshots(&project.id).await?;
+    let mut out = ProjectPlan::new(project.id.clone());
+    let tick = ctx.scheduled_for.with_timezone(&job.timezone);
+    let policy = RetentionPolicy {
+        keep_last: spec.retention.keep_last,
+        keep_hourly: spec.retention.keep_hourly,
+        keep_daily: spec.retention.keep_daily,
+        keep_weekly: spec.retention.keep_weekly,
+        keep_monthly: spec.retention.keep_monthly,
+        keep_yearly: None,
+    };
+    for b in &branches {
+        let facts = BranchFacts {
+            id: b.id.as_str(),
+            name: &b.name,
+            default: b.default,
+            protected: b.protected,
+            created_at: b.created_at,
+            last_activity: b.updated_at,
+        };
+        let Selection::Selected(why) = selector.select(ctx.now, &facts) else {
+            continue;
+        };
+        if !super::engine::passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
+            continue;
+        }
+        out.matched += 1;
+        let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
+        let owner = ownership_matcher(spec.name_template.as_str(), &b.name, &job.name);
+        let owned: Vec<_> = snapshots
+            .iter()
+            .filter(|s| s.source_branch_id.as_ref() == Some(&b.id) && owner.is_match(&s.name))
+            .collect();
+        let mut refs: Vec<SnapshotRef> = owned
+            .iter()
+            .map(|s| SnapshotRef {
+                id: s.id.to_string(),
+                created_at: s.created_at,
+            })
+            .collect();
+        let spec_for =
+            |action, id: String, name: Option<String>, rule: &str, reason: String| ActionSpec {
+                resource_kind: if action == "create_snapshot" {
+                    "branch"
+                } else {
+                    "snapshot"
+                },
+                resource_id: id,
+                resource_name: name,
+                project_id: Some(project.id.to_string()),
+                action,
+                rule: Some(rule.to_string()),
+                reason,
+            };
+        if owned.iter().any(|s| s.name == name) {
+            out.skips.push(spec_for(
+                "create_snapshot",
+                b.id.to_string(),
+                Some(name.clone()),
+                "schedule",
+                format!("snapshot {name:?} for this tick exists already (re-run of the same tick)"),
+            ));
+        } else {
+            out.actions.push(PlannedAction {
+                spec: spec_for(
+                    "create_snapshot",
+                    b.id.to_string(),
+                    Some(name.clone()),
+                    "schedule",
+                    format!(
+                        "scheduled snapshot {name:?} of branch {:?} ({})",
+                        b.name, why.reason
+                    ),
+                ),
+                op: Op::CreateSnapshot {
+                    branch: b.id.clone(),
+                    name: name.clone(),
+                    expires_at: spec
+                        .expires_in
+                        .and_then(|d| chrono::Duration::from_std(d).ok())
+                        .map(|d| ctx.now + d),
+                },
+            });
+            refs.push(SnapshotRef {
+                id: NEW_SNAPSHOT.to_string(),
+                created_at: ctx.now,
+            });
+        }
+        if spec.retention.is_keep_all() {
+            continue;
+        }
+        let r = retention::plan(&policy, job.timezone, &refs);
+        let reason = RetentionPlan::removal_reason(&policy);
+        for gone in r.remove.iter().filter(|s| s.id != NEW_SNAPSHOT) {
+            let snap = owned
+                .iter()
+                .find(|s| s.id.as_str() == gone.id)
+                .expect("retention only returns snapshots it was given");
+            out.actions.push(PlannedAction {
+                spec: spec_for(
+                    "delete_snapshot",
+                    snap.id.to_string(),
+                    Some(snap.name.clone()),
+                    "retention",
+                    reason.clone(),
+                ),
+                op: Op::DeleteSnapshot(snap.id.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
 
 /// Renders a snapshot name. Placeholders: `{branch}`, `{job}`, `{date}` (YYYY-MM-DD),
 /// `{time}` (HHMMSS), the latter two in the zone of `at`.

@@ -8,11 +8,191 @@
 //! inside a window **and** idle long enough: combining them narrows, which is the safe
 //! reading ("suspend idle computes at night"). With one of them, that one decides.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 
-use super::select::{age, human_duration, Why};
+use super::engine::{JobEnv, Op, PlannedAction, ProjectPlan, RunContext, RunError};
+use super::ledger::ActionSpec;
+use super::select::{
+    age, human_duration, BranchSelector, EndpointFacts, EndpointKind, EndpointSelector,
+    NamePattern, Why,
+};
+use crate::config::{JobConfig, SuspendSpec};
+use crate::neon::{ApiError, Branch, EndpointState, EndpointType, Project};
+
+/// Job state key holding the endpoints of a project this job suspended because of a window
+/// (JSON array of endpoint ids): only those are started again when the window ends.
+fn state_key(project: &str) -> String {
+    format!("suspended_by_window/{project}")
+}
+
+async fn load_suspended(env: &JobEnv, job: &str, project: &str) -> BTreeSet<String> {
+    match env.store.get_state(job, &state_key(project)).await {
+        Ok(Some(v)) => serde_json::from_str(&v).unwrap_or_else(|e| {
+            tracing::warn!(job, project, error = %e, "ignoring unreadable suspend state");
+            BTreeSet::new()
+        }),
+        Ok(None) => BTreeSet::new(),
+        Err(e) => {
+            tracing::warn!(job, project, error = %e, "cannot read suspend state");
+            BTreeSet::new()
+        }
+    }
+}
+
+pub(crate) async fn plan(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &SuspendSpec,
+    ctx: &RunContext,
+    _branch_names: &BranchSelector,
+    project: &Project,
+) -> Result<ProjectPlan, ApiError> {
+    let mut out = ProjectPlan::new(project.id.clone());
+    if spec.exclude_until.is_some_and(|until| ctx.now < until) {
+        return Ok(out);
+    }
+    let endpoints = env.client.list_endpoints(&project.id).await?;
+    let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
+    let names: HashMap<&str, &str> = branches
+        .iter()
+        .map(|b| (b.id.as_str(), b.name.as_str()))
+        .collect();
+    let busy: HashSet<String> = env
+        .client
+        .list_operations(&project.id)
+        .try_filter(|o| futures::future::ready(!o.status.is_terminal()))
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .filter_map(|o| o.endpoint_id.map(|e| e.to_string()))
+        .collect();
+    let suspended = if spec.resume {
+        load_suspended(env, &job.name, project.id.as_str()).await
+    } else {
+        BTreeSet::new()
+    };
+    let sel = &job.selectors.endpoints;
+    let selector = EndpointSelector {
+        kinds: sel
+            .endpoint_type
+            .map(|t| match t {
+                crate::config::EndpointType::ReadWrite => vec![EndpointKind::ReadWrite],
+                crate::config::EndpointType::ReadOnly => vec![EndpointKind::ReadOnly],
+            })
+            .unwrap_or_default(),
+        branch_names: sel
+            .branches
+            .patterns
+            .iter()
+            .filter_map(|p| NamePattern::glob("selectors.endpoints.branches", p).ok())
+            .collect(),
+        ..Default::default()
+    };
+    let rules = SuspendRules {
+        idle_for: spec.idle_for,
+        has_windows: !spec.windows.is_empty(),
+        resume: spec.resume,
+    };
+    let window = spec
+        .windows
+        .iter()
+        .find(|w| w.contains(ctx.now))
+        .map(|w| w.source.as_str());
+    for e in &endpoints {
+        let branch_name = names.get(e.branch_id.as_str()).copied().unwrap_or("");
+        let facts = EndpointFacts {
+            id: e.id.as_str(),
+            kind: match e.endpoint_type {
+                EndpointType::ReadWrite => EndpointKind::ReadWrite,
+                EndpointType::ReadOnly => EndpointKind::ReadOnly,
+            },
+            branch_id: e.branch_id.as_str(),
+            branch_name,
+        };
+        if !selector.select(&facts).is_selected() {
+            continue;
+        }
+        out.matched += 1;
+        let now_facts = EndpointNow {
+            active: e.current_state == EndpointState::Active,
+            idle: e.current_state == EndpointState::Idle,
+            disabled: e.disabled,
+            operation_in_progress: e.pending_state.is_some() || busy.contains(e.id.as_str()),
+            last_active: e.last_active,
+            window,
+            suspended_by_window: suspended.contains(e.id.as_str()),
+        };
+        let spec_for = |action: &'static str, why: Why| ActionSpec {
+            resource_kind: "endpoint",
+            resource_id: e.id.to_string(),
+            resource_name: Some(branch_name.to_string()),
+            project_id: Some(project.id.to_string()),
+            action,
+            rule: Some(why.rule),
+            reason: why.reason,
+        };
+        match decide(ctx.now, &rules, &now_facts) {
+            SuspendDecision::Suspend(why) => out.actions.push(PlannedAction {
+                spec: spec_for("suspend_endpoint", why),
+                op: Op::SuspendEndpoint(e.id.clone()),
+            }),
+            SuspendDecision::Resume(why) => out.actions.push(PlannedAction {
+                spec: spec_for("start_endpoint", why),
+                op: Op::StartEndpoint(e.id.clone()),
+            }),
+            SuspendDecision::Skip(why) => {
+                let action = if why.rule == "resume" {
+                    "start_endpoint"
+                } else {
+                    "suspend_endpoint"
+                };
+                out.skips.push(spec_for(action, why))
+            }
+            SuspendDecision::Leave => {}
+        }
+    }
+    Ok(out)
+}
+
+/// After a real run: remember which endpoints a window made us suspend, forget the ones we
+/// started again.
+pub(crate) async fn remember(
+    env: &JobEnv,
+    job: &JobConfig,
+    plan: &ProjectPlan,
+    done: &[PlannedAction],
+) -> Result<(), RunError> {
+    let crate::config::JobSpec::SuspendComputes(spec) = &job.spec else {
+        return Ok(());
+    };
+    if !spec.resume || done.is_empty() {
+        return Ok(());
+    }
+    let project = plan.project_id.as_str();
+    let mut set = load_suspended(env, &job.name, project).await;
+    for a in done {
+        match &a.op {
+            Op::SuspendEndpoint(e)
+                if a.spec.rule.as_deref().is_some_and(|r| r.contains("window")) =>
+            {
+                set.insert(e.to_string());
+            }
+            Op::StartEndpoint(e) => {
+                set.remove(e.as_str());
+            }
+            _ => {}
+        }
+    }
+    let json = serde_json::to_string(&set).expect("a set of strings serialises");
+    env.store
+        .set_state(&job.name, &state_key(project), &json)
+        .await?;
+    Ok(())
+}
 
 /// What the job knows about one selected endpoint.
 #[derive(Debug, Clone, Copy)]
