@@ -316,18 +316,22 @@ impl FaultHandle {
 
 /// Neon's error body for an injected status.
 fn general_error(status: StatusCode, request_id: &str, retry_after: Option<u64>) -> Response<Body> {
-    let message = match status.as_u16() {
-        423 => "project already has running conflicting operations, scheduling of new ones is prohibited",
-        429 => "rate limit exceeded",
-        503 => "service temporarily unavailable",
-        _ => "internal server error",
+    let (code, message) = match status.as_u16() {
+        423 => ("LOCKED", crate::error::LOCKED_MESSAGE),
+        429 => ("TOO_MANY_REQUESTS", "rate limit exceeded"),
+        503 => ("SERVICE_UNAVAILABLE", "service temporarily unavailable"),
+        _ => ("INTERNAL_ERROR", "internal server error"),
     };
+    let message = format!("{message} (injected fault)");
     let body = serde_json::json!({
-        "code": "",
-        "message": format!("{message} (injected fault)"),
+        "code": code,
+        "message": message,
         "request_id": request_id,
     });
     let mut resp = (status, Json(body)).into_response();
+    // Inside the emulator's request-id layer, this makes the body carry the request's id.
+    resp.extensions_mut()
+        .insert(crate::error::ApiError::new(status, code, message));
     if let Some(secs) = retry_after {
         resp.headers_mut()
             .insert("retry-after", HeaderValue::from(secs));
@@ -436,6 +440,8 @@ where
                         // Half of a tiny body can still be valid JSON (`{}` -> `{`, `1` -> ``).
                         cut = b"{\"truncated".to_vec();
                     }
+                    // An error answer must not be re-rendered as a proper GeneralError.
+                    parts.extensions.remove::<crate::error::ApiError>();
                     if !parts.status.is_success() {
                         parts.status = StatusCode::OK;
                     }

@@ -318,12 +318,22 @@ where
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string)
                         .unwrap_or_else(|| format!("sim-rl-{:016x}", rand::random::<u64>()));
+                    let message = format!(
+                        "rate limit exceeded ({} limit), please retry later",
+                        limited.limit
+                    );
                     let body = serde_json::json!({
-                        "code": "",
-                        "message": format!("rate limit exceeded ({} limit), please retry later", limited.limit),
+                        "code": "TOO_MANY_REQUESTS",
+                        "message": message,
                         "request_id": request_id,
                     });
                     let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+                    // Inside the emulator's request-id layer, the body gets the request's id.
+                    resp.extensions_mut().insert(crate::error::ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "TOO_MANY_REQUESTS",
+                        message,
+                    ));
                     if let Ok(v) = HeaderValue::from_str(&request_id) {
                         resp.headers_mut().insert("x-request-id", v);
                     }

@@ -97,12 +97,14 @@ impl<'a> Budget<'a> {
     }
 
     /// The delay before the next retry, or `None` if the budget is spent. `retry_after` (from
-    /// a 429's header) replaces the computed backoff when present.
+    /// a 429's header) is honoured as a minimum; the jittered backoff is added on top so that
+    /// clients told the same `Retry-After` do not all come back at the same instant.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
         if self.retries >= self.policy.max_retries {
             return None;
         }
-        let delay = retry_after.unwrap_or_else(|| self.policy.backoff(self.retries));
+        let backoff = self.policy.backoff(self.retries);
+        let delay = retry_after.map_or(backoff, |ra| ra + backoff);
         if self.started.elapsed() + delay > self.policy.max_elapsed {
             return None;
         }
@@ -191,9 +193,10 @@ mod tests {
             ..p
         };
         let mut b = Budget::start(&p);
-        assert_eq!(
-            b.next_delay(Some(Duration::from_secs(4))),
-            Some(Duration::from_secs(4))
+        let d = b.next_delay(Some(Duration::from_secs(4))).unwrap();
+        assert!(
+            d >= Duration::from_secs(4) && d <= Duration::from_millis(4010),
+            "{d:?}"
         );
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(
@@ -201,9 +204,10 @@ mod tests {
             None,
             "would end after max_elapsed"
         );
-        assert_eq!(
-            b.next_delay(Some(Duration::from_secs(5))),
-            Some(Duration::from_secs(5))
+        let d = b.next_delay(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            d >= Duration::from_secs(5) && d <= Duration::from_millis(5010),
+            "{d:?}"
         );
     }
 
