@@ -301,3 +301,74 @@ async fn snapshots_with_retention_and_no_duplicates_on_rerun() {
     );
     assert_eq!(e.sim.snapshots(&p.id).len(), 3);
 }
+
+const SUSPEND: &str = r#"
+[[jobs]]
+name = "suspend-mondays"
+kind = "suspend_computes"
+every = "10m"
+windows = ["Mon"]
+window_timezone = "UTC"
+[jobs.endpoints]
+branches = ["main"]
+"#;
+
+#[tokio::test]
+async fn suspend_inside_window_only_selected_endpoints() {
+    let e = env().await;
+    // The emulator's clock starts on Monday 2025-06-02 12:00Z.
+    let (p, main) = e.sim.add_project("app", None);
+    let dev = e
+        .sim
+        .add_branch(&p.id, "dev", None, e.sim.clock().now())
+        .unwrap();
+    let ep_main = e
+        .sim
+        .add_endpoint(&main.id, neon_sim::state::EndpointType::ReadWrite)
+        .unwrap();
+    let ep_dev = e
+        .sim
+        .add_endpoint(&dev.id, neon_sim::state::EndpointType::ReadWrite)
+        .unwrap();
+    for id in [&ep_main.id, &ep_dev.id] {
+        assert!(e
+            .sim
+            .set_endpoint_activity(id, neon_sim::state::Activity::Busy));
+    }
+    e.sim.clear_mutations();
+    let j = job(SUSPEND);
+
+    let (r, actions) = run(&e, &j, e.sim.clock().now(), true).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(e.sim.mutations().is_empty());
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].outcome, ActionOutcome::Planned);
+    assert_eq!(actions[0].resource_id, ep_main.id);
+    assert_eq!(actions[0].reason, "inside window \"Mon\"");
+
+    let (r, actions) = run(
+        &e,
+        &j,
+        e.sim.clock().now() + chrono::Duration::seconds(1),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    let muts = e.sim.mutations();
+    assert_eq!(muts.len(), 1, "{muts:?}");
+    assert_eq!(muts[0].method, "POST");
+    assert!(
+        muts[0].path.ends_with(&format!("{}/suspend", ep_main.id)),
+        "{}",
+        muts[0].path
+    );
+    assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
+
+    // Tuesday: outside the window, nothing to do.
+    e.sim.clock().advance(DAY);
+    e.sim.clear_mutations();
+    let (r, actions) = run(&e, &j, e.sim.clock().now(), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(e.sim.mutations().is_empty());
+}
