@@ -1,1 +1,2 @@
-//! TODO(skeleton): owned by the scheduler work package.
+//! The scheduler.
+pub mod schedule;
