@@ -4,3 +4,4 @@
 
 pub mod events;
 pub mod metrics;
+pub mod scheduler_events;
