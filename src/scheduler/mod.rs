@@ -36,7 +36,7 @@ pub use run::run_now;
 
 use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
 use crate::store::{ActionCounts, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
-use crate::telemetry::scheduler_events::{NextRunScheduled, TickSkipped};
+use crate::telemetry::events::{JobScheduled, JobTickSkipped};
 
 /// What a run is given besides its job.
 #[derive(Debug, Clone)]
@@ -374,12 +374,14 @@ impl Loop {
             }
         }
         slot.fire_at = slot.next_tick.map(|t| t + Self::jitter(job));
-        NextRunScheduled {
-            job: &job.name,
-            next: slot.next_tick,
-            interval: job.schedule.nominal_interval(now, job.timezone),
+        if let Some(next_run) = slot.next_tick {
+            JobScheduled {
+                job: &job.name,
+                next_run,
+                interval: job.schedule.nominal_interval(now, job.timezone),
+            }
+            .emit();
         }
-        .emit();
     }
 
     async fn set_jobs(&mut self, jobs: Vec<Arc<JobConfig>>) {
@@ -441,12 +443,6 @@ impl Loop {
         }
         for gone in old.keys() {
             tracing::info!(job = %gone, "job removed from the policy; runs in progress continue");
-            NextRunScheduled {
-                job: gone,
-                next: None,
-                interval: None,
-            }
-            .emit();
         }
     }
 
@@ -488,7 +484,7 @@ impl Loop {
                         .schedule
                         .last_between(last, now, job.timezone)
                         .unwrap_or(now);
-                    TickSkipped {
+                    JobTickSkipped {
                         job: &job.name,
                         reason: "missed",
                         scheduled_for: tick,
@@ -572,7 +568,7 @@ impl Loop {
     async fn start(&mut self, job: &Arc<JobConfig>, tick: DateTime<Utc>, trigger: Trigger) {
         let busy = self.running.values().any(|r| r.job == job.name);
         if busy && job.concurrency == ConcurrencyPolicy::Forbid {
-            TickSkipped {
+            JobTickSkipped {
                 job: &job.name,
                 reason: "overlap",
                 scheduled_for: tick,
@@ -595,7 +591,7 @@ impl Loop {
             .await
         {
             Ok(Some(id)) => self.spawn_run(job, id, tick, trigger),
-            Ok(None) => TickSkipped {
+            Ok(None) => JobTickSkipped {
                 job: &job.name,
                 reason: "claimed_elsewhere",
                 scheduled_for: tick,
@@ -603,7 +599,7 @@ impl Loop {
             .emit(),
             Err(e) => {
                 tracing::error!(job = %job.name, error = %e, "cannot claim the run");
-                TickSkipped {
+                JobTickSkipped {
                     job: &job.name,
                     reason: "store_error",
                     scheduled_for: tick,

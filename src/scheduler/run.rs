@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::{Clock, Executor, LastRun, RunHandle, RunReport};
 use crate::config::JobConfig;
 use crate::store::{NewRun, RunId, RunStatus, Store, StoreResult, Trigger};
-use crate::telemetry::scheduler_events::{RunFinished, RunStarted};
+use crate::telemetry::events::{JobRunFinished, JobRunStarted};
 
 pub(super) struct RunContext {
     pub store: Arc<dyn Store>,
@@ -36,11 +36,10 @@ pub(super) async fn execute(
 ) -> Finished {
     let kind = job.kind.as_str();
     let started = tokio::time::Instant::now();
-    RunStarted {
+    JobRunStarted {
         job: &job.name,
         kind,
         run_id: run.run_id,
-        scheduled_for: run.scheduled_for,
         trigger: run.trigger,
         dry_run: run.dry_run,
     }
@@ -123,11 +122,11 @@ pub(super) async fn execute(
     {
         tracing::error!(parent: &span, error = %e, "cannot record the end of the run");
     }
-    RunFinished {
+    JobRunFinished {
         job: &job.name,
         kind,
         run_id,
-        status: report.status,
+        outcome: report.status,
         elapsed: started.elapsed(),
         counts: report.counts,
         error: report.error.as_deref(),

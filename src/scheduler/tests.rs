@@ -157,6 +157,13 @@ impl Store for MemStore {
     async fn latest_consumption_end(&self, _: &str) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(None)
     }
+    async fn list_consumption(
+        &self,
+        _: &str,
+        _: DateTime<Utc>,
+    ) -> StoreResult<Vec<ConsumptionSample>> {
+        Ok(Vec::new())
+    }
     async fn prune(&self, _: DateTime<Utc>) -> StoreResult<u64> {
         Ok(0)
     }

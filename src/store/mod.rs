@@ -6,11 +6,53 @@
 //! the same trait, so the trait uses nothing SQLite-specific: a run is *claimed* by inserting
 //! a row whose `(job, scheduled_for)` is unique, and whoever's insert wins runs it.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub mod postgres;
 pub mod sqlite;
+
+/// Opens the store named by `url`, applies the migrations and returns it behind the trait.
+///
+/// `sqlite:` URLs (`sqlite:///var/lib/neon-steward/state.db`, `sqlite:state.db`,
+/// `sqlite::memory:`) open the embedded SQLite store, creating the file if it is missing.
+/// `postgres://`/`postgresql://` URLs open the PostgreSQL store (the database must exist).
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => {
+            let store = sqlite::SqliteStore::open(url).await?;
+            Ok(Arc::new(store))
+        }
+        "postgres" | "postgresql" => {
+            let store = postgres::PgStore::open(url).await?;
+            Ok(Arc::new(store))
+        }
+        _ => Err(StoreError::Unsupported(format!(
+            "unknown store URL scheme {scheme:?}: expected sqlite: (for example \
+             sqlite:///var/lib/neon-steward/state.db) or postgres:"
+        ))),
+    }
+}
+
+// Time encoding shared by every backend: an instant is an integer of milliseconds since the
+// Unix epoch, UTC. It orders and indexes alike everywhere and has no zone to get wrong.
+
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64, column: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("{column} = {ms} is not a valid instant")))
+}
+
+pub(crate) fn opt_from_ms(ms: Option<i64>, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    ms.map(|ms| from_ms(ms, column)).transpose()
+}
 
 /// Primary key of a run.
 pub type RunId = i64;
@@ -33,6 +75,12 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
+    /// An update named a row that does not exist.
+    #[error("store: no {what} with id {id}")]
+    NotFound { what: &'static str, id: i64 },
+    /// The store URL names a backend this build cannot use.
+    #[error("store: {0}")]
+    Unsupported(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +130,24 @@ pub enum Trigger {
     CatchUp,
     /// `once`, `plan` or `POST /api/v1/jobs/{name}/trigger`.
     Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch_up",
+            Trigger::Manual => "manual",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "schedule" => Trigger::Schedule,
+            "catch_up" => Trigger::CatchUp,
+            "manual" => Trigger::Manual,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +201,28 @@ pub enum ActionOutcome {
     Planned,
 }
 
+impl ActionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionOutcome::Pending => "pending",
+            ActionOutcome::Succeeded => "succeeded",
+            ActionOutcome::Failed => "failed",
+            ActionOutcome::Skipped => "skipped",
+            ActionOutcome::Planned => "planned",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => ActionOutcome::Pending,
+            "succeeded" => ActionOutcome::Succeeded,
+            "failed" => ActionOutcome::Failed,
+            "skipped" => ActionOutcome::Skipped,
+            "planned" => ActionOutcome::Planned,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NewAction {
     pub run_id: RunId,
@@ -180,9 +268,25 @@ pub struct ActionRecord {
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub job: Option<String>,
+    /// At most this many runs; `0` means [`DEFAULT_RUN_LIMIT`]. Capped at [`MAX_RUN_LIMIT`].
     pub limit: u32,
     /// Runs with an id below this (for paging backwards through history).
     pub before: Option<RunId>,
+}
+
+/// Page size of [`Store::list_runs`] when the filter says `limit: 0`.
+pub const DEFAULT_RUN_LIMIT: u32 = 50;
+/// The largest page [`Store::list_runs`] returns, whatever the filter asks.
+pub const MAX_RUN_LIMIT: u32 = 1000;
+
+impl RunFilter {
+    /// The page size actually used.
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => DEFAULT_RUN_LIMIT,
+            n => n.min(MAX_RUN_LIMIT),
+        }
+    }
 }
 
 /// One value of one consumption metric for one project and one period.
@@ -243,6 +347,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Idempotent upsert keyed by (project, metric, granularity, timeframe_start).
     async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64>;
+    /// Samples of a granularity whose timeframe starts at or after `since`, ordered by
+    /// timeframe, project and metric.
+    async fn list_consumption(
+        &self,
+        granularity: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<ConsumptionSample>>;
     /// The end of the newest stored timeframe for a granularity, to resume collection.
     async fn latest_consumption_end(&self, granularity: &str)
         -> StoreResult<Option<DateTime<Utc>>>;

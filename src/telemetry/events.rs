@@ -2,9 +2,14 @@
 //! so logs and metrics cannot drift. Add new events here rather than calling `tracing` or
 //! the metric families from elsewhere for things that are also counted.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::metrics::metrics;
+use crate::store::{ActionCounts, ActionOutcome, RunId, RunStatus, Trigger};
 
 /// A Neon API request finished (successfully or not). `route` is the path template.
 pub struct ApiRequestCompleted<'a> {
@@ -75,5 +80,841 @@ impl ApiRetry<'_> {
             .api_retries_total
             .with_label_values(&[self.reason])
             .inc();
+    }
+}
+
+fn unix_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+/// A run of a job starts (after its tick was claimed in the store).
+pub struct JobRunStarted<'a> {
+    pub job: &'a str,
+    pub kind: &'a str,
+    pub run_id: RunId,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+}
+
+impl JobRunStarted<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            job = self.job,
+            kind = self.kind,
+            run_id = self.run_id,
+            trigger = self.trigger.as_str(),
+            dry_run = self.dry_run,
+            "job run started"
+        );
+        metrics().job_running.with_label_values(&[self.job]).inc();
+    }
+}
+
+/// A run started with [`JobRunStarted`] ended. Emit exactly once per started run: it
+/// decrements the running gauge.
+pub struct JobRunFinished<'a> {
+    pub job: &'a str,
+    pub kind: &'a str,
+    pub run_id: RunId,
+    /// `Succeeded`, `Failed`, `Partial` or `Interrupted`.
+    pub outcome: RunStatus,
+    pub elapsed: Duration,
+    pub finished_at: DateTime<Utc>,
+    pub counts: ActionCounts,
+    pub error: Option<&'a str>,
+}
+
+impl JobRunFinished<'_> {
+    pub fn emit(&self) {
+        let outcome = self.outcome.as_str();
+        let elapsed_ms = self.elapsed.as_millis() as u64;
+        let c = self.counts;
+        match self.outcome {
+            RunStatus::Succeeded => tracing::info!(
+                job = self.job,
+                kind = self.kind,
+                run_id = self.run_id,
+                outcome,
+                elapsed_ms,
+                succeeded = c.succeeded,
+                failed = c.failed,
+                skipped = c.skipped,
+                planned = c.planned,
+                "job run finished"
+            ),
+            _ => tracing::warn!(
+                job = self.job,
+                kind = self.kind,
+                run_id = self.run_id,
+                outcome,
+                elapsed_ms,
+                succeeded = c.succeeded,
+                failed = c.failed,
+                skipped = c.skipped,
+                planned = c.planned,
+                error = self.error,
+                "job run finished"
+            ),
+        }
+        let m = metrics();
+        m.job_runs_total
+            .with_label_values(&[self.job, self.kind, outcome])
+            .inc();
+        m.job_run_duration_seconds
+            .with_label_values(&[self.job, self.kind])
+            .observe(self.elapsed.as_secs_f64());
+        let at = unix_seconds(self.finished_at);
+        m.job_last_run_timestamp_seconds
+            .with_label_values(&[self.job])
+            .set(at);
+        if self.outcome == RunStatus::Succeeded {
+            m.job_last_success_timestamp_seconds
+                .with_label_values(&[self.job])
+                .set(at);
+        }
+        m.job_running.with_label_values(&[self.job]).dec();
+    }
+}
+
+/// A schedule tick was not run.
+pub struct JobTickSkipped<'a> {
+    pub job: &'a str,
+    /// One of `overlap` (concurrency policy `forbid`), `missed` (daemon was down),
+    /// `claimed_elsewhere` (another replica claimed the tick), `disabled`.
+    pub reason: &'static str,
+    pub scheduled_for: DateTime<Utc>,
+}
+
+impl JobTickSkipped<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            job = self.job,
+            reason = self.reason,
+            scheduled_for = %self.scheduled_for.to_rfc3339(),
+            "job tick skipped"
+        );
+        metrics()
+            .job_skipped_ticks_total
+            .with_label_values(&[self.job, self.reason])
+            .inc();
+    }
+}
+
+/// The scheduler computed a job's next fire time.
+pub struct JobScheduled<'a> {
+    pub job: &'a str,
+    pub next_run: DateTime<Utc>,
+    /// Nominal time between two runs (the interval, or the gap between the next two cron
+    /// fire times), exported so alerts can say "no success for 2 intervals".
+    pub interval: Option<Duration>,
+}
+
+impl JobScheduled<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(
+            job = self.job,
+            next_run = %self.next_run.to_rfc3339(),
+            interval_s = self.interval.map(|d| d.as_secs()),
+            "job scheduled"
+        );
+        let m = metrics();
+        m.job_next_run_timestamp_seconds
+            .with_label_values(&[self.job])
+            .set(unix_seconds(self.next_run));
+        if let Some(interval) = self.interval {
+            m.job_interval_seconds
+                .with_label_values(&[self.job])
+                .set(interval.as_secs_f64());
+        }
+    }
+}
+
+/// An action of a job on a Neon resource reached its outcome (emit once per action, with
+/// the final outcome; a `Pending` outcome is logged but not counted).
+pub struct ActionRecorded<'a> {
+    pub job: &'a str,
+    pub run_id: RunId,
+    pub action: &'a str,
+    pub outcome: ActionOutcome,
+    pub dry_run: bool,
+    pub resource_kind: &'a str,
+    pub resource_id: &'a str,
+    pub resource_name: Option<&'a str>,
+    pub project_id: Option<&'a str>,
+    pub reason: &'a str,
+    /// Error message for a failure, extra facts otherwise.
+    pub detail: Option<&'a str>,
+}
+
+impl ActionRecorded<'_> {
+    pub fn emit(&self) {
+        let outcome = self.outcome.as_str();
+        macro_rules! log {
+            ($level:ident) => {
+                tracing::$level!(
+                    job = self.job,
+                    run_id = self.run_id,
+                    action = self.action,
+                    outcome,
+                    dry_run = self.dry_run,
+                    resource_kind = self.resource_kind,
+                    resource_id = self.resource_id,
+                    resource_name = self.resource_name,
+                    project_id = self.project_id,
+                    reason = self.reason,
+                    detail = self.detail,
+                    "action"
+                )
+            };
+        }
+        match self.outcome {
+            ActionOutcome::Pending => {
+                log!(debug);
+                return;
+            }
+            ActionOutcome::Failed => log!(warn),
+            _ => log!(info),
+        }
+        metrics()
+            .actions_total
+            .with_label_values(&[self.job, self.action, outcome, bool_label(self.dry_run)])
+            .inc();
+    }
+}
+
+fn bool_label(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// The policy file was loaded (at start) or reloaded (SIGHUP).
+pub struct ConfigReloaded<'a> {
+    pub path: &'a str,
+    /// `Err` carries the full, human-readable reason (file, line, column).
+    pub result: Result<(), &'a str>,
+    pub at: DateTime<Utc>,
+}
+
+impl ConfigReloaded<'_> {
+    pub fn emit(&self) {
+        let m = metrics();
+        match self.result {
+            Ok(()) => {
+                tracing::info!(path = self.path, "configuration loaded");
+                m.config_last_reload_successful.set(1.0);
+                m.config_last_reload_success_timestamp_seconds
+                    .set(unix_seconds(self.at));
+                m.config_reloads_total.with_label_values(&["success"]).inc();
+            }
+            Err(error) => {
+                tracing::error!(
+                    path = self.path,
+                    error,
+                    "configuration reload failed; keeping the previous configuration"
+                );
+                m.config_last_reload_successful.set(0.0);
+                m.config_reloads_total.with_label_values(&["failure"]).inc();
+            }
+        }
+    }
+}
+
+/// One exported consumption value (the latest complete period of one project and metric).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumptionPoint {
+    pub project_id: String,
+    pub metric: String,
+    pub granularity: String,
+    pub value: f64,
+    /// From the configured price table; `None` when the metric has no price.
+    pub cost: Option<f64>,
+}
+
+/// The project id under which projects beyond the cap are summed.
+pub const OTHER_PROJECTS: &str = "other";
+
+/// The label sets last exported per granularity, so series of projects that disappeared (or
+/// fell under the cap) are removed instead of reporting a stale value forever.
+/// `(project_id, metric)` label pairs exported for one granularity.
+type SeriesKeys = HashSet<(String, String)>;
+
+static EXPORTED: LazyLock<Mutex<HashMap<String, SeriesKeys>>> = LazyLock::new(Default::default);
+
+/// Consumption gauges are replaced with the latest complete period of one granularity.
+///
+/// At most `max_projects` projects get their own series; they are the ones with the highest
+/// estimated cost (then the highest summed value, then project id, so the choice is stable).
+/// The rest are summed into `project_id="other"`, which keeps label cardinality bounded on
+/// accounts with thousands of projects.
+pub struct ConsumptionExported<'a> {
+    pub granularity: &'a str,
+    pub points: &'a [ConsumptionPoint],
+    pub max_projects: usize,
+}
+
+impl ConsumptionExported<'_> {
+    pub fn emit(&self) {
+        let points: Vec<&ConsumptionPoint> = self
+            .points
+            .iter()
+            .filter(|p| p.granularity == self.granularity)
+            .collect();
+        // Rank projects.
+        let mut totals: HashMap<&str, (f64, f64)> = HashMap::new();
+        for p in &points {
+            let e = totals.entry(p.project_id.as_str()).or_default();
+            e.0 += p.cost.unwrap_or(0.0);
+            e.1 += p.value;
+        }
+        let mut ranked: Vec<(&str, (f64, f64))> = totals.into_iter().collect();
+        ranked.sort_by(|a, b| {
+            b.1 .0
+                .total_cmp(&a.1 .0)
+                .then(b.1 .1.total_cmp(&a.1 .1))
+                .then(a.0.cmp(b.0))
+        });
+        let kept: HashSet<&str> = ranked
+            .iter()
+            .take(self.max_projects)
+            .map(|(p, _)| *p)
+            .collect();
+
+        // Aggregate into the series to export: (project label, metric) -> (value, cost).
+        let mut series: HashMap<(String, String), (f64, Option<f64>)> = HashMap::new();
+        for p in &points {
+            let project = if kept.contains(p.project_id.as_str()) {
+                p.project_id.clone()
+            } else {
+                OTHER_PROJECTS.to_string()
+            };
+            let e = series
+                .entry((project, p.metric.clone()))
+                .or_insert((0.0, None));
+            e.0 += p.value;
+            if let Some(cost) = p.cost {
+                e.1 = Some(e.1.unwrap_or(0.0) + cost);
+            }
+        }
+
+        let m = metrics();
+        let mut exported = EXPORTED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let previous = exported.remove(self.granularity).unwrap_or_default();
+        for (project, metric) in previous.iter() {
+            if !series.contains_key(&(project.clone(), metric.clone())) {
+                let labels = [project.as_str(), metric.as_str(), self.granularity];
+                let _ = m.consumption.remove_label_values(&labels);
+                let _ = m.estimated_cost.remove_label_values(&labels);
+            }
+        }
+        for ((project, metric), (value, cost)) in &series {
+            let labels = [project.as_str(), metric.as_str(), self.granularity];
+            m.consumption.with_label_values(&labels).set(*value);
+            match cost {
+                Some(cost) => m.estimated_cost.with_label_values(&labels).set(*cost),
+                None => {
+                    let _ = m.estimated_cost.remove_label_values(&labels);
+                }
+            }
+        }
+        exported.insert(
+            self.granularity.to_string(),
+            series.keys().cloned().collect(),
+        );
+        tracing::debug!(
+            granularity = self.granularity,
+            projects = ranked.len(),
+            series = series.len(),
+            capped = ranked.len().saturating_sub(self.max_projects),
+            "consumption exported"
+        );
+    }
+}
+
+/// A consumption collection finished successfully.
+pub struct ConsumptionCollected<'a> {
+    pub job: &'a str,
+    pub granularity: &'a str,
+    pub projects: usize,
+    pub samples: usize,
+    pub at: DateTime<Utc>,
+}
+
+impl ConsumptionCollected<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            job = self.job,
+            granularity = self.granularity,
+            projects = self.projects,
+            samples = self.samples,
+            "consumption collected"
+        );
+        metrics()
+            .consumption_last_collected_timestamp_seconds
+            .set(unix_seconds(self.at));
+    }
+}
+
+/// Runs left `running` by a previous life of the process were marked interrupted.
+pub struct InterruptedRunsRecovered {
+    pub count: u64,
+}
+
+impl InterruptedRunsRecovered {
+    pub fn emit(&self) {
+        if self.count > 0 {
+            tracing::warn!(
+                count = self.count,
+                "runs left running by a previous process were marked interrupted"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Metrics are process-global: every test uses its own job names / granularities.
+
+    use super::*;
+    use crate::telemetry::metrics::render;
+
+    /// Serialises the tests that emit [`ConfigReloaded`]: its gauges have no label to keep
+    /// tests apart.
+    static CONFIG_FAMILIES: Mutex<()> = Mutex::new(());
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("valid test timestamp")
+    }
+
+    #[test]
+    fn run_started_and_finished_move_their_metrics() {
+        let m = metrics();
+        let job = "t-run-lifecycle";
+        JobRunStarted {
+            job,
+            kind: "snapshot",
+            run_id: 1,
+            trigger: Trigger::Schedule,
+            dry_run: false,
+        }
+        .emit();
+        assert_eq!(m.job_running.with_label_values(&[job]).get(), 1);
+        let finished = |outcome, secs| JobRunFinished {
+            job,
+            kind: "snapshot",
+            run_id: 1,
+            outcome,
+            elapsed: Duration::from_millis(1500),
+            finished_at: at(secs),
+            counts: ActionCounts {
+                succeeded: 2,
+                ..Default::default()
+            },
+            error: None,
+        };
+        finished(RunStatus::Succeeded, 1_700_000_000).emit();
+        assert_eq!(m.job_running.with_label_values(&[job]).get(), 0);
+        assert_eq!(
+            m.job_runs_total
+                .with_label_values(&[job, "snapshot", "succeeded"])
+                .get(),
+            1
+        );
+        let h = m
+            .job_run_duration_seconds
+            .with_label_values(&[job, "snapshot"]);
+        assert_eq!(h.get_sample_count(), 1);
+        assert!((h.get_sample_sum() - 1.5).abs() < 1e-9);
+        assert_eq!(
+            m.job_last_run_timestamp_seconds
+                .with_label_values(&[job])
+                .get(),
+            1.7e9
+        );
+        assert_eq!(
+            m.job_last_success_timestamp_seconds
+                .with_label_values(&[job])
+                .get(),
+            1.7e9
+        );
+
+        JobRunStarted {
+            job,
+            kind: "snapshot",
+            run_id: 2,
+            trigger: Trigger::Manual,
+            dry_run: true,
+        }
+        .emit();
+        finished(RunStatus::Failed, 1_700_000_100).emit();
+        assert_eq!(
+            m.job_runs_total
+                .with_label_values(&[job, "snapshot", "failed"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            m.job_last_run_timestamp_seconds
+                .with_label_values(&[job])
+                .get(),
+            1_700_000_100.0
+        );
+        assert_eq!(
+            m.job_last_success_timestamp_seconds
+                .with_label_values(&[job])
+                .get(),
+            1.7e9,
+            "a failure does not move the last success"
+        );
+        assert_eq!(m.job_running.with_label_values(&[job]).get(), 0);
+    }
+
+    #[test]
+    fn skipped_and_scheduled() {
+        let m = metrics();
+        let job = "t-skip-sched";
+        JobTickSkipped {
+            job,
+            reason: "overlap",
+            scheduled_for: at(10),
+        }
+        .emit();
+        JobTickSkipped {
+            job,
+            reason: "overlap",
+            scheduled_for: at(20),
+        }
+        .emit();
+        assert_eq!(
+            m.job_skipped_ticks_total
+                .with_label_values(&[job, "overlap"])
+                .get(),
+            2
+        );
+        JobScheduled {
+            job,
+            next_run: at(3600),
+            interval: Some(Duration::from_secs(900)),
+        }
+        .emit();
+        assert_eq!(
+            m.job_next_run_timestamp_seconds
+                .with_label_values(&[job])
+                .get(),
+            3600.0
+        );
+        assert_eq!(
+            m.job_interval_seconds.with_label_values(&[job]).get(),
+            900.0
+        );
+    }
+
+    #[test]
+    fn actions_count_final_outcomes_only() {
+        let m = metrics();
+        let job = "t-actions";
+        let ev = |outcome, dry_run| ActionRecorded {
+            job,
+            run_id: 7,
+            action: "delete_branch",
+            outcome,
+            dry_run,
+            resource_kind: "branch",
+            resource_id: "br-x",
+            resource_name: Some("preview/x"),
+            project_id: Some("p-1"),
+            reason: "age 9d > ttl 7d",
+            detail: None,
+        };
+        let count = |outcome: &str, dry: &str| {
+            m.actions_total
+                .with_label_values(&[job, "delete_branch", outcome, dry])
+                .get()
+        };
+        ev(ActionOutcome::Pending, false).emit();
+        assert_eq!(count("pending", "false"), 0);
+        ev(ActionOutcome::Succeeded, false).emit();
+        ev(ActionOutcome::Planned, true).emit();
+        ev(ActionOutcome::Failed, false).emit();
+        assert_eq!(count("succeeded", "false"), 1);
+        assert_eq!(count("planned", "true"), 1);
+        assert_eq!(count("failed", "false"), 1);
+    }
+
+    #[test]
+    fn config_reload_success_and_failure() {
+        let _serial = CONFIG_FAMILIES.lock().unwrap_or_else(|p| p.into_inner());
+        let m = metrics();
+        let ok_before = m.config_reloads_total.with_label_values(&["success"]).get();
+        let fail_before = m.config_reloads_total.with_label_values(&["failure"]).get();
+        ConfigReloaded {
+            path: "/etc/x.toml",
+            result: Ok(()),
+            at: at(500),
+        }
+        .emit();
+        assert_eq!(m.config_last_reload_successful.get(), 1.0);
+        assert_eq!(m.config_last_reload_success_timestamp_seconds.get(), 500.0);
+        ConfigReloaded {
+            path: "/etc/x.toml",
+            result: Err("line 3, column 1: unknown key"),
+            at: at(600),
+        }
+        .emit();
+        assert_eq!(m.config_last_reload_successful.get(), 0.0);
+        assert_eq!(
+            m.config_last_reload_success_timestamp_seconds.get(),
+            500.0,
+            "a failed reload keeps the last success time"
+        );
+        assert_eq!(
+            m.config_reloads_total.with_label_values(&["success"]).get(),
+            ok_before + 1
+        );
+        assert_eq!(
+            m.config_reloads_total.with_label_values(&["failure"]).get(),
+            fail_before + 1
+        );
+    }
+
+    /// The exported `(project_id, metric)` series of a granularity and their values.
+    fn series(family: &str, granularity: &str) -> HashMap<(String, String), f64> {
+        let mut out = HashMap::new();
+        for mf in metrics().registry.gather() {
+            if mf.name() != family {
+                continue;
+            }
+            for metric in mf.get_metric() {
+                let label = |n: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                };
+                if label("granularity").as_deref() == Some(granularity) {
+                    out.insert(
+                        (label("project_id").unwrap(), label("metric").unwrap()),
+                        metric.get_gauge().get_value(),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn point(
+        project: &str,
+        metric: &str,
+        granularity: &str,
+        value: f64,
+        cost: Option<f64>,
+    ) -> ConsumptionPoint {
+        ConsumptionPoint {
+            project_id: project.into(),
+            metric: metric.into(),
+            granularity: granularity.into(),
+            value,
+            cost,
+        }
+    }
+
+    #[test]
+    fn consumption_export_caps_projects_and_drops_stale_series() {
+        let g = "t-cap";
+        let points = vec![
+            point("p-cheap", "compute_time_seconds", g, 100.0, Some(1.0)),
+            point("p-big", "compute_time_seconds", g, 50.0, Some(9.0)),
+            point("p-mid", "compute_time_seconds", g, 10.0, Some(4.0)),
+            point("p-mid", "written_data_bytes", g, 7.0, None),
+            point("p-small", "compute_time_seconds", g, 3.0, Some(0.5)),
+        ];
+        ConsumptionExported {
+            granularity: g,
+            points: &points,
+            max_projects: 2,
+        }
+        .emit();
+        let values = series("neon_steward_consumption", g);
+        let key = |p: &str, m: &str| (p.to_string(), m.to_string());
+        assert_eq!(values.len(), 4, "{values:?}");
+        assert_eq!(values[&key("p-big", "compute_time_seconds")], 50.0);
+        assert_eq!(values[&key("p-mid", "compute_time_seconds")], 10.0);
+        assert_eq!(values[&key("p-mid", "written_data_bytes")], 7.0);
+        assert_eq!(values[&key(OTHER_PROJECTS, "compute_time_seconds")], 103.0);
+        let costs = series("neon_steward_estimated_cost", g);
+        assert_eq!(costs[&key(OTHER_PROJECTS, "compute_time_seconds")], 1.5);
+        assert!(
+            !costs.contains_key(&key("p-mid", "written_data_bytes")),
+            "no price, no cost series"
+        );
+
+        // Next period: p-mid is gone, everything fits under the cap.
+        let points = vec![point("p-big", "compute_time_seconds", g, 60.0, Some(10.0))];
+        ConsumptionExported {
+            granularity: g,
+            points: &points,
+            max_projects: 2,
+        }
+        .emit();
+        let values = series("neon_steward_consumption", g);
+        assert_eq!(values.len(), 1, "stale series removed: {values:?}");
+        assert_eq!(values[&key("p-big", "compute_time_seconds")], 60.0);
+        assert_eq!(series("neon_steward_estimated_cost", g).len(), 1);
+    }
+
+    #[test]
+    fn consumption_export_leaves_other_granularities_alone() {
+        let points = vec![point("p-1", "compute_time_seconds", "t-gran-a", 1.0, None)];
+        ConsumptionExported {
+            granularity: "t-gran-a",
+            points: &points,
+            max_projects: 10,
+        }
+        .emit();
+        let points = vec![point("p-1", "compute_time_seconds", "t-gran-b", 2.0, None)];
+        ConsumptionExported {
+            granularity: "t-gran-b",
+            points: &points,
+            max_projects: 10,
+        }
+        .emit();
+        assert_eq!(series("neon_steward_consumption", "t-gran-a").len(), 1);
+        assert_eq!(series("neon_steward_consumption", "t-gran-b").len(), 1);
+    }
+
+    #[test]
+    fn consumption_collected_sets_timestamp() {
+        // Set to a value no other test uses, then read it straight back.
+        ConsumptionCollected {
+            job: "t-collect",
+            granularity: "hourly",
+            projects: 2,
+            samples: 5,
+            at: at(4242),
+        }
+        .emit();
+        assert_eq!(
+            metrics().consumption_last_collected_timestamp_seconds.get(),
+            4242.0
+        );
+    }
+
+    #[test]
+    fn render_lists_every_family() {
+        // Vec families only appear once they have a child; touch every one.
+        let job = "t-render";
+        JobRunStarted {
+            job,
+            kind: "k",
+            run_id: 1,
+            trigger: Trigger::Schedule,
+            dry_run: false,
+        }
+        .emit();
+        JobRunFinished {
+            job,
+            kind: "k",
+            run_id: 1,
+            outcome: RunStatus::Succeeded,
+            elapsed: Duration::from_secs(1),
+            finished_at: at(1),
+            counts: ActionCounts::default(),
+            error: None,
+        }
+        .emit();
+        JobTickSkipped {
+            job,
+            reason: "missed",
+            scheduled_for: at(1),
+        }
+        .emit();
+        JobScheduled {
+            job,
+            next_run: at(2),
+            interval: Some(Duration::from_secs(60)),
+        }
+        .emit();
+        ActionRecorded {
+            job,
+            run_id: 1,
+            action: "create_snapshot",
+            outcome: ActionOutcome::Succeeded,
+            dry_run: false,
+            resource_kind: "branch",
+            resource_id: "br",
+            resource_name: None,
+            project_id: None,
+            reason: "keep_daily",
+            detail: None,
+        }
+        .emit();
+        ApiRequestCompleted {
+            method: "GET",
+            route: "/t-render",
+            status: Some(429),
+            elapsed: Duration::from_millis(3),
+            request_id: "r",
+        }
+        .emit();
+        ApiRetry {
+            method: "GET",
+            route: "/t-render",
+            reason: "rate_limited",
+            attempt: 1,
+            delay: Duration::from_millis(1),
+        }
+        .emit();
+        ConfigReloaded {
+            path: "x",
+            result: Ok(()),
+            at: Utc::now(),
+        }
+        .emit();
+        let points = [point("p", "m", "t-render", 1.0, Some(1.0))];
+        ConsumptionExported {
+            granularity: "t-render",
+            points: &points,
+            max_projects: 1,
+        }
+        .emit();
+
+        let text = render();
+        for family in [
+            "build_info",
+            "job_runs_total",
+            "job_run_duration_seconds",
+            "job_last_run_timestamp_seconds",
+            "job_last_success_timestamp_seconds",
+            "job_next_run_timestamp_seconds",
+            "job_interval_seconds",
+            "job_running",
+            "job_skipped_ticks_total",
+            "actions_total",
+            "api_requests_total",
+            "api_request_duration_seconds",
+            "api_retries_total",
+            "api_rate_limited_total",
+            "config_last_reload_successful",
+            "config_last_reload_success_timestamp_seconds",
+            "config_reloads_total",
+            "consumption",
+            "estimated_cost",
+            "consumption_last_collected_timestamp_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE neon_steward_{family} ")),
+                "family {family} missing from:\n{text}"
+            );
+        }
+        assert_eq!(
+            metrics().registry.gather().len(),
+            20,
+            "a new family needs a line above"
+        );
     }
 }

@@ -3,5 +3,7 @@
 //! cannot drift and label cardinality is reviewed in one place.
 
 pub mod events;
+pub mod logging;
 pub mod metrics;
-pub mod scheduler_events;
+
+pub use logging::{init_logging, LogFormat};

@@ -1,0 +1,480 @@
+//! Branches: list (sorting, search, cursor pagination), count, get, create (with computes),
+//! update (name, protected, expires_at with Neon's rules), delete (with Neon's refusals) and
+//! set_as_default.
+
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::endpoints::{new_endpoint, EndpointOptions};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::AppState;
+use crate::error::ApiError;
+use crate::state::{Branch, Principal, State, MAX_BRANCH_TTL};
+use crate::wire::{self, Operation};
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    search: Option<String>,
+    sort_by: Option<String>,
+    sort_order: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn sort_key(b: &Branch, sort_by: &str) -> String {
+    let t = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    match sort_by {
+        "name" => b.name.clone(),
+        "created_at" => t(b.created_at),
+        _ => t(b.updated_at),
+    }
+}
+
+fn matches_search(b: &Branch, search: &Option<String>) -> bool {
+    search.as_ref().is_none_or(|t| {
+        let t = t.to_lowercase();
+        b.name.to_lowercase().contains(&t) || b.id.to_lowercase().contains(&t)
+    })
+}
+
+pub async fn list(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath(project_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let sort_by = q.sort_by.as_deref().unwrap_or("updated_at").to_string();
+    if !matches!(sort_by.as_str(), "name" | "created_at" | "updated_at") {
+        return Err(ApiError::bad_request(format!(
+            "sort_by must be one of name, created_at, updated_at; got {sort_by:?}"
+        )));
+    }
+    let sort_order = q.sort_order.as_deref().unwrap_or("desc").to_string();
+    if !matches!(sort_order.as_str(), "asc" | "desc") {
+        return Err(ApiError::bad_request(format!(
+            "sort_order must be asc or desc; got {sort_order:?}"
+        )));
+    }
+    if let Some(l) = q.limit {
+        if !(1..=10_000).contains(&l) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and 10000, got {l}"
+            )));
+        }
+    }
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => {
+            let decoded =
+                unhex(c).ok_or_else(|| ApiError::bad_request(format!("invalid cursor {c:?}")))?;
+            let parts: Vec<&str> = decoded.splitn(4, '\n').collect();
+            if parts.len() != 4 || parts[0] != sort_by || parts[1] != sort_order {
+                return Err(ApiError::bad_request(
+                    "invalid cursor: it does not belong to this sort_by/sort_order",
+                ));
+            }
+            Some((parts[2].to_string(), parts[3].to_string()))
+        }
+    };
+    let s = app.state.settled();
+    s.project_for(&who, &project_id)?;
+    let mut rows: Vec<(String, &Branch)> = s
+        .project_branches(&project_id)
+        .into_iter()
+        .filter(|b| matches_search(b, &q.search))
+        .map(|b| (sort_key(b, &sort_by), b))
+        .collect();
+    let desc = sort_order == "desc";
+    rows.sort_by(|(ka, a), (kb, b)| {
+        let ord = (ka, &a.id).cmp(&(kb, &b.id));
+        if desc {
+            ord.reverse()
+        } else {
+            ord
+        }
+    });
+    let rows: Vec<(String, &Branch)> = rows
+        .into_iter()
+        .filter(|(k, b)| {
+            after.as_ref().is_none_or(|(ak, aid)| {
+                let ord = (k, &b.id).cmp(&(ak, aid));
+                if desc {
+                    ord.is_lt()
+                } else {
+                    ord.is_gt()
+                }
+            })
+        })
+        .collect();
+    let limit = q.limit.map(|l| l as usize).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    let page: Vec<&(String, &Branch)> = rows.iter().take(limit).collect();
+    let mut pagination = json!({ "sort_by": sort_by, "sort_order": sort_order });
+    if more {
+        if let Some((k, b)) = page.last() {
+            pagination["next"] = json!(hex(&format!("{sort_by}\n{sort_order}\n{k}\n{}", b.id)));
+        }
+    }
+    Ok(Json(json!({
+        "branches": page.iter().map(|(_, b)| wire::Branch::from(&s, b)).collect::<Vec<_>>(),
+        "annotations": {},
+        "pagination": pagination,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct CountQuery {
+    search: Option<String>,
+}
+
+pub async fn count(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath(project_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CountQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let s = app.state.settled();
+    s.project_for(&who, &project_id)?;
+    let n = s
+        .project_branches(&project_id)
+        .into_iter()
+        .filter(|b| matches_search(b, &q.search))
+        .count();
+    Ok(Json(json!({ "count": n })))
+}
+
+pub async fn get(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let s = app.state.settled();
+    let b = s.branch_for(&who, &project_id, &branch_id)?;
+    Ok(Json(json!({
+        "branch": wire::Branch::from(&s, b),
+        "annotation": { "object": { "type": "console/branch", "id": b.id }, "value": {} },
+    })))
+}
+
+#[derive(Deserialize, Default)]
+pub struct BranchOptions {
+    parent_id: Option<String>,
+    name: Option<String>,
+    parent_timestamp: Option<DateTime<Utc>>,
+    protected: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct CreateBody {
+    #[serde(default)]
+    branch: Option<BranchOptions>,
+    #[serde(default)]
+    endpoints: Vec<EndpointOptions>,
+}
+
+fn ensure_unique_name(
+    s: &State,
+    project_id: &str,
+    name: &str,
+    except: Option<&str>,
+) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 256 {
+        return Err(ApiError::bad_request(
+            "branch name must be 1 to 256 characters",
+        ));
+    }
+    if s.project_branches(project_id)
+        .iter()
+        .any(|b| b.name == name && Some(b.id.as_str()) != except)
+    {
+        return Err(ApiError::conflict(format!(
+            "branch with name {name:?} already exists"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn create(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(body): ApiJson<Option<CreateBody>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.unwrap_or_default();
+    let opts = body.branch.unwrap_or_default();
+    let mut s = app.state.settled();
+    s.project_for(&who, &project_id)?;
+    s.ensure_unlocked(&project_id)?;
+    let parent = match opts.parent_id.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => s
+            .branches
+            .get(p)
+            .filter(|b| b.project_id == project_id)
+            .ok_or_else(|| ApiError::not_found(format!("parent branch {p} not found")))?
+            .clone(),
+        None => s
+            .default_branch(&project_id)
+            .ok_or_else(|| ApiError::bad_request("project has no default branch"))?
+            .clone(),
+    };
+    let now = s.now();
+    if let Some(t) = opts.parent_timestamp {
+        if t > now || t < parent.created_at {
+            return Err(ApiError::bad_request(
+                "parent_timestamp must lie between the parent's creation and now",
+            ));
+        }
+    }
+    let mut rw = 0;
+    for e in &body.endpoints {
+        e.validate()?;
+        if e.kind == "read_write" {
+            rw += 1;
+        }
+    }
+    if rw > 1 {
+        return Err(ApiError::bad_request(
+            "a branch can have only one read_write compute endpoint",
+        ));
+    }
+    if let Some(n) = &opts.name {
+        ensure_unique_name(&s, &project_id, n, None)?;
+    }
+    let placeholder = opts.name.clone().unwrap_or_default();
+    let branch = s.insert_branch(&project_id, &placeholder, Some(&parent.id), now);
+    let b = s
+        .branches
+        .get_mut(&branch.id)
+        .ok_or_else(|| ApiError::not_found("branch vanished"))?;
+    if opts.name.is_none() {
+        b.name = b.id.clone();
+    }
+    b.protected = opts.protected.unwrap_or(false);
+    if let Some(t) = opts.parent_timestamp {
+        b.parent_timestamp = Some(t);
+    }
+    let mut ops = vec![s.push_operation(&project_id, Some(&branch.id), None, "create_timeline")];
+    let mut eps = Vec::new();
+    for e in &body.endpoints {
+        let ep = new_endpoint(&mut s, &branch.id, e)?;
+        ops.push(s.push_operation(&project_id, Some(&branch.id), Some(&ep.id), "start_compute"));
+        eps.push(ep);
+    }
+    let eps: Vec<_> = eps
+        .iter()
+        .filter_map(|e| s.endpoints.get(&e.id).cloned())
+        .collect();
+    let branch = s.branches[&branch.id].clone();
+    let rw_ep = eps
+        .iter()
+        .find(|e| e.kind == crate::state::EndpointType::ReadWrite);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "branch": wire::Branch::from(&s, &branch),
+            "endpoints": eps.iter().map(wire::Endpoint::from).collect::<Vec<_>>(),
+            "operations": Operation::list(&ops, now),
+            "roles": [],
+            "databases": [],
+            "connection_uris": wire::connection_uris(rw_ep),
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateBody {
+    branch: Map<String, Value>,
+}
+
+pub async fn update(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<UpdateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = app.state.settled();
+    let current = s.branch_for(&who, &project_id, &branch_id)?.clone();
+    s.ensure_unlocked(&project_id)?;
+    let u = body.branch;
+    let name = match u.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) => Some(n.clone()),
+        Some(_) => return Err(ApiError::bad_request("branch.name must be a string")),
+    };
+    let protected = match u.get("protected") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(p)) => Some(*p),
+        Some(_) => return Err(ApiError::bad_request("branch.protected must be a boolean")),
+    };
+    // `expires_at`: absent = unchanged, null = clear, string = set.
+    let expires_at: Option<Option<DateTime<Utc>>> = match u.get("expires_at") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(t)) => Some(Some(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|e| {
+                    ApiError::bad_request(format!("expires_at must be an RFC 3339 timestamp: {e}"))
+                })?
+                .with_timezone(&Utc),
+        )),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "expires_at must be an RFC 3339 string or null",
+            ))
+        }
+    };
+    if let Some(n) = &name {
+        ensure_unique_name(&s, &project_id, n, Some(&branch_id))?;
+    }
+    let now = s.now();
+    let will_be_protected = protected.unwrap_or(current.protected);
+    let will_expire = match expires_at {
+        Some(v) => v,
+        None => current.expires_at,
+    };
+    if let Some(Some(at)) = expires_at {
+        if at <= now {
+            return Err(ApiError::bad_request("expires_at must be in the future"));
+        }
+        if at > now + MAX_BRANCH_TTL {
+            return Err(ApiError::bad_request(
+                "expires_at must be at most 30 days in the future",
+            ));
+        }
+        if current.default {
+            return Err(ApiError::bad_request(
+                "cannot set expires_at on the default branch",
+            ));
+        }
+        if s.has_children(&branch_id) {
+            return Err(ApiError::bad_request(
+                "cannot set expires_at on a branch that has child branches",
+            ));
+        }
+    }
+    if will_be_protected && will_expire.is_some() {
+        return Err(ApiError::bad_request(
+            "cannot set expires_at on a protected branch",
+        ));
+    }
+    let b = s
+        .branches
+        .get_mut(&branch_id)
+        .ok_or_else(|| ApiError::not_found("branch vanished"))?;
+    if let Some(n) = name {
+        b.name = n;
+    }
+    if let Some(p) = protected {
+        b.protected = p;
+    }
+    if let Some(e) = expires_at {
+        b.expires_at = e;
+    }
+    b.updated_at = now;
+    let b = b.clone();
+    Ok(Json(
+        json!({ "branch": wire::Branch::from(&s, &b), "operations": [] }),
+    ))
+}
+
+pub async fn delete(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = app.state.settled();
+    let b = s.branch_for(&who, &project_id, &branch_id)?.clone();
+    if s.project_branches(&project_id).len() <= 1 {
+        return Err(ApiError::bad_request(
+            "cannot delete the last branch of a project",
+        ));
+    }
+    if b.default {
+        return Err(ApiError::bad_request(
+            "cannot delete the project's default branch",
+        ));
+    }
+    if b.parent_id.is_none() {
+        return Err(ApiError::bad_request("cannot delete the root branch"));
+    }
+    if b.protected {
+        return Err(ApiError::bad_request("cannot delete a protected branch"));
+    }
+    if s.has_children(&branch_id) {
+        return Err(ApiError::bad_request(
+            "cannot delete a branch that has child branches",
+        ));
+    }
+    s.ensure_unlocked(&project_id)?;
+    let now = s.now();
+    let body_branch = wire::Branch::from(&s, &b);
+    let mut ops = Vec::new();
+    for ep in s
+        .branch_endpoints(&branch_id)
+        .iter()
+        .map(|e| e.id.clone())
+        .collect::<Vec<_>>()
+    {
+        ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&ep), "suspend_compute"));
+    }
+    ops.push(s.push_operation(&project_id, Some(&branch_id), None, "delete_timeline"));
+    s.remove_branch(&branch_id, now, "user");
+    Ok(Json(
+        json!({ "branch": body_branch, "operations": Operation::list(&ops, now) }),
+    ))
+}
+
+pub async fn set_as_default(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = app.state.settled();
+    let b = s.branch_for(&who, &project_id, &branch_id)?.clone();
+    s.ensure_unlocked(&project_id)?;
+    if b.expires_at.is_some() {
+        return Err(ApiError::bad_request(
+            "cannot make a branch with expires_at the default branch",
+        ));
+    }
+    let now = s.now();
+    for other in s
+        .branches
+        .values_mut()
+        .filter(|x| x.project_id == project_id)
+    {
+        if other.default && other.id != branch_id {
+            other.default = false;
+            other.updated_at = now;
+        }
+    }
+    let b = s
+        .branches
+        .get_mut(&branch_id)
+        .ok_or_else(|| ApiError::not_found("branch vanished"))?;
+    b.default = true;
+    b.updated_at = now;
+    let b = b.clone();
+    Ok(Json(
+        json!({ "branch": wire::Branch::from(&s, &b), "operations": [] }),
+    ))
+}

@@ -1,0 +1,494 @@
+//! The emulator's wire types: serde structs shaped exactly like the response schemas of Neon's
+//! OpenAPI document (required fields always present, optional ones omitted when unknown, never
+//! `null` unless the schema says `nullable`). Built from the model in [`crate::state`].
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::state::{self, State};
+
+/// RFC 3339 with second precision and `Z`, the way Neon prints timestamps.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn ts_opt(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(ts)
+}
+
+/// Start of the calendar month of `t` (Neon's consumption period).
+pub fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(t)
+}
+
+#[derive(Serialize)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub handle: String,
+    pub plan: String,
+    pub created_at: String,
+    pub managed_by: String,
+    pub updated_at: String,
+}
+
+impl Organization {
+    pub fn from(o: &state::Org) -> Organization {
+        Organization {
+            id: o.id.clone(),
+            name: o.name.clone(),
+            handle: o.handle.clone(),
+            plan: o.plan.clone(),
+            created_at: ts(o.created_at),
+            managed_by: "console".into(),
+            updated_at: ts(o.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, Default)]
+pub struct DefaultEndpointSettings {
+    pub suspend_timeout_seconds: i64,
+}
+
+#[derive(Serialize)]
+pub struct ProjectListItem {
+    pub id: String,
+    pub platform_id: String,
+    pub region_id: String,
+    pub name: String,
+    pub provisioner: String,
+    pub default_endpoint_settings: DefaultEndpointSettings,
+    pub pg_version: i32,
+    pub proxy_host: String,
+    pub branch_logical_size_limit: i64,
+    pub branch_logical_size_limit_bytes: i64,
+    pub store_passwords: bool,
+    pub active_time: i64,
+    pub cpu_used_sec: i64,
+    pub creation_source: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub synthetic_storage_size: i64,
+    pub owner_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compute_last_active_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_name: Option<String>,
+    pub history_retention_seconds: i32,
+}
+
+const LOGICAL_SIZE_LIMIT_MIB: i64 = 512 * 1024;
+
+fn proxy_host(p: &state::Project) -> String {
+    format!("{}.aws.neon.tech", p.region_id.trim_start_matches("aws-"))
+}
+
+fn compute_last_active(state: &State, project_id: &str) -> Option<DateTime<Utc>> {
+    state
+        .project_endpoints(project_id)
+        .iter()
+        .filter_map(|e| e.last_active)
+        .max()
+}
+
+impl ProjectListItem {
+    pub fn from(state: &State, p: &state::Project) -> ProjectListItem {
+        let now = state.now();
+        let period = month_start(now);
+        ProjectListItem {
+            id: p.id.clone(),
+            platform_id: "aws".into(),
+            region_id: p.region_id.clone(),
+            name: p.name.clone(),
+            provisioner: "k8s-neonvm".into(),
+            default_endpoint_settings: DefaultEndpointSettings {
+                suspend_timeout_seconds: p.default_suspend_timeout_seconds,
+            },
+            pg_version: p.pg_version,
+            proxy_host: proxy_host(p),
+            branch_logical_size_limit: LOGICAL_SIZE_LIMIT_MIB,
+            branch_logical_size_limit_bytes: LOGICAL_SIZE_LIMIT_MIB * 1024 * 1024,
+            store_passwords: true,
+            active_time: state.project_active_seconds(&p.id, period, now),
+            cpu_used_sec: state.project_compute_seconds(&p.id, period, now),
+            creation_source: "console".into(),
+            created_at: ts(p.created_at),
+            updated_at: ts(p.updated_at),
+            synthetic_storage_size: state.project_logical_size(&p.id),
+            owner_id: p.owner_id.clone(),
+            compute_last_active_at: ts_opt(compute_last_active(state, &p.id)),
+            org_id: p.org_id.clone(),
+            org_name: p
+                .org_id
+                .as_ref()
+                .and_then(|o| state.orgs.get(o))
+                .map(|o| o.name.clone()),
+            history_retention_seconds: p.history_retention_seconds,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Project {
+    pub data_storage_bytes_hour: i64,
+    pub data_transfer_bytes: i64,
+    pub written_data_bytes: i64,
+    pub compute_time_seconds: i64,
+    pub active_time_seconds: i64,
+    pub cpu_used_sec: i64,
+    pub id: String,
+    pub platform_id: String,
+    pub region_id: String,
+    pub name: String,
+    pub provisioner: String,
+    pub default_endpoint_settings: DefaultEndpointSettings,
+    pub pg_version: i32,
+    pub proxy_host: String,
+    pub branch_logical_size_limit: i64,
+    pub branch_logical_size_limit_bytes: i64,
+    pub store_passwords: bool,
+    pub creation_source: String,
+    pub history_retention_seconds: i32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub synthetic_storage_size: i64,
+    pub consumption_period_start: String,
+    pub consumption_period_end: String,
+    pub owner_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compute_last_active_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+}
+
+impl Project {
+    pub fn from(state: &State, p: &state::Project) -> Project {
+        let now = state.now();
+        let start = month_start(now);
+        let end = month_start(start + chrono::TimeDelta::days(32));
+        let branch_ids = state.project_branch_ids_between(&p.id, start, now);
+        let sum = |f: &dyn Fn(&str) -> i64| -> i64 { branch_ids.iter().map(|b| f(b)).sum() };
+        let compute = state.project_compute_seconds(&p.id, start, now);
+        Project {
+            data_storage_bytes_hour: sum(&|b| state.branch_storage_byte_hours(b, start, now)),
+            data_transfer_bytes: sum(&|b| state.branch_transfer_bytes(b, start, now)),
+            written_data_bytes: sum(&|b| state.branch_written_bytes(b, start, now)),
+            compute_time_seconds: compute,
+            active_time_seconds: state.project_active_seconds(&p.id, start, now),
+            cpu_used_sec: compute,
+            id: p.id.clone(),
+            platform_id: "aws".into(),
+            region_id: p.region_id.clone(),
+            name: p.name.clone(),
+            provisioner: "k8s-neonvm".into(),
+            default_endpoint_settings: DefaultEndpointSettings {
+                suspend_timeout_seconds: p.default_suspend_timeout_seconds,
+            },
+            pg_version: p.pg_version,
+            proxy_host: proxy_host(p),
+            branch_logical_size_limit: LOGICAL_SIZE_LIMIT_MIB,
+            branch_logical_size_limit_bytes: LOGICAL_SIZE_LIMIT_MIB * 1024 * 1024,
+            store_passwords: true,
+            creation_source: "console".into(),
+            history_retention_seconds: p.history_retention_seconds,
+            created_at: ts(p.created_at),
+            updated_at: ts(p.updated_at),
+            synthetic_storage_size: state.project_logical_size(&p.id),
+            consumption_period_start: ts(start),
+            consumption_period_end: ts(end),
+            owner_id: p.owner_id.clone(),
+            compute_last_active_at: ts_opt(compute_last_active(state, &p.id)),
+            org_id: p.org_id.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Branch {
+    pub id: String,
+    pub project_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_lsn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_timestamp: Option<String>,
+    pub name: String,
+    pub current_state: String,
+    pub state_changed_at: String,
+    pub logical_size: i64,
+    pub creation_source: String,
+    pub primary: bool,
+    pub default: bool,
+    pub protected: bool,
+    pub cpu_used_sec: i64,
+    pub compute_time_seconds: i64,
+    pub active_time_seconds: i64,
+    pub written_data_bytes: i64,
+    pub data_transfer_bytes: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_interval_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub init_source: String,
+}
+
+impl Branch {
+    pub fn from(state: &State, b: &state::Branch) -> Branch {
+        let now = state.now();
+        let start = month_start(now);
+        let compute = state.branch_compute_seconds(&b.id, start, now);
+        Branch {
+            id: b.id.clone(),
+            project_id: b.project_id.clone(),
+            parent_id: b.parent_id.clone(),
+            parent_lsn: b.parent_id.as_ref().map(|_| "0/1E8E6B0".to_string()),
+            parent_timestamp: ts_opt(b.parent_timestamp),
+            name: b.name.clone(),
+            current_state: "ready".into(),
+            state_changed_at: ts(b.created_at),
+            logical_size: b.logical_size,
+            creation_source: "console".into(),
+            primary: b.default,
+            default: b.default,
+            protected: b.protected,
+            cpu_used_sec: compute,
+            compute_time_seconds: compute,
+            active_time_seconds: state.branch_active_seconds(&b.id, start, now),
+            written_data_bytes: state.branch_written_bytes(&b.id, start, now),
+            data_transfer_bytes: state.branch_transfer_bytes(&b.id, start, now),
+            created_at: ts(b.created_at),
+            updated_at: ts(b.updated_at),
+            ttl_interval_seconds: b
+                .expires_at
+                .map(|e| (e - b.updated_at).num_seconds().max(0)),
+            expires_at: ts_opt(b.expires_at),
+            init_source: "parent-data".into(),
+        }
+    }
+}
+
+#[derive(Serialize, Default)]
+pub struct EndpointSettings {}
+
+#[derive(Serialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub project_id: String,
+    pub branch_id: String,
+    pub autoscaling_limit_min_cu: f64,
+    pub autoscaling_limit_max_cu: f64,
+    pub region_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub current_state: String,
+    pub settings: EndpointSettings,
+    pub pooler_enabled: bool,
+    pub pooler_mode: String,
+    pub disabled: bool,
+    pub passwordless_access: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_active: Option<String>,
+    pub creation_source: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_at: Option<String>,
+    pub proxy_host: String,
+    pub suspend_timeout_seconds: i64,
+    pub provisioner: String,
+}
+
+impl Endpoint {
+    pub fn from(e: &state::Endpoint) -> Endpoint {
+        let region = e.region_id.trim_start_matches("aws-");
+        Endpoint {
+            host: format!("{}.{region}.aws.neon.tech", e.id),
+            id: e.id.clone(),
+            name: e.name.clone(),
+            project_id: e.project_id.clone(),
+            branch_id: e.branch_id.clone(),
+            autoscaling_limit_min_cu: e.autoscaling_limit_min_cu,
+            autoscaling_limit_max_cu: e.autoscaling_limit_max_cu,
+            region_id: e.region_id.clone(),
+            kind: e.kind.as_str().into(),
+            current_state: e.current_state.as_str().into(),
+            settings: EndpointSettings::default(),
+            pooler_enabled: false,
+            pooler_mode: "transaction".into(),
+            disabled: e.disabled,
+            passwordless_access: false,
+            last_active: ts_opt(e.last_active),
+            creation_source: "console".into(),
+            created_at: ts(e.created_at),
+            updated_at: ts(e.updated_at),
+            started_at: ts_opt(e.started_at),
+            suspended_at: ts_opt(e.suspended_at),
+            proxy_host: format!("{region}.aws.neon.tech"),
+            suspend_timeout_seconds: e.suspend_timeout_seconds,
+            provisioner: "k8s-neonvm".into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Operation {
+    pub id: String,
+    pub project_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
+    pub action: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub failures_count: i32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub total_duration_ms: i32,
+}
+
+impl Operation {
+    pub fn from(op: &state::Operation, now: DateTime<Utc>) -> Operation {
+        let status = op.status_at(now);
+        let updated = op.updated_at(now);
+        let failed = status == state::OperationStatus::Failed;
+        Operation {
+            id: op.id.clone(),
+            project_id: op.project_id.clone(),
+            branch_id: op.branch_id.clone(),
+            endpoint_id: op.endpoint_id.clone(),
+            action: op.action.into(),
+            status: status.as_str().into(),
+            error: if failed { op.failure.clone() } else { None },
+            failures_count: i32::from(failed),
+            created_at: ts(op.created_at),
+            updated_at: ts(updated),
+            total_duration_ms: i32::try_from((updated - op.created_at).num_milliseconds())
+                .unwrap_or(i32::MAX),
+        }
+    }
+    pub fn list(ops: &[state::Operation], now: DateTime<Utc>) -> Vec<Operation> {
+        ops.iter().map(|o| Operation::from(o, now)).collect()
+    }
+}
+
+#[derive(Serialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    pub source_branch_id: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub manual: bool,
+    pub full_size: i64,
+}
+
+impl Snapshot {
+    pub fn from(s: &state::Snapshot) -> Snapshot {
+        Snapshot {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            lsn: s.lsn.clone(),
+            timestamp: ts_opt(s.timestamp),
+            source_branch_id: s.source_branch_id.clone(),
+            created_at: ts(s.created_at),
+            expires_at: ts_opt(s.expires_at),
+            manual: s.manual,
+            full_size: s.full_size,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Role {
+    pub branch_id: String,
+    pub name: String,
+    pub protected: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Serialize)]
+pub struct Database {
+    pub id: i64,
+    pub branch_id: String,
+    pub name: String,
+    pub owner_name: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Serialize)]
+pub struct ConnectionParameters {
+    pub database: String,
+    pub password: String,
+    pub role: String,
+    pub host: String,
+    pub pooler_host: String,
+}
+
+#[derive(Serialize)]
+pub struct ConnectionDetails {
+    pub connection_uri: String,
+    pub connection_parameters: ConnectionParameters,
+}
+
+/// The owner role and database Neon creates on a new root branch.
+pub fn default_role_and_db(b: &state::Branch) -> (Role, Database) {
+    let at = ts(b.created_at);
+    (
+        Role {
+            branch_id: b.id.clone(),
+            name: "neondb_owner".into(),
+            protected: false,
+            created_at: at.clone(),
+            updated_at: at.clone(),
+        },
+        Database {
+            id: 1,
+            branch_id: b.id.clone(),
+            name: "neondb".into(),
+            owner_name: "neondb_owner".into(),
+            created_at: at.clone(),
+            updated_at: at,
+        },
+    )
+}
+
+/// Connection URIs for the given read-write compute (a placeholder password: nothing listens).
+pub fn connection_uris(ep: Option<&state::Endpoint>) -> Vec<ConnectionDetails> {
+    let Some(ep) = ep else { return Vec::new() };
+    let host = Endpoint::from(ep).host;
+    let pooler = host.replacen(&ep.id, &format!("{}-pooler", ep.id), 1);
+    vec![ConnectionDetails {
+        connection_uri: format!(
+            "postgresql://neondb_owner:sim-password@{host}/neondb?sslmode=require"
+        ),
+        connection_parameters: ConnectionParameters {
+            database: "neondb".into(),
+            password: "sim-password".into(),
+            role: "neondb_owner".into(),
+            host,
+            pooler_host: pooler,
+        },
+    }]
+}

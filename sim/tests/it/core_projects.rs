@@ -1,0 +1,166 @@
+use std::time::Duration;
+
+use neon_sim::SimConfig;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::{assert_error, Api};
+
+#[tokio::test]
+async fn project_list_paginates_across_many_pages_and_filters() {
+    let api = Api::start(SimConfig::default().projects(37)).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/projects?limit=5&cursor={c}"),
+            None => "/projects?limit=5".to_string(),
+        };
+        let (st, body) = api.get(&path).await;
+        assert_eq!(st, StatusCode::OK);
+        let page = body["projects"].as_array().unwrap();
+        if page.is_empty() {
+            assert!(body.get("pagination").is_none());
+            break;
+        }
+        pages += 1;
+        assert!(page.len() <= 5);
+        seen.extend(page.iter().map(|p| p["id"].as_str().unwrap().to_string()));
+        cursor = Some(body["pagination"]["cursor"].as_str().unwrap().to_string());
+    }
+    assert_eq!(pages, 8);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 37);
+    // Default limit is 10.
+    let (_, body) = api.get("/projects").await;
+    assert_eq!(body["projects"].as_array().unwrap().len(), 10);
+    // Search by part of a name.
+    let name = api.sim.projects()[3].name.clone();
+    let (_, body) = api
+        .get(&format!("/projects?search={}", &name[..name.len()]))
+        .await;
+    assert!(body["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == name.as_str()));
+    api.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn project_crud_and_423_while_an_operation_runs() {
+    let api = Api::start(SimConfig::default().operation_duration(Duration::from_secs(10))).await;
+    let (st, body) = api
+        .post("/projects", json!({"project": {"name": "shop"}}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    let id = body["project"]["id"].as_str().unwrap().to_string();
+    assert_eq!(body["branch"]["name"], "main");
+    assert_eq!(body["branch"]["default"], true);
+    assert_eq!(body["endpoints"][0]["type"], "read_write");
+    let ops = body["operations"].as_array().unwrap();
+    assert!(ops.iter().all(|o| o["status"] == "scheduling"));
+
+    let (st, body) = api
+        .patch(
+            &format!("/projects/{id}"),
+            json!({"project": {"name": "shop2"}}),
+        )
+        .await;
+    assert_error(
+        st,
+        &body,
+        StatusCode::LOCKED,
+        "project already has running conflicting operations, scheduling of new ones is prohibited",
+    );
+
+    api.sim.clock().advance(Duration::from_secs(5));
+    let op_id = ops[0]["id"].as_str().unwrap();
+    let (_, op) = api.get(&format!("/projects/{id}/operations/{op_id}")).await;
+    assert_eq!(op["operation"]["status"], "running");
+    api.sim.clock().advance(Duration::from_secs(5));
+    let (_, op) = api.get(&format!("/projects/{id}/operations/{op_id}")).await;
+    assert_eq!(op["operation"]["status"], "finished");
+    assert_eq!(op["operation"]["total_duration_ms"], 10_000);
+
+    let (st, body) = api.patch(&format!("/projects/{id}"), json!({"project": {"name": "shop2", "default_endpoint_settings": {"suspend_timeout_seconds": 600}}})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["project"]["name"], "shop2");
+    let (st, body) = api
+        .patch(
+            &format!("/projects/{id}"),
+            json!({"project": {"default_endpoint_settings": {"suspend_timeout_seconds": 30}}}),
+        )
+        .await;
+    assert_error(
+        st,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "suspend_timeout_seconds",
+    );
+
+    let (_, list) = api.get(&format!("/projects/{id}/operations?limit=1")).await;
+    assert_eq!(list["operations"].as_array().unwrap().len(), 1);
+    let c = list["pagination"]["cursor"].as_str().unwrap();
+    let (_, next) = api
+        .get(&format!("/projects/{id}/operations?limit=1&cursor={c}"))
+        .await;
+    assert_ne!(next["operations"][0]["id"], list["operations"][0]["id"]);
+
+    let (st, _) = api.delete(&format!("/projects/{id}")).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = api.get(&format!("/projects/{id}")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let muts = api.sim.mutations();
+    let routes: Vec<(String, Option<String>, u16)> = muts
+        .iter()
+        .map(|m| (m.method.clone(), m.route.clone(), m.status))
+        .collect();
+    assert_eq!(routes[0], ("POST".into(), Some("/projects".into()), 201));
+    assert_eq!(
+        routes[1],
+        ("PATCH".into(), Some("/projects/{project_id}".into()), 423)
+    );
+    assert_eq!(muts[0].body.as_ref().unwrap()["project"]["name"], "shop");
+    assert_eq!(
+        routes.last().unwrap(),
+        &("DELETE".into(), Some("/projects/{project_id}".into()), 200)
+    );
+    api.sim.clear_mutations();
+    assert!(api.sim.mutations().is_empty());
+    api.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_routes_move_the_virtual_clock_and_expose_mutations() {
+    let api = Api::start(SimConfig::default()).await;
+    let before = api.sim.clock().now();
+    let resp: serde_json::Value = api
+        .http
+        .post(format!("{}/_sim/clock/advance", api.sim.root_url()))
+        .json(&json!({"seconds": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["virtual"], true);
+    assert_eq!(api.sim.clock().now(), before + chrono::TimeDelta::hours(1));
+    api.post("/api_keys", json!({"key_name": "x"})).await;
+    let m: serde_json::Value = api
+        .http
+        .get(format!("{}/_sim/mutations", api.sim.root_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["mutations"][0]["route"], "/api_keys");
+    api.sim.shutdown().await;
+}

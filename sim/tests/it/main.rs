@@ -1,0 +1,9 @@
+//! Integration tests of neon-sim over HTTP (one test binary; modules by area).
+
+mod core_branches;
+mod core_endpoints;
+mod core_errors;
+mod core_projects;
+mod core_seed;
+mod core_snapshots;
+mod support;

@@ -1,0 +1,563 @@
+//! The store contract: every test here is written against `Arc<dyn Store>` and run for each
+//! backend by `contract_tests!`, so a new backend proves itself by adding one line.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use neon_steward::store::{
+    self, ActionCounts, ActionOutcome, ConsumptionSample, NewAction, NewRun, RunFilter, RunStatus,
+    Store, StoreError, Trigger,
+};
+
+/// A freshly opened, empty store plus what keeps it alive and the URL to reopen it with.
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn sqlite_fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = store::open(&url).await.expect("sqlite store opens");
+    Fixture {
+        store,
+        url,
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh database per test on the PostgreSQL server, dropped by [`drop_pg_database`].
+pub async fn postgres_fixture() -> Fixture {
+    use sqlx::Connection;
+    let admin_url = std::env::var("NEON_STEWARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("steward_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("the PostgreSQL test server is reachable: start PostgreSQL on 127.0.0.1:5432 (trust auth) or set NEON_STEWARD_TEST_POSTGRES to an admin URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = admin_url
+        .rsplit_once('/')
+        .expect("the URL names a database")
+        .0;
+    let url = format!("{base}/{name}");
+    let store = store::open(&url).await.expect("postgres store opens");
+    Fixture {
+        store,
+        url,
+        _dir: None,
+    }
+}
+
+pub async fn drop_pg_database(url: &str) {
+    use sqlx::Connection;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// Nothing to clean for SQLite: the temp dir goes with the fixture.
+pub async fn no_cleanup(_url: &str) {}
+
+fn t(minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 30, 1, minute, 0).unwrap()
+}
+
+fn new_run(job: &str, at: DateTime<Utc>) -> NewRun {
+    NewRun {
+        job: job.into(),
+        kind: "branch_expiry".into(),
+        scheduled_for: at,
+        trigger: Trigger::Schedule,
+        dry_run: false,
+        status: RunStatus::Running,
+        error: None,
+    }
+}
+
+fn new_action(run_id: i64, resource: &str, outcome: ActionOutcome) -> NewAction {
+    NewAction {
+        run_id,
+        job: "expire".into(),
+        resource_kind: "branch".into(),
+        resource_id: resource.into(),
+        resource_name: Some(format!("preview/{resource}")),
+        project_id: Some("proj-1".into()),
+        action: "delete_branch".into(),
+        rule: Some("ttl".into()),
+        reason: "age 9d > ttl 7d".into(),
+        dry_run: outcome == ActionOutcome::Planned,
+        outcome,
+    }
+}
+
+async fn claim_is_unique(f: Fixture) {
+    let s = &f.store;
+    let first = s.claim_run(&new_run("a", t(0))).await.unwrap();
+    assert!(first.is_some());
+    assert_eq!(
+        s.claim_run(&new_run("a", t(0))).await.unwrap(),
+        None,
+        "second claim of the same tick"
+    );
+    let other_tick = s.claim_run(&new_run("a", t(1))).await.unwrap();
+    let other_job = s.claim_run(&new_run("b", t(0))).await.unwrap();
+    assert!(other_tick.is_some() && other_job.is_some());
+    assert_ne!(other_tick, first);
+    let run = s
+        .get_run(first.unwrap())
+        .await
+        .unwrap()
+        .expect("claimed run exists");
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.scheduled_for, t(0));
+    assert_eq!(run.trigger, Trigger::Schedule);
+    assert_eq!(run.finished_at, None);
+    assert_eq!(run.kind, "branch_expiry");
+}
+
+async fn concurrent_claims_have_one_winner(f: Fixture) {
+    // Two handles on the same database, as two daemon replicas (or processes) would have.
+    let second = store::open(&f.url).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            second.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            s.claim_run(&new_run("race", t(5))).await
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap().is_some() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    let runs = f
+        .store
+        .list_runs(&RunFilter {
+            job: Some("race".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+}
+
+async fn skipped_tick_is_recorded_finished(f: Fixture) {
+    let mut run = new_run("a", t(0));
+    run.status = RunStatus::Skipped;
+    run.error = Some("previous run still running (forbid)".into());
+    let id = f.store.claim_run(&run).await.unwrap().unwrap();
+    let rec = f.store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(rec.status, RunStatus::Skipped);
+    assert!(rec.finished_at.is_some());
+    assert_eq!(
+        rec.error.as_deref(),
+        Some("previous run still running (forbid)")
+    );
+}
+
+async fn finish_run_records_outcome(f: Fixture) {
+    let s = &f.store;
+    let id = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    let counts = ActionCounts {
+        succeeded: 3,
+        failed: 1,
+        skipped: 2,
+        planned: 0,
+    };
+    s.finish_run(
+        id,
+        RunStatus::Partial,
+        counts,
+        Some("1 of 4 deletions failed"),
+    )
+    .await
+    .unwrap();
+    let rec = s.get_run(id).await.unwrap().unwrap();
+    assert_eq!(rec.status, RunStatus::Partial);
+    assert_eq!(rec.counts, counts);
+    assert_eq!(rec.error.as_deref(), Some("1 of 4 deletions failed"));
+    let finished = rec.finished_at.expect("finished run has an end");
+    assert!(finished >= rec.started_at);
+    assert!(matches!(
+        s.finish_run(id + 1000, RunStatus::Succeeded, counts, None)
+            .await,
+        Err(StoreError::NotFound { what: "run", .. })
+    ));
+    assert!(s.get_run(id + 1000).await.unwrap().is_none());
+}
+
+async fn interrupt_running_after_crash(f: Fixture) {
+    let url = f.url.clone();
+    let s = f.store.clone();
+    let r1 = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    let r2 = s.claim_run(&new_run("b", t(0))).await.unwrap().unwrap();
+    let done = s.claim_run(&new_run("a", t(1))).await.unwrap().unwrap();
+    s.finish_run(done, RunStatus::Succeeded, ActionCounts::default(), None)
+        .await
+        .unwrap();
+    // The process dies: no finish_run for r1 and r2, the handle is simply dropped.
+    drop(s);
+    drop(f.store);
+
+    let reopened = store::open(&url).await.unwrap();
+    assert_eq!(
+        reopened
+            .interrupt_running("daemon restarted while the run was in progress")
+            .await
+            .unwrap(),
+        2
+    );
+    for id in [r1, r2] {
+        let rec = reopened.get_run(id).await.unwrap().unwrap();
+        assert_eq!(rec.status, RunStatus::Interrupted);
+        assert!(rec.finished_at.is_some());
+        assert_eq!(
+            rec.error.as_deref(),
+            Some("daemon restarted while the run was in progress")
+        );
+    }
+    assert_eq!(
+        reopened.get_run(done).await.unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+    assert_eq!(
+        reopened.interrupt_running("again").await.unwrap(),
+        0,
+        "idempotent"
+    );
+    drop(f._dir);
+}
+
+async fn list_runs_pages_and_filters(f: Fixture) {
+    let s = &f.store;
+    let mut a_ids = Vec::new();
+    for m in 0..5 {
+        a_ids.push(s.claim_run(&new_run("a", t(m))).await.unwrap().unwrap());
+        s.claim_run(&new_run("b", t(m))).await.unwrap().unwrap();
+    }
+    let all = s.list_runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .list_runs(&RunFilter {
+                job: Some("a".into()),
+                limit: 2,
+                before,
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        assert!(page.iter().all(|r| r.job == "a"));
+        before = Some(page.last().unwrap().id);
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    a_ids.reverse();
+    assert_eq!(
+        seen, a_ids,
+        "paging backwards visits every run of the job once, newest first"
+    );
+
+    let none = s
+        .list_runs(&RunFilter {
+            job: Some("nope".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+async fn last_scheduled_and_last_success(f: Fixture) {
+    let s = &f.store;
+    assert!(s.last_scheduled_run("a").await.unwrap().is_none());
+    assert!(s.last_success("a").await.unwrap().is_none());
+    let ok = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    s.finish_run(ok, RunStatus::Succeeded, ActionCounts::default(), None)
+        .await
+        .unwrap();
+    let failed = s.claim_run(&new_run("a", t(10))).await.unwrap().unwrap();
+    s.finish_run(
+        failed,
+        RunStatus::Failed,
+        ActionCounts::default(),
+        Some("boom"),
+    )
+    .await
+    .unwrap();
+    let mut manual = new_run("a", t(20));
+    manual.trigger = Trigger::Manual;
+    s.claim_run(&manual).await.unwrap().unwrap();
+
+    let last = s.last_scheduled_run("a").await.unwrap().unwrap();
+    assert_eq!(last.id, failed, "manual runs are not schedule ticks");
+    assert_eq!(s.last_success("a").await.unwrap().unwrap().id, ok);
+    assert!(s.last_success("b").await.unwrap().is_none());
+}
+
+async fn actions_before_and_after(f: Fixture) {
+    let s = &f.store;
+    let run = s
+        .claim_run(&new_run("expire", t(0)))
+        .await
+        .unwrap()
+        .unwrap();
+    let other = s
+        .claim_run(&new_run("expire", t(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    let pending = s
+        .begin_action(&new_action(run, "br-1", ActionOutcome::Pending))
+        .await
+        .unwrap();
+    let planned = s
+        .begin_action(&new_action(run, "br-2", ActionOutcome::Planned))
+        .await
+        .unwrap();
+    s.begin_action(&new_action(other, "br-3", ActionOutcome::Skipped))
+        .await
+        .unwrap();
+
+    let before = s.actions_for_run(run).await.unwrap();
+    assert_eq!(before.len(), 2);
+    assert_eq!(before[0].id, pending);
+    assert_eq!(before[0].outcome, ActionOutcome::Pending);
+    assert_eq!(
+        before[0].finished_at, None,
+        "written before it is attempted"
+    );
+    assert_eq!(before[0].resource_name.as_deref(), Some("preview/br-1"));
+    assert_eq!(before[0].rule.as_deref(), Some("ttl"));
+    assert_eq!(before[1].id, planned);
+    assert_eq!(before[1].outcome, ActionOutcome::Planned);
+    assert!(before[1].dry_run);
+    assert!(
+        before[1].finished_at.is_some(),
+        "a planned action is over when written"
+    );
+
+    s.finish_action(
+        pending,
+        ActionOutcome::Failed,
+        Some("409 branch is protected"),
+    )
+    .await
+    .unwrap();
+    let after = s.actions_for_run(run).await.unwrap();
+    assert_eq!(after[0].outcome, ActionOutcome::Failed);
+    assert_eq!(after[0].detail.as_deref(), Some("409 branch is protected"));
+    assert!(after[0].finished_at.unwrap() >= after[0].created_at);
+    assert!(matches!(
+        s.finish_action(pending + 1000, ActionOutcome::Succeeded, None)
+            .await,
+        Err(StoreError::NotFound { what: "action", .. })
+    ));
+    assert_eq!(s.actions_for_run(other).await.unwrap().len(), 1);
+}
+
+async fn job_state_roundtrip(f: Fixture) {
+    let s = &f.store;
+    assert_eq!(s.get_state("collect", "cursor").await.unwrap(), None);
+    s.set_state("collect", "cursor", "2025-03-01T00:00:00Z")
+        .await
+        .unwrap();
+    s.set_state("other", "cursor", "x").await.unwrap();
+    assert_eq!(
+        s.get_state("collect", "cursor").await.unwrap().as_deref(),
+        Some("2025-03-01T00:00:00Z")
+    );
+    s.set_state("collect", "cursor", "2025-03-02T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_state("collect", "cursor").await.unwrap().as_deref(),
+        Some("2025-03-02T00:00:00Z")
+    );
+    assert_eq!(
+        s.get_state("other", "cursor").await.unwrap().as_deref(),
+        Some("x")
+    );
+}
+
+fn sample(project: &str, start: DateTime<Utc>, value: f64) -> ConsumptionSample {
+    ConsumptionSample {
+        project_id: project.into(),
+        metric: "compute_time_seconds".into(),
+        granularity: "hourly".into(),
+        timeframe_start: start,
+        timeframe_end: start + Duration::hours(1),
+        value,
+    }
+}
+
+async fn consumption_upsert_is_idempotent(f: Fixture) {
+    let s = &f.store;
+    let h0 = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+    let h1 = h0 + Duration::hours(1);
+    assert_eq!(s.upsert_consumption(&[]).await.unwrap(), 0);
+    assert_eq!(s.latest_consumption_end("hourly").await.unwrap(), None);
+    assert_eq!(
+        s.upsert_consumption(&[sample("p1", h0, 10.0), sample("p2", h0, 5.0)])
+            .await
+            .unwrap(),
+        2
+    );
+    // The same period again (an overlapping collection window) with a corrected value.
+    s.upsert_consumption(&[sample("p1", h0, 12.5), sample("p1", h1, 1.0)])
+        .await
+        .unwrap();
+
+    let rows = s.list_consumption("hourly", h0).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            sample("p1", h0, 12.5),
+            sample("p2", h0, 5.0),
+            sample("p1", h1, 1.0)
+        ]
+    );
+    assert_eq!(
+        s.list_consumption("hourly", h1).await.unwrap(),
+        vec![sample("p1", h1, 1.0)]
+    );
+    assert!(s.list_consumption("daily", h0).await.unwrap().is_empty());
+    assert_eq!(
+        s.latest_consumption_end("hourly").await.unwrap(),
+        Some(h1 + Duration::hours(1))
+    );
+    assert_eq!(s.latest_consumption_end("daily").await.unwrap(), None);
+}
+
+async fn prune_removes_old_finished_runs_and_their_actions(f: Fixture) {
+    let s = &f.store;
+    let old = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    s.begin_action(&new_action(old, "br-1", ActionOutcome::Planned))
+        .await
+        .unwrap();
+    s.finish_run(old, RunStatus::Succeeded, ActionCounts::default(), None)
+        .await
+        .unwrap();
+    let running = s.claim_run(&new_run("a", t(1))).await.unwrap().unwrap();
+
+    assert_eq!(
+        s.prune(Utc::now() - Duration::hours(1)).await.unwrap(),
+        0,
+        "nothing is that old"
+    );
+    assert_eq!(s.prune(Utc::now() + Duration::seconds(5)).await.unwrap(), 1);
+    assert!(s.get_run(old).await.unwrap().is_none());
+    assert!(
+        s.actions_for_run(old).await.unwrap().is_empty(),
+        "actions go with their run"
+    );
+    assert!(
+        s.get_run(running).await.unwrap().is_some(),
+        "running runs are never pruned"
+    );
+}
+
+async fn ping_and_migrate_again(f: Fixture) {
+    f.store.ping().await.unwrap();
+    f.store.migrate().await.unwrap();
+    f.store.ping().await.unwrap();
+}
+
+macro_rules! contract_tests {
+    ($backend:ident, $fixture:path, $cleanup:path) => {
+        mod $backend {
+            contract_tests!(@each $fixture, $cleanup;
+                claim_is_unique,
+                concurrent_claims_have_one_winner,
+                skipped_tick_is_recorded_finished,
+                finish_run_records_outcome,
+                interrupt_running_after_crash,
+                list_runs_pages_and_filters,
+                last_scheduled_and_last_success,
+                actions_before_and_after,
+                job_state_roundtrip,
+                consumption_upsert_is_idempotent,
+                prune_removes_old_finished_runs_and_their_actions,
+                ping_and_migrate_again,
+            );
+        }
+    };
+    (@each $fixture:path, $cleanup:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let fixture = $fixture().await;
+                let url = fixture.url.clone();
+                super::$name(fixture).await;
+                $cleanup(&url).await;
+            }
+        )*
+    };
+}
+
+contract_tests!(sqlite, super::sqlite_fixture, super::no_cleanup);
+contract_tests!(postgres, super::postgres_fixture, super::drop_pg_database);
+
+#[tokio::test]
+async fn sqlite_file_is_created_with_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    assert!(!path.exists());
+    let s = store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    s.ping().await.unwrap();
+    assert!(path.exists());
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works() {
+    let s = store::open("sqlite::memory:").await.unwrap();
+    let id = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    assert!(s.get_run(id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn bad_store_urls_say_what_is_wrong() {
+    // Port 1 on loopback: nothing listens there. The password must not leak into the error.
+    let err = store::open("postgres://u:hunter2@127.0.0.1:1/db")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cannot open postgres database \"db\" on 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    let err = store::open("mysql://x").await.err().unwrap().to_string();
+    assert!(err.contains("unknown store URL scheme \"mysql\""), "{err}");
+    let err = store::open("sqlite:///nonexistent-dir/sub/x.db")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("cannot open"), "{err}");
+}
