@@ -23,6 +23,23 @@ use crate::neon::{ApiError, Branch, Project};
 /// Marks the snapshot a plan is about to create, in the retention input.
 const NEW_SNAPSHOT: &str = "(new)";
 
+/// The start of the schedule window `at` falls in: the newest fire time of the job's
+/// schedule at or before `at`. A manual or catch-up run after a crash thus renders the same
+/// names as the scheduled run of that window, and finds its snapshots.
+pub fn schedule_window_start(job: &JobConfig, at: DateTime<chrono::Utc>) -> DateTime<chrono::Utc> {
+    let interval = job
+        .schedule
+        .nominal_interval(at, job.timezone)
+        .unwrap_or(std::time::Duration::from_secs(86_400));
+    let lookback = (interval * 2)
+        .max(std::time::Duration::from_secs(3600))
+        .min(std::time::Duration::from_secs(400 * 86_400));
+    let from = at - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::days(400));
+    job.schedule
+        .last_between(from, at, job.timezone)
+        .unwrap_or(at)
+}
+
 /// Plans one project: a snapshot of each selected branch (unless this tick's exists), then
 /// retention over the snapshots this job made of that branch.
 pub(crate) async fn plan(
@@ -36,7 +53,7 @@ pub(crate) async fn plan(
     let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
     let snapshots = env.client.list_snapshots(&project.id).await?;
     let mut out = ProjectPlan::new(project.id.clone());
-    let tick = ctx.scheduled_for.with_timezone(&job.timezone);
+    let tick = schedule_window_start(job, ctx.scheduled_for).with_timezone(&job.timezone);
     let policy = RetentionPolicy {
         keep_last: spec.retention.keep_last,
         keep_hourly: spec.retention.keep_hourly,

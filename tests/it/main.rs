@@ -5,4 +5,5 @@ mod helpers;
 
 mod client;
 mod http;
+mod jobs;
 mod store;
