@@ -115,7 +115,7 @@ impl Default for SchedulerOptions {
 pub struct JobStatus {
     pub name: String,
     pub kind: String,
-    /// `cron `0 3 * * *`` or `every 15m`.
+    /// The cron expression as written (`0 3 * * *`) or `every 15m`.
     pub schedule: String,
     pub timezone: String,
     pub enabled: bool,
@@ -139,6 +139,8 @@ pub enum TriggerError {
     UnknownJob(String),
     #[error("job `{0}` is running and its concurrency policy is `forbid`")]
     AlreadyRunning(String),
+    #[error("job `{0}` is disabled (enabled = false)")]
+    Disabled(String),
     #[error("a run of `{0}` for this instant exists already")]
     Claimed(String),
     #[error("cannot record the run: {0}")]

@@ -138,7 +138,7 @@ impl Schedule {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Schedule::Cron(c) => write!(f, "cron `{}`", c.expr),
+            Schedule::Cron(c) => f.write_str(&c.expr),
             Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
         }
     }

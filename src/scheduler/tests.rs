@@ -673,7 +673,7 @@ async fn trigger_reload_status_and_watchdog() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     let st = h.handle.jobs();
     assert_eq!(st[0].next_run, Some(utc("2026-01-01T03:00:00Z")));
-    assert_eq!(st[0].schedule, "cron `0 3 * * *`");
+    assert_eq!(st[0].schedule, "0 3 * * *");
 
     let id = h.handle.trigger("a").await.unwrap();
     let (_, run, _) = h.next_call().await;
