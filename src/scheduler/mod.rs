@@ -150,7 +150,7 @@ pub enum TriggerError {
 }
 
 enum Command {
-    Reload(Vec<Arc<JobConfig>>),
+    Reload(Vec<Arc<JobConfig>>, oneshot::Sender<()>),
     Trigger {
         job: String,
         reply: oneshot::Sender<Result<RunId, TriggerError>>,
@@ -192,10 +192,13 @@ impl SchedulerHandle {
     /// Replaces the job list. Running runs continue with the configuration they started
     /// with; unchanged schedules keep their next fire time.
     pub async fn reload(&self, jobs: Vec<Arc<JobConfig>>) -> Result<(), TriggerError> {
+        let (done, rx) = oneshot::channel();
         self.tx
-            .send(Command::Reload(jobs))
+            .send(Command::Reload(jobs, done))
             .await
-            .map_err(|_| TriggerError::Stopped)
+            .map_err(|_| TriggerError::Stopped)?;
+        // Returns once the new jobs are in effect (and visible through `jobs()`).
+        rx.await.map_err(|_| TriggerError::Stopped)
     }
 }
 
@@ -500,8 +503,10 @@ impl Loop {
 
     async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Reload(jobs) => {
+            Command::Reload(jobs, done) => {
                 self.set_jobs(jobs).await;
+                self.publish();
+                let _ = done.send(());
             }
             Command::Trigger { job, reply } => {
                 let result = self.trigger(&job).await;
