@@ -26,7 +26,8 @@ pub enum Schedule {
 #[derive(Clone)]
 pub struct CronSchedule {
     expr: String,
-    cron: croner::Cron,
+    /// Shared: the parsed pattern is large and jobs are cloned on every reload.
+    cron: std::sync::Arc<croner::Cron>,
 }
 
 impl CronSchedule {
@@ -46,7 +47,7 @@ impl CronSchedule {
             .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))?;
         Ok(CronSchedule {
             expr: expr.to_string(),
-            cron,
+            cron: std::sync::Arc::new(cron),
         })
     }
 
