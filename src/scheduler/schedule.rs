@@ -26,7 +26,8 @@ pub enum Schedule {
 #[derive(Clone)]
 pub struct CronSchedule {
     expr: String,
-    cron: croner::Cron,
+    /// Shared: the parsed pattern is large and jobs are cloned on every reload.
+    cron: std::sync::Arc<croner::Cron>,
 }
 
 impl CronSchedule {
@@ -46,7 +47,7 @@ impl CronSchedule {
             .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))?;
         Ok(CronSchedule {
             expr: expr.to_string(),
-            cron,
+            cron: std::sync::Arc::new(cron),
         })
     }
 
@@ -138,7 +139,7 @@ impl Schedule {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Schedule::Cron(c) => write!(f, "cron `{}`", c.expr),
+            Schedule::Cron(c) => f.write_str(&c.expr),
             Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
         }
     }

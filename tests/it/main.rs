@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod binary;
 mod client;
 mod http;
 mod jobs;
