@@ -258,6 +258,9 @@ pub async fn run(cfg: Config, opts: DaemonOptions) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    // Ready only once the scheduler has its jobs: `/api/v1/jobs` and `/readyz` are true from
+    // the first request systemd or a probe may send after READY=1.
+    handle.started().await;
     tracing::info!(%bound, jobs = cfg.jobs.len(), "neon-steward ready");
     notify(&[
         sd_notify::NotifyState::Ready,

@@ -163,6 +163,9 @@ pub struct SchedulerHandle {
     tx: mpsc::Sender<Command>,
     status: Arc<RwLock<Vec<JobStatus>>>,
     alive: CancellationToken,
+    /// Cancelled once the loop has loaded its jobs and published their status, so that
+    /// nobody (readiness, `/api/v1/jobs`) sees an empty job list during start-up.
+    started: CancellationToken,
 }
 
 impl SchedulerHandle {
@@ -171,9 +174,19 @@ impl SchedulerHandle {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Whether the loop is scheduling (false once shutdown began), for `/readyz`.
+    /// Whether the loop is scheduling (false before it has started and once shutdown
+    /// began), for `/readyz`.
     pub fn is_running(&self) -> bool {
-        !self.alive.is_cancelled()
+        self.started.is_cancelled() && !self.alive.is_cancelled()
+    }
+
+    /// Waits until the loop has loaded its jobs and published their status (or has
+    /// stopped before getting there).
+    pub async fn started(&self) {
+        tokio::select! {
+            _ = self.started.cancelled() => {}
+            _ = self.alive.cancelled() => {}
+        }
     }
 
     /// Starts a manual run of `job` now (honouring its concurrency policy).
@@ -235,10 +248,12 @@ impl Scheduler {
         let (tx, rx) = mpsc::channel(16);
         let status = Arc::new(RwLock::new(Vec::new()));
         let alive = CancellationToken::new();
+        let started = CancellationToken::new();
         let handle = SchedulerHandle {
             tx,
             status: status.clone(),
             alive: alive.clone(),
+            started: started.clone(),
         };
         let lp = Loop {
             store: self.store,
@@ -251,7 +266,7 @@ impl Scheduler {
             last: HashMap::new(),
             status,
         };
-        let task = tokio::spawn(lp.run(jobs, rx, shutdown, alive));
+        let task = tokio::spawn(lp.run(jobs, rx, shutdown, alive, started));
         (handle, task)
     }
 }
@@ -292,9 +307,12 @@ impl Loop {
         mut rx: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
         alive: CancellationToken,
+        started: CancellationToken,
     ) {
         self.set_jobs(jobs).await;
         self.catch_up().await;
+        self.publish();
+        started.cancel();
         let mut next_ping = self
             .opts
             .watchdog

@@ -727,3 +727,23 @@ async fn disabled_jobs_never_fire() {
     let store = h.stop().await;
     assert!(store.runs().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn started_means_jobs_are_published() {
+    let j = job("a", "schedule = \"0 3 * * *\"");
+    let j2 = job("b", "every = \"15m\"");
+    let h = start(
+        Arc::default(),
+        "2026-06-01T12:00:00Z",
+        SHORT,
+        vec![j, j2],
+        SchedulerOptions::default(),
+    );
+    // Before the loop task has run at all, nothing claims to be scheduling.
+    assert!(!h.handle.is_running());
+    h.handle.started().await;
+    assert!(h.handle.is_running());
+    let names: Vec<String> = h.handle.jobs().into_iter().map(|j| j.name).collect();
+    assert_eq!(names, ["a", "b"]);
+    h.stop().await;
+}
