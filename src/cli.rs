@@ -1,1 +1,455 @@
-//! TODO(skeleton): owned by the cli work package.
+//! The command line. `main.rs` calls [`main`]; each subcommand is a small function here
+//! over the library (config, store, scheduler, daemon).
+//!
+//! Exit codes: 0 success, 1 a run failed (or ended partial/interrupted), 2 bad
+//! configuration or usage (clap's own usage errors are 2 as well).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::Utc;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError};
+use crate::daemon::{self, DaemonOptions};
+use crate::scheduler::{run_now, Clock, SystemClock};
+use crate::store::{RunFilter, RunRecord, RunStatus};
+use crate::telemetry::{init_logging, LogFormat};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_RUN_FAILED: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+
+const CONFIG_HELP: &str =
+    "Policy file. Without --config or NEON_STEWARD_CONFIG, the first existing of: \
+./neon-steward.toml, $XDG_CONFIG_HOME/neon-steward/config.toml (default ~/.config), \
+/etc/neon-steward/config.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "neon-steward",
+    version,
+    about = "Keeps Neon accounts tidy: scheduled snapshots, branch expiry, compute suspension and consumption metrics."
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 a run failed, 2 configuration or usage error.\n\
+The Neon API key comes from NEON_API_KEY, api_key_file, or $CREDENTIALS_DIRECTORY/neon-api-key."
+)]
+pub struct Cli {
+    #[arg(long, global = true, env = "NEON_STEWARD_CONFIG", value_name = "PATH", help = CONFIG_HELP)]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Log level (or a filter such as `info,neon_steward::neon=debug`); NEON_STEWARD_LOG and
+    /// RUST_LOG win over it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: schedule the jobs, serve /metrics and the API, until SIGTERM.
+    Run {
+        /// At shutdown, how long running jobs may take before they are cancelled.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace_period: std::time::Duration,
+    },
+    /// Run a job (or every enabled job) now, once; the exit code reflects the outcome.
+    Once {
+        /// The job to run.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        job: Option<String>,
+        /// Run every enabled job, one after another.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Dry-run now and print what would be done (no change is made).
+    Plan {
+        /// Only this job (default: every enabled job).
+        job: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Check the policy file and exit (2 with file:line:column on error).
+    Validate,
+    /// List the jobs with their schedules and next fire times.
+    Jobs {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show recorded runs, newest first.
+    History {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// Start neon-sim with sample data and run the policy against it (not yet available).
+    Demo,
+}
+
+/// Parses the command line and runs it; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ExitCode::from(run(cli))
+}
+
+/// Runs a parsed command line; the exit code.
+pub fn run(cli: Cli) -> u8 {
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "neon-steward",
+            &mut std::io::stdout(),
+        );
+        return EXIT_OK;
+    }
+    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
+        eprintln!("neon-steward: {e:#}");
+        return EXIT_CONFIG;
+    }
+    if matches!(cli.command, Command::Demo) {
+        eprintln!("neon-steward: `demo` is not available in this build yet");
+        return EXIT_CONFIG;
+    }
+    let path = match config_path(cli.config.as_deref()) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("neon-steward: {msg}");
+            return EXIT_CONFIG;
+        }
+    };
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("neon-steward: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    if let Command::Validate = cli.command {
+        println!(
+            "{}: ok ({} job{})",
+            path.display(),
+            cfg.jobs.len(),
+            if cfg.jobs.len() == 1 { "" } else { "s" }
+        );
+        return EXIT_OK;
+    }
+    if let Command::Jobs { output } = cli.command {
+        return print_jobs(&cfg, output);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("neon-steward: cannot start the async runtime: {e}");
+            return EXIT_RUN_FAILED;
+        }
+    };
+    runtime.block_on(async move {
+        let result = match cli.command {
+            Command::Run { grace_period } => daemon::run(cfg, DaemonOptions { grace_period })
+                .await
+                .map(|()| EXIT_OK),
+            Command::Once { job, all } => once(cfg, job, all, false, Output::Table).await,
+            Command::Plan { job, output } => {
+                once(cfg, job.clone(), job.is_none(), true, output).await
+            }
+            Command::History { job, limit, output } => history(cfg, job, limit, output).await,
+            Command::Validate
+            | Command::Jobs { .. }
+            | Command::Completions { .. }
+            | Command::Demo => {
+                unreachable!("handled before the runtime starts")
+            }
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                // Configuration problems found late (no API key, ...) are still exit 2.
+                if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                    eprintln!("neon-steward: {ce}");
+                    EXIT_CONFIG
+                } else {
+                    eprintln!("neon-steward: {e:#}");
+                    EXIT_RUN_FAILED
+                }
+            }
+        }
+    })
+}
+
+/// The policy file: `--config`/`NEON_STEWARD_CONFIG`, else the first existing file of the
+/// search list.
+pub fn config_path(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let candidates = search_list(
+        std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    );
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "no policy file: pass --config or set NEON_STEWARD_CONFIG; looked in {}",
+                list.join(", ")
+            )
+        })
+}
+
+fn search_list(xdg: Option<PathBuf>, home: Option<PathBuf>) -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("./neon-steward.toml")];
+    if let Some(base) = xdg
+        .filter(|p| p.is_absolute())
+        .or_else(|| home.map(|h| h.join(".config")))
+    {
+        v.push(base.join("neon-steward/config.toml"));
+    }
+    v.push(PathBuf::from("/etc/neon-steward/config.toml"));
+    v
+}
+
+fn print_jobs(cfg: &Config, output: Output) -> u8 {
+    let now = Utc::now();
+    let rows: Vec<serde_json::Value> = cfg
+        .jobs
+        .iter()
+        .map(|j| {
+            let next = if j.enabled { j.schedule.next_after(now, j.timezone) } else { None };
+            serde_json::json!({
+                "name": j.name,
+                "kind": j.kind.as_str(),
+                "schedule": j.schedule.to_string(),
+                "timezone": j.timezone.name(),
+                "enabled": j.enabled,
+                "dry_run": j.dry_run,
+                "next_run": next.map(|n| n.to_rfc3339()),
+                "next_run_local": next.map(|n| n.with_timezone(&j.timezone).format("%Y-%m-%d %H:%M:%S %Z").to_string()),
+            })
+        })
+        .collect();
+    match output {
+        Output::Json => println!("{}", serde_json::Value::Array(rows)),
+        Output::Table => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{:<24} {:<20} {:<16} {:<8} NEXT RUN",
+                "NAME", "KIND", "SCHEDULE", "ENABLED"
+            );
+            for (r, j) in rows.iter().zip(&cfg.jobs) {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<20} {:<16} {:<8} {}",
+                    j.name,
+                    j.kind.as_str(),
+                    j.schedule.to_string(),
+                    j.enabled,
+                    r["next_run_local"].as_str().unwrap_or("-")
+                );
+            }
+        }
+    }
+    EXIT_OK
+}
+
+/// `once` and `plan`: run jobs now through the same path as the daemon.
+async fn once(
+    cfg: Config,
+    job: Option<String>,
+    all: bool,
+    dry_run: bool,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let jobs: Vec<_> = match (&job, all) {
+        (Some(name), _) => match cfg.job(name) {
+            Some(j) => vec![j.clone()],
+            None => {
+                let known: Vec<&str> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
+                return Err(ConfigError::whole_file(
+                    &cfg.source,
+                    format!(
+                        "no job named `{name}`; the policy has: {}",
+                        known.join(", ")
+                    ),
+                )
+                .into());
+            }
+        },
+        (None, _) => cfg.jobs.iter().filter(|j| j.enabled).cloned().collect(),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = daemon::open_store(&cfg).await?;
+    let executor = daemon::executor(&cfg, store.clone(), clock.clone())?;
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            c.cancel();
+        }
+    });
+    let mut code = EXIT_OK;
+    let mut json = Vec::new();
+    for j in jobs {
+        let Some((run_id, report)) = run_now(
+            store.clone(),
+            executor.clone(),
+            clock.clone(),
+            j.clone(),
+            dry_run,
+            cancel.clone(),
+        )
+        .await?
+        else {
+            eprintln!(
+                "neon-steward: {}: a run for this instant exists already; not started",
+                j.name
+            );
+            code = EXIT_RUN_FAILED;
+            continue;
+        };
+        if report.status != RunStatus::Succeeded {
+            code = EXIT_RUN_FAILED;
+        }
+        let actions = store.actions_for_run(run_id).await?;
+        match output {
+            Output::Json => json.push(serde_json::json!({
+                "job": j.name, "run_id": run_id, "status": report.status, "error": report.error,
+                "counts": report.counts, "actions": actions,
+            })),
+            Output::Table => {
+                let c = report.counts;
+                println!(
+                    "{} (run {run_id}): {}{}  succeeded={} failed={} skipped={} planned={}",
+                    j.name,
+                    report.status.as_str(),
+                    if dry_run || j.dry_run {
+                        " [dry run]"
+                    } else {
+                        ""
+                    },
+                    c.succeeded,
+                    c.failed,
+                    c.skipped,
+                    c.planned
+                );
+                if let Some(e) = &report.error {
+                    println!("  error: {e}");
+                }
+                for a in actions {
+                    println!(
+                        "  {:<10} {:<18} {:<9} {:<28} {}",
+                        a.outcome.as_str(),
+                        a.action,
+                        a.resource_kind,
+                        a.resource_name.as_deref().unwrap_or(&a.resource_id),
+                        a.reason
+                    );
+                }
+            }
+        }
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::Value::Array(json));
+    }
+    Ok(code)
+}
+
+async fn history(
+    cfg: Config,
+    job: Option<String>,
+    limit: u32,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let store = crate::store::open(&cfg.store.url).await?;
+    store.migrate().await?;
+    let runs: Vec<RunRecord> = store
+        .list_runs(&RunFilter {
+            job,
+            limit,
+            before: None,
+        })
+        .await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(&runs)?),
+        Output::Table => {
+            println!(
+                "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} ERROR",
+                "ID", "JOB", "STATUS", "SCHEDULED FOR", "TRIGGER", "DRY"
+            );
+            for r in runs {
+                println!(
+                    "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} {}",
+                    r.id,
+                    r.job,
+                    r.status.as_str(),
+                    r.scheduled_for
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r.trigger.as_str(),
+                    r.dry_run,
+                    r.error.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn search_list_order() {
+        let l = search_list(Some("/x".into()), Some("/home/u".into()));
+        assert_eq!(
+            l,
+            [
+                PathBuf::from("./neon-steward.toml"),
+                "/x/neon-steward/config.toml".into(),
+                "/etc/neon-steward/config.toml".into()
+            ]
+        );
+        let l = search_list(None, Some("/home/u".into()));
+        assert_eq!(
+            l[1],
+            PathBuf::from("/home/u/.config/neon-steward/config.toml")
+        );
+    }
+
+    #[test]
+    fn once_needs_a_job_or_all() {
+        assert!(Cli::try_parse_from(["neon-steward", "once"]).is_err());
+        assert!(Cli::try_parse_from(["neon-steward", "once", "a", "--all"]).is_err());
+        assert!(Cli::try_parse_from(["neon-steward", "once", "--all"]).is_ok());
+    }
+}

@@ -1,1 +1,355 @@
-//! TODO(skeleton): owned by the daemon work package.
+//! The daemon's lifecycle: wire config -> store -> client -> scheduler -> HTTP, then wait
+//! for signals.
+//!
+//! - SIGTERM / SIGINT: stop scheduling, let running runs finish within the grace period,
+//!   cancel the rest (recorded `interrupted`), stop the HTTP server, exit 0.
+//! - SIGHUP: re-read the policy file. An invalid file keeps the running configuration
+//!   (logged, and exported as a failed reload); a valid one swaps the job list without
+//!   touching runs in progress. Only `[[jobs]]` and `[defaults]` take effect on reload:
+//!   the API client, store and listener are built once (a warning says so when they differ).
+//! - systemd: `READY=1` once the listener is bound and the scheduler runs, `STOPPING=1` at
+//!   shutdown, and `WATCHDOG=1` from the scheduler loop when `$WATCHDOG_USEC` is set, so a
+//!   wedged loop gets the service restarted.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError, JobConfig};
+use crate::http::{self, Control, JobView, TriggerOutcome};
+use crate::jobs::{run_job, JobEnv, RunContext};
+use crate::neon::{ClientConfig, NeonClient};
+use crate::scheduler::{
+    self, Clock, Executor, RunHandle, RunReport, Scheduler, SchedulerHandle, SchedulerOptions,
+    SystemClock,
+};
+use crate::store::{self, RunStatus, Store};
+use crate::telemetry::events::{ConfigReloaded, InterruptedRunsRecovered};
+
+/// How long Neon operations (and locked projects) are waited for within a run.
+const OPERATION_DEADLINE: Duration = Duration::from_secs(600);
+/// How often finished history older than `store.history_retention` is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Running runs get this long to finish at shutdown before they are cancelled.
+    pub grace_period: Duration,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs jobs through `crate::jobs`: the production [`Executor`].
+pub struct JobsExecutor {
+    env: JobEnv,
+    clock: Arc<dyn Clock>,
+}
+
+impl JobsExecutor {
+    pub fn new(env: JobEnv, clock: Arc<dyn Clock>) -> Self {
+        JobsExecutor { env, clock }
+    }
+}
+
+#[async_trait]
+impl Executor for JobsExecutor {
+    async fn execute(&self, job: Arc<JobConfig>, run: RunHandle) -> RunReport {
+        let ctx = RunContext {
+            run_id: run.run_id,
+            scheduled_for: run.scheduled_for,
+            now: self.clock.now(),
+            dry_run: run.dry_run,
+        };
+        // `run_job`'s future is not provably `Send` (a higher-ranked lifetime in its
+        // per-project stream trips rustc), so it cannot be awaited inside this `Send`
+        // trait method. It is driven on a blocking-pool thread with `Handle::block_on`,
+        // which needs no `Send` future and still uses the runtime's I/O and timers.
+        let env = self.env.clone();
+        let rt = tokio::runtime::Handle::current();
+        let cancel = run.cancel.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    r = run_job(&env, &job, ctx) => RunReport { status: r.status, counts: r.counts, error: r.error },
+                    // Dropping the run stops it at its next await; actions already written
+                    // to the ledger as pending stay so, which is what pending means there.
+                    _ = cancel.cancelled() => RunReport {
+                        status: RunStatus::Interrupted,
+                        counts: Default::default(),
+                        error: Some("cancelled".into()),
+                    },
+                }
+            })
+        })
+        .await;
+        match joined {
+            Ok(report) => report,
+            // Re-raise so the scheduler records the panic message like any other.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => RunReport::failed(format!("the run's task failed: {e}")),
+        }
+    }
+}
+
+/// Builds the Neon client from `[api]` (fails without an API key).
+pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
+    let key = cfg.api.require_key(&cfg.source)?.clone();
+    let mut cc = ClientConfig::new(cfg.api.base_url.clone(), key);
+    cc.timeout = cfg.api.timeout;
+    cc.rate_limit_per_minute = cfg.api.rate_limit_per_minute;
+    cc.burst = cfg.api.burst;
+    cc.max_retries = cfg.api.max_retries;
+    NeonClient::new(cc).map_err(|e| {
+        ConfigError::whole_file(&cfg.source, format!("cannot build the Neon client: {e}"))
+    })
+}
+
+/// Opens the store, applies migrations and marks runs a previous process left `running`.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = store::open(&cfg.store.url)
+        .await
+        .context("opening the store")?;
+    store.migrate().await.context("migrating the store")?;
+    let count = store
+        .interrupt_running("interrupted: the daemon stopped while this run was in progress")
+        .await
+        .context("recovering interrupted runs")?;
+    InterruptedRunsRecovered { count }.emit();
+    Ok(store)
+}
+
+/// The executor for `cfg`, for the daemon and for `once`/`plan`.
+pub fn executor(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Executor>, ConfigError> {
+    let env = JobEnv {
+        client: client(cfg)?,
+        store,
+        concurrency: cfg.api.concurrency,
+        operation_deadline: OPERATION_DEADLINE,
+    };
+    Ok(Arc::new(JobsExecutor::new(env, clock)))
+}
+
+/// What the HTTP server sees of the daemon.
+struct DaemonControl {
+    handle: SchedulerHandle,
+    config_loaded: AtomicBool,
+}
+
+#[async_trait]
+impl Control for DaemonControl {
+    fn jobs(&self) -> Vec<JobView> {
+        self.handle
+            .jobs()
+            .into_iter()
+            .map(|j| JobView {
+                name: j.name,
+                kind: j.kind,
+                schedule: j.schedule,
+                timezone: j.timezone,
+                enabled: j.enabled,
+                // The HTTP layer fills the full record in from the store.
+                last_run: None,
+                next_run: j.next_run,
+            })
+            .collect()
+    }
+    fn scheduler_running(&self) -> bool {
+        self.handle.is_running()
+    }
+    fn config_loaded(&self) -> bool {
+        self.config_loaded.load(Ordering::SeqCst)
+    }
+    async fn trigger(&self, job: &str) -> Result<TriggerOutcome, http::TriggerError> {
+        use scheduler::TriggerError as T;
+        match self.handle.trigger(job).await {
+            Ok(run_id) => Ok(TriggerOutcome::Started { run_id }),
+            Err(T::UnknownJob(j)) => Err(http::TriggerError::UnknownJob(j)),
+            Err(T::AlreadyRunning(_)) => Ok(TriggerOutcome::AlreadyRunning { run_id: None }),
+            Err(e @ (T::Disabled(_) | T::Stopped | T::Claimed(_))) => {
+                Err(http::TriggerError::Unavailable(e.to_string()))
+            }
+            Err(e @ T::Store(_)) => Err(http::TriggerError::Internal(e.to_string())),
+        }
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    // Outside systemd ($NOTIFY_SOCKET unset) this is a no-op.
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `cfg` is already validated (the caller reports
+/// its errors with exit code 2).
+pub async fn run(cfg: Config, opts: DaemonOptions) -> anyhow::Result<()> {
+    let path: PathBuf = cfg.source.clone();
+    ConfigReloaded {
+        path: &path.display().to_string(),
+        result: Ok(()),
+        at: Utc::now(),
+    }
+    .emit();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = open_store(&cfg).await?;
+    let executor = executor(&cfg, store.clone(), clock.clone())?;
+
+    // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let mut usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| {
+        // Ping at half the interval systemd expects, as sd_watchdog_enabled(3) advises.
+        let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+        let ping: scheduler::WatchdogPing =
+            Arc::new(|| notify(&[sd_notify::NotifyState::Watchdog]));
+        (every, ping)
+    });
+    let shutdown = CancellationToken::new();
+    let sched_opts = SchedulerOptions {
+        grace_period: opts.grace_period,
+        watchdog,
+        ..Default::default()
+    };
+    let (handle, sched_task) = Scheduler::new(store.clone(), executor, clock.clone(), sched_opts)
+        .spawn(cfg.jobs.clone(), shutdown.clone());
+
+    let control = Arc::new(DaemonControl {
+        handle: handle.clone(),
+        config_loaded: AtomicBool::new(true),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener to {}", cfg.http.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let http_stop = CancellationToken::new();
+    let state = http::HttpState {
+        control: control.clone(),
+        store: store.clone(),
+        admin_token: cfg.http.admin_token.clone(),
+    };
+    let stop = http_stop.clone();
+    let http_task = tokio::spawn(async move {
+        http::serve(listener, state, async move { stop.cancelled().await }).await
+    });
+
+    let prune_task = tokio::spawn(prune_loop(
+        store.clone(),
+        cfg.store.history_retention,
+        shutdown.clone(),
+    ));
+
+    // Ready only once the scheduler has its jobs: `/api/v1/jobs` and `/readyz` are true from
+    // the first request systemd or a probe may send after READY=1.
+    handle.started().await;
+    tracing::info!(%bound, jobs = cfg.jobs.len(), "neon-steward ready");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("scheduling"),
+    ]);
+
+    let mut current = cfg;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => reload(&mut current, &handle).await,
+        }
+    }
+
+    notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    if let Err(e) = sched_task.await {
+        tracing::error!(error = %e, "the scheduler task failed");
+    }
+    http_stop.cancel();
+    match http_task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "http server error"),
+        Err(e) => tracing::error!(error = %e, "http server task failed"),
+        Ok(Ok(())) => {}
+    }
+    let _ = prune_task.await;
+    tracing::info!("neon-steward stopped");
+    Ok(())
+}
+
+/// SIGHUP: load the file again; keep the old configuration if the new one is invalid.
+async fn reload(current: &mut Config, handle: &SchedulerHandle) {
+    let path = current.source.clone();
+    let shown = path.display().to_string();
+    match config::load(&path) {
+        Err(e) => {
+            let msg = e.to_string();
+            ConfigReloaded {
+                path: &shown,
+                result: Err(&msg),
+                at: Utc::now(),
+            }
+            .emit();
+        }
+        Ok(new) => {
+            if new.api.base_url != current.api.base_url
+                || new.store.url != current.store.url
+                || new.http.listen != current.http.listen
+            {
+                tracing::warn!(
+                    "[api], [store] and [http] changes take effect only after a restart"
+                );
+            }
+            if let Err(e) = handle.reload(new.jobs.clone()).await {
+                let msg = format!("the scheduler did not accept the new jobs: {e}");
+                ConfigReloaded {
+                    path: &shown,
+                    result: Err(&msg),
+                    at: Utc::now(),
+                }
+                .emit();
+                return;
+            }
+            ConfigReloaded {
+                path: &shown,
+                result: Ok(()),
+                at: Utc::now(),
+            }
+            .emit();
+            current.jobs = new.jobs;
+        }
+    }
+}
+
+/// Deletes finished history older than the retention, at start and then hourly.
+async fn prune_loop(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+    let Ok(retention) = chrono::Duration::from_std(retention) else {
+        return;
+    };
+    loop {
+        match store.prune(Utc::now() - retention).await {
+            Ok(n) if n > 0 => tracing::info!(runs = n, "pruned old history"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning history failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}

@@ -58,6 +58,11 @@ pub mod spec;
 pub mod state;
 pub mod wire;
 
+pub mod consumption;
+pub mod faults;
+pub mod openapi;
+pub mod ratelimit;
+
 pub use clock::Clock;
 pub use error::{ApiError, GeneralError};
 pub use mutations::Mutation;

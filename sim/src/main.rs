@@ -48,6 +48,16 @@ struct ServeArgs {
     /// How long each operation stays scheduling/running, e.g. 2s, 500ms, 0s.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     operation_duration: Duration,
+    /// Turn Neon's rate limits off (by default 700/min per key, 40/s per route, 30/min on
+    /// consumption, answered with 429).
+    #[arg(long)]
+    no_rate_limit: bool,
+    /// Multiply Neon's rate limits by this factor (benchmarks).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_scale: u32,
+    /// Add a Retry-After header to 429 answers (Neon documents none).
+    #[arg(long)]
+    retry_after: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -88,6 +98,11 @@ async fn main() -> anyhow::Result<()> {
         .port(args.port)
         .operation_duration(args.operation_duration);
     config.api_keys = args.api_keys;
+    config.rate_limit = neon_sim::ratelimit::RateLimitConfig {
+        enabled: !args.no_rate_limit,
+        retry_after: args.retry_after,
+        ..neon_sim::ratelimit::RateLimitConfig::scaled(args.rate_limit_scale)
+    };
     config.fixture = args.fixture;
     if !args.virtual_clock {
         config = config.real_clock();
@@ -96,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
     println!("neon-sim listening: {}", sim.base_url());
     println!("api key: {}", sim.api_key());
     println!("admin:   {}/_sim/clock", sim.root_url());
+    println!("faults:  {}/_sim/faults", sim.root_url());
     tokio::signal::ctrl_c().await?;
     sim.shutdown().await;
     Ok(())

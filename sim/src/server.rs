@@ -45,6 +45,8 @@ pub struct SimConfig {
     pub fixture: Option<PathBuf>,
     /// Period of the background ticker in real-clock mode.
     pub tick_interval: Duration,
+    /// Neon's rate limits, on by default (see [`crate::ratelimit`]).
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
 }
 
 impl Default for SimConfig {
@@ -64,6 +66,7 @@ impl Default for SimConfig {
             port: 0,
             fixture: None,
             tick_interval: Duration::from_secs(1),
+            rate_limit: crate::ratelimit::RateLimitConfig::default(),
         }
     }
 }
@@ -103,6 +106,10 @@ impl SimConfig {
     }
     pub fn fixture(mut self, path: impl Into<PathBuf>) -> Self {
         self.fixture = Some(path.into());
+        self
+    }
+    pub fn rate_limit(mut self, config: crate::ratelimit::RateLimitConfig) -> Self {
+        self.rate_limit = config;
         self
     }
 
@@ -240,8 +247,20 @@ impl Sim {
         self.app.state.clone()
     }
 
+    /// Fault injection control (also `POST /_sim/faults`).
+    pub fn faults(&self) -> crate::faults::FaultHandle {
+        self.app.faults.clone()
+    }
+
+    /// The rate limits in force; change them with `set_config`.
+    pub fn rate_limiter(&self) -> crate::ratelimit::RateLimiter {
+        self.app.rate_limiter.clone()
+    }
+
     /// Stops serving and waits for the server task (in-flight requests finish first).
     pub async fn shutdown(self) {
+        // End hung requests first, or graceful shutdown would wait for them.
+        self.app.faults.shutdown();
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         if let Some(t) = self.ticker {

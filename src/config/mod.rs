@@ -1,1 +1,1001 @@
-//! TODO(skeleton): owned by the config work package.
+//! The policy file: what to connect to, where to keep history, and which jobs to run when.
+//!
+//! Loading happens in two steps. [`raw`] mirrors the TOML (with `deny_unknown_fields`
+//! everywhere, so a typo is an error rather than a silently ignored key); [`load`] then
+//! validates it into the domain types below, which the rest of the daemon uses. Every error
+//! is a [`ConfigError`] naming the file, line and column.
+//!
+//! Secrets never come from the policy file: the Neon API key is read from `NEON_API_KEY`,
+//! `api.api_key_file` or systemd's `$CREDENTIALS_DIRECTORY/neon-api-key`, so the file can
+//! be committed and reviewed like any other code.
+
+mod error;
+mod raw;
+mod window;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+pub use error::{line_col, ConfigError};
+pub use window::{Window, WindowRule};
+
+use crate::scheduler::schedule::Schedule;
+use crate::secret::Secret;
+use raw::{RawConfig, RawJob};
+
+pub const DEFAULT_BASE_URL: &str = "https://console.neon.tech/api/v2";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
+/// File name of the API key inside systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
+pub const CREDENTIAL_NAME: &str = "neon-api-key";
+
+/// The whole validated policy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub jobs: Vec<Arc<JobConfig>>,
+    /// The file this was loaded from (reloads read it again).
+    pub source: PathBuf,
+}
+
+impl Config {
+    pub fn job(&self, name: &str) -> Option<&Arc<JobConfig>> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub base_url: String,
+    /// `None` when no key was found; commands that talk to Neon fail with
+    /// [`ApiConfig::require_key`]'s message, while `validate` and `jobs` still work.
+    pub api_key: Option<Secret>,
+    pub timeout: Duration,
+    pub rate_limit_per_minute: u32,
+    pub burst: u32,
+    pub max_retries: u32,
+    /// Projects processed in parallel within one run.
+    pub concurrency: usize,
+}
+
+impl ApiConfig {
+    /// The API key, or an error telling the operator where it may come from.
+    pub fn require_key(&self, source: &Path) -> Result<&Secret, ConfigError> {
+        self.api_key.as_ref().ok_or_else(|| {
+            ConfigError::whole_file(
+                source,
+                format!(
+                    "no Neon API key: set NEON_API_KEY, or `api_key_file` in [api], or provide the \
+                     systemd credential `{CREDENTIAL_NAME}` (LoadCredential=)"
+                ),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path` (or later `postgres://...`).
+    pub url: String,
+    /// Finished runs older than this are pruned.
+    pub history_retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Enables `POST /api/v1/jobs/{name}/trigger` (bearer token) when set.
+    pub admin_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    SnapshotBranches,
+    ExpireBranches,
+    SuspendComputes,
+    CollectConsumption,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::SnapshotBranches => "snapshot_branches",
+            JobKind::ExpireBranches => "expire_branches",
+            JobKind::SuspendComputes => "suspend_computes",
+            JobKind::CollectConsumption => "collect_consumption",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do when a tick comes while the previous run of the same job still runs
+/// (the semantics of Kubernetes CronJob's `concurrencyPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    /// Skip the new tick (recorded as a skipped run and counted).
+    #[default]
+    Forbid,
+    /// Start the new run alongside.
+    Allow,
+    /// Cancel the running one, then start the new run.
+    Replace,
+}
+
+/// What to do at start-up about ticks missed while the daemon was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedPolicy {
+    #[default]
+    Skip,
+    /// Run once for the newest missed tick, if within `starting_deadline`.
+    RunOnce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointType {
+    ReadWrite,
+    ReadOnly,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpireMode {
+    /// Delete the branch.
+    #[default]
+    Delete,
+    /// Set Neon's native `expires_at` on the branch and let Neon delete it.
+    SetExpiresAt,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    #[default]
+    Hourly,
+    Daily,
+    Monthly,
+}
+
+impl Granularity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Hourly => "hourly",
+            Granularity::Daily => "daily",
+            Granularity::Monthly => "monthly",
+        }
+    }
+}
+
+/// One job of the policy. Shared as `Arc<JobConfig>`: a running run keeps the version it
+/// started with even if a reload replaces the job.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    pub name: String,
+    pub kind: JobKind,
+    pub schedule: Schedule,
+    /// The zone cron expressions are evaluated in (and `{date}`/`{time}` are rendered in).
+    pub timezone: Tz,
+    /// Upper bound of a random delay added to each tick, spreading load across replicas.
+    pub jitter: Option<Duration>,
+    /// A run still going after this is cancelled and recorded failed.
+    pub timeout: Option<Duration>,
+    pub concurrency: ConcurrencyPolicy,
+    pub missed: MissedPolicy,
+    /// With `missed = "run_once"`: how old the missed tick may be. `None`: any age.
+    pub starting_deadline: Option<Duration>,
+    pub dry_run: bool,
+    pub enabled: bool,
+    pub selectors: Selectors,
+    pub limits: Limits,
+    pub spec: JobSpec,
+}
+
+/// Which resources a job looks at. Empty lists mean "no restriction".
+#[derive(Debug, Clone, Default)]
+pub struct Selectors {
+    pub projects: ProjectSelector,
+    pub branches: BranchSelector,
+    pub endpoints: EndpointSelector,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProjectSelector {
+    pub ids: Vec<String>,
+    pub org_id: Option<String>,
+    pub names: GlobList,
+    pub name_regex: Option<regex::Regex>,
+    pub exclude_ids: Vec<String>,
+    pub exclude_names: GlobList,
+}
+
+impl ProjectSelector {
+    /// Whether a project with this id and name is selected.
+    pub fn matches(&self, id: &str, name: &str) -> bool {
+        (self.ids.is_empty() || self.ids.iter().any(|i| i == id))
+            && (self.names.is_empty() || self.names.is_match(name))
+            && self.name_regex.as_ref().is_none_or(|r| r.is_match(name))
+            && !self.exclude_ids.iter().any(|i| i == id)
+            && !self.exclude_names.is_match(name)
+    }
+}
+
+/// Whether the project's default branch is selected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DefaultBranchFilter {
+    /// Default and other branches alike (no `default` key).
+    #[default]
+    Any,
+    /// Only the default branch (`default = true`).
+    Only,
+    /// Never the default branch (`default = false`).
+    Exclude,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BranchSelector {
+    pub names: GlobList,
+    pub exclude: GlobList,
+    /// Only branches created longer ago than this.
+    pub older_than: Option<Duration>,
+    /// Only branches without activity for this long.
+    pub inactive_for: Option<Duration>,
+    pub default: DefaultBranchFilter,
+}
+
+impl BranchSelector {
+    /// The name and default-ness part of the selection (age and activity need API data
+    /// and are checked by the job).
+    pub fn matches_name(&self, name: &str, is_default: bool) -> bool {
+        let default_ok = match self.default {
+            DefaultBranchFilter::Any => true,
+            DefaultBranchFilter::Only => is_default,
+            DefaultBranchFilter::Exclude => !is_default,
+        };
+        default_ok
+            && (self.names.is_empty() || self.names.is_match(name))
+            && !self.exclude.is_match(name)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSelector {
+    pub endpoint_type: Option<EndpointType>,
+    /// Branch name globs the endpoint must be attached to.
+    pub branches: GlobList,
+}
+
+/// Compiled shell-style globs (`preview/*`, `pr-*`), keeping the patterns for display.
+#[derive(Debug, Clone, Default)]
+pub struct GlobList {
+    pub patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl GlobList {
+    pub fn new(patterns: &[&str]) -> Result<GlobList, String> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            b.add(Glob::new(p).map_err(|e| format!("invalid glob `{p}`: {}", e.kind()))?);
+        }
+        Ok(GlobList {
+            patterns: patterns.iter().map(|p| p.to_string()).collect(),
+            set: b.build().map_err(|e| format!("invalid globs: {e}"))?,
+        })
+    }
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+    pub fn is_match(&self, s: &str) -> bool {
+        self.set.is_match(s)
+    }
+}
+
+/// Safety rails: a run that would act on more resources than this acts on none and fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub max_actions: Option<u32>,
+    /// Percent (0-100] of the matched resources.
+    pub max_actions_percent: Option<f64>,
+}
+
+/// The kind-specific part of a job.
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    SnapshotBranches(SnapshotSpec),
+    ExpireBranches(ExpireSpec),
+    SuspendComputes(SuspendSpec),
+    CollectConsumption(ConsumptionSpec),
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotSpec {
+    pub name_template: NameTemplate,
+    /// Sets Neon's `expires_at` on each snapshot this long after creation.
+    pub expires_in: Option<Duration>,
+    pub retention: Retention,
+}
+
+/// `restic forget` style retention of the snapshots this job created. All `None`: keep all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+}
+
+impl Retention {
+    pub fn is_keep_all(&self) -> bool {
+        *self == Retention::default()
+    }
+}
+
+/// A snapshot name with placeholders `{branch}`, `{date}` (YYYY-MM-DD), `{time}` (HHMMSS),
+/// `{job}`; date and time are those of the tick in the job's time zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTemplate(String);
+
+impl NameTemplate {
+    pub const DEFAULT: &'static str = "{branch}-snap-{date}-{time}";
+    const PLACEHOLDERS: [&'static str; 4] = ["branch", "date", "time", "job"];
+
+    pub fn parse(s: &str) -> Result<NameTemplate, String> {
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed `{{` in name template `{s}`"))?;
+            let name = &after[..close];
+            if !Self::PLACEHOLDERS.contains(&name) {
+                return Err(format!(
+                    "unknown placeholder `{{{name}}}` in name template `{s}`; expected {{branch}}, {{date}}, {{time}} or {{job}}"
+                ));
+            }
+            rest = &after[close + 1..];
+        }
+        if s.trim().is_empty() {
+            return Err("empty name template".into());
+        }
+        Ok(NameTemplate(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn render<Z: TimeZone>(&self, branch: &str, job: &str, at: &DateTime<Z>) -> String
+    where
+        Z::Offset: std::fmt::Display,
+    {
+        self.0
+            .replace("{branch}", branch)
+            .replace("{job}", job)
+            .replace("{date}", &at.format("%Y-%m-%d").to_string())
+            .replace("{time}", &at.format("%H%M%S").to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExpireSpec {
+    /// Age (since `created_at`) after which a branch expires.
+    pub ttl: Option<Duration>,
+    /// Inactivity after which a branch expires.
+    pub idle_ttl: Option<Duration>,
+    pub mode: ExpireMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct SuspendSpec {
+    /// Suspend endpoints idle longer than this.
+    pub idle_for: Option<Duration>,
+    /// Suspend endpoints while inside any of these windows.
+    pub windows: Vec<Window>,
+    pub window_timezone: Tz,
+    /// The job suspends nothing before this instant.
+    pub exclude_until: Option<DateTime<Utc>>,
+    /// Start endpoints again (that this job suspended) when their window ends.
+    pub resume: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumptionSpec {
+    pub granularity: Granularity,
+    pub metrics: Vec<String>,
+    pub org_id: Option<String>,
+    /// Cardinality cap of per-project gauges; the rest is summed as `other`.
+    pub max_projects_exported: usize,
+    /// Metric name -> price per unit, for the estimated cost gauge.
+    pub prices: BTreeMap<String, f64>,
+}
+
+/// Loads and validates the policy at `path`, with the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_env(path, &|k| std::env::var(k).ok())
+}
+
+/// Like [`load`], with the environment given as a function (for tests).
+pub fn load_with_env(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::whole_file(path, format!("cannot read the policy file: {e}")))?;
+    parse_with_env(path, &text, env)
+}
+
+/// Parses and validates policy text; `path` is used for messages and relative paths.
+pub fn parse_with_env(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+    Validator { path, text, env }.config(raw)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.path, self.text, Some(span), msg)
+    }
+
+    fn env(&self, key: &str) -> Option<String> {
+        (self.env)(key).filter(|v| !v.trim().is_empty())
+    }
+
+    /// Relative paths in the file are relative to the file's directory, not the cwd, so a
+    /// policy behaves the same whatever directory the daemon starts in.
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn read_secret_file(&self, what: &str, p: &Path) -> Result<Secret, ConfigError> {
+        let full = self.resolve(p);
+        let value = std::fs::read_to_string(&full).map_err(|e| {
+            ConfigError::whole_file(
+                self.path,
+                format!("cannot read {what} from {}: {e}", full.display()),
+            )
+        })?;
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(ConfigError::whole_file(
+                self.path,
+                format!("{what} file {} is empty", full.display()),
+            ));
+        }
+        Ok(Secret::new(value))
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let api = self.api(raw.api)?;
+        let store = self.store(raw.store);
+        let http = self.http(raw.http)?;
+        let defaults = raw.defaults;
+        if let Some(p) = &defaults.max_actions_percent {
+            self.percent(p)?;
+        }
+
+        let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        let mut jobs = Vec::with_capacity(raw.jobs.len());
+        for job in raw.jobs {
+            let name = job.name.get_ref().clone();
+            if let Some(first) = seen.get(&name) {
+                let (l, c) = line_col(self.text, first.start);
+                return Err(self.err(
+                    job.name.span(),
+                    format!("duplicate job name `{name}` (first defined at line {l}, column {c}); job names must be unique"),
+                ));
+            }
+            seen.insert(name, job.name.span());
+            jobs.push(Arc::new(self.job(job, &defaults)?));
+        }
+        Ok(Config {
+            api,
+            store,
+            http,
+            jobs,
+            source: self.path.to_path_buf(),
+        })
+    }
+
+    fn api(&self, raw: raw::RawApi) -> Result<ApiConfig, ConfigError> {
+        if let Some(k) = &raw.api_key {
+            return Err(self.err(
+                k.span(),
+                format!(
+                    "`api_key` is not allowed in the policy file (it would leak with the file); \
+                     set NEON_API_KEY, or `api_key_file = \"/path/to/key\"` in [api], or the \
+                     systemd credential `{CREDENTIAL_NAME}` (LoadCredential=)"
+                ),
+            ));
+        }
+        let base_url = match self.env("NEON_STEWARD_BASE_URL") {
+            Some(u) => u,
+            None => match &raw.base_url {
+                Some(u) => {
+                    let s = u.get_ref();
+                    if !(s.starts_with("https://") || s.starts_with("http://")) {
+                        return Err(self.err(
+                            u.span(),
+                            format!("invalid base_url `{s}`: expected an http(s) URL"),
+                        ));
+                    }
+                    s.clone()
+                }
+                None => DEFAULT_BASE_URL.to_string(),
+            },
+        };
+        let api_key = if let Some(k) = self.env("NEON_API_KEY") {
+            Some(Secret::new(k.trim()))
+        } else if let Some(f) = &raw.api_key_file {
+            Some(self.read_secret_file("the API key", f)?)
+        } else if let Some(dir) = self.env("CREDENTIALS_DIRECTORY") {
+            let p = Path::new(&dir).join(CREDENTIAL_NAME);
+            if p.exists() {
+                Some(self.read_secret_file("the API key", &p)?)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let positive =
+            |v: &Option<Spanned<u32>>, default: u32, what: &str| -> Result<u32, ConfigError> {
+                match v {
+                    Some(s) if *s.get_ref() == 0 => {
+                        Err(self.err(s.span(), format!("`{what}` must be at least 1")))
+                    }
+                    Some(s) => Ok(*s.get_ref()),
+                    None => Ok(default),
+                }
+            };
+        let concurrency = match &raw.concurrency {
+            Some(s) if *s.get_ref() == 0 => {
+                return Err(self.err(s.span(), "`concurrency` must be at least 1"))
+            }
+            Some(s) => *s.get_ref(),
+            None => 4,
+        };
+        Ok(ApiConfig {
+            base_url,
+            api_key,
+            timeout: raw.timeout.map_or(Duration::from_secs(30), |d| d.0),
+            rate_limit_per_minute: positive(
+                &raw.rate_limit_per_minute,
+                700,
+                "rate_limit_per_minute",
+            )?,
+            burst: positive(&raw.burst, 40, "burst")?,
+            max_retries: raw.max_retries.unwrap_or(5),
+            concurrency,
+        })
+    }
+
+    fn store(&self, raw: raw::RawStore) -> StoreConfig {
+        let url = self
+            .env("NEON_STEWARD_STORE_URL")
+            .or(raw.url)
+            .unwrap_or_else(|| {
+                let dir = self.env("STATE_DIRECTORY").map(|d| {
+                    // systemd may pass several colon-separated directories; the first is ours.
+                    d.split(':').next().unwrap_or_default().to_string()
+                });
+                match dir {
+                    Some(d) => format!("sqlite://{}/neon-steward.db", d.trim_end_matches('/')),
+                    None => "sqlite://./neon-steward.db".to_string(),
+                }
+            });
+        StoreConfig {
+            url,
+            history_retention: raw
+                .history_retention
+                .map_or(Duration::from_secs(90 * 86_400), |d| d.0),
+        }
+    }
+
+    fn http(&self, raw: raw::RawHttp) -> Result<HttpConfig, ConfigError> {
+        let listen = match (self.env("NEON_STEWARD_LISTEN"), &raw.listen) {
+            (Some(v), _) => SocketAddr::from_str(&v).map_err(|_| {
+                ConfigError::whole_file(
+                    self.path,
+                    format!("invalid NEON_STEWARD_LISTEN `{v}`: expected an address and port such as \"127.0.0.1:9187\""),
+                )
+            })?,
+            (None, Some(s)) => SocketAddr::from_str(s.get_ref()).map_err(|_| {
+                self.err(s.span(), format!("invalid listen address `{}`: expected an address and port such as \"127.0.0.1:9187\"", s.get_ref()))
+            })?,
+            (None, None) => SocketAddr::from_str(DEFAULT_LISTEN).expect("the default listen address is valid"),
+        };
+        let admin_token = match &raw.admin_token_file {
+            Some(p) => Some(self.read_secret_file("the admin token", p)?),
+            None => None,
+        };
+        Ok(HttpConfig {
+            listen,
+            admin_token,
+        })
+    }
+
+    fn percent(&self, p: &Spanned<f64>) -> Result<f64, ConfigError> {
+        let v = *p.get_ref();
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(self.err(
+                p.span(),
+                format!("`max_actions_percent` must be in (0, 100], got {v}"),
+            ));
+        }
+        Ok(v)
+    }
+
+    fn globs(&self, list: &[Spanned<String>]) -> Result<GlobList, ConfigError> {
+        for g in list {
+            if let Err(e) = Glob::new(g.get_ref()) {
+                return Err(self.err(
+                    g.span(),
+                    format!("invalid glob `{}`: {}", g.get_ref(), e.kind()),
+                ));
+            }
+        }
+        let pats: Vec<&str> = list.iter().map(|s| s.get_ref().as_str()).collect();
+        GlobList::new(&pats).map_err(|e| ConfigError::whole_file(self.path, e))
+    }
+
+    fn job(&self, j: RawJob, d: &raw::RawDefaults) -> Result<JobConfig, ConfigError> {
+        let kind = *j.kind.get_ref();
+        let name = j.name.get_ref().clone();
+        if name.trim().is_empty() || name.contains(char::is_whitespace) || name.contains('/') {
+            return Err(self.err(j.name.span(), format!("invalid job name `{name}`: use letters, digits, `-`, `_` or `.` (it appears in URLs and metric labels)")));
+        }
+        let schedule = match (&j.schedule, &j.every) {
+            (Some(c), None) => Schedule::Cron(c.get_ref().0.clone()),
+            (None, Some(e)) => {
+                if e.get_ref().0 < Duration::from_secs(1) {
+                    return Err(self.err(e.span(), "`every` must be at least 1s"));
+                }
+                Schedule::Every(e.get_ref().0)
+            }
+            (Some(_), Some(e)) => {
+                return Err(self.err(e.span(), format!("job `{name}` has both `schedule` and `every`; give exactly one")))
+            }
+            (None, None) => {
+                return Err(self.err(j.name.span(), format!("job `{name}` has neither `schedule` (cron) nor `every` (interval); give exactly one")))
+            }
+        };
+        let timezone = j.timezone.or(d.timezone).map_or(chrono_tz::UTC, |t| t.0);
+        let missed = j.missed.or(d.missed).unwrap_or_default();
+
+        let selectors = self.selectors(&j)?;
+        let max_actions_percent = match j
+            .max_actions_percent
+            .as_ref()
+            .or(d.max_actions_percent.as_ref())
+        {
+            Some(p) => Some(self.percent(p)?),
+            None => None,
+        };
+        let limits = Limits {
+            max_actions: j.max_actions.or(d.max_actions),
+            max_actions_percent,
+        };
+        let spec = self.spec(&j, kind, timezone)?;
+
+        Ok(JobConfig {
+            name,
+            kind,
+            schedule,
+            timezone,
+            jitter: j.jitter.or(d.jitter).map(|x| x.0).filter(|x| !x.is_zero()),
+            timeout: j
+                .timeout
+                .or(d.timeout)
+                .map(|x| x.0)
+                .filter(|x| !x.is_zero()),
+            concurrency: j.concurrency.or(d.concurrency).unwrap_or_default(),
+            missed,
+            starting_deadline: j.starting_deadline.or(d.starting_deadline).map(|x| x.0),
+            dry_run: j.dry_run.or(d.dry_run).unwrap_or(false),
+            enabled: j.enabled.unwrap_or(true),
+            selectors,
+            limits,
+            spec,
+        })
+    }
+
+    fn selectors(&self, j: &RawJob) -> Result<Selectors, ConfigError> {
+        let mut s = Selectors::default();
+        if let Some(p) = &j.projects {
+            let name_regex = match &p.name_regex {
+                Some(r) => Some(regex::Regex::new(r.get_ref()).map_err(|e| {
+                    self.err(
+                        r.span(),
+                        format!(
+                            "invalid name_regex `{}`: {}",
+                            r.get_ref(),
+                            first_line(&e.to_string())
+                        ),
+                    )
+                })?),
+                None => None,
+            };
+            s.projects = ProjectSelector {
+                ids: p.ids.clone(),
+                org_id: p.org_id.clone(),
+                names: self.globs(&p.names)?,
+                name_regex,
+                exclude_ids: p.exclude_ids.clone(),
+                exclude_names: self.globs(&p.exclude_names)?,
+            };
+        }
+        if let Some(b) = &j.branches {
+            let b = b.get_ref();
+            s.branches = BranchSelector {
+                names: self.globs(&b.names)?,
+                exclude: self.globs(&b.exclude)?,
+                older_than: b.older_than.map(|d| d.0),
+                inactive_for: b.inactive_for.map(|d| d.0),
+                default: match b.default {
+                    None => DefaultBranchFilter::Any,
+                    Some(true) => DefaultBranchFilter::Only,
+                    Some(false) => DefaultBranchFilter::Exclude,
+                },
+            };
+        }
+        if let Some(e) = &j.endpoints {
+            if j.kind.get_ref() != &JobKind::SuspendComputes {
+                return Err(self.wrong_kind("[jobs.endpoints]", e.span(), *j.kind.get_ref()));
+            }
+            let e = e.get_ref();
+            s.endpoints = EndpointSelector {
+                endpoint_type: e.endpoint_type,
+                branches: self.globs(&e.branches)?,
+            };
+        }
+        Ok(s)
+    }
+
+    fn wrong_kind(&self, option: &str, span: Range<usize>, kind: JobKind) -> ConfigError {
+        let valid = match option.trim_start_matches("[jobs.").trim_end_matches(']') {
+            "name_template" | "expires_in" | "retention" => "snapshot_branches",
+            "ttl" | "idle_ttl" | "mode" => "expire_branches",
+            "idle_for" | "windows" | "window_timezone" | "exclude_until" | "resume"
+            | "endpoints" => "suspend_computes",
+            _ => "collect_consumption",
+        };
+        self.err(
+            span,
+            format!(
+                "option `{option}` is not valid for kind `{kind}` (it belongs to kind `{valid}`)"
+            ),
+        )
+    }
+
+    /// Rejects every kind-specific option that belongs to another kind, then builds the spec.
+    fn spec(&self, j: &RawJob, kind: JobKind, tz: Tz) -> Result<JobSpec, ConfigError> {
+        fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
+            o.as_ref().map(|s| s.span())
+        }
+        let options: [(&str, JobKind, Option<Range<usize>>); 17] = [
+            (
+                "name_template",
+                JobKind::SnapshotBranches,
+                span(&j.name_template),
+            ),
+            ("expires_in", JobKind::SnapshotBranches, span(&j.expires_in)),
+            (
+                "[jobs.retention]",
+                JobKind::SnapshotBranches,
+                span(&j.retention),
+            ),
+            ("ttl", JobKind::ExpireBranches, span(&j.ttl)),
+            ("idle_ttl", JobKind::ExpireBranches, span(&j.idle_ttl)),
+            ("mode", JobKind::ExpireBranches, span(&j.mode)),
+            ("idle_for", JobKind::SuspendComputes, span(&j.idle_for)),
+            ("windows", JobKind::SuspendComputes, span(&j.windows)),
+            (
+                "window_timezone",
+                JobKind::SuspendComputes,
+                span(&j.window_timezone),
+            ),
+            (
+                "exclude_until",
+                JobKind::SuspendComputes,
+                span(&j.exclude_until),
+            ),
+            ("resume", JobKind::SuspendComputes, span(&j.resume)),
+            (
+                "granularity",
+                JobKind::CollectConsumption,
+                span(&j.granularity),
+            ),
+            ("metrics", JobKind::CollectConsumption, span(&j.metrics)),
+            ("org_id", JobKind::CollectConsumption, span(&j.org_id)),
+            (
+                "max_projects_exported",
+                JobKind::CollectConsumption,
+                span(&j.max_projects_exported),
+            ),
+            (
+                "[jobs.prices]",
+                JobKind::CollectConsumption,
+                span(&j.prices),
+            ),
+            ("", kind, None),
+        ];
+        for (option, owner, sp) in options {
+            if let Some(sp) = sp {
+                if owner != kind {
+                    return Err(self.wrong_kind(option, sp, kind));
+                }
+            }
+        }
+        let job_span = j.kind.span();
+        Ok(match kind {
+            JobKind::SnapshotBranches => {
+                let name_template = match &j.name_template {
+                    Some(t) => {
+                        NameTemplate::parse(t.get_ref()).map_err(|e| self.err(t.span(), e))?
+                    }
+                    None => NameTemplate::parse(NameTemplate::DEFAULT)
+                        .expect("the default template is valid"),
+                };
+                let retention = j.retention.as_ref().map_or_else(Retention::default, |r| {
+                    let r = r.get_ref();
+                    Retention {
+                        keep_last: r.keep_last,
+                        keep_hourly: r.keep_hourly,
+                        keep_daily: r.keep_daily,
+                        keep_weekly: r.keep_weekly,
+                        keep_monthly: r.keep_monthly,
+                    }
+                });
+                JobSpec::SnapshotBranches(SnapshotSpec {
+                    name_template,
+                    expires_in: j.expires_in.as_ref().map(|d| d.get_ref().0),
+                    retention,
+                })
+            }
+            JobKind::ExpireBranches => {
+                let (ttl, idle_ttl) = (
+                    j.ttl.as_ref().map(|d| d.get_ref().0),
+                    j.idle_ttl.as_ref().map(|d| d.get_ref().0),
+                );
+                if ttl.is_none() && idle_ttl.is_none() {
+                    return Err(self.err(
+                        job_span,
+                        "kind `expire_branches` needs `ttl`, `idle_ttl` or both",
+                    ));
+                }
+                JobSpec::ExpireBranches(ExpireSpec {
+                    ttl,
+                    idle_ttl,
+                    mode: j.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default(),
+                })
+            }
+            JobKind::SuspendComputes => {
+                let window_timezone = j.window_timezone.as_ref().map_or(tz, |t| t.get_ref().0);
+                let mut windows = Vec::new();
+                for w in j.windows.iter().flat_map(|ws| ws.get_ref().iter()) {
+                    windows.push(
+                        Window::parse(w.get_ref(), window_timezone)
+                            .map_err(|e| self.err(w.span(), e))?,
+                    );
+                }
+                let idle_for = j.idle_for.as_ref().map(|d| d.get_ref().0);
+                if idle_for.is_none() && windows.is_empty() {
+                    return Err(self.err(
+                        job_span,
+                        "kind `suspend_computes` needs `idle_for`, `windows` or both",
+                    ));
+                }
+                let exclude_until = match &j.exclude_until {
+                    Some(s) => Some(
+                        parse_instant(s.get_ref(), window_timezone)
+                            .map_err(|e| self.err(s.span(), e))?,
+                    ),
+                    None => None,
+                };
+                JobSpec::SuspendComputes(SuspendSpec {
+                    idle_for,
+                    windows,
+                    window_timezone,
+                    exclude_until,
+                    resume: j.resume.as_ref().is_some_and(|r| *r.get_ref()),
+                })
+            }
+            JobKind::CollectConsumption => {
+                let metrics = match &j.metrics {
+                    Some(m) if m.get_ref().is_empty() => return Err(self.err(m.span(), "`metrics` must list at least one metric")),
+                    Some(m) => m.get_ref().clone(),
+                    None => return Err(self.err(job_span, "kind `collect_consumption` needs `metrics` (e.g. [\"compute_unit_seconds\"])")),
+                };
+                if let Some(p) = &j.prices {
+                    if let Some((k, v)) = p
+                        .get_ref()
+                        .iter()
+                        .find(|(_, v)| !v.is_finite() || **v < 0.0)
+                    {
+                        return Err(self.err(
+                            p.span(),
+                            format!("price of `{k}` must be a non-negative number, got {v}"),
+                        ));
+                    }
+                }
+                JobSpec::CollectConsumption(ConsumptionSpec {
+                    granularity: j
+                        .granularity
+                        .as_ref()
+                        .map(|g| *g.get_ref())
+                        .unwrap_or_default(),
+                    metrics,
+                    org_id: j.org_id.as_ref().map(|o| o.get_ref().clone()),
+                    max_projects_exported: j
+                        .max_projects_exported
+                        .as_ref()
+                        .map_or(50, |m| *m.get_ref()),
+                    prices: j
+                        .prices
+                        .as_ref()
+                        .map(|p| p.get_ref().clone())
+                        .unwrap_or_default(),
+                })
+            }
+        })
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| s.lines().next().unwrap_or(s));
+    line.trim_start_matches("error:").trim()
+}
+
+/// `YYYY-MM-DD` (start of that day in `tz`) or an RFC 3339 instant.
+fn parse_instant(s: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let date = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("invalid date `{s}`: expected YYYY-MM-DD or an RFC 3339 time such as 2026-12-31T00:00:00Z"))?;
+    tz.from_local_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight exists"))
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("`{s}` does not start at a valid local time in {tz}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,784 @@
-//! TODO(skeleton): owned by the scheduler work package.
+//! The scheduler: one tokio task that knows every job's next fire time, sleeps until the
+//! earliest, and owns the runs it starts.
+//!
+//! Why our own loop rather than tokio-cron-scheduler: see "Decisions" in
+//! `docs/ARCHITECTURE.md` (time zones frozen to an offset, overlapping detached runs, no
+//! wait at shutdown, 500 ms polling). Here:
+//! - fire times are computed in the job's IANA zone each time they are needed
+//!   ([`schedule::Schedule::next_after`]);
+//! - the loop sleeps with `sleep_until` on the earliest fire time, and wakes early only for
+//!   commands (reload, trigger), finished runs, shutdown and watchdog pings;
+//! - every run is a task in the loop's `JoinSet`, so the concurrency policy can see it and
+//!   shutdown can wait for it;
+//! - every run is *claimed* in the [`Store`] first (`(job, scheduled_for)` is unique), so two
+//!   replicas, or a restart, never run the same tick twice.
+//!
+//! How a job runs is not the scheduler's business: it calls an [`Executor`].
+
+pub mod clock;
+mod run;
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use clock::{Clock, SystemClock, TokioClock};
+pub use run::run_now;
+
+use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
+use crate::store::{ActionCounts, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
+use crate::telemetry::events::{JobScheduled, JobTickSkipped};
+
+/// What a run is given besides its job.
+#[derive(Debug, Clone)]
+pub struct RunHandle {
+    pub run_id: RunId,
+    /// The tick this run is for (the jitter-free fire time; for manual runs, when asked).
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: Trigger,
+    /// The job's `dry_run`, or forced by `plan`. A dry run makes no mutating API call.
+    pub dry_run: bool,
+    /// Cancelled on timeout, on `replace` and at the end of the shutdown grace period.
+    /// Executors check it between actions and stop promptly.
+    pub cancel: CancellationToken,
+}
+
+/// How a run ended, as reported by the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    pub status: RunStatus,
+    pub counts: ActionCounts,
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    pub fn succeeded(counts: ActionCounts) -> Self {
+        RunReport {
+            status: RunStatus::Succeeded,
+            counts,
+            error: None,
+        }
+    }
+    pub fn failed(error: impl Into<String>) -> Self {
+        RunReport {
+            status: RunStatus::Failed,
+            counts: ActionCounts::default(),
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// Runs one job once. Implemented by `crate::jobs` for real, and by fakes in tests.
+///
+/// The executor must not panic (the scheduler catches it anyway and records the run
+/// failed) and should return soon after `run.cancel` fires.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    async fn execute(&self, job: Arc<JobConfig>, run: RunHandle) -> RunReport;
+}
+
+/// Called from the scheduler loop to tell systemd it is alive (`WATCHDOG=1`).
+pub type WatchdogPing = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone)]
+pub struct SchedulerOptions {
+    /// At shutdown, how long running runs may take to finish before they are cancelled.
+    pub grace_period: Duration,
+    /// After cancelling (timeout or shutdown), how long a run may take to stop before its
+    /// task is aborted.
+    pub cancel_wait: Duration,
+    /// Ping interval and function, when systemd's watchdog is on.
+    pub watchdog: Option<(Duration, WatchdogPing)>,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            grace_period: Duration::from_secs(30),
+            cancel_wait: Duration::from_secs(5),
+            watchdog: None,
+        }
+    }
+}
+
+/// What the HTTP API and `jobs` show about a job.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobStatus {
+    pub name: String,
+    pub kind: String,
+    /// The cron expression as written (`0 3 * * *`) or `every 15m`.
+    pub schedule: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub dry_run: bool,
+    pub next_run: Option<DateTime<Utc>>,
+    pub running: usize,
+    pub last_run: Option<LastRun>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LastRun {
+    pub id: RunId,
+    pub status: RunStatus,
+    pub scheduled_for: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TriggerError {
+    #[error("no job named `{0}`")]
+    UnknownJob(String),
+    #[error("job `{0}` is running and its concurrency policy is `forbid`")]
+    AlreadyRunning(String),
+    #[error("job `{0}` is disabled (enabled = false)")]
+    Disabled(String),
+    #[error("a run of `{0}` for this instant exists already")]
+    Claimed(String),
+    #[error("cannot record the run: {0}")]
+    Store(String),
+    #[error("the scheduler is not running")]
+    Stopped,
+}
+
+enum Command {
+    Reload(Vec<Arc<JobConfig>>, oneshot::Sender<()>),
+    Trigger {
+        job: String,
+        reply: oneshot::Sender<Result<RunId, TriggerError>>,
+    },
+}
+
+/// Cheap to clone; talks to the scheduler task.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Command>,
+    status: Arc<RwLock<Vec<JobStatus>>>,
+    alive: CancellationToken,
+    /// Cancelled once the loop has loaded its jobs and published their status, so that
+    /// nobody (readiness, `/api/v1/jobs`) sees an empty job list during start-up.
+    started: CancellationToken,
+}
+
+impl SchedulerHandle {
+    /// Each job with its schedule, next and last run (as of the loop's last iteration).
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Whether the loop is scheduling (false before it has started and once shutdown
+    /// began), for `/readyz`.
+    pub fn is_running(&self) -> bool {
+        self.started.is_cancelled() && !self.alive.is_cancelled()
+    }
+
+    /// Waits until the loop has loaded its jobs and published their status (or has
+    /// stopped before getting there).
+    pub async fn started(&self) {
+        tokio::select! {
+            _ = self.started.cancelled() => {}
+            _ = self.alive.cancelled() => {}
+        }
+    }
+
+    /// Starts a manual run of `job` now (honouring its concurrency policy).
+    pub async fn trigger(&self, job: &str) -> Result<RunId, TriggerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Trigger {
+                job: job.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| TriggerError::Stopped)?;
+        rx.await.map_err(|_| TriggerError::Stopped)?
+    }
+
+    /// Replaces the job list. Running runs continue with the configuration they started
+    /// with; unchanged schedules keep their next fire time.
+    pub async fn reload(&self, jobs: Vec<Arc<JobConfig>>) -> Result<(), TriggerError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reload(jobs, done))
+            .await
+            .map_err(|_| TriggerError::Stopped)?;
+        // Returns once the new jobs are in effect (and visible through `jobs()`).
+        rx.await.map_err(|_| TriggerError::Stopped)
+    }
+}
+
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    clock: Arc<dyn Clock>,
+    opts: SchedulerOptions,
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Arc<dyn Store>,
+        executor: Arc<dyn Executor>,
+        clock: Arc<dyn Clock>,
+        opts: SchedulerOptions,
+    ) -> Self {
+        Scheduler {
+            store,
+            executor,
+            clock,
+            opts,
+        }
+    }
+
+    /// Starts the loop. It stops scheduling when `shutdown` is cancelled, then waits for
+    /// running runs (see [`SchedulerOptions::grace_period`]); the returned task ends when
+    /// every run is recorded.
+    pub fn spawn(
+        self,
+        jobs: Vec<Arc<JobConfig>>,
+        shutdown: CancellationToken,
+    ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(16);
+        let status = Arc::new(RwLock::new(Vec::new()));
+        let alive = CancellationToken::new();
+        let started = CancellationToken::new();
+        let handle = SchedulerHandle {
+            tx,
+            status: status.clone(),
+            alive: alive.clone(),
+            started: started.clone(),
+        };
+        let lp = Loop {
+            store: self.store,
+            executor: self.executor,
+            clock: self.clock,
+            opts: self.opts,
+            slots: Vec::new(),
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            last: HashMap::new(),
+            status,
+        };
+        let task = tokio::spawn(lp.run(jobs, rx, shutdown, alive, started));
+        (handle, task)
+    }
+}
+
+struct Slot {
+    job: Arc<JobConfig>,
+    /// The next tick (what the run is recorded as `scheduled_for`).
+    next_tick: Option<DateTime<Utc>>,
+    /// `next_tick` plus jitter: when the loop actually starts it.
+    fire_at: Option<DateTime<Utc>>,
+}
+
+/// A run in progress, seen from the loop.
+struct Running {
+    job: String,
+    scheduled_for: DateTime<Utc>,
+    cancel: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+    counts_if_aborted: ActionCounts,
+}
+
+struct Loop {
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    clock: Arc<dyn Clock>,
+    opts: SchedulerOptions,
+    slots: Vec<Slot>,
+    running: HashMap<RunId, Running>,
+    tasks: JoinSet<run::Finished>,
+    last: HashMap<String, LastRun>,
+    status: Arc<RwLock<Vec<JobStatus>>>,
+}
+
+impl Loop {
+    async fn run(
+        mut self,
+        jobs: Vec<Arc<JobConfig>>,
+        mut rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+        alive: CancellationToken,
+        started: CancellationToken,
+    ) {
+        self.set_jobs(jobs).await;
+        self.catch_up().await;
+        self.publish();
+        started.cancel();
+        let mut next_ping = self
+            .opts
+            .watchdog
+            .as_ref()
+            .map(|(every, _)| tokio::time::Instant::now() + *every);
+        if let Some((_, ping)) = &self.opts.watchdog {
+            ping();
+        }
+        loop {
+            self.publish();
+            let wake = self.earliest_fire().map(|t| self.instant_for(t));
+            let sleep = async move {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ping_at = next_ping;
+            let ping = async move {
+                match ping_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(cmd) = rx.recv() => self.command(cmd).await,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.finished(done),
+                _ = ping => {
+                    if let Some((every, ping)) = &self.opts.watchdog {
+                        ping();
+                        next_ping = Some(tokio::time::Instant::now() + *every);
+                    }
+                }
+                _ = sleep => self.fire_due().await,
+            }
+        }
+        alive.cancel();
+        self.publish();
+        tracing::info!(
+            running = self.running.len(),
+            "scheduler stopping; waiting for running jobs"
+        );
+        self.drain().await;
+    }
+
+    /// Converts a wall-clock target into a tokio deadline. Recomputed every iteration, so a
+    /// wall-clock step only delays a fire until the next wake-up, it never skews the zone.
+    fn instant_for(&self, at: DateTime<Utc>) -> tokio::time::Instant {
+        let delta = (at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::time::Instant::now() + delta
+    }
+
+    fn earliest_fire(&self) -> Option<DateTime<Utc>> {
+        self.slots.iter().filter_map(|s| s.fire_at).min()
+    }
+
+    fn jitter(job: &JobConfig) -> chrono::Duration {
+        match job.jitter {
+            Some(j) if !j.is_zero() => {
+                let ms =
+                    rand::thread_rng().gen_range(0..=j.as_millis().min(u64::MAX as u128) as u64);
+                chrono::Duration::milliseconds(ms as i64)
+            }
+            _ => chrono::Duration::zero(),
+        }
+    }
+
+    fn schedule_slot(slot: &mut Slot, after: DateTime<Utc>, now: DateTime<Utc>) {
+        let job = &slot.job;
+        slot.next_tick = if job.enabled {
+            job.schedule.next_after(after, job.timezone)
+        } else {
+            None
+        };
+        // Fell behind (the host slept, the clock stepped): resume from now rather than
+        // firing every tick in between.
+        if let Some(t) = slot.next_tick {
+            if t < now && after < now {
+                slot.next_tick = job.schedule.next_after(now, job.timezone);
+            }
+        }
+        slot.fire_at = slot.next_tick.map(|t| t + Self::jitter(job));
+        if let Some(next_run) = slot.next_tick {
+            JobScheduled {
+                job: &job.name,
+                next_run,
+                interval: job.schedule.nominal_interval(now, job.timezone),
+            }
+            .emit();
+        }
+    }
+
+    async fn set_jobs(&mut self, jobs: Vec<Arc<JobConfig>>) {
+        let now = self.clock.now();
+        let mut old: HashMap<String, Slot> = self
+            .slots
+            .drain(..)
+            .map(|s| (s.job.name.clone(), s))
+            .collect();
+        for job in jobs {
+            let mut slot = match old.remove(&job.name) {
+                // Same timing: keep the computed tick (and its jitter).
+                Some(mut s)
+                    if s.job.schedule == job.schedule
+                        && s.job.timezone == job.timezone
+                        && s.job.enabled == job.enabled
+                        && s.job.jitter == job.jitter =>
+                {
+                    s.job = job;
+                    s
+                }
+                _ => {
+                    let mut s = Slot {
+                        job,
+                        next_tick: None,
+                        fire_at: None,
+                    };
+                    Self::schedule_slot(&mut s, now, now);
+                    s
+                }
+            };
+            if !self.last.contains_key(&slot.job.name) {
+                let filter = RunFilter {
+                    job: Some(slot.job.name.clone()),
+                    limit: 1,
+                    before: None,
+                };
+                match self.store.list_runs(&filter).await {
+                    Ok(runs) => {
+                        if let Some(r) = runs.into_iter().next() {
+                            self.last.insert(
+                                r.job.clone(),
+                                LastRun {
+                                    id: r.id,
+                                    status: r.status,
+                                    scheduled_for: r.scheduled_for,
+                                    finished_at: r.finished_at,
+                                },
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %slot.job.name, error = %e, "cannot read the last run")
+                    }
+                }
+            }
+            slot.job = slot.job.clone();
+            self.slots.push(slot);
+        }
+        for gone in old.keys() {
+            tracing::info!(job = %gone, "job removed from the policy; runs in progress continue");
+        }
+    }
+
+    /// `missed = "run_once"`: run the newest tick missed while the daemon was down, if it
+    /// is within `starting_deadline`. Decided from the store, so it survives restarts.
+    async fn catch_up(&mut self) {
+        let now = self.clock.now();
+        let jobs: Vec<Arc<JobConfig>> = self.slots.iter().map(|s| s.job.clone()).collect();
+        for job in jobs {
+            if !job.enabled {
+                continue;
+            }
+            let last = match self.store.last_scheduled_run(&job.name).await {
+                Ok(Some(r)) => r.scheduled_for,
+                // Never ran: nothing was missed.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(job = %job.name, error = %e, "cannot read the last scheduled run; not catching up");
+                    continue;
+                }
+            };
+            let deadline_start = job
+                .starting_deadline
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .map(|d| now - d);
+            let from = deadline_start.map_or(last, |d| d.max(last));
+            let missed_tick = job.schedule.last_between(from, now, job.timezone);
+            let any_missed = job
+                .schedule
+                .next_after(last, job.timezone)
+                .is_some_and(|t| t <= now);
+            match (job.missed, missed_tick) {
+                (MissedPolicy::RunOnce, Some(tick)) => {
+                    tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), "running a missed tick once");
+                    self.start(&job, tick, Trigger::CatchUp).await;
+                }
+                _ if any_missed => {
+                    let tick = job
+                        .schedule
+                        .last_between(last, now, job.timezone)
+                        .unwrap_or(now);
+                    JobTickSkipped {
+                        job: &job.name,
+                        reason: "missed",
+                        scheduled_for: tick,
+                    }
+                    .emit();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Reload(jobs, done) => {
+                self.set_jobs(jobs).await;
+                self.publish();
+                let _ = done.send(());
+            }
+            Command::Trigger { job, reply } => {
+                let result = self.trigger(&job).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn trigger(&mut self, name: &str) -> Result<RunId, TriggerError> {
+        let job = self
+            .slots
+            .iter()
+            .find(|s| s.job.name == name)
+            .map(|s| s.job.clone())
+            .ok_or_else(|| TriggerError::UnknownJob(name.to_string()))?;
+        if job.concurrency == ConcurrencyPolicy::Forbid
+            && self.running.values().any(|r| r.job == job.name)
+        {
+            return Err(TriggerError::AlreadyRunning(job.name.clone()));
+        }
+        self.replace_running(&job);
+        let now = self.clock.now();
+        match self
+            .claim(&job, now, Trigger::Manual, RunStatus::Running, None)
+            .await
+        {
+            Ok(Some(id)) => {
+                self.spawn_run(&job, id, now, Trigger::Manual);
+                Ok(id)
+            }
+            Ok(None) => Err(TriggerError::Claimed(job.name.clone())),
+            Err(e) => Err(TriggerError::Store(e.to_string())),
+        }
+    }
+
+    async fn fire_due(&mut self) {
+        let now = self.clock.now();
+        let mut due = Vec::new();
+        for slot in &mut self.slots {
+            if let (Some(fire_at), Some(tick)) = (slot.fire_at, slot.next_tick) {
+                if fire_at <= now {
+                    due.push((slot.job.clone(), tick));
+                    Self::schedule_slot(slot, tick, now);
+                }
+            }
+        }
+        for (job, tick) in due {
+            self.start(&job, tick, Trigger::Schedule).await;
+        }
+    }
+
+    fn replace_running(&mut self, job: &JobConfig) {
+        if job.concurrency != ConcurrencyPolicy::Replace {
+            return;
+        }
+        for (id, r) in self.running.iter().filter(|(_, r)| r.job == job.name) {
+            tracing::info!(job = %job.name, run_id = id, "cancelling the running run (concurrency = replace)");
+            let _ = r
+                .reason
+                .set("replaced by a newer run (concurrency = replace)".into());
+            r.cancel.cancel();
+        }
+    }
+
+    /// Starts a tick, honouring the concurrency policy and the claim.
+    async fn start(&mut self, job: &Arc<JobConfig>, tick: DateTime<Utc>, trigger: Trigger) {
+        let busy = self.running.values().any(|r| r.job == job.name);
+        if busy && job.concurrency == ConcurrencyPolicy::Forbid {
+            JobTickSkipped {
+                job: &job.name,
+                reason: "overlap",
+                scheduled_for: tick,
+            }
+            .emit();
+            let why = "the previous run was still running (concurrency = forbid)";
+            if let Err(e) = self
+                .claim(job, tick, trigger, RunStatus::Skipped, Some(why))
+                .await
+            {
+                tracing::warn!(job = %job.name, error = %e, "cannot record the skipped tick");
+            }
+            return;
+        }
+        if busy {
+            self.replace_running(job);
+        }
+        match self
+            .claim(job, tick, trigger, RunStatus::Running, None)
+            .await
+        {
+            Ok(Some(id)) => self.spawn_run(job, id, tick, trigger),
+            Ok(None) => JobTickSkipped {
+                job: &job.name,
+                reason: "claimed_elsewhere",
+                scheduled_for: tick,
+            }
+            .emit(),
+            Err(e) => {
+                tracing::error!(job = %job.name, error = %e, "cannot claim the run");
+                JobTickSkipped {
+                    job: &job.name,
+                    reason: "store_error",
+                    scheduled_for: tick,
+                }
+                .emit();
+            }
+        }
+    }
+
+    async fn claim(
+        &self,
+        job: &JobConfig,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> crate::store::StoreResult<Option<RunId>> {
+        self.store
+            .claim_run(&NewRun {
+                job: job.name.clone(),
+                kind: job.kind.as_str().to_string(),
+                scheduled_for: tick,
+                trigger,
+                dry_run: job.dry_run,
+                status,
+                error: error.map(str::to_string),
+            })
+            .await
+    }
+
+    fn spawn_run(
+        &mut self,
+        job: &Arc<JobConfig>,
+        id: RunId,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+    ) {
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(OnceLock::new());
+        self.running.insert(
+            id,
+            Running {
+                job: job.name.clone(),
+                scheduled_for: tick,
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+                counts_if_aborted: ActionCounts::default(),
+            },
+        );
+        let handle = RunHandle {
+            run_id: id,
+            scheduled_for: tick,
+            trigger,
+            dry_run: job.dry_run,
+            cancel,
+        };
+        let ctx = run::RunContext {
+            store: self.store.clone(),
+            executor: self.executor.clone(),
+            clock: self.clock.clone(),
+            cancel_wait: self.opts.cancel_wait,
+        };
+        self.tasks
+            .spawn(run::execute(ctx, job.clone(), handle, reason));
+    }
+
+    fn finished(&mut self, done: Result<run::Finished, tokio::task::JoinError>) {
+        match done {
+            Ok(f) => {
+                self.running.remove(&f.run_id);
+                self.last.insert(f.job, f.last);
+            }
+            // Only the shutdown path aborts run tasks, and it records those runs itself.
+            Err(e) => tracing::error!(error = %e, "run task ended abnormally"),
+        }
+    }
+
+    fn publish(&self) {
+        let list = self
+            .slots
+            .iter()
+            .map(|s| JobStatus {
+                name: s.job.name.clone(),
+                kind: s.job.kind.as_str().to_string(),
+                schedule: s.job.schedule.to_string(),
+                timezone: s.job.timezone.name().to_string(),
+                enabled: s.job.enabled,
+                dry_run: s.job.dry_run,
+                next_run: s.next_tick,
+                running: self
+                    .running
+                    .values()
+                    .filter(|r| r.job == s.job.name)
+                    .count(),
+                last_run: self.last.get(&s.job.name).cloned(),
+            })
+            .collect();
+        if let Ok(mut w) = self.status.write() {
+            *w = list;
+        }
+    }
+
+    /// Shutdown: wait up to the grace period, then cancel, then abort and record.
+    async fn drain(&mut self) {
+        let grace = tokio::time::sleep(self.opts.grace_period);
+        tokio::pin!(grace);
+        loop {
+            if self.tasks.is_empty() {
+                return;
+            }
+            tokio::select! {
+                Some(done) = self.tasks.join_next() => self.finished(done),
+                _ = &mut grace => break,
+            }
+        }
+        tracing::warn!(
+            running = self.running.len(),
+            "grace period over; cancelling running jobs"
+        );
+        for r in self.running.values() {
+            let _ = r.reason.set("interrupted by shutdown".into());
+            r.cancel.cancel();
+        }
+        let wait = tokio::time::sleep(self.opts.cancel_wait);
+        tokio::pin!(wait);
+        loop {
+            if self.tasks.is_empty() {
+                return;
+            }
+            tokio::select! {
+                Some(done) = self.tasks.join_next() => self.finished(done),
+                _ = &mut wait => break,
+            }
+        }
+        // Runs that ignored cancellation: stop them and write the record ourselves.
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        for (id, r) in self.running.drain() {
+            tracing::error!(job = %r.job, run_id = id, scheduled_for = %r.scheduled_for, "run did not stop when cancelled; aborted");
+            if let Err(e) = self
+                .store
+                .finish_run(
+                    id,
+                    RunStatus::Interrupted,
+                    r.counts_if_aborted,
+                    Some("interrupted by shutdown (aborted)"),
+                )
+                .await
+            {
+                tracing::error!(run_id = id, error = %e, "cannot record the interrupted run");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,2 +1,10 @@
+//! The one integration-test binary of the root crate (one link instead of one per file).
+//! Add a `mod` line per area; shared setup lives in `helpers`.
+
+mod helpers;
+
+mod binary;
+mod client;
 mod http;
+mod jobs;
 mod store;

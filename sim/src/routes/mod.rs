@@ -34,12 +34,18 @@ pub struct AppState {
     pub config: Arc<SimConfig>,
     pub mutations: MutationLog,
     request_counter: Arc<AtomicU64>,
+    /// Fault injection (seeded from the config's seed).
+    pub faults: crate::faults::FaultHandle,
+    /// Neon's rate limits (from the config).
+    pub rate_limiter: crate::ratelimit::RateLimiter,
 }
 
 impl AppState {
     pub fn new(state: SharedState, config: Arc<SimConfig>) -> AppState {
         AppState {
             state,
+            faults: crate::faults::FaultHandle::new(config.seed),
+            rate_limiter: crate::ratelimit::RateLimiter::new(config.rate_limit.clone()),
             config,
             mutations: MutationLog::default(),
             request_counter: Arc::new(AtomicU64::new(1)),
@@ -196,6 +202,26 @@ pub const EMULATED_OPERATIONS: &[(&str, &str, &str)] = &[
         "/projects/{project_id}/operations/{operation_id}",
         "getProjectOperation",
     ),
+    (
+        "GET",
+        "/consumption_history/v2/projects",
+        "getConsumptionHistoryPerProjectV2",
+    ),
+    (
+        "GET",
+        "/consumption_history/v2/branches",
+        "getConsumptionHistoryPerBranchV2",
+    ),
+    (
+        "GET",
+        "/consumption_history/projects",
+        "getConsumptionHistoryPerProject",
+    ),
+    (
+        "GET",
+        "/consumption_history/account",
+        "getConsumptionHistoryPerAccount",
+    ),
 ];
 
 /// The whole application: `/api/v2` and `/_sim`.
@@ -203,6 +229,7 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .nest("/api/v2", api_router(app.clone()))
         .merge(admin::router(app.clone()))
+        .merge(crate::faults::admin_router(app.faults.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(app, request_id_layer))
 }
@@ -297,6 +324,7 @@ pub fn api_router(app: AppState) -> Router {
     // ==== HOOK (sim-conf): merge extra /api/v2 routes here, e.g.
     // let emulated = emulated.merge(crate::consumption::routes());
     // ====
+    let emulated = emulated.merge(crate::consumption::routes());
 
     let api = with_not_implemented(emulated)
         .fallback(|| async { ApiError::not_found("no such API route") })
@@ -317,6 +345,10 @@ pub fn api_router(app: AppState) -> Router {
     // let api = api.layer(crate::ratelimit::layer(&app)).layer(crate::faults::layer(&app));
     // (outside auth and the mutation log; inside the request-id layer added in `router`).
     // ====
+    // Faults outermost: an injected fault answers before the request counts against a limit.
+    let api = api
+        .layer(app.rate_limiter.layer())
+        .layer(app.faults.layer());
 
     api.with_state(app)
 }

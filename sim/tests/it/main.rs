@@ -1,5 +1,8 @@
 //! Integration tests of neon-sim over HTTP (one test binary; modules by area).
 
+mod conf_consumption;
+mod conf_faults;
+mod conformance;
 mod core_branches;
 mod core_endpoints;
 mod core_errors;

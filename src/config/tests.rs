@@ -1,0 +1,263 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with_env(Path::new("policy.toml"), text, &no_env)
+}
+
+fn err(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const JOB: &str = r#"
+[[jobs]]
+name = "nightly"
+kind = "snapshot_branches"
+schedule = "0 3 * * *"
+"#;
+
+#[test]
+fn minimal_defaults() {
+    let c = parse(JOB).unwrap();
+    assert_eq!(c.api.base_url, DEFAULT_BASE_URL);
+    assert_eq!(c.api.rate_limit_per_minute, 700);
+    assert_eq!(c.api.burst, 40);
+    assert!(c.api.api_key.is_none());
+    assert_eq!(c.http.listen.to_string(), "127.0.0.1:9187");
+    assert_eq!(c.store.url, "sqlite://./neon-steward.db");
+    assert_eq!(c.store.history_retention, Duration::from_secs(90 * 86400));
+    let j = &c.jobs[0];
+    assert_eq!(j.timezone, chrono_tz::UTC);
+    assert_eq!(j.concurrency, ConcurrencyPolicy::Forbid);
+    assert_eq!(j.missed, MissedPolicy::Skip);
+    assert!(j.enabled && !j.dry_run);
+    match &j.spec {
+        JobSpec::SnapshotBranches(s) => assert_eq!(s.name_template.as_str(), NameTemplate::DEFAULT),
+        other => panic!("wrong spec {other:?}"),
+    }
+}
+
+#[test]
+fn env_overrides_and_key_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("neon-api-key");
+    std::fs::write(&key, "napi_from_credentials\n").unwrap();
+    let d = dir.path().to_string_lossy().to_string();
+    let env = move |k: &str| match k {
+        "CREDENTIALS_DIRECTORY" | "STATE_DIRECTORY" => Some(d.clone()),
+        "NEON_STEWARD_LISTEN" => Some("127.0.0.1:0".into()),
+        "NEON_STEWARD_BASE_URL" => Some("http://127.0.0.1:1234/api/v2".into()),
+        _ => None,
+    };
+    let c = parse_with_env(Path::new("p.toml"), JOB, &env).unwrap();
+    assert_eq!(
+        c.api.api_key.as_ref().unwrap().expose(),
+        "napi_from_credentials"
+    );
+    assert_eq!(c.api.base_url, "http://127.0.0.1:1234/api/v2");
+    assert_eq!(c.http.listen.port(), 0);
+    assert_eq!(
+        c.store.url,
+        format!("sqlite://{}/neon-steward.db", dir.path().display())
+    );
+
+    // NEON_API_KEY wins over every file.
+    let env2 = |k: &str| (k == "NEON_API_KEY").then(|| "napi_env".to_string());
+    let c = parse_with_env(Path::new("p.toml"), JOB, &env2).unwrap();
+    assert_eq!(c.api.api_key.unwrap().expose(), "napi_env");
+
+    // api_key_file is relative to the policy file's directory.
+    std::fs::write(dir.path().join("key"), "napi_file").unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, format!("[api]\napi_key_file = \"key\"\n{JOB}")).unwrap();
+    let c = load_with_env(&policy, &no_env).unwrap();
+    assert_eq!(c.api.api_key.unwrap().expose(), "napi_file");
+}
+
+#[test]
+fn defaults_are_inherited_and_overridden() {
+    let c = parse(
+        r#"
+[defaults]
+dry_run = true
+timezone = "Europe/Berlin"
+max_actions = 10
+concurrency = "replace"
+
+[[jobs]]
+name = "a"
+kind = "expire_branches"
+every = "15m"
+ttl = "7d"
+[jobs.branches]
+names = ["preview/*", "pr-*"]
+default = false
+
+[[jobs]]
+name = "b"
+kind = "expire_branches"
+every = "1h"
+idle_ttl = "3d"
+dry_run = false
+timezone = "UTC"
+max_actions = 2
+"#,
+    )
+    .unwrap();
+    let (a, b) = (&c.jobs[0], &c.jobs[1]);
+    assert!(a.dry_run && !b.dry_run);
+    assert_eq!(a.timezone, chrono_tz::Europe::Berlin);
+    assert_eq!(b.timezone, chrono_tz::UTC);
+    assert_eq!(a.limits.max_actions, Some(10));
+    assert_eq!(b.limits.max_actions, Some(2));
+    assert_eq!(a.concurrency, ConcurrencyPolicy::Replace);
+    assert_eq!(a.schedule, Schedule::Every(Duration::from_secs(900)));
+    assert!(a.selectors.branches.matches_name("preview/x", false));
+    assert!(a.selectors.branches.matches_name("pr-12", false));
+    assert!(!a.selectors.branches.matches_name("pr-12", true));
+    assert!(!a.selectors.branches.matches_name("main", false));
+}
+
+#[test]
+fn example_file_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let c = load_with_env(&path, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let kinds: Vec<JobKind> = c.jobs.iter().map(|j| j.kind).collect();
+    for k in [
+        JobKind::SnapshotBranches,
+        JobKind::ExpireBranches,
+        JobKind::SuspendComputes,
+        JobKind::CollectConsumption,
+    ] {
+        assert!(kinds.contains(&k), "example lacks a {k} job");
+    }
+    let suspend = c
+        .jobs
+        .iter()
+        .find(|j| j.kind == JobKind::SuspendComputes)
+        .unwrap();
+    match &suspend.spec {
+        JobSpec::SuspendComputes(s) => assert!(!s.windows.is_empty()),
+        _ => unreachable!("kind and spec agree"),
+    }
+}
+
+#[test]
+fn name_template_renders() {
+    let t = NameTemplate::parse("{job}/{branch}-{date}-{time}").unwrap();
+    let at = chrono_tz::Europe::Berlin
+        .with_ymd_and_hms(2026, 3, 29, 3, 4, 5)
+        .unwrap();
+    assert_eq!(
+        t.render("main", "nightly", &at),
+        "nightly/main-2026-03-29-030405"
+    );
+    assert!(NameTemplate::parse("{branch}-{hour}")
+        .unwrap_err()
+        .contains("unknown placeholder `{hour}`"));
+}
+
+#[test]
+fn secrets_never_in_errors_or_debug() {
+    let e = err("[api]\napi_key = \"napi_leaky_secret\"\n");
+    assert!(!e.contains("napi_leaky_secret"));
+    let env = |k: &str| (k == "NEON_API_KEY").then(|| "napi_top_secret".to_string());
+    let c = parse_with_env(Path::new("p.toml"), JOB, &env).unwrap();
+    assert!(!format!("{c:?}").contains("napi_top_secret"));
+}
+
+#[test]
+fn error_unknown_key() {
+    insta::assert_snapshot!(err("[api]\nbase_url = \"https://x\"\ntimeout_secs = 3\n"));
+}
+
+#[test]
+fn error_unknown_key_in_job() {
+    insta::assert_snapshot!(err(&format!("{JOB}scheduel = \"x\"\n")));
+}
+
+#[test]
+fn error_bad_cron() {
+    insta::assert_snapshot!(err("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nschedule = \"0 3 * *\"\nttl = \"7d\"\n"));
+}
+
+#[test]
+fn error_bad_cron_value() {
+    insta::assert_snapshot!(err("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nschedule = \"0 25 * * *\"\nttl = \"7d\"\n"));
+}
+
+#[test]
+fn error_unknown_timezone() {
+    insta::assert_snapshot!(err(&format!("{JOB}timezone = \"Europe/Berlinn\"\n")));
+}
+
+#[test]
+fn error_bad_duration() {
+    insta::assert_snapshot!(err(
+        "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7x\"\n"
+    ));
+}
+
+#[test]
+fn error_duplicate_job() {
+    insta::assert_snapshot!(err(&format!("{JOB}{JOB}")));
+}
+
+#[test]
+fn error_unknown_kind() {
+    insta::assert_snapshot!(err(
+        "[[jobs]]\nname = \"a\"\nkind = \"delete_everything\"\nevery = \"1h\"\n"
+    ));
+}
+
+#[test]
+fn error_api_key_in_file() {
+    insta::assert_snapshot!(err("[api]\napi_key = \"napi_leaky_secret\"\n"));
+}
+
+#[test]
+fn error_wrong_kind_option() {
+    insta::assert_snapshot!(err(&format!("{JOB}ttl = \"7d\"\n")));
+}
+
+#[test]
+fn error_wrong_kind_table() {
+    insta::assert_snapshot!(err(
+        "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\n[jobs.retention]\nkeep_last = 3\n"
+    ));
+}
+
+#[test]
+fn error_schedule_and_every() {
+    insta::assert_snapshot!(err(&format!("{JOB}every = \"1h\"\n")));
+}
+
+#[test]
+fn error_bad_window() {
+    insta::assert_snapshot!(err(
+        "[[jobs]]\nname = \"s\"\nkind = \"suspend_computes\"\nevery = \"5m\"\nwindows = [\"Sat-Sun\", \"Mon-Fry 20:00-08:00\"]\n"
+    ));
+}
+
+#[test]
+fn error_bad_glob_and_regex() {
+    insta::assert_snapshot!(err(&format!(
+        "{JOB}[jobs.projects]\nnames = [\"prod-[\"]\n"
+    )));
+    insta::assert_snapshot!(err(&format!(
+        "{JOB}[jobs.projects]\nname_regex = \"(unclosed\"\n"
+    )));
+}
+
+#[test]
+fn error_missing_name() {
+    insta::assert_snapshot!(err(
+        "[[jobs]]\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"1d\"\n"
+    ));
+}

@@ -1,0 +1,372 @@
+//! `collect_consumption`: what range to ask Neon for, and what to export.
+//!
+//! Collection is incremental: it resumes at the end of the newest stored timeframe and asks
+//! only for *complete* periods whose data Neon has had time to compute (it refreshes about
+//! every 15 minutes), never further back than Neon keeps data (hourly 168 h, daily 60 days,
+//! monthly 1 year). Stored samples are upserted, so re-collecting a period is harmless.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Months, TimeZone, Timelike, Utc};
+
+use futures::TryStreamExt;
+
+use super::engine::{selected_projects, JobEnv, RunContext, RunError};
+use super::ledger::{ActionSpec, Ledger};
+use crate::config::{ConsumptionSpec, JobConfig};
+use crate::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
+use crate::store::ConsumptionSample;
+use crate::telemetry::events::{ConsumptionCollected, ConsumptionExported, ConsumptionPoint};
+
+fn cursor_key(period: Period) -> String {
+    format!("consumption_cursor/{}", period.as_str())
+}
+
+/// Collects consumption incrementally and exports the gauges.
+///
+/// Without an `org_id` the legacy `/consumption_history/projects` is used (legacy plans
+/// and personal accounts); with one, `/consumption_history/v2/projects`. The cursor (the
+/// end of the last range collected in full) is kept in the job's state and advanced only
+/// when every call of the run succeeded, so a failed chunk is collected again next time.
+pub(crate) async fn run(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &ConsumptionSpec,
+    ctx: &RunContext,
+    ledger: &Ledger,
+) -> Result<(), RunError> {
+    let (period, granularity) = match spec.granularity {
+        crate::config::Granularity::Hourly => (Period::Hourly, Granularity::Hourly),
+        crate::config::Granularity::Daily => (Period::Daily, Granularity::Daily),
+        crate::config::Granularity::Monthly => (Period::Monthly, Granularity::Monthly),
+    };
+    let projects = selected_projects(env, job).await?;
+    let ids: Vec<ProjectId> = projects.iter().map(|p| p.id.clone()).collect();
+    let cursor = match env.store.get_state(&job.name, &cursor_key(period)).await? {
+        Some(v) => DateTime::parse_from_rfc3339(&v)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        None => env.store.latest_consumption_end(period.as_str()).await?,
+    };
+    let range = collection_range(period, cursor, ctx.now);
+    if let (Some((from, to)), false) = (range, ids.is_empty()) {
+        let calls = chunks(&ids);
+        let n = calls.len();
+        let mut all_ok = true;
+        let mut samples_total = 0usize;
+        for (i, chunk) in calls.into_iter().enumerate() {
+            let spec_ = ActionSpec {
+                resource_kind: "project",
+                resource_id: format!("{} project(s), call {}/{}", chunk.len(), i + 1, n),
+                resource_name: None,
+                project_id: (chunk.len() == 1).then(|| chunk[0].to_string()),
+                action: "collect_consumption",
+                rule: Some(period.as_str().to_string()),
+                reason: format!(
+                    "collect {} consumption {}..{}",
+                    period.as_str(),
+                    from.to_rfc3339(),
+                    to.to_rfc3339()
+                ),
+            };
+            if ctx.dry_run {
+                ledger.planned(&spec_).await?;
+                continue;
+            }
+            let pending = ledger.begin(&spec_).await?;
+            let query = ConsumptionQuery {
+                from,
+                to,
+                granularity,
+                metrics: spec.metrics.clone(),
+                org_id: spec.org_id.clone().map(OrgId::from),
+                project_ids: chunk,
+            };
+            let fetched: Result<Vec<ConsumptionPeriod>, _> = if spec.org_id.is_some() {
+                env.client
+                    .consumption_v2_projects(query)
+                    .try_collect()
+                    .await
+            } else {
+                env.client
+                    .consumption_legacy_projects(query)
+                    .try_collect()
+                    .await
+            };
+            match fetched {
+                Ok(periods) => {
+                    let samples = to_samples(&periods, period);
+                    match env.store.upsert_consumption(&samples).await {
+                        Ok(_) => {
+                            samples_total += samples.len();
+                            let d = format!("{} samples", samples.len());
+                            ledger.succeeded(pending, Some(&d)).await?;
+                        }
+                        Err(e) => {
+                            all_ok = false;
+                            ledger.failed(pending, &e.to_string()).await?;
+                        }
+                    }
+                }
+                Err(e) => {
+                    all_ok = false;
+                    ledger.failed(pending, &e.to_string()).await?;
+                }
+            }
+        }
+        if !ctx.dry_run {
+            if all_ok {
+                env.store
+                    .set_state(&job.name, &cursor_key(period), &to.to_rfc3339())
+                    .await?;
+            }
+            ConsumptionCollected {
+                job: &job.name,
+                granularity: period.as_str(),
+                projects: ids.len(),
+                samples: samples_total,
+                at: ctx.now,
+            }
+            .emit();
+        }
+    }
+    // Export what the store has, selected projects only.
+    let selected: std::collections::HashSet<&str> = ids.iter().map(|p| p.as_str()).collect();
+    let stored: Vec<ConsumptionSample> = env
+        .store
+        .list_consumption(period.as_str(), ctx.now - period.retention())
+        .await?
+        .into_iter()
+        .filter(|s| selected.contains(s.project_id.as_str()))
+        .collect();
+    let points = latest_points(&stored, &spec.prices);
+    ConsumptionExported {
+        granularity: period.as_str(),
+        points: &points,
+        max_projects: spec.max_projects_exported,
+    }
+    .emit();
+    Ok(())
+}
+
+fn to_samples(periods: &[ConsumptionPeriod], period: Period) -> Vec<ConsumptionSample> {
+    periods
+        .iter()
+        .flat_map(|p| {
+            p.metrics
+                .iter()
+                .map(move |(metric, value)| ConsumptionSample {
+                    project_id: p.project_id.to_string(),
+                    metric: metric.clone(),
+                    granularity: period.as_str().to_string(),
+                    timeframe_start: p.timeframe_start,
+                    timeframe_end: p.timeframe_end,
+                    value: *value,
+                })
+        })
+        .collect()
+}
+
+/// Neon's data freshness: a period is collected once it ended at least this long ago.
+pub const FRESHNESS: Duration = Duration::from_secs(15 * 60);
+/// Neon's limit of `project_ids` per consumption call.
+pub const MAX_PROJECT_IDS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hourly,
+    Daily,
+    Monthly,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Hourly => "hourly",
+            Period::Daily => "daily",
+            Period::Monthly => "monthly",
+        }
+    }
+
+    /// Start of the period containing `t` (UTC, as Neon rounds).
+    pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let (y, m, d, h) = (t.year(), t.month(), t.day(), t.hour());
+        let r = match self {
+            Period::Hourly => Utc.with_ymd_and_hms(y, m, d, h, 0, 0),
+            Period::Daily => Utc.with_ymd_and_hms(y, m, d, 0, 0, 0),
+            Period::Monthly => Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0),
+        };
+        r.single().expect("UTC has no gaps or folds")
+    }
+
+    /// Start of the first period that starts at or after `t`.
+    pub fn ceil(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let f = self.floor(t);
+        if f == t {
+            f
+        } else {
+            self.next(f)
+        }
+    }
+
+    fn next(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Period::Hourly => start + chrono::Duration::hours(1),
+            Period::Daily => start + chrono::Duration::days(1),
+            Period::Monthly => start
+                .checked_add_months(Months::new(1))
+                .expect("months after a valid UTC date exist"),
+        }
+    }
+
+    /// How far back Neon keeps data of this granularity.
+    pub fn retention(self) -> chrono::Duration {
+        match self {
+            Period::Hourly => chrono::Duration::hours(168),
+            Period::Daily => chrono::Duration::days(60),
+            Period::Monthly => chrono::Duration::days(365),
+        }
+    }
+}
+
+/// The `[from, to)` range to collect now, or `None` when nothing new is complete yet.
+///
+/// `resume_at` is the end of the newest stored timeframe (from the store).
+pub fn collection_range(
+    period: Period,
+    resume_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let fresh_until = now - chrono::Duration::from_std(FRESHNESS).expect("15 minutes fits");
+    let to = period.floor(fresh_until);
+    let earliest = period.ceil(now - period.retention());
+    let from = match resume_at {
+        Some(r) => period.floor(r).max(earliest),
+        None => earliest,
+    };
+    (from < to).then_some((from, to))
+}
+
+/// Splits project ids into calls of at most [`MAX_PROJECT_IDS`].
+pub fn chunks<T: Clone>(ids: &[T]) -> Vec<Vec<T>> {
+    ids.chunks(MAX_PROJECT_IDS).map(|c| c.to_vec()).collect()
+}
+
+/// The points to export: for each project and metric the latest collected period, with
+/// the estimated cost from the price table.
+pub fn latest_points(
+    samples: &[ConsumptionSample],
+    prices: &BTreeMap<String, f64>,
+) -> Vec<ConsumptionPoint> {
+    let mut latest: HashMap<(&str, &str), &ConsumptionSample> = HashMap::new();
+    for s in samples {
+        let e = latest
+            .entry((s.project_id.as_str(), s.metric.as_str()))
+            .or_insert(s);
+        if s.timeframe_start > e.timeframe_start {
+            *e = s;
+        }
+    }
+    let mut out: Vec<ConsumptionPoint> = latest
+        .into_values()
+        .map(|s| ConsumptionPoint {
+            project_id: s.project_id.clone(),
+            metric: s.metric.clone(),
+            granularity: s.granularity.clone(),
+            value: s.value,
+            cost: prices.get(&s.metric).map(|p| p * s.value),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.project_id, &a.metric).cmp(&(&b.project_id, &b.metric)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn hourly_range_stops_at_fresh_complete_hours() {
+        // 10:10: the 09:00-10:00 hour ended only 10 minutes ago, not fresh yet.
+        let now = t("2026-03-10T10:10:00Z");
+        let (from, to) =
+            collection_range(Period::Hourly, Some(t("2026-03-10T07:00:00Z")), now).unwrap();
+        assert_eq!(from, t("2026-03-10T07:00:00Z"));
+        assert_eq!(to, t("2026-03-10T09:00:00Z"));
+        // 10:20: now it is.
+        let (_, to) =
+            collection_range(Period::Hourly, Some(from), t("2026-03-10T10:20:00Z")).unwrap();
+        assert_eq!(to, t("2026-03-10T10:00:00Z"));
+        // Nothing new.
+        assert_eq!(
+            collection_range(Period::Hourly, Some(t("2026-03-10T09:00:00Z")), now),
+            None
+        );
+    }
+
+    #[test]
+    fn first_run_and_old_cursors_respect_retention() {
+        let now = t("2026-03-10T10:30:00Z");
+        let (from, to) = collection_range(Period::Hourly, None, now).unwrap();
+        assert_eq!(from, t("2026-03-03T11:00:00Z"), "168h back, rounded up");
+        assert_eq!(to, t("2026-03-10T10:00:00Z"));
+        let (from, _) =
+            collection_range(Period::Daily, Some(t("2025-01-01T00:00:00Z")), now).unwrap();
+        assert_eq!(from, t("2026-01-10T00:00:00Z"), "60 days back");
+        let (from, to) =
+            collection_range(Period::Monthly, Some(t("2026-01-01T00:00:00Z")), now).unwrap();
+        assert_eq!(
+            (from, to),
+            (t("2026-01-01T00:00:00Z"), t("2026-03-01T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn chunking_keeps_calls_within_neon_limit() {
+        let ids: Vec<u32> = (0..250).collect();
+        let c = chunks(&ids);
+        assert_eq!(
+            c.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![100, 100, 50]
+        );
+        assert!(chunks::<u32>(&[]).is_empty());
+    }
+
+    #[test]
+    fn latest_points_with_prices() {
+        let s = |p: &str, m: &str, start: &str, v: f64| ConsumptionSample {
+            project_id: p.into(),
+            metric: m.into(),
+            granularity: "hourly".into(),
+            timeframe_start: t(start),
+            timeframe_end: t(start) + chrono::Duration::hours(1),
+            value: v,
+        };
+        let samples = vec![
+            s("p1", "compute_unit_seconds", "2026-03-10T08:00:00Z", 10.0),
+            s("p1", "compute_unit_seconds", "2026-03-10T09:00:00Z", 20.0),
+            s(
+                "p1",
+                "public_network_transfer_bytes",
+                "2026-03-10T09:00:00Z",
+                5.0,
+            ),
+            s("p2", "compute_unit_seconds", "2026-03-10T07:00:00Z", 1.0),
+        ];
+        let prices = BTreeMap::from([("compute_unit_seconds".to_string(), 0.5)]);
+        let p = latest_points(&samples, &prices);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].project_id.as_str(), p[0].value, p[0].cost),
+            ("p1", 20.0, Some(10.0))
+        );
+        assert_eq!(p[1].metric, "public_network_transfer_bytes");
+        assert_eq!(p[1].cost, None);
+        assert_eq!((p[2].project_id.as_str(), p[2].value), ("p2", 1.0));
+    }
+}

@@ -1,0 +1,305 @@
+//! The audit ledger as the jobs use it: every action is written to the store *before* it is
+//! attempted and updated after, and every final outcome is emitted as an
+//! [`ActionRecorded`] event (log line + `actions_total`).
+//!
+//! A [`Ledger`] belongs to one run. It also keeps the run's action counts, so the run's final
+//! status (`succeeded`, `partial`, `failed`) follows from what was recorded rather than from
+//! a second bookkeeping that could drift.
+
+use std::sync::{Arc, Mutex};
+
+use crate::store::{
+    ActionCounts, ActionId, ActionOutcome, NewAction, RunId, RunStatus, Store, StoreResult,
+};
+use crate::telemetry::events::ActionRecorded;
+
+/// What a job intends to do to one resource, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionSpec {
+    /// `branch`, `endpoint`, `snapshot`, `project`.
+    pub resource_kind: &'static str,
+    pub resource_id: String,
+    pub resource_name: Option<String>,
+    pub project_id: Option<String>,
+    /// `delete_branch`, `set_branch_expiry`, `create_snapshot`, `delete_snapshot`,
+    /// `suspend_endpoint`, `start_endpoint`, `collect_consumption`.
+    pub action: &'static str,
+    /// The policy rule that matched (`ttl`, `keep_daily`, `window`, ...).
+    pub rule: Option<String>,
+    /// Human reason, e.g. `age 9d > ttl 7d`.
+    pub reason: String,
+}
+
+/// The ledger of one run.
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    run_id: RunId,
+    job: String,
+    dry_run: bool,
+    counts: Mutex<ActionCounts>,
+}
+
+/// An action written as `pending`, waiting for its outcome.
+#[must_use = "a pending action must be finished with succeeded() or failed()"]
+pub struct PendingAction {
+    id: ActionId,
+    spec: ActionSpec,
+}
+
+impl Ledger {
+    pub fn new(store: Arc<dyn Store>, run_id: RunId, job: &str, dry_run: bool) -> Self {
+        Ledger {
+            store,
+            run_id,
+            job: job.to_string(),
+            dry_run,
+            counts: Mutex::new(ActionCounts::default()),
+        }
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    fn new_action(&self, spec: &ActionSpec, outcome: ActionOutcome) -> NewAction {
+        NewAction {
+            run_id: self.run_id,
+            job: self.job.clone(),
+            resource_kind: spec.resource_kind.to_string(),
+            resource_id: spec.resource_id.clone(),
+            resource_name: spec.resource_name.clone(),
+            project_id: spec.project_id.clone(),
+            action: spec.action.to_string(),
+            rule: spec.rule.clone(),
+            reason: spec.reason.clone(),
+            dry_run: self.dry_run,
+            outcome,
+        }
+    }
+
+    fn emit(&self, spec: &ActionSpec, outcome: ActionOutcome, detail: Option<&str>) {
+        ActionRecorded {
+            job: &self.job,
+            run_id: self.run_id,
+            action: spec.action,
+            outcome,
+            dry_run: self.dry_run,
+            resource_kind: spec.resource_kind,
+            resource_id: &spec.resource_id,
+            resource_name: spec.resource_name.as_deref(),
+            project_id: spec.project_id.as_deref(),
+            reason: &spec.reason,
+            detail,
+        }
+        .emit();
+    }
+
+    fn count(&self, outcome: ActionOutcome) {
+        let mut c = self
+            .counts
+            .lock()
+            .expect("ledger counts lock is never poisoned: no panics while held");
+        match outcome {
+            ActionOutcome::Succeeded => c.succeeded += 1,
+            ActionOutcome::Failed => c.failed += 1,
+            ActionOutcome::Skipped => c.skipped += 1,
+            ActionOutcome::Planned => c.planned += 1,
+            ActionOutcome::Pending => {}
+        }
+    }
+
+    /// Records what a dry run would do.
+    pub async fn planned(&self, spec: &ActionSpec) -> StoreResult<()> {
+        self.store
+            .begin_action(&self.new_action(spec, ActionOutcome::Planned))
+            .await?;
+        self.count(ActionOutcome::Planned);
+        self.emit(spec, ActionOutcome::Planned, None);
+        Ok(())
+    }
+
+    /// Records a decision not to act (disabled endpoint, operation in progress, ...).
+    pub async fn skipped(&self, spec: &ActionSpec) -> StoreResult<()> {
+        self.store
+            .begin_action(&self.new_action(spec, ActionOutcome::Skipped))
+            .await?;
+        self.count(ActionOutcome::Skipped);
+        self.emit(spec, ActionOutcome::Skipped, None);
+        Ok(())
+    }
+
+    /// Writes the action as `pending` before it is attempted.
+    pub async fn begin(&self, spec: &ActionSpec) -> StoreResult<PendingAction> {
+        let id = self
+            .store
+            .begin_action(&self.new_action(spec, ActionOutcome::Pending))
+            .await?;
+        self.emit(spec, ActionOutcome::Pending, None);
+        Ok(PendingAction {
+            id,
+            spec: spec.clone(),
+        })
+    }
+
+    pub async fn succeeded(&self, p: PendingAction, detail: Option<&str>) -> StoreResult<()> {
+        self.finish(p, ActionOutcome::Succeeded, detail).await
+    }
+
+    pub async fn failed(&self, p: PendingAction, error: &str) -> StoreResult<()> {
+        self.finish(p, ActionOutcome::Failed, Some(error)).await
+    }
+
+    async fn finish(
+        &self,
+        p: PendingAction,
+        outcome: ActionOutcome,
+        detail: Option<&str>,
+    ) -> StoreResult<()> {
+        // Count first: even if the store write fails, the run must not report success.
+        self.count(outcome);
+        self.emit(&p.spec, outcome, detail);
+        self.store.finish_action(p.id, outcome, detail).await
+    }
+
+    /// Counts a failure that happened outside any single action (e.g. listing a project's
+    /// branches failed), so the run ends `partial`/`failed` rather than `succeeded`.
+    pub fn count_failure(&self) {
+        self.count(ActionOutcome::Failed);
+    }
+
+    pub fn counts(&self) -> ActionCounts {
+        *self
+            .counts
+            .lock()
+            .expect("ledger counts lock is never poisoned: no panics while held")
+    }
+
+    /// The run's status from its counts: any failure with some success is `partial`; only
+    /// failures is `failed`; otherwise `succeeded`.
+    pub fn status(&self) -> RunStatus {
+        status_from_counts(self.counts())
+    }
+}
+
+pub fn status_from_counts(c: ActionCounts) -> RunStatus {
+    if c.failed == 0 {
+        RunStatus::Succeeded
+    } else if c.succeeded > 0 || c.skipped > 0 || c.planned > 0 {
+        RunStatus::Partial
+    } else {
+        RunStatus::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewRun, Trigger};
+    use chrono::Utc;
+
+    fn spec(id: &str) -> ActionSpec {
+        ActionSpec {
+            resource_kind: "branch",
+            resource_id: id.into(),
+            resource_name: Some("preview/x".into()),
+            project_id: Some("p-1".into()),
+            action: "delete_branch",
+            rule: Some("ttl".into()),
+            reason: "age 9d > ttl 7d".into(),
+        }
+    }
+
+    async fn setup(dry_run: bool) -> (Arc<dyn Store>, RunId) {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let run = store
+            .claim_run(&NewRun {
+                job: "j".into(),
+                kind: "expire_branches".into(),
+                scheduled_for: Utc::now(),
+                trigger: Trigger::Manual,
+                dry_run,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        (store, run)
+    }
+
+    #[tokio::test]
+    async fn pending_then_outcome_is_recorded_with_rule_and_reason() {
+        let (store, run) = setup(false).await;
+        let l = Ledger::new(store.clone(), run, "j", false);
+        let p = l.begin(&spec("br-1")).await.unwrap();
+        let rows = store.actions_for_run(run).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].outcome,
+            ActionOutcome::Pending,
+            "written before the call"
+        );
+        l.succeeded(p, Some("recoverable_until=2026-01-08T00:00:00Z"))
+            .await
+            .unwrap();
+        let p2 = l.begin(&spec("br-2")).await.unwrap();
+        l.failed(p2, "HTTP 500").await.unwrap();
+        let rows = store.actions_for_run(run).await.unwrap();
+        let r1 = rows.iter().find(|r| r.resource_id == "br-1").unwrap();
+        assert_eq!(r1.outcome, ActionOutcome::Succeeded);
+        assert_eq!(r1.rule.as_deref(), Some("ttl"));
+        assert_eq!(r1.reason, "age 9d > ttl 7d");
+        assert_eq!(
+            r1.detail.as_deref(),
+            Some("recoverable_until=2026-01-08T00:00:00Z")
+        );
+        let r2 = rows.iter().find(|r| r.resource_id == "br-2").unwrap();
+        assert_eq!(r2.outcome, ActionOutcome::Failed);
+        assert_eq!(r2.detail.as_deref(), Some("HTTP 500"));
+        assert_eq!(
+            l.counts(),
+            ActionCounts {
+                succeeded: 1,
+                failed: 1,
+                skipped: 0,
+                planned: 0
+            }
+        );
+        assert_eq!(l.status(), RunStatus::Partial);
+    }
+
+    #[tokio::test]
+    async fn dry_run_records_planned() {
+        let (store, run) = setup(true).await;
+        let l = Ledger::new(store.clone(), run, "j", true);
+        l.planned(&spec("br-1")).await.unwrap();
+        l.skipped(&spec("br-2")).await.unwrap();
+        let rows = store.actions_for_run(run).await.unwrap();
+        assert!(rows.iter().all(|r| r.dry_run));
+        assert_eq!(
+            rows.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+            vec![ActionOutcome::Planned, ActionOutcome::Skipped]
+        );
+        assert_eq!(l.status(), RunStatus::Succeeded);
+    }
+
+    #[test]
+    fn status_follows_counts() {
+        let c = |succeeded, failed| ActionCounts {
+            succeeded,
+            failed,
+            skipped: 0,
+            planned: 0,
+        };
+        assert_eq!(status_from_counts(c(0, 0)), RunStatus::Succeeded);
+        assert_eq!(status_from_counts(c(3, 0)), RunStatus::Succeeded);
+        assert_eq!(status_from_counts(c(3, 1)), RunStatus::Partial);
+        assert_eq!(status_from_counts(c(0, 2)), RunStatus::Failed);
+    }
+}

@@ -1,0 +1,247 @@
+//! `snapshot_branches`: naming, ownership and idempotency of the snapshots a policy makes.
+//!
+//! Names are rendered from the job's template and the *tick* the run is for (not the wall
+//! clock), so a re-run of the same tick after a crash renders the same name and finds the
+//! snapshot it made before instead of making a second one.
+//!
+//! Retention only ever touches snapshots this policy made: a snapshot is ours when its
+//! source branch is the branch we snapshot and its name matches the template with
+//! `{branch}`/`{job}` filled in and `{date}`/`{time}` as their digit patterns. Snapshots
+//! made by hand or by another policy never match.
+
+use chrono::{DateTime, TimeZone};
+use futures::TryStreamExt;
+use regex::Regex;
+
+use super::engine::{JobEnv, Op, PlannedAction, ProjectPlan, RunContext};
+use super::ledger::ActionSpec;
+use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
+use super::select::{BranchFacts, BranchSelector, Selection};
+use crate::config::{JobConfig, SnapshotSpec};
+use crate::neon::{ApiError, Branch, Project};
+
+/// Marks the snapshot a plan is about to create, in the retention input.
+const NEW_SNAPSHOT: &str = "(new)";
+
+/// The start of the schedule window `at` falls in: the newest fire time of the job's
+/// schedule at or before `at`. A manual or catch-up run after a crash thus renders the same
+/// names as the scheduled run of that window, and finds its snapshots.
+pub fn schedule_window_start(job: &JobConfig, at: DateTime<chrono::Utc>) -> DateTime<chrono::Utc> {
+    let interval = job
+        .schedule
+        .nominal_interval(at, job.timezone)
+        .unwrap_or(std::time::Duration::from_secs(86_400));
+    let lookback = (interval * 2)
+        .max(std::time::Duration::from_secs(3600))
+        .min(std::time::Duration::from_secs(400 * 86_400));
+    let from = at - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::days(400));
+    job.schedule
+        .last_between(from, at, job.timezone)
+        .unwrap_or(at)
+}
+
+/// Plans one project: a snapshot of each selected branch (unless this tick's exists), then
+/// retention over the snapshots this job made of that branch.
+pub(crate) async fn plan(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &SnapshotSpec,
+    ctx: &RunContext,
+    selector: &BranchSelector,
+    project: &Project,
+) -> Result<ProjectPlan, ApiError> {
+    let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
+    let snapshots = env.client.list_snapshots(&project.id).await?;
+    let mut out = ProjectPlan::new(project.id.clone());
+    let tick = schedule_window_start(job, ctx.scheduled_for).with_timezone(&job.timezone);
+    let policy = RetentionPolicy {
+        keep_last: spec.retention.keep_last,
+        keep_hourly: spec.retention.keep_hourly,
+        keep_daily: spec.retention.keep_daily,
+        keep_weekly: spec.retention.keep_weekly,
+        keep_monthly: spec.retention.keep_monthly,
+        keep_yearly: None,
+    };
+    for b in &branches {
+        let facts = BranchFacts {
+            id: b.id.as_str(),
+            name: &b.name,
+            default: b.default,
+            protected: b.protected,
+            created_at: b.created_at,
+            last_activity: b.updated_at,
+        };
+        let Selection::Selected(why) = selector.select(ctx.now, &facts) else {
+            continue;
+        };
+        if !super::engine::passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
+            continue;
+        }
+        out.matched += 1;
+        let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
+        let owner = ownership_matcher(spec.name_template.as_str(), &b.name, &job.name);
+        let owned: Vec<_> = snapshots
+            .iter()
+            .filter(|s| s.source_branch_id.as_ref() == Some(&b.id) && owner.is_match(&s.name))
+            .collect();
+        let mut refs: Vec<SnapshotRef> = owned
+            .iter()
+            .map(|s| SnapshotRef {
+                id: s.id.to_string(),
+                created_at: s.created_at,
+            })
+            .collect();
+        let spec_for =
+            |action, id: String, name: Option<String>, rule: &str, reason: String| ActionSpec {
+                resource_kind: if action == "create_snapshot" {
+                    "branch"
+                } else {
+                    "snapshot"
+                },
+                resource_id: id,
+                resource_name: name,
+                project_id: Some(project.id.to_string()),
+                action,
+                rule: Some(rule.to_string()),
+                reason,
+            };
+        if owned.iter().any(|s| s.name == name) {
+            out.skips.push(spec_for(
+                "create_snapshot",
+                b.id.to_string(),
+                Some(name.clone()),
+                "schedule",
+                format!("snapshot {name:?} for this tick exists already (re-run of the same tick)"),
+            ));
+        } else {
+            out.actions.push(PlannedAction {
+                spec: spec_for(
+                    "create_snapshot",
+                    b.id.to_string(),
+                    Some(name.clone()),
+                    "schedule",
+                    format!(
+                        "scheduled snapshot {name:?} of branch {:?} ({})",
+                        b.name, why.reason
+                    ),
+                ),
+                op: Op::CreateSnapshot {
+                    branch: b.id.clone(),
+                    name: name.clone(),
+                    expires_at: spec
+                        .expires_in
+                        .and_then(|d| chrono::Duration::from_std(d).ok())
+                        .map(|d| ctx.now + d),
+                },
+            });
+            refs.push(SnapshotRef {
+                id: NEW_SNAPSHOT.to_string(),
+                created_at: ctx.now,
+            });
+        }
+        if spec.retention.is_keep_all() {
+            continue;
+        }
+        let r = retention::plan(&policy, job.timezone, &refs);
+        let reason = RetentionPlan::removal_reason(&policy);
+        for gone in r.remove.iter().filter(|s| s.id != NEW_SNAPSHOT) {
+            let snap = owned
+                .iter()
+                .find(|s| s.id.as_str() == gone.id)
+                .expect("retention only returns snapshots it was given");
+            out.actions.push(PlannedAction {
+                spec: spec_for(
+                    "delete_snapshot",
+                    snap.id.to_string(),
+                    Some(snap.name.clone()),
+                    "retention",
+                    reason.clone(),
+                ),
+                op: Op::DeleteSnapshot(snap.id.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Renders a snapshot name. Placeholders: `{branch}`, `{job}`, `{date}` (YYYY-MM-DD),
+/// `{time}` (HHMMSS), the latter two in the zone of `at`.
+pub fn render_name<Z: TimeZone>(template: &str, branch: &str, job: &str, at: &DateTime<Z>) -> String
+where
+    Z::Offset: std::fmt::Display,
+{
+    template
+        .replace("{branch}", branch)
+        .replace("{job}", job)
+        .replace("{date}", &at.format("%Y-%m-%d").to_string())
+        .replace("{time}", &at.format("%H%M%S").to_string())
+}
+
+/// A matcher for the names this policy gives to snapshots of one branch.
+pub fn ownership_matcher(template: &str, branch: &str, job: &str) -> Regex {
+    let mut pattern = String::from("^");
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        pattern.push_str(&regex::escape(&rest[..open]));
+        let after = &rest[open..];
+        let (piece, len) = if after.starts_with("{branch}") {
+            (regex::escape(branch), "{branch}".len())
+        } else if after.starts_with("{job}") {
+            (regex::escape(job), "{job}".len())
+        } else if after.starts_with("{date}") {
+            (r"\d{4}-\d{2}-\d{2}".to_string(), "{date}".len())
+        } else if after.starts_with("{time}") {
+            (r"\d{6}".to_string(), "{time}".len())
+        } else {
+            (regex::escape("{"), 1)
+        };
+        pattern.push_str(&piece);
+        rest = &after[len..];
+    }
+    pattern.push_str(&regex::escape(rest));
+    pattern.push('$');
+    Regex::new(&pattern).expect("the pattern is built from escaped literals and fixed classes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    #[test]
+    fn renders_in_the_tick_zone() {
+        let tick = Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0).unwrap();
+        let local = tick.with_timezone(&chrono_tz::Europe::Berlin);
+        assert_eq!(
+            render_name("{branch}-snap-{date}-{time}", "main", "nightly", &local),
+            "main-snap-2026-03-29-033000"
+        );
+        assert_eq!(
+            render_name("{job}/{branch}@{date}", "dev", "nightly", &tick),
+            "nightly/dev@2026-03-29"
+        );
+    }
+
+    #[test]
+    fn ownership_matches_only_our_names() {
+        let m = ownership_matcher("{branch}-snap-{date}-{time}", "main", "nightly");
+        assert!(m.is_match("main-snap-2026-03-29-033000"));
+        assert!(!m.is_match("main-snap-2026-03-29-0330"));
+        assert!(!m.is_match("xmain-snap-2026-03-29-033000"));
+        assert!(!m.is_match("main-snap-2026-03-29-033000-manual"));
+        assert!(!m.is_match("dev-snap-2026-03-29-033000"));
+        // Regex metacharacters in the branch or template are literals.
+        let m = ownership_matcher("({job}) {branch}.{date}", "feat.x+", "j");
+        assert!(m.is_match("(j) feat.x+.2026-01-01"));
+        assert!(!m.is_match("(j) featax+.2026-01-01"));
+        // A rendered name is always owned.
+        let tick = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        for t in ["{branch}-{date}-{time}", "snap-{job}-{branch}", "{date}"] {
+            let name = render_name(t, "br", "job", &tick);
+            assert!(
+                ownership_matcher(t, "br", "job").is_match(&name),
+                "{t} -> {name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! `suspend_computes`: the per-endpoint decision.
+//!
+//! The job lists endpoints, applies the endpoint selector and evaluates the calendar windows
+//! itself; this module decides, from those facts, whether to suspend, to skip (and record
+//! why), to resume, or to leave the endpoint alone.
+//!
+//! With both `idle_for` and windows configured an endpoint is suspended only when it is
+//! inside a window **and** idle long enough: combining them narrows, which is the safe
+//! reading ("suspend idle computes at night"). With one of them, that one decides.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+
+use super::engine::{JobEnv, Op, PlannedAction, ProjectPlan, RunContext, RunError};
+use super::ledger::ActionSpec;
+use super::select::{
+    age, human_duration, BranchSelector, EndpointFacts, EndpointKind, EndpointSelector,
+    NamePattern, Why,
+};
+use crate::config::{JobConfig, SuspendSpec};
+use crate::neon::{ApiError, Branch, EndpointState, EndpointType, Project};
+
+/// Job state key holding the endpoints of a project this job suspended because of a window
+/// (JSON array of endpoint ids): only those are started again when the window ends.
+fn state_key(project: &str) -> String {
+    format!("suspended_by_window/{project}")
+}
+
+async fn load_suspended(env: &JobEnv, job: &str, project: &str) -> BTreeSet<String> {
+    match env.store.get_state(job, &state_key(project)).await {
+        Ok(Some(v)) => serde_json::from_str(&v).unwrap_or_else(|e| {
+            tracing::warn!(job, project, error = %e, "ignoring unreadable suspend state");
+            BTreeSet::new()
+        }),
+        Ok(None) => BTreeSet::new(),
+        Err(e) => {
+            tracing::warn!(job, project, error = %e, "cannot read suspend state");
+            BTreeSet::new()
+        }
+    }
+}
+
+pub(crate) async fn plan(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &SuspendSpec,
+    ctx: &RunContext,
+    _branch_names: &BranchSelector,
+    project: &Project,
+) -> Result<ProjectPlan, ApiError> {
+    let mut out = ProjectPlan::new(project.id.clone());
+    if spec.exclude_until.is_some_and(|until| ctx.now < until) {
+        return Ok(out);
+    }
+    let endpoints = env.client.list_endpoints(&project.id).await?;
+    let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
+    let names: HashMap<&str, &str> = branches
+        .iter()
+        .map(|b| (b.id.as_str(), b.name.as_str()))
+        .collect();
+    let busy: HashSet<String> = env
+        .client
+        .list_operations(&project.id)
+        .try_filter(|o| futures::future::ready(!o.status.is_terminal()))
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .filter_map(|o| o.endpoint_id.map(|e| e.to_string()))
+        .collect();
+    let suspended = if spec.resume {
+        load_suspended(env, &job.name, project.id.as_str()).await
+    } else {
+        BTreeSet::new()
+    };
+    let sel = &job.selectors.endpoints;
+    let selector = EndpointSelector {
+        kinds: sel
+            .endpoint_type
+            .map(|t| match t {
+                crate::config::EndpointType::ReadWrite => vec![EndpointKind::ReadWrite],
+                crate::config::EndpointType::ReadOnly => vec![EndpointKind::ReadOnly],
+            })
+            .unwrap_or_default(),
+        branch_names: sel
+            .branches
+            .patterns
+            .iter()
+            .filter_map(|p| NamePattern::glob("selectors.endpoints.branches", p).ok())
+            .collect(),
+        ..Default::default()
+    };
+    let rules = SuspendRules {
+        idle_for: spec.idle_for,
+        has_windows: !spec.windows.is_empty(),
+        resume: spec.resume,
+    };
+    let window = spec
+        .windows
+        .iter()
+        .find(|w| w.contains(ctx.now))
+        .map(|w| w.source.as_str());
+    for e in &endpoints {
+        let branch_name = names.get(e.branch_id.as_str()).copied().unwrap_or("");
+        let facts = EndpointFacts {
+            id: e.id.as_str(),
+            kind: match e.endpoint_type {
+                EndpointType::ReadWrite => EndpointKind::ReadWrite,
+                EndpointType::ReadOnly => EndpointKind::ReadOnly,
+            },
+            branch_id: e.branch_id.as_str(),
+            branch_name,
+        };
+        if !selector.select(&facts).is_selected() {
+            continue;
+        }
+        out.matched += 1;
+        let now_facts = EndpointNow {
+            active: e.current_state == EndpointState::Active,
+            idle: e.current_state == EndpointState::Idle,
+            disabled: e.disabled,
+            operation_in_progress: e.pending_state.is_some() || busy.contains(e.id.as_str()),
+            last_active: e.last_active,
+            window,
+            suspended_by_window: suspended.contains(e.id.as_str()),
+        };
+        let spec_for = |action: &'static str, why: Why| ActionSpec {
+            resource_kind: "endpoint",
+            resource_id: e.id.to_string(),
+            resource_name: Some(branch_name.to_string()),
+            project_id: Some(project.id.to_string()),
+            action,
+            rule: Some(why.rule),
+            reason: why.reason,
+        };
+        match decide(ctx.now, &rules, &now_facts) {
+            SuspendDecision::Suspend(why) => out.actions.push(PlannedAction {
+                spec: spec_for("suspend_endpoint", why),
+                op: Op::SuspendEndpoint(e.id.clone()),
+            }),
+            SuspendDecision::Resume(why) => out.actions.push(PlannedAction {
+                spec: spec_for("start_endpoint", why),
+                op: Op::StartEndpoint(e.id.clone()),
+            }),
+            SuspendDecision::Skip(why) => {
+                let action = if why.rule == "resume" {
+                    "start_endpoint"
+                } else {
+                    "suspend_endpoint"
+                };
+                out.skips.push(spec_for(action, why))
+            }
+            SuspendDecision::Leave => {}
+        }
+    }
+    Ok(out)
+}
+
+/// After a real run: remember which endpoints a window made us suspend, forget the ones we
+/// started again.
+pub(crate) async fn remember(
+    env: &JobEnv,
+    job: &JobConfig,
+    plan: &ProjectPlan,
+    done: &[PlannedAction],
+) -> Result<(), RunError> {
+    let crate::config::JobSpec::SuspendComputes(spec) = &job.spec else {
+        return Ok(());
+    };
+    if !spec.resume || done.is_empty() {
+        return Ok(());
+    }
+    let project = plan.project_id.as_str();
+    let mut set = load_suspended(env, &job.name, project).await;
+    for a in done {
+        match &a.op {
+            Op::SuspendEndpoint(e)
+                if a.spec.rule.as_deref().is_some_and(|r| r.contains("window")) =>
+            {
+                set.insert(e.to_string());
+            }
+            Op::StartEndpoint(e) => {
+                set.remove(e.as_str());
+            }
+            _ => {}
+        }
+    }
+    let json = serde_json::to_string(&set).expect("a set of strings serialises");
+    env.store
+        .set_state(&job.name, &state_key(project), &json)
+        .await?;
+    Ok(())
+}
+
+/// What the job knows about one selected endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointNow<'a> {
+    /// `current_state == active`.
+    pub active: bool,
+    /// `current_state == idle` (suspended).
+    pub idle: bool,
+    pub disabled: bool,
+    /// A `pending_state` is set, or the project has an operation on this endpoint that is
+    /// not finished.
+    pub operation_in_progress: bool,
+    pub last_active: Option<DateTime<Utc>>,
+    /// The window (its text) the instant is inside, if any.
+    pub window: Option<&'a str>,
+    /// This job suspended the endpoint earlier because of a window (from the job's state).
+    pub suspended_by_window: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuspendDecision {
+    Suspend(Why),
+    /// Start it again: its window ended (`resume = true`).
+    Resume(Why),
+    /// Would act but must not; recorded as skipped.
+    Skip(Why),
+    /// Nothing to do (not active, not idle long enough, outside windows).
+    Leave,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SuspendRules {
+    pub idle_for: Option<Duration>,
+    /// Whether windows are configured at all.
+    pub has_windows: bool,
+    pub resume: bool,
+}
+
+pub fn decide(now: DateTime<Utc>, rules: &SuspendRules, e: &EndpointNow<'_>) -> SuspendDecision {
+    if rules.resume && e.idle && e.suspended_by_window && e.window.is_none() && rules.has_windows {
+        if e.disabled {
+            return SuspendDecision::Skip(Why::new(
+                "resume",
+                "window ended but endpoint is disabled",
+            ));
+        }
+        if e.operation_in_progress {
+            return SuspendDecision::Skip(Why::new(
+                "resume",
+                "window ended but an operation is in progress",
+            ));
+        }
+        return SuspendDecision::Resume(Why::new(
+            "resume",
+            "its suspend window ended (suspended earlier by this job)",
+        ));
+    }
+    if !e.active {
+        return SuspendDecision::Leave;
+    }
+    let mut rule = Vec::new();
+    let mut reasons = Vec::new();
+    if rules.has_windows {
+        match e.window {
+            Some(w) => {
+                rule.push("window");
+                reasons.push(format!("inside window {w:?}"));
+            }
+            None => return SuspendDecision::Leave,
+        }
+    }
+    if let Some(idle_for) = rules.idle_for {
+        // An endpoint that never reported activity is not known to be idle: leave it.
+        let Some(last) = e.last_active else {
+            return SuspendDecision::Leave;
+        };
+        let idle = age(now, last);
+        if idle <= idle_for {
+            return SuspendDecision::Leave;
+        }
+        rule.push("idle_for");
+        reasons.push(format!(
+            "idle {} > idle_for {}",
+            human_duration(idle),
+            human_duration(idle_for)
+        ));
+    }
+    if rule.is_empty() {
+        // Neither rule configured: the config layer rejects this; never suspend blindly.
+        return SuspendDecision::Leave;
+    }
+    let why = Why::new(rule.join("+"), reasons.join(", "));
+    if e.disabled {
+        return SuspendDecision::Skip(Why::new(
+            why.rule,
+            format!("{}; but the endpoint is disabled", why.reason),
+        ));
+    }
+    if e.operation_in_progress {
+        return SuspendDecision::Skip(Why::new(
+            why.rule,
+            format!("{}; but an operation is in progress", why.reason),
+        ));
+    }
+    SuspendDecision::Suspend(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 10, 22, 0, 0).unwrap()
+    }
+    fn active(last_min_ago: i64, window: Option<&str>) -> EndpointNow<'_> {
+        EndpointNow {
+            active: true,
+            idle: false,
+            disabled: false,
+            operation_in_progress: false,
+            last_active: Some(now() - chrono::Duration::minutes(last_min_ago)),
+            window,
+            suspended_by_window: false,
+        }
+    }
+    const M: u64 = 60;
+
+    #[test]
+    fn idle_for_alone() {
+        let r = SuspendRules {
+            idle_for: Some(Duration::from_secs(30 * M)),
+            ..Default::default()
+        };
+        match decide(now(), &r, &active(45, None)) {
+            SuspendDecision::Suspend(w) => {
+                assert_eq!(w.rule, "idle_for");
+                assert_eq!(w.reason, "idle 45m > idle_for 30m");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decide(now(), &r, &active(10, None)), SuspendDecision::Leave);
+        let mut unknown = active(0, None);
+        unknown.last_active = None;
+        assert_eq!(decide(now(), &r, &unknown), SuspendDecision::Leave);
+        let mut idle = active(45, None);
+        idle.active = false;
+        idle.idle = true;
+        assert_eq!(decide(now(), &r, &idle), SuspendDecision::Leave);
+    }
+
+    #[test]
+    fn windows_and_idle_narrow_each_other() {
+        let r = SuspendRules {
+            idle_for: Some(Duration::from_secs(30 * M)),
+            has_windows: true,
+            resume: false,
+        };
+        assert_eq!(decide(now(), &r, &active(45, None)), SuspendDecision::Leave);
+        assert_eq!(
+            decide(now(), &r, &active(5, Some("Mon-Fri 20:00-08:00"))),
+            SuspendDecision::Leave
+        );
+        match decide(now(), &r, &active(45, Some("Mon-Fri 20:00-08:00"))) {
+            SuspendDecision::Suspend(w) => {
+                assert_eq!(w.rule, "window+idle_for");
+                assert!(
+                    w.reason
+                        .starts_with("inside window \"Mon-Fri 20:00-08:00\""),
+                    "{}",
+                    w.reason
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let only_windows = SuspendRules {
+            has_windows: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(now(), &only_windows, &active(0, Some("Sat-Sun"))),
+            SuspendDecision::Suspend(_)
+        ));
+    }
+
+    #[test]
+    fn disabled_and_busy_are_skipped_with_reason() {
+        let r = SuspendRules {
+            has_windows: true,
+            ..Default::default()
+        };
+        let mut e = active(0, Some("Sat-Sun"));
+        e.disabled = true;
+        match decide(now(), &r, &e) {
+            SuspendDecision::Skip(w) => assert!(w.reason.contains("disabled"), "{}", w.reason),
+            other => panic!("{other:?}"),
+        }
+        let mut e = active(0, Some("Sat-Sun"));
+        e.operation_in_progress = true;
+        match decide(now(), &r, &e) {
+            SuspendDecision::Skip(w) => assert!(
+                w.reason.contains("an operation is in progress"),
+                "{}",
+                w.reason
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn resume_only_what_we_suspended_after_the_window() {
+        let r = SuspendRules {
+            has_windows: true,
+            resume: true,
+            ..Default::default()
+        };
+        let mut e = active(0, None);
+        e.active = false;
+        e.idle = true;
+        assert_eq!(
+            decide(now(), &r, &e),
+            SuspendDecision::Leave,
+            "not suspended by us"
+        );
+        e.suspended_by_window = true;
+        assert!(matches!(decide(now(), &r, &e), SuspendDecision::Resume(_)));
+        e.window = Some("Sat-Sun");
+        assert_eq!(
+            decide(now(), &r, &e),
+            SuspendDecision::Leave,
+            "window still on"
+        );
+        let no_resume = SuspendRules {
+            has_windows: true,
+            ..Default::default()
+        };
+        e.window = None;
+        assert_eq!(decide(now(), &no_resume, &e), SuspendDecision::Leave);
+    }
+}

@@ -1,0 +1,1169 @@
+//! The typed Neon API client.
+//!
+//! One [`NeonClient`] per API key, cloned freely (it is an `Arc`). Every HTTP attempt goes
+//! through [`NeonClient::execute`]: the client-side rate limiter, a fresh `X-Request-ID`, a
+//! per-request timeout, a telemetry event, and retries per [`retry`](super::retry). List calls
+//! are streams that fetch pages lazily, so a job can stop early without paying for the rest.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, Stream, StreamExt, TryStreamExt};
+use reqwest::header::{HeaderValue, ACCEPT, RETRY_AFTER, USER_AGENT};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::ratelimit::RateLimiter;
+use super::retry::{parse_retry_after, retry_reason, Budget, RetryPolicy};
+use super::types::*;
+use super::wire;
+use crate::secret::Secret;
+use crate::telemetry::events::{ApiRequestCompleted, ApiRetry};
+
+/// Neon's own maximum of `project_ids` per consumption call.
+pub const MAX_CONSUMPTION_PROJECT_IDS: usize = 100;
+
+/// How to reach Neon and how politely.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Including the `/api/v2` prefix, e.g. `https://console.neon.tech/api/v2`.
+    pub base_url: String,
+    pub api_key: Secret,
+    /// For one HTTP attempt, connection through the last byte of the body.
+    pub timeout: Duration,
+    /// Client-side limit; Neon allows about 700/min per account.
+    pub rate_limit_per_minute: u32,
+    /// Requests that may go out back to back (Neon allows bursts of 40/s per route).
+    pub burst: u32,
+    /// Extra client-side limit for `/consumption_history/*`, which Neon limits harder
+    /// (about 30/min). Requests there take a token from both buckets.
+    pub consumption_rate_limit_per_minute: u32,
+    pub consumption_burst: u32,
+    /// Retries after the first attempt of one call.
+    pub max_retries: u32,
+    /// Total time one call may spend retrying.
+    pub max_retry_elapsed: Duration,
+    /// Upper bound of the first retry delay (doubles per retry, capped at `retry_max_delay`).
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub user_agent: String,
+    /// Page size asked for in list calls (clamped to each endpoint's maximum).
+    pub page_size: u32,
+    /// First and largest interval between polls in `wait_for_operations` / `wait_for_project_idle`.
+    pub poll_initial: Duration,
+    pub poll_max: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults that suit Neon's documented limits.
+    pub fn new(base_url: impl Into<String>, api_key: Secret) -> Self {
+        ClientConfig {
+            base_url: base_url.into(),
+            api_key,
+            timeout: Duration::from_secs(30),
+            rate_limit_per_minute: 700,
+            burst: 40,
+            consumption_rate_limit_per_minute: 30,
+            consumption_burst: 10,
+            max_retries: 6,
+            max_retry_elapsed: Duration::from_secs(120),
+            retry_base_delay: Duration::from_millis(500),
+            retry_max_delay: Duration::from_secs(30),
+            user_agent: format!("neon-steward/{}", env!("CARGO_PKG_VERSION")),
+            page_size: 100,
+            poll_initial: Duration::from_millis(250),
+            poll_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A cheap-to-clone handle on the Neon API.
+#[derive(Clone)]
+pub struct NeonClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    key: Secret,
+    limiter: RateLimiter,
+    consumption_limiter: RateLimiter,
+    policy: RetryPolicy,
+    timeout: Duration,
+    page_size: u32,
+    poll_initial: Duration,
+    poll_max: Duration,
+}
+
+impl fmt::Debug for NeonClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NeonClient")
+            .field("base_url", &self.inner.base.as_str())
+            .field("api_key", &self.inner.key)
+            .field("timeout", &self.inner.timeout)
+            .field("retry", &self.inner.policy)
+            .finish()
+    }
+}
+
+/// One logical API call (possibly several HTTP attempts).
+struct Call {
+    method: Method,
+    /// Path template, for telemetry and errors.
+    route: &'static str,
+    /// Unencoded path segments after the base URL.
+    segments: Vec<String>,
+    query: Vec<(&'static str, String)>,
+    body: Option<serde_json::Value>,
+    /// Safe to repeat after a timeout or a 5xx.
+    idempotent: bool,
+}
+
+impl Call {
+    fn get(route: &'static str, segments: &[&str]) -> Self {
+        Call {
+            method: Method::GET,
+            route,
+            segments: segments.iter().map(|s| s.to_string()).collect(),
+            query: Vec::new(),
+            body: None,
+            idempotent: true,
+        }
+    }
+
+    fn with_method(mut self, method: Method, idempotent: bool) -> Self {
+        self.method = method;
+        self.idempotent = idempotent;
+        self
+    }
+
+    fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((key, value.into()));
+        self
+    }
+
+    fn query_opt(self, key: &'static str, value: Option<impl Into<String>>) -> Self {
+        match value {
+            Some(v) => self.query(key, v),
+            None => self,
+        }
+    }
+
+    fn body(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// A 2xx answer.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    request_id: Option<String>,
+}
+
+/// How one page of a list is read: its items, the cursor for the next page, and how many
+/// records the page held (projects for consumption, whose items are their periods).
+type Extract<W, T> = Box<dyn Fn(W) -> (Vec<T>, Option<String>, usize) + Send + Sync>;
+
+struct PageSpec<W, T> {
+    base: Call,
+    cursor_param: &'static str,
+    /// The `limit` asked for: a shorter page is the last one.
+    limit: usize,
+    extract: Extract<W, T>,
+}
+
+impl NeonClient {
+    pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
+        let mut base = Url::parse(config.base_url.trim_end_matches('/'))
+            .map_err(|e| ApiError::Config(format!("base_url {:?}: {e}", config.base_url)))?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(ApiError::Config(format!(
+                "base_url {:?} must be an http(s) URL",
+                config.base_url
+            )));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let user_agent = HeaderValue::from_str(&config.user_agent).map_err(|_| {
+            ApiError::Config(format!(
+                "user_agent {:?} is not a valid header",
+                config.user_agent
+            ))
+        })?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(USER_AGENT, user_agent);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            // Neon does not redirect; following one could carry the key elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.timeout)
+            .build()
+            .map_err(|e| ApiError::Config(format!("HTTP client: {e}")))?;
+        Ok(NeonClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                key: config.api_key,
+                limiter: RateLimiter::new(config.rate_limit_per_minute, config.burst),
+                consumption_limiter: RateLimiter::new(
+                    config.consumption_rate_limit_per_minute,
+                    config.consumption_burst,
+                ),
+                policy: RetryPolicy {
+                    max_retries: config.max_retries,
+                    max_elapsed: config.max_retry_elapsed,
+                    base: config.retry_base_delay,
+                    cap: config.retry_max_delay,
+                },
+                timeout: config.timeout,
+                page_size: config.page_size.max(1),
+                poll_initial: config.poll_initial,
+                poll_max: config.poll_max.max(config.poll_initial),
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.inner.base.as_str()
+    }
+
+    // ---------------------------------------------------------------- identity
+
+    pub async fn current_user(&self) -> Result<CurrentUser, ApiError> {
+        let call = Call::get("/users/me", &["users", "me"]);
+        let u: wire::CurrentUser = self.fetch(&call).await?;
+        Ok(u.into())
+    }
+
+    // ---------------------------------------------------------------- projects
+
+    /// Every project the key can see (cursor pagination).
+    pub fn list_projects(
+        &self,
+        filter: ProjectFilter,
+    ) -> impl Stream<Item = Result<Project, ApiError>> + Send + 'static {
+        let limit = self.limit(400);
+        let base = Call::get("/projects", &["projects"])
+            .query("limit", limit.to_string())
+            .query_opt("org_id", filter.org_id.map(|o| o.to_string()))
+            .query_opt("search", filter.search);
+        self.paginate(PageSpec {
+            base,
+            cursor_param: "cursor",
+            limit,
+            extract: Box::new(|p: wire::ProjectsPage| {
+                let n = p.projects.len();
+                (
+                    p.projects.into_iter().map(Into::into).collect(),
+                    p.pagination.and_then(|p| p.cursor),
+                    n,
+                )
+            }),
+        })
+    }
+
+    pub async fn get_project(&self, project: &ProjectId) -> Result<Project, ApiError> {
+        let call = Call::get("/projects/{project_id}", &["projects", project.as_str()]);
+        let r: wire::ProjectResponse = self.fetch(&call).await?;
+        Ok(r.project.into())
+    }
+
+    // ---------------------------------------------------------------- branches
+
+    /// Every branch of a project (`pagination.next` pagination, oldest first so that pages
+    /// stay stable while branches are created).
+    pub fn list_branches(
+        &self,
+        project: &ProjectId,
+    ) -> impl Stream<Item = Result<Branch, ApiError>> + Send + 'static {
+        let limit = self.limit(10_000);
+        let base = Call::get(
+            "/projects/{project_id}/branches",
+            &["projects", project.as_str(), "branches"],
+        )
+        .query("limit", limit.to_string())
+        .query("sort_by", "created_at")
+        .query("sort_order", "asc");
+        self.paginate(PageSpec {
+            base,
+            cursor_param: "cursor",
+            limit,
+            extract: Box::new(|p: wire::BranchesPage| {
+                let n = p.branches.len();
+                (
+                    p.branches.into_iter().map(Into::into).collect(),
+                    p.pagination.and_then(|p| p.next),
+                    n,
+                )
+            }),
+        })
+    }
+
+    pub async fn get_branch(
+        &self,
+        project: &ProjectId,
+        branch: &BranchId,
+    ) -> Result<Branch, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/branches/{branch_id}",
+            &["projects", project.as_str(), "branches", branch.as_str()],
+        );
+        let r: wire::BranchResponse = self.fetch(&call).await?;
+        Ok(r.branch.into())
+    }
+
+    pub async fn count_branches(&self, project: &ProjectId) -> Result<u64, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/branches/count",
+            &["projects", project.as_str(), "branches", "count"],
+        );
+        let r: wire::BranchCount = self.fetch(&call).await?;
+        Ok(r.count)
+    }
+
+    /// `PATCH` a branch. Neon's PATCH sets fields to given values, so it is retried like a PUT.
+    pub async fn update_branch(
+        &self,
+        project: &ProjectId,
+        branch: &BranchId,
+        update: BranchUpdate,
+    ) -> Result<(Branch, Vec<Operation>), ApiError> {
+        let body = serde_json::to_value(wire::BranchUpdateRequest::from(&update))
+            .map_err(|e| ApiError::InvalidRequest(format!("branch update: {e}")))?;
+        let call = Call::get(
+            "/projects/{project_id}/branches/{branch_id}",
+            &["projects", project.as_str(), "branches", branch.as_str()],
+        )
+        .with_method(Method::PATCH, true)
+        .body(body);
+        let r: wire::BranchOperations = self.fetch(&call).await?;
+        Ok((r.branch.into(), ops(r.operations)))
+    }
+
+    /// Deletes a branch (soft: Neon keeps it recoverable; the returned branch's
+    /// `recoverable_until` says until when, where Neon reports it). A branch that is already
+    /// gone yields [`ApiError::AlreadyDeleted`] (`is_not_found()`), which makes a retried
+    /// delete harmless.
+    pub async fn delete_branch(
+        &self,
+        project: &ProjectId,
+        branch: &BranchId,
+    ) -> Result<(Branch, Vec<Operation>), ApiError> {
+        const ROUTE: &str = "/projects/{project_id}/branches/{branch_id}";
+        let call = Call::get(
+            ROUTE,
+            &["projects", project.as_str(), "branches", branch.as_str()],
+        )
+        .with_method(Method::DELETE, true);
+        let reply = self.execute(&call).await?;
+        if reply.status == 204 {
+            return Err(ApiError::AlreadyDeleted { route: ROUTE });
+        }
+        let r: wire::BranchOperations = decode(ROUTE, &reply)?;
+        Ok((r.branch.into(), ops(r.operations)))
+    }
+
+    // ---------------------------------------------------------------- endpoints
+
+    pub async fn list_endpoints(&self, project: &ProjectId) -> Result<Vec<Endpoint>, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/endpoints",
+            &["projects", project.as_str(), "endpoints"],
+        );
+        let r: wire::EndpointsResponse = self.fetch(&call).await?;
+        Ok(r.endpoints.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn list_branch_endpoints(
+        &self,
+        project: &ProjectId,
+        branch: &BranchId,
+    ) -> Result<Vec<Endpoint>, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/branches/{branch_id}/endpoints",
+            &[
+                "projects",
+                project.as_str(),
+                "branches",
+                branch.as_str(),
+                "endpoints",
+            ],
+        );
+        let r: wire::EndpointsResponse = self.fetch(&call).await?;
+        Ok(r.endpoints.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        project: &ProjectId,
+        endpoint: &EndpointId,
+    ) -> Result<Endpoint, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/endpoints/{endpoint_id}",
+            &["projects", project.as_str(), "endpoints", endpoint.as_str()],
+        );
+        let r: wire::EndpointResponse = self.fetch(&call).await?;
+        Ok(r.endpoint.into())
+    }
+
+    /// Starts a compute. Starting twice ends in the same state, so it is retried like a PUT.
+    pub async fn start_endpoint(
+        &self,
+        project: &ProjectId,
+        endpoint: &EndpointId,
+    ) -> Result<(Endpoint, Vec<Operation>), ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/endpoints/{endpoint_id}/start",
+            &[
+                "projects",
+                project.as_str(),
+                "endpoints",
+                endpoint.as_str(),
+                "start",
+            ],
+        )
+        .with_method(Method::POST, true);
+        let r: wire::EndpointOperations = self.fetch(&call).await?;
+        Ok((r.endpoint.into(), ops(r.operations)))
+    }
+
+    /// Suspends a compute. Idempotent in effect, so it is retried like a PUT.
+    pub async fn suspend_endpoint(
+        &self,
+        project: &ProjectId,
+        endpoint: &EndpointId,
+    ) -> Result<(Endpoint, Vec<Operation>), ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/endpoints/{endpoint_id}/suspend",
+            &[
+                "projects",
+                project.as_str(),
+                "endpoints",
+                endpoint.as_str(),
+                "suspend",
+            ],
+        )
+        .with_method(Method::POST, true);
+        let r: wire::EndpointOperations = self.fetch(&call).await?;
+        Ok((r.endpoint.into(), ops(r.operations)))
+    }
+
+    // ---------------------------------------------------------------- snapshots
+
+    /// Creates a snapshot of a branch.
+    ///
+    /// A create is not idempotent, so a timeout, a dropped connection or a 5xx other than 503
+    /// is not simply repeated: the client lists the project's snapshots and, if one appeared
+    /// for this branch (with the requested name) that was not there before, returns it (with
+    /// no operations) instead of creating a second. Only if none appeared is the create tried
+    /// again, within the retry budget.
+    pub async fn create_snapshot(
+        &self,
+        project: &ProjectId,
+        branch: &BranchId,
+        req: SnapshotRequest,
+    ) -> Result<(Snapshot, Vec<Operation>), ApiError> {
+        const ROUTE: &str = "/projects/{project_id}/branches/{branch_id}/snapshot";
+        // What existed before, so that a snapshot found after an ambiguous failure is ours.
+        let before: HashSet<SnapshotId> = self
+            .list_snapshots(project)
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let call = Call::get(
+            ROUTE,
+            &[
+                "projects",
+                project.as_str(),
+                "branches",
+                branch.as_str(),
+                "snapshot",
+            ],
+        )
+        .with_method(Method::POST, false)
+        .query_opt("lsn", req.lsn.clone())
+        .query_opt("timestamp", req.timestamp.map(wire::rfc3339))
+        .query_opt("name", req.name.clone())
+        .query_opt("expires_at", req.expires_at.map(wire::rfc3339));
+        let mut budget = Budget::start(&self.inner.policy);
+        loop {
+            let err = match self.execute(&call).await {
+                Ok(reply) => {
+                    let r: wire::SnapshotOperations = decode(ROUTE, &reply)?;
+                    return Ok((r.snapshot.into(), ops(r.operations)));
+                }
+                Err(e) if e.may_have_succeeded() => e,
+                Err(e) => return Err(e),
+            };
+            let created = self
+                .list_snapshots(project)
+                .await?
+                .into_iter()
+                .filter(|s| !before.contains(&s.id))
+                .filter(|s| s.source_branch_id.as_ref().is_none_or(|b| b == branch))
+                .filter(|s| req.name.as_ref().is_none_or(|n| &s.name == n))
+                .max_by_key(|s| s.created_at);
+            if let Some(s) = created {
+                tracing::info!(
+                    route = ROUTE,
+                    snapshot_id = %s.id,
+                    "snapshot create failed ambiguously but the snapshot exists; not repeating it"
+                );
+                return Ok((s, Vec::new()));
+            }
+            let reason = retry_reason(&err, true).unwrap_or("server_error");
+            let Some(delay) = budget.next_delay(None) else {
+                return Err(err);
+            };
+            ApiRetry {
+                method: "POST",
+                route: ROUTE,
+                reason,
+                attempt: budget.retries(),
+                delay,
+            }
+            .emit();
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    pub async fn list_snapshots(&self, project: &ProjectId) -> Result<Vec<Snapshot>, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/snapshots",
+            &["projects", project.as_str(), "snapshots"],
+        );
+        let r: wire::SnapshotsResponse = self.fetch(&call).await?;
+        Ok(r.snapshots.into_iter().map(Into::into).collect())
+    }
+
+    /// Deletes a snapshot; an already deleted one yields [`ApiError::AlreadyDeleted`].
+    pub async fn delete_snapshot(
+        &self,
+        project: &ProjectId,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<Operation>, ApiError> {
+        const ROUTE: &str = "/projects/{project_id}/snapshots/{snapshot_id}";
+        let call = Call::get(
+            ROUTE,
+            &["projects", project.as_str(), "snapshots", snapshot.as_str()],
+        )
+        .with_method(Method::DELETE, true);
+        let reply = self.execute(&call).await?;
+        if reply.status == 204 {
+            return Err(ApiError::AlreadyDeleted { route: ROUTE });
+        }
+        let r: wire::OperationsResponse = decode(ROUTE, &reply)?;
+        Ok(ops(r.operations))
+    }
+
+    // ---------------------------------------------------------------- operations
+
+    pub fn list_operations(
+        &self,
+        project: &ProjectId,
+    ) -> impl Stream<Item = Result<Operation, ApiError>> + Send + 'static {
+        let limit = self.limit(1000);
+        let base = Call::get(
+            "/projects/{project_id}/operations",
+            &["projects", project.as_str(), "operations"],
+        )
+        .query("limit", limit.to_string());
+        self.paginate(PageSpec {
+            base,
+            cursor_param: "cursor",
+            limit,
+            extract: Box::new(|p: wire::OperationsPage| {
+                let n = p.operations.len();
+                (
+                    p.operations.into_iter().map(Into::into).collect(),
+                    p.pagination.and_then(|p| p.cursor),
+                    n,
+                )
+            }),
+        })
+    }
+
+    pub async fn get_operation(
+        &self,
+        project: &ProjectId,
+        operation: &OperationId,
+    ) -> Result<Operation, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/operations/{operation_id}",
+            &[
+                "projects",
+                project.as_str(),
+                "operations",
+                operation.as_str(),
+            ],
+        );
+        let r: wire::OperationResponse = self.fetch(&call).await?;
+        Ok(r.operation.into())
+    }
+
+    /// Polls the given operations until none is scheduling or running, as Neon asks clients
+    /// to do before the next mutation. A `failed` operation is an
+    /// [`ApiError::OperationFailed`]; running past `deadline` is an [`ApiError::Deadline`].
+    /// Returns the operations in their final state.
+    pub async fn wait_for_operations(
+        &self,
+        project: &ProjectId,
+        operations: &[Operation],
+        deadline: Duration,
+    ) -> Result<Vec<Operation>, ApiError> {
+        let start = Instant::now();
+        let mut done: Vec<Operation> = Vec::with_capacity(operations.len());
+        let mut pending: Vec<Operation> = Vec::new();
+        for op in operations {
+            check_failed(op)?;
+            if op.status.is_terminal() {
+                done.push(op.clone());
+            } else {
+                pending.push(op.clone());
+            }
+        }
+        let mut interval = self.inner.poll_initial;
+        while !pending.is_empty() {
+            let elapsed = start.elapsed();
+            if elapsed >= deadline {
+                return Err(ApiError::deadline(
+                    format!(
+                        "waiting for {} operation(s) of project {project} ({})",
+                        pending.len(),
+                        pending
+                            .iter()
+                            .map(|o| format!("{} {} {}", o.id, o.action, o.status))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    elapsed,
+                ));
+            }
+            tokio::time::sleep(interval.min(deadline - elapsed)).await;
+            interval = (interval * 2).min(self.inner.poll_max);
+            let mut still = Vec::new();
+            for op in pending {
+                let now = self.get_operation(project, &op.id).await?;
+                check_failed(&now)?;
+                if now.status.is_terminal() {
+                    done.push(now);
+                } else {
+                    still.push(now);
+                }
+            }
+            pending = still;
+        }
+        Ok(done)
+    }
+
+    /// Waits until the project has no operation in `scheduling` or `running` (what a 423
+    /// waits for). Failed operations of others are not our concern here and are ignored.
+    pub async fn wait_for_project_idle(
+        &self,
+        project: &ProjectId,
+        deadline: Duration,
+    ) -> Result<(), ApiError> {
+        let start = Instant::now();
+        let mut interval = self.inner.poll_initial;
+        loop {
+            let busy: Vec<Operation> = self
+                .list_operations(project)
+                .try_filter(|o| futures::future::ready(!o.status.is_terminal()))
+                .try_collect()
+                .await?;
+            if busy.is_empty() {
+                return Ok(());
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= deadline {
+                return Err(ApiError::deadline(
+                    format!(
+                        "waiting for project {project} to finish {} running operation(s)",
+                        busy.len()
+                    ),
+                    elapsed,
+                ));
+            }
+            tokio::time::sleep(interval.min(deadline - elapsed)).await;
+            interval = (interval * 2).min(self.inner.poll_max);
+        }
+    }
+
+    // ---------------------------------------------------------------- consumption
+
+    /// `GET /consumption_history/v2/projects`: one item per project and timeframe, all pages.
+    /// `org_id` and at least one metric are required; at most 100 `project_ids`.
+    pub fn consumption_v2_projects(
+        &self,
+        query: ConsumptionQuery,
+    ) -> impl Stream<Item = Result<ConsumptionPeriod, ApiError>> + Send + 'static {
+        const ROUTE: &str = "/consumption_history/v2/projects";
+        let check = (|| {
+            validate_consumption(&query)?;
+            if query.org_id.is_none() {
+                return Err(ApiError::InvalidRequest(format!("{ROUTE} requires org_id")));
+            }
+            if query.metrics.is_empty() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "{ROUTE} requires at least one metric"
+                )));
+            }
+            Ok(())
+        })();
+        let granularity = query.granularity;
+        let limit = self.limit(100);
+        let base = consumption_call(
+            Call::get(ROUTE, &["consumption_history", "v2", "projects"]),
+            &query,
+            limit,
+        );
+        let pages = self.paginate(PageSpec {
+            base,
+            cursor_param: "cursor",
+            limit,
+            extract: Box::new(move |p: wire::ConsumptionV2Page| {
+                let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
+                let n = p.projects.len();
+                (p.into_periods(granularity), cursor, n)
+            }),
+        });
+        guard(check, pages)
+    }
+
+    /// The legacy `GET /consumption_history/projects` (older plans). Metrics are Neon's
+    /// fixed per-timeframe fields (`active_time_seconds`, `compute_time_seconds`, ...).
+    pub fn consumption_legacy_projects(
+        &self,
+        query: ConsumptionQuery,
+    ) -> impl Stream<Item = Result<ConsumptionPeriod, ApiError>> + Send + 'static {
+        const ROUTE: &str = "/consumption_history/projects";
+        let check = validate_consumption(&query);
+        let granularity = query.granularity;
+        let limit = self.limit(100);
+        let base = consumption_call(
+            Call::get(ROUTE, &["consumption_history", "projects"]),
+            &query,
+            limit,
+        );
+        let pages = self.paginate(PageSpec {
+            base,
+            cursor_param: "cursor",
+            limit,
+            extract: Box::new(move |p: wire::ConsumptionLegacyPage| {
+                let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
+                let n = p.projects.len();
+                (p.into_periods(granularity), cursor, n)
+            }),
+        });
+        guard(check, pages)
+    }
+
+    // ---------------------------------------------------------------- escape hatch
+
+    /// Any other API call. `path` is relative to the base URL (e.g. `/projects/p/branches`),
+    /// its segments unencoded. GET/PUT/PATCH/DELETE are retried like idempotent calls, POST
+    /// is not retried after an ambiguous failure (check [`ApiError::may_have_succeeded`]).
+    /// An empty answer (204) is `Value::Null`. Telemetry labels these calls `(raw)`.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiError> {
+        const ROUTE: &str = "(raw)";
+        let idempotent = method != Method::POST;
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut call = Call::get(ROUTE, &segments).with_method(method, idempotent);
+        call.body = body;
+        let mut url_query = Vec::new();
+        for (k, v) in query {
+            url_query.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let reply = self.execute_with(&call, &url_query).await?;
+        if reply.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Value::Null);
+        }
+        decode(ROUTE, &reply)
+    }
+
+    // ---------------------------------------------------------------- plumbing
+
+    fn limit(&self, max: u32) -> usize {
+        self.inner.page_size.min(max) as usize
+    }
+
+    fn url(&self, call: &Call, extra_query: &[(String, String)]) -> Url {
+        let mut url = self.inner.base.clone();
+        {
+            // The base was checked to be a base URL in `new`.
+            if let Ok(mut segs) = url.path_segments_mut() {
+                segs.pop_if_empty();
+                for s in &call.segments {
+                    segs.push(s);
+                }
+            }
+        }
+        if !call.query.is_empty() || !extra_query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in &call.query {
+                q.append_pair(k, v);
+            }
+            for (k, v) in extra_query {
+                q.append_pair(k, v);
+            }
+        }
+        url
+    }
+
+    async fn fetch<T: DeserializeOwned>(&self, call: &Call) -> Result<T, ApiError> {
+        let reply = self.execute(call).await?;
+        decode(call.route, &reply)
+    }
+
+    async fn execute(&self, call: &Call) -> Result<Reply, ApiError> {
+        self.execute_with(call, &[]).await
+    }
+
+    /// One logical call: attempts and retries.
+    async fn execute_with(
+        &self,
+        call: &Call,
+        extra_query: &[(String, String)],
+    ) -> Result<Reply, ApiError> {
+        let url = self.url(call, extra_query);
+        let mut budget = Budget::start(&self.inner.policy);
+        loop {
+            let (err, retry_after) = match self.attempt(call, &url).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => e,
+            };
+            let Some(reason) = retry_reason(&err, call.idempotent) else {
+                return Err(err);
+            };
+            let Some(delay) = budget.next_delay(retry_after) else {
+                tracing::warn!(
+                    method = %call.method,
+                    route = call.route,
+                    retries = budget.retries(),
+                    "neon api retry budget exhausted"
+                );
+                return Err(err);
+            };
+            ApiRetry {
+                method: call.method.as_str(),
+                route: call.route,
+                reason,
+                attempt: budget.retries(),
+                delay,
+            }
+            .emit();
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One HTTP attempt. Errors carry the `Retry-After` delay when the answer had one.
+    async fn attempt(&self, call: &Call, url: &Url) -> Result<Reply, (ApiError, Option<Duration>)> {
+        if call.route.starts_with("/consumption_history/") {
+            self.inner.consumption_limiter.acquire().await;
+        }
+        self.inner.limiter.acquire().await;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::debug_span!(
+            "neon_api",
+            method = %call.method,
+            route = call.route,
+            request_id = %request_id
+        );
+        async {
+            let started = Instant::now();
+            let outcome =
+                tokio::time::timeout(self.inner.timeout, self.send(call, url, &request_id))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ApiError::Timeout {
+                            route: call.route,
+                            request_id: request_id.clone(),
+                            timeout: self.inner.timeout,
+                        })
+                    });
+            let status = match &outcome {
+                Ok((status, ..)) => Some(*status),
+                Err(_) => None,
+            };
+            ApiRequestCompleted {
+                method: call.method.as_str(),
+                route: call.route,
+                status,
+                elapsed: started.elapsed(),
+                request_id: &request_id,
+            }
+            .emit();
+            let (status, body, header_rid, retry_after) = outcome.map_err(|e| (e, None))?;
+            if (200..300).contains(&status) {
+                return Ok(Reply {
+                    status,
+                    body,
+                    request_id: header_rid.or(Some(request_id)),
+                });
+            }
+            let err = status_error(call.route, status, &body, header_rid.or(Some(request_id)));
+            let retry_after = match status {
+                429 | 503 => retry_after,
+                _ => None,
+            };
+            Err((err, retry_after))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends and reads the whole body: (status, body, echoed request id, Retry-After).
+    async fn send(
+        &self,
+        call: &Call,
+        url: &Url,
+        request_id: &str,
+    ) -> Result<(u16, Vec<u8>, Option<String>, Option<Duration>), ApiError> {
+        let mut req = self
+            .inner
+            .http
+            .request(call.method.clone(), url.clone())
+            .bearer_auth(self.inner.key.expose())
+            .header("X-Request-ID", request_id);
+        if let Some(body) = &call.body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(call.route, request_id, self.inner.timeout, e))?;
+        let status = resp.status().as_u16();
+        let header_rid = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(call.route, request_id, self.inner.timeout, e))?
+            .to_vec();
+        Ok((status, body, header_rid, retry_after))
+    }
+
+    fn paginate<W, T>(
+        &self,
+        spec: PageSpec<W, T>,
+    ) -> impl Stream<Item = Result<T, ApiError>> + Send + 'static
+    where
+        W: DeserializeOwned + Send + 'static,
+        T: Send + 'static,
+    {
+        struct State<W, T> {
+            client: NeonClient,
+            spec: Arc<PageSpec<W, T>>,
+            cursor: Option<String>,
+            seen: HashSet<String>,
+            done: bool,
+        }
+        let state = State {
+            client: self.clone(),
+            spec: Arc::new(spec),
+            cursor: None,
+            seen: HashSet::new(),
+            done: false,
+        };
+        stream::try_unfold(state, |mut st| async move {
+            if st.done {
+                return Ok(None);
+            }
+            let extra: Vec<(String, String)> = st
+                .cursor
+                .iter()
+                .map(|c| (st.spec.cursor_param.to_owned(), c.clone()))
+                .collect();
+            let reply = st.client.execute_with(&st.spec.base, &extra).await?;
+            let page: W = decode(st.spec.base.route, &reply)?;
+            let (items, next, records) = (st.spec.extract)(page);
+            match next {
+                // Neon returns a cursor even on the last page; a short page is the last one
+                // (this saves one request per listing). A repeated cursor would loop forever.
+                Some(c)
+                    if !c.is_empty()
+                        && records > 0
+                        && records >= st.spec.limit
+                        && st.seen.insert(c.clone()) =>
+                {
+                    st.cursor = Some(c)
+                }
+                _ => st.done = true,
+            }
+            Ok(Some((items, st)))
+        })
+        .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
+        .try_flatten()
+    }
+}
+
+fn ops(ops: Vec<wire::Operation>) -> Vec<Operation> {
+    ops.into_iter().map(Into::into).collect()
+}
+
+fn check_failed(op: &Operation) -> Result<(), ApiError> {
+    if op.status == OperationStatus::Failed {
+        return Err(ApiError::OperationFailed {
+            operation_id: op.id.clone(),
+            action: op.action.clone(),
+            error: op.error.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_consumption(q: &ConsumptionQuery) -> Result<(), ApiError> {
+    if q.project_ids.len() > MAX_CONSUMPTION_PROJECT_IDS {
+        return Err(ApiError::InvalidRequest(format!(
+            "{} project_ids given, Neon accepts at most {MAX_CONSUMPTION_PROJECT_IDS} per call",
+            q.project_ids.len()
+        )));
+    }
+    if q.from >= q.to {
+        return Err(ApiError::InvalidRequest(format!(
+            "consumption range is empty: from {} is not before to {}",
+            wire::rfc3339(q.from),
+            wire::rfc3339(q.to)
+        )));
+    }
+    Ok(())
+}
+
+fn consumption_call(mut call: Call, q: &ConsumptionQuery, limit: usize) -> Call {
+    call = call
+        .query("from", wire::rfc3339(q.from))
+        .query("to", wire::rfc3339(q.to))
+        .query("granularity", q.granularity.as_str())
+        .query("limit", limit.to_string())
+        .query_opt("org_id", q.org_id.as_ref().map(|o| o.to_string()));
+    // Arrays as repeated parameters: OpenAPI's default (form, explode) that Neon documents.
+    for m in &q.metrics {
+        call = call.query("metrics", m.clone());
+    }
+    for p in &q.project_ids {
+        call = call.query("project_ids", p.to_string());
+    }
+    call
+}
+
+/// A stream that yields the validation error alone, or the real stream.
+fn guard<T: Send + 'static>(
+    check: Result<(), ApiError>,
+    s: impl Stream<Item = Result<T, ApiError>> + Send + 'static,
+) -> impl Stream<Item = Result<T, ApiError>> + Send + 'static {
+    match check {
+        Ok(()) => s.left_stream(),
+        Err(e) => stream::once(futures::future::ready(Err(e))).right_stream(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(route: &'static str, reply: &Reply) -> Result<T, ApiError> {
+    serde_json::from_slice(&reply.body).map_err(|e| ApiError::Decode {
+        route,
+        request_id: reply.request_id.clone(),
+        detail: decode_detail(&e),
+    })
+}
+
+/// serde's message names the missing field or expected type; it can quote a short value
+/// from the body, so it is cut short rather than copied whole.
+fn decode_detail(e: &serde_json::Error) -> String {
+    let mut msg = e.to_string();
+    if msg.len() > 200 {
+        let mut cut = 200;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    msg
+}
+
+fn status_error(
+    route: &'static str,
+    status: u16,
+    body: &[u8],
+    request_id: Option<String>,
+) -> ApiError {
+    match serde_json::from_slice::<wire::GeneralError>(body) {
+        Ok(ge) => ApiError::Status {
+            status,
+            code: ge.code.filter(|c| !c.is_empty()),
+            message: ge.message,
+            request_id: ge.request_id.or(request_id),
+            route,
+        },
+        Err(_) => ApiError::Status {
+            status,
+            code: None,
+            message: format!(
+                "{} (the answer carried no Neon error body)",
+                reqwest::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("unexpected status")
+            ),
+            request_id,
+            route,
+        },
+    }
+}
+
+fn transport_error(
+    route: &'static str,
+    request_id: &str,
+    timeout: Duration,
+    e: reqwest::Error,
+) -> ApiError {
+    if e.is_timeout() {
+        return ApiError::Timeout {
+            route,
+            request_id: request_id.to_owned(),
+            timeout,
+        };
+    }
+    let connect = e.is_connect();
+    // The URL carries no key, but it does carry ids and search terms: keep it out.
+    let e = e.without_url();
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    if connect {
+        ApiError::Connect { route, detail }
+    } else {
+        ApiError::Transport {
+            route,
+            request_id: request_id.to_owned(),
+            detail,
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! One run, from claim to record: timeout, cancellation, panic capture, events.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Clock, Executor, LastRun, RunHandle, RunReport};
+use crate::config::JobConfig;
+use crate::store::{NewRun, RunId, RunStatus, Store, StoreResult, Trigger};
+use crate::telemetry::events::{JobRunFinished, JobRunStarted};
+
+pub(super) struct RunContext {
+    pub store: Arc<dyn Store>,
+    pub executor: Arc<dyn Executor>,
+    pub clock: Arc<dyn Clock>,
+    pub cancel_wait: Duration,
+}
+
+pub(super) struct Finished {
+    pub run_id: RunId,
+    pub job: String,
+    pub last: LastRun,
+    pub report: RunReport,
+}
+
+/// Runs a claimed run to its end and records it. Never panics: a panicking executor is a
+/// failed run.
+pub(super) async fn execute(
+    ctx: RunContext,
+    job: Arc<JobConfig>,
+    run: RunHandle,
+    reason: Arc<OnceLock<String>>,
+) -> Finished {
+    let kind = job.kind.as_str();
+    let started = tokio::time::Instant::now();
+    JobRunStarted {
+        job: &job.name,
+        kind,
+        run_id: run.run_id,
+        trigger: run.trigger,
+        dry_run: run.dry_run,
+    }
+    .emit();
+    let span = tracing::info_span!("run", job = %job.name, run_id = run.run_id);
+    let cancel = run.cancel.clone();
+    let (run_id, scheduled_for) = (run.run_id, run.scheduled_for);
+
+    // The executor runs in its own task so that a panic is contained and the task can be
+    // aborted if it ignores cancellation.
+    let exec = ctx.executor.clone();
+    let job2 = job.clone();
+    let mut inner = tokio::spawn(
+        async move {
+            std::panic::AssertUnwindSafe(exec.execute(job2, run))
+                .catch_unwind()
+                .await
+        }
+        .instrument(span.clone()),
+    );
+
+    let timeout = job.timeout;
+    let timed_out = async move {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        r = &mut inner => Some(r),
+        _ = timed_out => None,
+    };
+    let mut report = match outcome {
+        Some(r) => from_join(r),
+        None => {
+            let t = humantime::format_duration(timeout.unwrap_or_default());
+            let _ = reason.set(format!("timed out after {t}"));
+            cancel.cancel();
+            match tokio::time::timeout(ctx.cancel_wait, &mut inner).await {
+                Ok(r) => from_join(r),
+                Err(_) => {
+                    inner.abort();
+                    RunReport::failed(format!("timed out after {t}"))
+                }
+            }
+        }
+    };
+    if let Some(why) = reason.get() {
+        // Cancelled by us: the reason decides the status, whatever the executor made of it.
+        report.status = if why.starts_with("timed out") {
+            RunStatus::Failed
+        } else {
+            RunStatus::Interrupted
+        };
+        report.error = Some(match report.error.take() {
+            Some(e) if !e.is_empty() && e != *why => format!("{why}: {e}"),
+            _ => why.clone(),
+        });
+    } else if report.status == RunStatus::Running || report.status == RunStatus::Skipped {
+        report = RunReport {
+            status: RunStatus::Failed,
+            error: Some(format!(
+                "executor returned invalid status `{}`",
+                report.status.as_str()
+            )),
+            ..report
+        };
+    }
+
+    let finished_at = ctx.clock.now();
+    if let Err(e) = ctx
+        .store
+        .finish_run(
+            run_id,
+            report.status,
+            report.counts,
+            report.error.as_deref(),
+        )
+        .await
+    {
+        tracing::error!(parent: &span, error = %e, "cannot record the end of the run");
+    }
+    JobRunFinished {
+        job: &job.name,
+        kind,
+        run_id,
+        outcome: report.status,
+        elapsed: started.elapsed(),
+        counts: report.counts,
+        error: report.error.as_deref(),
+        finished_at,
+    }
+    .emit();
+    Finished {
+        run_id,
+        job: job.name.clone(),
+        last: LastRun {
+            id: run_id,
+            status: report.status,
+            scheduled_for,
+            finished_at: Some(finished_at),
+        },
+        report,
+    }
+}
+
+type Caught = Result<RunReport, Box<dyn std::any::Any + Send>>;
+
+fn from_join(r: Result<Caught, tokio::task::JoinError>) -> RunReport {
+    match r {
+        Ok(Ok(report)) => report,
+        Ok(Err(panic)) => {
+            RunReport::failed(format!("the run panicked: {}", panic_message(&*panic)))
+        }
+        Err(e) if e.is_panic() => RunReport::failed("the run panicked"),
+        Err(_) => RunReport::failed("the run was aborted"),
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Runs `job` once, now, outside the scheduler loop (`once`, `plan`). `dry_run` forces a
+/// dry run (`plan`); `cancel` stops it (Ctrl-C). Returns the run id and how it ended.
+pub async fn run_now(
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    clock: Arc<dyn Clock>,
+    job: Arc<JobConfig>,
+    force_dry_run: bool,
+    cancel: CancellationToken,
+) -> StoreResult<Option<(RunId, RunReport)>> {
+    let now = clock.now();
+    let dry_run = job.dry_run || force_dry_run;
+    let claimed = store
+        .claim_run(&NewRun {
+            job: job.name.clone(),
+            kind: job.kind.as_str().to_string(),
+            scheduled_for: now,
+            trigger: Trigger::Manual,
+            dry_run,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await?;
+    let Some(run_id) = claimed else {
+        return Ok(None);
+    };
+    let reason = Arc::new(OnceLock::new());
+    let token = CancellationToken::new();
+    let handle = RunHandle {
+        run_id,
+        scheduled_for: now,
+        trigger: Trigger::Manual,
+        dry_run,
+        cancel: token.clone(),
+    };
+    let ctx = RunContext {
+        store,
+        executor,
+        clock,
+        cancel_wait: Duration::from_secs(5),
+    };
+    let fut = execute(ctx, job, handle, reason.clone());
+    tokio::pin!(fut);
+    let finished = tokio::select! {
+        f = &mut fut => f,
+        _ = cancel.cancelled() => {
+            let _ = reason.set("interrupted by the operator".into());
+            token.cancel();
+            fut.await
+        }
+    };
+    Ok(Some((finished.run_id, finished.report)))
+}

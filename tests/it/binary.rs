@@ -1,0 +1,332 @@
+//! The real `neon-steward` binary: exit codes, `validate`, `once` against neon-sim, SIGHUP
+//! reload and SIGTERM shutdown of `run`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::helpers::spawn_sim;
+
+const BIN: &str = env!("CARGO_BIN_EXE_neon-steward");
+
+const GOOD: &str = r#"
+[http]
+listen = "127.0.0.1:0"
+
+[[jobs]]
+name = "expire-previews"
+kind = "expire_branches"
+schedule = "0 3 * * *"
+timezone = "Europe/Berlin"
+ttl = "7d"
+[jobs.branches]
+names = ["preview/*"]
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The binary with a clean environment: no key, no config search surprises.
+fn cmd(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir)
+        .env_remove("NEON_API_KEY")
+        .env_remove("NEON_STEWARD_CONFIG")
+        .env_remove("NEON_STEWARD_BASE_URL")
+        .env_remove("NEON_STEWARD_LISTEN")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env(
+            "NEON_STEWARD_STORE_URL",
+            format!("sqlite://{}/state.db", dir.display()),
+        )
+        .env("XDG_CONFIG_HOME", dir.join("xdg"));
+    c
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().expect("the binary runs")
+}
+
+#[test]
+fn validate_good_and_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.toml", GOOD);
+    let out = run(cmd(dir.path()).arg("--config").arg(&good).arg("validate"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 job)"));
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &GOOD.replace("ttl = \"7d\"", "ttl = \"7x\""),
+    );
+    let out = run(cmd(dir.path())
+        .env("NEON_STEWARD_CONFIG", &bad)
+        .arg("validate"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:10:7: invalid duration `7x`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_search_list_and_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing found: exit 2 naming where it looked.
+    let out = run(cmd(dir.path()).arg("validate"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neon-steward.toml"));
+    // $XDG_CONFIG_HOME/neon-steward/config.toml is found.
+    std::fs::create_dir_all(dir.path().join("xdg/neon-steward")).unwrap();
+    write(&dir.path().join("xdg/neon-steward"), "config.toml", GOOD);
+    let out = run(cmd(dir.path()).arg("validate"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Usage errors are 2 too.
+    let out = run(cmd(dir.path()).arg("once"));
+    assert_eq!(out.status.code(), Some(2));
+    // `jobs` prints next fire times in the job's zone.
+    let out = run(cmd(dir.path()).args(["jobs", "--output", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "expire-previews");
+    assert!(v[0]["next_run_local"]
+        .as_str()
+        .unwrap()
+        .contains("03:00:00"));
+    // Completions need no config.
+    let out = run(cmd(dir.path()).args(["completions", "bash"]));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("neon-steward"));
+}
+
+#[test]
+fn once_without_key_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "p.toml", GOOD);
+    let out = run(cmd(dir.path())
+        .arg("--config")
+        .arg(&good)
+        .args(["once", "expire-previews"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Neon API key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_and_plan_against_the_emulator() {
+    let sim = spawn_sim(Default::default()).await;
+    let (project, _) = sim.add_project("demo", None);
+    let _main = sim.add_branch(&project, "preview/old", None);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        &GOOD.replace("ttl = \"7d\"", "ttl = \"1s\"\ndry_run = true"),
+    );
+    let (base, key) = (sim.base_url(), sim.api_key());
+    let d = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        run(cmd(&d)
+            .env("NEON_API_KEY", key)
+            .env("NEON_STEWARD_BASE_URL", base)
+            .arg("--config")
+            .arg(&policy)
+            .args(["plan", "--output", "json"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["job"], "expire-previews");
+    assert_eq!(v[0]["status"], "succeeded");
+    assert!(sim.mutations().is_empty(), "plan made no change");
+    // The run is in the history.
+    let d = dir.path().to_path_buf();
+    let policy = dir.path().join("p.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        run(cmd(&d)
+            .arg("--config")
+            .arg(&policy)
+            .args(["history", "--output", "json"]))
+    })
+    .await
+    .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs[0]["job"], "expire-previews");
+    assert_eq!(runs[0]["trigger"], "manual");
+}
+
+/// A running daemon whose JSON log lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(dir: &Path, policy: &Path) -> Daemon {
+        let mut child = cmd(dir)
+            .env("NEON_API_KEY", "napi_test_key_not_real")
+            .env("NEON_STEWARD_BASE_URL", "http://127.0.0.1:9/api/v2")
+            .arg("--config")
+            .arg(policy)
+            .args(["--log-format", "json", "run", "--grace-period", "2s"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            lines,
+            addr: String::new(),
+        };
+        let ready = d.wait_for("neon-steward ready");
+        d.addr = ready["bound"]
+            .as_str()
+            .expect("the ready line names the address")
+            .to_string();
+        d
+    }
+
+    fn wait_for(&mut self, message: &str) -> serde_json::Value {
+        loop {
+            let v = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no `{message}` log line"));
+            assert!(
+                !v.to_string().contains("napi_test_key_not_real"),
+                "the key leaked into the log"
+            );
+            if v["message"] == message {
+                return v;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn get(&self, path: &str) -> String {
+        let url = format!("http://{}{path}", self.addr);
+        reqwest::blocking_get(&url)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod reqwest {
+    /// A tiny blocking GET over a fresh runtime (the test threads are synchronous).
+    pub fn blocking_get(url: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+}
+
+#[test]
+fn sighup_reload_keeps_old_config_on_error_then_applies_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let mut d = Daemon::start(dir.path(), &policy);
+    assert!(d.get("/api/v1/jobs").contains("expire-previews"));
+
+    // A broken file: the reload fails, the old jobs stay, the failure is exported.
+    write(dir.path(), "p.toml", &format!("{GOOD}bogus = 1\n"));
+    d.signal("-HUP");
+    let failed = d.wait_for("configuration reload failed; keeping the previous configuration");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("p.toml:13:1: unknown field `bogus`"),
+        "{failed}"
+    );
+    assert!(d
+        .get("/metrics")
+        .contains("neon_steward_config_last_reload_successful 0"));
+    assert!(d.get("/api/v1/jobs").contains("expire-previews"));
+
+    // A good file with another job: applied.
+    write(
+        dir.path(),
+        "p.toml",
+        &GOOD.replace("expire-previews", "expire-pr"),
+    );
+    d.signal("-HUP");
+    d.wait_for("configuration loaded");
+    let jobs = d.get("/api/v1/jobs");
+    assert!(
+        jobs.contains("expire-pr") && !jobs.contains("expire-previews"),
+        "{jobs}"
+    );
+    assert!(d
+        .get("/metrics")
+        .contains("neon_steward_config_last_reload_successful 1"));
+
+    d.signal("-TERM");
+    d.wait_for("neon-steward stopped");
+    assert_eq!(d.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_cleanly() {
+    for sig in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = write(dir.path(), "p.toml", GOOD);
+        let mut d = Daemon::start(dir.path(), &policy);
+        assert!(
+            d.get("/readyz").contains("\"status\":\"ready\""),
+            "{}",
+            d.get("/readyz")
+        );
+        d.signal(sig);
+        d.wait_for("neon-steward stopped");
+        assert_eq!(d.child.wait().unwrap().code(), Some(0), "{sig}");
+    }
+}
