@@ -25,8 +25,8 @@ fn cursor_key(period: Period) -> String {
 
 /// Collects consumption incrementally and exports the gauges.
 ///
-/// Without an `org_id` the legacy `/consumption_history/projects` is used (legacy plans
-/// and personal accounts); with one, `/consumption_history/v2/projects`. The cursor (the
+/// The endpoint is the job's explicit `endpoint` (`v2`, which needs `org_id`, or `legacy`
+/// for legacy plans), never guessed from `org_id`. The cursor (the
 /// end of the last range collected in full) is kept in the job's state and advanced only
 /// when every call of the run succeeded, so a failed chunk is collected again next time.
 pub(crate) async fn run(
@@ -83,17 +83,18 @@ pub(crate) async fn run(
                 org_id: spec.org_id.clone().map(OrgId::from),
                 project_ids: chunk,
             };
-            let fetched: Result<Vec<ConsumptionPeriod>, _> = if spec.org_id.is_some() {
-                env.client
-                    .consumption_v2_projects(query)
-                    .try_collect()
-                    .await
-            } else {
-                env.client
-                    .consumption_legacy_projects(query)
-                    .try_collect()
-                    .await
-            };
+            let fetched: Result<Vec<ConsumptionPeriod>, _> =
+                if spec.endpoint == crate::config::ConsumptionEndpoint::V2 {
+                    env.client
+                        .consumption_v2_projects(query)
+                        .try_collect()
+                        .await
+                } else {
+                    env.client
+                        .consumption_legacy_projects(query)
+                        .try_collect()
+                        .await
+                };
             match fetched {
                 Ok(periods) => {
                     let samples = to_samples(&periods, period);
