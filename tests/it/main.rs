@@ -6,4 +6,5 @@ mod helpers;
 mod client;
 mod http;
 mod jobs;
+mod jobs_e2e;
 mod store;

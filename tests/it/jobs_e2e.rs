@@ -1,0 +1,557 @@
+//! The jobs end to end against neon-sim, part two: consumption collection (v2 and legacy,
+//! resume, freshness, idempotence, exported gauges), `resume = true`, native branch expiry,
+//! 423 at the jobs level with per-project serialisation, Neon's recovery window, and one
+//! failing resource not stopping the others.
+//!
+//! These run on the test harness (`helpers::spawn_sim`) because it records every request the
+//! client sent, so the tests can assert *which* range was asked for.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
+use neon_sim::SimConfig;
+use neon_steward::config::{self, JobConfig};
+use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
+use neon_steward::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId};
+use neon_steward::store::{
+    ActionOutcome, ActionRecord, ConsumptionSample, NewRun, RunStatus, Trigger,
+};
+
+use crate::helpers::{spawn_sim, Sent, TestSim};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn job(toml_jobs: &str) -> Arc<JobConfig> {
+    let text = format!("[api]\nconcurrency = 4\n\n{toml_jobs}");
+    let cfg = config::parse_with_env(Path::new("jobs-e2e.toml"), &text, &|k| {
+        (k == "NEON_API_KEY").then(|| "unused-in-tests".to_string())
+    })
+    .unwrap_or_else(|e| panic!("test policy must parse: {e}"));
+    cfg.jobs[0].clone()
+}
+
+struct H {
+    sim: TestSim,
+    env: JobEnv,
+    /// Makes every run's tick unique (a tick can be claimed once).
+    ticks: AtomicI64,
+}
+
+async fn harness(config: SimConfig) -> H {
+    let sim = spawn_sim(config).await;
+    let store = neon_steward::store::open("sqlite::memory:")
+        .await
+        .expect("store opens");
+    let env = JobEnv {
+        client: sim.client(),
+        store,
+        concurrency: 4,
+        operation_deadline: Duration::from_secs(20),
+    };
+    H {
+        sim,
+        env,
+        ticks: AtomicI64::new(0),
+    }
+}
+
+impl H {
+    fn now(&self) -> DateTime<Utc> {
+        self.sim.clock().now()
+    }
+
+    async fn run(&self, job: &JobConfig, dry_run: bool) -> (RunResult, Vec<ActionRecord>) {
+        let now = self.now();
+        let tick = now + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
+        let run_id = self
+            .env
+            .store
+            .claim_run(&NewRun {
+                job: job.name.clone(),
+                kind: job.kind.as_str().to_string(),
+                scheduled_for: tick,
+                trigger: Trigger::Manual,
+                dry_run,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .expect("fresh tick");
+        let r = run_job(
+            &self.env,
+            job,
+            RunContext {
+                run_id,
+                scheduled_for: tick,
+                now,
+                dry_run,
+            },
+        )
+        .await;
+        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
+        (r, actions)
+    }
+
+    fn add_org(&self, name: &str) -> String {
+        neon_sim::seed::insert_org(&mut self.sim.state().settled(), name)
+    }
+
+    /// A branch created `age` ago under `parent` (default: the project's default branch).
+    fn branch_aged(
+        &self,
+        project: &str,
+        name: &str,
+        parent: Option<&str>,
+        age: TimeDelta,
+    ) -> String {
+        let st = self.sim.state();
+        let mut s = st.settled();
+        let parent = match parent {
+            Some(p) => p.to_string(),
+            None => s
+                .default_branch(project)
+                .expect("project has a default branch")
+                .id
+                .clone(),
+        };
+        let at = s.now() - age;
+        s.insert_branch(project, name, Some(&parent), at).id
+    }
+
+    fn busy_endpoint(&self, branch: &str) -> String {
+        let ep = self.sim.add_endpoint(branch);
+        let st = self.sim.state();
+        let mut s = st.settled();
+        s.endpoints
+            .get_mut(&ep)
+            .expect("endpoint just added")
+            .activity = neon_sim::state::Activity::Busy;
+        s.settle();
+        ep
+    }
+
+    fn branch_names(&self, project: &str) -> Vec<String> {
+        let s = self.sim.state();
+        let s = s.settled();
+        let mut v: Vec<String> = s
+            .project_branches(project)
+            .into_iter()
+            .map(|b| b.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Decodes `%XX` escapes of a query-string component.
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8(out).expect("test queries are UTF-8")
+}
+
+/// Every value of query parameter `key` of a sent request.
+fn param(s: &Sent, key: &str) -> Vec<String> {
+    s.query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| pct_decode(v))
+        .collect()
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn consumption_calls(h: &H, path_suffix: &str) -> Vec<Sent> {
+    h.sim
+        .sent()
+        .into_iter()
+        .filter(|s| s.path.ends_with(path_suffix))
+        .collect()
+}
+
+/// `(project, metric, start, end, value)`, sorted, of stored samples or of periods the
+/// emulator reports.
+type Row = (String, String, DateTime<Utc>, DateTime<Utc>, f64);
+
+fn rows_of_samples(samples: &[ConsumptionSample]) -> Vec<Row> {
+    let mut v: Vec<Row> = samples
+        .iter()
+        .map(|s| {
+            (
+                s.project_id.clone(),
+                s.metric.clone(),
+                s.timeframe_start,
+                s.timeframe_end,
+                s.value,
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+    v
+}
+
+/// The rows of the configured `metrics` of what the emulator reports.
+fn rows_of_periods(periods: &[ConsumptionPeriod], metrics: &[&str]) -> Vec<Row> {
+    let mut v: Vec<Row> = periods
+        .iter()
+        .flat_map(|p| {
+            p.metrics
+                .iter()
+                .filter(|(m, _)| metrics.contains(&m.as_str()))
+                .map(move |(m, v)| {
+                    (
+                        p.project_id.to_string(),
+                        m.clone(),
+                        p.timeframe_start,
+                        p.timeframe_end,
+                        *v,
+                    )
+                })
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+    v
+}
+
+/// Parses the rendered exposition: `(project_id, metric) -> value` of one family and
+/// granularity.
+fn gauges(family: &str, granularity: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let text = neon_steward::telemetry::metrics::render();
+    let prefix = format!("neon_steward_{family}{{");
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let (labels, value) = line[prefix.len()..]
+            .split_once("} ")
+            .expect("exposition line has labels and a value");
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        if label("granularity") == granularity {
+            out.insert(
+                (label("project_id"), label("metric")),
+                value.parse::<f64>().expect("gauge value is a number"),
+            );
+        }
+    }
+    out
+}
+
+const CONSUMPTION_V2: &str = r#"
+[[jobs]]
+name = "usage-v2"
+kind = "collect_consumption"
+every = "1h"
+granularity = "hourly"
+metrics = ["compute_unit_seconds", "root_branch_bytes_month"]
+org_id = "ORG"
+max_projects_exported = 2
+[jobs.prices]
+compute_unit_seconds = 0.5
+"#;
+
+#[tokio::test]
+async fn consumption_v2_collects_resumes_and_exports_capped_gauges() {
+    let h = harness(SimConfig::default()).await;
+    let org = h.add_org("metered");
+    let mut pids = Vec::new();
+    for i in 0..3 {
+        let (pid, main) = h.sim.add_project(&format!("m{i}"), Some(&org));
+        if i == 0 {
+            h.busy_endpoint(&main);
+        }
+        pids.push(pid);
+    }
+    // A personal project the key also sees: not part of the org, so it must not be sent to
+    // the org's v2 endpoint (Neon answers 404 for a project outside the org).
+    h.sim.add_project("personal", None);
+    let j = job(&CONSUMPTION_V2.replace("ORG", &org));
+
+    // 12:00 start; at 17:10 the 16:00-17:00 hour ended only 10 minutes ago (Neon's ~15
+    // minute freshness): it is not collected yet.
+    h.sim.clock().advance(5 * HOUR + 10 * MINUTE);
+    let now = h.now();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let calls = consumption_calls(&h, "/consumption_history/v2/projects");
+    assert_eq!(calls.len(), 1, "3 projects, one call: {calls:?}");
+    let first_from = now - TimeDelta::hours(168) + TimeDelta::minutes(50);
+    assert_eq!(
+        param(&calls[0], "from"),
+        vec![first_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)]
+    );
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-02T16:00:00Z"]);
+    assert_eq!(param(&calls[0], "org_id"), vec![org.clone()]);
+    let mut sent_ids = param(&calls[0], "project_ids");
+    sent_ids.sort();
+    let mut want_ids = pids.clone();
+    want_ids.sort();
+    assert_eq!(sent_ids, want_ids, "only the org's projects");
+
+    let since = now - TimeDelta::hours(200);
+    let stored = h.env.store.list_consumption("hourly", since).await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|s| s.timeframe_end <= t("2025-06-02T16:00:00Z")),
+        "no incomplete or too-recent hour"
+    );
+    // What was stored is exactly what the emulator reports for the same period.
+    let query = ConsumptionQuery {
+        from: first_from,
+        to: t("2025-06-02T16:00:00Z"),
+        granularity: Granularity::Hourly,
+        metrics: vec![
+            "compute_unit_seconds".into(),
+            "root_branch_bytes_month".into(),
+        ],
+        org_id: Some(OrgId::from(org.as_str())),
+        project_ids: vec![],
+    };
+    let reported: Vec<ConsumptionPeriod> = h
+        .env
+        .client
+        .consumption_v2_projects(query.clone())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of_samples(&stored),
+        rows_of_periods(
+            &reported,
+            &["compute_unit_seconds", "root_branch_bytes_month"]
+        )
+    );
+    let busy_hour = stored
+        .iter()
+        .find(|s| {
+            s.project_id == pids[0]
+                && s.metric == "compute_unit_seconds"
+                && s.timeframe_start == t("2025-06-02T15:00:00Z")
+        })
+        .expect("the busy project's 15:00 hour");
+    assert!(busy_hour.value > 0.0);
+
+    // Gauges: the latest complete hour, 2 projects by name, the rest as "other"; cost from
+    // the price table.
+    let values = gauges("consumption", "hourly");
+    let costs = gauges("estimated_cost", "hourly");
+    let cu: Vec<(&String, &f64)> = values
+        .iter()
+        .filter(|((_, m), _)| m == "compute_unit_seconds")
+        .map(|((p, _), v)| (p, v))
+        .collect();
+    assert_eq!(cu.len(), 3, "2 projects + other: {values:?}");
+    assert!(cu.iter().any(|(p, _)| p.as_str() == "other"));
+    assert_eq!(
+        values[&(pids[0].clone(), "compute_unit_seconds".into())],
+        busy_hour.value
+    );
+    assert_eq!(
+        costs[&(pids[0].clone(), "compute_unit_seconds".into())],
+        busy_hour.value * 0.5
+    );
+    assert!(
+        !costs.keys().any(|(_, m)| m == "root_branch_bytes_month"),
+        "no price, no cost series"
+    );
+    let latest_sum: f64 = stored
+        .iter()
+        .filter(|s| {
+            s.metric == "root_branch_bytes_month" && s.timeframe_start == t("2025-06-02T15:00:00Z")
+        })
+        .map(|s| s.value)
+        .sum();
+    let exported_sum: f64 = values
+        .iter()
+        .filter(|((_, m), _)| m == "root_branch_bytes_month")
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        (latest_sum - exported_sum).abs() < 1e-6,
+        "nothing lost in `other`"
+    );
+
+    // Same instant again: nothing new is complete, no call.
+    h.sim.clear_sent();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(consumption_calls(&h, "/consumption_history/").is_empty());
+
+    // 17:20: the 16:00 hour is fresh now; only it is asked for and added.
+    h.sim.clock().advance(10 * MINUTE);
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let calls = consumption_calls(&h, "/consumption_history/v2/projects");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(param(&calls[0], "from"), vec!["2025-06-02T16:00:00Z"]);
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-02T17:00:00Z"]);
+    let after = h.env.store.list_consumption("hourly", since).await.unwrap();
+    assert_eq!(
+        after.len(),
+        stored.len() + 3 * 2,
+        "one new hour x 3 projects x 2 metrics"
+    );
+    let new: Vec<&ConsumptionSample> = after
+        .iter()
+        .filter(|s| s.timeframe_start == t("2025-06-02T16:00:00Z"))
+        .collect();
+    assert_eq!(new.len(), 6);
+
+    // Re-collection (a crash after storing, before the cursor moved) adds no duplicate.
+    h.env
+        .store
+        .set_state(&j.name, "consumption_cursor/hourly", "2025-06-02T10:00:00Z")
+        .await
+        .unwrap();
+    h.sim.clear_sent();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let calls = consumption_calls(&h, "/consumption_history/v2/projects");
+    assert_eq!(param(&calls[0], "from"), vec!["2025-06-02T10:00:00Z"]);
+    let again = h.env.store.list_consumption("hourly", since).await.unwrap();
+    assert_eq!(rows_of_samples(&again), rows_of_samples(&after));
+}
+
+const CONSUMPTION_LEGACY: &str = r#"
+[[jobs]]
+name = "usage-legacy"
+kind = "collect_consumption"
+every = "1h"
+granularity = "daily"
+endpoint = "legacy"
+metrics = ["active_time_seconds", "compute_time_seconds"]
+max_projects_exported = 1
+[jobs.prices]
+compute_time_seconds = 2.0
+"#;
+
+#[tokio::test]
+async fn consumption_legacy_daily_without_org() {
+    let h = harness(SimConfig::default()).await;
+    let (busy, main) = h.sim.add_project("busy", None);
+    h.busy_endpoint(&main);
+    let (quiet, _) = h.sim.add_project("quiet", None);
+    let j = job(CONSUMPTION_LEGACY);
+
+    // Monday 12:00 + 2 days = Wednesday noon: Monday and Tuesday are complete.
+    h.sim.clock().advance(48 * HOUR);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert!(consumption_calls(&h, "/consumption_history/v2/projects").is_empty());
+    let calls = consumption_calls(&h, "/consumption_history/projects");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        param(&calls[0], "org_id").is_empty(),
+        "legacy without org_id"
+    );
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-04T00:00:00Z"]);
+    assert_eq!(param(&calls[0], "granularity"), vec!["daily"]);
+    let from = t(&param(&calls[0], "from")[0]);
+    let stored = h.env.store.list_consumption("daily", from).await.unwrap();
+    let reported: Vec<ConsumptionPeriod> = h
+        .env
+        .client
+        .consumption_legacy_projects(ConsumptionQuery {
+            from,
+            to: t("2025-06-04T00:00:00Z"),
+            granularity: Granularity::Daily,
+            metrics: vec!["active_time_seconds".into(), "compute_time_seconds".into()],
+            org_id: None,
+            project_ids: vec![busy.as_str().into(), quiet.as_str().into()],
+        })
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!reported.is_empty());
+    assert!(
+        reported
+            .iter()
+            .all(|p| p.metrics.iter().any(|(m, _)| m == "written_data_bytes")),
+        "the legacy endpoint adds its required fields"
+    );
+    let configured = ["active_time_seconds", "compute_time_seconds"];
+    assert_eq!(
+        rows_of_samples(&stored),
+        rows_of_periods(&reported, &configured)
+    );
+    assert!(stored
+        .iter()
+        .all(|s| configured.contains(&s.metric.as_str())));
+    let tuesday = |p: &str, m: &str| {
+        stored
+            .iter()
+            .find(|s| {
+                s.project_id == p && s.metric == m && s.timeframe_start == t("2025-06-03T00:00:00Z")
+            })
+            .map(|s| s.value)
+            .expect("Tuesday's sample")
+    };
+    assert_eq!(
+        tuesday(&busy, "active_time_seconds"),
+        86_400.0,
+        "busy all day"
+    );
+
+    // Cap 1: the busy project (highest cost) by name, the quiet one as "other".
+    let values = gauges("consumption", "daily");
+    let costs = gauges("estimated_cost", "daily");
+    let key = |p: &str, m: &str| (p.to_string(), m.to_string());
+    assert_eq!(
+        values[&key(&busy, "compute_time_seconds")],
+        tuesday(&busy, "compute_time_seconds")
+    );
+    assert_eq!(
+        costs[&key(&busy, "compute_time_seconds")],
+        2.0 * tuesday(&busy, "compute_time_seconds")
+    );
+    assert_eq!(
+        values[&key("other", "active_time_seconds")],
+        tuesday(&quiet, "active_time_seconds")
+    );
+    assert!(!values.keys().any(|(p, _)| p == &quiet), "{values:?}");
+
+    // Thursday 00:10: Wednesday ended 10 minutes ago, too fresh.
+    h.sim.clock().set(t("2025-06-05T00:10:00Z"));
+    h.sim.clear_sent();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(consumption_calls(&h, "/consumption_history/").is_empty());
+    // Thursday 00:20: Wednesday is collected, and only Wednesday.
+    h.sim.clock().set(t("2025-06-05T00:20:00Z"));
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let calls = consumption_calls(&h, "/consumption_history/projects");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(param(&calls[0], "from"), vec!["2025-06-04T00:00:00Z"]);
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-05T00:00:00Z"]);
+    let after = h.env.store.list_consumption("daily", from).await.unwrap();
+    assert_eq!(after.len(), stored.len() + 2 * 2);
+}
