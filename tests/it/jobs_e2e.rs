@@ -555,3 +555,263 @@ async fn consumption_legacy_daily_without_org() {
     let after = h.env.store.list_consumption("daily", from).await.unwrap();
     assert_eq!(after.len(), stored.len() + 2 * 2);
 }
+
+// ------------------------------------------------------------------ a failure is not fatal
+
+const EXPIRE_FAILS: &str = r#"
+[[jobs]]
+name = "expire-partial"
+kind = "expire_branches"
+every = "15m"
+ttl = "7d"
+[jobs.branches]
+names = ["preview/*"]
+"#;
+
+#[tokio::test]
+async fn one_failing_delete_ends_partial_and_the_others_go_on() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let ids: Vec<String> = ["preview/a", "preview/b", "preview/c"]
+        .iter()
+        .map(|n| h.branch_aged(&p, n, None, TimeDelta::days(10)))
+        .collect();
+    // Every attempt (the client's retries included) to delete preview/b fails with 500.
+    h.sim
+        .faults
+        .inject(
+            neon_sim::faults::FaultRule::on(
+                "DELETE",
+                &format!("/projects/{p}/branches/{}", ids[1]),
+                neon_sim::faults::Fault::Status {
+                    status: 500,
+                    retry_after_secs: None,
+                },
+            )
+            .with_probability(1.0)
+            .times(50),
+        )
+        .unwrap();
+    let failed_metric = || {
+        neon_steward::telemetry::metrics::metrics()
+            .actions_total
+            .with_label_values(&["expire-partial", "delete_branch", "failed", "false"])
+            .get()
+    };
+    let before = failed_metric();
+    let (r, actions) = h.run(&job(EXPIRE_FAILS), false).await;
+    assert_eq!(r.status, RunStatus::Partial, "{r:?}");
+    assert_eq!((r.counts.succeeded, r.counts.failed), (2, 1), "{r:?}");
+    assert!(r.error.as_deref().unwrap().contains("1 action(s) failed"));
+    assert_eq!(h.branch_names(&p), vec!["main", "preview/b"]);
+    let failed = actions
+        .iter()
+        .find(|a| a.outcome == ActionOutcome::Failed)
+        .expect("the failure is in the ledger");
+    assert_eq!(failed.resource_id, ids[1]);
+    assert!(failed.finished_at.is_some());
+    let detail = failed.detail.as_deref().unwrap();
+    assert!(detail.contains("500"), "the error is recorded: {detail}");
+    assert_eq!(failed_metric(), before + 1);
+    assert!(
+        h.sim.faults.injected().len() > 1,
+        "the client retried before giving up"
+    );
+}
+
+// ------------------------------------------------------------------ resume = true
+
+const SUSPEND_RESUME: &str = r#"
+[[jobs]]
+name = "suspend-lunch"
+kind = "suspend_computes"
+every = "10m"
+windows = ["Mon 12:00-14:00"]
+window_timezone = "UTC"
+resume = true
+"#;
+
+#[tokio::test]
+async fn resume_starts_only_what_the_window_suspended() {
+    let h = harness(SimConfig::default()).await;
+    // Monday 2025-06-02 12:00Z: inside the window.
+    let (p, main) = h.sim.add_project("app", None);
+    let dev = h.branch_aged(&p, "dev", None, TimeDelta::days(1));
+    let ours = h.busy_endpoint(&main);
+    // Active now but without traffic from here on, so it stays suspended once suspended.
+    h.sim
+        .state()
+        .settled()
+        .endpoints
+        .get_mut(&ours)
+        .unwrap()
+        .activity = neon_sim::state::Activity::Idle;
+    // Already suspended before the job ran: not ours to start.
+    let theirs = h.sim.add_endpoint(&dev);
+    let state = |id: &str| h.sim.state().settled().endpoints[id].current_state;
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Active);
+    assert_ne!(state(&theirs), neon_sim::state::EndpointState::Active);
+    let j = job(SUSPEND_RESUME);
+
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].resource_id, ours);
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Idle);
+
+    // Still inside the window: nothing is started.
+    h.sim.clock().advance(HOUR);
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(h.sim.mutations().is_empty());
+
+    // 14:10, the window is over: ours is started again, theirs is left alone.
+    h.sim.clock().advance(HOUR + 10 * MINUTE);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let muts = h.sim.mutations();
+    assert_eq!(muts.len(), 1, "{muts:?}");
+    assert_eq!(muts[0].method, "POST");
+    assert!(
+        muts[0].path.ends_with(&format!("/endpoints/{ours}/start")),
+        "{}",
+        muts[0].path
+    );
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].action, "start_endpoint");
+    assert_eq!(actions[0].rule.as_deref(), Some("resume"));
+    assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Active);
+    assert_ne!(state(&theirs), neon_sim::state::EndpointState::Active);
+
+    // Started once: a later run (after it suspended itself again) does not start it again.
+    h.sim.clock().advance(HOUR);
+    assert_eq!(
+        state(&ours),
+        neon_sim::state::EndpointState::Idle,
+        "autosuspended"
+    );
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(h.sim.mutations().is_empty());
+}
+
+// ------------------------------------------------------------------ set_expires_at
+
+const NATIVE_EXPIRY: &str = r#"
+[[jobs]]
+name = "native-expiry"
+kind = "expire_branches"
+every = "1h"
+ttl = "40d"
+mode = "set_expires_at"
+[jobs.branches]
+names = ["*"]
+"#;
+
+#[tokio::test]
+async fn set_expires_at_follows_neons_rules_and_neon_deletes() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let now = h.now();
+    let ancient = h.branch_aged(&p, "ancient", None, TimeDelta::days(50));
+    let older = h.branch_aged(&p, "older", None, TimeDelta::days(20));
+    let young = h.branch_aged(&p, "young", None, TimeDelta::days(5));
+    let protected = h.branch_aged(&p, "protected", None, TimeDelta::days(50));
+    h.sim
+        .state()
+        .settled()
+        .branches
+        .get_mut(&protected)
+        .unwrap()
+        .protected = true;
+    let parent = h.branch_aged(&p, "parent", None, TimeDelta::days(50));
+    let child = h.branch_aged(&p, "child", Some(&parent), TimeDelta::days(45));
+    h.sim.app.mutations.clear();
+    let j = job(NATIVE_EXPIRY);
+
+    let (r, actions) = h.run(&j, true).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(h.sim.mutations().is_empty(), "dry run");
+    assert_eq!(r.counts.planned, 3);
+
+    let (r, actions_real) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions_real:?}");
+    let muts = h.sim.mutations();
+    let patched: std::collections::BTreeMap<String, String> = muts
+        .iter()
+        .map(|m| {
+            assert_eq!(m.method, "PATCH", "{m:?}");
+            let id = m.path.rsplit('/').next().unwrap().to_string();
+            let at = m.body.as_ref().unwrap()["branch"]["expires_at"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (id, at)
+        })
+        .collect();
+    let soon = now + TimeDelta::minutes(10);
+    let expected: std::collections::BTreeMap<String, DateTime<Utc>> = [
+        (ancient.clone(), soon),
+        (
+            older.clone(),
+            now - TimeDelta::days(20) + TimeDelta::days(40),
+        ),
+        (child.clone(), soon),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        patched.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "never default, protected or parent; young is beyond 30 days: {muts:?}"
+    );
+    for (id, at) in &expected {
+        assert_eq!(t(&patched[id]), *at, "{id}");
+        assert_eq!(h.sim.state().settled().branches[id].expires_at, Some(*at));
+    }
+    assert!(h.sim.state().settled().branches[&young]
+        .expires_at
+        .is_none());
+    let skipped: Vec<&str> = actions
+        .iter()
+        .chain(&actions_real)
+        .filter(|a| a.outcome == ActionOutcome::Skipped)
+        .filter_map(|a| a.resource_name.as_deref())
+        .collect();
+    for name in ["main", "protected", "parent"] {
+        assert!(
+            skipped.contains(&name),
+            "{name} recorded as skipped: {skipped:?}"
+        );
+    }
+
+    // Re-run: already set, nothing to do.
+    h.sim.app.mutations.clear();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.counts.succeeded, 0);
+    assert!(h.sim.mutations().is_empty());
+
+    // Neon enforces it: an hour later ancient and child are gone, then older after day 20.
+    h.sim.clock().advance(HOUR);
+    assert_eq!(
+        h.branch_names(&p),
+        vec!["main", "older", "parent", "protected", "young"]
+    );
+    h.sim.clock().advance(Duration::from_secs(21 * 86_400));
+    assert_eq!(
+        h.branch_names(&p),
+        vec!["main", "parent", "protected", "young"]
+    );
+    let st = h.sim.state();
+    let s = st.settled();
+    assert!(s
+        .deleted_branches
+        .iter()
+        .filter(|d| d.branch.project_id == p)
+        .all(|d| d.deletion_method == "ttl"));
+}
