@@ -815,3 +815,108 @@ async fn set_expires_at_follows_neons_rules_and_neon_deletes() {
         .filter(|d| d.branch.project_id == p)
         .all(|d| d.deletion_method == "ttl"));
 }
+
+// ------------------------------------------------------------------ 423 and serialisation
+
+/// Moves the emulator's virtual clock forward `step` every couple of milliseconds, as time
+/// passes for a real Neon, so operations finish while the job waits. Aborted on drop.
+struct ClockDriver(tokio::task::JoinHandle<()>);
+
+impl ClockDriver {
+    fn start(clock: neon_sim::Clock, step: Duration) -> ClockDriver {
+        ClockDriver(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                clock.advance(step);
+            }
+        }))
+    }
+}
+
+impl Drop for ClockDriver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test]
+async fn locked_project_waits_while_others_proceed_and_mutations_are_serialised() {
+    // Every operation takes 10 s of emulator time.
+    let h = harness(SimConfig::default().operation_duration(Duration::from_secs(10))).await;
+    let (a, _) = h.sim.add_project("locked", None);
+    let (b, _) = h.sim.add_project("free", None);
+    for p in [&a, &b] {
+        for n in ["preview/1", "preview/2", "preview/3"] {
+            h.branch_aged(p, n, None, TimeDelta::days(10));
+        }
+    }
+    // Project `locked` is busy with a long operation (3 minutes): Neon answers 423 to any
+    // mutation until it finishes.
+    let lock_end = {
+        let st = h.sim.state();
+        let mut s = st.settled();
+        s.push_operation(&a, None, None, "apply_config");
+        let op = s.operations.last_mut().expect("just pushed");
+        op.duration = TimeDelta::minutes(3);
+        op.created_at + op.duration
+    };
+    h.sim.app.mutations.clear();
+    let j = job(EXPIRE_FAILS
+        .replace("expire-partial", "expire-locked")
+        .as_str());
+    let driver = ClockDriver::start(h.sim.clock(), Duration::from_secs(1));
+    let (r, actions) = h.run(&j, false).await;
+    drop(driver);
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(r.counts.succeeded, 6);
+    assert_eq!(h.branch_names(&a), vec!["main"]);
+    assert_eq!(h.branch_names(&b), vec!["main"]);
+
+    let muts = h.sim.mutations();
+    let of = |p: &str, status: u16| -> Vec<DateTime<Utc>> {
+        muts.iter()
+            .filter(|m| m.path.contains(&format!("/projects/{p}/")) && m.status == status)
+            .map(|m| m.at)
+            .collect()
+    };
+    // The locked project was refused, waited, then succeeded after the lock ended.
+    assert!(!of(&a, 423).is_empty(), "{muts:?}");
+    let a_ok = of(&a, 200);
+    assert_eq!(a_ok.len(), 3);
+    assert!(
+        a_ok.iter().all(|at| *at >= lock_end),
+        "{a_ok:?} vs {lock_end}"
+    );
+    // The job itself waited for the project's operations (not only the client's retries):
+    // it listed them between the last refusal and the success.
+    let sent = h.sim.sent();
+    let last_423 = sent
+        .iter()
+        .rposition(|s| s.status == 423 && s.path.contains(&a))
+        .expect("a 423 was answered");
+    let first_ok = sent
+        .iter()
+        .position(|s| s.method == "DELETE" && s.status == 200 && s.path.contains(&a))
+        .expect("a delete succeeded");
+    assert!(last_423 < first_ok);
+    assert!(
+        sent[last_423..first_ok]
+            .iter()
+            .any(|s| s.method == "GET" && s.path.ends_with(&format!("/projects/{a}/operations"))),
+        "waited on the project's operations"
+    );
+    // The other project did not wait for it: all its deletes happened during the lock.
+    let b_ok = of(&b, 200);
+    assert_eq!(b_ok.len(), 3);
+    assert!(
+        b_ok.iter().all(|at| *at < lock_end),
+        "{b_ok:?} vs {lock_end}"
+    );
+    assert!(of(&b, 423).is_empty(), "no 423 where the job waited itself");
+    // Within a project, each mutation waited for the previous one's operations (10 s).
+    for times in [&a_ok, &b_ok] {
+        for w in times.windows(2) {
+            assert!(w[1] - w[0] >= TimeDelta::seconds(10), "{times:?}");
+        }
+    }
+}
