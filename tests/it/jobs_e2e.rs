@@ -920,3 +920,68 @@ async fn locked_project_waits_while_others_proceed_and_mutations_are_serialised(
         }
     }
 }
+
+// ------------------------------------------------------------------ recoverable_until
+
+#[tokio::test]
+async fn expire_records_the_recovery_window_neon_reports() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let old = h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
+    h.sim.clock().advance(HOUR);
+    let deleted_at = h.now();
+    let (r, actions) = h
+        .run(
+            &job(EXPIRE_FAILS
+                .replace("expire-partial", "expire-recovery")
+                .as_str()),
+            false,
+        )
+        .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    let reported = {
+        let st = h.sim.state();
+        let s = st.settled();
+        let d = s
+            .deleted_branches
+            .iter()
+            .find(|d| d.branch.id == old)
+            .expect("soft-deleted in the emulator");
+        assert_eq!(d.deleted_at, deleted_at);
+        d.recoverable_until()
+    };
+    assert_eq!(
+        reported,
+        deleted_at + TimeDelta::days(7),
+        "Neon's 7-day window"
+    );
+    assert_eq!(actions.len(), 1);
+    assert_eq!(
+        actions[0].detail.as_deref(),
+        Some(format!("recoverable_until={}", reported.to_rfc3339()).as_str())
+    );
+    let asked = h.sim.sent().into_iter().any(|s| {
+        s.path.ends_with(&format!("/projects/{p}/branches"))
+            && param(&s, "include_deleted") == ["true"]
+    });
+    assert!(asked, "looked up with include_deleted=true");
+    // Past the window Neon no longer lists it as recoverable.
+    let pid = neon_steward::neon::ProjectId::from(p.as_str());
+    let listed: Vec<_> = h
+        .env
+        .client
+        .list_recoverable_branches(&pid)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    h.sim.clock().advance(Duration::from_secs(7 * 86_400));
+    let listed: Vec<_> = h
+        .env
+        .client
+        .list_recoverable_branches(&pid)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+}
