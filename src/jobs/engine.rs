@@ -325,21 +325,15 @@ async fn run_planned(
     }
 
     // Phase 2b: act. Projects concurrently, actions within a project in order.
-    let results: Vec<Result<(), RunError>> =
-        futures::stream::iter(plans.iter().map(|p| async move {
-            let mut done = Vec::new();
-            for a in &p.actions {
-                let pending = ledger.begin(&a.spec).await?;
-                match execute(env, &p.project_id, &a.op, ctx.now).await {
-                    Ok(detail) => {
-                        ledger.succeeded(pending, detail.as_deref()).await?;
-                        done.push(a.clone());
-                    }
-                    Err(e) => ledger.failed(pending, &e.to_string()).await?,
-                }
-            }
-            after_project(env, job, p, &done).await
-        }))
+    // The futures are collected first so that no closure type is part of the stream held
+    // across the await: rustc cannot prove such a closure's future `Send` for every
+    // lifetime of the borrowed plan (rust-lang/rust#64552), and the scheduler needs
+    // `run_job` to be `Send` to await it on the runtime's worker threads.
+    let per_project: Vec<_> = plans
+        .iter()
+        .map(|p| act_on_project(env, job, ctx.now, ledger, p))
+        .collect();
+    let results: Vec<Result<(), RunError>> = futures::stream::iter(per_project)
         .buffer_unordered(env.concurrency.max(1))
         .collect()
         .await;
@@ -347,6 +341,30 @@ async fn run_planned(
         r?;
     }
     Ok(())
+}
+
+/// Carries out one project's planned actions in order (Neon serialises mutations within a
+/// project anyway), each written to the ledger before and after.
+
+async fn act_on_project(
+    env: &JobEnv,
+    job: &JobConfig,
+    now: DateTime<Utc>,
+    ledger: &Ledger,
+    p: &ProjectPlan,
+) -> Result<(), RunError> {
+    let mut done = Vec::new();
+    for a in &p.actions {
+        let pending = ledger.begin(&a.spec).await?;
+        match execute(env, &p.project_id, &a.op, now).await {
+            Ok(detail) => {
+                ledger.succeeded(pending, detail.as_deref()).await?;
+                done.push(a.clone());
+            }
+            Err(e) => ledger.failed(pending, &e.to_string()).await?,
+        }
+    }
+    after_project(env, job, p, &done).await
 }
 
 async fn plan_project(
