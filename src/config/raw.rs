@@ -22,7 +22,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::schema::{Forbidden, NonNegative};
-use super::{ConcurrencyPolicy, EndpointType, ExpireMode, Granularity, JobKind, MissedPolicy};
+use super::{
+    ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, ExpireMode, Granularity, JobKind,
+    MissedPolicy,
+};
 use crate::scheduler::schedule::CronSchedule;
 
 /// A duration written the `humantime` way: `90s`, `15m`, `12h`, `7d`, `1h 30m`.
@@ -316,13 +319,19 @@ pub struct RawJob {
     #[schemars(with = "Option<Granularity>", extend("default" = "hourly"))]
     pub granularity: Option<Spanned<Granularity>>,
     /// `collect_consumption` only (and required there): the Neon consumption metrics to
-    /// collect, e.g. `compute_unit_seconds`, `root_branch_bytes_month`,
-    /// `child_branch_bytes_month`, `public_network_transfer_bytes`.
+    /// collect, named as the `endpoint` names them: for `v2` e.g. `compute_unit_seconds`,
+    /// `root_branch_bytes_month`, `child_branch_bytes_month`, `public_network_transfer_bytes`;
+    /// for `legacy` e.g. `active_time_seconds`, `compute_time_seconds`, `written_data_bytes`.
     #[schemars(with = "Option<Vec<String>>", length(min = 1))]
     pub metrics: Option<Spanned<Vec<String>>>,
     /// `collect_consumption` only: the Neon organization whose consumption is collected.
+    /// Required unless `endpoint = "legacy"` (Neon's v2 endpoint needs it).
     #[schemars(with = "Option<String>")]
     pub org_id: Option<Spanned<String>>,
+    /// `collect_consumption` only: which of Neon's consumption endpoints to poll; it depends
+    /// on the account's plan.
+    #[schemars(with = "Option<ConsumptionEndpoint>", extend("default" = "v2"))]
+    pub endpoint: Option<Spanned<ConsumptionEndpoint>>,
     /// `collect_consumption` only: per-project gauges are exported for at most this many
     /// projects; the rest are summed as `other` (bounds metric cardinality).
     #[schemars(with = "Option<u32>", extend("default" = 50))]

@@ -60,6 +60,7 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 4] = [
             "granularity",
             "metrics",
             "org_id",
+            "endpoint",
             "max_projects_exported",
             "prices",
         ],
@@ -200,6 +201,14 @@ pub(super) fn job_kind_rules(schema: &mut Schema) {
             }
             JobKind::CollectConsumption => {
                 then.insert("required".into(), json!(["metrics"]));
+                // Neon's v2 endpoint (the default) needs the organization.
+                then.insert(
+                    "anyOf".into(),
+                    json!([
+                        { "required": ["org_id"] },
+                        { "required": ["endpoint"], "properties": { "endpoint": { "const": "legacy" } } },
+                    ]),
+                );
             }
         }
         rules.push(json!({

@@ -7,4 +7,5 @@ mod binary;
 mod client;
 mod http;
 mod jobs;
+mod jobs_e2e;
 mod store;

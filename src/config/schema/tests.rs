@@ -199,8 +199,13 @@ const INVALID: &[(&str, &str, &str)] = &[
         "metrics",
     ),
     (
+        "v2 consumption without org_id",
+        "[[jobs]]\nname = \"n\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"compute_unit_seconds\"]\nendpoint = \"v2\"\n",
+        "org_id",
+    ),
+    (
         "negative price",
-        "[[jobs]]\nname = \"n\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"compute_unit_seconds\"]\n[jobs.prices]\ncompute_unit_seconds = -1.0\n",
+        "[[jobs]]\nname = \"n\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"compute_unit_seconds\"]\norg_id = \"org-1\"\n[jobs.prices]\ncompute_unit_seconds = -1.0\n",
         "compute_unit_seconds",
     ),
     (
@@ -248,7 +253,8 @@ fn schema_accepts_what_the_parser_accepts() {
         "[[jobs]]\nname = \"n\"\nkind = \"snapshot_branches\"\nschedule = \"0 0 9 * * Mon-Fri\"\nname_template = \"{job}/{branch} {date}T{time}\"\n[jobs.retention]\nkeep_last = 1\n",
         "[[jobs]]\nname = \"n\"\nkind = \"expire_branches\"\nevery = \"15m\"\nidle_ttl = \"3d\"\nmode = \"set_expires_at\"\n",
         "[[jobs]]\nname = \"n\"\nkind = \"suspend_computes\"\nevery = \"10m\"\nwindows = [\"Sat-Sun\"]\nexclude_until = \"2026-12-31T00:00:00Z\"\n[jobs.endpoints]\ntype = \"read_only\"\n",
-        "[[jobs]]\nname = \"n\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"compute_unit_seconds\"]\ngranularity = \"daily\"\n[jobs.prices]\ncompute_unit_seconds = 0\n",
+        "[[jobs]]\nname = \"n\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"compute_unit_seconds\"]\norg_id = \"org-1\"\ngranularity = \"daily\"\n[jobs.prices]\ncompute_unit_seconds = 0\n",
+        "[[jobs]]\nname = \"n\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"active_time_seconds\"]\nendpoint = \"legacy\"\n",
     ];
     for text in valid {
         parse(text).unwrap_or_else(|e| panic!("test document does not parse: {e}\n{text}"));
@@ -371,6 +377,7 @@ fn sample_value(option: &str) -> &'static str {
         "granularity" => "\"daily\"",
         "metrics" => "[\"compute_unit_seconds\"]",
         "org_id" => "\"org-1\"",
+        "endpoint" => "\"v2\"",
         "max_projects_exported" => "10",
         "prices" => "{ compute_unit_seconds = 0.1 }",
         other => panic!("no sample value for job option `{other}`; add one to this test"),
@@ -384,7 +391,7 @@ fn kind_minimum(kind: JobKind) -> &'static str {
         JobKind::SnapshotBranches => "",
         JobKind::ExpireBranches => "ttl = \"7d\"\n",
         JobKind::SuspendComputes => "idle_for = \"30m\"\n",
-        JobKind::CollectConsumption => "metrics = [\"compute_unit_seconds\"]\n",
+        JobKind::CollectConsumption => "metrics = [\"compute_unit_seconds\"]\norg_id = \"org-1\"\n",
     }
 }
 
@@ -414,7 +421,10 @@ fn kind_specific_options_match_the_parser() {
                 let text = format!(
                     "[[jobs]]\nname = \"n\"\nkind = \"{kind}\"\nevery = \"1h\"\n{}{}",
                     kind_minimum(kind),
-                    if kind_minimum(kind).starts_with(&format!("{option} =")) {
+                    if kind_minimum(kind)
+                        .lines()
+                        .any(|l| l.starts_with(&format!("{option} =")))
+                    {
                         ""
                     } else {
                         &line
