@@ -10,7 +10,8 @@ use super::*;
 use crate::config::{parse_with_env, ConfigError};
 
 /// The policy files shipped in the repository, each checked against the schema and the
-/// parser. Listed explicitly so that a missing file fails instead of being skipped.
+/// parser. Listed explicitly so that a missing file fails instead of being skipped; a
+/// `config/*.toml` not listed here fails `every_shipped_policy_is_listed`.
 const SHIPPED_POLICIES: &[&str] = &["config/example.toml"];
 
 fn crate_path(rel: &str) -> PathBuf {
@@ -99,6 +100,24 @@ fn shipped_policies_validate_against_schema_and_load() {
         let config = crate::config::load_with_env(&path, &no_env)
             .unwrap_or_else(|e| panic!("{rel} does not load: {e}"));
         assert!(!config.jobs.is_empty(), "{rel} defines no job");
+    }
+}
+
+#[test]
+fn every_shipped_policy_is_listed() {
+    let dir = crate_path("config");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list config/: {e}"));
+    for entry in entries {
+        let name = entry.expect("a directory entry").file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".toml") {
+            let rel = format!("config/{name}");
+            assert!(
+                SHIPPED_POLICIES.contains(&rel.as_str()),
+                "{rel} is not in SHIPPED_POLICIES (src/config/schema/tests.rs): list it so it is \
+                 checked against the schema and the parser"
+            );
+        }
     }
 }
 
