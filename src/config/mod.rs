@@ -11,6 +11,7 @@
 
 mod error;
 mod raw;
+mod schema;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,10 +25,12 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub use error::{line_col, ConfigError};
+pub use schema::{json_schema, json_schema_text, SCHEMA_PATH};
 pub use window::{Window, WindowRule};
 
 use crate::scheduler::schedule::Schedule;
@@ -100,12 +103,19 @@ pub struct HttpConfig {
     pub admin_token: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
+    /// Create a snapshot branch of each selected branch, and prune old snapshots by
+    /// `[jobs.retention]`.
     SnapshotBranches,
+    /// Delete (or set Neon's `expires_at` on) branches older than `ttl` or idle longer than
+    /// `idle_ttl`.
     ExpireBranches,
+    /// Suspend compute endpoints idle longer than `idle_for` or inside `windows`.
     SuspendComputes,
+    /// Collect consumption metrics per project into the store and Prometheus gauges.
     CollectConsumption,
 }
 
@@ -128,7 +138,7 @@ impl std::fmt::Display for JobKind {
 
 /// What to do when a tick comes while the previous run of the same job still runs
 /// (the semantics of Kubernetes CronJob's `concurrencyPolicy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConcurrencyPolicy {
     /// Skip the new tick (recorded as a skipped run and counted).
@@ -141,23 +151,28 @@ pub enum ConcurrencyPolicy {
 }
 
 /// What to do at start-up about ticks missed while the daemon was down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MissedPolicy {
+    /// Do not run missed ticks; wait for the next one.
     #[default]
     Skip,
     /// Run once for the newest missed tick, if within `starting_deadline`.
     RunOnce,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// The type of a compute endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndpointType {
+    /// The primary read-write compute of a branch.
     ReadWrite,
+    /// A read replica.
     ReadOnly,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// How an expired branch goes away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpireMode {
     /// Delete the branch.
@@ -167,12 +182,16 @@ pub enum ExpireMode {
     SetExpiresAt,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// Time bucket of consumption samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
+    /// One sample per project, metric and hour.
     #[default]
     Hourly,
+    /// One sample per project, metric and day.
     Daily,
+    /// One sample per project, metric and month.
     Monthly,
 }
 
@@ -182,11 +201,13 @@ pub enum Granularity {
 /// by whether an org is named. `/consumption_history/v2/projects` (usage-based plans) requires
 /// `org_id` and takes the v2 metric names; the legacy `/consumption_history/projects` (older
 /// Scale/Business/Enterprise plans) takes `org_id` optionally and has its own metric names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumptionEndpoint {
+    /// `/consumption_history/v2/projects`, for usage-based plans; needs `org_id`.
     #[default]
     V2,
+    /// `/consumption_history/projects`, for older Scale, Business and Enterprise plans.
     Legacy,
 }
 

@@ -4,6 +4,11 @@
 //! their own `Deserialize` impls so that `toml` attaches the exact position of a bad value to
 //! the error. Values needed by later cross-field checks (duplicate names, options given for
 //! the wrong kind) are wrapped in [`Spanned`] to keep their position.
+//!
+//! The same types derive `JsonSchema`: their `///` docs become the descriptions of
+//! `config/schema.json` (see [`super::schema`]), which editors show while the file is written.
+//! `Spanned<T>` fields name their schema with `#[schemars(with = "T")]`, since the position
+//! wrapper is invisible in the file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,10 +16,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono_tz::Tz;
+use schemars::JsonSchema;
 use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::schema::{Forbidden, NonNegative};
 use super::{
     ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, ExpireMode, Granularity, JobKind,
     MissedPolicy,
@@ -64,154 +71,352 @@ impl<'de> Deserialize<'de> for TzStr {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// The neon-steward policy file: how to reach Neon, where to keep history, what to serve,
+/// and which jobs to run when. Unknown keys are errors.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "neon-steward policy file")]
 pub struct RawConfig {
+    /// How to reach Neon's management API.
     #[serde(default)]
     pub api: RawApi,
+    /// Where run history, the audit ledger and consumption samples are kept.
     #[serde(default)]
     pub store: RawStore,
+    /// The HTTP server: /metrics, /healthz, /readyz and the /api/v1 history.
     #[serde(default)]
     pub http: RawHttp,
+    /// Values every job inherits unless it sets its own.
     #[serde(default)]
     pub defaults: RawDefaults,
+    /// The jobs (`[[jobs]]`), each with a unique `name`, a `kind` and a `schedule` or `every`.
     #[serde(default)]
     pub jobs: Vec<RawJob>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[api]`: Neon's management API. The API key is never written in this file: it comes
+/// from the NEON_API_KEY environment variable, `api_key_file`, or systemd's
+/// `$CREDENTIALS_DIRECTORY/neon-api-key`.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Api")]
 pub struct RawApi {
+    /// Base URL of the Neon API (http or https). The environment variable
+    /// NEON_STEWARD_BASE_URL overrides it, e.g. to point at neon-sim.
+    #[schemars(with = "Option<String>", regex(pattern = r"^https?://"))]
+    #[schemars(extend("default" = "https://console.neon.tech/api/v2"))]
     pub base_url: Option<Spanned<String>>,
+    /// A file holding the Neon API key (relative paths are relative to this policy file).
+    /// Used when NEON_API_KEY is not set.
     pub api_key_file: Option<PathBuf>,
-    /// Accepted by the parser only so it can be rejected with a helpful message.
+    /// Not allowed: a key written here would leak with the file. Use NEON_API_KEY,
+    /// `api_key_file` or the systemd credential `neon-api-key` instead.
+    // Accepted by the parser only so it can be rejected with a helpful message.
+    #[schemars(with = "Option<Forbidden>")]
     pub api_key: Option<Spanned<IgnoredAny>>,
+    /// Timeout of each API request.
+    #[schemars(extend("default" = "30s"))]
     pub timeout: Option<Dur>,
+    /// Client-side rate limit, in requests per minute (Neon allows 700 per account).
+    #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 700))]
     pub rate_limit_per_minute: Option<Spanned<u32>>,
+    /// Requests that may be sent at once before the rate limit applies (Neon allows 40).
+    #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 40))]
     pub burst: Option<Spanned<u32>>,
+    /// Retries of 423 (project locked), 429, 503, other 5xx and transport errors, with
+    /// exponential backoff.
+    #[schemars(extend("default" = 5))]
     pub max_retries: Option<u32>,
+    /// Projects a run processes in parallel (changes within one project are always serial).
+    #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 4))]
     pub concurrency: Option<Spanned<usize>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[store]`: run history, audit ledger and consumption samples.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Store")]
 pub struct RawStore {
+    /// Database URL, e.g. `sqlite:///var/lib/neon-steward/neon-steward.db` or
+    /// `postgres://...`. Default: `sqlite://$STATE_DIRECTORY/neon-steward.db` under systemd,
+    /// else `sqlite://./neon-steward.db`. NEON_STEWARD_STORE_URL overrides it.
     pub url: Option<String>,
+    /// Finished runs (and their actions) older than this are pruned.
+    #[schemars(extend("default" = "90d"))]
     pub history_retention: Option<Dur>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[http]`: the metrics, health and history server.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Http")]
 pub struct RawHttp {
+    /// Address and port to listen on, e.g. `127.0.0.1:9187` (loopback by default).
+    /// NEON_STEWARD_LISTEN overrides it.
+    #[schemars(with = "Option<String>", extend("default" = "127.0.0.1:9187"))]
     pub listen: Option<Spanned<String>>,
+    /// A file holding a bearer token (relative paths are relative to this policy file).
+    /// Only when set does `POST /api/v1/jobs/{name}/trigger` exist.
     pub admin_token_file: Option<PathBuf>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[defaults]`: values every job inherits unless it sets its own.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Defaults")]
 pub struct RawDefaults {
+    /// Record what would be done without making any change.
+    #[schemars(extend("default" = false))]
     pub dry_run: Option<bool>,
+    /// IANA time zone cron schedules are evaluated in (daylight saving is followed).
+    #[schemars(extend("default" = "UTC"))]
     pub timezone: Option<TzStr>,
+    /// Upper bound of a random delay added to each tick. `0s`: none.
+    #[schemars(extend("default" = "0s"))]
     pub jitter: Option<Dur>,
+    /// Cancel a run still going after this long (it is recorded failed). Absent or `0s`:
+    /// no timeout.
     pub timeout: Option<Dur>,
+    /// What to do when a tick comes while the previous run of the same job still runs.
+    #[schemars(extend("default" = "forbid"))]
     pub concurrency: Option<ConcurrencyPolicy>,
+    /// What to do at start-up about ticks missed while the daemon was down.
+    #[schemars(extend("default" = "skip"))]
     pub missed: Option<MissedPolicy>,
+    /// With `missed = "run_once"`: the newest missed tick is run only if it is no older than
+    /// this. Absent: any age.
     pub starting_deadline: Option<Dur>,
+    /// Safety rail: a run that would act on more resources than this acts on none and fails.
     pub max_actions: Option<u32>,
+    /// Safety rail: a run that would act on more than this percentage (0-100] of the
+    /// resources it matched acts on none and fails.
+    #[schemars(with = "Option<f64>", range(max = 100), extend("exclusiveMinimum" = 0))]
     pub max_actions_percent: Option<Spanned<f64>>,
 }
 
-#[derive(Deserialize)]
+/// One `[[jobs]]` entry. Keys shared by every kind come first; the others belong to one
+/// `kind` each (their descriptions say which) and are errors on a job of another kind.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Job", transform = super::schema::job_kind_rules)]
 pub struct RawJob {
+    /// Unique name of the job; it appears in metrics, logs and the history API, so it has no
+    /// whitespace and no `/`.
+    #[schemars(with = "String", regex(pattern = r"^[^\s/]+$"))]
     pub name: Spanned<String>,
+    /// What the job does.
+    #[schemars(with = "JobKind")]
     pub kind: Spanned<JobKind>,
+    /// When the job runs, as a cron expression. Give exactly one of `schedule` and `every`.
+    #[schemars(with = "Option<CronStr>")]
     pub schedule: Option<Spanned<CronStr>>,
+    /// Run at a fixed interval (at least 1s), aligned to multiples of it since the Unix
+    /// epoch. Give exactly one of `schedule` and `every`.
+    #[schemars(with = "Option<Dur>")]
     pub every: Option<Spanned<Dur>>,
+    /// IANA time zone `schedule` is evaluated in and snapshot names are rendered in.
+    /// Overrides `[defaults].timezone` (default UTC).
     pub timezone: Option<TzStr>,
+    /// Upper bound of a random delay added to each tick. Overrides `[defaults].jitter`.
     pub jitter: Option<Dur>,
+    /// Cancel a run still going after this long (`0s`: never). Overrides
+    /// `[defaults].timeout`.
     pub timeout: Option<Dur>,
+    /// What to do when a tick comes while the previous run still runs. Overrides
+    /// `[defaults].concurrency`.
     pub concurrency: Option<ConcurrencyPolicy>,
+    /// What to do at start-up about missed ticks. Overrides `[defaults].missed`.
     pub missed: Option<MissedPolicy>,
+    /// With `missed = "run_once"`: how old the newest missed tick may be. Overrides
+    /// `[defaults].starting_deadline`.
     pub starting_deadline: Option<Dur>,
+    /// Record what would be done without making any change. Overrides `[defaults].dry_run`.
     pub dry_run: Option<bool>,
+    /// `false` suspends the job without deleting it from the file.
+    #[schemars(extend("default" = true))]
     pub enabled: Option<bool>,
 
+    /// Which projects the job looks at (every list empty: all projects).
     pub projects: Option<RawProjects>,
+    /// Which branches the job looks at (every list empty: all branches).
+    #[schemars(with = "Option<RawBranches>")]
     pub branches: Option<Spanned<RawBranches>>,
+    /// `suspend_computes` only: which compute endpoints the job looks at.
+    #[schemars(with = "Option<RawEndpoints>")]
     pub endpoints: Option<Spanned<RawEndpoints>>,
 
+    /// Safety rail: a run that would act on more resources than this acts on none and fails.
+    /// Overrides `[defaults].max_actions`.
     pub max_actions: Option<u32>,
+    /// Safety rail: a run that would act on more than this percentage (0-100] of the
+    /// resources it matched acts on none and fails. Overrides `[defaults].max_actions_percent`.
+    #[schemars(with = "Option<f64>", range(max = 100), extend("exclusiveMinimum" = 0))]
     pub max_actions_percent: Option<Spanned<f64>>,
 
     // snapshot_branches
+    /// `snapshot_branches` only: name of each snapshot, with the placeholders `{branch}`,
+    /// `{date}` (YYYY-MM-DD), `{time}` (HHMMSS) and `{job}`, rendered at the tick in the job's
+    /// time zone.
+    #[schemars(
+        with = "Option<String>",
+        regex(
+            pattern = r"^\s*([^{\s]|\{(branch|date|time|job)\})([^{]|\{(branch|date|time|job)\})*$"
+        )
+    )]
+    #[schemars(extend("default" = "{branch}-snap-{date}-{time}"))]
     pub name_template: Option<Spanned<String>>,
+    /// `snapshot_branches` only: Neon deletes each snapshot by itself this long after
+    /// creation (Neon's native branch expiry). Absent: snapshots do not expire.
+    #[schemars(with = "Option<Dur>")]
     pub expires_in: Option<Spanned<Dur>>,
+    /// `snapshot_branches` only: which of the snapshots this job created to keep
+    /// (restic-forget semantics); the rest are deleted. Absent: keep all.
+    #[schemars(with = "Option<RawRetention>")]
     pub retention: Option<Spanned<RawRetention>>,
 
     // expire_branches
+    /// `expire_branches` only: branches created longer ago than this expire. At least one
+    /// of `ttl` and `idle_ttl` is required.
+    #[schemars(with = "Option<Dur>")]
     pub ttl: Option<Spanned<Dur>>,
+    /// `expire_branches` only: branches without activity for this long expire. At least one
+    /// of `ttl` and `idle_ttl` is required.
+    #[schemars(with = "Option<Dur>")]
     pub idle_ttl: Option<Spanned<Dur>>,
+    /// `expire_branches` only: how an expired branch goes away.
+    #[schemars(with = "Option<ExpireMode>", extend("default" = "delete"))]
     pub mode: Option<Spanned<ExpireMode>>,
 
     // suspend_computes
+    /// `suspend_computes` only: suspend active endpoints idle longer than this. At least one
+    /// of `idle_for` and `windows` is required.
+    #[schemars(with = "Option<Dur>")]
     pub idle_for: Option<Spanned<Dur>>,
+    /// `suspend_computes` only: suspend endpoints while inside any of these windows. Each is
+    /// `DAYS [HH:MM-HH:MM] [ZONE]` (e.g. `Mon-Fri 20:00-08:00`, `Sat-Sun`,
+    /// `Fri 18:00-23:59 America/New_York`; an overnight range ends the next morning) or
+    /// `YYYY-MM-DD[..YYYY-MM-DD] [ZONE]` (e.g. `2026-12-24..2026-12-26`).
+    #[schemars(with = "Option<Vec<String>>")]
     pub windows: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `suspend_computes` only: IANA time zone of the `windows` that name none. Default: the
+    /// job's `timezone`.
+    #[schemars(with = "Option<TzStr>")]
     pub window_timezone: Option<Spanned<TzStr>>,
+    /// `suspend_computes` only: suspend nothing before this instant: `YYYY-MM-DD` (midnight
+    /// in `window_timezone`) or an RFC 3339 time such as `2026-12-31T00:00:00Z`.
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^\d{4}-\d{2}-\d{2}([Tt].+)?$")
+    )]
     pub exclude_until: Option<Spanned<String>>,
+    /// `suspend_computes` only: start the endpoints this job suspended again when their
+    /// window ends.
+    #[schemars(with = "Option<bool>", extend("default" = false))]
     pub resume: Option<Spanned<bool>>,
 
     // collect_consumption
+    /// `collect_consumption` only: time bucket of the consumption samples fetched.
+    #[schemars(with = "Option<Granularity>", extend("default" = "hourly"))]
     pub granularity: Option<Spanned<Granularity>>,
+    /// `collect_consumption` only (and required there): the Neon consumption metrics to
+    /// collect, named as the `endpoint` names them: for `v2` e.g. `compute_unit_seconds`,
+    /// `root_branch_bytes_month`, `child_branch_bytes_month`, `public_network_transfer_bytes`;
+    /// for `legacy` e.g. `active_time_seconds`, `compute_time_seconds`, `written_data_bytes`.
+    #[schemars(with = "Option<Vec<String>>", length(min = 1))]
     pub metrics: Option<Spanned<Vec<String>>>,
+    /// `collect_consumption` only: the Neon organization whose consumption is collected.
+    /// Required unless `endpoint = "legacy"` (Neon's v2 endpoint needs it).
+    #[schemars(with = "Option<String>")]
     pub org_id: Option<Spanned<String>>,
+    /// `collect_consumption` only: which of Neon's consumption endpoints to poll; it depends
+    /// on the account's plan.
+    #[schemars(with = "Option<ConsumptionEndpoint>", extend("default" = "v2"))]
     pub endpoint: Option<Spanned<ConsumptionEndpoint>>,
+    /// `collect_consumption` only: per-project gauges are exported for at most this many
+    /// projects; the rest are summed as `other` (bounds metric cardinality).
+    #[schemars(with = "Option<u32>", extend("default" = 50))]
     pub max_projects_exported: Option<Spanned<usize>>,
+    /// `collect_consumption` only: price per unit of each metric (metric name = price), for
+    /// the estimated-cost gauge.
+    #[schemars(with = "Option<BTreeMap<String, NonNegative>>")]
     pub prices: Option<Spanned<BTreeMap<String, f64>>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[jobs.projects]`: which projects a job looks at. Every list empty: all projects.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Projects")]
 pub struct RawProjects {
+    /// Only these project ids.
     #[serde(default)]
     pub ids: Vec<String>,
+    /// Only the projects of this Neon organization.
     pub org_id: Option<String>,
+    /// Only projects whose name matches one of these globs (`prod-*`).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub names: Vec<Spanned<String>>,
+    /// Only projects whose name matches this regular expression.
+    #[schemars(with = "Option<String>")]
     pub name_regex: Option<Spanned<String>>,
+    /// Never these project ids.
     #[serde(default)]
     pub exclude_ids: Vec<String>,
+    /// Never projects whose name matches one of these globs.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub exclude_names: Vec<Spanned<String>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[jobs.branches]`: which branches a job looks at. Every list empty: all branches.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Branches")]
 pub struct RawBranches {
+    /// Only branches whose name matches one of these globs (`preview/*`, `pr-*`).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub names: Vec<Spanned<String>>,
+    /// Never branches whose name matches one of these globs.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub exclude: Vec<Spanned<String>>,
+    /// Only branches created longer ago than this.
     pub older_than: Option<Dur>,
+    /// Only branches without activity for this long.
     pub inactive_for: Option<Dur>,
+    /// `true`: only each project's default branch; `false`: never it. Absent: both.
     pub default: Option<bool>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[jobs.endpoints]` (`suspend_computes` only): which compute endpoints a job looks at.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Endpoints")]
 pub struct RawEndpoints {
+    /// Only endpoints of this type. Absent: both.
     #[serde(rename = "type")]
     pub endpoint_type: Option<EndpointType>,
+    /// Only endpoints attached to a branch whose name matches one of these globs.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub branches: Vec<Spanned<String>>,
 }
 
-#[derive(Deserialize, Default)]
+/// `[jobs.retention]` (`snapshot_branches` only): which of the snapshots the job created to
+/// keep, as `restic forget` does; the rest are deleted. All absent: keep everything.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Retention")]
 pub struct RawRetention {
+    /// Keep the newest this many snapshots.
     pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last this many hours that have one.
     pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last this many days that have one.
     pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last this many weeks that have one.
     pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last this many months that have one.
     pub keep_monthly: Option<u32>,
 }
