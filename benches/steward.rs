@@ -281,7 +281,10 @@ impl Drop for BenchSim {
 }
 
 async fn start_sim(rate: RateLimitConfig, seed: impl FnOnce(&mut SimState)) -> Result<BenchSim> {
-    let config = SimConfig::default().rate_limit(rate);
+    start_sim_with(SimConfig::default().rate_limit(rate), seed).await
+}
+
+async fn start_sim_with(config: SimConfig, seed: impl FnOnce(&mut SimState)) -> Result<BenchSim> {
     let mut state = config.build_state()?;
     seed(&mut state);
     let key = state
@@ -419,6 +422,7 @@ async fn bench_client(plan: &Plan, r: &mut Report) -> Result<()> {
     let http = reqwest::Client::new();
 
     let (mut raw_t, mut cli_t, mut big_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_sim, mut cli_sim) = (Vec::new(), Vec::new());
     let mut requests = (0, 0, 0);
     let c100 = client(&sim, 100)?;
     let c_big = client(&sim, 10_000)?;
@@ -430,6 +434,7 @@ async fn bench_client(plan: &Plan, r: &mut Report) -> Result<()> {
         let t = Instant::now();
         let got = raw_list(&http, &sim, &project, 100).await?;
         raw_t.push(t.elapsed());
+        raw_sim.push(sim.counter.busy());
         requests.0 = sim.counter.total();
         if got != n {
             bail!("raw listing saw {got} branches, expected {n}");
@@ -439,6 +444,7 @@ async fn bench_client(plan: &Plan, r: &mut Report) -> Result<()> {
         let t = Instant::now();
         let got: Vec<_> = c100.list_branches(&pid).try_collect().await?;
         cli_t.push(t.elapsed());
+        cli_sim.push(sim.counter.busy());
         requests.1 = sim.counter.total();
         if got.len() != n {
             bail!("client listing saw {} branches, expected {n}", got.len());
@@ -750,6 +756,32 @@ async fn bench_plan(plan: &Plan, r: &mut Report) -> Result<()> {
         }
         per_branch.push((branches, t, (t - busy).max(1e-9)));
 
+        // The same account with nothing due: listing and deciding, no ledger writes.
+        if i + 1 == plan.plan_sizes.len() {
+            let idle = job(&EXPIRE_POLICY.replace("ttl = \"7d\"", "ttl = \"3650d\""))?;
+            let mut times = Vec::new();
+            for k in 0..plan.samples {
+                let run = dry_run(&env, &idle, now, 50 + k as u32).await?;
+                if run.planned != 0 {
+                    bail!("the nothing-due policy planned {} actions", run.planned);
+                }
+                times.push(run.elapsed);
+            }
+            let t0 = median(times).as_secs_f64();
+            r.add(
+                s,
+                format!("expire dry run {label}, nothing due: time per run"),
+                t0 * 1e3,
+                "ms",
+            );
+            r.add(
+                s,
+                format!("expire dry run {label}: ledger share of the run (1 - nothing-due/run)"),
+                (1.0 - t0 / t).max(0.0),
+                "fraction",
+            );
+        }
+
         // The other planned jobs on the middle size: their request pattern per project.
         if i == plan.plan_sizes.len() / 2 {
             for (name, policy) in [("snapshot", SNAPSHOT_POLICY), ("suspend", SUSPEND_POLICY)] {
@@ -801,7 +833,13 @@ async fn bench_plan(plan: &Plan, r: &mut Report) -> Result<()> {
 async fn bench_act(r: &mut Report) -> Result<()> {
     let s = "plan";
     let projects = 5;
-    let sim = start_sim(unthrottled(), |st| seed_account(st, projects, 20)).await?;
+    // Real clock and operations that take 20 ms, so the client has running operations to
+    // wait for, as with Neon (where they take seconds).
+    let config = SimConfig::default()
+        .rate_limit(unthrottled())
+        .real_clock()
+        .operation_duration(Duration::from_millis(20));
+    let sim = start_sim_with(config, |st| seed_account(st, projects, 20)).await?;
     let dir = tempfile::tempdir()?;
     let env = job_env(&sim, dir.path()).await?;
     let now = sim.app.state.lock().now();
@@ -872,6 +910,52 @@ async fn bench_act(r: &mut Report) -> Result<()> {
                 .join(", ")
         ),
     );
+    Ok(())
+}
+
+/// The suspend job lists each project's operations to find running ones: its request count
+/// per project as the project's operation history grows (every compute start and suspend is
+/// an operation, so busy projects collect thousands).
+async fn bench_suspend_history(r: &mut Report) -> Result<()> {
+    let s = "plan";
+    let projects = 10;
+    let suspend = job(SUSPEND_POLICY)?;
+    for history in [0usize, 300, 1_000] {
+        let sim = start_sim(unthrottled(), |st| {
+            seed_account(st, projects, 20);
+            let eps: Vec<(String, String, String)> = st
+                .endpoints
+                .values()
+                .map(|e| (e.project_id.clone(), e.branch_id.clone(), e.id.clone()))
+                .collect();
+            let mut per_project: BTreeMap<String, usize> = BTreeMap::new();
+            for (p, b, e) in eps {
+                let n = per_project.entry(p.clone()).or_default();
+                while *n < history {
+                    let action = if *n % 2 == 0 {
+                        "start_compute"
+                    } else {
+                        "suspend_compute"
+                    };
+                    st.push_operation(&p, Some(&b), Some(&e), action);
+                    *n += 1;
+                }
+            }
+        })
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let env = job_env(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        sim.counter.reset();
+        dry_run(&env, &suspend, now, 0).await?;
+        let req = sim.counter.total() as f64;
+        r.add(
+            s,
+            format!("suspend dry run {projects}x20, {history} past ops/project: req/project"),
+            req / projects as f64,
+            "req/project",
+        );
+    }
     Ok(())
 }
 
@@ -1276,6 +1360,7 @@ fn main() -> Result<()> {
         if want("plan") {
             bench_plan(&plan, &mut report).await?;
             bench_act(&mut report).await?;
+            bench_suspend_history(&mut report).await?;
         }
         if want("store") {
             bench_store(&plan, &mut report).await?;
