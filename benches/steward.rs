@@ -485,6 +485,21 @@ async fn bench_client(plan: &Plan, r: &mut Report) -> Result<()> {
         cli.as_secs_f64() / raw.as_secs_f64(),
         "x",
     );
+    // Both include the same emulator work; without it the ratio is the client's own cost.
+    let (raw_sim, cli_sim) = (median(raw_sim), median(cli_sim));
+    r.add(
+        s,
+        "of which inside neon-sim (client listing)",
+        cli_sim.as_secs_f64() * 1e3,
+        "ms",
+    );
+    let own = |total: Duration, sim: Duration| total.saturating_sub(sim).as_secs_f64().max(1e-9);
+    r.add(
+        s,
+        "client-side ratio ((client - sim) / (raw - sim))",
+        own(cli, cli_sim) / own(raw, raw_sim),
+        "x",
+    );
     r.add(
         s,
         "client branches/s (page 100)",
