@@ -1,0 +1,1396 @@
+//! `cargo bench --bench steward [-- --quick]`: figures and ratios for neon-steward.
+//!
+//! A small hand-written harness (no criterion): every figure is the median of a few samples,
+//! printed as a table and written to `target/bench/steward.json` so two commits can be
+//! compared. Everything talks over loopback to an in-process neon-sim. The machines this runs
+//! on are small and shared, so the *ratios* are the figures to trust; absolute times move
+//! with the neighbours. See `docs/BENCHMARKS.md` for what each figure means.
+//!
+//! Sections:
+//! 1. client: listing N branches through `NeonClient::list_branches` vs raw reqwest GETs of
+//!    the same pages; what the same request count costs under Neon's 700 requests/minute.
+//! 2. plan: `expire_branches` dry runs over accounts of growing size; requests per project.
+//! 3. store: `claim_run`, `begin_action` + `finish_action` on SQLite (and PostgreSQL if a
+//!    server answers).
+//! 4. memory: peak RSS of planning the largest account, measured in a child process so that
+//!    nothing else has grown the heap before.
+//! 5. sim: neon-sim's requests/s for a branch-list page at concurrency 1 vs 8.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::extract::{Request, State as AxState};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
+use neon_sim::ratelimit::RateLimitConfig;
+use neon_sim::state::{EndpointType, State as SimState};
+use neon_sim::{AppState, SharedState, SimConfig};
+use neon_steward::config::{self, JobConfig};
+use neon_steward::jobs::{run_job, JobEnv, RunContext};
+use neon_steward::neon::{ClientConfig, NeonClient, ProjectId};
+use neon_steward::secret::Secret;
+use neon_steward::store::{self, ActionOutcome, NewAction, NewRun, RunStatus, Store, Trigger};
+use serde::Deserialize;
+
+/// Neon's documented limits, as the client enforces them by default (`ClientConfig::new`).
+const NEON_PER_MINUTE: f64 = 700.0;
+const NEON_BURST: f64 = 40.0;
+
+/// The settings of one run of the whole bench.
+#[derive(Debug, Clone)]
+struct Plan {
+    quick: bool,
+    /// Samples per figure (the median is reported).
+    samples: usize,
+    /// Branches in the project listed by section 1.
+    list_branches: usize,
+    /// Account sizes (projects) of section 2; each project has `branches_per_project`.
+    plan_sizes: Vec<usize>,
+    branches_per_project: usize,
+    store_actions: usize,
+    store_runs: usize,
+    pg_actions: usize,
+    sim_requests: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                samples: 1,
+                list_branches: 500,
+                plan_sizes: vec![10, 40],
+                branches_per_project: 20,
+                store_actions: 500,
+                store_runs: 100,
+                pg_actions: 200,
+                sim_requests: 200,
+            }
+        } else {
+            Plan {
+                quick,
+                samples: 3,
+                list_branches: 2_000,
+                plan_sizes: vec![10, 50, 200],
+                branches_per_project: 20,
+                store_actions: 5_000,
+                store_runs: 500,
+                pg_actions: 2_000,
+                sim_requests: 1_500,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------- report
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    section: &'static str,
+    name: String,
+    value: f64,
+    unit: &'static str,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) {
+        let row = Row {
+            section,
+            name: name.into(),
+            value,
+            unit,
+        };
+        // Print as we go: a slow section still shows what the earlier ones measured.
+        println!(
+            "{:<8} {:<58} {:>14} {}",
+            row.section,
+            row.name,
+            fmt_value(row.value),
+            row.unit
+        );
+        self.rows.push(row);
+    }
+
+    fn note(&mut self, section: &'static str, text: impl Into<String>) {
+        let text = text.into();
+        println!("{section:<8} note: {text}");
+        self.notes.push(format!("{section}: {text}"));
+    }
+
+    fn write_json(&self, plan: &Plan, path: &Path) -> Result<()> {
+        let commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let doc = serde_json::json!({
+            "bench": "steward",
+            "date": Utc::now().to_rfc3339(),
+            "commit": commit,
+            "quick": plan.quick,
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "results": self.rows,
+            "notes": self.notes,
+        });
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.2e}")
+    } else if v.abs() < 100.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Seconds `requests` requests take when sent as fast as Neon allows: the client's bucket
+/// lets a burst of 40 through, then 700 per minute.
+fn secs_at_neon_limit(requests: f64) -> f64 {
+    (requests - NEON_BURST).max(0.0) * 60.0 / NEON_PER_MINUTE
+}
+
+// ---------------------------------------------------------------- emulator with a counter
+
+/// Requests the emulator received, by `METHOD /path/template` (ids replaced by `{id}`), and
+/// how many did not answer 2xx (a benchmark that hits 429s or errors measures the wrong thing).
+#[derive(Clone, Default)]
+struct Counter(Arc<Mutex<CounterInner>>);
+
+#[derive(Default)]
+struct CounterInner {
+    by_route: BTreeMap<String, u64>,
+    not_ok: u64,
+    /// Time spent inside the emulator (handler, model, JSON), summed over requests.
+    busy: Duration,
+}
+
+impl Counter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CounterInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn total(&self) -> u64 {
+        self.lock().by_route.values().sum()
+    }
+    fn not_ok(&self) -> u64 {
+        self.lock().not_ok
+    }
+    fn busy(&self) -> Duration {
+        self.lock().busy
+    }
+    fn by_route(&self) -> BTreeMap<String, u64> {
+        self.lock().by_route.clone()
+    }
+    fn reset(&self) {
+        *self.lock() = CounterInner::default();
+    }
+}
+
+async fn count_layer(AxState(c): AxState<Counter>, req: Request, next: Next) -> Response {
+    let key = req
+        .uri()
+        .path()
+        .strip_prefix("/api/v2")
+        .map(|p| format!("{} {}", req.method(), route_template(p)));
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    let spent = t.elapsed();
+    if let Some(key) = key {
+        let mut c = c.lock();
+        c.busy += spent;
+        *c.by_route.entry(key).or_default() += 1;
+        if !resp.status().is_success() {
+            c.not_ok += 1;
+        }
+    }
+    resp
+}
+
+/// `/projects/p-1/branches/br-2` -> `/projects/{id}/branches/{id}`.
+fn route_template(path: &str) -> String {
+    const COLLECTIONS: &[&str] = &[
+        "projects",
+        "branches",
+        "endpoints",
+        "operations",
+        "snapshots",
+        "databases",
+        "roles",
+        "organizations",
+    ];
+    let mut out = String::new();
+    let mut after_collection = false;
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        if after_collection && seg != "count" {
+            out.push_str("{id}");
+            after_collection = false;
+        } else {
+            out.push_str(seg);
+            after_collection = COLLECTIONS.contains(&seg);
+        }
+    }
+    out
+}
+
+/// neon-sim on 127.0.0.1:0, its router wrapped in the request counter.
+struct BenchSim {
+    base: String,
+    key: String,
+    counter: Counter,
+    app: AppState,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BenchSim {
+    fn drop(&mut self) {
+        self.app.faults.shutdown();
+        self.server.abort();
+    }
+}
+
+async fn start_sim(rate: RateLimitConfig, seed: impl FnOnce(&mut SimState)) -> Result<BenchSim> {
+    start_sim_with(SimConfig::default().rate_limit(rate), seed).await
+}
+
+async fn start_sim_with(config: SimConfig, seed: impl FnOnce(&mut SimState)) -> Result<BenchSim> {
+    let mut state = config.build_state()?;
+    seed(&mut state);
+    let key = state
+        .api_keys
+        .iter()
+        .find(|k| !k.revoked)
+        .map(|k| k.secret.clone())
+        .context("the emulator's state has no API key")?;
+    let app = AppState::new(SharedState::new(state), Arc::new(config));
+    let counter = Counter::default();
+    let service = neon_sim::router(app.clone())
+        .layer(middleware::from_fn_with_state(counter.clone(), count_layer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, service).await {
+            eprintln!("neon-sim stopped: {e}");
+        }
+    });
+    Ok(BenchSim {
+        base: format!("http://{addr}/api/v2"),
+        key,
+        counter,
+        app,
+        server,
+    })
+}
+
+/// A sim whose limits never bite (Neon's x1000): we measure our code, not the bucket.
+fn unthrottled() -> RateLimitConfig {
+    RateLimitConfig::scaled(1_000)
+}
+
+fn client(sim: &BenchSim, page_size: u32) -> Result<NeonClient> {
+    let mut cc = ClientConfig::new(sim.base.clone(), Secret::new(sim.key.clone()));
+    // The client's own bucket would space requests at Neon's pace; the bench measures CPU
+    // and converts request counts to Neon time separately (`secs_at_neon_limit`).
+    cc.rate_limit_per_minute = 100_000_000;
+    cc.burst = 1_000_000;
+    cc.page_size = page_size;
+    cc.poll_initial = Duration::from_millis(1);
+    cc.poll_max = Duration::from_millis(5);
+    Ok(NeonClient::new(cc)?)
+}
+
+/// `projects` projects, each with `main` (with a compute) and `branches - 1` preview
+/// branches aged 0-29 days; every fifth is a child of the previous preview branch (so the
+/// tree rules have parents to keep) and every fourth has a compute.
+fn seed_account(state: &mut SimState, projects: usize, branches: usize) {
+    let now = state.now();
+    let days = |d: i64| now - TimeDelta::days(d);
+    for p in 0..projects {
+        let (project, main) = state.insert_project(&format!("bench-{p:04}"), None, days(90));
+        state.insert_endpoint(&main.id, EndpointType::ReadWrite, days(90));
+        let mut prev: Option<String> = None;
+        for i in 1..branches {
+            let created = days(((i * 37 + p) % 30) as i64);
+            let parent = if i % 5 == 0 { prev.clone() } else { None };
+            let parent = parent.unwrap_or_else(|| main.id.clone());
+            let b = state.insert_branch(
+                &project.id,
+                &format!("preview/pr-{i}"),
+                Some(&parent),
+                created,
+            );
+            if i % 4 == 0 {
+                state.insert_endpoint(&b.id, EndpointType::ReadWrite, created);
+            }
+            prev = Some(b.id);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------- 1. client
+
+/// The least a raw client must read from a page: the item count and the cursor.
+#[derive(Deserialize)]
+struct RawPage {
+    branches: Vec<serde::de::IgnoredAny>,
+    pagination: Option<RawPagination>,
+}
+
+#[derive(Deserialize)]
+struct RawPagination {
+    next: Option<String>,
+}
+
+async fn raw_list(
+    http: &reqwest::Client,
+    sim: &BenchSim,
+    project: &str,
+    limit: usize,
+) -> Result<usize> {
+    let url = format!("{}/projects/{project}/branches", sim.base);
+    let mut cursor: Option<String> = None;
+    let mut n = 0;
+    loop {
+        let mut q: Vec<(&str, String)> = vec![
+            ("limit", limit.to_string()),
+            ("sort_by", "created_at".into()),
+            ("sort_order", "asc".into()),
+        ];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let resp = http
+            .get(&url)
+            .bearer_auth(&sim.key)
+            .query(&q)
+            .send()
+            .await?
+            .error_for_status()?;
+        let page: RawPage = serde_json::from_slice(&resp.bytes().await?)?;
+        n += page.branches.len();
+        match page.pagination.and_then(|p| p.next) {
+            Some(c) if page.branches.len() >= limit => cursor = Some(c),
+            _ => return Ok(n),
+        }
+    }
+}
+
+async fn bench_client(plan: &Plan, r: &mut Report) -> Result<()> {
+    let n = plan.list_branches;
+    let sim = start_sim(unthrottled(), |s| seed_account(s, 1, n)).await?;
+    let project = sim
+        .app
+        .state
+        .lock()
+        .projects
+        .keys()
+        .next()
+        .cloned()
+        .context("one project")?;
+    let pid = ProjectId::from(project.as_str());
+    let http = reqwest::Client::new();
+
+    let (mut raw_t, mut cli_t, mut big_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_sim, mut cli_sim) = (Vec::new(), Vec::new());
+    let mut requests = (0, 0, 0);
+    let c100 = client(&sim, 100)?;
+    let c_big = client(&sim, 10_000)?;
+    // One warm-up of each (connection set-up, first-use allocations).
+    raw_list(&http, &sim, &project, 100).await?;
+    let _: Vec<_> = c100.list_branches(&pid).try_collect().await?;
+    for _ in 0..plan.samples.max(3) {
+        sim.counter.reset();
+        let t = Instant::now();
+        let got = raw_list(&http, &sim, &project, 100).await?;
+        raw_t.push(t.elapsed());
+        raw_sim.push(sim.counter.busy());
+        requests.0 = sim.counter.total();
+        if got != n {
+            bail!("raw listing saw {got} branches, expected {n}");
+        }
+
+        sim.counter.reset();
+        let t = Instant::now();
+        let got: Vec<_> = c100.list_branches(&pid).try_collect().await?;
+        cli_t.push(t.elapsed());
+        cli_sim.push(sim.counter.busy());
+        requests.1 = sim.counter.total();
+        if got.len() != n {
+            bail!("client listing saw {} branches, expected {n}", got.len());
+        }
+
+        sim.counter.reset();
+        let t = Instant::now();
+        let got: Vec<_> = c_big.list_branches(&pid).try_collect().await?;
+        big_t.push(t.elapsed());
+        requests.2 = sim.counter.total();
+        if got.len() != n {
+            bail!(
+                "client listing (big pages) saw {} branches, expected {n}",
+                got.len()
+            );
+        }
+    }
+    if sim.counter.not_ok() > 0 {
+        bail!("{} requests did not answer 2xx", sim.counter.not_ok());
+    }
+    let (raw, cli, big) = (median(raw_t), median(cli_t), median(big_t));
+    let s = "client";
+    r.add(
+        s,
+        format!("list {n} branches, raw reqwest (page 100)"),
+        raw.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.add(
+        s,
+        format!("list {n} branches, NeonClient (page 100)"),
+        cli.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.add(
+        s,
+        "client overhead ratio (client / raw)",
+        cli.as_secs_f64() / raw.as_secs_f64(),
+        "x",
+    );
+    // Both include the same emulator work; without it the ratio is the client's own cost.
+    let (raw_sim, cli_sim) = (median(raw_sim), median(cli_sim));
+    r.add(
+        s,
+        "of which inside neon-sim (client listing)",
+        cli_sim.as_secs_f64() * 1e3,
+        "ms",
+    );
+    let own = |total: Duration, sim: Duration| total.saturating_sub(sim).as_secs_f64().max(1e-9);
+    r.add(
+        s,
+        "client-side ratio ((client - sim) / (raw - sim))",
+        own(cli, cli_sim) / own(raw, raw_sim),
+        "x",
+    );
+    r.add(
+        s,
+        "client branches/s (page 100)",
+        n as f64 / cli.as_secs_f64(),
+        "branches/s",
+    );
+    r.add(
+        s,
+        "client requests per listing (page 100)",
+        requests.1 as f64,
+        "requests",
+    );
+    r.add(
+        s,
+        "raw requests per listing (page 100)",
+        requests.0 as f64,
+        "requests",
+    );
+    r.add(
+        s,
+        format!("list {n} branches, NeonClient (page_size 10000)"),
+        big.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.add(
+        s,
+        "requests per listing (page_size 10000)",
+        requests.2 as f64,
+        "requests",
+    );
+    r.add(
+        s,
+        "page 100 / page 10000 time ratio",
+        cli.as_secs_f64() / big.as_secs_f64(),
+        "x",
+    );
+    // The same requests paced by Neon: with the client's bucket empty (the middle of a long
+    // run) every request costs 60/700 s. The ratio is how much longer the real API makes the
+    // listing than our own work does.
+    let neon = requests.1 as f64 * 60.0 / NEON_PER_MINUTE;
+    r.add(s, "this listing at Neon's 700/min, bucket empty", neon, "s");
+    r.add(
+        s,
+        "Neon-paced / unthrottled time ratio",
+        neon / cli.as_secs_f64(),
+        "x",
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------- 2. plan
+
+const EXPIRE_POLICY: &str = r#"
+[api]
+concurrency = 4
+
+[[jobs]]
+name = "expire-previews"
+kind = "expire_branches"
+every = "15m"
+ttl = "7d"
+mode = "delete"
+[jobs.branches]
+names = ["preview/*"]
+"#;
+
+const SNAPSHOT_POLICY: &str = r#"
+[api]
+concurrency = 4
+
+[[jobs]]
+name = "nightly"
+kind = "snapshot_branches"
+schedule = "0 3 * * *"
+timezone = "Europe/Berlin"
+name_template = "{branch}-snap-{date}-{time}"
+[jobs.branches]
+default = true
+[jobs.retention]
+keep_last = 2
+"#;
+
+const SUSPEND_POLICY: &str = r#"
+[api]
+concurrency = 4
+
+[[jobs]]
+name = "suspend-nights"
+kind = "suspend_computes"
+every = "10m"
+idle_for = "1h"
+"#;
+
+fn job(policy: &str) -> Result<Arc<JobConfig>> {
+    let cfg = config::parse_with_env(Path::new("bench.toml"), policy, &|k| {
+        (k == "NEON_API_KEY").then(|| "bench-key-not-used".to_string())
+    })
+    .map_err(|e| anyhow::anyhow!("bench policy: {e}"))?;
+    cfg.jobs
+        .first()
+        .cloned()
+        .context("the bench policy has a job")
+}
+
+struct PlanRun {
+    elapsed: Duration,
+    planned: i64,
+    skipped: i64,
+}
+
+async fn dry_run(env: &JobEnv, job: &JobConfig, now: DateTime<Utc>, tick: u32) -> Result<PlanRun> {
+    let scheduled_for = now + TimeDelta::minutes(i64::from(tick));
+    let run_id = env
+        .store
+        .claim_run(&NewRun {
+            job: job.name.clone(),
+            kind: job.kind.as_str().to_string(),
+            scheduled_for,
+            trigger: Trigger::Manual,
+            dry_run: true,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await?
+        .context("a fresh tick is always claimable")?;
+    let t = Instant::now();
+    let res = run_job(
+        env,
+        job,
+        RunContext {
+            run_id,
+            scheduled_for,
+            now,
+            dry_run: true,
+        },
+    )
+    .await;
+    let elapsed = t.elapsed();
+    if res.status != RunStatus::Succeeded {
+        bail!(
+            "dry run of {} ended {:?}: {:?}",
+            job.name,
+            res.status,
+            res.error
+        );
+    }
+    Ok(PlanRun {
+        elapsed,
+        planned: res.counts.planned,
+        skipped: res.counts.skipped,
+    })
+}
+
+async fn job_env(sim: &BenchSim, dir: &Path) -> Result<JobEnv> {
+    let url = format!("sqlite://{}", dir.join("plan.db").display());
+    Ok(JobEnv {
+        client: client(sim, 100)?,
+        store: store::open(&url).await?,
+        concurrency: 4,
+        operation_deadline: Duration::from_secs(30),
+    })
+}
+
+async fn bench_plan(plan: &Plan, r: &mut Report) -> Result<()> {
+    let s = "plan";
+    let expire = job(EXPIRE_POLICY)?;
+    let bpp = plan.branches_per_project;
+    let mut per_branch: Vec<(usize, f64, f64)> = Vec::new();
+    for (i, &projects) in plan.plan_sizes.iter().enumerate() {
+        let sim = start_sim(unthrottled(), |st| seed_account(st, projects, bpp)).await?;
+        let dir = tempfile::tempdir()?;
+        let env = job_env(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        dry_run(&env, &expire, now, 0).await?; // warm-up
+        let mut times = Vec::new();
+        let mut last = None;
+        let mut requests = 0;
+        let mut sim_busy = Vec::new();
+        for k in 0..plan.samples {
+            sim.counter.reset();
+            let run = dry_run(&env, &expire, now, 1 + k as u32).await?;
+            requests = sim.counter.total();
+            sim_busy.push(sim.counter.busy());
+            times.push(run.elapsed);
+            last = Some(run);
+        }
+        if sim.counter.not_ok() > 0 {
+            bail!("{} requests did not answer 2xx", sim.counter.not_ok());
+        }
+        let run = last.context("at least one sample")?;
+        let t = median(times).as_secs_f64();
+        let branches = projects * bpp;
+        let label = format!("{projects}x{bpp}");
+        r.add(
+            s,
+            format!("expire dry run {label}: time per run"),
+            t * 1e3,
+            "ms",
+        );
+        r.add(
+            s,
+            format!("expire dry run {label}: time per branch"),
+            t * 1e6 / branches as f64,
+            "us",
+        );
+        let busy = median(sim_busy).as_secs_f64();
+        r.add(
+            s,
+            format!("expire dry run {label}: of which inside neon-sim"),
+            busy * 1e3,
+            "ms",
+        );
+        r.add(
+            s,
+            format!("expire dry run {label}: steward time per branch (run - sim)"),
+            (t - busy).max(0.0) * 1e6 / branches as f64,
+            "us",
+        );
+        r.add(
+            s,
+            format!("expire dry run {label}: actions planned"),
+            run.planned as f64,
+            "actions",
+        );
+        r.add(
+            s,
+            format!("expire dry run {label}: skips recorded"),
+            run.skipped as f64,
+            "actions",
+        );
+        r.add(
+            s,
+            format!("expire dry run {label}: API requests"),
+            requests as f64,
+            "requests",
+        );
+        r.add(
+            s,
+            format!("expire dry run {label}: requests per project"),
+            requests as f64 / projects as f64,
+            "req/project",
+        );
+        let neon = secs_at_neon_limit(requests as f64);
+        r.add(
+            s,
+            format!("expire dry run {label}: time at Neon's 700/min"),
+            neon,
+            "s",
+        );
+        r.add(
+            s,
+            format!("expire dry run {label}: Neon time / measured"),
+            neon / t,
+            "x",
+        );
+        if i + 1 == plan.plan_sizes.len() {
+            r.note(
+                s,
+                format!(
+                    "requests by route ({label}): {}",
+                    sim.counter
+                        .by_route()
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        per_branch.push((branches, t, (t - busy).max(1e-9)));
+
+        // The same account with nothing due: listing and deciding, no ledger writes.
+        if i + 1 == plan.plan_sizes.len() {
+            let idle = job(&EXPIRE_POLICY.replace("ttl = \"7d\"", "ttl = \"3650d\""))?;
+            let mut times = Vec::new();
+            for k in 0..plan.samples {
+                let run = dry_run(&env, &idle, now, 50 + k as u32).await?;
+                if run.planned != 0 {
+                    bail!("the nothing-due policy planned {} actions", run.planned);
+                }
+                times.push(run.elapsed);
+            }
+            let t0 = median(times).as_secs_f64();
+            r.add(
+                s,
+                format!("expire dry run {label}, nothing due: time per run"),
+                t0 * 1e3,
+                "ms",
+            );
+            r.add(
+                s,
+                format!("expire dry run {label}: ledger share of the run (1 - nothing-due/run)"),
+                (1.0 - t0 / t).max(0.0),
+                "fraction",
+            );
+        }
+
+        // The other planned jobs on the middle size: their request pattern per project.
+        if i == plan.plan_sizes.len() / 2 {
+            for (name, policy) in [("snapshot", SNAPSHOT_POLICY), ("suspend", SUSPEND_POLICY)] {
+                let j = job(policy)?;
+                sim.counter.reset();
+                dry_run(&env, &j, now, 100).await?;
+                let req = sim.counter.total();
+                r.add(
+                    s,
+                    format!("{name} dry run {label}: requests per project"),
+                    req as f64 / projects as f64,
+                    "req/project",
+                );
+            }
+        }
+    }
+    if let (Some(first), Some(last)) = (per_branch.first(), per_branch.last()) {
+        if last.0 > first.0 {
+            r.add(
+                s,
+                format!(
+                    "scaling: time ratio {}b / {}b (size ratio {:.0})",
+                    last.0,
+                    first.0,
+                    last.0 as f64 / first.0 as f64
+                ),
+                last.1 / first.1,
+                "x",
+            );
+            r.add(
+                s,
+                "scaling: per-branch time ratio largest / smallest (1 = linear)",
+                (last.1 / last.0 as f64) / (first.1 / first.0 as f64),
+                "x",
+            );
+            r.add(
+                s,
+                "scaling: same, steward time only (run - sim)",
+                (last.2 / last.0 as f64) / (first.2 / first.0 as f64),
+                "x",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Requests a real (not dry) expire run makes per deleted branch: the mutation plus the
+/// operation polls. Small account, the sim finishes operations on the next request.
+async fn bench_act(r: &mut Report) -> Result<()> {
+    let s = "plan";
+    let projects = 5;
+    // Real clock and operations that take 20 ms, so the client has running operations to
+    // wait for, as with Neon (where they take seconds).
+    let config = SimConfig::default()
+        .rate_limit(unthrottled())
+        .real_clock()
+        .operation_duration(Duration::from_millis(20));
+    let sim = start_sim_with(config, |st| seed_account(st, projects, 20)).await?;
+    let dir = tempfile::tempdir()?;
+    let env = job_env(&sim, dir.path()).await?;
+    let now = sim.app.state.lock().now();
+    let expire = job(EXPIRE_POLICY)?;
+    // The planning requests, counted on a dry run of the same account.
+    sim.counter.reset();
+    dry_run(&env, &expire, now, 1).await?;
+    let planning = sim.counter.total() as f64;
+    let run_id = env
+        .store
+        .claim_run(&NewRun {
+            job: expire.name.clone(),
+            kind: expire.kind.as_str().to_string(),
+            scheduled_for: now,
+            trigger: Trigger::Manual,
+            dry_run: false,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await?
+        .context("fresh tick")?;
+    sim.counter.reset();
+    let t = Instant::now();
+    let res = run_job(
+        &env,
+        &expire,
+        RunContext {
+            run_id,
+            scheduled_for: now,
+            now,
+            dry_run: false,
+        },
+    )
+    .await;
+    let elapsed = t.elapsed();
+    if res.status != RunStatus::Succeeded {
+        bail!("real expire run ended {:?}: {:?}", res.status, res.error);
+    }
+    let deleted = res.counts.succeeded.max(1) as f64;
+    let by_route = sim.counter.by_route();
+    let total = sim.counter.total() as f64;
+    r.add(
+        s,
+        format!("real expire run {projects}x20: branches deleted"),
+        deleted,
+        "branches",
+    );
+    r.add(
+        s,
+        format!("real expire run {projects}x20: time"),
+        elapsed.as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.add(
+        s,
+        "real expire run: requests per deleted branch (after planning)",
+        (total - planning) / deleted,
+        "req/branch",
+    );
+    r.note(
+        s,
+        format!(
+            "real expire run requests by route: {}",
+            by_route
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    Ok(())
+}
+
+/// The suspend job lists each project's operations to find running ones: its request count
+/// per project as the project's operation history grows (every compute start and suspend is
+/// an operation, so busy projects collect thousands).
+async fn bench_suspend_history(r: &mut Report) -> Result<()> {
+    let s = "plan";
+    let projects = 10;
+    let suspend = job(SUSPEND_POLICY)?;
+    for history in [0usize, 300, 1_000] {
+        let sim = start_sim(unthrottled(), |st| {
+            seed_account(st, projects, 20);
+            let eps: Vec<(String, String, String)> = st
+                .endpoints
+                .values()
+                .map(|e| (e.project_id.clone(), e.branch_id.clone(), e.id.clone()))
+                .collect();
+            let mut per_project: BTreeMap<String, usize> = BTreeMap::new();
+            for (p, b, e) in eps {
+                let n = per_project.entry(p.clone()).or_default();
+                while *n < history {
+                    let action = if *n % 2 == 0 {
+                        "start_compute"
+                    } else {
+                        "suspend_compute"
+                    };
+                    st.push_operation(&p, Some(&b), Some(&e), action);
+                    *n += 1;
+                }
+            }
+        })
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let env = job_env(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        sim.counter.reset();
+        dry_run(&env, &suspend, now, 0).await?;
+        let req = sim.counter.total() as f64;
+        r.add(
+            s,
+            format!("suspend dry run {projects}x20, {history} past ops/project: req/project"),
+            req / projects as f64,
+            "req/project",
+        );
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ 3. store
+
+fn action(run_id: i64, i: usize) -> NewAction {
+    NewAction {
+        run_id,
+        job: "bench-store".into(),
+        resource_kind: "branch".into(),
+        resource_id: format!("br-bench-{i:06}"),
+        resource_name: Some(format!("preview/pr-{i}")),
+        project_id: Some("bench-project-0001".into()),
+        action: "delete_branch".into(),
+        rule: Some("ttl".into()),
+        reason: "age 9d > ttl 7d".into(),
+        dry_run: false,
+        outcome: ActionOutcome::Pending,
+    }
+}
+
+fn new_run(i: usize) -> NewRun {
+    NewRun {
+        job: "bench-store".into(),
+        kind: "expire_branches".into(),
+        scheduled_for: DateTime::<Utc>::UNIX_EPOCH + TimeDelta::minutes(i as i64),
+        trigger: Trigger::Schedule,
+        dry_run: false,
+        status: RunStatus::Running,
+        error: None,
+    }
+}
+
+async fn store_figures(
+    r: &mut Report,
+    backend: &'static str,
+    st: Arc<dyn Store>,
+    runs: usize,
+    actions: usize,
+) -> Result<()> {
+    let s = "store";
+    let t = Instant::now();
+    let mut last_run = 0;
+    for i in 0..runs {
+        last_run = st.claim_run(&new_run(i)).await?.context("fresh tick")?;
+    }
+    let claim = t.elapsed();
+    if st.claim_run(&new_run(0)).await?.is_some() {
+        bail!("{backend}: a tick was claimed twice");
+    }
+    r.add(
+        s,
+        format!("{backend}: claim_run ({runs} runs)"),
+        runs as f64 / claim.as_secs_f64(),
+        "runs/s",
+    );
+
+    let t = Instant::now();
+    for i in 0..actions {
+        let id = st.begin_action(&action(last_run, i)).await?;
+        st.finish_action(id, ActionOutcome::Succeeded, Some("recoverable_until=..."))
+            .await?;
+    }
+    let seq = t.elapsed();
+    r.add(
+        s,
+        format!("{backend}: begin+finish_action, 1 writer ({actions})"),
+        actions as f64 / seq.as_secs_f64(),
+        "actions/s",
+    );
+    r.add(
+        s,
+        format!("{backend}: time per action (2 writes)"),
+        seq.as_secs_f64() * 1e6 / actions as f64,
+        "us",
+    );
+
+    // Four writers, as four projects acting at once (`api.concurrency = 4`).
+    let writers = 4;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let st = st.clone();
+        let n = actions / writers;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..n {
+                let id = st
+                    .begin_action(&action(last_run, actions + w * n + i))
+                    .await?;
+                st.finish_action(id, ActionOutcome::Succeeded, None).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let par = t.elapsed();
+    let done = (actions / writers) * writers;
+    r.add(
+        s,
+        format!("{backend}: begin+finish_action, 4 writers ({done})"),
+        done as f64 / par.as_secs_f64(),
+        "actions/s",
+    );
+    r.add(
+        s,
+        format!("{backend}: 4 writers / 1 writer throughput"),
+        seq.as_secs_f64() / actions as f64 / (par.as_secs_f64() / done as f64),
+        "x",
+    );
+    let rows = st.actions_for_run(last_run).await?.len();
+    if rows != actions + done {
+        bail!(
+            "{backend}: {rows} actions stored, expected {}",
+            actions + done
+        );
+    }
+    Ok(())
+}
+
+async fn bench_store(plan: &Plan, r: &mut Report) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let st = store::open(&url).await?;
+    store_figures(r, "sqlite", st, plan.store_runs, plan.store_actions).await?;
+
+    let admin = std::env::var("NEON_STEWARD_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    match pg_database(&admin).await {
+        Ok((url, name)) => {
+            let result = async {
+                let st = store::open(&url).await?;
+                store_figures(
+                    r,
+                    "postgres",
+                    st,
+                    plan.store_runs.min(plan.pg_actions),
+                    plan.pg_actions,
+                )
+                .await
+            }
+            .await;
+            drop_pg_database(&admin, &name).await;
+            result?;
+        }
+        Err(e) => {
+            r.note("store", format!("postgres: skipped: no server ({e})"));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh database on the server (never the shared one), dropped after the bench.
+async fn pg_database(admin_url: &str) -> Result<(String, String)> {
+    use sqlx::Connection;
+    let mut admin = tokio::time::timeout(
+        Duration::from_secs(3),
+        sqlx::PgConnection::connect(admin_url),
+    )
+    .await
+    .context("connect timed out")??;
+    let name = format!("steward_bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let base = admin_url
+        .rsplit_once('/')
+        .context("the postgres URL names a database")?
+        .0;
+    Ok((format!("{base}/{name}"), name))
+}
+
+async fn drop_pg_database(admin_url: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+        {
+            eprintln!("could not drop bench database {name}: {e}");
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------- 4. memory
+
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The child process: seed the largest account, then plan it once. Prints one JSON line.
+async fn memory_probe(projects: usize, bpp: usize) -> Result<()> {
+    let sim = start_sim(unthrottled(), |st| seed_account(st, projects, bpp)).await?;
+    let dir = tempfile::tempdir()?;
+    let env = job_env(&sim, dir.path()).await?;
+    let now = sim.app.state.lock().now();
+    let expire = job(EXPIRE_POLICY)?;
+    // Resetting the high-water mark (Linux >= 4.0) makes "before" the current RSS.
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = proc_status_kb("VmHWM:").context("no VmHWM in /proc/self/status")?;
+    let rss_before = proc_status_kb("VmRSS:").unwrap_or(0);
+    let run = dry_run(&env, &expire, now, 0).await?;
+    let after = proc_status_kb("VmHWM:").context("no VmHWM")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "hwm_before_kb": before, "rss_before_kb": rss_before, "hwm_after_kb": after,
+            "reset": reset, "branches": projects * bpp, "planned": run.planned,
+        })
+    );
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    hwm_before_kb: u64,
+    rss_before_kb: u64,
+    hwm_after_kb: u64,
+    reset: bool,
+    branches: u64,
+}
+
+fn bench_memory(plan: &Plan, r: &mut Report) -> Result<()> {
+    let s = "memory";
+    let projects = *plan.plan_sizes.last().context("a plan size")?;
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "--memory-probe",
+            &projects.to_string(),
+            &plan.branches_per_project.to_string(),
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "memory probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("probe printed no JSON")?;
+    let p: Probe = serde_json::from_str(line)?;
+    let label = format!("{projects}x{}", plan.branches_per_project);
+    r.add(
+        s,
+        format!("RSS before planning {label} (sim seeded)"),
+        p.rss_before_kb as f64 / 1024.0,
+        "MiB",
+    );
+    r.add(
+        s,
+        format!("VmHWM before planning {label}"),
+        p.hwm_before_kb as f64 / 1024.0,
+        "MiB",
+    );
+    r.add(
+        s,
+        format!("VmHWM after planning {label}"),
+        p.hwm_after_kb as f64 / 1024.0,
+        "MiB",
+    );
+    let delta = p.hwm_after_kb.saturating_sub(p.hwm_before_kb) as f64 * 1024.0;
+    r.add(
+        s,
+        "peak growth while planning",
+        delta / (1024.0 * 1024.0),
+        "MiB",
+    );
+    r.add(
+        s,
+        "peak growth per branch (client+jobs+sim pages)",
+        delta / p.branches as f64,
+        "bytes/branch",
+    );
+    if !p.reset {
+        r.note(
+            s,
+            "could not reset VmHWM (/proc/self/clear_refs); 'before' is the peak so far",
+        );
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------- 5. sim
+
+async fn sim_rate(sim: &BenchSim, url: &str, total: usize, conc: usize) -> Result<f64> {
+    let http = reqwest::Client::new();
+    // Warm the connections.
+    for _ in 0..conc {
+        http.get(url)
+            .bearer_auth(&sim.key)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (http, url, key) = (http.clone(), url.to_string(), sim.key.clone());
+        let n = total / conc;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                http.get(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(((total / conc) * conc) as f64 / t.elapsed().as_secs_f64())
+}
+
+async fn bench_sim(plan: &Plan, r: &mut Report) -> Result<()> {
+    let s = "sim";
+    let sim = start_sim(RateLimitConfig::disabled(), |st| seed_account(st, 1, 100)).await?;
+    let project = sim
+        .app
+        .state
+        .lock()
+        .projects
+        .keys()
+        .next()
+        .cloned()
+        .context("one project")?;
+    let url = format!("{}/projects/{project}/branches?limit=100", sim.base);
+    let c1 = sim_rate(&sim, &url, plan.sim_requests, 1).await?;
+    let c8 = sim_rate(&sim, &url, plan.sim_requests, 8).await?;
+    r.add(s, "GET branches (100/page), concurrency 1", c1, "req/s");
+    r.add(s, "GET branches (100/page), concurrency 8", c8, "req/s");
+    r.add(s, "concurrency 8 / concurrency 1", c8 / c1, "x");
+    if sim.counter.not_ok() > 0 {
+        bail!("{} sim requests did not answer 2xx", sim.counter.not_ok());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------- main
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Some(i) = args.iter().position(|a| a == "--memory-probe") {
+        let n = |k: usize| -> Result<usize> {
+            args.get(i + k)
+                .context("--memory-probe PROJECTS BRANCHES")?
+                .parse()
+                .context("a number")
+        };
+        let (projects, bpp) = (n(1)?, n(2)?);
+        return rt.block_on(memory_probe(projects, bpp));
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`; a filter word selects sections.
+    let only: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let want = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o));
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+    println!(
+        "neon-steward bench ({} mode, {} cpus); medians of {} sample(s)\n",
+        if quick { "quick" } else { "full" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        plan.samples
+    );
+    println!("{:<8} {:<58} {:>14} unit", "section", "figure", "value");
+    println!("{}", "-".repeat(90));
+    let mut report = Report::default();
+    // Memory first and in a fresh process, so no earlier section has grown the heap.
+    if want("memory") {
+        bench_memory(&plan, &mut report)?;
+    }
+    rt.block_on(async {
+        if want("client") {
+            bench_client(&plan, &mut report).await?;
+        }
+        if want("plan") {
+            bench_plan(&plan, &mut report).await?;
+            bench_act(&mut report).await?;
+            bench_suspend_history(&mut report).await?;
+        }
+        if want("store") {
+            bench_store(&plan, &mut report).await?;
+        }
+        if want("sim") {
+            bench_sim(&plan, &mut report).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/steward.json");
+    report.write_json(&plan, &path)?;
+    println!(
+        "\ntotal {:.1} s; results written to {}",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(())
+}
