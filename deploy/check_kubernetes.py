@@ -97,7 +97,9 @@ def main(directory, schema_path):
     check(bool(sm_sel) and sm_sel.items() <= svc_labels.items(), "ServiceMonitor selects the Service")
     for ep in sm.get("spec", {}).get("endpoints", []):
         check(ep.get("port") in svc_ports, f"ServiceMonitor endpoint port {ep.get('port')!r} is a Service port")
-        check(ep.get("honorLabels") is True, "ServiceMonitor keeps the daemon's `job` label (honorLabels)")
+        # The daemon's labels do not clash with the target labels; honorLabels would only let a
+        # scraped label overwrite Prometheus's `job`/`instance`.
+        check(not ep.get("honorLabels"), "ServiceMonitor leaves the target labels alone (no honorLabels)")
 
     # ConfigMap and Secret are mounted where the daemon looks.
     mounts = {m["name"]: m["mountPath"] for m in ns.get("volumeMounts", [])}

@@ -124,6 +124,20 @@ def main():
         tag = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         print(f"{tag}  {what}" + (f"\n        {detail}" if detail else ""))
 
+    # The daemon's labels must not clash with Prometheus's target labels: a clashing scraped
+    # label is renamed `exported_<name>` (the scrape config deliberately has no honor_labels).
+    print("== Scraped labels")
+    res = api(base, "/api/v1/query", {"query": '{__name__=~"neon_steward_.+"}'})
+    if res.get("status") != "success":
+        report(False, "neon_steward_* series", res.get("error", ""))
+    else:
+        series = res["data"]["result"]
+        clashes = sorted({k for s in series for k in s["metric"] if k.startswith("exported_")})
+        report(bool(series) and not clashes,
+               f"{len(series)} neon_steward_* series, labels renamed by Prometheus: {clashes or 'none'}")
+        jobs = sorted({s["metric"].get("job") for s in series} - {None})
+        report(jobs == [args.scrape_job], f"`job` is the scrape job on every series: {jobs}")
+
     with open(args.dashboard, encoding="utf-8") as f:
         dash = json.load(f)
 

@@ -61,8 +61,7 @@ rule_files:
   - $rules
 scrape_configs:
   - job_name: neon-steward
-    # The daemon's job metrics have their own "job" label (the policy's job name).
-    honor_labels: true
+    # Deliberately no honor_labels: the daemon's labels must not clash with the target labels.
     scheme: $scheme
     metrics_path: $path
     static_configs:

@@ -73,33 +73,15 @@ impl Executor for JobsExecutor {
             now: self.clock.now(),
             dry_run: run.dry_run,
         };
-        // `run_job`'s future is not provably `Send` (a higher-ranked lifetime in its
-        // per-project stream trips rustc), so it cannot be awaited inside this `Send`
-        // trait method. It is driven on a blocking-pool thread with `Handle::block_on`,
-        // which needs no `Send` future and still uses the runtime's I/O and timers.
-        let env = self.env.clone();
-        let rt = tokio::runtime::Handle::current();
-        let cancel = run.cancel.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            rt.block_on(async move {
-                tokio::select! {
-                    r = run_job(&env, &job, ctx) => RunReport { status: r.status, counts: r.counts, error: r.error },
-                    // Dropping the run stops it at its next await; actions already written
-                    // to the ledger as pending stay so, which is what pending means there.
-                    _ = cancel.cancelled() => RunReport {
-                        status: RunStatus::Interrupted,
-                        counts: Default::default(),
-                        error: Some("cancelled".into()),
-                    },
-                }
-            })
-        })
-        .await;
-        match joined {
-            Ok(report) => report,
-            // Re-raise so the scheduler records the panic message like any other.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => RunReport::failed(format!("the run's task failed: {e}")),
+        tokio::select! {
+            r = run_job(&self.env, &job, ctx) => RunReport { status: r.status, counts: r.counts, error: r.error },
+            // Dropping the run stops it at its next await; an action already written to the
+            // ledger as pending stays so, which is exactly what pending means there.
+            _ = run.cancel.cancelled() => RunReport {
+                status: RunStatus::Interrupted,
+                counts: Default::default(),
+                error: Some("cancelled".into()),
+            },
         }
     }
 }

@@ -172,6 +172,21 @@ pub struct DeletedBranch {
     pub deletion_method: &'static str,
 }
 
+/// How long a deleted branch stays recoverable ("By default, deleted branches can be
+/// recovered within a 7-day grace period", the document's deleteProjectBranch).
+pub const RECOVERY_WINDOW: TimeDelta = TimeDelta::days(7);
+
+impl DeletedBranch {
+    pub fn recoverable_until(&self) -> DateTime<Utc> {
+        self.deleted_at + RECOVERY_WINDOW
+    }
+
+    /// Still inside its recovery window at `now`.
+    pub fn is_recoverable(&self, now: DateTime<Utc>) -> bool {
+        now < self.recoverable_until()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointType {
     ReadWrite,

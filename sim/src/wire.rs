@@ -238,9 +238,31 @@ pub struct Branch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     pub init_source: String,
+    /// Only on soft-deleted branches listed with `include_deleted=true`, as the document says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<BranchRecoveryInfo>,
+}
+
+/// Neon's `BranchRecoveryInfo`.
+#[derive(Serialize)]
+pub struct BranchRecoveryInfo {
+    pub deleted_at: String,
+    pub recoverable_until: String,
+    pub deletion_method: &'static str,
 }
 
 impl Branch {
+    /// A soft-deleted branch, still recoverable, with its recovery information.
+    pub fn deleted(state: &State, d: &state::DeletedBranch) -> Branch {
+        let mut b = Branch::from(state, &d.branch);
+        b.recovery = Some(BranchRecoveryInfo {
+            deleted_at: ts(d.deleted_at),
+            recoverable_until: ts(d.recoverable_until()),
+            deletion_method: d.deletion_method,
+        });
+        b
+    }
+
     pub fn from(state: &State, b: &state::Branch) -> Branch {
         let now = state.now();
         let start = month_start(now);
@@ -271,6 +293,7 @@ impl Branch {
                 .map(|e| (e - b.updated_at).num_seconds().max(0)),
             expires_at: ts_opt(b.expires_at),
             init_source: "parent-data".into(),
+            recovery: None,
         }
     }
 }

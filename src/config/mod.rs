@@ -176,6 +176,20 @@ pub enum Granularity {
     Monthly,
 }
 
+/// Which of Neon's consumption endpoints a `collect_consumption` job polls.
+///
+/// Chosen explicitly, not guessed from `org_id`: the two differ by the account's *plan*, not
+/// by whether an org is named. `/consumption_history/v2/projects` (usage-based plans) requires
+/// `org_id` and takes the v2 metric names; the legacy `/consumption_history/projects` (older
+/// Scale/Business/Enterprise plans) takes `org_id` optionally and has its own metric names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumptionEndpoint {
+    #[default]
+    V2,
+    Legacy,
+}
+
 impl Granularity {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -424,6 +438,8 @@ pub struct ConsumptionSpec {
     pub granularity: Granularity,
     pub metrics: Vec<String>,
     pub org_id: Option<String>,
+    /// `v2` (the default; needs `org_id`) or `legacy`.
+    pub endpoint: ConsumptionEndpoint,
     /// Cardinality cap of per-project gauges; the rest is summed as `other`.
     pub max_projects_exported: usize,
     /// Metric name -> price per unit, for the estimated cost gauge.
@@ -807,7 +823,7 @@ impl Validator<'_> {
         fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
             o.as_ref().map(|s| s.span())
         }
-        let options: [(&str, JobKind, Option<Range<usize>>); 17] = [
+        let options: [(&str, JobKind, Option<Range<usize>>); 18] = [
             (
                 "name_template",
                 JobKind::SnapshotBranches,
@@ -842,6 +858,7 @@ impl Validator<'_> {
             ),
             ("metrics", JobKind::CollectConsumption, span(&j.metrics)),
             ("org_id", JobKind::CollectConsumption, span(&j.org_id)),
+            ("endpoint", JobKind::CollectConsumption, span(&j.endpoint)),
             (
                 "max_projects_exported",
                 JobKind::CollectConsumption,
@@ -953,7 +970,20 @@ impl Validator<'_> {
                         ));
                     }
                 }
+                let endpoint = j
+                    .endpoint
+                    .as_ref()
+                    .map(|e| *e.get_ref())
+                    .unwrap_or_default();
+                if endpoint == ConsumptionEndpoint::V2 && j.org_id.is_none() {
+                    let at = j.endpoint.as_ref().map_or(job_span, |e| e.span());
+                    return Err(self.err(
+                        at,
+                        "the v2 consumption endpoint needs `org_id` (Neon requires it); set `org_id`, or `endpoint = \"legacy\"` for a legacy plan",
+                    ));
+                }
                 JobSpec::CollectConsumption(ConsumptionSpec {
+                    endpoint,
                     granularity: j
                         .granularity
                         .as_ref()

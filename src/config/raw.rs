@@ -15,7 +15,10 @@ use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConcurrencyPolicy, EndpointType, ExpireMode, Granularity, JobKind, MissedPolicy};
+use super::{
+    ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, ExpireMode, Granularity, JobKind,
+    MissedPolicy,
+};
 use crate::scheduler::schedule::CronSchedule;
 
 /// A duration written the `humantime` way: `90s`, `15m`, `12h`, `7d`, `1h 30m`.
@@ -162,6 +165,7 @@ pub struct RawJob {
     pub granularity: Option<Spanned<Granularity>>,
     pub metrics: Option<Spanned<Vec<String>>>,
     pub org_id: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<ConsumptionEndpoint>>,
     pub max_projects_exported: Option<Spanned<usize>>,
     pub prices: Option<Spanned<BTreeMap<String, f64>>>,
 }

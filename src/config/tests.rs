@@ -261,3 +261,35 @@ fn error_missing_name() {
         "[[jobs]]\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"1d\"\n"
     ));
 }
+
+#[test]
+fn consumption_endpoint_is_explicit_and_v2_needs_org_id() {
+    let base = "[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"compute_unit_seconds\"]\n";
+    let e = err(base);
+    assert!(
+        e.contains("needs `org_id`") && e.contains("endpoint = \"legacy\""),
+        "{e}"
+    );
+    assert!(e.contains("policy.toml:"), "the error names where: {e}");
+    let spec = |text: &str| match &parse(text).unwrap().jobs[0].spec {
+        JobSpec::CollectConsumption(s) => s.clone(),
+        other => panic!("wrong spec {other:?}"),
+    };
+    let v2 = spec(&format!("{base}org_id = \"org-1\"\n"));
+    assert_eq!(
+        (v2.endpoint, v2.org_id.as_deref()),
+        (ConsumptionEndpoint::V2, Some("org-1"))
+    );
+    let legacy = spec(&format!("{base}endpoint = \"legacy\"\n"));
+    assert_eq!(
+        (legacy.endpoint, legacy.org_id),
+        (ConsumptionEndpoint::Legacy, None)
+    );
+    let e = err(&format!("{base}endpoint = \"v3\"\n"));
+    assert!(e.contains("v3") && e.contains("legacy"), "{e}");
+    let e = err(&format!("{JOB}endpoint = \"legacy\"\n"));
+    assert!(
+        e.contains("endpoint"),
+        "only collect_consumption takes it: {e}"
+    );
+}

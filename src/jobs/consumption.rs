@@ -25,8 +25,8 @@ fn cursor_key(period: Period) -> String {
 
 /// Collects consumption incrementally and exports the gauges.
 ///
-/// Without an `org_id` the legacy `/consumption_history/projects` is used (legacy plans
-/// and personal accounts); with one, `/consumption_history/v2/projects`. The cursor (the
+/// The endpoint is the job's explicit `endpoint` (`v2`, which needs `org_id`, or `legacy`
+/// for legacy plans), never guessed from `org_id`. The cursor (the
 /// end of the last range collected in full) is kept in the job's state and advanced only
 /// when every call of the run succeeded, so a failed chunk is collected again next time.
 pub(crate) async fn run(
@@ -42,7 +42,17 @@ pub(crate) async fn run(
         crate::config::Granularity::Monthly => (Period::Monthly, Granularity::Monthly),
     };
     let projects = selected_projects(env, job).await?;
-    let ids: Vec<ProjectId> = projects.iter().map(|p| p.id.clone()).collect();
+    // Neon answers 404 for the whole call when one of `project_ids` is outside `org_id`, and
+    // a key usually sees more than one org's projects (and personal ones): ask only for the
+    // org's projects.
+    let ids: Vec<ProjectId> = projects
+        .iter()
+        .filter(|p| match &spec.org_id {
+            Some(org) => p.org_id.as_ref().is_some_and(|o| o.as_str() == org),
+            None => true,
+        })
+        .map(|p| p.id.clone())
+        .collect();
     let cursor = match env.store.get_state(&job.name, &cursor_key(period)).await? {
         Some(v) => DateTime::parse_from_rfc3339(&v)
             .ok()
@@ -83,20 +93,21 @@ pub(crate) async fn run(
                 org_id: spec.org_id.clone().map(OrgId::from),
                 project_ids: chunk,
             };
-            let fetched: Result<Vec<ConsumptionPeriod>, _> = if spec.org_id.is_some() {
-                env.client
-                    .consumption_v2_projects(query)
-                    .try_collect()
-                    .await
-            } else {
-                env.client
-                    .consumption_legacy_projects(query)
-                    .try_collect()
-                    .await
-            };
+            let fetched: Result<Vec<ConsumptionPeriod>, _> =
+                if spec.endpoint == crate::config::ConsumptionEndpoint::V2 {
+                    env.client
+                        .consumption_v2_projects(query)
+                        .try_collect()
+                        .await
+                } else {
+                    env.client
+                        .consumption_legacy_projects(query)
+                        .try_collect()
+                        .await
+                };
             match fetched {
                 Ok(periods) => {
-                    let samples = to_samples(&periods, period);
+                    let samples = to_samples(&periods, period, &spec.metrics);
                     match env.store.upsert_consumption(&samples).await {
                         Ok(_) => {
                             samples_total += samples.len();
@@ -150,12 +161,20 @@ pub(crate) async fn run(
     Ok(())
 }
 
-fn to_samples(periods: &[ConsumptionPeriod], period: Period) -> Vec<ConsumptionSample> {
+/// The configured metrics of the periods as samples. The legacy endpoint always returns its
+/// required fields (`active_time_seconds`, ...) whatever was asked; only what the policy
+/// names is stored and exported.
+fn to_samples(
+    periods: &[ConsumptionPeriod],
+    period: Period,
+    metrics: &[String],
+) -> Vec<ConsumptionSample> {
     periods
         .iter()
         .flat_map(|p| {
             p.metrics
                 .iter()
+                .filter(|(metric, _)| metrics.contains(metric))
                 .map(move |(metric, value)| ConsumptionSample {
                     project_id: p.project_id.to_string(),
                     metric: metric.clone(),

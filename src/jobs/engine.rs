@@ -325,21 +325,15 @@ async fn run_planned(
     }
 
     // Phase 2b: act. Projects concurrently, actions within a project in order.
-    let results: Vec<Result<(), RunError>> =
-        futures::stream::iter(plans.iter().map(|p| async move {
-            let mut done = Vec::new();
-            for a in &p.actions {
-                let pending = ledger.begin(&a.spec).await?;
-                match execute(env, &p.project_id, &a.op, ctx.now).await {
-                    Ok(detail) => {
-                        ledger.succeeded(pending, detail.as_deref()).await?;
-                        done.push(a.clone());
-                    }
-                    Err(e) => ledger.failed(pending, &e.to_string()).await?,
-                }
-            }
-            after_project(env, job, p, &done).await
-        }))
+    // The futures are collected first so that no closure type is part of the stream held
+    // across the await: rustc cannot prove such a closure's future `Send` for every
+    // lifetime of the borrowed plan (rust-lang/rust#64552), and the scheduler needs
+    // `run_job` to be `Send` to await it on the runtime's worker threads.
+    let per_project: Vec<_> = plans
+        .iter()
+        .map(|p| act_on_project(env, job, ctx.now, ledger, p))
+        .collect();
+    let results: Vec<Result<(), RunError>> = futures::stream::iter(per_project)
         .buffer_unordered(env.concurrency.max(1))
         .collect()
         .await;
@@ -347,6 +341,30 @@ async fn run_planned(
         r?;
     }
     Ok(())
+}
+
+/// Carries out one project's planned actions in order (Neon serialises mutations within a
+/// project anyway), each written to the ledger before and after.
+
+async fn act_on_project(
+    env: &JobEnv,
+    job: &JobConfig,
+    now: DateTime<Utc>,
+    ledger: &Ledger,
+    p: &ProjectPlan,
+) -> Result<(), RunError> {
+    let mut done = Vec::new();
+    for a in &p.actions {
+        let pending = ledger.begin(&a.spec).await?;
+        match execute(env, &p.project_id, &a.op, now).await {
+            Ok(detail) => {
+                ledger.succeeded(pending, detail.as_deref()).await?;
+                done.push(a.clone());
+            }
+            Err(e) => ledger.failed(pending, &e.to_string()).await?,
+        }
+    }
+    after_project(env, job, p, &done).await
 }
 
 async fn plan_project(
@@ -420,6 +438,48 @@ async fn wait(env: &JobEnv, project: &ProjectId, ops: &[Operation]) -> Result<()
     Ok(())
 }
 
+/// The ledger detail of a deleted branch: until when Neon says it can be recovered.
+///
+/// Neon reports `recovery.recoverable_until` on soft-deleted branches listed with
+/// `include_deleted=true` (branch recovery is in preview), so it is looked up there when the
+/// delete answer does not carry it. Only a reported time is written as `recoverable_until=`;
+/// otherwise the detail says it was not reported and gives Neon's documented 7-day window as
+/// an estimate, so nobody mistakes the estimate for Neon's word. The delete itself has
+/// succeeded either way: a failed lookup is not a failed action.
+async fn recovery_detail(
+    env: &JobEnv,
+    project: &ProjectId,
+    branch: &BranchId,
+    from_delete: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> String {
+    let reported = match from_delete {
+        Some(t) => Some(t),
+        None => {
+            let found: Result<Vec<crate::neon::Branch>, ApiError> = env
+                .client
+                .list_recoverable_branches(project)
+                .try_filter(|d| futures::future::ready(d.id == *branch))
+                .try_collect()
+                .await;
+            match found {
+                Ok(v) => v.into_iter().find_map(|d| d.recoverable_until),
+                Err(e) => {
+                    tracing::warn!(%project, %branch, error = %e, "cannot read the deleted branch's recovery window");
+                    None
+                }
+            }
+        }
+    };
+    match reported {
+        Some(t) => format!("recoverable_until={}", t.to_rfc3339()),
+        None => format!(
+            "recoverable_until not reported by Neon (estimated {} from its 7-day recovery window)",
+            super::expire::recoverable_until(now).to_rfc3339()
+        ),
+    }
+}
+
 /// Performs one action; returns the detail for the ledger.
 async fn execute(
     env: &JobEnv,
@@ -439,10 +499,9 @@ async fn execute(
                     Err(e) => return Err(e),
                 };
             wait(env, project, &ops).await?;
-            let until = branch
-                .recoverable_until
-                .unwrap_or_else(|| super::expire::recoverable_until(now));
-            Ok(Some(format!("recoverable_until={}", until.to_rfc3339())))
+            Ok(Some(
+                recovery_detail(env, project, b, branch.recoverable_until, now).await,
+            ))
         }
         Op::SetBranchExpiry(b, at) => {
             let update = BranchUpdate {

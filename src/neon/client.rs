@@ -285,14 +285,36 @@ impl NeonClient {
         &self,
         project: &ProjectId,
     ) -> impl Stream<Item = Result<Branch, ApiError>> + Send + 'static {
+        self.list_branches_with(project, false)
+    }
+
+    /// The project's soft-deleted branches that are still recoverable, each with
+    /// `recoverable_until` (`include_deleted=true`, where Neon reports `recovery`; the
+    /// feature is in preview, so an account without it may list none).
+    pub fn list_recoverable_branches(
+        &self,
+        project: &ProjectId,
+    ) -> impl Stream<Item = Result<Branch, ApiError>> + Send + 'static {
+        self.list_branches_with(project, true)
+            .try_filter(|b| futures::future::ready(b.recoverable_until.is_some()))
+    }
+
+    fn list_branches_with(
+        &self,
+        project: &ProjectId,
+        include_deleted: bool,
+    ) -> impl Stream<Item = Result<Branch, ApiError>> + Send + 'static {
         let limit = self.limit(10_000);
-        let base = Call::get(
+        let mut base = Call::get(
             "/projects/{project_id}/branches",
             &["projects", project.as_str(), "branches"],
         )
         .query("limit", limit.to_string())
         .query("sort_by", "created_at")
         .query("sort_order", "asc");
+        if include_deleted {
+            base = base.query("include_deleted", "true");
+        }
         self.paginate(PageSpec {
             base,
             cursor_param: "cursor",

@@ -400,6 +400,7 @@ impl Loop {
         if let Some(next_run) = slot.next_tick {
             JobScheduled {
                 job: &job.name,
+                kind: job.kind.as_str(),
                 next_run,
                 interval: job.schedule.nominal_interval(now, job.timezone),
             }

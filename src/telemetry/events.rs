@@ -106,7 +106,37 @@ impl JobRunStarted<'_> {
             dry_run = self.dry_run,
             "job run started"
         );
+        init_job_series(self.job, self.kind);
         metrics().job_running.with_label_values(&[self.job]).inc();
+    }
+}
+
+/// The outcomes [`JobRunFinished`] counts a run under in `job_runs_total`.
+pub const RUN_OUTCOMES: [RunStatus; 4] = [
+    RunStatus::Succeeded,
+    RunStatus::Failed,
+    RunStatus::Partial,
+    RunStatus::Interrupted,
+];
+
+/// The reasons [`JobTickSkipped`] counts a tick under in `job_skipped_ticks_total`.
+pub const SKIP_REASONS: [&str; 4] = ["overlap", "missed", "claimed_elsewhere", "store_error"];
+
+/// Creates the job's counter series for every outcome and skip reason, at 0 (or leaves them
+/// as they are). A counter series that is born at 1 has no earlier sample, so `increase()`
+/// cannot see its first step: without this, an alert on
+/// `increase(job_runs_total{outcome="failed"}[1h]) > 0` would miss a job's first failure.
+fn init_job_series(job: &str, kind: &str) {
+    let m = metrics();
+    for outcome in RUN_OUTCOMES {
+        m.job_runs_total
+            .with_label_values(&[job, kind, outcome.as_str()])
+            .inc_by(0);
+    }
+    for reason in SKIP_REASONS {
+        m.job_skipped_ticks_total
+            .with_label_values(&[job, reason])
+            .inc_by(0);
     }
 }
 
@@ -116,7 +146,7 @@ pub struct JobRunFinished<'a> {
     pub job: &'a str,
     pub kind: &'a str,
     pub run_id: RunId,
-    /// `Succeeded`, `Failed`, `Partial` or `Interrupted`.
+    /// One of [`RUN_OUTCOMES`]: `Succeeded`, `Failed`, `Partial` or `Interrupted`.
     pub outcome: RunStatus,
     pub elapsed: Duration,
     pub finished_at: DateTime<Utc>,
@@ -156,6 +186,10 @@ impl JobRunFinished<'_> {
                 "job run finished"
             ),
         }
+        debug_assert!(
+            RUN_OUTCOMES.contains(&self.outcome),
+            "outcome {outcome} is missing from RUN_OUTCOMES, so its series is not pre-created"
+        );
         let m = metrics();
         m.job_runs_total
             .with_label_values(&[self.job, self.kind, outcome])
@@ -179,8 +213,9 @@ impl JobRunFinished<'_> {
 /// A schedule tick was not run.
 pub struct JobTickSkipped<'a> {
     pub job: &'a str,
-    /// One of `overlap` (concurrency policy `forbid`), `missed` (daemon was down),
-    /// `claimed_elsewhere` (another replica claimed the tick), `disabled`.
+    /// One of [`SKIP_REASONS`]: `overlap` (concurrency policy `forbid`), `missed` (daemon was
+    /// down), `claimed_elsewhere` (another replica claimed the tick), `store_error` (the tick
+    /// could not be claimed in the store).
     pub reason: &'static str,
     pub scheduled_for: DateTime<Utc>,
 }
@@ -193,6 +228,11 @@ impl JobTickSkipped<'_> {
             scheduled_for = %self.scheduled_for.to_rfc3339(),
             "job tick skipped"
         );
+        debug_assert!(
+            SKIP_REASONS.contains(&self.reason),
+            "skip reason {} is missing from SKIP_REASONS, so its series is not pre-created",
+            self.reason
+        );
         metrics()
             .job_skipped_ticks_total
             .with_label_values(&[self.job, self.reason])
@@ -200,9 +240,16 @@ impl JobTickSkipped<'_> {
     }
 }
 
-/// The scheduler computed a job's next fire time.
+/// The scheduler computed a job's next fire time (at start, on reload, after each tick).
+///
+/// Also creates the job's `job_runs_total` series for every outcome and its
+/// `job_skipped_ticks_total` series for every reason at 0, so a first failure is a visible
+/// step from 0 to 1 for `increase()` rather than a series born at 1.
 pub struct JobScheduled<'a> {
     pub job: &'a str,
+    /// The job's kind as in the policy (`snapshot_branches`, ...), the `kind` label of
+    /// `job_runs_total`.
+    pub kind: &'a str,
     pub next_run: DateTime<Utc>,
     /// Nominal time between two runs (the interval, or the gap between the next two cron
     /// fire times), exported so alerts can say "no success for 2 intervals".
@@ -217,6 +264,7 @@ impl JobScheduled<'_> {
             interval_s = self.interval.map(|d| d.as_secs()),
             "job scheduled"
         );
+        init_job_series(self.job, self.kind);
         let m = metrics();
         m.job_next_run_timestamp_seconds
             .with_label_values(&[self.job])
@@ -597,6 +645,7 @@ mod tests {
         );
         JobScheduled {
             job,
+            kind: "snapshot_branches",
             next_run: at(3600),
             interval: Some(Duration::from_secs(900)),
         }
@@ -610,6 +659,125 @@ mod tests {
         assert_eq!(
             m.job_interval_seconds.with_label_values(&[job]).get(),
             900.0
+        );
+    }
+
+    /// The exported (not merely declared) series of a counter family for one job:
+    /// label `label` -> value. Reads the registry, so it creates no series itself.
+    fn job_counters(family: &str, job: &str, label: &str) -> HashMap<String, f64> {
+        let mut out = HashMap::new();
+        for mf in metrics().registry.gather() {
+            if mf.name() != family {
+                continue;
+            }
+            for metric in mf.get_metric() {
+                let value = |n: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_string())
+                };
+                if value("job_name").as_deref() == Some(job) {
+                    let key = value(label).expect("the family has the label");
+                    out.insert(key, metric.get_counter().get_value());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn scheduling_a_job_creates_its_counters_at_zero() {
+        let job = "t-init-series";
+        let runs = || job_counters("neon_steward_job_runs_total", job, "outcome");
+        let skips = || job_counters("neon_steward_job_skipped_ticks_total", job, "reason");
+        assert!(
+            runs().is_empty() && skips().is_empty(),
+            "no series before the event"
+        );
+
+        let scheduled = || JobScheduled {
+            job,
+            kind: "expire_branches",
+            next_run: at(120),
+            interval: Some(Duration::from_secs(60)),
+        };
+        scheduled().emit();
+        let zeros = |keys: &[&str]| -> HashMap<String, f64> {
+            keys.iter().map(|k| (k.to_string(), 0.0)).collect()
+        };
+        assert_eq!(
+            runs(),
+            zeros(&["succeeded", "failed", "partial", "interrupted"])
+        );
+        assert_eq!(
+            skips(),
+            zeros(&["overlap", "missed", "claimed_elsewhere", "store_error"])
+        );
+        // The kind label is the one later runs use, so a failure increments this very series.
+        let kinds: HashSet<String> = metrics()
+            .registry
+            .gather()
+            .iter()
+            .filter(|mf| mf.name() == "neon_steward_job_runs_total")
+            .flat_map(|mf| mf.get_metric().to_vec())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == job))
+            .filter_map(|m| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == "kind")
+                    .map(|l| l.value().to_string())
+            })
+            .collect();
+        assert_eq!(kinds, HashSet::from(["expire_branches".to_string()]));
+
+        // A failure, then a reschedule (next tick, or a reload): the count is kept.
+        JobRunStarted {
+            job,
+            kind: "expire_branches",
+            run_id: 1,
+            trigger: Trigger::Schedule,
+            dry_run: false,
+        }
+        .emit();
+        JobRunFinished {
+            job,
+            kind: "expire_branches",
+            run_id: 1,
+            outcome: RunStatus::Failed,
+            elapsed: Duration::from_millis(5),
+            finished_at: at(130),
+            counts: ActionCounts::default(),
+            error: Some("boom"),
+        }
+        .emit();
+        scheduled().emit();
+        let after = runs();
+        assert_eq!(after["failed"], 1.0);
+        assert_eq!(after["succeeded"], 0.0);
+        assert_eq!(after.len(), 4, "{after:?}");
+    }
+
+    #[test]
+    fn a_started_run_creates_its_counters_at_zero() {
+        // A manual run of a job that is never scheduled (disabled) still gets its series
+        // before it can fail.
+        let job = "t-init-on-start";
+        JobRunStarted {
+            job,
+            kind: "suspend_computes",
+            run_id: 1,
+            trigger: Trigger::Manual,
+            dry_run: true,
+        }
+        .emit();
+        let runs = job_counters("neon_steward_job_runs_total", job, "outcome");
+        assert_eq!(runs.len(), 4, "{runs:?}");
+        assert!(runs.values().all(|v| *v == 0.0), "{runs:?}");
+        assert_eq!(
+            job_counters("neon_steward_job_skipped_ticks_total", job, "reason").len(),
+            4
         );
     }
 
@@ -835,6 +1003,7 @@ mod tests {
         .emit();
         JobScheduled {
             job,
+            kind: "k",
             next_run: at(2),
             interval: Some(Duration::from_secs(60)),
         }
@@ -915,6 +1084,24 @@ mod tests {
             metrics().registry.gather().len(),
             20,
             "a new family needs a line above"
+        );
+        // Prometheus attaches `job` and `instance` to every scraped series; a label of the
+        // same name would be renamed `exported_*` (see deploy/README.md, Metrics labels).
+        for mf in metrics().registry.gather() {
+            for metric in mf.get_metric() {
+                for label in metric.get_label() {
+                    assert!(
+                        !["job", "instance"].contains(&label.name()),
+                        "{} has the label {:?}, which clashes with a Prometheus target label",
+                        mf.name(),
+                        label.name()
+                    );
+                }
+            }
+        }
+        assert!(
+            text.contains(&format!("job_runs_total{{job_name=\"{job}\"")),
+            "job families are labelled job_name:\n{text}"
         );
     }
 }

@@ -4,6 +4,9 @@
 //! Labels are bounded: job names come from the policy file, routes are path *templates*
 //! (`/projects/{project_id}/branches`), never raw paths; the only per-resource label is
 //! `project_id` on consumption gauges, and that is capped (the rest is summed as `other`).
+//! The policy's job name is the label `job_name`, never `job`: Prometheus attaches its own
+//! `job` and `instance` target labels to every scraped series, and a scraped label of the same
+//! name would be renamed to `exported_job` (or, with `honor_labels`, overwrite the target's).
 //!
 //! Only [`super::events`] should touch these families directly.
 
@@ -72,7 +75,7 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(
                     opts("job_runs_total", "Finished job runs by outcome (succeeded, failed, partial, interrupted)."),
-                    &["job", "kind", "outcome"],
+                    &["job_name", "kind", "outcome"],
                 )
                 .unwrap(),
             ),
@@ -82,39 +85,39 @@ impl Metrics {
                     HistogramOpts::new("job_run_duration_seconds", "Wall time of job runs.")
                         .namespace(PREFIX)
                         .buckets(secs),
-                    &["job", "kind"],
+                    &["job_name", "kind"],
                 )
                 .unwrap(),
             ),
             job_last_run_timestamp_seconds: register(
                 &r,
-                GaugeVec::new(opts("job_last_run_timestamp_seconds", "Unix time the last run of the job finished."), &["job"]).unwrap(),
+                GaugeVec::new(opts("job_last_run_timestamp_seconds", "Unix time the last run of the job finished."), &["job_name"]).unwrap(),
             ),
             job_last_success_timestamp_seconds: register(
                 &r,
-                GaugeVec::new(opts("job_last_success_timestamp_seconds", "Unix time the last successful run of the job finished."), &["job"]).unwrap(),
+                GaugeVec::new(opts("job_last_success_timestamp_seconds", "Unix time the last successful run of the job finished."), &["job_name"]).unwrap(),
             ),
             job_next_run_timestamp_seconds: register(
                 &r,
-                GaugeVec::new(opts("job_next_run_timestamp_seconds", "Unix time of the job's next scheduled run."), &["job"]).unwrap(),
+                GaugeVec::new(opts("job_next_run_timestamp_seconds", "Unix time of the job's next scheduled run."), &["job_name"]).unwrap(),
             ),
             job_interval_seconds: register(
                 &r,
-                GaugeVec::new(opts("job_interval_seconds", "Nominal seconds between two runs of the job (for staleness alerts)."), &["job"]).unwrap(),
+                GaugeVec::new(opts("job_interval_seconds", "Nominal seconds between two runs of the job (for staleness alerts)."), &["job_name"]).unwrap(),
             ),
             job_running: register(
                 &r,
-                IntGaugeVec::new(opts("job_running", "Runs of the job in progress."), &["job"]).unwrap(),
+                IntGaugeVec::new(opts("job_running", "Runs of the job in progress."), &["job_name"]).unwrap(),
             ),
             job_skipped_ticks_total: register(
                 &r,
-                IntCounterVec::new(opts("job_skipped_ticks_total", "Schedule ticks not run, by reason (overlap, missed, claimed_elsewhere)."), &["job", "reason"]).unwrap(),
+                IntCounterVec::new(opts("job_skipped_ticks_total", "Schedule ticks not run, by reason (overlap, missed, claimed_elsewhere, store_error)."), &["job_name", "reason"]).unwrap(),
             ),
             actions_total: register(
                 &r,
                 IntCounterVec::new(
                     opts("actions_total", "Actions on Neon resources by outcome (succeeded, failed, skipped, planned)."),
-                    &["job", "action", "outcome", "dry_run"],
+                    &["job_name", "action", "outcome", "dry_run"],
                 )
                 .unwrap(),
             ),

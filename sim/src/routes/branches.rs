@@ -23,6 +23,8 @@ pub struct ListQuery {
     sort_order: Option<String>,
     cursor: Option<String>,
     limit: Option<i64>,
+    /// Also list soft-deleted branches still in their recovery window, with `recovery`.
+    include_deleted: Option<bool>,
 }
 
 fn hex(s: &str) -> String {
@@ -97,9 +99,21 @@ pub async fn list(
     };
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
+    let now = s.now();
+    let deleted: std::collections::HashMap<&str, &crate::state::DeletedBranch> =
+        if q.include_deleted == Some(true) {
+            s.deleted_branches
+                .iter()
+                .filter(|d| d.branch.project_id == project_id && d.is_recoverable(now))
+                .map(|d| (d.branch.id.as_str(), d))
+                .collect()
+        } else {
+            Default::default()
+        };
     let mut rows: Vec<(String, &Branch)> = s
         .project_branches(&project_id)
         .into_iter()
+        .chain(deleted.values().map(|d| &d.branch))
         .filter(|b| matches_search(b, &q.search))
         .map(|b| (sort_key(b, &sort_by), b))
         .collect();
@@ -135,7 +149,13 @@ pub async fn list(
         }
     }
     Ok(Json(json!({
-        "branches": page.iter().map(|(_, b)| wire::Branch::from(&s, b)).collect::<Vec<_>>(),
+        "branches": page
+            .iter()
+            .map(|(_, b)| match deleted.get(b.id.as_str()) {
+                Some(d) => wire::Branch::deleted(&s, d),
+                None => wire::Branch::from(&s, b),
+            })
+            .collect::<Vec<_>>(),
         "annotations": {},
         "pagination": pagination,
     })))

@@ -333,6 +333,18 @@ async fn every_emulated_operation_conforms_to_the_document() {
     )
     .await;
     h.call("DELETE", &format!("{bp}/{b3}"), None, Ok).await;
+    // The soft-deleted branch is listed with its recovery information (BranchRecoveryInfo).
+    let listed = h
+        .call("GET", &format!("{bp}?include_deleted=true"), None, Ok)
+        .await;
+    let recovered = listed["branches"]
+        .as_array()
+        .expect("branches array")
+        .iter()
+        .find(|b| b["id"] == json!(b3))
+        .expect("the deleted branch is listed with include_deleted=true");
+    assert_eq!(recovered["recovery"]["deletion_method"], json!("user"));
+    assert!(recovered["recovery"]["recoverable_until"].is_string());
     h.call("DELETE", &format!("{bp}/br-does-not-exist-1"), None, E(404))
         .await;
     h.call("GET", &format!("{bp}/{b1}/endpoints"), None, Ok)

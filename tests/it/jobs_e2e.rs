@@ -1,0 +1,987 @@
+//! The jobs end to end against neon-sim, part two: consumption collection (v2 and legacy,
+//! resume, freshness, idempotence, exported gauges), `resume = true`, native branch expiry,
+//! 423 at the jobs level with per-project serialisation, Neon's recovery window, and one
+//! failing resource not stopping the others.
+//!
+//! These run on the test harness (`helpers::spawn_sim`) because it records every request the
+//! client sent, so the tests can assert *which* range was asked for.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
+use neon_sim::SimConfig;
+use neon_steward::config::{self, JobConfig};
+use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
+use neon_steward::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId};
+use neon_steward::store::{
+    ActionOutcome, ActionRecord, ConsumptionSample, NewRun, RunStatus, Trigger,
+};
+
+use crate::helpers::{spawn_sim, Sent, TestSim};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn job(toml_jobs: &str) -> Arc<JobConfig> {
+    let text = format!("[api]\nconcurrency = 4\n\n{toml_jobs}");
+    let cfg = config::parse_with_env(Path::new("jobs-e2e.toml"), &text, &|k| {
+        (k == "NEON_API_KEY").then(|| "unused-in-tests".to_string())
+    })
+    .unwrap_or_else(|e| panic!("test policy must parse: {e}"));
+    cfg.jobs[0].clone()
+}
+
+struct H {
+    sim: TestSim,
+    env: JobEnv,
+    /// Makes every run's tick unique (a tick can be claimed once).
+    ticks: AtomicI64,
+}
+
+async fn harness(config: SimConfig) -> H {
+    let sim = spawn_sim(config).await;
+    let store = neon_steward::store::open("sqlite::memory:")
+        .await
+        .expect("store opens");
+    let env = JobEnv {
+        client: sim.client(),
+        store,
+        concurrency: 4,
+        operation_deadline: Duration::from_secs(20),
+    };
+    H {
+        sim,
+        env,
+        ticks: AtomicI64::new(0),
+    }
+}
+
+impl H {
+    fn now(&self) -> DateTime<Utc> {
+        self.sim.clock().now()
+    }
+
+    async fn run(&self, job: &JobConfig, dry_run: bool) -> (RunResult, Vec<ActionRecord>) {
+        let now = self.now();
+        let tick = now + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
+        let run_id = self
+            .env
+            .store
+            .claim_run(&NewRun {
+                job: job.name.clone(),
+                kind: job.kind.as_str().to_string(),
+                scheduled_for: tick,
+                trigger: Trigger::Manual,
+                dry_run,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .expect("fresh tick");
+        let r = run_job(
+            &self.env,
+            job,
+            RunContext {
+                run_id,
+                scheduled_for: tick,
+                now,
+                dry_run,
+            },
+        )
+        .await;
+        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
+        (r, actions)
+    }
+
+    fn add_org(&self, name: &str) -> String {
+        neon_sim::seed::insert_org(&mut self.sim.state().settled(), name)
+    }
+
+    /// A branch created `age` ago under `parent` (default: the project's default branch).
+    fn branch_aged(
+        &self,
+        project: &str,
+        name: &str,
+        parent: Option<&str>,
+        age: TimeDelta,
+    ) -> String {
+        let st = self.sim.state();
+        let mut s = st.settled();
+        let parent = match parent {
+            Some(p) => p.to_string(),
+            None => s
+                .default_branch(project)
+                .expect("project has a default branch")
+                .id
+                .clone(),
+        };
+        let at = s.now() - age;
+        s.insert_branch(project, name, Some(&parent), at).id
+    }
+
+    fn busy_endpoint(&self, branch: &str) -> String {
+        let ep = self.sim.add_endpoint(branch);
+        let st = self.sim.state();
+        let mut s = st.settled();
+        s.endpoints
+            .get_mut(&ep)
+            .expect("endpoint just added")
+            .activity = neon_sim::state::Activity::Busy;
+        s.settle();
+        ep
+    }
+
+    fn branch_names(&self, project: &str) -> Vec<String> {
+        let s = self.sim.state();
+        let s = s.settled();
+        let mut v: Vec<String> = s
+            .project_branches(project)
+            .into_iter()
+            .map(|b| b.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Decodes `%XX` escapes of a query-string component.
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8(out).expect("test queries are UTF-8")
+}
+
+/// Every value of query parameter `key` of a sent request.
+fn param(s: &Sent, key: &str) -> Vec<String> {
+    s.query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| pct_decode(v))
+        .collect()
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn consumption_calls(h: &H, path_suffix: &str) -> Vec<Sent> {
+    h.sim
+        .sent()
+        .into_iter()
+        .filter(|s| s.path.ends_with(path_suffix))
+        .collect()
+}
+
+/// `(project, metric, start, end, value)`, sorted, of stored samples or of periods the
+/// emulator reports.
+type Row = (String, String, DateTime<Utc>, DateTime<Utc>, f64);
+
+fn rows_of_samples(samples: &[ConsumptionSample]) -> Vec<Row> {
+    let mut v: Vec<Row> = samples
+        .iter()
+        .map(|s| {
+            (
+                s.project_id.clone(),
+                s.metric.clone(),
+                s.timeframe_start,
+                s.timeframe_end,
+                s.value,
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+    v
+}
+
+/// The rows of the configured `metrics` of what the emulator reports.
+fn rows_of_periods(periods: &[ConsumptionPeriod], metrics: &[&str]) -> Vec<Row> {
+    let mut v: Vec<Row> = periods
+        .iter()
+        .flat_map(|p| {
+            p.metrics
+                .iter()
+                .filter(|(m, _)| metrics.contains(&m.as_str()))
+                .map(move |(m, v)| {
+                    (
+                        p.project_id.to_string(),
+                        m.clone(),
+                        p.timeframe_start,
+                        p.timeframe_end,
+                        *v,
+                    )
+                })
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+    v
+}
+
+/// Parses the rendered exposition: `(project_id, metric) -> value` of one family and
+/// granularity.
+fn gauges(family: &str, granularity: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let text = neon_steward::telemetry::metrics::render();
+    let prefix = format!("neon_steward_{family}{{");
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let (labels, value) = line[prefix.len()..]
+            .split_once("} ")
+            .expect("exposition line has labels and a value");
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        if label("granularity") == granularity {
+            out.insert(
+                (label("project_id"), label("metric")),
+                value.parse::<f64>().expect("gauge value is a number"),
+            );
+        }
+    }
+    out
+}
+
+const CONSUMPTION_V2: &str = r#"
+[[jobs]]
+name = "usage-v2"
+kind = "collect_consumption"
+every = "1h"
+granularity = "hourly"
+metrics = ["compute_unit_seconds", "root_branch_bytes_month"]
+org_id = "ORG"
+max_projects_exported = 2
+[jobs.prices]
+compute_unit_seconds = 0.5
+"#;
+
+#[tokio::test]
+async fn consumption_v2_collects_resumes_and_exports_capped_gauges() {
+    let h = harness(SimConfig::default()).await;
+    let org = h.add_org("metered");
+    let mut pids = Vec::new();
+    for i in 0..3 {
+        let (pid, main) = h.sim.add_project(&format!("m{i}"), Some(&org));
+        if i == 0 {
+            h.busy_endpoint(&main);
+        }
+        pids.push(pid);
+    }
+    // A personal project the key also sees: not part of the org, so it must not be sent to
+    // the org's v2 endpoint (Neon answers 404 for a project outside the org).
+    h.sim.add_project("personal", None);
+    let j = job(&CONSUMPTION_V2.replace("ORG", &org));
+
+    // 12:00 start; at 17:10 the 16:00-17:00 hour ended only 10 minutes ago (Neon's ~15
+    // minute freshness): it is not collected yet.
+    h.sim.clock().advance(5 * HOUR + 10 * MINUTE);
+    let now = h.now();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let calls = consumption_calls(&h, "/consumption_history/v2/projects");
+    assert_eq!(calls.len(), 1, "3 projects, one call: {calls:?}");
+    let first_from = now - TimeDelta::hours(168) + TimeDelta::minutes(50);
+    assert_eq!(
+        param(&calls[0], "from"),
+        vec![first_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)]
+    );
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-02T16:00:00Z"]);
+    assert_eq!(param(&calls[0], "org_id"), vec![org.clone()]);
+    let mut sent_ids = param(&calls[0], "project_ids");
+    sent_ids.sort();
+    let mut want_ids = pids.clone();
+    want_ids.sort();
+    assert_eq!(sent_ids, want_ids, "only the org's projects");
+
+    let since = now - TimeDelta::hours(200);
+    let stored = h.env.store.list_consumption("hourly", since).await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|s| s.timeframe_end <= t("2025-06-02T16:00:00Z")),
+        "no incomplete or too-recent hour"
+    );
+    // What was stored is exactly what the emulator reports for the same period.
+    let query = ConsumptionQuery {
+        from: first_from,
+        to: t("2025-06-02T16:00:00Z"),
+        granularity: Granularity::Hourly,
+        metrics: vec![
+            "compute_unit_seconds".into(),
+            "root_branch_bytes_month".into(),
+        ],
+        org_id: Some(OrgId::from(org.as_str())),
+        project_ids: vec![],
+    };
+    let reported: Vec<ConsumptionPeriod> = h
+        .env
+        .client
+        .consumption_v2_projects(query.clone())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of_samples(&stored),
+        rows_of_periods(
+            &reported,
+            &["compute_unit_seconds", "root_branch_bytes_month"]
+        )
+    );
+    let busy_hour = stored
+        .iter()
+        .find(|s| {
+            s.project_id == pids[0]
+                && s.metric == "compute_unit_seconds"
+                && s.timeframe_start == t("2025-06-02T15:00:00Z")
+        })
+        .expect("the busy project's 15:00 hour");
+    assert!(busy_hour.value > 0.0);
+
+    // Gauges: the latest complete hour, 2 projects by name, the rest as "other"; cost from
+    // the price table.
+    let values = gauges("consumption", "hourly");
+    let costs = gauges("estimated_cost", "hourly");
+    let cu: Vec<(&String, &f64)> = values
+        .iter()
+        .filter(|((_, m), _)| m == "compute_unit_seconds")
+        .map(|((p, _), v)| (p, v))
+        .collect();
+    assert_eq!(cu.len(), 3, "2 projects + other: {values:?}");
+    assert!(cu.iter().any(|(p, _)| p.as_str() == "other"));
+    assert_eq!(
+        values[&(pids[0].clone(), "compute_unit_seconds".into())],
+        busy_hour.value
+    );
+    assert_eq!(
+        costs[&(pids[0].clone(), "compute_unit_seconds".into())],
+        busy_hour.value * 0.5
+    );
+    assert!(
+        !costs.keys().any(|(_, m)| m == "root_branch_bytes_month"),
+        "no price, no cost series"
+    );
+    let latest_sum: f64 = stored
+        .iter()
+        .filter(|s| {
+            s.metric == "root_branch_bytes_month" && s.timeframe_start == t("2025-06-02T15:00:00Z")
+        })
+        .map(|s| s.value)
+        .sum();
+    let exported_sum: f64 = values
+        .iter()
+        .filter(|((_, m), _)| m == "root_branch_bytes_month")
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        (latest_sum - exported_sum).abs() < 1e-6,
+        "nothing lost in `other`"
+    );
+
+    // Same instant again: nothing new is complete, no call.
+    h.sim.clear_sent();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(consumption_calls(&h, "/consumption_history/").is_empty());
+
+    // 17:20: the 16:00 hour is fresh now; only it is asked for and added.
+    h.sim.clock().advance(10 * MINUTE);
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let calls = consumption_calls(&h, "/consumption_history/v2/projects");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(param(&calls[0], "from"), vec!["2025-06-02T16:00:00Z"]);
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-02T17:00:00Z"]);
+    let after = h.env.store.list_consumption("hourly", since).await.unwrap();
+    assert_eq!(
+        after.len(),
+        stored.len() + 3 * 2,
+        "one new hour x 3 projects x 2 metrics"
+    );
+    let new: Vec<&ConsumptionSample> = after
+        .iter()
+        .filter(|s| s.timeframe_start == t("2025-06-02T16:00:00Z"))
+        .collect();
+    assert_eq!(new.len(), 6);
+
+    // Re-collection (a crash after storing, before the cursor moved) adds no duplicate.
+    h.env
+        .store
+        .set_state(&j.name, "consumption_cursor/hourly", "2025-06-02T10:00:00Z")
+        .await
+        .unwrap();
+    h.sim.clear_sent();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let calls = consumption_calls(&h, "/consumption_history/v2/projects");
+    assert_eq!(param(&calls[0], "from"), vec!["2025-06-02T10:00:00Z"]);
+    let again = h.env.store.list_consumption("hourly", since).await.unwrap();
+    assert_eq!(rows_of_samples(&again), rows_of_samples(&after));
+}
+
+const CONSUMPTION_LEGACY: &str = r#"
+[[jobs]]
+name = "usage-legacy"
+kind = "collect_consumption"
+every = "1h"
+granularity = "daily"
+endpoint = "legacy"
+metrics = ["active_time_seconds", "compute_time_seconds"]
+max_projects_exported = 1
+[jobs.prices]
+compute_time_seconds = 2.0
+"#;
+
+#[tokio::test]
+async fn consumption_legacy_daily_without_org() {
+    let h = harness(SimConfig::default()).await;
+    let (busy, main) = h.sim.add_project("busy", None);
+    h.busy_endpoint(&main);
+    let (quiet, _) = h.sim.add_project("quiet", None);
+    let j = job(CONSUMPTION_LEGACY);
+
+    // Monday 12:00 + 2 days = Wednesday noon: Monday and Tuesday are complete.
+    h.sim.clock().advance(48 * HOUR);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert!(consumption_calls(&h, "/consumption_history/v2/projects").is_empty());
+    let calls = consumption_calls(&h, "/consumption_history/projects");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        param(&calls[0], "org_id").is_empty(),
+        "legacy without org_id"
+    );
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-04T00:00:00Z"]);
+    assert_eq!(param(&calls[0], "granularity"), vec!["daily"]);
+    let from = t(&param(&calls[0], "from")[0]);
+    let stored = h.env.store.list_consumption("daily", from).await.unwrap();
+    let reported: Vec<ConsumptionPeriod> = h
+        .env
+        .client
+        .consumption_legacy_projects(ConsumptionQuery {
+            from,
+            to: t("2025-06-04T00:00:00Z"),
+            granularity: Granularity::Daily,
+            metrics: vec!["active_time_seconds".into(), "compute_time_seconds".into()],
+            org_id: None,
+            project_ids: vec![busy.as_str().into(), quiet.as_str().into()],
+        })
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!reported.is_empty());
+    assert!(
+        reported
+            .iter()
+            .all(|p| p.metrics.iter().any(|(m, _)| m == "written_data_bytes")),
+        "the legacy endpoint adds its required fields"
+    );
+    let configured = ["active_time_seconds", "compute_time_seconds"];
+    assert_eq!(
+        rows_of_samples(&stored),
+        rows_of_periods(&reported, &configured)
+    );
+    assert!(stored
+        .iter()
+        .all(|s| configured.contains(&s.metric.as_str())));
+    let tuesday = |p: &str, m: &str| {
+        stored
+            .iter()
+            .find(|s| {
+                s.project_id == p && s.metric == m && s.timeframe_start == t("2025-06-03T00:00:00Z")
+            })
+            .map(|s| s.value)
+            .expect("Tuesday's sample")
+    };
+    assert_eq!(
+        tuesday(&busy, "active_time_seconds"),
+        86_400.0,
+        "busy all day"
+    );
+
+    // Cap 1: the busy project (highest cost) by name, the quiet one as "other".
+    let values = gauges("consumption", "daily");
+    let costs = gauges("estimated_cost", "daily");
+    let key = |p: &str, m: &str| (p.to_string(), m.to_string());
+    assert_eq!(
+        values[&key(&busy, "compute_time_seconds")],
+        tuesday(&busy, "compute_time_seconds")
+    );
+    assert_eq!(
+        costs[&key(&busy, "compute_time_seconds")],
+        2.0 * tuesday(&busy, "compute_time_seconds")
+    );
+    assert_eq!(
+        values[&key("other", "active_time_seconds")],
+        tuesday(&quiet, "active_time_seconds")
+    );
+    assert!(!values.keys().any(|(p, _)| p == &quiet), "{values:?}");
+
+    // Thursday 00:10: Wednesday ended 10 minutes ago, too fresh.
+    h.sim.clock().set(t("2025-06-05T00:10:00Z"));
+    h.sim.clear_sent();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(consumption_calls(&h, "/consumption_history/").is_empty());
+    // Thursday 00:20: Wednesday is collected, and only Wednesday.
+    h.sim.clock().set(t("2025-06-05T00:20:00Z"));
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let calls = consumption_calls(&h, "/consumption_history/projects");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(param(&calls[0], "from"), vec!["2025-06-04T00:00:00Z"]);
+    assert_eq!(param(&calls[0], "to"), vec!["2025-06-05T00:00:00Z"]);
+    let after = h.env.store.list_consumption("daily", from).await.unwrap();
+    assert_eq!(after.len(), stored.len() + 2 * 2);
+}
+
+// ------------------------------------------------------------------ a failure is not fatal
+
+const EXPIRE_FAILS: &str = r#"
+[[jobs]]
+name = "expire-partial"
+kind = "expire_branches"
+every = "15m"
+ttl = "7d"
+[jobs.branches]
+names = ["preview/*"]
+"#;
+
+#[tokio::test]
+async fn one_failing_delete_ends_partial_and_the_others_go_on() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let ids: Vec<String> = ["preview/a", "preview/b", "preview/c"]
+        .iter()
+        .map(|n| h.branch_aged(&p, n, None, TimeDelta::days(10)))
+        .collect();
+    // Every attempt (the client's retries included) to delete preview/b fails with 500.
+    h.sim
+        .faults
+        .inject(
+            neon_sim::faults::FaultRule::on(
+                "DELETE",
+                &format!("/projects/{p}/branches/{}", ids[1]),
+                neon_sim::faults::Fault::Status {
+                    status: 500,
+                    retry_after_secs: None,
+                },
+            )
+            .with_probability(1.0)
+            .times(50),
+        )
+        .unwrap();
+    let failed_metric = || {
+        neon_steward::telemetry::metrics::metrics()
+            .actions_total
+            .with_label_values(&["expire-partial", "delete_branch", "failed", "false"])
+            .get()
+    };
+    let before = failed_metric();
+    let (r, actions) = h.run(&job(EXPIRE_FAILS), false).await;
+    assert_eq!(r.status, RunStatus::Partial, "{r:?}");
+    assert_eq!((r.counts.succeeded, r.counts.failed), (2, 1), "{r:?}");
+    assert!(r.error.as_deref().unwrap().contains("1 action(s) failed"));
+    assert_eq!(h.branch_names(&p), vec!["main", "preview/b"]);
+    let failed = actions
+        .iter()
+        .find(|a| a.outcome == ActionOutcome::Failed)
+        .expect("the failure is in the ledger");
+    assert_eq!(failed.resource_id, ids[1]);
+    assert!(failed.finished_at.is_some());
+    let detail = failed.detail.as_deref().unwrap();
+    assert!(detail.contains("500"), "the error is recorded: {detail}");
+    assert_eq!(failed_metric(), before + 1);
+    assert!(
+        h.sim.faults.injected().len() > 1,
+        "the client retried before giving up"
+    );
+}
+
+// ------------------------------------------------------------------ resume = true
+
+const SUSPEND_RESUME: &str = r#"
+[[jobs]]
+name = "suspend-lunch"
+kind = "suspend_computes"
+every = "10m"
+windows = ["Mon 12:00-14:00"]
+window_timezone = "UTC"
+resume = true
+"#;
+
+#[tokio::test]
+async fn resume_starts_only_what_the_window_suspended() {
+    let h = harness(SimConfig::default()).await;
+    // Monday 2025-06-02 12:00Z: inside the window.
+    let (p, main) = h.sim.add_project("app", None);
+    let dev = h.branch_aged(&p, "dev", None, TimeDelta::days(1));
+    let ours = h.busy_endpoint(&main);
+    // Active now but without traffic from here on, so it stays suspended once suspended.
+    h.sim
+        .state()
+        .settled()
+        .endpoints
+        .get_mut(&ours)
+        .unwrap()
+        .activity = neon_sim::state::Activity::Idle;
+    // Already suspended before the job ran: not ours to start.
+    let theirs = h.sim.add_endpoint(&dev);
+    let state = |id: &str| h.sim.state().settled().endpoints[id].current_state;
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Active);
+    assert_ne!(state(&theirs), neon_sim::state::EndpointState::Active);
+    let j = job(SUSPEND_RESUME);
+
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].resource_id, ours);
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Idle);
+
+    // Still inside the window: nothing is started.
+    h.sim.clock().advance(HOUR);
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(h.sim.mutations().is_empty());
+
+    // 14:10, the window is over: ours is started again, theirs is left alone.
+    h.sim.clock().advance(HOUR + 10 * MINUTE);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let muts = h.sim.mutations();
+    assert_eq!(muts.len(), 1, "{muts:?}");
+    assert_eq!(muts[0].method, "POST");
+    assert!(
+        muts[0].path.ends_with(&format!("/endpoints/{ours}/start")),
+        "{}",
+        muts[0].path
+    );
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].action, "start_endpoint");
+    assert_eq!(actions[0].rule.as_deref(), Some("resume"));
+    assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Active);
+    assert_ne!(state(&theirs), neon_sim::state::EndpointState::Active);
+
+    // Started once: a later run (after it suspended itself again) does not start it again.
+    h.sim.clock().advance(HOUR);
+    assert_eq!(
+        state(&ours),
+        neon_sim::state::EndpointState::Idle,
+        "autosuspended"
+    );
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(h.sim.mutations().is_empty());
+}
+
+// ------------------------------------------------------------------ set_expires_at
+
+const NATIVE_EXPIRY: &str = r#"
+[[jobs]]
+name = "native-expiry"
+kind = "expire_branches"
+every = "1h"
+ttl = "40d"
+mode = "set_expires_at"
+[jobs.branches]
+names = ["*"]
+"#;
+
+#[tokio::test]
+async fn set_expires_at_follows_neons_rules_and_neon_deletes() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let now = h.now();
+    let ancient = h.branch_aged(&p, "ancient", None, TimeDelta::days(50));
+    let older = h.branch_aged(&p, "older", None, TimeDelta::days(20));
+    let young = h.branch_aged(&p, "young", None, TimeDelta::days(5));
+    let protected = h.branch_aged(&p, "protected", None, TimeDelta::days(50));
+    h.sim
+        .state()
+        .settled()
+        .branches
+        .get_mut(&protected)
+        .unwrap()
+        .protected = true;
+    let parent = h.branch_aged(&p, "parent", None, TimeDelta::days(50));
+    let child = h.branch_aged(&p, "child", Some(&parent), TimeDelta::days(45));
+    h.sim.app.mutations.clear();
+    let j = job(NATIVE_EXPIRY);
+
+    let (r, actions) = h.run(&j, true).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(h.sim.mutations().is_empty(), "dry run");
+    assert_eq!(r.counts.planned, 3);
+
+    let (r, actions_real) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions_real:?}");
+    let muts = h.sim.mutations();
+    let patched: std::collections::BTreeMap<String, String> = muts
+        .iter()
+        .map(|m| {
+            assert_eq!(m.method, "PATCH", "{m:?}");
+            let id = m.path.rsplit('/').next().unwrap().to_string();
+            let at = m.body.as_ref().unwrap()["branch"]["expires_at"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (id, at)
+        })
+        .collect();
+    let soon = now + TimeDelta::minutes(10);
+    let expected: std::collections::BTreeMap<String, DateTime<Utc>> = [
+        (ancient.clone(), soon),
+        (
+            older.clone(),
+            now - TimeDelta::days(20) + TimeDelta::days(40),
+        ),
+        (child.clone(), soon),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        patched.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "never default, protected or parent; young is beyond 30 days: {muts:?}"
+    );
+    for (id, at) in &expected {
+        assert_eq!(t(&patched[id]), *at, "{id}");
+        assert_eq!(h.sim.state().settled().branches[id].expires_at, Some(*at));
+    }
+    assert!(h.sim.state().settled().branches[&young]
+        .expires_at
+        .is_none());
+    let skipped: Vec<&str> = actions
+        .iter()
+        .chain(&actions_real)
+        .filter(|a| a.outcome == ActionOutcome::Skipped)
+        .filter_map(|a| a.resource_name.as_deref())
+        .collect();
+    for name in ["main", "protected", "parent"] {
+        assert!(
+            skipped.contains(&name),
+            "{name} recorded as skipped: {skipped:?}"
+        );
+    }
+
+    // Re-run: already set, nothing to do.
+    h.sim.app.mutations.clear();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.counts.succeeded, 0);
+    assert!(h.sim.mutations().is_empty());
+
+    // Neon enforces it: an hour later ancient and child are gone, then older after day 20.
+    h.sim.clock().advance(HOUR);
+    assert_eq!(
+        h.branch_names(&p),
+        vec!["main", "older", "parent", "protected", "young"]
+    );
+    h.sim.clock().advance(Duration::from_secs(21 * 86_400));
+    assert_eq!(
+        h.branch_names(&p),
+        vec!["main", "parent", "protected", "young"]
+    );
+    let st = h.sim.state();
+    let s = st.settled();
+    assert!(s
+        .deleted_branches
+        .iter()
+        .filter(|d| d.branch.project_id == p)
+        .all(|d| d.deletion_method == "ttl"));
+}
+
+// ------------------------------------------------------------------ 423 and serialisation
+
+/// Moves the emulator's virtual clock forward `step` every couple of milliseconds, as time
+/// passes for a real Neon, so operations finish while the job waits. Aborted on drop.
+struct ClockDriver(tokio::task::JoinHandle<()>);
+
+impl ClockDriver {
+    fn start(clock: neon_sim::Clock, step: Duration) -> ClockDriver {
+        ClockDriver(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                clock.advance(step);
+            }
+        }))
+    }
+}
+
+impl Drop for ClockDriver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test]
+async fn locked_project_waits_while_others_proceed_and_mutations_are_serialised() {
+    // Every operation takes 10 s of emulator time.
+    let h = harness(SimConfig::default().operation_duration(Duration::from_secs(10))).await;
+    let (a, _) = h.sim.add_project("locked", None);
+    let (b, _) = h.sim.add_project("free", None);
+    for p in [&a, &b] {
+        for n in ["preview/1", "preview/2", "preview/3"] {
+            h.branch_aged(p, n, None, TimeDelta::days(10));
+        }
+    }
+    // Project `locked` is busy with a long operation (3 minutes): Neon answers 423 to any
+    // mutation until it finishes.
+    let lock_end = {
+        let st = h.sim.state();
+        let mut s = st.settled();
+        s.push_operation(&a, None, None, "apply_config");
+        let op = s.operations.last_mut().expect("just pushed");
+        op.duration = TimeDelta::minutes(3);
+        op.created_at + op.duration
+    };
+    h.sim.app.mutations.clear();
+    let j = job(EXPIRE_FAILS
+        .replace("expire-partial", "expire-locked")
+        .as_str());
+    let driver = ClockDriver::start(h.sim.clock(), Duration::from_secs(1));
+    let (r, actions) = h.run(&j, false).await;
+    drop(driver);
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(r.counts.succeeded, 6);
+    assert_eq!(h.branch_names(&a), vec!["main"]);
+    assert_eq!(h.branch_names(&b), vec!["main"]);
+
+    let muts = h.sim.mutations();
+    let of = |p: &str, status: u16| -> Vec<DateTime<Utc>> {
+        muts.iter()
+            .filter(|m| m.path.contains(&format!("/projects/{p}/")) && m.status == status)
+            .map(|m| m.at)
+            .collect()
+    };
+    // The locked project was refused, waited, then succeeded after the lock ended.
+    assert!(!of(&a, 423).is_empty(), "{muts:?}");
+    let a_ok = of(&a, 200);
+    assert_eq!(a_ok.len(), 3);
+    assert!(
+        a_ok.iter().all(|at| *at >= lock_end),
+        "{a_ok:?} vs {lock_end}"
+    );
+    // The job itself waited for the project's operations (not only the client's retries):
+    // it listed them between the last refusal and the success.
+    let sent = h.sim.sent();
+    let last_423 = sent
+        .iter()
+        .rposition(|s| s.status == 423 && s.path.contains(&a))
+        .expect("a 423 was answered");
+    let first_ok = sent
+        .iter()
+        .position(|s| s.method == "DELETE" && s.status == 200 && s.path.contains(&a))
+        .expect("a delete succeeded");
+    assert!(last_423 < first_ok);
+    assert!(
+        sent[last_423..first_ok]
+            .iter()
+            .any(|s| s.method == "GET" && s.path.ends_with(&format!("/projects/{a}/operations"))),
+        "waited on the project's operations"
+    );
+    // The other project did not wait for it: all its deletes happened during the lock.
+    let b_ok = of(&b, 200);
+    assert_eq!(b_ok.len(), 3);
+    assert!(
+        b_ok.iter().all(|at| *at < lock_end),
+        "{b_ok:?} vs {lock_end}"
+    );
+    assert!(of(&b, 423).is_empty(), "no 423 where the job waited itself");
+    // Within a project, each mutation waited for the previous one's operations (10 s).
+    for times in [&a_ok, &b_ok] {
+        for w in times.windows(2) {
+            assert!(w[1] - w[0] >= TimeDelta::seconds(10), "{times:?}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------ recoverable_until
+
+#[tokio::test]
+async fn expire_records_the_recovery_window_neon_reports() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let old = h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
+    h.sim.clock().advance(HOUR);
+    let deleted_at = h.now();
+    let (r, actions) = h
+        .run(
+            &job(EXPIRE_FAILS
+                .replace("expire-partial", "expire-recovery")
+                .as_str()),
+            false,
+        )
+        .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    let reported = {
+        let st = h.sim.state();
+        let s = st.settled();
+        let d = s
+            .deleted_branches
+            .iter()
+            .find(|d| d.branch.id == old)
+            .expect("soft-deleted in the emulator");
+        assert_eq!(d.deleted_at, deleted_at);
+        d.recoverable_until()
+    };
+    assert_eq!(
+        reported,
+        deleted_at + TimeDelta::days(7),
+        "Neon's 7-day window"
+    );
+    assert_eq!(actions.len(), 1);
+    assert_eq!(
+        actions[0].detail.as_deref(),
+        Some(format!("recoverable_until={}", reported.to_rfc3339()).as_str())
+    );
+    let asked = h.sim.sent().into_iter().any(|s| {
+        s.path.ends_with(&format!("/projects/{p}/branches"))
+            && param(&s, "include_deleted") == ["true"]
+    });
+    assert!(asked, "looked up with include_deleted=true");
+    // Past the window Neon no longer lists it as recoverable.
+    let pid = neon_steward::neon::ProjectId::from(p.as_str());
+    let listed: Vec<_> = h
+        .env
+        .client
+        .list_recoverable_branches(&pid)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    h.sim.clock().advance(Duration::from_secs(7 * 86_400));
+    let listed: Vec<_> = h
+        .env
+        .client
+        .list_recoverable_branches(&pid)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+}
