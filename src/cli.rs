@@ -45,9 +45,9 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value = "human")]
     pub log_format: LogFormat,
     /// Log level (or a filter such as `info,neon_steward::neon=debug`); NEON_STEWARD_LOG and
-    /// RUST_LOG win over it.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// RUST_LOG win over it. Default: info (warn for `demo`, which prints its own progress).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -100,8 +100,9 @@ pub enum Command {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
-    /// Start neon-sim with sample data and run the policy against it (not yet available).
-    Demo,
+    /// Run the daemon for a minute against a local Neon emulator with a seeded organisation
+    /// (config/demo.toml, a SQLite file, /metrics); no Neon account or API key needed.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Parses the command line and runs it; the process exit code.
@@ -121,13 +122,18 @@ pub fn run(cli: Cli) -> u8 {
         );
         return EXIT_OK;
     }
-    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    if let Err(e) = init_logging(cli.log_format, level) {
         eprintln!("neon-steward: {e:#}");
         return EXIT_CONFIG;
     }
-    if matches!(cli.command, Command::Demo) {
-        eprintln!("neon-steward: `demo` is not available in this build yet");
-        return EXIT_CONFIG;
+    if let Command::Demo(args) = cli.command {
+        return crate::demo::run(args, cli.config.as_deref());
     }
     let path = match config_path(cli.config.as_deref()) {
         Ok(p) => p,
@@ -178,7 +184,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Validate
             | Command::Jobs { .. }
             | Command::Completions { .. }
-            | Command::Demo => {
+            | Command::Demo(_) => {
                 unreachable!("handled before the runtime starts")
             }
         };

@@ -182,6 +182,18 @@ fn notify(state: &[sd_notify::NotifyState]) {
 /// Runs the daemon until SIGTERM/SIGINT. `cfg` is already validated (the caller reports
 /// its errors with exit code 2).
 pub async fn run(cfg: Config, opts: DaemonOptions) -> anyhow::Result<()> {
+    run_until(cfg, opts, CancellationToken::new(), |_| {}).await
+}
+
+/// [`run`], which also stops when `stop` is cancelled (the same graceful shutdown as
+/// SIGTERM), and calls `on_ready` with the bound HTTP address once the daemon is ready.
+/// `demo` uses it to run the daemon for a bounded time on a port it may have let the OS pick.
+pub async fn run_until(
+    cfg: Config,
+    opts: DaemonOptions,
+    stop_requested: CancellationToken,
+    on_ready: impl FnOnce(std::net::SocketAddr) + Send,
+) -> anyhow::Result<()> {
     let path: PathBuf = cfg.source.clone();
     ConfigReloaded {
         path: &path.display().to_string(),
@@ -248,12 +260,14 @@ pub async fn run(cfg: Config, opts: DaemonOptions) -> anyhow::Result<()> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("scheduling"),
     ]);
+    on_ready(bound);
 
     let mut current = cfg;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = stop_requested.cancelled() => { tracing::info!("stop requested: shutting down"); break; }
             _ = sighup.recv() => reload(&mut current, &handle).await,
         }
     }

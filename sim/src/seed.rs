@@ -38,6 +38,9 @@ use crate::state::{Activity, ActivityRecord, EndpointType, KeyScope, Org, State}
 pub struct SeedParams {
     pub orgs: usize,
     pub projects: usize,
+    /// Also add, per project, the cases a cleanup policy must get right (see
+    /// [`add_lifecycle_cases`]). Off by default so existing seeds keep their accounts.
+    pub lifecycle_cases: bool,
 }
 
 /// Adds an organization (the primary user is a member); returns its id.
@@ -150,6 +153,76 @@ pub fn generate(s: &mut State, p: &SeedParams) {
             let at = now - TimeDelta::days(k + 1) - TimeDelta::hours(s.rng().gen_range(0..12));
             let at = at.max(created);
             s.insert_snapshot(&main.id, None, at, None, s_manual(k));
+        }
+    }
+    if p.lifecycle_cases {
+        add_lifecycle_cases(s);
+    }
+}
+
+/// Adds to every project the situations a cleanup policy must handle, which random trees
+/// produce too rarely to show: an old preview branch that is protected, an old preview
+/// branch whose young child is kept (so the parent must be kept too), a fresh preview
+/// branch, and on some projects a compute left running with autosuspend off and no
+/// activity for hours (the one that burns money). Drawn from the seeded generator, so the
+/// account stays deterministic.
+pub fn add_lifecycle_cases(s: &mut State) {
+    let now = s.now();
+    let projects: Vec<(String, String, DateTime<Utc>)> = s
+        .projects
+        .values()
+        .filter_map(|p| {
+            let main = s.default_branch(&p.id)?;
+            Some((p.id.clone(), main.id.clone(), main.created_at))
+        })
+        .collect();
+    for (i, (project, main, created)) in projects.into_iter().enumerate() {
+        let pr = 2000 + i * 10;
+        let slug = SLUGS[s.rng().gen_range(0..SLUGS.len())];
+        // Old but protected: a release candidate someone pinned.
+        let at = (now - TimeDelta::days(s.rng().gen_range(10..40))).max(created);
+        let b = s.insert_branch(
+            &project,
+            &format!("preview/pr-{pr}-{slug}"),
+            Some(&main),
+            at,
+        );
+        if let Some(x) = s.branches.get_mut(&b.id) {
+            x.protected = true;
+        }
+        // Old parent of a young child: the child is kept, so the parent must be too.
+        let at = (now - TimeDelta::days(s.rng().gen_range(8..30))).max(created);
+        let parent = s.insert_branch(
+            &project,
+            &format!("preview/pr-{}-base", pr + 1),
+            Some(&main),
+            at,
+        );
+        let at = (now - TimeDelta::hours(s.rng().gen_range(1..20))).max(at);
+        s.insert_branch(
+            &project,
+            &format!("preview/pr-{}-followup", pr + 1),
+            Some(&parent.id),
+            at,
+        );
+        // Fresh preview with a compute in use.
+        let at = (now - TimeDelta::minutes(s.rng().gen_range(5..600))).max(created);
+        let fresh = s.insert_branch(&project, &format!("pr-{}", pr + 2), Some(&main), at);
+        if s.rng().gen_bool(0.5) {
+            add_seeded_endpoint(s, &fresh.id, at, true);
+        }
+        // A forgotten compute: running, autosuspend disabled, idle for hours.
+        if i % 3 == 0 {
+            let at = (now - TimeDelta::days(s.rng().gen_range(2..20))).max(created);
+            let name = format!("dev/{}", ids::word_pair(s.rng()));
+            let dev = s.insert_branch(&project, &name, Some(&main), at);
+            if let Some(ep) = s.insert_endpoint(&dev.id, EndpointType::ReadWrite, at) {
+                let idle_since = now - TimeDelta::minutes(s.rng().gen_range(60..600));
+                s.start_endpoint_at(&ep.id, idle_since.max(at));
+                if let Some(e) = s.endpoints.get_mut(&ep.id) {
+                    e.suspend_timeout_seconds = -1;
+                }
+            }
         }
     }
 }

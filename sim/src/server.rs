@@ -47,6 +47,8 @@ pub struct SimConfig {
     pub tick_interval: Duration,
     /// Neon's rate limits, on by default (see [`crate::ratelimit`]).
     pub rate_limit: crate::ratelimit::RateLimitConfig,
+    /// Add [`crate::seed::add_lifecycle_cases`] to the generated projects (off by default).
+    pub lifecycle_cases: bool,
 }
 
 impl Default for SimConfig {
@@ -67,6 +69,7 @@ impl Default for SimConfig {
             fixture: None,
             tick_interval: Duration::from_secs(1),
             rate_limit: crate::ratelimit::RateLimitConfig::default(),
+            lifecycle_cases: false,
         }
     }
 }
@@ -108,6 +111,11 @@ impl SimConfig {
         self.fixture = Some(path.into());
         self
     }
+    /// Seed the cleanup cases of [`crate::seed::add_lifecycle_cases`] into every project.
+    pub fn lifecycle_cases(mut self, on: bool) -> Self {
+        self.lifecycle_cases = on;
+        self
+    }
     pub fn rate_limit(mut self, config: crate::ratelimit::RateLimitConfig) -> Self {
         self.rate_limit = config;
         self
@@ -125,6 +133,7 @@ impl SimConfig {
             &SeedParams {
                 orgs: self.orgs,
                 projects: self.projects,
+                lifecycle_cases: self.lifecycle_cases,
             },
         );
         if let Some(path) = &self.fixture {

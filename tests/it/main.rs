@@ -5,6 +5,7 @@ mod helpers;
 
 mod binary;
 mod client;
+mod demo;
 mod http;
 mod jobs;
 mod jobs_e2e;

@@ -115,3 +115,70 @@ async fn fixture_file_is_loaded() {
     std::fs::remove_dir_all(&dir).ok();
     api.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn lifecycle_cases_are_seeded_deterministically_and_only_when_asked() {
+    use neon_sim::state::EndpointState;
+    let build = |on: bool| {
+        SimConfig::default()
+            .seed(11)
+            .orgs(2)
+            .projects(6)
+            .lifecycle_cases(on)
+            .build_state()
+            .unwrap()
+    };
+    let plain = build(false);
+    let a = build(true);
+    let b = build(true);
+    // Off: the account is exactly what the seed gave before the option existed.
+    assert_eq!(
+        plain.branches.keys().collect::<Vec<_>>(),
+        SimConfig::default()
+            .seed(11)
+            .orgs(2)
+            .projects(6)
+            .build_state()
+            .unwrap()
+            .branches
+            .keys()
+            .collect::<Vec<_>>()
+    );
+    let names = |s: &neon_sim::state::State| -> Vec<(String, String, bool)> {
+        s.branches
+            .values()
+            .map(|b| (b.name.clone(), b.created_at.to_rfc3339(), b.protected))
+            .collect()
+    };
+    assert_eq!(names(&a), names(&b));
+    assert!(a.branches.len() > plain.branches.len());
+    let week = chrono::TimeDelta::days(7);
+    for p in a.projects.values() {
+        let branches = a.project_branches(&p.id);
+        // An old protected preview.
+        assert!(branches.iter().any(|b| b.name.starts_with("preview/")
+            && b.protected
+            && a.now() - b.created_at > week));
+        // An old preview whose child is young.
+        assert!(branches.iter().any(|parent| {
+            parent.name.starts_with("preview/")
+                && a.now() - parent.created_at > week
+                && branches.iter().any(|c| {
+                    c.parent_id.as_deref() == Some(parent.id.as_str())
+                        && a.now() - c.created_at < chrono::TimeDelta::days(1)
+                })
+        }));
+    }
+    // Forgotten computes: running, autosuspend off, idle for an hour or more.
+    let forgotten = a
+        .endpoints
+        .values()
+        .filter(|e| {
+            e.current_state == EndpointState::Active
+                && e.suspend_timeout_seconds < 0
+                && e.last_active
+                    .is_some_and(|t| a.now() - t >= chrono::TimeDelta::hours(1))
+        })
+        .count();
+    assert_eq!(forgotten, 2, "every third of 6 projects");
+}
