@@ -12,7 +12,7 @@ use crate::config::{parse_with_env, ConfigError};
 /// The policy files shipped in the repository, each checked against the schema and the
 /// parser. Listed explicitly so that a missing file fails instead of being skipped; a
 /// `config/*.toml` not listed here fails `every_shipped_policy_is_listed`.
-const SHIPPED_POLICIES: &[&str] = &["config/example.toml"];
+const SHIPPED_POLICIES: &[&str] = &["config/example.toml", "config/demo.toml"];
 
 fn crate_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
