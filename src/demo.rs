@@ -498,18 +498,19 @@ fn print_run(
 }
 
 fn print_action(a: &ActionRecord, names: &HashMap<String, String>) {
-    let project = a
+    // Account-wide actions (consumption collection) have no project to name.
+    let place = a
         .project_id
         .as_ref()
-        .map(|p| names.get(p).cloned().unwrap_or_else(|| p.clone()))
+        .map(|p| format!(" in {}", names.get(p).map_or(p.as_str(), |n| n.as_str())))
         .unwrap_or_default();
     let what = a.resource_name.as_deref().unwrap_or(&a.resource_id);
     println!(
-        "           - {:<9} {} {} in {}: {}",
+        "           - {:<9} {} {}{}: {}",
         a.outcome.as_str(),
         a.action,
         what,
-        project,
+        place,
         a.reason
     );
 }
