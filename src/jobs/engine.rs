@@ -30,7 +30,7 @@ use crate::neon::{
     ApiError, BranchId, BranchUpdate, EndpointId, EndpointState, NeonClient, Operation, OrgId,
     Project, ProjectFilter, ProjectId, SnapshotId, SnapshotRequest,
 };
-use crate::store::{ActionCounts, RunId, RunStatus, Store};
+use crate::store::{ActionCounts, ActionOutcome, RunId, RunStatus, Store};
 
 /// What every run needs from the daemon.
 #[derive(Clone)]
@@ -309,18 +309,16 @@ async fn run_planned(
     let matched: usize = plans.iter().map(|p| p.matched).sum();
     limits(job).check(planned, matched)?;
 
-    // Skips are recorded in dry runs and real runs alike.
-    for p in &plans {
-        for s in &p.skips {
-            ledger.skipped(s).await?;
-        }
-    }
+    // Skips are recorded in dry runs and real runs alike; these rows (and a dry run's
+    // planned actions) are final when written, so each kind is one batch, one transaction.
+    let skips: Vec<ActionSpec> = plans.iter().flat_map(|p| p.skips.iter().cloned()).collect();
+    ledger.record_all(&skips, ActionOutcome::Skipped).await?;
     if ctx.dry_run {
-        for p in &plans {
-            for a in &p.actions {
-                ledger.planned(&a.spec).await?;
-            }
-        }
+        let planned: Vec<ActionSpec> = plans
+            .iter()
+            .flat_map(|p| p.actions.iter().map(|a| a.spec.clone()))
+            .collect();
+        ledger.record_all(&planned, ActionOutcome::Planned).await?;
         return Ok(());
     }
 

@@ -134,6 +134,31 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records many skips, or a dry run's planned actions (`outcome` is `Skipped` or
+    /// `Planned`), with one store write ([`Store::begin_actions`], one transaction): these
+    /// rows are final when written, so nothing is lost by batching them, and a large run no
+    /// longer pays one transaction per row.
+    pub async fn record_all(
+        &self,
+        specs: &[ActionSpec],
+        outcome: ActionOutcome,
+    ) -> StoreResult<()> {
+        debug_assert!(
+            matches!(outcome, ActionOutcome::Skipped | ActionOutcome::Planned),
+            "only final outcomes are batched; real actions use begin()"
+        );
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<NewAction> = specs.iter().map(|s| self.new_action(s, outcome)).collect();
+        self.store.begin_actions(&rows).await?;
+        for spec in specs {
+            self.count(outcome);
+            self.emit(spec, outcome, None);
+        }
+        Ok(())
+    }
+
     /// Writes the action as `pending` before it is attempted.
     pub async fn begin(&self, spec: &ActionSpec) -> StoreResult<PendingAction> {
         let id = self

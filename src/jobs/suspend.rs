@@ -56,16 +56,20 @@ pub(crate) async fn plan(
         return Ok(out);
     }
     let endpoints = env.client.list_endpoints(&project.id).await?;
-    let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
-    let names: HashMap<&str, &str> = branches
-        .iter()
-        .map(|b| (b.id.as_str(), b.name.as_str()))
-        .collect();
+    let sel = &job.selectors.endpoints;
+    // Branch names are needed to select endpoints by branch pattern, and otherwise only to
+    // name the branch in the ledger: without patterns they are listed only if there is
+    // something to record (most runs of a large account decide nothing for most projects).
+    let mut names: Option<HashMap<String, String>> = if sel.branches.patterns.is_empty() {
+        None
+    } else {
+        Some(branch_names(env, project).await?)
+    };
+    // One request normally, however long the project's operation history (see
+    // `operations_in_progress` for why stopping early is safe).
     let busy: HashSet<String> = env
         .client
-        .list_operations(&project.id)
-        .try_filter(|o| futures::future::ready(!o.status.is_terminal()))
-        .try_collect::<Vec<_>>()
+        .operations_in_progress(&project.id)
         .await?
         .into_iter()
         .filter_map(|o| o.endpoint_id.map(|e| e.to_string()))
@@ -75,7 +79,6 @@ pub(crate) async fn plan(
     } else {
         BTreeSet::new()
     };
-    let sel = &job.selectors.endpoints;
     let selector = EndpointSelector {
         kinds: sel
             .endpoint_type
@@ -102,8 +105,13 @@ pub(crate) async fn plan(
         .iter()
         .find(|w| w.contains(ctx.now))
         .map(|w| w.source.as_str());
+    let mut decided = Vec::new();
     for e in &endpoints {
-        let branch_name = names.get(e.branch_id.as_str()).copied().unwrap_or("");
+        let branch_name = names
+            .as_ref()
+            .and_then(|n| n.get(e.branch_id.as_str()))
+            .map(String::as_str)
+            .unwrap_or("");
         let facts = EndpointFacts {
             id: e.id.as_str(),
             kind: match e.endpoint_type {
@@ -126,16 +134,30 @@ pub(crate) async fn plan(
             window,
             suspended_by_window: suspended.contains(e.id.as_str()),
         };
+        match decide(ctx.now, &rules, &now_facts) {
+            SuspendDecision::Leave => {}
+            d => decided.push((e, d)),
+        }
+    }
+    if !decided.is_empty() && names.is_none() {
+        names = Some(branch_names(env, project).await?);
+    }
+    for (e, decision) in decided {
+        let branch_name = names
+            .as_ref()
+            .and_then(|n| n.get(e.branch_id.as_str()))
+            .cloned()
+            .unwrap_or_default();
         let spec_for = |action: &'static str, why: Why| ActionSpec {
             resource_kind: "endpoint",
             resource_id: e.id.to_string(),
-            resource_name: Some(branch_name.to_string()),
+            resource_name: Some(branch_name.clone()),
             project_id: Some(project.id.to_string()),
             action,
             rule: Some(why.rule),
             reason: why.reason,
         };
-        match decide(ctx.now, &rules, &now_facts) {
+        match decision {
             SuspendDecision::Suspend(why) => out.actions.push(PlannedAction {
                 spec: spec_for("suspend_endpoint", why),
                 op: Op::SuspendEndpoint(e.id.clone()),
@@ -156,6 +178,18 @@ pub(crate) async fn plan(
         }
     }
     Ok(out)
+}
+
+/// Branch id -> name for one project.
+async fn branch_names(
+    env: &JobEnv,
+    project: &Project,
+) -> Result<HashMap<String, String>, ApiError> {
+    let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
+    Ok(branches
+        .into_iter()
+        .map(|b| (b.id.to_string(), b.name))
+        .collect())
 }
 
 /// After a real run: remember which endpoints a window made us suspend, forget the ones we

@@ -28,6 +28,31 @@ use crate::telemetry::events::{ApiRequestCompleted, ApiRetry};
 /// Neon's own maximum of `project_ids` per consumption call.
 pub const MAX_CONSUMPTION_PROJECT_IDS: usize = 100;
 
+/// The largest `limit` each list endpoint accepts, from Neon's OpenAPI document
+/// (`sim/spec/neon-v2.json`). Neon's rate limit charges per request, not per item, so by
+/// default every listing asks for these.
+pub mod page_max {
+    /// `GET /projects` (`listProjects`).
+    pub const PROJECTS: u32 = 400;
+    /// `GET /projects/{project_id}/branches` (`listProjectBranches`).
+    pub const BRANCHES: u32 = 10_000;
+    /// `GET /projects/{project_id}/operations` (`listProjectOperations`).
+    pub const OPERATIONS: u32 = 1_000;
+    /// `GET /consumption_history/v2/projects` and the legacy `/consumption_history/projects`.
+    pub const CONSUMPTION_PROJECTS: u32 = 100;
+}
+
+/// [`ClientConfig::page_size`]'s default: the largest maximum of any list endpoint, so that
+/// each endpoint is asked for its own maximum ([`page_max`]).
+pub const DEFAULT_PAGE_SIZE: u32 = page_max::BRANCHES;
+
+/// Page size of the scan for unfinished operations ([`NeonClient::operations_in_progress`]).
+/// The scan stops after the first page whose operations have all ended, so this page is
+/// also the margin of finished operations that must lie between the newest operation and
+/// an unfinished one for the scan to stop before it (see that method); 100 keeps the page
+/// small in bytes (the scan runs per project and per poll) and the margin wide.
+const IN_PROGRESS_SCAN_PAGE: u32 = 100;
+
 /// How to reach Neon and how politely.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -52,7 +77,10 @@ pub struct ClientConfig {
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     pub user_agent: String,
-    /// Page size asked for in list calls (clamped to each endpoint's maximum).
+    /// The largest page asked for in list calls; each endpoint's own maximum ([`page_max`])
+    /// applies on top. The default ([`DEFAULT_PAGE_SIZE`]) asks every endpoint for its
+    /// maximum, because Neon's rate limit counts requests: listing 2,000 branches is one
+    /// request at 10,000 per page and 20 at 100. Lower it only to bound response sizes.
     pub page_size: u32,
     /// First and largest interval between polls in `wait_for_operations` / `wait_for_project_idle`.
     pub poll_initial: Duration,
@@ -75,7 +103,7 @@ impl ClientConfig {
             retry_base_delay: Duration::from_millis(500),
             retry_max_delay: Duration::from_secs(30),
             user_agent: format!("neon-steward/{}", env!("CARGO_PKG_VERSION")),
-            page_size: 100,
+            page_size: DEFAULT_PAGE_SIZE,
             poll_initial: Duration::from_millis(250),
             poll_max: Duration::from_secs(5),
         }
@@ -178,6 +206,9 @@ struct PageSpec<W, T> {
     /// The `limit` asked for: a shorter page is the last one.
     limit: usize,
     extract: Extract<W, T>,
+    /// A page for which this holds is the last one fetched, whatever its cursor says: the
+    /// caller knows from the data that older pages cannot matter.
+    last_page_if: Option<fn(&[T]) -> bool>,
 }
 
 impl NeonClient {
@@ -251,7 +282,7 @@ impl NeonClient {
         &self,
         filter: ProjectFilter,
     ) -> impl Stream<Item = Result<Project, ApiError>> + Send + 'static {
-        let limit = self.limit(400);
+        let limit = self.limit(page_max::PROJECTS);
         let base = Call::get("/projects", &["projects"])
             .query("limit", limit.to_string())
             .query_opt("org_id", filter.org_id.map(|o| o.to_string()))
@@ -260,6 +291,7 @@ impl NeonClient {
             base,
             cursor_param: "cursor",
             limit,
+            last_page_if: None,
             extract: Box::new(|p: wire::ProjectsPage| {
                 let n = p.projects.len();
                 (
@@ -304,7 +336,7 @@ impl NeonClient {
         project: &ProjectId,
         include_deleted: bool,
     ) -> impl Stream<Item = Result<Branch, ApiError>> + Send + 'static {
-        let limit = self.limit(10_000);
+        let limit = self.limit(page_max::BRANCHES);
         let mut base = Call::get(
             "/projects/{project_id}/branches",
             &["projects", project.as_str(), "branches"],
@@ -319,6 +351,7 @@ impl NeonClient {
             base,
             cursor_param: "cursor",
             limit,
+            last_page_if: None,
             extract: Box::new(|p: wire::BranchesPage| {
                 let n = p.branches.len();
                 (
@@ -590,11 +623,22 @@ impl NeonClient {
 
     // ---------------------------------------------------------------- operations
 
+    /// Every operation of the project, newest first (Neon's order), in pages of up to
+    /// [`page_max::OPERATIONS`]. A project's history can hold thousands (every compute start
+    /// and suspend is one): to find unfinished ones use [`Self::operations_in_progress`].
     pub fn list_operations(
         &self,
         project: &ProjectId,
     ) -> impl Stream<Item = Result<Operation, ApiError>> + Send + 'static {
-        let limit = self.limit(1000);
+        self.list_operations_paged(project, self.limit(page_max::OPERATIONS), None)
+    }
+
+    fn list_operations_paged(
+        &self,
+        project: &ProjectId,
+        limit: usize,
+        last_page_if: Option<fn(&[Operation]) -> bool>,
+    ) -> impl Stream<Item = Result<Operation, ApiError>> + Send + 'static {
         let base = Call::get(
             "/projects/{project_id}/operations",
             &["projects", project.as_str(), "operations"],
@@ -604,6 +648,7 @@ impl NeonClient {
             base,
             cursor_param: "cursor",
             limit,
+            last_page_if,
             extract: Box::new(|p: wire::OperationsPage| {
                 let n = p.operations.len();
                 (
@@ -613,6 +658,29 @@ impl NeonClient {
                 )
             }),
         })
+    }
+
+    /// The project's operations still `scheduling`, `running` (or otherwise unfinished),
+    /// newest first, without reading the whole history.
+    ///
+    /// Neon lists operations newest first and runs a project's operations through one queue:
+    /// a mutation is refused with 423 while conflicting operations run, and a queued one
+    /// stays `scheduling` until those before it end. Unfinished operations are therefore
+    /// among the newest, so the scan stops after the first page (of up to 100) whose
+    /// operations have all ended: an operation older than a whole page of finished ones is
+    /// taken to be finished too. The usual answer costs one request, however long the
+    /// history (the whole history cost one request per 100 operations before).
+    pub async fn operations_in_progress(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<Operation>, ApiError> {
+        fn all_ended(page: &[Operation]) -> bool {
+            page.iter().all(|o| o.status.is_terminal())
+        }
+        self.list_operations_paged(project, self.limit(IN_PROGRESS_SCAN_PAGE), Some(all_ended))
+            .try_filter(|o| futures::future::ready(!o.status.is_terminal()))
+            .try_collect()
+            .await
     }
 
     pub async fn get_operation(
@@ -637,6 +705,12 @@ impl NeonClient {
     /// to do before the next mutation. A `failed` operation is an
     /// [`ApiError::OperationFailed`]; running past `deadline` is an [`ApiError::Deadline`].
     /// Returns the operations in their final state.
+    ///
+    /// One operation is polled with one GET per round. Several are polled with one listing
+    /// of the project's operations per round (newest first, read only until every pending
+    /// one is seen; ours are normally on the first page since the project is locked while
+    /// they run), as long as that costs fewer requests than one GET each: when a listing
+    /// needed as many pages as there are pending operations, the next round uses GETs.
     pub async fn wait_for_operations(
         &self,
         project: &ProjectId,
@@ -655,6 +729,8 @@ impl NeonClient {
             }
         }
         let mut interval = self.inner.poll_initial;
+        // Pages the last listing needed; one is what a listing normally costs.
+        let mut listing_pages = 1;
         while !pending.is_empty() {
             let elapsed = start.elapsed();
             if elapsed >= deadline {
@@ -673,9 +749,19 @@ impl NeonClient {
             }
             tokio::time::sleep(interval.min(deadline - elapsed)).await;
             interval = (interval * 2).min(self.inner.poll_max);
+            let refreshed = if pending.len() >= 2 && listing_pages < pending.len() {
+                let (found, pages) = self.find_operations(project, &pending).await?;
+                listing_pages = pages;
+                found
+            } else {
+                let mut found = Vec::with_capacity(pending.len());
+                for op in &pending {
+                    found.push(self.get_operation(project, &op.id).await?);
+                }
+                found
+            };
             let mut still = Vec::new();
-            for op in pending {
-                let now = self.get_operation(project, &op.id).await?;
+            for now in refreshed {
                 check_failed(&now)?;
                 if now.status.is_terminal() {
                     done.push(now);
@@ -688,8 +774,42 @@ impl NeonClient {
         Ok(done)
     }
 
+    /// The current state of `wanted` (all of one project) from the project's operation
+    /// list, read newest first only until each was seen; any the listing does not show
+    /// (its history ended first) is fetched by id. Returns them and the pages read.
+    async fn find_operations(
+        &self,
+        project: &ProjectId,
+        wanted: &[Operation],
+    ) -> Result<(Vec<Operation>, usize), ApiError> {
+        // Small pages: ours are normally the newest few, and this runs once per poll round.
+        let limit = self
+            .limit(page_max::OPERATIONS)
+            .min((wanted.len() * 4).max(20));
+        let mut missing: HashSet<&OperationId> = wanted.iter().map(|o| &o.id).collect();
+        let mut found = Vec::with_capacity(wanted.len());
+        let mut read = 0usize;
+        let listing = self.list_operations_paged(project, limit, None);
+        futures::pin_mut!(listing);
+        while !missing.is_empty() {
+            let Some(op) = listing.try_next().await? else {
+                break;
+            };
+            read += 1;
+            if missing.remove(&op.id) {
+                found.push(op);
+            }
+        }
+        let pages = read.div_ceil(limit).max(1);
+        for op in wanted.iter().filter(|o| missing.contains(&o.id)) {
+            found.push(self.get_operation(project, &op.id).await?);
+        }
+        Ok((found, pages))
+    }
+
     /// Waits until the project has no operation in `scheduling` or `running` (what a 423
-    /// waits for). Failed operations of others are not our concern here and are ignored.
+    /// waits for), checking with [`Self::operations_in_progress`] (one request per poll,
+    /// normally). Failed operations of others are not our concern here and are ignored.
     pub async fn wait_for_project_idle(
         &self,
         project: &ProjectId,
@@ -698,11 +818,7 @@ impl NeonClient {
         let start = Instant::now();
         let mut interval = self.inner.poll_initial;
         loop {
-            let busy: Vec<Operation> = self
-                .list_operations(project)
-                .try_filter(|o| futures::future::ready(!o.status.is_terminal()))
-                .try_collect()
-                .await?;
+            let busy = self.operations_in_progress(project).await?;
             if busy.is_empty() {
                 return Ok(());
             }
@@ -743,7 +859,7 @@ impl NeonClient {
             Ok(())
         })();
         let granularity = query.granularity;
-        let limit = self.limit(100);
+        let limit = self.limit(page_max::CONSUMPTION_PROJECTS);
         let base = consumption_call(
             Call::get(ROUTE, &["consumption_history", "v2", "projects"]),
             &query,
@@ -753,6 +869,7 @@ impl NeonClient {
             base,
             cursor_param: "cursor",
             limit,
+            last_page_if: None,
             extract: Box::new(move |p: wire::ConsumptionV2Page| {
                 let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
                 let n = p.projects.len();
@@ -771,7 +888,7 @@ impl NeonClient {
         const ROUTE: &str = "/consumption_history/projects";
         let check = validate_consumption(&query);
         let granularity = query.granularity;
-        let limit = self.limit(100);
+        let limit = self.limit(page_max::CONSUMPTION_PROJECTS);
         let base = consumption_call(
             Call::get(ROUTE, &["consumption_history", "projects"]),
             &query,
@@ -781,6 +898,7 @@ impl NeonClient {
             base,
             cursor_param: "cursor",
             limit,
+            last_page_if: None,
             extract: Box::new(move |p: wire::ConsumptionLegacyPage| {
                 let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
                 let n = p.projects.len();
@@ -1023,6 +1141,10 @@ impl NeonClient {
             let reply = st.client.execute_with(&st.spec.base, &extra).await?;
             let page: W = decode(st.spec.base.route, &reply)?;
             let (items, next, records) = (st.spec.extract)(page);
+            if st.spec.last_page_if.is_some_and(|last| last(&items)) {
+                st.done = true;
+                return Ok(Some((items, st)));
+            }
             match next {
                 // Neon returns a cursor even on the last page; a short page is the last one
                 // (this saves one request per listing). A repeated cursor would loop forever.

@@ -332,6 +332,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes an action to the ledger *before* it is attempted.
     async fn begin_action(&self, action: &NewAction) -> StoreResult<ActionId>;
+    /// Writes several actions at once and returns their ids in the same order: for the
+    /// rows that are final when written (`planned`, `skipped`), where one transaction per
+    /// row made recording a large dry run cost more than planning it. The SQL backends
+    /// write the batch in one transaction (all rows or none). Real actions still go through
+    /// [`Store::begin_action`] one by one, each written before its call.
+    ///
+    /// The default writes row by row (not atomically), for stores without transactions.
+    async fn begin_actions(&self, actions: &[NewAction]) -> StoreResult<Vec<ActionId>> {
+        let mut ids = Vec::with_capacity(actions.len());
+        for a in actions {
+            ids.push(self.begin_action(a).await?);
+        }
+        Ok(ids)
+    }
     /// Records how the action ended.
     async fn finish_action(
         &self,

@@ -117,6 +117,37 @@ fn action_from_row(row: &PgRow) -> StoreResult<ActionRecord> {
     })
 }
 
+/// Inserts one ledger row inside the caller's transaction.
+async fn insert_action(
+    tx: &mut Transaction<'static, Postgres>,
+    action: &NewAction,
+    now: i64,
+) -> StoreResult<ActionId> {
+    // Only a pending action is still open; a planned or skipped one is over when written.
+    let finished_at = (action.outcome != ActionOutcome::Pending).then_some(now);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO actions (run_id, job, resource_kind, resource_id, resource_name, \
+         project_id, action, rule, reason, dry_run, outcome, created_at, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+    )
+    .bind(action.run_id)
+    .bind(&action.job)
+    .bind(&action.resource_kind)
+    .bind(&action.resource_id)
+    .bind(action.resource_name.as_deref())
+    .bind(action.project_id.as_deref())
+    .bind(&action.action)
+    .bind(action.rule.as_deref())
+    .bind(&action.reason)
+    .bind(action.dry_run)
+    .bind(action.outcome.as_str())
+    .bind(now)
+    .bind(finished_at)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> StoreResult<()> {
@@ -245,31 +276,25 @@ impl Store for PgStore {
 
     async fn begin_action(&self, action: &NewAction) -> StoreResult<ActionId> {
         let now = to_ms(Utc::now());
-        // Only a pending action is still open; a planned or skipped one is over when written.
-        let finished_at = (action.outcome != ActionOutcome::Pending).then_some(now);
         let mut tx = self.write().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO actions (run_id, job, resource_kind, resource_id, resource_name, \
-             project_id, action, rule, reason, dry_run, outcome, created_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-        )
-        .bind(action.run_id)
-        .bind(&action.job)
-        .bind(&action.resource_kind)
-        .bind(&action.resource_id)
-        .bind(action.resource_name.as_deref())
-        .bind(action.project_id.as_deref())
-        .bind(&action.action)
-        .bind(action.rule.as_deref())
-        .bind(&action.reason)
-        .bind(action.dry_run)
-        .bind(action.outcome.as_str())
-        .bind(now)
-        .bind(finished_at)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_action(&mut tx, action, now).await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    async fn begin_actions(&self, actions: &[NewAction]) -> StoreResult<Vec<ActionId>> {
+        if actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_ms(Utc::now());
+        // One transaction for the batch: one commit instead of one per row, and all or none.
+        let mut tx = self.write().await?;
+        let mut ids = Vec::with_capacity(actions.len());
+        for action in actions {
+            ids.push(insert_action(&mut tx, action, now).await?);
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
 
     async fn finish_action(
