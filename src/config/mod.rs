@@ -388,11 +388,21 @@ impl Retention {
 
 /// A snapshot name with placeholders `{branch}`, `{date}` (YYYY-MM-DD), `{time}` (HHMMSS),
 /// `{job}`; date and time are those of the tick in the job's time zone.
+///
+/// `{job}`, `{date}` and `{time}` are required. `{job}` keeps the names of two policies apart
+/// (ownership is recorded by snapshot id, but the name is the second check and a reader of
+/// the console must be able to tell whose snapshot it is). `{date}` and `{time}` make each
+/// tick's name unique: the name is also the idempotency key of a tick, so a template without
+/// `{time}` on a schedule that fires more often than daily would render the same name for
+/// every tick of a day, and every tick after the first would find "its" snapshot already
+/// made and create nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameTemplate(String);
 
 impl NameTemplate {
-    pub const DEFAULT: &'static str = "{branch}-snap-{date}-{time}";
+    pub const DEFAULT: &'static str = "{job}-{branch}-{date}-{time}";
+    /// Placeholders every template must contain (see the type's documentation).
+    pub const REQUIRED: [&'static str; 3] = ["job", "date", "time"];
     const PLACEHOLDERS: [&'static str; 4] = ["branch", "date", "time", "job"];
 
     pub fn parse(s: &str) -> Result<NameTemplate, String> {
@@ -413,11 +423,126 @@ impl NameTemplate {
         if s.trim().is_empty() {
             return Err("empty name template".into());
         }
+        let missing: Vec<String> = Self::REQUIRED
+            .iter()
+            .filter(|p| !s.contains(&format!("{{{p}}}")))
+            .map(|p| format!("{{{p}}}"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "name template `{s}` lacks {}: every template needs {{job}} (so two policies' \
+                 snapshots never share names) and {{date}} and {{time}} (so each tick's snapshot \
+                 has its own name), e.g. \"{}\"",
+                missing.join(", "),
+                Self::DEFAULT
+            ));
+        }
         Ok(NameTemplate(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The template as a pattern over characters, with `{job}` filled in: `{branch}` is
+    /// any non-empty text (Neon branch names are free-form), `{date}` and `{time}` digits.
+    fn pattern(&self, job: &str) -> Vec<NameElem> {
+        let mut out = Vec::new();
+        let mut rest = self.0.as_str();
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("{job}") {
+                out.extend(job.chars().map(NameElem::Char));
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("{branch}") {
+                out.extend([NameElem::Any, NameElem::AnyRepeated]);
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("{date}") {
+                // YYYY-MM-DD
+                out.extend("dddd-dd-dd".chars().map(|c| {
+                    if c == 'd' {
+                        NameElem::Digit
+                    } else {
+                        NameElem::Char(c)
+                    }
+                }));
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("{time}") {
+                out.extend(std::iter::repeat(NameElem::Digit).take(6));
+                rest = r;
+            } else {
+                let c = rest.chars().next().expect("rest is not empty");
+                out.push(NameElem::Char(c));
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        out
+    }
+
+    /// Whether this template (of job `job`) and `other` (of job `other_job`) can render the
+    /// same name for some branches and ticks; if so, one such name.
+    ///
+    /// Both are patterns of literal characters, digits and "any text" (`{branch}`), so the
+    /// question is whether two such patterns share a string: a search over pairs of
+    /// positions, advancing both by one character both allow (or skipping an "any text"
+    /// repetition). The patterns are short, so this is instant.
+    pub fn collides_with(
+        &self,
+        job: &str,
+        other: &NameTemplate,
+        other_job: &str,
+    ) -> Option<String> {
+        let a = self.pattern(job);
+        let b = other.pattern(other_job);
+        let (n, m) = (a.len(), b.len());
+        let idx = |i: usize, j: usize| i * (m + 1) + j;
+        // Predecessor of each reached state and the character read to get there.
+        let mut prev: Vec<Option<(usize, Option<char>)>> = vec![None; (n + 1) * (m + 1)];
+        let mut seen = vec![false; (n + 1) * (m + 1)];
+        let mut queue = std::collections::VecDeque::from([(0usize, 0usize)]);
+        seen[idx(0, 0)] = true;
+        while let Some((i, j)) = queue.pop_front() {
+            if i == n && j == m {
+                let mut chars = Vec::new();
+                let mut at = idx(i, j);
+                while let Some((from, c)) = prev[at] {
+                    chars.extend(c);
+                    at = from;
+                }
+                chars.reverse();
+                return Some(chars.into_iter().collect());
+            }
+            let mut next = Vec::new();
+            // Leave a repetition without reading.
+            if a.get(i) == Some(&NameElem::AnyRepeated) {
+                next.push((i + 1, j, None));
+            }
+            if b.get(j) == Some(&NameElem::AnyRepeated) {
+                next.push((i, j + 1, None));
+            }
+            if let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+                if let Some(c) = x.common(*y) {
+                    let ni = if *x == NameElem::AnyRepeated {
+                        i
+                    } else {
+                        i + 1
+                    };
+                    let nj = if *y == NameElem::AnyRepeated {
+                        j
+                    } else {
+                        j + 1
+                    };
+                    next.push((ni, nj, Some(c)));
+                }
+            }
+            for (ni, nj, c) in next {
+                if !seen[idx(ni, nj)] {
+                    seen[idx(ni, nj)] = true;
+                    prev[idx(ni, nj)] = Some((idx(i, j), c));
+                    queue.push_back((ni, nj));
+                }
+            }
+        }
+        None
     }
 
     pub fn render<Z: TimeZone>(&self, branch: &str, job: &str, at: &DateTime<Z>) -> String
@@ -429,6 +554,31 @@ impl NameTemplate {
             .replace("{job}", job)
             .replace("{date}", &at.format("%Y-%m-%d").to_string())
             .replace("{time}", &at.format("%H%M%S").to_string())
+    }
+}
+
+/// One position of a name template seen as a pattern (see [`NameTemplate::collides_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameElem {
+    Char(char),
+    Digit,
+    /// Exactly one character of any kind.
+    Any,
+    /// Any number of characters of any kind (zero or more).
+    AnyRepeated,
+}
+
+impl NameElem {
+    /// A character both positions accept, if there is one.
+    fn common(self, other: NameElem) -> Option<char> {
+        use NameElem::*;
+        match (self, other) {
+            (Char(a), Char(b)) => (a == b).then_some(a),
+            (Char(c), Digit) | (Digit, Char(c)) => c.is_ascii_digit().then_some(c),
+            (Char(c), Any | AnyRepeated) | (Any | AnyRepeated, Char(c)) => Some(c),
+            (Digit, _) | (_, Digit) => Some('0'),
+            _ => Some('x'),
+        }
     }
 }
 
@@ -546,6 +696,9 @@ impl Validator<'_> {
         }
 
         let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        // Snapshot jobs so far: name, template and where the template is (or the job name,
+        // for the default template), to refuse templates whose names can coincide.
+        let mut snapshot_templates: Vec<(String, NameTemplate, usize)> = Vec::new();
         let mut jobs = Vec::with_capacity(raw.jobs.len());
         for job in raw.jobs {
             let name = job.name.get_ref().clone();
@@ -557,7 +710,39 @@ impl Validator<'_> {
                 ));
             }
             seen.insert(name, job.name.span());
-            jobs.push(Arc::new(self.job(job, &defaults)?));
+            let template_span = job
+                .name_template
+                .as_ref()
+                .map_or_else(|| job.name.span(), |t| t.span());
+            let built = self.job(job, &defaults)?;
+            if let JobSpec::SnapshotBranches(spec) = &built.spec {
+                for (other_name, other_template, other_span) in &snapshot_templates {
+                    if let Some(example) =
+                        spec.name_template
+                            .collides_with(&built.name, other_template, other_name)
+                    {
+                        let (l, c) = line_col(self.text, *other_span);
+                        return Err(self.err(
+                            template_span,
+                            format!(
+                                "the snapshot names of job `{}` (`{}`) and job `{other_name}` \
+                                 (`{}`, line {l}, column {c}) can coincide, e.g. `{example}`; \
+                                 give one of them a fixed part the other cannot produce (e.g. \
+                                 \"{{job}}/{{branch}}-{{date}}-{{time}}\")",
+                                built.name,
+                                spec.name_template.as_str(),
+                                other_template.as_str(),
+                            ),
+                        ));
+                    }
+                }
+                snapshot_templates.push((
+                    built.name.clone(),
+                    spec.name_template.clone(),
+                    template_span.start,
+                ));
+            }
+            jobs.push(Arc::new(built));
         }
         Ok(Config {
             api,

@@ -256,14 +256,15 @@ pub struct RawJob {
     // snapshot_branches
     /// `snapshot_branches` only: name of each snapshot, with the placeholders `{branch}`,
     /// `{date}` (YYYY-MM-DD), `{time}` (HHMMSS) and `{job}`, rendered at the tick in the job's
-    /// time zone.
+    /// time zone. `{job}`, `{date}` and `{time}` are required, and no two snapshot jobs may
+    /// have templates that can render the same name.
     #[schemars(
         with = "Option<String>",
         regex(
             pattern = r"^\s*([^{\s]|\{(branch|date|time|job)\})([^{]|\{(branch|date|time|job)\})*$"
         )
     )]
-    #[schemars(extend("default" = "{branch}-snap-{date}-{time}"))]
+    #[schemars(extend("default" = "{job}-{branch}-{date}-{time}"))]
     pub name_template: Option<Spanned<String>>,
     /// `snapshot_branches` only: Neon deletes each snapshot by itself this long after
     /// creation (Neon's native branch expiry). Absent: snapshots do not expire.

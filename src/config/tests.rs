@@ -293,3 +293,102 @@ fn consumption_endpoint_is_explicit_and_v2_needs_org_id() {
         "only collect_consumption takes it: {e}"
     );
 }
+
+#[test]
+fn name_template_needs_job_date_and_time() {
+    for (t, missing) in [
+        ("{branch}-snap-{date}-{time}", "{job}"),
+        ("{job}-{branch}-{date}", "{time}"),
+        ("{job}-{branch}", "{date}, {time}"),
+    ] {
+        let e = err(&format!("{JOB}name_template = \"{t}\"\n"));
+        assert!(
+            e.contains(&format!("lacks {missing}")) && e.contains("policy.toml:6"),
+            "{t}: {e}"
+        );
+    }
+    let c = parse(&format!(
+        "{JOB}name_template = \"{{job}}/{{branch}}@{{date}}T{{time}}\"\n"
+    ))
+    .unwrap();
+    match &c.jobs[0].spec {
+        JobSpec::SnapshotBranches(s) => {
+            assert_eq!(s.name_template.as_str(), "{job}/{branch}@{date}T{time}")
+        }
+        other => panic!("wrong spec {other:?}"),
+    }
+    assert_eq!(NameTemplate::DEFAULT, "{job}-{branch}-{date}-{time}");
+}
+
+fn snapshot_job(name: &str, template: Option<&str>) -> String {
+    let t = template.map_or(String::new(), |t| format!("name_template = \"{t}\"\n"));
+    format!(
+        "[[jobs]]\nname = \"{name}\"\nkind = \"snapshot_branches\"\nschedule = \"0 3 * * *\"\n{t}"
+    )
+}
+
+#[test]
+fn snapshot_templates_that_can_render_the_same_name_are_refused() {
+    // Distinct job names and the default template: names start differently.
+    assert!(parse(&format!(
+        "{}{}",
+        snapshot_job("nightly", None),
+        snapshot_job("hourly", None)
+    ))
+    .is_ok());
+    // Job `a` of branch `b-x` and job `a-b` of branch `x` both render `a-b-x-<date>-<time>`.
+    let e = err(&format!(
+        "{}{}",
+        snapshot_job("a", None),
+        snapshot_job("a-b", None)
+    ));
+    assert!(
+        e.contains("job `a-b`") && e.contains("job `a`") && e.contains("can coincide"),
+        "{e}"
+    );
+    assert!(e.contains("e.g. `a-b-"), "an example name is given: {e}");
+    // A fixed part the other cannot produce keeps them apart.
+    assert!(parse(&format!(
+        "{}{}",
+        snapshot_job("a", Some("{job}/{branch}-{date}-{time}")),
+        snapshot_job("a-b", Some("{job}:{branch}-{date}-{time}"))
+    ))
+    .is_ok());
+    // Templates that put the job elsewhere can still collide through {branch}.
+    let e = err(&format!(
+        "{}{}",
+        snapshot_job("x", Some("{branch}-{job}-{date}-{time}")),
+        snapshot_job("y", Some("{job}-{branch}-{date}-{time}"))
+    ));
+    assert!(e.contains("can coincide"), "{e}");
+    // Expire jobs have no names to compare.
+    assert!(parse(&format!(
+        "{}[[jobs]]\nname = \"a-b\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\n",
+        snapshot_job("a", None)
+    ))
+    .is_ok());
+}
+
+#[test]
+fn collision_search_is_exact_on_small_cases() {
+    let t = |s: &str| NameTemplate::parse(s).unwrap();
+    // Same template, same job: trivially the same names.
+    assert!(t(NameTemplate::DEFAULT)
+        .collides_with("j", &t(NameTemplate::DEFAULT), "j")
+        .is_some());
+    // Digits never equal letters.
+    assert!(t("{job}-{date}-{time}")
+        .collides_with("n", &t("{job}-{date}-{time}"), "m")
+        .is_none());
+    // The example really is a name both render.
+    assert!(t("{branch}-{job}-{date}-{time}")
+        .collides_with("x", &t("{branch}-{date}-{time}-{job}"), "y")
+        .is_none());
+    let ex = t("{branch}-{job}-{date}-{time}")
+        .collides_with("x", &t("{job}-{branch}-{date}-{time}"), "y")
+        .unwrap();
+    assert!(
+        ex.starts_with("y-") && ex.contains("-x-0000-00-00-000000"),
+        "{ex}"
+    );
+}

@@ -237,7 +237,7 @@ name = "nightly"
 kind = "snapshot_branches"
 schedule = "0 3 * * *"
 timezone = "Europe/Berlin"
-name_template = "{branch}-snap-{date}-{time}"
+name_template = "{job}-{branch}-{date}-{time}"
 [jobs.branches]
 default = true
 [jobs.retention]
@@ -277,11 +277,11 @@ async fn snapshots_with_retention_and_no_duplicates_on_rerun() {
     // Names come from the schedule window (03:00 Berlin) each tick belongs to; the oldest
     // of our three was deleted by keep_last = 2.
     assert!(
-        names.contains(&"main-snap-2025-06-05-030000".to_string()),
+        names.contains(&"nightly-main-2025-06-05-030000".to_string()),
         "{names:?}"
     );
     assert!(
-        names.contains(&"main-snap-2025-06-04-030000".to_string()),
+        names.contains(&"nightly-main-2025-06-04-030000".to_string()),
         "{names:?}"
     );
 
