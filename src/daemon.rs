@@ -24,13 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, JobConfig};
 use crate::http::{self, Control, JobView, TriggerOutcome};
-use crate::jobs::{run_job, JobEnv, RunContext};
+use crate::jobs::{run_job_with, JobEnv, RunContext, RunControl};
 use crate::neon::{ClientConfig, NeonClient};
 use crate::scheduler::{
     self, Clock, Executor, RunHandle, RunReport, Scheduler, SchedulerHandle, SchedulerOptions,
     SystemClock,
 };
-use crate::store::{self, RunStatus, Store};
+use crate::store::{self, Store};
 use crate::telemetry::events::{ConfigReloaded, InterruptedRunsRecovered};
 
 /// How long Neon operations (and locked projects) are waited for within a run.
@@ -73,15 +73,19 @@ impl Executor for JobsExecutor {
             now: self.clock.now(),
             dry_run: run.dry_run,
         };
-        tokio::select! {
-            r = run_job(&self.env, &job, ctx) => RunReport { status: r.status, counts: r.counts, error: r.error },
-            // Dropping the run stops it at its next await; an action already written to the
-            // ledger as pending stays so, which is exactly what pending means there.
-            _ = run.cancel.cancelled() => RunReport {
-                status: RunStatus::Interrupted,
-                counts: Default::default(),
-                error: Some("cancelled".into()),
-            },
+        // The run watches the token itself and stops between actions, so an action it has
+        // begun finishes its call (bounded by the client's timeout) and is recorded, and the
+        // report carries the counts of what was done. Should it not stop, the scheduler
+        // aborts it after `cancel_wait`.
+        let control = RunControl {
+            cancel: run.cancel.clone(),
+            clock: Some(self.clock.clone()),
+        };
+        let r = run_job_with(&self.env, &job, ctx, &control).await;
+        RunReport {
+            status: r.status,
+            counts: r.counts,
+            error: r.error,
         }
     }
 }

@@ -12,12 +12,25 @@
 //!    the other, each waiting for the operations Neon returns, as Neon serialises a
 //!    project's mutations. Each action is written to the ledger before the call and updated
 //!    after; a failure is recorded and the run goes on with the next action (`partial`).
+//!
+//! Acting is careful about the plan being old by the time it is carried out:
+//! - An action can depend on earlier actions of its project ([`PlannedAction::depends_on`]):
+//!   a branch's retention deletes depend on its new snapshot, a parent's delete on its
+//!   children's. When a dependency did not succeed, the action is skipped with the reason.
+//! - Before a branch is deleted it is read again: a branch that became default or
+//!   protected, or got children, since the listing is not deleted.
+//! - Times handed to Neon (`expires_at`) are computed when the call is made, not when the
+//!   run was planned.
+//! - Cancellation ([`RunControl::cancel`]) is checked before each action is begun, so a
+//!   cancelled run stops between actions and reports what it did; an action already begun
+//!   finishes its call (bounded by the client's timeout).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
 
 use super::ledger::{ActionSpec, Ledger};
 use super::limits::Limits;
@@ -57,6 +70,47 @@ pub struct RunContext {
     pub dry_run: bool,
 }
 
+/// What the daemon controls while a run is under way (separate from [`RunContext`], which
+/// says *what* to run).
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Cancelled when the run must stop (timeout, `concurrency = "replace"`, shutdown). The
+    /// run stops before its next action and returns `interrupted` with what it did.
+    pub cancel: CancellationToken,
+    /// "Now" while acting (times handed to Neon are computed from it when the call is
+    /// made). `None`: the run's `now` plus the (tokio) time elapsed since the run started.
+    pub clock: Option<Arc<dyn crate::scheduler::Clock>>,
+}
+
+impl std::fmt::Debug for RunControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunControl")
+            .field("cancelled", &self.cancel.is_cancelled())
+            .field("clock", &self.clock.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// The time source of one run's act phase.
+struct ActClock<'a> {
+    control: &'a RunControl,
+    base: DateTime<Utc>,
+    started: tokio::time::Instant,
+}
+
+impl ActClock<'_> {
+    fn now(&self) -> DateTime<Utc> {
+        match &self.control.clock {
+            Some(c) => c.now(),
+            None => {
+                self.base
+                    + chrono::Duration::from_std(self.started.elapsed())
+                        .unwrap_or(chrono::Duration::zero())
+            }
+        }
+    }
+}
+
 /// How a run ended. The caller passes it to `Store::finish_run`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunResult {
@@ -69,21 +123,70 @@ pub struct RunResult {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     DeleteBranch(BranchId),
+    /// Set the branch's `expires_at` to the planned time, or, if that is no longer far
+    /// enough ahead when the call is made, to the earliest time Neon accepts.
     SetBranchExpiry(BranchId, DateTime<Utc>),
     CreateSnapshot {
         branch: BranchId,
         name: String,
-        expires_at: Option<DateTime<Utc>>,
+        /// Neon deletes the snapshot this long after it is made (computed at the call).
+        expires_in: Option<Duration>,
     },
     DeleteSnapshot(SnapshotId),
     SuspendEndpoint(EndpointId),
     StartEndpoint(EndpointId),
 }
 
+impl Op {
+    /// Whether the action can destroy something (the numerator of `max_actions_percent`):
+    /// deletes, suspends, and native expiry (Neon deletes the branch when it expires).
+    /// Creates and starts only count towards `max_actions`.
+    pub fn is_destructive(&self) -> bool {
+        match self {
+            Op::DeleteBranch(_)
+            | Op::SetBranchExpiry(..)
+            | Op::DeleteSnapshot(_)
+            | Op::SuspendEndpoint(_) => true,
+            Op::CreateSnapshot { .. } | Op::StartEndpoint(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PlannedAction {
     pub spec: ActionSpec,
     pub op: Op,
+    /// Indices (into the project's `actions`, all earlier than this one) of actions that
+    /// must have succeeded in this run for this one to be attempted.
+    pub depends_on: Vec<usize>,
+}
+
+impl PlannedAction {
+    pub fn new(spec: ActionSpec, op: Op) -> Self {
+        PlannedAction {
+            spec,
+            op,
+            depends_on: Vec::new(),
+        }
+    }
+}
+
+/// Why an action is skipped when `dep` did not succeed.
+fn blocked_by(dep: &PlannedAction) -> String {
+    match &dep.op {
+        Op::CreateSnapshot { .. } => "new snapshot was not created".to_string(),
+        Op::DeleteBranch(_) => format!(
+            "its child branch {} was not deleted in this run",
+            dep.spec
+                .resource_name
+                .as_deref()
+                .unwrap_or(&dep.spec.resource_id)
+        ),
+        _ => format!(
+            "{} of {} did not succeed in this run",
+            dep.spec.action, dep.spec.resource_id
+        ),
+    }
 }
 
 /// The plan for one project.
@@ -92,8 +195,12 @@ pub struct ProjectPlan {
     pub project_id: ProjectId,
     pub actions: Vec<PlannedAction>,
     pub skips: Vec<ActionSpec>,
-    /// Resources the selectors matched (the base of `max_actions` as a percentage).
+    /// The resources the plan's destructive actions could destroy: the base of
+    /// `max_actions_percent`. Matched branches (expire), matched endpoints (suspend), or the
+    /// snapshots this job owns of the matched branches (snapshot retention).
     pub matched: usize,
+    /// `snapshot_branches`: the job's record of the snapshots it made in this project.
+    pub(crate) snapshots: Option<super::snapshot::Ownership>,
 }
 
 impl ProjectPlan {
@@ -103,6 +210,7 @@ impl ProjectPlan {
             actions: Vec::new(),
             skips: Vec::new(),
             matched: 0,
+            snapshots: None,
         }
     }
 }
@@ -119,6 +227,18 @@ pub enum RunError {
     Projects(ApiError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+}
+
+/// Why one project could not be planned (the run goes on with the others).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlanError {
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The job's own state in the store cannot be read.
+    #[error("{0}")]
+    State(String),
 }
 
 pub(crate) fn project_selector(job: &JobConfig) -> Result<ProjectSelector, SelectorError> {
@@ -235,21 +355,55 @@ pub(crate) async fn selected_projects(
 
 /// Runs one job to its end. Never panics on API or store trouble: everything ends in the
 /// returned status (`failed` with the error when the run could not even start acting).
+///
+/// The run cannot be cancelled and takes "now" from `ctx`; the daemon uses
+/// [`run_job_with`].
 pub async fn run_job(env: &JobEnv, job: &JobConfig, ctx: RunContext) -> RunResult {
+    run_job_with(env, job, ctx, &RunControl::default()).await
+}
+
+/// How a run's phases ended when nothing failed outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Completed,
+    /// `RunControl::cancel` fired; the run stopped between actions.
+    Cancelled,
+}
+
+/// [`run_job`] under the daemon's control: `control.cancel` stops the run before its next
+/// action (it then ends `interrupted`, with the counts of what it did), and
+/// `control.clock` is "now" when acting.
+pub async fn run_job_with(
+    env: &JobEnv,
+    job: &JobConfig,
+    ctx: RunContext,
+    control: &RunControl,
+) -> RunResult {
     let ledger = Ledger::new(env.store.clone(), ctx.run_id, &job.name, ctx.dry_run);
     let outcome = match &job.spec {
-        JobSpec::CollectConsumption(spec) => {
-            super::consumption::run(env, job, spec, &ctx, &ledger).await
-        }
-        _ => run_planned(env, job, &ctx, &ledger).await,
+        // Collection only reads Neon and upserts idempotently: dropping it midway is safe.
+        JobSpec::CollectConsumption(spec) => tokio::select! {
+            r = super::consumption::run(env, job, spec, &ctx, &ledger) => r.map(|()| Ended::Completed),
+            _ = control.cancel.cancelled() => Ok(Ended::Cancelled),
+        },
+        _ => run_planned(env, job, &ctx, control, &ledger).await,
     };
     let counts = ledger.counts();
     match outcome {
-        Ok(()) => RunResult {
+        Ok(Ended::Completed) => RunResult {
             status: ledger.status(),
             counts,
             error: (counts.failed > 0)
                 .then(|| format!("{} action(s) failed; see the run's actions", counts.failed)),
+        },
+        Ok(Ended::Cancelled) => RunResult {
+            status: RunStatus::Interrupted,
+            counts,
+            error: Some(format!(
+                "cancelled: stopped between actions after {} succeeded and {} failed; the \
+                 rest of the plan was not attempted",
+                counts.succeeded, counts.failed
+            )),
         },
         Err(e) => RunResult {
             status: RunStatus::Failed,
@@ -263,22 +417,36 @@ async fn run_planned(
     env: &JobEnv,
     job: &JobConfig,
     ctx: &RunContext,
+    control: &RunControl,
     ledger: &Ledger,
-) -> Result<(), RunError> {
-    let projects = selected_projects(env, job).await?;
-    let branch_sel = branch_selector(job)?;
-    let branch_sel = &branch_sel;
-    // Phase 1: plan every project (bounded concurrency, read-only calls).
-    let results: Vec<Result<ProjectPlan, (ProjectId, ApiError)>> =
-        futures::stream::iter(projects.into_iter().map(|p| async move {
-            let id = p.id.clone();
-            plan_project(env, job, ctx, &branch_sel, &p)
-                .await
-                .map_err(|e| (id, e))
-        }))
-        .buffer_unordered(env.concurrency.max(1))
-        .collect()
-        .await;
+) -> Result<Ended, RunError> {
+    let clock = ActClock {
+        control,
+        base: ctx.now,
+        started: tokio::time::Instant::now(),
+    };
+    // Phase 1: plan every project (bounded concurrency, read-only calls). Planning only
+    // reads, so a cancellation may simply drop it.
+    let planning = async {
+        let projects = selected_projects(env, job).await?;
+        let branch_sel = branch_selector(job)?;
+        let branch_sel = &branch_sel;
+        let results: Vec<Result<ProjectPlan, (ProjectId, PlanError)>> =
+            futures::stream::iter(projects.into_iter().map(|p| async move {
+                let id = p.id.clone();
+                plan_project(env, job, ctx, branch_sel, &p)
+                    .await
+                    .map_err(|e| (id, e))
+            }))
+            .buffer_unordered(env.concurrency.max(1))
+            .collect()
+            .await;
+        Ok::<_, RunError>(results)
+    };
+    let results = tokio::select! {
+        r = planning => r?,
+        _ = control.cancel.cancelled() => return Ok(Ended::Cancelled),
+    };
 
     let mut plans = Vec::new();
     for r in results {
@@ -304,10 +472,16 @@ async fn run_planned(
     // Deterministic order for the ledger and for tests.
     plans.sort_by(|a, b| a.project_id.cmp(&b.project_id));
 
-    // Phase 2a: the limits, before anything is done.
+    // Phase 2a: the limits, before anything is done. `max_actions` bounds every action;
+    // `max_actions_percent` bounds the destructive ones over what they could destroy.
     let planned: usize = plans.iter().map(|p| p.actions.len()).sum();
+    let destructive: usize = plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter(|a| a.op.is_destructive())
+        .count();
     let matched: usize = plans.iter().map(|p| p.matched).sum();
-    limits(job).check(planned, matched)?;
+    limits(job).check(planned, destructive, matched)?;
 
     // Skips are recorded in dry runs and real runs alike; these rows (and a dry run's
     // planned actions) are final when written, so each kind is one batch, one transaction.
@@ -319,7 +493,10 @@ async fn run_planned(
             .flat_map(|p| p.actions.iter().map(|a| a.spec.clone()))
             .collect();
         ledger.record_all(&planned, ActionOutcome::Planned).await?;
-        return Ok(());
+        return Ok(Ended::Completed);
+    }
+    if control.cancel.is_cancelled() {
+        return Ok(Ended::Cancelled);
     }
 
     // Phase 2b: act. Projects concurrently, actions within a project in order.
@@ -327,42 +504,141 @@ async fn run_planned(
     // across the await: rustc cannot prove such a closure's future `Send` for every
     // lifetime of the borrowed plan (rust-lang/rust#64552), and the scheduler needs
     // `run_job` to be `Send` to await it on the runtime's worker threads.
+    let clock = &clock;
     let per_project: Vec<_> = plans
         .iter()
-        .map(|p| act_on_project(env, job, ctx.now, ledger, p))
+        .map(|p| act_on_project(env, job, clock, ledger, p))
         .collect();
-    let results: Vec<Result<(), RunError>> = futures::stream::iter(per_project)
+    let results: Vec<Result<Ended, RunError>> = futures::stream::iter(per_project)
         .buffer_unordered(env.concurrency.max(1))
         .collect()
         .await;
+    let mut ended = Ended::Completed;
     for r in results {
-        r?;
+        if r? == Ended::Cancelled {
+            ended = Ended::Cancelled;
+        }
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// Carries out one project's planned actions in order (Neon serialises mutations within a
 /// project anyway), each written to the ledger before and after.
-
 async fn act_on_project(
     env: &JobEnv,
     job: &JobConfig,
-    now: DateTime<Utc>,
+    clock: &ActClock<'_>,
     ledger: &Ledger,
     p: &ProjectPlan,
-) -> Result<(), RunError> {
+) -> Result<Ended, RunError> {
     let mut done = Vec::new();
-    for a in &p.actions {
+    let mut succeeded = vec![false; p.actions.len()];
+    let mut ownership = p.snapshots.clone();
+    if let Some(o) = &mut ownership {
+        o.save_if_changed(env, &job.name).await?;
+    }
+    let mut ended = Ended::Completed;
+    for (i, a) in p.actions.iter().enumerate() {
+        if clock.control.cancel.is_cancelled() {
+            ended = Ended::Cancelled;
+            break;
+        }
+        if let Some(dep) = a.depends_on.iter().find(|d| !succeeded[**d]) {
+            let mut spec = a.spec.clone();
+            spec.reason = format!("{}; skipped: {}", spec.reason, blocked_by(&p.actions[*dep]));
+            ledger.record_all(&[spec], ActionOutcome::Skipped).await?;
+            continue;
+        }
+        if let Op::DeleteBranch(b) = &a.op {
+            match recheck_branch(env, &p.project_id, b).await {
+                Ok(None) => {}
+                Ok(Some(refusal)) => {
+                    let mut spec = a.spec.clone();
+                    spec.reason = format!("{}; not deleted: {refusal}", spec.reason);
+                    ledger.record_all(&[spec], ActionOutcome::Skipped).await?;
+                    continue;
+                }
+                Err(e) => {
+                    let pending = ledger.begin(&a.spec).await?;
+                    ledger
+                        .failed(
+                            pending,
+                            &format!("re-reading the branch before deleting it: {e}"),
+                        )
+                        .await?;
+                    continue;
+                }
+            }
+        }
+        if let (Op::CreateSnapshot { branch, name, .. }, Some(o)) = (&a.op, &mut ownership) {
+            // Written before the call: if the daemon dies during it, the next run adopts a
+            // snapshot with exactly this name from this branch as ours.
+            o.attempting(branch, name);
+            o.save_if_changed(env, &job.name).await?;
+        }
         let pending = ledger.begin(&a.spec).await?;
-        match execute(env, &p.project_id, &a.op, now).await {
-            Ok(detail) => {
-                ledger.succeeded(pending, detail.as_deref()).await?;
+        match execute(env, &p.project_id, &a.op, clock).await {
+            Ok(result) => {
+                if let Some(o) = &mut ownership {
+                    match (&a.op, &result) {
+                        (Op::CreateSnapshot { branch, name, .. }, Executed::Created(id)) => {
+                            o.created(branch, name, id)
+                        }
+                        (Op::DeleteSnapshot(id), _) => o.deleted(id),
+                        _ => {}
+                    }
+                    o.save_if_changed(env, &job.name).await?;
+                }
+                ledger
+                    .succeeded(pending, result.detail().as_deref())
+                    .await?;
+                succeeded[i] = true;
                 done.push(a.clone());
             }
             Err(e) => ledger.failed(pending, &e.to_string()).await?,
         }
     }
-    after_project(env, job, p, &done).await
+    after_project(env, job, p, &done).await?;
+    Ok(ended)
+}
+
+/// Reads a branch again right before deleting it: the listing the plan was made from can
+/// be minutes old on a large account. Returns why it must not be deleted now, if so.
+async fn recheck_branch(
+    env: &JobEnv,
+    project: &ProjectId,
+    branch: &BranchId,
+) -> Result<Option<String>, ApiError> {
+    let b = match env.client.get_branch(project, branch).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(Some("the branch no longer exists".into())),
+        Err(e) => return Err(e),
+    };
+    if b.default {
+        return Ok(Some(
+            "the branch is now the project's default branch".into(),
+        ));
+    }
+    if b.protected {
+        return Ok(Some("the branch is now protected".into()));
+    }
+    if b.parent_id.is_none() {
+        return Ok(Some("the branch is a root branch".into()));
+    }
+    let children: Vec<String> = env
+        .client
+        .list_branches(project)
+        .try_filter(|c| futures::future::ready(c.parent_id.as_ref() == Some(branch)))
+        .map_ok(|c| c.name)
+        .try_collect()
+        .await?;
+    if !children.is_empty() {
+        return Ok(Some(format!(
+            "the branch now has children ({})",
+            children.join(", ")
+        )));
+    }
+    Ok(None)
 }
 
 async fn plan_project(
@@ -371,16 +647,16 @@ async fn plan_project(
     ctx: &RunContext,
     branches: &BranchSelector,
     project: &Project,
-) -> Result<ProjectPlan, ApiError> {
+) -> Result<ProjectPlan, PlanError> {
     match &job.spec {
         JobSpec::SnapshotBranches(spec) => {
             super::snapshot::plan(env, job, spec, ctx, branches, project).await
         }
         JobSpec::ExpireBranches(spec) => {
-            super::expire::plan(env, job, spec, ctx, branches, project).await
+            Ok(super::expire::plan(env, job, spec, ctx, branches, project).await?)
         }
         JobSpec::SuspendComputes(spec) => {
-            super::suspend::plan(env, job, spec, ctx, branches, project).await
+            Ok(super::suspend::plan(env, job, spec, ctx, branches, project).await?)
         }
         JobSpec::CollectConsumption(_) => Ok(ProjectPlan::new(project.id.clone())),
     }
@@ -478,74 +754,111 @@ async fn recovery_detail(
     }
 }
 
-/// Performs one action; returns the detail for the ledger.
+/// What a successful call did.
+enum Executed {
+    /// The ledger detail, if any.
+    Done(Option<String>),
+    /// A snapshot was created with this id.
+    Created(SnapshotId),
+}
+
+impl Executed {
+    fn detail(&self) -> Option<String> {
+        match self {
+            Executed::Done(d) => d.clone(),
+            Executed::Created(id) => Some(format!("snapshot_id={id}")),
+        }
+    }
+}
+
+/// The `expires_at` to send for a planned one, at `now`: the plan's time unless that is no
+/// longer far enough ahead for Neon (planning and waiting for a locked project take time),
+/// then the earliest time Neon accepts.
+pub fn expiry_at_call(planned: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let soonest = now
+        + chrono::Duration::from_std(super::expire::EXPIRE_NOW_MARGIN)
+            .expect("the margin is ten minutes");
+    planned.max(soonest)
+}
+
+/// Performs one action; returns what it did for the ledger and the job's records. Times
+/// sent to Neon are computed from `clock` at each attempt, so a retry after waiting for a
+/// locked project does not send a time that has passed meanwhile.
 async fn execute(
     env: &JobEnv,
     project: &ProjectId,
     op: &Op,
-    now: DateTime<Utc>,
-) -> Result<Option<String>, ApiError> {
+    clock: &ActClock<'_>,
+) -> Result<Executed, ApiError> {
     let c = &env.client;
+    let done = |d: Option<String>| Ok(Executed::Done(d));
     match op {
         Op::DeleteBranch(b) => {
             let (branch, ops) =
                 match with_lock_retry(env, project, || c.delete_branch(project, b)).await {
                     Ok(r) => r,
                     Err(ApiError::AlreadyDeleted { .. }) => {
-                        return Ok(Some("already deleted".into()));
+                        return done(Some("already deleted".into()));
                     }
                     Err(e) => return Err(e),
                 };
             wait(env, project, &ops).await?;
-            Ok(Some(
-                recovery_detail(env, project, b, branch.recoverable_until, now).await,
+            done(Some(
+                recovery_detail(env, project, b, branch.recoverable_until, clock.now()).await,
             ))
         }
-        Op::SetBranchExpiry(b, at) => {
-            let update = BranchUpdate {
-                expires_at: Some(Some(*at)),
-                ..Default::default()
-            };
-            let (_, ops) =
-                with_lock_retry(env, project, || c.update_branch(project, b, update.clone()))
-                    .await?;
+        Op::SetBranchExpiry(b, planned) => {
+            let mut sent = *planned;
+            let (_, ops) = with_lock_retry(env, project, || {
+                sent = expiry_at_call(*planned, clock.now());
+                let update = BranchUpdate {
+                    expires_at: Some(Some(sent)),
+                    ..Default::default()
+                };
+                c.update_branch(project, b, update)
+            })
+            .await?;
             wait(env, project, &ops).await?;
-            Ok(Some(format!("expires_at={}", at.to_rfc3339())))
+            done(Some(format!("expires_at={}", sent.to_rfc3339())))
         }
         Op::CreateSnapshot {
             branch,
             name,
-            expires_at,
+            expires_in,
         } => {
-            let req = SnapshotRequest {
-                name: Some(name.clone()),
-                expires_at: *expires_at,
-                ..Default::default()
-            };
             let (snap, ops) = with_lock_retry(env, project, || {
-                c.create_snapshot(project, branch, req.clone())
+                let req = SnapshotRequest {
+                    name: Some(name.clone()),
+                    expires_at: expires_in
+                        .and_then(|d| chrono::Duration::from_std(d).ok())
+                        .and_then(|d| clock.now().checked_add_signed(d)),
+                    ..Default::default()
+                };
+                c.create_snapshot(project, branch, req)
             })
             .await?;
             wait(env, project, &ops).await?;
-            Ok(Some(format!("snapshot_id={}", snap.id)))
+            Ok(Executed::Created(snap.id))
         }
         Op::DeleteSnapshot(s) => {
             match with_lock_retry(env, project, || c.delete_snapshot(project, s)).await {
                 Ok(ops) => wait(env, project, &ops).await?,
-                Err(ApiError::AlreadyDeleted { .. }) => return Ok(Some("already deleted".into())),
+                Err(ApiError::AlreadyDeleted { .. }) => {
+                    return done(Some("already deleted".into()))
+                }
                 Err(e) => return Err(e),
             }
-            Ok(None)
+            done(None)
         }
         Op::SuspendEndpoint(e) => {
             let (_, ops) = with_lock_retry(env, project, || c.suspend_endpoint(project, e)).await?;
             wait(env, project, &ops).await?;
-            Ok(None)
+            done(None)
         }
         Op::StartEndpoint(e) => {
             let (_, ops) = with_lock_retry(env, project, || c.start_endpoint(project, e)).await?;
             wait(env, project, &ops).await?;
-            Ok(None)
+            done(None)
         }
     }
 }

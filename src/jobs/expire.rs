@@ -20,6 +20,8 @@ use super::select::{BranchFacts, BranchSelector, Selection, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
 use crate::neon::{ApiError, Branch, Project};
 
+/// Plans one project. The expiry times are those at planning; the engine moves one that
+/// is no longer far enough ahead when the call is made ([`super::engine::expiry_at_call`]).
 pub(crate) async fn plan(
     env: &JobEnv,
     job: &JobConfig,
@@ -93,6 +95,7 @@ pub(crate) async fn plan(
                             format!("{reason}; expires_at {}", at.to_rfc3339()),
                         ),
                         op: Op::SetBranchExpiry(b.id.clone(), at),
+                        depends_on: Vec::new(),
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
                         b,
@@ -118,12 +121,23 @@ pub(crate) async fn plan(
             })
             .collect();
         let plan = plan_deletions(&tree, &due);
+        // Children come first in the plan; a parent's delete depends on its children's
+        // (all of them are planned, or the parent would have been refused), so when a
+        // child's delete fails its ancestors are skipped rather than attempted.
+        let mut index: HashMap<&str, usize> = HashMap::new();
         for id in &plan.order {
             let b = by_id[id.as_str()];
             let why = &whys[id];
+            let depends_on = branches
+                .iter()
+                .filter(|c| c.parent_id.as_ref().map(|p| p.as_str()) == Some(id.as_str()))
+                .filter_map(|c| index.get(c.id.as_str()).copied())
+                .collect();
+            index.insert(b.id.as_str(), out.actions.len());
             out.actions.push(PlannedAction {
                 spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
                 op: Op::DeleteBranch(b.id.clone()),
+                depends_on,
             });
         }
         for (id, refusal) in &plan.refused {

@@ -205,17 +205,20 @@ impl Ledger {
             .expect("ledger counts lock is never poisoned: no panics while held")
     }
 
-    /// The run's status from its counts: any failure with some success is `partial`; only
-    /// failures is `failed`; otherwise `succeeded`.
+    /// The run's status from its counts: see [`status_from_counts`].
     pub fn status(&self) -> RunStatus {
         status_from_counts(self.counts())
     }
 }
 
+/// A run's status from what it *attempted*: no failure is `succeeded`; failures with some
+/// success (or, in a dry run, some planned action) is `partial`; only failures is `failed`.
+/// Skips are decisions not to act, not attempts: a run whose every attempt failed is
+/// `failed` however many resources it skipped.
 pub fn status_from_counts(c: ActionCounts) -> RunStatus {
     if c.failed == 0 {
         RunStatus::Succeeded
-    } else if c.succeeded > 0 || c.skipped > 0 || c.planned > 0 {
+    } else if c.succeeded > 0 || c.planned > 0 {
         RunStatus::Partial
     } else {
         RunStatus::Failed
@@ -326,5 +329,16 @@ mod tests {
         assert_eq!(status_from_counts(c(3, 0)), RunStatus::Succeeded);
         assert_eq!(status_from_counts(c(3, 1)), RunStatus::Partial);
         assert_eq!(status_from_counts(c(0, 2)), RunStatus::Failed);
+        // Skips are not attempts: every attempt failed is `failed`.
+        let skipped = ActionCounts {
+            skipped: 5,
+            ..c(0, 2)
+        };
+        assert_eq!(status_from_counts(skipped), RunStatus::Failed);
+        let planned = ActionCounts {
+            planned: 1,
+            ..c(0, 1)
+        };
+        assert_eq!(status_from_counts(planned), RunStatus::Partial);
     }
 }

@@ -13,4 +13,4 @@ pub mod snapshot;
 pub mod suspend;
 pub mod windows;
 
-pub use engine::{run_job, JobEnv, RunContext, RunResult};
+pub use engine::{run_job, run_job_with, JobEnv, RunContext, RunControl, RunResult};

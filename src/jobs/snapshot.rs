@@ -4,21 +4,160 @@
 //! clock), so a re-run of the same tick after a crash renders the same name and finds the
 //! snapshot it made before instead of making a second one.
 //!
-//! Retention only ever touches snapshots this policy made: a snapshot is ours when its
-//! source branch is the branch we snapshot and its name matches the template with
-//! `{branch}`/`{job}` filled in and `{date}`/`{time}` as their digit patterns. Snapshots
-//! made by hand or by another policy never match.
+//! Retention only ever touches snapshots this policy made, and "made" is a record, not a
+//! guess: every snapshot id the job creates is written to the job's state in the store
+//! ([`Ownership`]), and retention considers only recorded ids. The name is a second check:
+//! the snapshot's source branch must be the branch we snapshot and its name must match the
+//! template with `{branch}`/`{job}` filled in and `{date}`/`{time}` as their digit patterns.
+//! Snapshots made by hand, by another policy, or by a version of this daemon that kept no
+//! record are never deleted. (Matching by name alone, as an earlier version did, let a job
+//! prune another job's snapshots whenever both used the same template.)
+//!
+//! A branch's retention deletes depend on its new snapshot: if the create fails, the
+//! deletes are skipped (`new snapshot was not created`), so a failing create with
+//! `keep_last = 1` cannot delete the only good snapshot. When the create was skipped because
+//! this tick's snapshot exists already, retention proceeds.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, TimeZone};
 use futures::TryStreamExt;
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 
-use super::engine::{JobEnv, Op, PlannedAction, ProjectPlan, RunContext};
+use super::engine::{JobEnv, Op, PlanError, PlannedAction, ProjectPlan, RunContext};
 use super::ledger::ActionSpec;
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
 use super::select::{BranchFacts, BranchSelector, Selection};
 use crate::config::{JobConfig, SnapshotSpec};
-use crate::neon::{ApiError, Branch, Project};
+use crate::neon::{Branch, BranchId, Project, ProjectId, Snapshot, SnapshotId};
+use crate::store::StoreResult;
+
+/// What the job's state holds for one project: the snapshots it made, and the creates it
+/// began whose answer was never recorded (the daemon died during the call).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnershipRecord {
+    #[serde(default)]
+    pub snapshots: Vec<OwnedSnapshot>,
+    #[serde(default)]
+    pub attempts: Vec<CreateAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedSnapshot {
+    pub id: String,
+    pub branch_id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAttempt {
+    pub branch_id: String,
+    pub name: String,
+}
+
+/// The job's record of the snapshots it made in one project, as loaded at planning and
+/// updated while acting (each change is written before the run goes on).
+#[derive(Debug, Clone)]
+pub(crate) struct Ownership {
+    project: ProjectId,
+    /// What the store holds now (`None`: nothing yet).
+    stored: Option<OwnershipRecord>,
+    record: OwnershipRecord,
+}
+
+/// The job-state key of a project's record.
+pub fn ownership_key(project: &ProjectId) -> String {
+    format!("owned_snapshots/{project}")
+}
+
+impl Ownership {
+    /// Reads the record of `project` (an unreadable record fails the project's planning:
+    /// without it nothing can be pruned safely).
+    async fn load(env: &JobEnv, job: &str, project: &ProjectId) -> Result<Self, PlanError> {
+        let key = ownership_key(project);
+        let stored = match env.store.get_state(job, &key).await? {
+            None => None,
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                PlanError::State(format!(
+                    "the job's record of its snapshots (state `{key}`) is not valid: {e}; \
+                     no snapshot is pruned until it is repaired or removed"
+                ))
+            })?),
+        };
+        Ok(Ownership {
+            project: project.clone(),
+            record: stored.clone().unwrap_or_default(),
+            stored,
+        })
+    }
+
+    /// Brings the record up to date with the project's snapshots: forgets recorded ids
+    /// that no longer exist (Neon expired them, or someone deleted them) and adopts, for
+    /// each unfinished create, the snapshot with exactly that name from that branch.
+    fn reconcile(&mut self, existing: &[Snapshot]) {
+        let ids: HashSet<&str> = existing.iter().map(|s| s.id.as_str()).collect();
+        self.record
+            .snapshots
+            .retain(|o| ids.contains(o.id.as_str()));
+        for a in std::mem::take(&mut self.record.attempts) {
+            let made = existing.iter().find(|s| {
+                s.name == a.name
+                    && s.source_branch_id.as_ref().map(|b| b.as_str()) == Some(a.branch_id.as_str())
+                    && !self.owns(s.id.as_str())
+            });
+            if let Some(s) = made {
+                self.record.snapshots.push(OwnedSnapshot {
+                    id: s.id.to_string(),
+                    branch_id: a.branch_id.clone(),
+                    name: s.name.clone(),
+                });
+            }
+        }
+    }
+
+    pub fn owns(&self, id: &str) -> bool {
+        self.record.snapshots.iter().any(|o| o.id == id)
+    }
+
+    pub(crate) fn attempting(&mut self, branch: &BranchId, name: &str) {
+        self.record.attempts.push(CreateAttempt {
+            branch_id: branch.to_string(),
+            name: name.to_string(),
+        });
+    }
+
+    pub(crate) fn created(&mut self, branch: &BranchId, name: &str, id: &SnapshotId) {
+        self.record
+            .attempts
+            .retain(|a| !(a.branch_id == branch.as_str() && a.name == name));
+        self.record.snapshots.push(OwnedSnapshot {
+            id: id.to_string(),
+            branch_id: branch.to_string(),
+            name: name.to_string(),
+        });
+    }
+
+    pub(crate) fn deleted(&mut self, id: &SnapshotId) {
+        self.record.snapshots.retain(|o| o.id != id.as_str());
+    }
+
+    /// Writes the record if it differs from what the store holds.
+    pub(crate) async fn save_if_changed(&mut self, env: &JobEnv, job: &str) -> StoreResult<()> {
+        if self.stored.as_ref() == Some(&self.record)
+            || (self.stored.is_none() && self.record == OwnershipRecord::default())
+        {
+            return Ok(());
+        }
+        let text = serde_json::to_string(&self.record)
+            .expect("the record is plain strings and always serialises");
+        env.store
+            .set_state(job, &ownership_key(&self.project), &text)
+            .await?;
+        self.stored = Some(self.record.clone());
+        Ok(())
+    }
+}
 
 /// Marks the snapshot a plan is about to create, in the retention input.
 const NEW_SNAPSHOT: &str = "(new)";
@@ -49,9 +188,11 @@ pub(crate) async fn plan(
     ctx: &RunContext,
     selector: &BranchSelector,
     project: &Project,
-) -> Result<ProjectPlan, ApiError> {
+) -> Result<ProjectPlan, PlanError> {
     let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
     let snapshots = env.client.list_snapshots(&project.id).await?;
+    let mut ownership = Ownership::load(env, &job.name, &project.id).await?;
+    ownership.reconcile(&snapshots);
     let mut out = ProjectPlan::new(project.id.clone());
     let tick = schedule_window_start(job, ctx.scheduled_for).with_timezone(&job.timezone);
     let policy = RetentionPolicy {
@@ -77,13 +218,18 @@ pub(crate) async fn plan(
         if !super::engine::passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
             continue;
         }
-        out.matched += 1;
         let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
         let owner = ownership_matcher(spec.name_template.as_str(), &b.name, &job.name);
         let owned: Vec<_> = snapshots
             .iter()
-            .filter(|s| s.source_branch_id.as_ref() == Some(&b.id) && owner.is_match(&s.name))
+            .filter(|s| {
+                ownership.owns(s.id.as_str())
+                    && s.source_branch_id.as_ref() == Some(&b.id)
+                    && owner.is_match(&s.name)
+            })
             .collect();
+        // The base of `max_actions_percent`: what retention could delete.
+        out.matched += owned.len();
         let mut refs: Vec<SnapshotRef> = owned
             .iter()
             .map(|s| SnapshotRef {
@@ -105,6 +251,7 @@ pub(crate) async fn plan(
                 rule: Some(rule.to_string()),
                 reason,
             };
+        let mut create = None;
         if owned.iter().any(|s| s.name == name) {
             out.skips.push(spec_for(
                 "create_snapshot",
@@ -114,8 +261,9 @@ pub(crate) async fn plan(
                 format!("snapshot {name:?} for this tick exists already (re-run of the same tick)"),
             ));
         } else {
-            out.actions.push(PlannedAction {
-                spec: spec_for(
+            create = Some(out.actions.len());
+            out.actions.push(PlannedAction::new(
+                spec_for(
                     "create_snapshot",
                     b.id.to_string(),
                     Some(name.clone()),
@@ -125,15 +273,12 @@ pub(crate) async fn plan(
                         b.name, why.reason
                     ),
                 ),
-                op: Op::CreateSnapshot {
+                Op::CreateSnapshot {
                     branch: b.id.clone(),
                     name: name.clone(),
-                    expires_at: spec
-                        .expires_in
-                        .and_then(|d| chrono::Duration::from_std(d).ok())
-                        .map(|d| ctx.now + d),
+                    expires_in: spec.expires_in,
                 },
-            });
+            ));
             refs.push(SnapshotRef {
                 id: NEW_SNAPSHOT.to_string(),
                 created_at: ctx.now,
@@ -158,9 +303,12 @@ pub(crate) async fn plan(
                     reason.clone(),
                 ),
                 op: Op::DeleteSnapshot(snap.id.clone()),
+                // Pruning makes room for the new snapshot: without it, prune nothing.
+                depends_on: create.into_iter().collect(),
             });
         }
     }
+    out.snapshots = Some(ownership);
     Ok(out)
 }
 

@@ -158,14 +158,14 @@ pub(crate) async fn plan(
             reason: why.reason,
         };
         match decision {
-            SuspendDecision::Suspend(why) => out.actions.push(PlannedAction {
-                spec: spec_for("suspend_endpoint", why),
-                op: Op::SuspendEndpoint(e.id.clone()),
-            }),
-            SuspendDecision::Resume(why) => out.actions.push(PlannedAction {
-                spec: spec_for("start_endpoint", why),
-                op: Op::StartEndpoint(e.id.clone()),
-            }),
+            SuspendDecision::Suspend(why) => out.actions.push(PlannedAction::new(
+                spec_for("suspend_endpoint", why),
+                Op::SuspendEndpoint(e.id.clone()),
+            )),
+            SuspendDecision::Resume(why) => out.actions.push(PlannedAction::new(
+                spec_for("start_endpoint", why),
+                Op::StartEndpoint(e.id.clone()),
+            )),
             SuspendDecision::Skip(why) => {
                 let action = if why.rule == "resume" {
                     "start_endpoint"
