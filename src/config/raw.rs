@@ -186,10 +186,12 @@ pub struct RawDefaults {
     /// With `missed = "run_once"`: the newest missed tick is run only if it is no older than
     /// this. Absent: any age.
     pub starting_deadline: Option<Dur>,
-    /// Safety rail: a run that would act on more resources than this acts on none and fails.
+    /// Safety rail: a run that would take more actions than this (creates included) acts
+    /// on none and fails.
     pub max_actions: Option<u32>,
-    /// Safety rail: a run that would act on more than this percentage (0-100] of the
-    /// resources it matched acts on none and fails.
+    /// Safety rail: a run whose destructive actions (deletes, suspends, native expiry)
+    /// exceed this percentage (0-100] of the resources they could destroy (owned snapshots,
+    /// matched branches, matched endpoints) acts on none and fails. Creates do not count.
     #[schemars(with = "Option<f64>", range(max = 100), extend("exclusiveMinimum" = 0))]
     pub max_actions_percent: Option<Spanned<f64>>,
 }
@@ -248,8 +250,10 @@ pub struct RawJob {
     /// Safety rail: a run that would act on more resources than this acts on none and fails.
     /// Overrides `[defaults].max_actions`.
     pub max_actions: Option<u32>,
-    /// Safety rail: a run that would act on more than this percentage (0-100] of the
-    /// resources it matched acts on none and fails. Overrides `[defaults].max_actions_percent`.
+    /// Safety rail: a run whose destructive actions (deletes, suspends, native expiry)
+    /// exceed this percentage (0-100] of the resources they could destroy (owned snapshots,
+    /// matched branches, matched endpoints) acts on none and fails. Creates do not count.
+    /// Overrides `[defaults].max_actions_percent`.
     #[schemars(with = "Option<f64>", range(max = 100), extend("exclusiveMinimum" = 0))]
     pub max_actions_percent: Option<Spanned<f64>>,
 
