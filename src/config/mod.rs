@@ -41,6 +41,12 @@ pub const DEFAULT_BASE_URL: &str = "https://console.neon.tech/api/v2";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
 /// File name of the API key inside systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
 pub const CREDENTIAL_NAME: &str = "neon-api-key";
+/// Longest `jitter`: a random delay of more than a day is a mistake, not a spread.
+pub const MAX_JITTER: Duration = Duration::from_secs(86_400);
+/// Longest run `timeout`: a run that may go on for more than a week has no timeout.
+pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+/// Longest API request `timeout`.
+pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The whole validated policy.
 #[derive(Debug, Clone)]
@@ -629,7 +635,10 @@ impl Validator<'_> {
         Ok(ApiConfig {
             base_url,
             api_key,
-            timeout: raw.timeout.map_or(Duration::from_secs(30), |d| d.0),
+            timeout: match &raw.timeout {
+                Some(t) => self.at_most(t, MAX_API_TIMEOUT, "1h", "`timeout` of an API request")?,
+                None => Duration::from_secs(30),
+            },
             rate_limit_per_minute: positive(
                 &raw.rate_limit_per_minute,
                 700,
@@ -684,6 +693,27 @@ impl Validator<'_> {
             listen,
             admin_token,
         })
+    }
+
+    /// A duration with a bound tighter than [`raw::MAX_DURATION`], refused at its position.
+    fn at_most(
+        &self,
+        d: &Spanned<raw::Dur>,
+        max: Duration,
+        max_text: &str,
+        what: &str,
+    ) -> Result<Duration, ConfigError> {
+        let v = d.get_ref().0;
+        if v > max {
+            return Err(self.err(
+                d.span(),
+                format!(
+                    "{what} is too long ({}): at most {max_text}",
+                    humantime::format_duration(v)
+                ),
+            ));
+        }
+        Ok(v)
     }
 
     fn percent(&self, p: &Spanned<f64>) -> Result<f64, ConfigError> {
@@ -749,17 +779,37 @@ impl Validator<'_> {
         };
         let spec = self.spec(&j, kind, timezone)?;
 
+        let jitter = match j.jitter.as_ref().or(d.jitter.as_ref()) {
+            Some(s) => {
+                let v = self.at_most(s, MAX_JITTER, "24h", "`jitter`")?;
+                if let Schedule::Every(every) = &schedule {
+                    if v > *every {
+                        return Err(self.err(
+                            s.span(),
+                            format!(
+                                "`jitter` ({}) must not exceed the job's `every` interval ({})",
+                                humantime::format_duration(v),
+                                humantime::format_duration(*every)
+                            ),
+                        ));
+                    }
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let timeout = match j.timeout.as_ref().or(d.timeout.as_ref()) {
+            Some(s) => Some(self.at_most(s, MAX_RUN_TIMEOUT, "7d", "`timeout`")?),
+            None => None,
+        };
+
         Ok(JobConfig {
             name,
             kind,
             schedule,
             timezone,
-            jitter: j.jitter.or(d.jitter).map(|x| x.0).filter(|x| !x.is_zero()),
-            timeout: j
-                .timeout
-                .or(d.timeout)
-                .map(|x| x.0)
-                .filter(|x| !x.is_zero()),
+            jitter: jitter.filter(|x| !x.is_zero()),
+            timeout: timeout.filter(|x| !x.is_zero()),
             concurrency: j.concurrency.or(d.concurrency).unwrap_or_default(),
             missed,
             starting_deadline: j.starting_deadline.or(d.starting_deadline).map(|x| x.0),

@@ -29,17 +29,31 @@ use super::{
 use crate::scheduler::schedule::CronSchedule;
 
 /// A duration written the `humantime` way: `90s`, `15m`, `12h`, `7d`, `1h 30m`.
+///
+/// At most [`MAX_DURATION`]: every duration of the policy ends up added to an instant
+/// somewhere (a tick plus jitter, now minus a deadline, a creation time plus a ttl), and
+/// an absurd value such as `1000000000d` would overflow that arithmetic. Refusing it here
+/// gives the operator a positioned error instead of a daemon that dies later.
 #[derive(Debug, Clone, Copy)]
 pub struct Dur(pub Duration);
+
+/// The longest duration the policy file accepts anywhere (10 years).
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+        let v = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration `{s}` ({e}); expected a number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\""
             ))
-        })
+        })?;
+        if v > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration `{s}` is too long: at most 3650d (10 years)"
+            )));
+        }
+        Ok(Dur(v))
     }
 }
 
@@ -114,9 +128,9 @@ pub struct RawApi {
     // Accepted by the parser only so it can be rejected with a helpful message.
     #[schemars(with = "Option<Forbidden>")]
     pub api_key: Option<Spanned<IgnoredAny>>,
-    /// Timeout of each API request.
-    #[schemars(extend("default" = "30s"))]
-    pub timeout: Option<Dur>,
+    /// Timeout of each API request (at most 1h).
+    #[schemars(with = "Option<Dur>", extend("default" = "30s"))]
+    pub timeout: Option<Spanned<Dur>>,
     /// Client-side rate limit, in requests per minute (Neon allows 700 per account).
     #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 700))]
     pub rate_limit_per_minute: Option<Spanned<u32>>,
@@ -171,12 +185,14 @@ pub struct RawDefaults {
     /// IANA time zone cron schedules are evaluated in (daylight saving is followed).
     #[schemars(extend("default" = "UTC"))]
     pub timezone: Option<TzStr>,
-    /// Upper bound of a random delay added to each tick. `0s`: none.
-    #[schemars(extend("default" = "0s"))]
-    pub jitter: Option<Dur>,
-    /// Cancel a run still going after this long (it is recorded failed). Absent or `0s`:
-    /// no timeout.
-    pub timeout: Option<Dur>,
+    /// Upper bound of a random delay added to each tick (at most 24h, and at most the
+    /// interval of an `every` job). `0s`: none.
+    #[schemars(with = "Option<Dur>", extend("default" = "0s"))]
+    pub jitter: Option<Spanned<Dur>>,
+    /// Cancel a run still going after this long (at most 7d; it is recorded failed).
+    /// Absent or `0s`: no timeout.
+    #[schemars(with = "Option<Dur>")]
+    pub timeout: Option<Spanned<Dur>>,
     /// What to do when a tick comes while the previous run of the same job still runs.
     #[schemars(extend("default" = "forbid"))]
     pub concurrency: Option<ConcurrencyPolicy>,
@@ -217,11 +233,14 @@ pub struct RawJob {
     /// IANA time zone `schedule` is evaluated in and snapshot names are rendered in.
     /// Overrides `[defaults].timezone` (default UTC).
     pub timezone: Option<TzStr>,
-    /// Upper bound of a random delay added to each tick. Overrides `[defaults].jitter`.
-    pub jitter: Option<Dur>,
-    /// Cancel a run still going after this long (`0s`: never). Overrides
+    /// Upper bound of a random delay added to each tick (at most 24h, and at most the
+    /// interval of an `every` job). Overrides `[defaults].jitter`.
+    #[schemars(with = "Option<Dur>")]
+    pub jitter: Option<Spanned<Dur>>,
+    /// Cancel a run still going after this long (at most 7d; `0s`: never). Overrides
     /// `[defaults].timeout`.
-    pub timeout: Option<Dur>,
+    #[schemars(with = "Option<Dur>")]
+    pub timeout: Option<Spanned<Dur>>,
     /// What to do when a tick comes while the previous run still runs. Overrides
     /// `[defaults].concurrency`.
     pub concurrency: Option<ConcurrencyPolicy>,

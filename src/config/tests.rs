@@ -293,3 +293,45 @@ fn consumption_endpoint_is_explicit_and_v2_needs_org_id() {
         "only collect_consumption takes it: {e}"
     );
 }
+
+/// Durations are bounded where they are written: an absurd value would otherwise overflow
+/// the scheduler's time arithmetic long after the file was accepted.
+#[test]
+fn error_durations_out_of_bounds() {
+    let job = |extra: &str| {
+        format!("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\n{extra}")
+    };
+    assert_eq!(
+        err(&job("jitter = \"1000000000d\"\n")),
+        "policy.toml:6:10: duration `1000000000d` is too long: at most 3650d (10 years)"
+    );
+    assert_eq!(
+        err(
+            "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"3651d\"\n"
+        ),
+        "policy.toml:5:7: duration `3651d` is too long: at most 3650d (10 years)"
+    );
+    assert_eq!(
+        err(&job("jitter = \"2h\"\n")),
+        "policy.toml:6:10: `jitter` (2h) must not exceed the job's `every` interval (1h)"
+    );
+    assert_eq!(
+        err(&format!("[defaults]\njitter = \"25h\"\n{JOB}")),
+        "policy.toml:2:10: `jitter` is too long (1day 1h): at most 24h"
+    );
+    assert_eq!(
+        err(&job("timeout = \"8d\"\n")),
+        "policy.toml:6:11: `timeout` is too long (8days): at most 7d"
+    );
+    assert_eq!(
+        err(&format!("[api]\ntimeout = \"2h\"\n{JOB}")),
+        "policy.toml:2:11: `timeout` of an API request is too long (2h): at most 1h"
+    );
+    // The bounds themselves are accepted.
+    let c = parse(&job(
+        "jitter = \"1h\"\ntimeout = \"7d\"\nstarting_deadline = \"3650d\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.jobs[0].jitter, Some(Duration::from_secs(3600)));
+    assert_eq!(c.jobs[0].timeout, Some(Duration::from_secs(7 * 86_400)));
+}
