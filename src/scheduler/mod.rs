@@ -38,6 +38,17 @@ use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
 use crate::store::{ActionCounts, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
 use crate::telemetry::events::{JobScheduled, JobTickSkipped};
 
+/// Stand-in for a wake-up time that a tokio `Instant` cannot represent.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 86_400);
+
+/// `d` from now, clamped to what a tokio `Instant` can hold ($WATCHDOG_USEC is arbitrary).
+fn after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
 /// What a run is given besides its job.
 #[derive(Debug, Clone)]
 pub struct RunHandle {
@@ -309,15 +320,15 @@ impl Loop {
         alive: CancellationToken,
         started: CancellationToken,
     ) {
+        // However the loop ends (shutdown, or a panic unwinding through it), `alive` is
+        // cancelled: `/readyz` turns false and `started()` returns instead of waiting forever
+        // for a loop that will never publish.
+        let _alive = alive.clone().drop_guard();
         self.set_jobs(jobs).await;
         self.catch_up().await;
         self.publish();
         started.cancel();
-        let mut next_ping = self
-            .opts
-            .watchdog
-            .as_ref()
-            .map(|(every, _)| tokio::time::Instant::now() + *every);
+        let mut next_ping = self.opts.watchdog.as_ref().map(|(every, _)| after(*every));
         if let Some((_, ping)) = &self.opts.watchdog {
             ping();
         }
@@ -345,7 +356,7 @@ impl Loop {
                 _ = ping => {
                     if let Some((every, ping)) = &self.opts.watchdog {
                         ping();
-                        next_ping = Some(tokio::time::Instant::now() + *every);
+                        next_ping = Some(after(*every));
                     }
                 }
                 _ = sleep => self.fire_due().await,
@@ -363,8 +374,13 @@ impl Loop {
     /// Converts a wall-clock target into a tokio deadline. Recomputed every iteration, so a
     /// wall-clock step only delays a fire until the next wake-up, it never skews the zone.
     fn instant_for(&self, at: DateTime<Utc>) -> tokio::time::Instant {
-        let delta = (at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
-        tokio::time::Instant::now() + delta
+        let delta = at
+            .signed_duration_since(self.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        // Beyond what an Instant can hold, a year from now is as good as never: the target
+        // is recomputed at every wake-up anyway.
+        after(delta)
     }
 
     fn earliest_fire(&self) -> Option<DateTime<Utc>> {
@@ -374,9 +390,9 @@ impl Loop {
     fn jitter(job: &JobConfig) -> chrono::Duration {
         match job.jitter {
             Some(j) if !j.is_zero() => {
-                let ms =
-                    rand::thread_rng().gen_range(0..=j.as_millis().min(u64::MAX as u128) as u64);
-                chrono::Duration::milliseconds(ms as i64)
+                let max = j.as_millis().min(i64::MAX as u128) as i64;
+                let ms = rand::thread_rng().gen_range(0..=max);
+                chrono::Duration::try_milliseconds(ms).unwrap_or(chrono::Duration::MAX)
             }
             _ => chrono::Duration::zero(),
         }
@@ -396,7 +412,11 @@ impl Loop {
                 slot.next_tick = job.schedule.next_after(now, job.timezone);
             }
         }
-        slot.fire_at = slot.next_tick.map(|t| t + Self::jitter(job));
+        // The policy bounds jitter, but a tick near the end of time must still not panic:
+        // a fire time that cannot be represented is never reached, so the tick is dropped.
+        slot.fire_at = slot
+            .next_tick
+            .and_then(|t| t.checked_add_signed(Self::jitter(job)));
         if let Some(next_run) = slot.next_tick {
             JobScheduled {
                 job: &job.name,
@@ -488,10 +508,12 @@ impl Loop {
                     continue;
                 }
             };
+            // A deadline reaching back before the earliest representable instant means
+            // "any age", the same as no deadline.
             let deadline_start = job
                 .starting_deadline
                 .and_then(|d| chrono::Duration::from_std(d).ok())
-                .map(|d| now - d);
+                .and_then(|d| now.checked_sub_signed(d));
             let from = deadline_start.map_or(last, |d| d.max(last));
             let missed_tick = job.schedule.last_between(from, now, job.timezone);
             let any_missed = job
@@ -782,4 +804,4 @@ impl Loop {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -18,6 +18,8 @@ use crate::store::{
 #[derive(Default)]
 pub(crate) struct MemStore {
     runs: Mutex<Vec<RunRecord>>,
+    /// Makes `list_runs` panic: a stand-in for any bug that unwinds through the loop.
+    pub(crate) panic_on_list: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -101,6 +103,9 @@ impl Store for MemStore {
             .cloned())
     }
     async fn list_runs(&self, f: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+        if self.panic_on_list.load(Ordering::SeqCst) {
+            panic!("list_runs was told to panic");
+        }
         let runs = self.runs.lock().unwrap();
         Ok(runs
             .iter()
@@ -746,4 +751,65 @@ async fn started_means_jobs_are_published() {
     let names: Vec<String> = h.handle.jobs().into_iter().map(|j| j.name).collect();
     assert_eq!(names, ["a", "b"]);
     h.stop().await;
+}
+
+/// Durations a policy can no longer contain (the parser bounds them), set directly: the
+/// loop must survive them rather than panic on `tick + jitter` or `now - deadline`.
+#[tokio::test(start_paused = true)]
+async fn absurd_durations_do_not_kill_the_loop() {
+    let store: Arc<MemStore> = Arc::default();
+    let mut jit = (*job("jit", "every = \"1h\"")).clone();
+    jit.jitter = Some(Duration::from_secs(1_000_000_000_000_000));
+    let mut late = (*job("late", "every = \"1h\"\nmissed = \"run_once\"")).clone();
+    late.starting_deadline = Some(Duration::from_secs(1_000_000_000_000_000));
+    let (jit, late) = (Arc::new(jit), Arc::new(late));
+    // `late` ran once, so the second life has a missed tick to consider.
+    let h = start(
+        store.clone(),
+        "2026-01-01T00:30:00Z",
+        SHORT,
+        vec![late.clone()],
+        SchedulerOptions::default(),
+    );
+    h.sleep_until("2026-01-01T01:10:00Z").await;
+    let store = h.stop().await;
+
+    let mut h = start(
+        store,
+        "2026-01-01T04:30:00Z",
+        SHORT,
+        vec![jit, late],
+        SchedulerOptions::default(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), h.handle.started())
+        .await
+        .expect("started() returns");
+    assert!(h.handle.is_running(), "the loop is scheduling");
+    // Any age is within an unrepresentable deadline: the 04:00 tick is caught up.
+    let (name, run, _) = h.next_call().await;
+    assert_eq!((name.as_str(), run.trigger), ("late", Trigger::CatchUp));
+    tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+    assert!(h.handle.is_running(), "still scheduling hours later");
+    h.stop().await;
+}
+
+/// A loop that dies (here: a panicking store) must not leave `started()` waiting forever
+/// nor `/readyz` reporting a scheduler that no longer runs.
+#[tokio::test(start_paused = true)]
+async fn a_dead_loop_is_visible() {
+    let store: Arc<MemStore> = Arc::default();
+    store.panic_on_list.store(true, Ordering::SeqCst);
+    let h = start(
+        store,
+        "2026-01-01T00:30:00Z",
+        SHORT,
+        vec![job("a", "every = \"1h\"")],
+        SchedulerOptions::default(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), h.handle.started())
+        .await
+        .expect("started() returns once the loop has died");
+    assert!(!h.handle.is_running());
+    let err = h.task.await.expect_err("the loop task panicked");
+    assert!(err.is_panic());
 }
