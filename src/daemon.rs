@@ -404,10 +404,13 @@ async fn prune_loop(store: Arc<dyn Store>, retention: Duration, shutdown: Cancel
         return;
     };
     loop {
-        match store.prune(Utc::now() - retention).await {
-            Ok(n) if n > 0 => tracing::info!(runs = n, "pruned old history"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning history failed"),
+        // A retention reaching back before the earliest instant keeps everything.
+        if let Some(cutoff) = Utc::now().checked_sub_signed(retention) {
+            match store.prune(cutoff).await {
+                Ok(n) if n > 0 => tracing::info!(runs = n, "pruned old history"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning history failed"),
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -59,3 +59,18 @@ async fn start_up_waits_for_the_scheduler_or_a_stop() {
     let r = wait_started(&handle, &mut task, async { "SIGTERM" }).await;
     assert_eq!(r.unwrap(), Some("SIGTERM"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn prune_survives_a_retention_past_the_earliest_instant() {
+    let shutdown = CancellationToken::new();
+    let store: Arc<dyn Store> = Arc::new(MemStore::default());
+    let task = tokio::spawn(prune_loop(
+        store,
+        Duration::from_secs(1_000_000_000_000_000),
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(PRUNE_EVERY * 3).await;
+    assert!(!task.is_finished(), "the prune task is still alive");
+    shutdown.cancel();
+    task.await.expect("the prune task did not panic");
+}

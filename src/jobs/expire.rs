@@ -179,8 +179,12 @@ pub enum ExpiryDecision {
     NotDue,
 }
 
+/// `t + d`, saturating at the end of time: a ttl that reaches past it never expires.
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides the native expiry of one branch.
@@ -270,6 +274,15 @@ mod tests {
             created_at: created,
             last_activity: active,
             current_expires_at: None,
+        }
+    }
+
+    #[test]
+    fn huge_ttl_is_too_far_ahead_not_a_panic() {
+        let now = t(10);
+        for ttl in [DAY * 100_000_000, Duration::MAX] {
+            let d = decide_expiry(now, Some(ttl), None, &facts(t(5), now));
+            assert_eq!(d, ExpiryDecision::TooFarAhead(DateTime::<Utc>::MAX_UTC));
         }
     }
 

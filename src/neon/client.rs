@@ -748,7 +748,7 @@ impl NeonClient {
                 ));
             }
             tokio::time::sleep(interval.min(deadline - elapsed)).await;
-            interval = (interval * 2).min(self.inner.poll_max);
+            interval = interval.saturating_mul(2).min(self.inner.poll_max);
             let refreshed = if pending.len() >= 2 && listing_pages < pending.len() {
                 let (found, pages) = self.find_operations(project, &pending).await?;
                 listing_pages = pages;
@@ -833,7 +833,7 @@ impl NeonClient {
                 ));
             }
             tokio::time::sleep(interval.min(deadline - elapsed)).await;
-            interval = (interval * 2).min(self.inner.poll_max);
+            interval = interval.saturating_mul(2).min(self.inner.poll_max);
         }
     }
 
