@@ -164,7 +164,8 @@ impl Control for DaemonControl {
             Ok(run_id) => Ok(TriggerOutcome::Started { run_id }),
             Err(T::UnknownJob(j)) => Err(http::TriggerError::UnknownJob(j)),
             Err(T::AlreadyRunning(_)) => Ok(TriggerOutcome::AlreadyRunning { run_id: None }),
-            Err(e @ (T::Disabled(_) | T::Stopped | T::Claimed(_))) => {
+            Err(e @ T::Disabled(_)) => Err(http::TriggerError::Disabled(e.to_string())),
+            Err(e @ (T::Stopped | T::Claimed(_))) => {
                 Err(http::TriggerError::Unavailable(e.to_string()))
             }
             Err(e @ T::Store(_)) => Err(http::TriggerError::Internal(e.to_string())),

@@ -563,6 +563,10 @@ impl Loop {
             .find(|s| s.job.name == name)
             .map(|s| s.job.clone())
             .ok_or_else(|| TriggerError::UnknownJob(name.to_string()))?;
+        // `enabled = false` suspends the job, by hand as well as on schedule.
+        if !job.enabled {
+            return Err(TriggerError::Disabled(job.name.clone()));
+        }
         if job.concurrency == ConcurrencyPolicy::Forbid
             && self.running.values().any(|r| r.job == job.name)
         {

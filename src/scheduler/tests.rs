@@ -813,3 +813,23 @@ async fn a_dead_loop_is_visible() {
     let err = h.task.await.expect_err("the loop task panicked");
     assert!(err.is_panic());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_job_cannot_be_triggered() {
+    let j = job("off", "every = \"1h\"\nenabled = false");
+    let h = start(
+        Arc::default(),
+        "2026-01-01T00:00:00Z",
+        SHORT,
+        vec![j],
+        SchedulerOptions::default(),
+    );
+    h.handle.started().await;
+    assert_eq!(
+        h.handle.trigger("off").await,
+        Err(TriggerError::Disabled("off".into()))
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let store = h.stop().await;
+    assert!(store.runs().is_empty(), "nothing ran: {:?}", store.runs());
+}
