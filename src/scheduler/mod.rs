@@ -791,18 +791,14 @@ impl Loop {
         while self.tasks.join_next().await.is_some() {}
         for (id, r) in self.running.drain() {
             tracing::error!(job = %r.job, run_id = id, scheduled_for = %r.scheduled_for, "run did not stop when cancelled; aborted");
-            if let Err(e) = self
-                .store
-                .finish_run(
-                    id,
-                    RunStatus::Interrupted,
-                    r.counts_if_aborted,
-                    Some("interrupted by shutdown (aborted)"),
-                )
-                .await
-            {
-                tracing::error!(run_id = id, error = %e, "cannot record the interrupted run");
-            }
+            run::record_finish(
+                &*self.store,
+                id,
+                RunStatus::Interrupted,
+                r.counts_if_aborted,
+                Some("interrupted by shutdown (aborted)"),
+            )
+            .await;
         }
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct MemStore {
     runs: Mutex<Vec<RunRecord>>,
     /// Makes `list_runs` panic: a stand-in for any bug that unwinds through the loop.
     pub(crate) panic_on_list: std::sync::atomic::AtomicBool,
+    /// `finish_run` fails this many more times.
+    finish_failures: AtomicUsize,
 }
 
 impl MemStore {
@@ -67,6 +69,13 @@ impl Store for MemStore {
         counts: ActionCounts,
         error: Option<&str>,
     ) -> StoreResult<()> {
+        if self
+            .finish_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Corrupt("injected: database is locked".into()));
+        }
         let mut runs = self.runs.lock().unwrap();
         let r = runs
             .iter_mut()
@@ -188,6 +197,8 @@ struct FakeExec {
     behaviour: Behaviour,
     clock: Arc<dyn Clock>,
     calls: mpsc::UnboundedSender<(String, RunHandle, DateTime<Utc>)>,
+    /// Stubborn runs that got to the end of their work.
+    stubborn_done: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -203,6 +214,7 @@ impl Executor for FakeExec {
             },
             Behaviour::Stubborn(d) => {
                 tokio::time::sleep(d).await;
+                self.stubborn_done.fetch_add(1, Ordering::SeqCst);
                 RunReport::succeeded(ActionCounts::default())
             }
             Behaviour::Panic => panic!("boom"),
@@ -230,6 +242,7 @@ struct Harness {
     handle: SchedulerHandle,
     task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
+    stubborn_done: Arc<AtomicUsize>,
 }
 
 fn start(
@@ -241,10 +254,12 @@ fn start(
 ) -> Harness {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(utc(at)));
     let (tx, calls) = mpsc::unbounded_channel();
+    let stubborn_done = Arc::new(AtomicUsize::new(0));
     let exec = Arc::new(FakeExec {
         behaviour,
         clock: clock.clone(),
         calls: tx,
+        stubborn_done: stubborn_done.clone(),
     });
     let shutdown = CancellationToken::new();
     let (handle, task) =
@@ -256,6 +271,7 @@ fn start(
         handle,
         task,
         shutdown,
+        stubborn_done,
     }
 }
 
@@ -655,9 +671,18 @@ async fn shutdown_past_grace_interrupts() {
     );
     h.next_call().await;
     let t = tokio::time::Instant::now();
+    let done = h.stubborn_done.clone();
     let store = h.stop().await;
     assert_eq!(t.elapsed(), Duration::from_secs(13));
     assert_eq!(store.runs()[0].status, RunStatus::Interrupted);
+    // Aborted means aborted: the executor's own task does not go on acting after the
+    // daemon recorded the run interrupted.
+    tokio::time::sleep(Duration::from_secs(1200)).await;
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        0,
+        "the aborted run kept working"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -832,4 +857,32 @@ async fn a_disabled_job_cannot_be_triggered() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let store = h.stop().await;
     assert!(store.runs().is_empty(), "nothing ran: {:?}", store.runs());
+}
+
+/// A store that fails for a while when the run ends: the end is recorded once it recovers;
+/// a store that stays down is given up on in bounded time.
+#[tokio::test(start_paused = true)]
+async fn the_end_of_a_run_is_recorded_despite_store_errors() {
+    let store: Arc<MemStore> = Arc::default();
+    store.finish_failures.store(3, Ordering::SeqCst);
+    let mut h = start(
+        store,
+        "2026-01-01T00:00:50Z",
+        SHORT,
+        vec![job("j", "every = \"1m\"")],
+        SchedulerOptions::default(),
+    );
+    h.next_call().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let store = h.stop().await;
+    assert_eq!(store.runs()[0].status, RunStatus::Succeeded);
+    assert_eq!(store.finish_failures.load(Ordering::SeqCst), 0);
+
+    store.finish_failures.store(usize::MAX, Ordering::SeqCst);
+    let t = tokio::time::Instant::now();
+    let recorded =
+        run::record_finish(&*store, 1, RunStatus::Failed, ActionCounts::default(), None).await;
+    assert!(!recorded);
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(store.finish_failures.load(Ordering::SeqCst), usize::MAX - 6);
 }
