@@ -36,7 +36,7 @@ pub use run::run_now;
 
 use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
 use crate::store::{ActionCounts, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
-use crate::telemetry::events::{JobScheduled, JobTickSkipped};
+use crate::telemetry::events::{JobScheduled, JobTickSkipped, JobUnscheduled};
 
 /// Stand-in for a wake-up time that a tokio `Instant` cannot represent.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 86_400);
@@ -487,6 +487,8 @@ impl Loop {
         }
         for gone in old.keys() {
             tracing::info!(job = %gone, "job removed from the policy; runs in progress continue");
+            self.last.remove(gone);
+            self.unschedule_if_idle(gone);
         }
     }
 
@@ -718,11 +720,25 @@ impl Loop {
             .spawn(run::execute(ctx, job.clone(), handle, reason));
     }
 
+    /// A job no longer in the policy loses its metric series once none of its runs is in
+    /// progress (a finishing run would otherwise bring them back).
+    fn unschedule_if_idle(&self, job: &str) {
+        let scheduled = self.slots.iter().any(|s| s.job.name == job);
+        let running = self.running.values().any(|r| r.job == job);
+        if !scheduled && !running {
+            JobUnscheduled { job }.emit();
+        }
+    }
+
     fn finished(&mut self, done: Result<run::Finished, tokio::task::JoinError>) {
         match done {
             Ok(f) => {
                 self.running.remove(&f.run_id);
-                self.last.insert(f.job, f.last);
+                if self.slots.iter().any(|s| s.job.name == f.job) {
+                    self.last.insert(f.job, f.last);
+                } else {
+                    self.unschedule_if_idle(&f.job);
+                }
             }
             // Only the shutdown path aborts run tasks, and it records those runs itself.
             Err(e) => tracing::error!(error = %e, "run task ended abnormally"),

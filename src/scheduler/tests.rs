@@ -886,3 +886,36 @@ async fn the_end_of_a_run_is_recorded_despite_store_errors() {
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     assert_eq!(store.finish_failures.load(Ordering::SeqCst), usize::MAX - 6);
 }
+
+/// A job removed by a reload loses its metric series (else `NeonStewardJobStale` fires for
+/// a job that no longer exists); one still running keeps them until its run ends.
+#[tokio::test(start_paused = true)]
+async fn reload_removes_the_series_of_removed_jobs() {
+    use crate::telemetry::metrics::render;
+    let series = |job: &str| {
+        render()
+            .lines()
+            .filter(|l| l.contains(&format!("job_name=\"{job}\"")))
+            .count()
+    };
+    let idle = job("t-reload-removed-idle", "every = \"1h\"");
+    let busy = job("t-reload-removed-busy", "every = \"1m\"");
+    let kept = job("t-reload-kept", "every = \"1h\"");
+    let mut h = start(
+        Arc::default(),
+        "2026-01-01T00:00:50Z",
+        Behaviour::Work(Duration::from_secs(30)),
+        vec![idle.clone(), busy.clone(), kept.clone()],
+        SchedulerOptions::default(),
+    );
+    h.next_call().await; // `busy` runs from 00:01:00 to 00:01:30
+    assert!(series(&idle.name) > 0 && series(&busy.name) > 0);
+    h.handle.reload(vec![kept.clone()]).await.unwrap();
+    assert_eq!(series(&idle.name), 0, "the removed job's series are gone");
+    assert!(series(&busy.name) > 0, "kept while its run is in progress");
+    assert!(series(&kept.name) > 0);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(series(&busy.name), 0, "gone once its run finished");
+    assert!(series(&kept.name) > 0);
+    h.stop().await;
+}

@@ -277,6 +277,55 @@ impl JobScheduled<'_> {
     }
 }
 
+/// A job left the policy (reload) and has no run in progress any more: every series with
+/// its `job_name` is removed, so a job that no longer exists neither fires the staleness
+/// alert (`job_last_success_timestamp_seconds` frozen while `job_interval_seconds` stays)
+/// nor lingers on dashboards.
+pub struct JobUnscheduled<'a> {
+    pub job: &'a str,
+}
+
+impl JobUnscheduled<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            job = self.job,
+            "job removed from the policy; its metric series are removed"
+        );
+        let m = metrics();
+        remove_job_series(&m.job_runs_total, self.job);
+        remove_job_series(&m.job_run_duration_seconds, self.job);
+        remove_job_series(&m.job_last_run_timestamp_seconds, self.job);
+        remove_job_series(&m.job_last_success_timestamp_seconds, self.job);
+        remove_job_series(&m.job_next_run_timestamp_seconds, self.job);
+        remove_job_series(&m.job_interval_seconds, self.job);
+        remove_job_series(&m.job_running, self.job);
+        remove_job_series(&m.job_skipped_ticks_total, self.job);
+        remove_job_series(&m.actions_total, self.job);
+    }
+}
+
+/// Removes every series of `family` whose `job_name` label is `job`, whatever its other
+/// labels (the families only offer removal by the full label set).
+fn remove_job_series<T: prometheus::core::MetricVecBuilder>(
+    family: &prometheus::core::MetricVec<T>,
+    job: &str,
+) {
+    use prometheus::core::Collector;
+    for mf in family.collect() {
+        for metric in mf.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("job_name") == Some(&job) {
+                // Absent already (a concurrent removal): nothing to do.
+                let _ = family.remove(&labels);
+            }
+        }
+    }
+}
+
 /// An action of a job on a Neon resource reached its outcome (emit once per action, with
 /// the final outcome; a `Pending` outcome is logged but not counted).
 pub struct ActionRecorded<'a> {
@@ -536,6 +585,85 @@ mod tests {
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(secs, 0).expect("valid test timestamp")
+    }
+
+    #[test]
+    fn unscheduled_job_loses_every_series() {
+        let (gone, kept) = ("t-unscheduled-gone", "t-unscheduled-kept");
+        for job in [gone, kept] {
+            JobScheduled {
+                job,
+                kind: "expire_branches",
+                next_run: at(1_000),
+                interval: Some(Duration::from_secs(3600)),
+            }
+            .emit();
+            JobRunStarted {
+                job,
+                kind: "expire_branches",
+                run_id: 1,
+                trigger: Trigger::Schedule,
+                dry_run: false,
+            }
+            .emit();
+            JobRunFinished {
+                job,
+                kind: "expire_branches",
+                run_id: 1,
+                outcome: RunStatus::Succeeded,
+                elapsed: Duration::from_millis(10),
+                finished_at: at(900),
+                counts: ActionCounts::default(),
+                error: None,
+            }
+            .emit();
+            ActionRecorded {
+                job,
+                run_id: 1,
+                action: "delete_branch",
+                outcome: ActionOutcome::Succeeded,
+                dry_run: false,
+                resource_kind: "branch",
+                resource_id: "br-1",
+                resource_name: None,
+                project_id: Some("p-1"),
+                reason: "test",
+                detail: None,
+            }
+            .emit();
+        }
+        let before = render();
+        assert!(before.contains(&format!(
+            "job_last_success_timestamp_seconds{{job_name=\"{gone}\"}}"
+        )));
+
+        JobUnscheduled { job: gone }.emit();
+        let after = render();
+        assert!(
+            !after.contains(&format!("job_name=\"{gone}\"")),
+            "series of the removed job remain:\n{}",
+            after
+                .lines()
+                .filter(|l| l.contains(gone))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        for family in [
+            "job_runs_total",
+            "job_run_duration_seconds_count",
+            "job_last_success_timestamp_seconds",
+            "job_interval_seconds",
+            "job_next_run_timestamp_seconds",
+            "job_skipped_ticks_total",
+            "actions_total",
+        ] {
+            assert!(
+                after
+                    .lines()
+                    .any(|l| l.starts_with(&format!("neon_steward_{family}{{")) && l.contains(kept)),
+                "{family} of the kept job is still there"
+            );
+        }
     }
 
     #[test]
