@@ -99,18 +99,25 @@ pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
     })
 }
 
-/// Opens the store, applies migrations and marks runs a previous process left `running`.
+/// Opens the store and applies migrations. Touches no run: `once` and `plan` use it while
+/// a daemon may be running against the same store, and its running runs are not theirs.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::open(&cfg.store.url)
         .await
         .context("opening the store")?;
     store.migrate().await.context("migrating the store")?;
+    Ok(store)
+}
+
+/// Marks runs a previous daemon left `running` as interrupted. Only the daemon's start-up
+/// calls it (`run`, `demo`).
+pub async fn recover_interrupted(store: &dyn Store) -> anyhow::Result<u64> {
     let count = store
         .interrupt_running("interrupted: the daemon stopped while this run was in progress")
         .await
         .context("recovering interrupted runs")?;
     InterruptedRunsRecovered { count }.emit();
-    Ok(store)
+    Ok(count)
 }
 
 /// The executor for `cfg`, for the daemon and for `once`/`plan`.
@@ -204,6 +211,7 @@ pub async fn run_until(
     .emit();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = open_store(&cfg).await?;
+    recover_interrupted(&*store).await?;
     let executor = executor(&cfg, store.clone(), clock.clone())?;
 
     // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.

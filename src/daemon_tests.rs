@@ -74,3 +74,43 @@ async fn prune_survives_a_retention_past_the_earliest_instant() {
     shutdown.cancel();
     task.await.expect("the prune task did not panic");
 }
+
+/// `once` and `plan` open the store while a daemon may be running: they must not mark its
+/// running runs interrupted. Only the daemon's start-up recovers.
+#[tokio::test]
+async fn opening_the_store_leaves_running_runs_alone() {
+    use crate::store::{NewRun, RunStatus, Trigger};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!("sqlite://{}/s.db", dir.path().display());
+    let text = format!(
+        "[store]\nurl = \"{url}\"\n[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nttl = \"1d\"\nevery = \"1h\"\n"
+    );
+    let cfg = config::parse_with_env(std::path::Path::new("t.toml"), &text, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let daemon_store = open_store(&cfg).await.expect("store");
+    let id = daemon_store
+        .claim_run(&NewRun {
+            job: "a".into(),
+            kind: "expire_branches".into(),
+            scheduled_for: Utc::now(),
+            trigger: Trigger::Schedule,
+            dry_run: false,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await
+        .expect("claim")
+        .expect("fresh tick");
+
+    let cli_store = open_store(&cfg).await.expect("store");
+    let r = cli_store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(
+        r.status,
+        RunStatus::Running,
+        "`once`/`plan` left the daemon's run alone"
+    );
+
+    assert_eq!(recover_interrupted(&*cli_store).await.unwrap(), 1);
+    let r = cli_store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Interrupted);
+}
