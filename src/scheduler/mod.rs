@@ -49,6 +49,25 @@ fn after(d: Duration) -> tokio::time::Instant {
         .unwrap_or(now)
 }
 
+/// How many times an interrupted tick is run again before it is given up on.
+const MAX_TICK_RETRIES: u32 = 3;
+
+/// For the newest scheduled run of `job`, claimed as `claimed_as` and found interrupted: the
+/// tick to run again and the number of this attempt, or `None` once [`MAX_TICK_RETRIES`] is
+/// reached.
+///
+/// The store's claim is `(job, scheduled_for)` and the interrupted run holds its tick, so
+/// the n-th re-run claims `tick + n ms`: unique, portable, still inside the tick's schedule
+/// window (ticks are at least a second apart), and the offset tells how many attempts there
+/// were. Every replica computes the same claim, so only one of them re-runs the tick.
+fn interrupted_tick(job: &JobConfig, claimed_as: DateTime<Utc>) -> Option<(DateTime<Utc>, u32)> {
+    let from = claimed_as.checked_sub_signed(chrono::Duration::seconds(1))?;
+    let tick = job.schedule.last_between(from, claimed_as, job.timezone)?;
+    let done = claimed_as.signed_duration_since(tick).num_milliseconds();
+    let attempt = u32::try_from(done).ok()? + 1;
+    (attempt <= MAX_TICK_RETRIES).then_some((tick, attempt))
+}
+
 /// What a run is given besides its job.
 #[derive(Debug, Clone)]
 pub struct RunHandle {
@@ -501,8 +520,8 @@ impl Loop {
             if !job.enabled {
                 continue;
             }
-            let last = match self.store.last_scheduled_run(&job.name).await {
-                Ok(Some(r)) => r.scheduled_for,
+            let last_run = match self.store.last_scheduled_run(&job.name).await {
+                Ok(Some(r)) => r,
                 // Never ran: nothing was missed.
                 Ok(None) => continue,
                 Err(e) => {
@@ -510,6 +529,7 @@ impl Loop {
                     continue;
                 }
             };
+            let last = last_run.scheduled_for;
             // A deadline reaching back before the earliest representable instant means
             // "any age", the same as no deadline.
             let deadline_start = job
@@ -522,10 +542,22 @@ impl Loop {
                 .schedule
                 .next_after(last, job.timezone)
                 .is_some_and(|t| t <= now);
-            match (job.missed, missed_tick) {
-                (MissedPolicy::RunOnce, Some(tick)) => {
+            let retry = (last_run.status == RunStatus::Interrupted)
+                .then(|| interrupted_tick(&job, last))
+                .flatten()
+                .filter(|(tick, _)| deadline_start.is_none_or(|d| *tick >= d));
+            match (job.missed, missed_tick, retry) {
+                (MissedPolicy::RunOnce, Some(tick), _) => {
                     tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), "running a missed tick once");
                     self.start(&job, tick, Trigger::CatchUp).await;
+                }
+                // The newest tick's run was cut short (crash, shutdown): it did not happen
+                // as far as the policy is concerned, so it is run again, under a claim of
+                // its own (see `interrupted_tick`).
+                (MissedPolicy::RunOnce, None, Some((tick, attempt))) => {
+                    tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), attempt, "re-running an interrupted tick");
+                    let claim_at = tick + chrono::Duration::milliseconds(attempt.into());
+                    self.start_at(&job, claim_at, tick, Trigger::CatchUp).await;
                 }
                 _ if any_missed => {
                     let tick = job
@@ -620,6 +652,18 @@ impl Loop {
 
     /// Starts a tick, honouring the concurrency policy and the claim.
     async fn start(&mut self, job: &Arc<JobConfig>, tick: DateTime<Utc>, trigger: Trigger) {
+        self.start_at(job, tick, tick, trigger).await
+    }
+
+    /// [`Self::start`], claiming the run as `claim_at` (a re-run of an interrupted tick) while
+    /// the executor sees the tick itself.
+    async fn start_at(
+        &mut self,
+        job: &Arc<JobConfig>,
+        claim_at: DateTime<Utc>,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+    ) {
         let busy = self.running.values().any(|r| r.job == job.name);
         if busy && job.concurrency == ConcurrencyPolicy::Forbid {
             JobTickSkipped {
@@ -630,7 +674,7 @@ impl Loop {
             .emit();
             let why = "the previous run was still running (concurrency = forbid)";
             if let Err(e) = self
-                .claim(job, tick, trigger, RunStatus::Skipped, Some(why))
+                .claim(job, claim_at, trigger, RunStatus::Skipped, Some(why))
                 .await
             {
                 tracing::warn!(job = %job.name, error = %e, "cannot record the skipped tick");
@@ -641,7 +685,7 @@ impl Loop {
             self.replace_running(job);
         }
         match self
-            .claim(job, tick, trigger, RunStatus::Running, None)
+            .claim(job, claim_at, trigger, RunStatus::Running, None)
             .await
         {
             Ok(Some(id)) => self.spawn_run(job, id, tick, trigger),

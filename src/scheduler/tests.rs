@@ -919,3 +919,84 @@ async fn reload_removes_the_series_of_removed_jobs() {
     assert!(series(&kept.name) > 0);
     h.stop().await;
 }
+
+/// `missed = "run_once"`: a tick whose run was interrupted (crash, shutdown past the grace
+/// period) is run again at start-up if still within `starting_deadline`, a bounded number
+/// of times, and only once it is the newest tick.
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_tick_is_run_again() {
+    let j = job(
+        "j",
+        "every = \"1h\"\nmissed = \"run_once\"\nstarting_deadline = \"2h\"",
+    );
+    let opts = SchedulerOptions {
+        grace_period: Duration::from_secs(1),
+        cancel_wait: Duration::from_secs(1),
+        watchdog: None,
+    };
+    let long = Behaviour::Work(Duration::from_secs(1200));
+    // Each life starts, runs (or re-runs) the 01:00 tick and is stopped mid-run.
+    let mut store: Arc<MemStore> = Arc::default();
+    for (at, expected) in [
+        ("2026-01-01T00:59:00Z", Some(Trigger::Schedule)),
+        ("2026-01-01T01:20:00Z", Some(Trigger::CatchUp)),
+        ("2026-01-01T01:30:00Z", Some(Trigger::CatchUp)),
+        ("2026-01-01T01:40:00Z", Some(Trigger::CatchUp)),
+        // Three re-runs were interrupted too: given up.
+        ("2026-01-01T01:50:00Z", None),
+    ] {
+        let mut h = start(store, at, long, vec![j.clone()], opts.clone());
+        let call = tokio::time::timeout(Duration::from_secs(65), h.next_call()).await;
+        match (expected, call) {
+            (Some(trigger), Ok((_, run, _))) => {
+                assert_eq!(run.scheduled_for, utc("2026-01-01T01:00:00Z"), "{at}");
+                assert_eq!(run.trigger, trigger, "{at}");
+            }
+            (None, Err(_)) => {}
+            (e, c) => panic!("{at}: expected {e:?}, got {:?}", c.map(|c| c.1.trigger)),
+        }
+        store = h.stop().await;
+    }
+    let claims: Vec<String> = store
+        .runs()
+        .iter()
+        .map(|r| r.scheduled_for.format("%H:%M:%S%.3f").to_string())
+        .collect();
+    assert_eq!(
+        claims,
+        [
+            "01:00:00.000",
+            "01:00:00.001",
+            "01:00:00.002",
+            "01:00:00.003"
+        ]
+    );
+    assert!(store
+        .runs()
+        .iter()
+        .all(|r| r.status == RunStatus::Interrupted));
+
+    // Past the starting deadline: not re-run.
+    let j = job(
+        "j",
+        "every = \"1h\"\nmissed = \"run_once\"\nstarting_deadline = \"30m\"",
+    );
+    let store: Arc<MemStore> = Arc::default();
+    let mut h = start(
+        store,
+        "2026-01-01T00:59:00Z",
+        long,
+        vec![j.clone()],
+        opts.clone(),
+    );
+    h.next_call().await;
+    let store = h.stop().await;
+    let mut h = start(store, "2026-01-01T01:45:00Z", SHORT, vec![j], opts);
+    let (_, run, _) = h.next_call().await;
+    assert_eq!(
+        (run.scheduled_for, run.trigger),
+        (utc("2026-01-01T02:00:00Z"), Trigger::Schedule),
+        "01:00 is 45m old, past the 30m deadline"
+    );
+    h.stop().await;
+}
