@@ -8,4 +8,5 @@ mod client;
 mod http;
 mod jobs;
 mod jobs_e2e;
+mod requests;
 mod store;
