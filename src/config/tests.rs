@@ -205,6 +205,13 @@ fn error_bad_duration() {
 }
 
 #[test]
+fn durations_are_bounded() {
+    let e = err("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\njitter = \"1000000000d\"\n");
+    assert!(e.contains(":6:10:"), "{e}");
+    assert!(e.contains("too long: at most 100 years"), "{e}");
+}
+
+#[test]
 fn error_duplicate_job() {
     insta::assert_snapshot!(err(&format!("{JOB}{JOB}")));
 }

@@ -179,8 +179,13 @@ pub enum ExpiryDecision {
     NotDue,
 }
 
+/// `t + d`, saturating at chrono's maximum instead of panicking (config bounds durations to
+/// 100 years, so this only matters for absurd API timestamps).
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides the native expiry of one branch.
@@ -256,6 +261,20 @@ pub fn recoverable_until(deleted_at: DateTime<Utc>) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_saturates_instead_of_panicking() {
+        let t = DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1);
+        assert_eq!(
+            add(t, Duration::from_secs(10 * 86_400)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        let now = Utc::now();
+        assert_eq!(
+            add(now, Duration::from_secs(60)),
+            now + chrono::Duration::seconds(60)
+        );
+    }
     use chrono::TimeZone;
 
     const DAY: Duration = Duration::from_secs(86_400);

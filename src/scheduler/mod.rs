@@ -17,6 +17,7 @@
 
 pub mod clock;
 mod run;
+pub(crate) use run::panic_message;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -309,6 +310,10 @@ impl Loop {
         alive: CancellationToken,
         started: CancellationToken,
     ) {
+        // If anything in the loop panics, `alive` is still cancelled on unwind, so
+        // `started()`, `is_running()` and `/readyz` see a dead scheduler instead of waiting or
+        // claiming readiness forever.
+        let _alive_on_exit = alive.clone().drop_guard();
         self.set_jobs(jobs).await;
         self.catch_up().await;
         self.publish();
