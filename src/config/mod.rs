@@ -317,6 +317,67 @@ pub struct EndpointSelector {
     pub endpoint_type: Option<EndpointType>,
     /// Branch name globs the endpoint must be attached to.
     pub branches: GlobList,
+    /// Endpoint ids never acted on.
+    pub exclude_ids: Vec<String>,
+    /// Endpoints of branches matching these globs are never acted on.
+    pub exclude_branches: GlobList,
+}
+
+/// A temporary exclusion of a `suspend_computes` job (`[[jobs.exclusions]]`): what it covers
+/// is left alone before `until`.
+#[derive(Debug, Clone)]
+pub struct Exclusion {
+    pub target: ExclusionTarget,
+    pub until: DateTime<Utc>,
+    /// The operator's note, recorded in the ledger's reason.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExclusionTarget {
+    Endpoint(String),
+    /// Endpoints attached to branches whose name matches this glob (one pattern).
+    Branch(GlobList),
+    Project(String),
+}
+
+impl Exclusion {
+    /// Whether it covers this endpoint at `now`.
+    pub fn covers(
+        &self,
+        now: DateTime<Utc>,
+        project_id: &str,
+        endpoint_id: &str,
+        branch_name: &str,
+    ) -> bool {
+        now < self.until
+            && match &self.target {
+                ExclusionTarget::Endpoint(e) => e == endpoint_id,
+                ExclusionTarget::Branch(g) => g.is_match(branch_name),
+                ExclusionTarget::Project(p) => p == project_id,
+            }
+    }
+
+    /// How it reads in a ledger reason: `exclusion of endpoint ep-1 until 2026-12-31T00:00:00+00:00 (launch)`.
+    pub fn describe(&self) -> String {
+        let what = match &self.target {
+            ExclusionTarget::Endpoint(e) => format!("endpoint {e}"),
+            ExclusionTarget::Branch(g) => format!(
+                "branches {:?}",
+                g.patterns.first().map(String::as_str).unwrap_or_default()
+            ),
+            ExclusionTarget::Project(p) => format!("project {p}"),
+        };
+        let note = self
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        format!(
+            "exclusion of {what} until {}{note}",
+            self.until.to_rfc3339()
+        )
+    }
 }
 
 /// Compiled shell-style globs (`preview/*`, `pr-*`), keeping the patterns for display.
@@ -450,6 +511,8 @@ pub struct SuspendSpec {
     pub window_timezone: Tz,
     /// The job suspends nothing before this instant.
     pub exclude_until: Option<DateTime<Utc>>,
+    /// Per-resource exclusions, each until its own instant (`[[jobs.exclusions]]`).
+    pub exclusions: Vec<Exclusion>,
     /// Start endpoints again (that this job suspended) when their window ends.
     pub resume: bool,
 }
@@ -818,17 +881,23 @@ impl Validator<'_> {
             s.endpoints = EndpointSelector {
                 endpoint_type: e.endpoint_type,
                 branches: self.globs(&e.branches)?,
+                exclude_ids: e.exclude_ids.clone(),
+                exclude_branches: self.globs(&e.exclude_branches)?,
             };
         }
         Ok(s)
     }
 
     fn wrong_kind(&self, option: &str, span: Range<usize>, kind: JobKind) -> ConfigError {
-        let valid = match option.trim_start_matches("[jobs.").trim_end_matches(']') {
+        let valid = match option
+            .trim_start_matches('[')
+            .trim_start_matches("jobs.")
+            .trim_end_matches(']')
+        {
             "name_template" | "expires_in" | "retention" => "snapshot_branches",
             "ttl" | "idle_ttl" | "mode" => "expire_branches",
             "idle_for" | "windows" | "window_timezone" | "exclude_until" | "resume"
-            | "endpoints" => "suspend_computes",
+            | "endpoints" | "exclusions" => "suspend_computes",
             _ => "collect_consumption",
         };
         self.err(
@@ -844,7 +913,7 @@ impl Validator<'_> {
         fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
             o.as_ref().map(|s| s.span())
         }
-        let options: [(&str, JobKind, Option<Range<usize>>); 18] = [
+        let options: [(&str, JobKind, Option<Range<usize>>); 19] = [
             (
                 "name_template",
                 JobKind::SnapshotBranches,
@@ -872,6 +941,11 @@ impl Validator<'_> {
                 span(&j.exclude_until),
             ),
             ("resume", JobKind::SuspendComputes, span(&j.resume)),
+            (
+                "[[jobs.exclusions]]",
+                JobKind::SuspendComputes,
+                span(&j.exclusions),
+            ),
             (
                 "granularity",
                 JobKind::CollectConsumption,
@@ -965,11 +1039,16 @@ impl Validator<'_> {
                     ),
                     None => None,
                 };
+                let mut exclusions = Vec::new();
+                for x in j.exclusions.iter().flat_map(|xs| xs.get_ref().iter()) {
+                    exclusions.push(self.exclusion(x, window_timezone)?);
+                }
                 JobSpec::SuspendComputes(SuspendSpec {
                     idle_for,
                     windows,
                     window_timezone,
                     exclude_until,
+                    exclusions,
                     resume: j.resume.as_ref().is_some_and(|r| *r.get_ref()),
                 })
             }
@@ -1023,6 +1102,31 @@ impl Validator<'_> {
                         .unwrap_or_default(),
                 })
             }
+        })
+    }
+}
+
+impl Validator<'_> {
+    /// One `[[jobs.exclusions]]` entry: exactly one target, a valid glob, a valid `until`.
+    fn exclusion(&self, x: &Spanned<raw::RawExclusion>, tz: Tz) -> Result<Exclusion, ConfigError> {
+        let r = x.get_ref();
+        let target = match (&r.endpoint, &r.branch, &r.project) {
+            (Some(e), None, None) if !e.trim().is_empty() => ExclusionTarget::Endpoint(e.clone()),
+            (None, Some(b), None) => ExclusionTarget::Branch(self.globs(std::slice::from_ref(b))?),
+            (None, None, Some(p)) if !p.trim().is_empty() => ExclusionTarget::Project(p.clone()),
+            _ => {
+                return Err(self.err(
+                    x.span(),
+                    "an exclusion names exactly one of `endpoint` (an endpoint id), `branch` (a glob over branch names) or `project` (a project id), e.g. { endpoint = \"ep-...\", until = \"2026-12-31\" }",
+                ))
+            }
+        };
+        let until =
+            parse_instant(r.until.get_ref(), tz).map_err(|e| self.err(r.until.span(), e))?;
+        Ok(Exclusion {
+            target,
+            until,
+            note: r.note.clone(),
         })
     }
 }

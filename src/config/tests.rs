@@ -300,3 +300,96 @@ fn consumption_endpoint_is_explicit_and_v2_needs_org_id() {
         "only collect_consumption takes it: {e}"
     );
 }
+
+const SUSPEND: &str = "[[jobs]]\nname = \"s\"\nkind = \"suspend_computes\"\nevery = \"5m\"\nidle_for = \"30m\"\nwindow_timezone = \"Europe/Berlin\"\n";
+
+#[test]
+fn endpoint_exclusions_and_timed_exclusions() {
+    let text = format!(
+        "{SUSPEND}[jobs.endpoints]\nexclude_ids = [\"ep-keep\"]\nexclude_branches = [\"release/*\"]\n\n\
+         [[jobs.exclusions]]\nendpoint = \"ep-demo\"\nuntil = \"2026-12-31\"\nnote = \"sales demo\"\n\n\
+         [[jobs.exclusions]]\nbranch = \"perf-*\"\nuntil = \"2026-06-01T12:00:00Z\"\n\n\
+         [[jobs.exclusions]]\nproject = \"p-launch\"\nuntil = \"2026-07-01\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let j = &c.jobs[0];
+    assert_eq!(j.selectors.endpoints.exclude_ids, vec!["ep-keep"]);
+    assert!(j
+        .selectors
+        .endpoints
+        .exclude_branches
+        .is_match("release/1.2"));
+    let JobSpec::SuspendComputes(s) = &j.spec else {
+        panic!("wrong spec {:?}", j.spec)
+    };
+    assert_eq!(s.exclusions.len(), 3);
+    // A date is midnight in window_timezone (CET in December).
+    let berlin_midnight = Utc.with_ymd_and_hms(2026, 12, 30, 23, 0, 0).unwrap();
+    assert_eq!(s.exclusions[0].until, berlin_midnight);
+    let before = berlin_midnight - chrono::Duration::seconds(1);
+    assert!(s.exclusions[0].covers(before, "p", "ep-demo", "main"));
+    assert!(!s.exclusions[0].covers(berlin_midnight, "p", "ep-demo", "main"));
+    assert!(!s.exclusions[0].covers(before, "p", "ep-other", "main"));
+    assert!(s.exclusions[0].describe().contains("endpoint ep-demo"));
+    assert!(s.exclusions[0].describe().ends_with("(sales demo)"));
+    let t = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    assert!(s.exclusions[1].covers(t, "p", "ep-x", "perf-load"));
+    assert!(!s.exclusions[1].covers(t, "p", "ep-x", "main"));
+    assert!(s.exclusions[2].covers(t, "p-launch", "ep-x", "main"));
+    assert!(!s.exclusions[2].covers(t, "p-other", "ep-x", "main"));
+}
+
+#[test]
+fn exclusion_errors_are_positioned() {
+    // No target, two targets, an empty id.
+    for body in [
+        "until = \"2026-12-31\"\n",
+        "endpoint = \"ep-1\"\nproject = \"p-1\"\nuntil = \"2026-12-31\"\n",
+        "endpoint = \"\"\nuntil = \"2026-12-31\"\n",
+    ] {
+        let text = format!("{SUSPEND}[[jobs.exclusions]]\n{body}");
+        let e = err(&text);
+        assert!(e.contains("exactly one of `endpoint`"), "{e}");
+        assert!(
+            e.starts_with("policy.toml:7:1:"),
+            "points at the entry: {e}"
+        );
+    }
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nendpoint = \"ep-1\"\nuntil = \"next week\"\n"
+    ));
+    assert!(
+        e.starts_with("policy.toml:9:9:") && e.contains("invalid date"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nendpoint = \"ep-1\"\n"
+    ));
+    assert!(e.contains("until"), "until is required: {e}");
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nbranch = \"perf-[\"\nuntil = \"2026-12-31\"\n"
+    ));
+    assert!(
+        e.starts_with("policy.toml:8:10:") && e.contains("invalid glob"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{SUSPEND}[jobs.endpoints]\nexclude_branches = [\"a\", \"b[\"]\n"
+    ));
+    assert!(
+        e.starts_with("policy.toml:8:") && e.contains("invalid glob"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nendpoint = \"ep-1\"\nuntil = \"2026-12-31\"\nwhy = \"x\"\n"
+    ));
+    assert!(e.contains("unknown field `why`"), "{e}");
+    let e = err(&format!(
+        "{JOB}[[jobs.exclusions]]\nendpoint = \"ep-1\"\nuntil = \"2026-12-31\"\n"
+    ));
+    assert!(
+        e.contains("`[[jobs.exclusions]]` is not valid for kind `snapshot_branches`")
+            && e.contains("suspend_computes"),
+        "{e}"
+    );
+}

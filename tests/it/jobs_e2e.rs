@@ -985,3 +985,128 @@ async fn expire_records_the_recovery_window_neon_reports() {
         .unwrap();
     assert!(listed.is_empty());
 }
+
+// ------------------------------------------------------------------ exclusions
+
+const SUSPEND_EXCLUSIONS: &str = r#"
+[[jobs]]
+name = "suspend-all-day"
+kind = "suspend_computes"
+every = "10m"
+windows = ["Mon-Sun"]
+window_timezone = "UTC"
+[jobs.endpoints]
+exclude_ids = ["EXCLUDED_ID"]
+exclude_branches = ["release/*"]
+
+[[jobs.exclusions]]
+endpoint = "TIMED_ID"
+until = "2025-07-01"
+note = "sales demo"
+
+[[jobs.exclusions]]
+endpoint = "EXPIRED_ID"
+until = "2025-06-01"
+
+[[jobs.exclusions]]
+project = "LAUNCH_PROJECT"
+until = "2025-06-02T13:00:00Z"
+"#;
+
+#[tokio::test]
+async fn excluded_endpoints_are_not_suspended_and_recorded_as_skipped() {
+    let h = harness(SimConfig::default()).await;
+    // Monday 2025-06-02 12:00Z.
+    let (p, main) = h.sim.add_project("app", None);
+    let (launch, launch_main) = h.sim.add_project("launch", None);
+    let plain = h.busy_endpoint(&main);
+    let by_id = h.busy_endpoint(&h.branch_aged(&p, "dev", None, TimeDelta::days(1)));
+    let by_branch = h.busy_endpoint(&h.branch_aged(&p, "release/1.0", None, TimeDelta::days(1)));
+    let timed = h.busy_endpoint(&h.branch_aged(&p, "demo", None, TimeDelta::days(1)));
+    let expired = h.busy_endpoint(&h.branch_aged(&p, "old-demo", None, TimeDelta::days(1)));
+    let in_launch = h.busy_endpoint(&launch_main);
+    let policy = SUSPEND_EXCLUSIONS
+        .replace("EXCLUDED_ID", &by_id)
+        .replace("TIMED_ID", &timed)
+        .replace("EXPIRED_ID", &expired)
+        .replace("LAUNCH_PROJECT", &launch);
+    let j = job(&policy);
+    let state = |id: &str| h.sim.state().settled().endpoints[id].current_state;
+    h.sim.app.mutations.clear();
+
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let suspended: std::collections::BTreeSet<&str> = actions
+        .iter()
+        .filter(|a| a.outcome == ActionOutcome::Succeeded)
+        .map(|a| a.resource_id.as_str())
+        .collect();
+    assert_eq!(
+        suspended,
+        [plain.as_str(), expired.as_str()].into_iter().collect(),
+        "{actions:?}"
+    );
+    let muts = h.sim.mutations();
+    assert_eq!(muts.len(), 2, "only the two not excluded: {muts:?}");
+    for id in [&by_id, &by_branch, &timed, &in_launch] {
+        assert_eq!(state(id), neon_sim::state::EndpointState::Active, "{id}");
+    }
+    let skip = |id: &str| {
+        actions
+            .iter()
+            .find(|a| a.resource_id == id)
+            .unwrap_or_else(|| panic!("{id} is recorded: {actions:?}"))
+    };
+    for (id, rule, why) in [
+        (
+            &by_id,
+            "exclude_ids",
+            format!("endpoint {by_id} is listed in exclude_ids"),
+        ),
+        (
+            &by_branch,
+            "exclude_branches",
+            "branch \"release/1.0\" matches exclusion glob \"release/*\"".to_string(),
+        ),
+        (
+            &timed,
+            "exclusions",
+            format!("exclusion of endpoint {timed} until 2025-07-01T00:00:00+00:00 (sales demo)"),
+        ),
+        (
+            &in_launch,
+            "exclusions",
+            format!("exclusion of project {launch} until 2025-06-02T13:00:00+00:00"),
+        ),
+    ] {
+        let a = skip(id);
+        assert_eq!(a.outcome, ActionOutcome::Skipped, "{a:?}");
+        assert_eq!(a.action, "suspend_endpoint");
+        assert_eq!(a.rule.as_deref(), Some(rule), "{a:?}");
+        assert!(
+            a.reason
+                .starts_with("inside window \"Mon-Sun\"; but excluded: ")
+                && a.reason.ends_with(&why),
+            "{}",
+            a.reason
+        );
+    }
+    assert_eq!(r.counts.skipped, 4);
+
+    // After the project's exclusion ends, its endpoint is suspended like any other.
+    h.sim.clock().advance(HOUR + MINUTE);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.resource_id == in_launch && a.outcome == ActionOutcome::Succeeded),
+        "{actions:?}"
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| a.resource_id == timed && a.outcome != ActionOutcome::Skipped),
+        "the endpoint's own exclusion still holds: {actions:?}"
+    );
+}
