@@ -70,6 +70,8 @@ pub struct RunResult {
 pub enum Op {
     DeleteBranch(BranchId),
     SetBranchExpiry(BranchId, DateTime<Utc>),
+    /// Take back an `expires_at` this job set (`expires_at: null`).
+    ClearBranchExpiry(BranchId),
     CreateSnapshot {
         branch: BranchId,
         name: String,
@@ -94,6 +96,9 @@ pub struct ProjectPlan {
     pub skips: Vec<ActionSpec>,
     /// Resources the selectors matched (the base of `max_actions` as a percentage).
     pub matched: usize,
+    /// Parts of the plan that could not be decided (e.g. the job's state could not be
+    /// read), with the error: recorded as failed actions, so the run ends `partial`.
+    pub failures: Vec<(ActionSpec, String)>,
 }
 
 impl ProjectPlan {
@@ -103,6 +108,7 @@ impl ProjectPlan {
             actions: Vec::new(),
             skips: Vec::new(),
             matched: 0,
+            failures: Vec::new(),
         }
     }
 }
@@ -119,6 +125,9 @@ pub enum RunError {
     Projects(ApiError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A job's state in the store is not what it wrote.
+    #[error("job state: {0}")]
+    State(String),
 }
 
 pub(crate) fn project_selector(job: &JobConfig) -> Result<ProjectSelector, SelectorError> {
@@ -313,6 +322,10 @@ async fn run_planned(
     // planned actions) are final when written, so each kind is one batch, one transaction.
     let skips: Vec<ActionSpec> = plans.iter().flat_map(|p| p.skips.iter().cloned()).collect();
     ledger.record_all(&skips, ActionOutcome::Skipped).await?;
+    for (spec, error) in plans.iter().flat_map(|p| p.failures.iter()) {
+        let pending = ledger.begin(spec).await?;
+        ledger.failed(pending, error).await?;
+    }
     if ctx.dry_run {
         let planned: Vec<ActionSpec> = plans
             .iter()
@@ -362,7 +375,7 @@ async fn act_on_project(
             Err(e) => ledger.failed(pending, &e.to_string()).await?,
         }
     }
-    after_project(env, job, p, &done).await
+    after_project(env, job, now, p, &done).await
 }
 
 async fn plan_project(
@@ -390,11 +403,14 @@ async fn plan_project(
 async fn after_project(
     env: &JobEnv,
     job: &JobConfig,
+    now: DateTime<Utc>,
     plan: &ProjectPlan,
     done: &[PlannedAction],
 ) -> Result<(), RunError> {
-    if let JobSpec::SuspendComputes(_) = &job.spec {
-        super::suspend::remember(env, job, plan, done).await?;
+    match &job.spec {
+        JobSpec::SuspendComputes(_) => super::suspend::remember(env, job, plan, done).await?,
+        JobSpec::ExpireBranches(_) => super::expire::remember(env, job, now, plan, done).await?,
+        _ => {}
     }
     Ok(())
 }
@@ -511,6 +527,17 @@ async fn execute(
                     .await?;
             wait(env, project, &ops).await?;
             Ok(Some(format!("expires_at={}", at.to_rfc3339())))
+        }
+        Op::ClearBranchExpiry(b) => {
+            let update = BranchUpdate {
+                expires_at: Some(None),
+                ..Default::default()
+            };
+            let (_, ops) =
+                with_lock_retry(env, project, || c.update_branch(project, b, update.clone()))
+                    .await?;
+            wait(env, project, &ops).await?;
+            Ok(Some("expires_at cleared".into()))
         }
         Op::CreateSnapshot {
             branch,

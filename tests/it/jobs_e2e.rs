@@ -1110,3 +1110,172 @@ async fn excluded_endpoints_are_not_suspended_and_recorded_as_skipped() {
         "the endpoint's own exclusion still holds: {actions:?}"
     );
 }
+
+// ------------------------------------------------------------------ set_expires_at take-back
+
+fn native_expiry(ttl: &str, exclude: &[&str], dry_run: bool) -> Arc<JobConfig> {
+    job(&format!(
+        r#"
+[[jobs]]
+name = "native-take-back"
+kind = "expire_branches"
+every = "1h"
+ttl = "{ttl}"
+mode = "set_expires_at"
+dry_run = {dry_run}
+[jobs.branches]
+names = ["preview/*"]
+exclude = {exclude:?}
+"#
+    ))
+}
+
+#[tokio::test]
+async fn set_expires_at_takes_back_only_its_own_expiries_when_no_longer_due() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let now = h.now();
+    let five_days = TimeDelta::days(5);
+    let ours = h.branch_aged(&p, "preview/a", None, five_days);
+    let leaving = h.branch_aged(&p, "preview/keep", None, five_days);
+    let changed_later = h.branch_aged(&p, "preview/changed", None, five_days);
+    let foreign = h.branch_aged(&p, "preview/foreign", None, five_days);
+    let foreign_at = now + TimeDelta::days(1);
+    let expires = |id: &str| h.sim.state().settled().branches[id].expires_at;
+    h.sim
+        .state()
+        .settled()
+        .branches
+        .get_mut(&foreign)
+        .unwrap()
+        .expires_at = Some(foreign_at);
+    let created = now - five_days;
+
+    // ttl 7d: ours, leaving and changed_later get created + 7d; foreign's is earlier.
+    let (r, actions) = h.run(&native_expiry("7d", &[], false), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(r.counts.succeeded, 3, "{actions:?}");
+    for id in [&ours, &leaving, &changed_later] {
+        assert_eq!(expires(id), Some(created + TimeDelta::days(7)), "{id}");
+    }
+    assert_eq!(expires(&foreign), Some(foreign_at));
+    // Someone else moves changed_later's expiry: it is no longer ours.
+    let theirs_later = now + TimeDelta::days(3);
+    h.sim
+        .state()
+        .settled()
+        .branches
+        .get_mut(&changed_later)
+        .unwrap()
+        .expires_at = Some(theirs_later);
+
+    // ttl 10d and preview/keep excluded: ours moves to created + 10d, leaving's expiry is
+    // taken back; the others are not ours.
+    h.sim.app.mutations.clear();
+    let (r, actions) = h
+        .run(&native_expiry("10d", &["preview/keep"], false), false)
+        .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert_eq!(expires(&ours), Some(created + TimeDelta::days(10)));
+    let moved = actions.iter().find(|a| a.resource_id == ours).unwrap();
+    assert_eq!(moved.action, "set_branch_expiry");
+    assert!(moved.reason.contains("replaces"), "{}", moved.reason);
+    assert_eq!(expires(&leaving), None);
+    let cleared = actions.iter().find(|a| a.resource_id == leaving).unwrap();
+    assert_eq!(
+        (
+            cleared.action.as_str(),
+            cleared.rule.as_deref(),
+            cleared.outcome
+        ),
+        (
+            "clear_branch_expiry",
+            Some("no_longer_due"),
+            ActionOutcome::Succeeded
+        )
+    );
+    assert!(
+        cleared.reason.contains("no longer selected"),
+        "{}",
+        cleared.reason
+    );
+    assert_eq!(expires(&changed_later), Some(theirs_later));
+    assert_eq!(expires(&foreign), Some(foreign_at));
+    let muts = h.sim.mutations();
+    assert_eq!(muts.len(), 2, "{muts:?}");
+    let clear_body = muts
+        .iter()
+        .find(|m| m.path.ends_with(&leaving))
+        .and_then(|m| m.body.clone())
+        .unwrap();
+    assert!(clear_body["branch"]["expires_at"].is_null(), "{clear_body}");
+
+    // ttl 60d puts ours beyond Neon's horizon. A dry run plans the take-back and changes
+    // nothing.
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&native_expiry("60d", &[], true), true).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(h.sim.mutations().is_empty(), "dry run");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(
+        (
+            actions[0].resource_id.as_str(),
+            actions[0].action.as_str(),
+            actions[0].outcome
+        ),
+        (ours.as_str(), "clear_branch_expiry", ActionOutcome::Planned)
+    );
+    assert_eq!(expires(&ours), Some(created + TimeDelta::days(10)));
+
+    // For real: cleared, recorded with rule and reason; nothing else touched.
+    let (r, actions) = h.run(&native_expiry("60d", &[], false), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let a = &actions[0];
+    assert_eq!(a.resource_id, ours);
+    assert_eq!(a.action, "clear_branch_expiry");
+    assert_eq!(a.outcome, ActionOutcome::Succeeded);
+    assert!(
+        a.reason.contains("beyond Neon's 30-day horizon"),
+        "{}",
+        a.reason
+    );
+    assert_eq!(expires(&ours), None);
+    assert_eq!(expires(&changed_later), Some(theirs_later));
+    assert_eq!(expires(&foreign), Some(foreign_at));
+    assert_eq!(h.sim.mutations().len(), 1);
+
+    // Taken back once: the job no longer counts it as its own, so a re-run does nothing.
+    h.sim.app.mutations.clear();
+    let (r, _) = h.run(&native_expiry("60d", &[], false), false).await;
+    assert_eq!(r.counts.succeeded + r.counts.failed, 0);
+    assert!(h.sim.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn take_back_obeys_max_actions() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    for n in ["preview/a", "preview/b", "preview/c"] {
+        h.branch_aged(&p, n, None, TimeDelta::days(5));
+    }
+    let (r, _) = h.run(&native_expiry("7d", &[], false), false).await;
+    assert_eq!(r.counts.succeeded, 3);
+    let limited = job(r#"
+[[jobs]]
+name = "native-take-back"
+kind = "expire_branches"
+every = "1h"
+ttl = "60d"
+mode = "set_expires_at"
+max_actions = 2
+[jobs.branches]
+names = ["preview/*"]
+"#);
+    h.sim.app.mutations.clear();
+    let (r, _) = h.run(&limited, false).await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    assert!(r.error.as_deref().unwrap().contains("max_actions"), "{r:?}");
+    assert!(h.sim.mutations().is_empty());
+}
