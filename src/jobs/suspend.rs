@@ -29,17 +29,18 @@ fn state_key(project: &str) -> String {
     format!("suspended_by_window/{project}")
 }
 
-async fn load_suspended(env: &JobEnv, job: &str, project: &str) -> BTreeSet<String> {
+/// The endpoints of a project this job suspended because of a window. A read error (or a
+/// state that does not parse) is returned, never taken for "none": an empty set written
+/// back would forget those endpoints, and they would never be started again.
+async fn load_suspended(
+    env: &JobEnv,
+    job: &str,
+    project: &str,
+) -> Result<BTreeSet<String>, String> {
     match env.store.get_state(job, &state_key(project)).await {
-        Ok(Some(v)) => serde_json::from_str(&v).unwrap_or_else(|e| {
-            tracing::warn!(job, project, error = %e, "ignoring unreadable suspend state");
-            BTreeSet::new()
-        }),
-        Ok(None) => BTreeSet::new(),
-        Err(e) => {
-            tracing::warn!(job, project, error = %e, "cannot read suspend state");
-            BTreeSet::new()
-        }
+        Ok(Some(v)) => serde_json::from_str(&v).map_err(|e| format!("unreadable job state: {e}")),
+        Ok(None) => Ok(BTreeSet::new()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -85,8 +86,28 @@ pub(crate) async fn plan(
         .into_iter()
         .filter_map(|o| o.endpoint_id.map(|e| e.to_string()))
         .collect();
+    // Without the record nothing can be resumed this run: that part fails (recorded), the
+    // suspending goes on.
     let suspended = if spec.resume {
-        load_suspended(env, &job.name, project.id.as_str()).await
+        match load_suspended(env, &job.name, project.id.as_str()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(job = %job.name, project = %project.id, error = %e, "cannot read which endpoints this job suspended; not resuming any this run");
+                out.failures.push((
+                    ActionSpec {
+                        resource_kind: "project",
+                        resource_id: project.id.to_string(),
+                        resource_name: Some(project.name.clone()),
+                        project_id: Some(project.id.to_string()),
+                        action: "start_endpoint",
+                        rule: Some("resume".into()),
+                        reason: "reading which endpoints this job suspended; none resumed in this project this run".into(),
+                    },
+                    e,
+                ));
+                BTreeSet::new()
+            }
+        }
     } else {
         BTreeSet::new()
     };
@@ -235,7 +256,22 @@ pub(crate) async fn remember(
         return Ok(());
     }
     let project = plan.project_id.as_str();
-    let mut set = load_suspended(env, &job.name, project).await;
+    // Never overwrite a record that cannot be read: fail the run instead (the endpoints
+    // suspended in this run are named in the log).
+    let mut set = load_suspended(env, &job.name, project).await.map_err(|e| {
+        let unrecorded: Vec<String> = done
+            .iter()
+            .filter_map(|a| match &a.op {
+                Op::SuspendEndpoint(e) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect();
+        tracing::error!(job = %job.name, project, error = %e, ?unrecorded, "cannot read which endpoints this job suspended; not updating the record");
+        RunError::State(format!(
+            "cannot read which endpoints job {} suspended in project {project}: {e}",
+            job.name
+        ))
+    })?;
     for a in done {
         match &a.op {
             Op::SuspendEndpoint(e)

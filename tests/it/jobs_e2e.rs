@@ -1279,3 +1279,254 @@ names = ["preview/*"]
     assert!(r.error.as_deref().unwrap().contains("max_actions"), "{r:?}");
     assert!(h.sim.mutations().is_empty());
 }
+
+// ------------------------------------------------------------------ unreadable job state
+
+/// A store whose `get_state` fails while `fail` is set (everything else goes through).
+struct FailingReads {
+    inner: Arc<dyn neon_steward::store::Store>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl neon_steward::store::Store for FailingReads {
+    async fn migrate(&self) -> neon_steward::store::StoreResult<()> {
+        self.inner.migrate().await
+    }
+    async fn ping(&self) -> neon_steward::store::StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn claim_run(
+        &self,
+        run: &NewRun,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunId>> {
+        self.inner.claim_run(run).await
+    }
+    async fn finish_run(
+        &self,
+        id: neon_steward::store::RunId,
+        status: RunStatus,
+        counts: neon_steward::store::ActionCounts,
+        error: Option<&str>,
+    ) -> neon_steward::store::StoreResult<()> {
+        self.inner.finish_run(id, status, counts, error).await
+    }
+    async fn interrupt_running(&self, reason: &str) -> neon_steward::store::StoreResult<u64> {
+        self.inner.interrupt_running(reason).await
+    }
+    async fn get_run(
+        &self,
+        id: neon_steward::store::RunId,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunRecord>> {
+        self.inner.get_run(id).await
+    }
+    async fn list_runs(
+        &self,
+        filter: &neon_steward::store::RunFilter,
+    ) -> neon_steward::store::StoreResult<Vec<neon_steward::store::RunRecord>> {
+        self.inner.list_runs(filter).await
+    }
+    async fn last_scheduled_run(
+        &self,
+        job: &str,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunRecord>> {
+        self.inner.last_scheduled_run(job).await
+    }
+    async fn last_success(
+        &self,
+        job: &str,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunRecord>> {
+        self.inner.last_success(job).await
+    }
+    async fn begin_action(
+        &self,
+        action: &neon_steward::store::NewAction,
+    ) -> neon_steward::store::StoreResult<neon_steward::store::ActionId> {
+        self.inner.begin_action(action).await
+    }
+    async fn begin_actions(
+        &self,
+        actions: &[neon_steward::store::NewAction],
+    ) -> neon_steward::store::StoreResult<Vec<neon_steward::store::ActionId>> {
+        self.inner.begin_actions(actions).await
+    }
+    async fn finish_action(
+        &self,
+        id: neon_steward::store::ActionId,
+        outcome: ActionOutcome,
+        detail: Option<&str>,
+    ) -> neon_steward::store::StoreResult<()> {
+        self.inner.finish_action(id, outcome, detail).await
+    }
+    async fn actions_for_run(
+        &self,
+        run: neon_steward::store::RunId,
+    ) -> neon_steward::store::StoreResult<Vec<ActionRecord>> {
+        self.inner.actions_for_run(run).await
+    }
+    async fn get_state(
+        &self,
+        job: &str,
+        key: &str,
+    ) -> neon_steward::store::StoreResult<Option<String>> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(neon_steward::store::StoreError::Corrupt(
+                "injected read failure".into(),
+            ));
+        }
+        self.inner.get_state(job, key).await
+    }
+    async fn set_state(
+        &self,
+        job: &str,
+        key: &str,
+        value: &str,
+    ) -> neon_steward::store::StoreResult<()> {
+        self.inner.set_state(job, key, value).await
+    }
+    async fn upsert_consumption(
+        &self,
+        samples: &[ConsumptionSample],
+    ) -> neon_steward::store::StoreResult<u64> {
+        self.inner.upsert_consumption(samples).await
+    }
+    async fn list_consumption(
+        &self,
+        granularity: &str,
+        since: DateTime<Utc>,
+    ) -> neon_steward::store::StoreResult<Vec<ConsumptionSample>> {
+        self.inner.list_consumption(granularity, since).await
+    }
+    async fn latest_consumption_end(
+        &self,
+        granularity: &str,
+    ) -> neon_steward::store::StoreResult<Option<DateTime<Utc>>> {
+        self.inner.latest_consumption_end(granularity).await
+    }
+    async fn prune(&self, before: DateTime<Utc>) -> neon_steward::store::StoreResult<u64> {
+        self.inner.prune(before).await
+    }
+}
+
+/// An endpoint that is active now and gets no more traffic.
+fn quiet_endpoint(h: &H, branch: &str) -> String {
+    let ep = h.busy_endpoint(branch);
+    h.sim
+        .state()
+        .settled()
+        .endpoints
+        .get_mut(&ep)
+        .unwrap()
+        .activity = neon_sim::state::Activity::Idle;
+    ep
+}
+
+#[tokio::test]
+async fn an_unreadable_suspend_record_fails_resume_and_is_never_overwritten() {
+    let mut h = harness(SimConfig::default()).await;
+    let inner = h.env.store.clone();
+    let store = Arc::new(FailingReads {
+        inner: inner.clone(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    h.env.store = store.clone();
+    // Monday 2025-06-02 12:00Z: inside the window.
+    let (p, main) = h.sim.add_project("app", None);
+    let ours = quiet_endpoint(&h, &main);
+    let j = job(SUSPEND_RESUME);
+    let state = |id: &str| h.sim.state().settled().endpoints[id].current_state;
+    let record = || async {
+        inner
+            .get_state("suspend-lunch", &format!("suspended_by_window/{p}"))
+            .await
+            .unwrap()
+    };
+
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Idle);
+    let written = record().await.expect("the suspension is recorded");
+    assert!(written.contains(&ours), "{written}");
+
+    // 12:30, reads fail: a second endpoint is still suspended, but the record is neither
+    // taken for empty nor overwritten, and the run says so.
+    h.sim.clock().advance(30 * MINUTE);
+    let dev = h.branch_aged(&p, "dev", None, TimeDelta::days(1));
+    let second = quiet_endpoint(&h, &dev);
+    store.fail.store(true, Ordering::SeqCst);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?} {actions:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot read which endpoints"),
+        "{r:?}"
+    );
+    let failed = actions
+        .iter()
+        .find(|a| a.outcome == ActionOutcome::Failed)
+        .expect("the resume part is recorded as failed");
+    assert_eq!(
+        (failed.action.as_str(), failed.rule.as_deref()),
+        ("start_endpoint", Some("resume"))
+    );
+    assert!(
+        failed
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("injected read failure"),
+        "{failed:?}"
+    );
+    assert_eq!(state(&second), neon_sim::state::EndpointState::Idle);
+    assert_eq!(
+        record().await.as_deref(),
+        Some(written.as_str()),
+        "not overwritten"
+    );
+
+    // Reads work again; 14:10, after the window: the endpoint suspended earlier is started.
+    store.fail.store(false, Ordering::SeqCst);
+    h.sim.clock().advance(HOUR + 40 * MINUTE);
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.resource_id == ours && a.action == "start_endpoint"),
+        "{actions:?}"
+    );
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Active);
+}
+
+#[tokio::test]
+async fn set_expires_at_sets_nothing_it_could_not_remember() {
+    let mut h = harness(SimConfig::default()).await;
+    let store = Arc::new(FailingReads {
+        inner: h.env.store.clone(),
+        fail: std::sync::atomic::AtomicBool::new(true),
+    });
+    h.env.store = store.clone();
+    let (p, _) = h.sim.add_project("app", None);
+    let b = h.branch_aged(&p, "preview/a", None, TimeDelta::days(5));
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&native_expiry("7d", &[], false), false).await;
+    // Nothing succeeded and one part failed: the run failed.
+    assert_eq!(r.status, RunStatus::Failed, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].outcome, ActionOutcome::Failed);
+    assert!(
+        actions[0]
+            .reason
+            .contains("reading the expiries this job set"),
+        "{:?}",
+        actions[0]
+    );
+    assert!(h.sim.mutations().is_empty());
+    assert_eq!(h.sim.state().settled().branches[&b].expires_at, None);
+    store.fail.store(false, Ordering::SeqCst);
+    let (r, _) = h.run(&native_expiry("7d", &[], false), false).await;
+    assert_eq!((r.status, r.counts.succeeded), (RunStatus::Succeeded, 1));
+}
