@@ -209,3 +209,29 @@ async fn the_mutation_log_keeps_the_newest_entries_and_counts_the_dropped() {
     );
     api.sim.shutdown().await;
 }
+
+/// A project created at a sub-microsecond instant (the real clock) is not served again after
+/// its own cursor: the listing ends instead of repeating the last page forever.
+#[tokio::test]
+async fn project_cursor_keeps_full_precision() {
+    let api = Api::start(SimConfig::default()).await;
+    let (p, _) = api.sim.add_project("nanos", None);
+    {
+        let state = api.sim.state();
+        let mut s = state.lock();
+        let proj = s.projects.get_mut(&p.id).unwrap();
+        proj.created_at += chrono::TimeDelta::nanoseconds(123_456_789);
+    }
+    let (st, first) = api.get("/projects?limit=1").await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    assert_eq!(first["projects"][0]["id"], json!(p.id));
+    let c = first["pagination"]["cursor"].as_str().unwrap().to_string();
+    let (st, next) = api.get(&format!("/projects?limit=1&cursor={c}")).await;
+    assert_eq!(st, StatusCode::OK, "{next}");
+    assert_eq!(
+        next["projects"],
+        json!([]),
+        "the last project came back: {next}"
+    );
+    api.sim.shutdown().await;
+}
