@@ -234,6 +234,10 @@ async fn every_operation_round_trips() {
         .await
         .unwrap();
     let again = c.delete_branch(&project, &child_id).await.unwrap_err();
+    assert!(
+        matches!(again, ApiError::AlreadyDeleted { .. }),
+        "Neon answers 204 for an already deleted branch: {again:?}"
+    );
     assert!(again.is_not_found(), "{again}");
     assert_eq!(c.count_branches(&project).await.unwrap(), 1);
 
@@ -1003,4 +1007,49 @@ async fn consumption_v2_and_legacy_across_pages() {
         .await;
     let e = r.unwrap_err();
     assert_eq!(e.status(), Some(406), "{e}");
+}
+
+/// A delete that Neon carried out but whose answer was lost (here: done, then 500) is retried;
+/// the retry finds the branch gone, Neon answers 204, and the client reports
+/// `ApiError::AlreadyDeleted` (not a 404, not a decode error of the empty body). A branch that
+/// never existed is the same 204; a project that does not exist stays a 404.
+#[tokio::test]
+async fn retried_delete_after_a_lost_answer_is_already_deleted() {
+    const ROUTE: &str = "/projects/{project_id}/branches/{branch_id}";
+    let sim = spawn_sim(SimConfig::default()).await;
+    let (pid, main) = sim.add_project("gone", None);
+    let child = sim.add_branch(&pid, "preview/x", Some(&main));
+    let project = ProjectId::from(pid.as_str());
+    let c = sim.client();
+    sim.fail_after_processing("DELETE", &format!("/branches/{child}"), 1);
+    let e = c
+        .delete_branch(&project, &BranchId::from(child.as_str()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ApiError::AlreadyDeleted { route } if route == ROUTE),
+        "{e:?}"
+    );
+    let deletes: Vec<u16> = sim
+        .mutations()
+        .iter()
+        .filter(|m| m.method == "DELETE" && m.route.as_deref() == Some(ROUTE))
+        .map(|m| m.status)
+        .collect();
+    assert_eq!(deletes, [200, 204], "deleted once, then found gone");
+    assert_eq!(c.count_branches(&project).await.unwrap(), 1);
+
+    let e = c
+        .delete_branch(&project, &BranchId::from("br-never-existed-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::AlreadyDeleted { .. }), "{e:?}");
+    let e = c
+        .delete_branch(
+            &ProjectId::from("no-such-project-1"),
+            &BranchId::from(child.as_str()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e:?}");
 }
