@@ -100,11 +100,21 @@ pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
 }
 
 /// Opens the store, applies migrations and marks runs a previous process left `running`.
+/// Opens the store and applies migrations. Used as is by `once` and `plan`, which run next
+/// to a live daemon and so must not touch its runs; see [`open_store_and_recover`].
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::open(&cfg.store.url)
         .await
         .context("opening the store")?;
     store.migrate().await.context("migrating the store")?;
+    Ok(store)
+}
+
+/// [`open_store`], then marks the runs a previous daemon left `running` as interrupted.
+/// Only the daemon itself does this at start-up: it is the one process that knows no run of
+/// its own can be in progress.
+pub async fn open_store_and_recover(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store(cfg).await?;
     let count = store
         .interrupt_running("interrupted: the daemon stopped while this run was in progress")
         .await
@@ -202,7 +212,7 @@ pub async fn run_until(
     }
     .emit();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg).await?;
+    let store = open_store_and_recover(&cfg).await?;
     let executor = executor(&cfg, store.clone(), clock.clone())?;
 
     // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.
@@ -254,7 +264,19 @@ pub async fn run_until(
 
     // Ready only once the scheduler has its jobs: `/api/v1/jobs` and `/readyz` are true from
     // the first request systemd or a probe may send after READY=1.
-    handle.started().await;
+    // A signal during start-up still stops the daemon cleanly.
+    let mut sched_task = sched_task;
+    tokio::select! {
+        _ = handle.started() => {}
+        _ = sigterm.recv() => { tracing::info!("SIGTERM during start-up"); stop_requested.cancel(); }
+        _ = sigint.recv() => { tracing::info!("SIGINT during start-up"); stop_requested.cancel(); }
+    }
+    if !handle.is_running() && !stop_requested.is_cancelled() {
+        shutdown.cancel();
+        http_stop.cancel();
+        let why = task_end_reason((&mut sched_task).await);
+        anyhow::bail!("the scheduler failed to start: {why}");
+    }
     tracing::info!(%bound, jobs = cfg.jobs.len(), "neon-steward ready");
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -269,6 +291,17 @@ pub async fn run_until(
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = stop_requested.cancelled() => { tracing::info!("stop requested: shutting down"); break; }
             _ = sighup.recv() => reload(&mut current, &handle).await,
+            // The loop never ends on its own before `shutdown`: if it did, it died (a bug),
+            // and a daemon that no longer schedules must not keep reporting itself alive.
+            r = &mut sched_task => {
+                let why = task_end_reason(r);
+                tracing::error!(reason = %why, "the scheduler task died; shutting down");
+                http_stop.cancel();
+                let _ = http_task.await;
+                shutdown.cancel();
+                let _ = prune_task.await;
+                anyhow::bail!("the scheduler task died: {why}");
+            }
         }
     }
 
@@ -347,5 +380,17 @@ async fn prune_loop(store: Arc<dyn Store>, retention: Duration, shutdown: Cancel
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PRUNE_EVERY) => {}
         }
+    }
+}
+
+/// Why a task that should still be running ended.
+fn task_end_reason(r: Result<(), tokio::task::JoinError>) -> String {
+    match r {
+        Err(e) if e.is_panic() => format!(
+            "it panicked: {}",
+            crate::scheduler::panic_message(&*e.into_panic())
+        ),
+        Err(e) => e.to_string(),
+        Ok(()) => "it stopped".into(),
     }
 }

@@ -54,7 +54,7 @@ Neon does on a bad day; the client retries them (--no-faults turns this off)."
 )]
 pub struct DemoArgs {
     /// How long to run before stopping and printing the summary (Ctrl-C stops earlier).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Address for /metrics, /healthz and /api/v1 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9187")]

@@ -32,14 +32,26 @@ use crate::scheduler::schedule::CronSchedule;
 #[derive(Debug, Clone, Copy)]
 pub struct Dur(pub Duration);
 
+/// The longest duration a policy may name (100 years). Every duration is added to or
+/// subtracted from "now" somewhere (next fire time plus jitter, `created_at + ttl`, the
+/// retention cut-off); bounding them here keeps that arithmetic far inside chrono's range,
+/// so no later computation can overflow on a typo like `1000000000d`.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+        let parsed = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration `{s}` ({e}); expected a number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\""
             ))
-        })
+        })?;
+        if parsed > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration `{s}` is too long: at most 100 years (\"36500d\")"
+            )));
+        }
+        Ok(Dur(parsed))
     }
 }
 

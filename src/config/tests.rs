@@ -161,6 +161,11 @@ fn name_template_renders() {
     assert!(NameTemplate::parse("{branch}-{hour}")
         .unwrap_err()
         .contains("unknown placeholder `{hour}`"));
+    // Without {job}, two snapshot jobs would treat each other's snapshots as their own.
+    let e = NameTemplate::parse("{branch}-snap-{date}-{time}").unwrap_err();
+    assert!(e.contains("lacks {job}"), "{e}");
+    let e = NameTemplate::parse("{job}-{branch}-{date}").unwrap_err();
+    assert!(e.contains("lacks {time}"), "{e}");
 }
 
 #[test]
@@ -202,6 +207,13 @@ fn error_bad_duration() {
     insta::assert_snapshot!(err(
         "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7x\"\n"
     ));
+}
+
+#[test]
+fn durations_are_bounded() {
+    let e = err("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\njitter = \"1000000000d\"\n");
+    assert!(e.contains(":6:10:"), "{e}");
+    assert!(e.contains("too long: at most 100 years"), "{e}");
 }
 
 #[test]

@@ -93,6 +93,7 @@ pub(crate) async fn plan(
                             format!("{reason}; expires_at {}", at.to_rfc3339()),
                         ),
                         op: Op::SetBranchExpiry(b.id.clone(), at),
+                        requires: Vec::new(),
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
                         b,
@@ -118,12 +119,22 @@ pub(crate) async fn plan(
             })
             .collect();
         let plan = plan_deletions(&tree, &due);
-        for id in &plan.order {
+        // Children come first in the order; a parent's delete requires every child delete
+        // planned before it, so a failed child never leaves its parent deleted under it.
+        let first = out.actions.len();
+        for (k, id) in plan.order.iter().enumerate() {
             let b = by_id[id.as_str()];
             let why = &whys[id];
+            let requires = plan.order[..k]
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| by_id[c.as_str()].parent_id.as_ref() == Some(&b.id))
+                .map(|(j, _)| first + j)
+                .collect();
             out.actions.push(PlannedAction {
                 spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
                 op: Op::DeleteBranch(b.id.clone()),
+                requires,
             });
         }
         for (id, refusal) in &plan.refused {
@@ -179,8 +190,13 @@ pub enum ExpiryDecision {
     NotDue,
 }
 
+/// `t + d`, saturating at chrono's maximum instead of panicking (config bounds durations to
+/// 100 years, so this only matters for absurd API timestamps).
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides the native expiry of one branch.
@@ -256,6 +272,20 @@ pub fn recoverable_until(deleted_at: DateTime<Utc>) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_saturates_instead_of_panicking() {
+        let t = DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1);
+        assert_eq!(
+            add(t, Duration::from_secs(10 * 86_400)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        let now = Utc::now();
+        assert_eq!(
+            add(now, Duration::from_secs(60)),
+            now + chrono::Duration::seconds(60)
+        );
+    }
     use chrono::TimeZone;
 
     const DAY: Duration = Duration::from_secs(86_400);

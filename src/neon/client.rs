@@ -669,7 +669,9 @@ impl NeonClient {
     /// among the newest, so the scan stops after the first page (of up to 100) whose
     /// operations have all ended: an operation older than a whole page of finished ones is
     /// taken to be finished too. The usual answer costs one request, however long the
-    /// history (the whole history cost one request per 100 operations before).
+    /// history (the whole history cost one request per 100 operations before). Were one
+    /// ever missed, the price is a 423 on the next mutation, which the client and the jobs
+    /// retry after waiting, not a wrong action.
     pub async fn operations_in_progress(
         &self,
         project: &ProjectId,

@@ -120,9 +120,9 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
         return Some(Duration::from_secs(secs));
     }
     if let Ok(secs) = value.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
-        }
+        // `try_from_secs_f64` rejects what does not fit a Duration (`1e30`) instead of
+        // panicking; the caller bounds the wait by its retry budget anyway.
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     Some(
@@ -135,6 +135,18 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_retry_after_is_ignored_not_a_panic() {
+        let now = chrono::Utc::now();
+        assert_eq!(parse_retry_after("1e30", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+    }
 
     fn status(s: u16) -> ApiError {
         ApiError::Status {

@@ -17,6 +17,7 @@
 
 pub mod clock;
 mod run;
+pub(crate) use run::panic_message;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -309,6 +310,10 @@ impl Loop {
         alive: CancellationToken,
         started: CancellationToken,
     ) {
+        // If anything in the loop panics, `alive` is still cancelled on unwind, so
+        // `started()`, `is_running()` and `/readyz` see a dead scheduler instead of waiting or
+        // claiming readiness forever.
+        let _alive_on_exit = alive.clone().drop_guard();
         self.set_jobs(jobs).await;
         self.catch_up().await;
         self.publish();
@@ -541,6 +546,10 @@ impl Loop {
             .find(|s| s.job.name == name)
             .map(|s| s.job.clone())
             .ok_or_else(|| TriggerError::UnknownJob(name.to_string()))?;
+        // An operator who disabled a job meant it: a trigger must not run it for real.
+        if !job.enabled {
+            return Err(TriggerError::Disabled(job.name.clone()));
+        }
         if job.concurrency == ConcurrencyPolicy::Forbid
             && self.running.values().any(|r| r.job == job.name)
         {

@@ -18,6 +18,8 @@ use crate::store::{
 #[derive(Default)]
 pub(crate) struct MemStore {
     runs: Mutex<Vec<RunRecord>>,
+    /// Makes `last_scheduled_run` panic: a stand-in for a bug inside the loop.
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -112,6 +114,9 @@ impl Store for MemStore {
             .collect())
     }
     async fn last_scheduled_run(&self, job: &str) -> StoreResult<Option<RunRecord>> {
+        if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("poisoned test store");
+        }
         let runs = self.runs.lock().unwrap();
         Ok(runs
             .iter()
@@ -746,4 +751,51 @@ async fn started_means_jobs_are_published() {
     let names: Vec<String> = h.handle.jobs().into_iter().map(|j| j.name).collect();
     assert_eq!(names, ["a", "b"]);
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loop_that_panics_is_not_reported_alive() {
+    let store = Arc::new(MemStore::default());
+    store
+        .poisoned
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let j = job(
+        "a",
+        "every = \"1h\"\nmissed = \"run_once\"\nstarting_deadline = \"2h\"",
+    );
+    let h = start(
+        store,
+        "2026-06-01T12:30:00Z",
+        SHORT,
+        vec![j],
+        SchedulerOptions::default(),
+    );
+    // `started()` returns (it does not wait forever) and nobody is told the loop runs.
+    tokio::time::timeout(Duration::from_secs(60), h.handle.started())
+        .await
+        .expect("started() returns once the loop has died");
+    assert!(!h.handle.is_running());
+    let end = h.task.await;
+    assert!(end.is_err_and(|e| e.is_panic()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_job_cannot_be_triggered() {
+    let off = job("off", "every = \"1h\"\nenabled = false");
+    let mut h = start(
+        Arc::default(),
+        "2026-01-01T00:00:00Z",
+        SHORT,
+        vec![off],
+        SchedulerOptions::default(),
+    );
+    h.handle.started().await;
+    assert_eq!(
+        h.handle.trigger("off").await,
+        Err(TriggerError::Disabled("off".into()))
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(h.calls.try_recv().is_err(), "the executor was not called");
+    let store = h.stop().await;
+    assert!(store.runs().is_empty(), "no run was recorded");
 }
