@@ -575,7 +575,7 @@ name = "nightly"
 kind = "snapshot_branches"
 schedule = "0 3 * * *"
 timezone = "Europe/Berlin"
-name_template = "{branch}-snap-{date}-{time}"
+name_template = "{job}-{branch}-{date}-{time}"
 [jobs.branches]
 default = true
 [jobs.retention]

@@ -100,11 +100,21 @@ pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
 }
 
 /// Opens the store, applies migrations and marks runs a previous process left `running`.
+/// Opens the store and applies migrations. Used as is by `once` and `plan`, which run next
+/// to a live daemon and so must not touch its runs; see [`open_store_and_recover`].
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::open(&cfg.store.url)
         .await
         .context("opening the store")?;
     store.migrate().await.context("migrating the store")?;
+    Ok(store)
+}
+
+/// [`open_store`], then marks the runs a previous daemon left `running` as interrupted.
+/// Only the daemon itself does this at start-up: it is the one process that knows no run of
+/// its own can be in progress.
+pub async fn open_store_and_recover(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store(cfg).await?;
     let count = store
         .interrupt_running("interrupted: the daemon stopped while this run was in progress")
         .await
@@ -202,7 +212,7 @@ pub async fn run_until(
     }
     .emit();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg).await?;
+    let store = open_store_and_recover(&cfg).await?;
     let executor = executor(&cfg, store.clone(), clock.clone())?;
 
     // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.

@@ -453,7 +453,11 @@ impl Retention {
 pub struct NameTemplate(String);
 
 impl NameTemplate {
-    pub const DEFAULT: &'static str = "{branch}-snap-{date}-{time}";
+    /// `{job}` keeps two policies from claiming each other's snapshots (retention only
+    /// deletes snapshots whose names this job's template produces); `{date}` and `{time}`
+    /// give every tick its own name, which is what makes a re-run of a tick idempotent.
+    pub const DEFAULT: &'static str = "{job}-{branch}-{date}-{time}";
+    const REQUIRED: [&'static str; 3] = ["job", "date", "time"];
     const PLACEHOLDERS: [&'static str; 4] = ["branch", "date", "time", "job"];
 
     pub fn parse(s: &str) -> Result<NameTemplate, String> {
@@ -473,6 +477,17 @@ impl NameTemplate {
         }
         if s.trim().is_empty() {
             return Err("empty name template".into());
+        }
+        let missing: Vec<String> = Self::REQUIRED
+            .iter()
+            .filter(|p| !s.contains(&format!("{{{p}}}")))
+            .map(|p| format!("{{{p}}}"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "name template `{s}` lacks {}: every template needs {{job}} (so that retention never claims another policy's snapshots) and {{date}} and {{time}} (so that every tick has its own name)",
+                missing.join(", ")
+            ));
         }
         Ok(NameTemplate(s.to_string()))
     }

@@ -161,6 +161,11 @@ fn name_template_renders() {
     assert!(NameTemplate::parse("{branch}-{hour}")
         .unwrap_err()
         .contains("unknown placeholder `{hour}`"));
+    // Without {job}, two snapshot jobs would treat each other's snapshots as their own.
+    let e = NameTemplate::parse("{branch}-snap-{date}-{time}").unwrap_err();
+    assert!(e.contains("lacks {job}"), "{e}");
+    let e = NameTemplate::parse("{job}-{branch}-{date}").unwrap_err();
+    assert!(e.contains("lacks {time}"), "{e}");
 }
 
 #[test]

@@ -86,6 +86,10 @@ pub enum Op {
 pub struct PlannedAction {
     pub spec: ActionSpec,
     pub op: Op,
+    /// Indices (in the same project's plan) of earlier actions that must have succeeded for
+    /// this one to be attempted: a snapshot's retention deletes need the new snapshot, a
+    /// parent branch's delete needs its children's. Otherwise it is skipped and recorded.
+    pub requires: Vec<usize>,
 }
 
 /// The plan for one project.
@@ -365,11 +369,33 @@ async fn act_on_project(
     p: &ProjectPlan,
 ) -> Result<(), RunError> {
     let mut done = Vec::new();
-    for a in &p.actions {
+    let mut succeeded = vec![false; p.actions.len()];
+    for (i, a) in p.actions.iter().enumerate() {
+        if let Some(&unmet) = a
+            .requires
+            .iter()
+            .find(|&&r| !succeeded.get(r).copied().unwrap_or(false))
+        {
+            let before = &p.actions[unmet].spec;
+            let mut skip = a.spec.clone();
+            skip.reason = format!(
+                "{}; not attempted: it depends on {} {} {}, which did not succeed",
+                a.spec.reason,
+                before.action,
+                before.resource_kind,
+                before
+                    .resource_name
+                    .as_deref()
+                    .unwrap_or(&before.resource_id)
+            );
+            ledger.record_all(&[skip], ActionOutcome::Skipped).await?;
+            continue;
+        }
         let pending = ledger.begin(&a.spec).await?;
         match execute(env, &p.project_id, &a.op, now).await {
             Ok(detail) => {
                 ledger.succeeded(pending, detail.as_deref()).await?;
+                succeeded[i] = true;
                 done.push(a.clone());
             }
             Err(e) => ledger.failed(pending, &e.to_string()).await?,

@@ -114,6 +114,7 @@ pub(crate) async fn plan(
             format!("expires_at {} was set by this job; {why}", set.to_rfc3339()),
         ),
         op: Op::ClearBranchExpiry(b.id.clone()),
+        requires: Vec::new(),
     };
     for b in &branches {
         let activity = branch_last_activity(ctx.now, b, &endpoints);
@@ -177,6 +178,7 @@ pub(crate) async fn plan(
                             format!("{reason}; expires_at {}", at.to_rfc3339()),
                         ),
                         op: Op::SetBranchExpiry(b.id.clone(), at),
+                        requires: Vec::new(),
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
                         b,
@@ -202,12 +204,22 @@ pub(crate) async fn plan(
             })
             .collect();
         let plan = plan_deletions(&tree, &due);
-        for id in &plan.order {
+        // Children come first in the order; a parent's delete requires every child delete
+        // planned before it, so a failed child never leaves its parent deleted under it.
+        let first = out.actions.len();
+        for (k, id) in plan.order.iter().enumerate() {
             let b = by_id[id.as_str()];
             let why = &whys[id];
+            let requires = plan.order[..k]
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| by_id[c.as_str()].parent_id.as_ref() == Some(&b.id))
+                .map(|(j, _)| first + j)
+                .collect();
             out.actions.push(PlannedAction {
                 spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
                 op: Op::DeleteBranch(b.id.clone()),
+                requires,
             });
         }
         for (id, refusal) in &plan.refused {
@@ -259,6 +271,7 @@ fn revisit(
                     ),
                 },
                 op: Op::SetBranchExpiry(b.id.clone(), *at),
+                requires: Vec::new(),
             })
         }
         ExpiryDecision::TooFarAhead(at) => Some(clear(

@@ -105,6 +105,10 @@ pub(crate) async fn plan(
                 rule: Some(rule.to_string()),
                 reason,
             };
+        // Index of this tick's create in the project's plan, when one is planned: retention
+        // deletes require it, so a failed create never leaves the branch with fewer
+        // snapshots than the policy keeps.
+        let mut create_index = None;
         if owned.iter().any(|s| s.name == name) {
             out.skips.push(spec_for(
                 "create_snapshot",
@@ -114,6 +118,7 @@ pub(crate) async fn plan(
                 format!("snapshot {name:?} for this tick exists already (re-run of the same tick)"),
             ));
         } else {
+            create_index = Some(out.actions.len());
             out.actions.push(PlannedAction {
                 spec: spec_for(
                     "create_snapshot",
@@ -133,6 +138,7 @@ pub(crate) async fn plan(
                         .and_then(|d| chrono::Duration::from_std(d).ok())
                         .map(|d| ctx.now + d),
                 },
+                requires: Vec::new(),
             });
             refs.push(SnapshotRef {
                 id: NEW_SNAPSHOT.to_string(),
@@ -158,6 +164,7 @@ pub(crate) async fn plan(
                     reason.clone(),
                 ),
                 op: Op::DeleteSnapshot(snap.id.clone()),
+                requires: create_index.into_iter().collect(),
             });
         }
     }

@@ -210,10 +210,12 @@ pub(crate) async fn plan(
             SuspendDecision::Suspend(why) => out.actions.push(PlannedAction {
                 spec: spec_for("suspend_endpoint", why),
                 op: Op::SuspendEndpoint(e.id.clone()),
+                requires: Vec::new(),
             }),
             SuspendDecision::Resume(why) => out.actions.push(PlannedAction {
                 spec: spec_for("start_endpoint", why),
                 op: Op::StartEndpoint(e.id.clone()),
+                requires: Vec::new(),
             }),
             SuspendDecision::Skip(why) => {
                 let action = if why.rule == "resume" {

@@ -546,6 +546,10 @@ impl Loop {
             .find(|s| s.job.name == name)
             .map(|s| s.job.clone())
             .ok_or_else(|| TriggerError::UnknownJob(name.to_string()))?;
+        // An operator who disabled a job meant it: a trigger must not run it for real.
+        if !job.enabled {
+            return Err(TriggerError::Disabled(job.name.clone()));
+        }
         if job.concurrency == ConcurrencyPolicy::Forbid
             && self.running.values().any(|r| r.job == job.name)
         {

@@ -778,3 +778,24 @@ async fn a_loop_that_panics_is_not_reported_alive() {
     let end = h.task.await;
     assert!(end.is_err_and(|e| e.is_panic()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_job_cannot_be_triggered() {
+    let off = job("off", "every = \"1h\"\nenabled = false");
+    let mut h = start(
+        Arc::default(),
+        "2026-01-01T00:00:00Z",
+        SHORT,
+        vec![off],
+        SchedulerOptions::default(),
+    );
+    h.handle.started().await;
+    assert_eq!(
+        h.handle.trigger("off").await,
+        Err(TriggerError::Disabled("off".into()))
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(h.calls.try_recv().is_err(), "the executor was not called");
+    let store = h.stop().await;
+    assert!(store.runs().is_empty(), "no run was recorded");
+}

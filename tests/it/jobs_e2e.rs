@@ -1530,3 +1530,40 @@ async fn set_expires_at_sets_nothing_it_could_not_remember() {
     let (r, _) = h.run(&native_expiry("7d", &[], false), false).await;
     assert_eq!((r.status, r.counts.succeeded), (RunStatus::Succeeded, 1));
 }
+
+// ------------------------------------------------------------------ already deleted
+
+/// The expire job's delete is carried out but its answer is lost (done, then 500): the client
+/// retries, Neon answers 204 ("already deleted"), and the job counts that as success — the
+/// branch is gone, which is what the job wanted — not as a failed action or a partial run.
+#[tokio::test]
+async fn expire_counts_an_already_deleted_branch_as_success() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let old = h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
+    h.sim
+        .fail_after_processing("DELETE", &format!("/branches/{old}"), 1);
+    let (r, actions) = h
+        .run(
+            &job(EXPIRE_FAILS
+                .replace("expire-partial", "expire-already-gone")
+                .as_str()),
+            false,
+        )
+        .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!((r.counts.succeeded, r.counts.failed), (1, 0), "{r:?}");
+    assert_eq!(h.branch_names(&p), vec!["main"]);
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].resource_id, old);
+    assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
+    assert_eq!(actions[0].detail.as_deref(), Some("already deleted"));
+    let statuses: Vec<u16> = h
+        .sim
+        .mutations()
+        .iter()
+        .filter(|m| m.method == "DELETE")
+        .map(|m| m.status)
+        .collect();
+    assert_eq!(statuses, [200, 204]);
+}

@@ -384,7 +384,7 @@ const SHARED_JOB_KEYS: &[&str] = &[
 /// A value the option would accept on a job of its own kind.
 fn sample_value(option: &str) -> &'static str {
     match option {
-        "name_template" => "\"{branch}-x\"",
+        "name_template" => "\"{job}-{branch}-{date}-{time}\"",
         "expires_in" | "ttl" | "idle_ttl" | "idle_for" => "\"1d\"",
         "retention" => "{ keep_last = 1 }",
         "mode" => "\"delete\"",
