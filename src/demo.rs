@@ -359,7 +359,7 @@ fn print_header(
             if j.dry_run { " dry run" } else { "" }
         );
     }
-    println!("  database   {}", cfg.store.url);
+    println!("  database   {}", crate::store::redact_url(&cfg.store.url));
 }
 
 /// Prints every run that finishes, until `stop`; returns the ids it printed.
@@ -579,7 +579,10 @@ async fn summary(
     let env = if plain_store_url == Some(cfg.store.url.as_str()) {
         String::new()
     } else {
-        format!("NEON_STEWARD_STORE_URL={} ", cfg.store.url)
+        format!(
+            "NEON_STEWARD_STORE_URL={} ",
+            crate::store::redact_url(&cfg.store.url)
+        )
     };
     println!("\nwhere to look next:");
     println!("  history    {env}{exe} --config {config_arg} history");

@@ -88,12 +88,22 @@ impl ApiConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
-    /// `sqlite://path` (or later `postgres://...`).
+    /// `sqlite://path` or `postgres://...`. It may carry a PostgreSQL password: show it only
+    /// through [`crate::store::redact_url`] (as `Debug` does).
     pub url: String,
     /// Finished runs older than this are pruned.
     pub history_retention: Duration,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::store::redact_url(&self.url))
+            .field("history_retention", &self.history_retention)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -658,17 +668,16 @@ impl Validator<'_> {
             ));
         }
         let base_url = match self.env("NEON_STEWARD_BASE_URL") {
-            Some(u) => u,
+            Some(u) => {
+                check_base_url(&u).map_err(|e| {
+                    ConfigError::whole_file(self.path, format!("NEON_STEWARD_BASE_URL: {e}"))
+                })?;
+                u
+            }
             None => match &raw.base_url {
                 Some(u) => {
-                    let s = u.get_ref();
-                    if !(s.starts_with("https://") || s.starts_with("http://")) {
-                        return Err(self.err(
-                            u.span(),
-                            format!("invalid base_url `{s}`: expected an http(s) URL"),
-                        ));
-                    }
-                    s.clone()
+                    check_base_url(u.get_ref()).map_err(|e| self.err(u.span(), e))?;
+                    u.get_ref().clone()
                 }
                 None => DEFAULT_BASE_URL.to_string(),
             },
@@ -1143,6 +1152,38 @@ impl Validator<'_> {
             until,
             note: r.note.clone(),
         })
+    }
+}
+
+/// The API base URL must be `https://`, except `http://` to a loopback host (neon-sim, a
+/// local proxy): the API key travels in every request's header, and plain HTTP to any other
+/// host would send it in clear text.
+fn check_base_url(s: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(s)
+        .map_err(|e| format!("invalid base_url `{s}` ({e}); expected an https URL"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            // `host_str` is normalised by the parser (`127.1` -> `127.0.0.1`, IPv6 in
+            // brackets), so this does not have to know IP literal spellings.
+            let loopback = url.host_str().is_some_and(|h| {
+                h.eq_ignore_ascii_case("localhost")
+                    || h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "base_url `{s}` uses plain http to a host that is not loopback, which would send the API key in clear text; use https (http is allowed only for localhost, 127.0.0.0/8 and ::1)"
+                ))
+            }
+        }
+        other => Err(format!(
+            "invalid base_url `{s}`: scheme `{other}`; expected an https URL"
+        )),
     }
 }
 

@@ -113,8 +113,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Api")]
 pub struct RawApi {
-    /// Base URL of the Neon API (http or https). The environment variable
-    /// NEON_STEWARD_BASE_URL overrides it, e.g. to point at neon-sim.
+    /// Base URL of the Neon API: https, or plain http only to a loopback host (localhost,
+    /// 127.0.0.0/8, ::1), since the API key goes with every request. The environment
+    /// variable NEON_STEWARD_BASE_URL overrides it, e.g. to point at neon-sim.
     #[schemars(with = "Option<String>", regex(pattern = r"^https?://"))]
     #[schemars(extend("default" = "https://console.neon.tech/api/v2"))]
     pub base_url: Option<Spanned<String>>,

@@ -398,3 +398,81 @@ fn exclusion_errors_are_positioned() {
         "{e}"
     );
 }
+
+#[test]
+fn plain_http_base_url_only_to_loopback() {
+    let with = |url: &str| format!("[api]\nbase_url = \"{url}\"\n{JOB}");
+    for ok in [
+        "https://console.neon.tech/api/v2",
+        "http://127.0.0.1:8080/api/v2",
+        "http://127.3.4.5/api/v2",
+        "http://localhost:1234/api/v2",
+        "http://LOCALHOST/api/v2",
+        "http://[::1]:9000/api/v2",
+    ] {
+        let c = parse(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(c.api.base_url, ok);
+    }
+    for bad in [
+        "http://console.neon.tech/api/v2",
+        "http://10.0.0.5/api/v2",
+        "http://localhost.example.com/api/v2",
+        "http://[::2]/api/v2",
+        "http://128.0.0.1/api/v2",
+    ] {
+        let e = err(&with(bad));
+        assert!(
+            e.starts_with("policy.toml:2:12:") && e.contains("clear text"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&with("ftp://example.com/"));
+    assert!(e.contains("scheme `ftp`"), "{e}");
+    let e = err(&with("https://"));
+    assert!(e.contains("invalid base_url"), "{e}");
+
+    // The environment override gets the same check, and names itself.
+    let env_url =
+        |url: &'static str| move |k: &str| (k == "NEON_STEWARD_BASE_URL").then(|| url.to_string());
+    let e = parse_with_env(
+        Path::new("policy.toml"),
+        JOB,
+        &env_url("http://neon.internal/api/v2"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("NEON_STEWARD_BASE_URL") && e.contains("clear text"),
+        "{e}"
+    );
+    let c = parse_with_env(
+        Path::new("policy.toml"),
+        JOB,
+        &env_url("http://127.0.0.1:9/api/v2"),
+    )
+    .unwrap();
+    assert_eq!(c.api.base_url, "http://127.0.0.1:9/api/v2");
+}
+
+#[test]
+fn store_url_password_never_in_debug() {
+    let text = format!(
+        "[store]\nurl = \"postgres://steward:hunter2@db.internal:5432/steward?sslmode=require&password=hunter3\"\n{JOB}"
+    );
+    let c = parse(&text).unwrap();
+    assert!(
+        c.store.url.contains("hunter2"),
+        "the real URL is kept for connecting"
+    );
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("hunter2") && !dbg.contains("hunter3"),
+        "{dbg}"
+    );
+    assert!(
+        dbg.contains(
+            "postgres://steward:[redacted]@db.internal:5432/steward?sslmode=require&password=[redacted]"
+        ),
+        "{dbg}"
+    );
+}
