@@ -82,6 +82,21 @@ pub enum Op {
     StartEndpoint(EndpointId),
 }
 
+impl Op {
+    /// Whether the action removes or stops something (or schedules Neon to): what
+    /// `max_actions_percent` guards. Creating a snapshot, starting an endpoint and taking
+    /// back an expiry this job set are not.
+    pub fn is_destructive(&self) -> bool {
+        match self {
+            Op::DeleteBranch(_)
+            | Op::SetBranchExpiry(..)
+            | Op::DeleteSnapshot(_)
+            | Op::SuspendEndpoint(_) => true,
+            Op::ClearBranchExpiry(_) | Op::CreateSnapshot { .. } | Op::StartEndpoint(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PlannedAction {
     pub spec: ActionSpec,
@@ -318,9 +333,27 @@ async fn run_planned(
     plans.sort_by(|a, b| a.project_id.cmp(&b.project_id));
 
     // Phase 2a: the limits, before anything is done.
+    // `max_actions` bounds every action; `max_actions_percent` bounds the destructive ones
+    // against the resources they could destroy (`matched`), so a snapshot job's creates
+    // never count against a percentage meant to stop a bad selector wiping an account.
     let planned: usize = plans.iter().map(|p| p.actions.len()).sum();
+    let destructive: usize = plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter(|a| a.op.is_destructive())
+        .count();
     let matched: usize = plans.iter().map(|p| p.matched).sum();
-    limits(job).check(planned, matched)?;
+    let l = limits(job);
+    Limits {
+        max_actions_percent: None,
+        ..l
+    }
+    .check(planned, matched)?;
+    Limits {
+        max_actions: None,
+        ..l
+    }
+    .check(destructive, matched)?;
 
     // Skips are recorded in dry runs and real runs alike; these rows (and a dry run's
     // planned actions) are final when written, so each kind is one batch, one transaction.

@@ -77,13 +77,14 @@ pub(crate) async fn plan(
         if !super::engine::passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
             continue;
         }
-        out.matched += 1;
         let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
         let owner = ownership_matcher(spec.name_template.as_str(), &b.name, &job.name);
         let owned: Vec<_> = snapshots
             .iter()
             .filter(|s| s.source_branch_id.as_ref() == Some(&b.id) && owner.is_match(&s.name))
             .collect();
+        // What retention could delete: the base of `max_actions_percent` for this job.
+        out.matched += owned.len();
         let mut refs: Vec<SnapshotRef> = owned
             .iter()
             .map(|s| SnapshotRef {

@@ -353,6 +353,25 @@ async fn retention_waits_for_a_successful_create() {
     );
 }
 
+/// `max_actions_percent` guards destructive actions against what they could destroy: a
+/// snapshot job at steady state (one create and one retention delete per tick) runs under a
+/// 50% limit, which used to fail every run because creates counted against branches.
+#[tokio::test]
+async fn snapshot_jobs_run_under_a_percentage_limit() {
+    let e = env().await;
+    let (p, _main) = e.sim.add_project("app", None);
+    let j = job(&SNAPSHOT.replace(
+        "[jobs.branches]",
+        "max_actions_percent = 50.0\n[jobs.branches]",
+    ));
+    for _ in 0..4 {
+        e.sim.clock().advance(DAY);
+        let (r, _) = run(&e, &j, e.sim.clock().now(), false).await;
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    }
+    assert_eq!(e.sim.snapshots(&p.id).len(), 2, "keep_last = 2 held");
+}
+
 const SUSPEND: &str = r#"
 [[jobs]]
 name = "suspend-mondays"
