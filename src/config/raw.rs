@@ -436,6 +436,11 @@ pub struct RawEndpoints {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Exclusion")]
+#[schemars(extend("oneOf" = [
+    { "required": ["endpoint"] },
+    { "required": ["branch"] },
+    { "required": ["project"] },
+]))]
 pub struct RawExclusion {
     /// An endpoint id (`ep-...`).
     pub endpoint: Option<String>,

@@ -587,4 +587,84 @@ mod tests {
         ));
         assert_eq!(recoverable_until(t(1)), t(8));
     }
+
+    fn branch(created: DateTime<Utc>, expires: DateTime<Utc>) -> Branch {
+        Branch {
+            id: "br-1".into(),
+            project_id: "p-1".into(),
+            name: "preview/x".into(),
+            parent_id: Some("br-main".into()),
+            default: false,
+            protected: false,
+            created_at: created,
+            updated_at: created,
+            expires_at: Some(expires),
+            current_state: "ready".into(),
+            logical_size: None,
+            recoverable_until: None,
+        }
+    }
+
+    fn clear(b: &Branch, set: DateTime<Utc>, why: String) -> PlannedAction {
+        PlannedAction {
+            spec: ActionSpec {
+                resource_kind: "branch",
+                resource_id: b.id.to_string(),
+                resource_name: None,
+                project_id: None,
+                action: "clear_branch_expiry",
+                rule: Some("no_longer_due".into()),
+                reason: format!("set {}; {why}", set.to_rfc3339()),
+            },
+            op: Op::ClearBranchExpiry(b.id.clone()),
+            requires: Vec::new(),
+        }
+    }
+
+    /// Re-deciding an expiry this job set: keep, move or take back.
+    #[test]
+    fn revisit_keeps_moves_or_takes_back_our_expiry() {
+        let now = t(10);
+        let f = |created| ExpiryFacts {
+            current_expires_at: None,
+            ..facts(created, now)
+        };
+        // Same policy, same date: nothing.
+        let set = t(12);
+        let b = branch(t(5), set);
+        let d = decide_expiry(now, Some(7 * DAY), None, &f(t(5)));
+        assert!(revisit(now, &b, set, &d, &clear).is_none());
+        // Overdue ("now + margin" moves with every run): our earlier expiry stays, so
+        // running often never postpones a due branch.
+        let set_earlier = now - chrono::Duration::minutes(5) + chrono::Duration::minutes(10);
+        let old = branch(t(1), set_earlier);
+        let d = decide_expiry(now, Some(2 * DAY), None, &f(t(1)));
+        assert!(matches!(d, ExpiryDecision::Set { .. }));
+        assert!(revisit(now, &old, set_earlier, &d, &clear).is_none());
+        // A raised ttl within Neon's horizon: moved later.
+        let d = decide_expiry(now, Some(10 * DAY), None, &f(t(5)));
+        let a = revisit(now, &b, set, &d, &clear).expect("moved");
+        assert_eq!(a.op, Op::SetBranchExpiry(b.id.clone(), t(15)));
+        assert!(a.spec.reason.contains("replaces"), "{}", a.spec.reason);
+        // A lowered ttl: brought forward.
+        let d = decide_expiry(now, Some(6 * DAY), None, &f(t(5)));
+        let a = revisit(now, &b, set, &d, &clear).expect("brought forward");
+        assert_eq!(a.op, Op::SetBranchExpiry(b.id.clone(), t(11)));
+        // Beyond the horizon, not due, or no longer allowed: taken back.
+        let beyond = decide_expiry(now, Some(60 * DAY), None, &f(t(5)));
+        let not_due = decide_expiry(now, None, Some(3 * DAY), &f(t(5)));
+        let not_allowed = decide_expiry(
+            now,
+            Some(7 * DAY),
+            None,
+            &ExpiryFacts {
+                protected: true,
+                ..f(t(5))
+            },
+        );
+        for d in [beyond, not_due, not_allowed] {
+            let a = revisit(now, &b, set, &d, &clear).unwrap_or_else(|| panic!("{d:?}"));
+            assert_eq!(a.op, Op::ClearBranchExpiry(b.id.clone()), "{d:?}");
+        }
+    }
 }

@@ -21,8 +21,8 @@ pub struct ActionSpec {
     pub resource_id: String,
     pub resource_name: Option<String>,
     pub project_id: Option<String>,
-    /// `delete_branch`, `set_branch_expiry`, `clear_branch_expiry`, `create_snapshot`, `delete_snapshot`,
-    /// `suspend_endpoint`, `start_endpoint`, `collect_consumption`.
+    /// `delete_branch`, `set_branch_expiry`, `clear_branch_expiry`, `create_snapshot`,
+    /// `delete_snapshot`, `suspend_endpoint`, `start_endpoint`, `collect_consumption`.
     pub action: &'static str,
     /// The policy rule that matched (`ttl`, `keep_daily`, `window`, ...).
     pub rule: Option<String>,

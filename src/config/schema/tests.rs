@@ -237,6 +237,21 @@ const INVALID: &[(&str, &str, &str)] = &[
         "[[jobs]]\nname = \"n\"\nkind = \"snapshot_branches\"\nevery = \"1h\"\n[jobs.branches]\nbranch_names = [\"main\"]\n",
         "branch_names",
     ),
+    (
+        "an exclusion with two targets",
+        "[[jobs]]\nname = \"n\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"1h\"\n[[jobs.exclusions]]\nendpoint = \"ep-1\"\nproject = \"p-1\"\nuntil = \"2026-12-31\"\n",
+        "exclusions",
+    ),
+    (
+        "an exclusion without a target",
+        "[[jobs]]\nname = \"n\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"1h\"\n[[jobs.exclusions]]\nuntil = \"2026-12-31\"\n",
+        "exclusions",
+    ),
+    (
+        "an exclusion without until",
+        "[[jobs]]\nname = \"n\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"1h\"\n[[jobs.exclusions]]\nendpoint = \"ep-1\"\n",
+        "until",
+    ),
 ];
 
 #[test]
