@@ -471,7 +471,7 @@ impl Loop {
             self.slots.push(slot);
         }
         for gone in old.keys() {
-            tracing::info!(job = %gone, "job removed from the policy; runs in progress continue");
+            crate::telemetry::events::JobUnscheduled { job: gone }.emit();
         }
     }
 

@@ -277,6 +277,33 @@ impl JobScheduled<'_> {
     }
 }
 
+/// A job left the policy (a reload removed or renamed it). Its per-job gauges go, so a
+/// staleness alert (`job_last_success_timestamp_seconds` against `job_interval_seconds`)
+/// does not fire for a job that no longer exists. Counters stay: `increase()` over them
+/// simply stops, and a run still in progress keeps its `job_running` series until it ends.
+pub struct JobUnscheduled<'a> {
+    pub job: &'a str,
+}
+
+impl JobUnscheduled<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            job = self.job,
+            "job removed from the policy; runs in progress continue"
+        );
+        let m = metrics();
+        for family in [
+            &m.job_next_run_timestamp_seconds,
+            &m.job_interval_seconds,
+            &m.job_last_run_timestamp_seconds,
+            &m.job_last_success_timestamp_seconds,
+        ] {
+            // Absent series (a job that never ran) are fine to "remove".
+            let _ = family.remove_label_values(&[self.job]);
+        }
+    }
+}
+
 /// An action of a job on a Neon resource reached its outcome (emit once per action, with
 /// the final outcome; a `Pending` outcome is logged but not counted).
 pub struct ActionRecorded<'a> {
@@ -579,6 +606,34 @@ mod tests {
     //! Metrics are process-global: every test uses its own job names / granularities.
 
     use super::*;
+
+    #[test]
+    fn unscheduled_jobs_lose_their_gauges() {
+        let job = "events-test-unscheduled";
+        let has = |name: &str| {
+            metrics().registry.gather().iter().any(|mf| {
+                mf.name() == name
+                    && mf
+                        .get_metric()
+                        .iter()
+                        .any(|m| m.get_label().iter().any(|l| l.value() == job))
+            })
+        };
+        JobScheduled {
+            job,
+            kind: "expire_branches",
+            next_run: Utc::now(),
+            interval: Some(Duration::from_secs(900)),
+        }
+        .emit();
+        assert!(has("neon_steward_job_interval_seconds"));
+        assert!(has("neon_steward_job_next_run_timestamp_seconds"));
+        JobUnscheduled { job }.emit();
+        assert!(!has("neon_steward_job_interval_seconds"));
+        assert!(!has("neon_steward_job_next_run_timestamp_seconds"));
+        // Counters stay (they were created at 0 by JobScheduled).
+        assert!(has("neon_steward_job_runs_total"));
+    }
     use crate::telemetry::metrics::render;
 
     /// Serialises the tests that emit [`ConfigReloaded`]: its gauges have no label to keep
