@@ -99,8 +99,8 @@ pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
     })
 }
 
-/// Opens the store and applies migrations. Touches no run: `once` and `plan` use it while
-/// a daemon may be running against the same store, and its running runs are not theirs.
+/// Opens the store and applies migrations. Used as is by `once` and `plan`, which run next
+/// to a live daemon and so must not touch its runs; see [`open_store_and_recover`].
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::open(&cfg.store.url)
         .await
@@ -109,15 +109,17 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(store)
 }
 
-/// Marks runs a previous daemon left `running` as interrupted. Only the daemon's start-up
-/// calls it (`run`, `demo`).
-pub async fn recover_interrupted(store: &dyn Store) -> anyhow::Result<u64> {
+/// [`open_store`], then marks the runs a previous daemon left `running` as interrupted.
+/// Only the daemon itself does this at start-up: it is the one process that knows no run of
+/// its own can be in progress.
+pub async fn open_store_and_recover(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store(cfg).await?;
     let count = store
         .interrupt_running("interrupted: the daemon stopped while this run was in progress")
         .await
         .context("recovering interrupted runs")?;
     InterruptedRunsRecovered { count }.emit();
-    Ok(count)
+    Ok(store)
 }
 
 /// The executor for `cfg`, for the daemon and for `once`/`plan`.
@@ -210,8 +212,7 @@ pub async fn run_until(
     }
     .emit();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg).await?;
-    recover_interrupted(&*store).await?;
+    let store = open_store_and_recover(&cfg).await?;
     let executor = executor(&cfg, store.clone(), clock.clone())?;
 
     // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.
@@ -350,15 +351,10 @@ async fn wait_started(
 fn scheduler_died(r: Result<(), tokio::task::JoinError>) -> anyhow::Error {
     match r {
         Ok(()) => anyhow::anyhow!("the scheduler stopped unexpectedly"),
-        Err(e) if e.is_panic() => {
-            let p = e.into_panic();
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
-            anyhow::anyhow!("the scheduler panicked: {msg}")
-        }
+        Err(e) if e.is_panic() => anyhow::anyhow!(
+            "the scheduler panicked: {}",
+            crate::scheduler::panic_message(&*e.into_panic())
+        ),
         Err(e) => anyhow::anyhow!("the scheduler task failed: {e}"),
     }
 }

@@ -33,7 +33,7 @@ fn spawn(store: Arc<MemStore>) -> (SchedulerHandle, tokio::task::JoinHandle<()>)
 #[tokio::test(start_paused = true)]
 async fn a_scheduler_dying_during_start_up_is_an_error() {
     let store: Arc<MemStore> = Arc::default();
-    store.panic_on_list.store(true, Ordering::SeqCst);
+    store.poisoned.store(true, Ordering::SeqCst);
     let (handle, mut task) = spawn(store);
     let r = tokio::time::timeout(
         Duration::from_secs(5),
@@ -42,10 +42,7 @@ async fn a_scheduler_dying_during_start_up_is_an_error() {
     .await
     .expect("start-up does not hang on a dead scheduler");
     let e = r.expect_err("a dead scheduler is an error");
-    assert_eq!(
-        e.to_string(),
-        "the scheduler panicked: list_runs was told to panic"
-    );
+    assert_eq!(e.to_string(), "the scheduler panicked: poisoned test store");
 }
 
 #[tokio::test(start_paused = true)]
@@ -110,7 +107,7 @@ async fn opening_the_store_leaves_running_runs_alone() {
         "`once`/`plan` left the daemon's run alone"
     );
 
-    assert_eq!(recover_interrupted(&*cli_store).await.unwrap(), 1);
-    let r = cli_store.get_run(id).await.unwrap().unwrap();
+    let daemon_store = open_store_and_recover(&cfg).await.expect("store");
+    let r = daemon_store.get_run(id).await.unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Interrupted);
 }

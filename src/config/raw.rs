@@ -115,8 +115,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Api")]
 pub struct RawApi {
-    /// Base URL of the Neon API (http or https). The environment variable
-    /// NEON_STEWARD_BASE_URL overrides it, e.g. to point at neon-sim.
+    /// Base URL of the Neon API: https, or plain http only to a loopback host (localhost,
+    /// 127.0.0.0/8, ::1), since the API key goes with every request. The environment
+    /// variable NEON_STEWARD_BASE_URL overrides it, e.g. to point at neon-sim.
     #[schemars(with = "Option<String>", regex(pattern = r"^https?://"))]
     #[schemars(extend("default" = "https://console.neon.tech/api/v2"))]
     pub base_url: Option<Spanned<String>>,
@@ -328,6 +329,10 @@ pub struct RawJob {
         regex(pattern = r"^\d{4}-\d{2}-\d{2}([Tt].+)?$")
     )]
     pub exclude_until: Option<Spanned<String>>,
+    /// `suspend_computes` only: temporary exclusions (`[[jobs.exclusions]]`), each naming one
+    /// endpoint, branch glob or project and the date `until` which it is left alone.
+    #[schemars(with = "Option<Vec<RawExclusion>>")]
+    pub exclusions: Option<Spanned<Vec<Spanned<RawExclusion>>>>,
     /// `suspend_computes` only: start the endpoints this job suspended again when their
     /// window ends.
     #[schemars(with = "Option<bool>", extend("default" = false))]
@@ -420,6 +425,43 @@ pub struct RawEndpoints {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub branches: Vec<Spanned<String>>,
+    /// Never these endpoint ids (`ep-...`). An excluded endpoint the job would have
+    /// suspended is recorded as skipped, with the exclusion as the reason.
+    #[serde(default)]
+    pub exclude_ids: Vec<String>,
+    /// Never endpoints attached to a branch whose name matches one of these globs.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub exclude_branches: Vec<Spanned<String>>,
+}
+
+/// One `[[jobs.exclusions]]` entry (`suspend_computes` only): leave one endpoint, the
+/// endpoints of matching branches, or a whole project alone until a date, e.g.
+/// `{ endpoint = "ep-cool-darkness-123456", until = "2026-12-31" }`. Name exactly one of
+/// `endpoint`, `branch` and `project`. For a permanent exclusion use
+/// `[jobs.endpoints].exclude_ids` / `exclude_branches` or `[jobs.projects].exclude_ids`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Exclusion")]
+#[schemars(extend("oneOf" = [
+    { "required": ["endpoint"] },
+    { "required": ["branch"] },
+    { "required": ["project"] },
+]))]
+pub struct RawExclusion {
+    /// An endpoint id (`ep-...`).
+    pub endpoint: Option<String>,
+    /// A glob over branch names (`release/*`): endpoints attached to matching branches.
+    #[schemars(with = "Option<String>")]
+    pub branch: Option<Spanned<String>>,
+    /// A project id: every endpoint of the project.
+    pub project: Option<String>,
+    /// The exclusion holds before this instant: `YYYY-MM-DD` (midnight in `window_timezone`)
+    /// or an RFC 3339 time such as `2026-12-31T00:00:00Z`.
+    #[schemars(with = "String", regex(pattern = r"^\d{4}-\d{2}-\d{2}([Tt].+)?$"))]
+    pub until: Spanned<String>,
+    /// Why, for the audit ledger (e.g. "load test until the launch").
+    pub note: Option<String>,
 }
 
 /// `[jobs.retention]` (`snapshot_branches` only): which of the snapshots the job created to

@@ -70,6 +70,8 @@ pub struct RunResult {
 pub enum Op {
     DeleteBranch(BranchId),
     SetBranchExpiry(BranchId, DateTime<Utc>),
+    /// Take back an `expires_at` this job set (`expires_at: null`).
+    ClearBranchExpiry(BranchId),
     CreateSnapshot {
         branch: BranchId,
         name: String,
@@ -80,10 +82,29 @@ pub enum Op {
     StartEndpoint(EndpointId),
 }
 
+impl Op {
+    /// Whether the action removes or stops something (or schedules Neon to): what
+    /// `max_actions_percent` guards. Creating a snapshot, starting an endpoint and taking
+    /// back an expiry this job set are not.
+    pub fn is_destructive(&self) -> bool {
+        match self {
+            Op::DeleteBranch(_)
+            | Op::SetBranchExpiry(..)
+            | Op::DeleteSnapshot(_)
+            | Op::SuspendEndpoint(_) => true,
+            Op::ClearBranchExpiry(_) | Op::CreateSnapshot { .. } | Op::StartEndpoint(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PlannedAction {
     pub spec: ActionSpec,
     pub op: Op,
+    /// Indices (in the same project's plan) of earlier actions that must have succeeded for
+    /// this one to be attempted: a snapshot's retention deletes need the new snapshot, a
+    /// parent branch's delete needs its children's. Otherwise it is skipped and recorded.
+    pub requires: Vec<usize>,
 }
 
 /// The plan for one project.
@@ -94,6 +115,9 @@ pub struct ProjectPlan {
     pub skips: Vec<ActionSpec>,
     /// Resources the selectors matched (the base of `max_actions` as a percentage).
     pub matched: usize,
+    /// Parts of the plan that could not be decided (e.g. the job's state could not be
+    /// read), with the error: recorded as failed actions, so the run ends `partial`.
+    pub failures: Vec<(ActionSpec, String)>,
 }
 
 impl ProjectPlan {
@@ -103,6 +127,7 @@ impl ProjectPlan {
             actions: Vec::new(),
             skips: Vec::new(),
             matched: 0,
+            failures: Vec::new(),
         }
     }
 }
@@ -119,6 +144,9 @@ pub enum RunError {
     Projects(ApiError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A job's state in the store is not what it wrote.
+    #[error("job state: {0}")]
+    State(String),
 }
 
 pub(crate) fn project_selector(job: &JobConfig) -> Result<ProjectSelector, SelectorError> {
@@ -305,14 +333,36 @@ async fn run_planned(
     plans.sort_by(|a, b| a.project_id.cmp(&b.project_id));
 
     // Phase 2a: the limits, before anything is done.
+    // `max_actions` bounds every action; `max_actions_percent` bounds the destructive ones
+    // against the resources they could destroy (`matched`), so a snapshot job's creates
+    // never count against a percentage meant to stop a bad selector wiping an account.
     let planned: usize = plans.iter().map(|p| p.actions.len()).sum();
+    let destructive: usize = plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter(|a| a.op.is_destructive())
+        .count();
     let matched: usize = plans.iter().map(|p| p.matched).sum();
-    limits(job).check(planned, matched)?;
+    let l = limits(job);
+    Limits {
+        max_actions_percent: None,
+        ..l
+    }
+    .check(planned, matched)?;
+    Limits {
+        max_actions: None,
+        ..l
+    }
+    .check(destructive, matched)?;
 
     // Skips are recorded in dry runs and real runs alike; these rows (and a dry run's
     // planned actions) are final when written, so each kind is one batch, one transaction.
     let skips: Vec<ActionSpec> = plans.iter().flat_map(|p| p.skips.iter().cloned()).collect();
     ledger.record_all(&skips, ActionOutcome::Skipped).await?;
+    for (spec, error) in plans.iter().flat_map(|p| p.failures.iter()) {
+        let pending = ledger.begin(spec).await?;
+        ledger.failed(pending, error).await?;
+    }
     if ctx.dry_run {
         let planned: Vec<ActionSpec> = plans
             .iter()
@@ -352,17 +402,39 @@ async fn act_on_project(
     p: &ProjectPlan,
 ) -> Result<(), RunError> {
     let mut done = Vec::new();
-    for a in &p.actions {
+    let mut succeeded = vec![false; p.actions.len()];
+    for (i, a) in p.actions.iter().enumerate() {
+        if let Some(&unmet) = a
+            .requires
+            .iter()
+            .find(|&&r| !succeeded.get(r).copied().unwrap_or(false))
+        {
+            let before = &p.actions[unmet].spec;
+            let mut skip = a.spec.clone();
+            skip.reason = format!(
+                "{}; not attempted: it depends on {} {} {}, which did not succeed",
+                a.spec.reason,
+                before.action,
+                before.resource_kind,
+                before
+                    .resource_name
+                    .as_deref()
+                    .unwrap_or(&before.resource_id)
+            );
+            ledger.record_all(&[skip], ActionOutcome::Skipped).await?;
+            continue;
+        }
         let pending = ledger.begin(&a.spec).await?;
         match execute(env, &p.project_id, &a.op, now).await {
             Ok(detail) => {
                 ledger.succeeded(pending, detail.as_deref()).await?;
+                succeeded[i] = true;
                 done.push(a.clone());
             }
             Err(e) => ledger.failed(pending, &e.to_string()).await?,
         }
     }
-    after_project(env, job, p, &done).await
+    after_project(env, job, now, p, &done).await
 }
 
 async fn plan_project(
@@ -390,11 +462,14 @@ async fn plan_project(
 async fn after_project(
     env: &JobEnv,
     job: &JobConfig,
+    now: DateTime<Utc>,
     plan: &ProjectPlan,
     done: &[PlannedAction],
 ) -> Result<(), RunError> {
-    if let JobSpec::SuspendComputes(_) = &job.spec {
-        super::suspend::remember(env, job, plan, done).await?;
+    match &job.spec {
+        JobSpec::SuspendComputes(_) => super::suspend::remember(env, job, plan, done).await?,
+        JobSpec::ExpireBranches(_) => super::expire::remember(env, job, now, plan, done).await?,
+        _ => {}
     }
     Ok(())
 }
@@ -511,6 +586,17 @@ async fn execute(
                     .await?;
             wait(env, project, &ops).await?;
             Ok(Some(format!("expires_at={}", at.to_rfc3339())))
+        }
+        Op::ClearBranchExpiry(b) => {
+            let update = BranchUpdate {
+                expires_at: Some(None),
+                ..Default::default()
+            };
+            let (_, ops) =
+                with_lock_retry(env, project, || c.update_branch(project, b, update.clone()))
+                    .await?;
+            wait(env, project, &ops).await?;
+            Ok(Some("expires_at cleared".into()))
         }
         Op::CreateSnapshot {
             branch,

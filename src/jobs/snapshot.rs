@@ -89,13 +89,14 @@ pub(crate) async fn plan(
         if !super::engine::passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
             continue;
         }
-        out.matched += 1;
         let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
         let owner = ownership_matcher(spec.name_template.as_str(), &b.name, &job.name);
         let owned: Vec<_> = snapshots
             .iter()
             .filter(|s| s.source_branch_id.as_ref() == Some(&b.id) && owner.is_match(&s.name))
             .collect();
+        // What retention could delete: the base of `max_actions_percent` for this job.
+        out.matched += owned.len();
         let mut refs: Vec<SnapshotRef> = owned
             .iter()
             .map(|s| SnapshotRef {
@@ -117,6 +118,10 @@ pub(crate) async fn plan(
                 rule: Some(rule.to_string()),
                 reason,
             };
+        // Index of this tick's create in the project's plan, when one is planned: retention
+        // deletes require it, so a failed create never leaves the branch with fewer
+        // snapshots than the policy keeps.
+        let mut create_index = None;
         if owned.iter().any(|s| s.name == name) {
             out.skips.push(spec_for(
                 "create_snapshot",
@@ -126,6 +131,7 @@ pub(crate) async fn plan(
                 format!("snapshot {name:?} for this tick exists already (re-run of the same tick)"),
             ));
         } else {
+            create_index = Some(out.actions.len());
             out.actions.push(PlannedAction {
                 spec: spec_for(
                     "create_snapshot",
@@ -142,6 +148,7 @@ pub(crate) async fn plan(
                     name: name.clone(),
                     expires_at: expiry(ctx.now, spec.expires_in),
                 },
+                requires: Vec::new(),
             });
             refs.push(SnapshotRef {
                 id: NEW_SNAPSHOT.to_string(),
@@ -167,6 +174,7 @@ pub(crate) async fn plan(
                     reason.clone(),
                 ),
                 op: Op::DeleteSnapshot(snap.id.clone()),
+                requires: create_index.into_iter().collect(),
             });
         }
     }

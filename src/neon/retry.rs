@@ -143,6 +143,8 @@ mod tests {
     fn absurd_retry_after_gives_up_instead_of_panicking() {
         let now = chrono::Utc::now();
         assert_eq!(parse_retry_after("1e30", now), Some(Duration::MAX));
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
         assert_eq!(
             parse_retry_after("2.5", now),
             Some(Duration::from_millis(2500))

@@ -17,6 +17,7 @@
 
 pub mod clock;
 mod run;
+pub(crate) use run::panic_message;
 pub mod schedule;
 
 use std::collections::HashMap;

@@ -9,4 +9,5 @@ mod demo;
 mod http;
 mod jobs;
 mod jobs_e2e;
+mod requests;
 mod store;
