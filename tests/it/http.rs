@@ -502,7 +502,7 @@ async fn trigger_requires_the_token() {
     );
     assert_eq!(
         *s.control.triggered.lock().unwrap(),
-        vec!["nightly-snapshot", "idle", "nope"]
+        vec!["nightly-snapshot", "idle", "off", "nope"]
     );
     s.stop().await;
 }
