@@ -32,7 +32,7 @@ use neon_sim::state::{EndpointType, State as SimState};
 use neon_sim::{AppState, SharedState, SimConfig};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext};
-use neon_steward::neon::{ClientConfig, NeonClient, ProjectId};
+use neon_steward::neon::{ClientConfig, NeonClient, ProjectId, DEFAULT_PAGE_SIZE};
 use neon_steward::secret::Secret;
 use neon_steward::store::{self, ActionOutcome, NewAction, NewRun, RunStatus, Store, Trigger};
 use serde::Deserialize;
@@ -656,7 +656,8 @@ async fn dry_run(env: &JobEnv, job: &JobConfig, now: DateTime<Utc>, tick: u32) -
 async fn job_env(sim: &BenchSim, dir: &Path) -> Result<JobEnv> {
     let url = format!("sqlite://{}", dir.join("plan.db").display());
     Ok(JobEnv {
-        client: client(sim, 100)?,
+        // The client's default page sizes (each endpoint's maximum), as the daemon runs.
+        client: client(sim, DEFAULT_PAGE_SIZE)?,
         store: store::open(&url).await?,
         concurrency: 4,
         operation_deadline: Duration::from_secs(30),
@@ -1089,6 +1090,45 @@ async fn store_figures(
             actions + done
         );
     }
+
+    // Rows that are final when written (a dry run's planned actions, skips): one
+    // `begin_action` (one transaction) each, against one `begin_actions` batch.
+    let planned = |i: usize| NewAction {
+        outcome: ActionOutcome::Planned,
+        dry_run: true,
+        ..action(last_run, i)
+    };
+    let base = 2 * actions + done;
+    let t = Instant::now();
+    for i in 0..actions {
+        st.begin_action(&planned(base + i)).await?;
+    }
+    let one_by_one = t.elapsed();
+    let batch: Vec<NewAction> = (0..actions).map(|i| planned(base + actions + i)).collect();
+    let t = Instant::now();
+    let ids = st.begin_actions(&batch).await?;
+    let batched = t.elapsed();
+    if ids.len() != actions {
+        bail!("{backend}: begin_actions returned {} ids", ids.len());
+    }
+    r.add(
+        s,
+        format!("{backend}: planned rows, begin_action one by one ({actions})"),
+        actions as f64 / one_by_one.as_secs_f64(),
+        "actions/s",
+    );
+    r.add(
+        s,
+        format!("{backend}: planned rows, one begin_actions batch ({actions})"),
+        actions as f64 / batched.as_secs_f64(),
+        "actions/s",
+    );
+    r.add(
+        s,
+        format!("{backend}: batch / one by one throughput"),
+        one_by_one.as_secs_f64() / batched.as_secs_f64(),
+        "x",
+    );
     Ok(())
 }
 

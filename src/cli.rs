@@ -100,7 +100,7 @@ pub enum Command {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
-    /// Run the daemon for a minute against a local Neon emulator with a seeded organisation
+    /// Run the daemon for 90 seconds against a local Neon emulator with a seeded organisation
     /// (config/demo.toml, a SQLite file, /metrics); no Neon account or API key needed.
     Demo(crate::demo::DemoArgs),
 }

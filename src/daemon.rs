@@ -103,12 +103,21 @@ pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
     })
 }
 
-/// Opens the store, applies migrations and marks runs a previous process left `running`.
+/// Opens the store and applies migrations. Used as is by `once` and `plan`, which run next
+/// to a live daemon and so must not touch its runs; see [`open_store_and_recover`].
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::open(&cfg.store.url)
         .await
         .context("opening the store")?;
     store.migrate().await.context("migrating the store")?;
+    Ok(store)
+}
+
+/// [`open_store`], then marks the runs a previous daemon left `running` as interrupted.
+/// Only the daemon itself does this at start-up: it is the one process that knows no run of
+/// its own can be in progress.
+pub async fn open_store_and_recover(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store(cfg).await?;
     let count = store
         .interrupt_running("interrupted: the daemon stopped while this run was in progress")
         .await
@@ -168,7 +177,8 @@ impl Control for DaemonControl {
             Ok(run_id) => Ok(TriggerOutcome::Started { run_id }),
             Err(T::UnknownJob(j)) => Err(http::TriggerError::UnknownJob(j)),
             Err(T::AlreadyRunning(_)) => Ok(TriggerOutcome::AlreadyRunning { run_id: None }),
-            Err(e @ (T::Disabled(_) | T::Stopped | T::Claimed(_))) => {
+            Err(e @ T::Disabled(_)) => Err(http::TriggerError::Disabled(e.to_string())),
+            Err(e @ (T::Stopped | T::Claimed(_))) => {
                 Err(http::TriggerError::Unavailable(e.to_string()))
             }
             Err(e @ T::Store(_)) => Err(http::TriggerError::Internal(e.to_string())),
@@ -206,7 +216,7 @@ pub async fn run_until(
     }
     .emit();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg).await?;
+    let store = open_store_and_recover(&cfg).await?;
     let executor = executor(&cfg, store.clone(), clock.clone())?;
 
     // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.
@@ -228,8 +238,9 @@ pub async fn run_until(
         watchdog,
         ..Default::default()
     };
-    let (handle, sched_task) = Scheduler::new(store.clone(), executor, clock.clone(), sched_opts)
-        .spawn(cfg.jobs.clone(), shutdown.clone());
+    let (handle, mut sched_task) =
+        Scheduler::new(store.clone(), executor, clock.clone(), sched_opts)
+            .spawn(cfg.jobs.clone(), shutdown.clone());
 
     let control = Arc::new(DaemonControl {
         handle: handle.clone(),
@@ -257,29 +268,55 @@ pub async fn run_until(
     ));
 
     // Ready only once the scheduler has its jobs: `/api/v1/jobs` and `/readyz` are true from
-    // the first request systemd or a probe may send after READY=1.
-    handle.started().await;
-    tracing::info!(%bound, jobs = cfg.jobs.len(), "neon-steward ready");
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("scheduling"),
-    ]);
-    on_ready(bound);
+    // the first request systemd or a probe may send after READY=1. Meanwhile the signals and
+    // the scheduler task are watched: a SIGTERM during start-up stops cleanly, and a loop that
+    // dies before it starts is an error rather than a daemon waiting forever for it.
+    let stop_signal = async {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+            _ = stop_requested.cancelled() => "stop requested",
+        }
+    };
+    let mut died = None;
+    let mut stopping = false;
+    match wait_started(&handle, &mut sched_task, stop_signal).await {
+        Ok(None) => {
+            tracing::info!(%bound, jobs = cfg.jobs.len(), "neon-steward ready");
+            notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("scheduling"),
+            ]);
+            on_ready(bound);
+        }
+        Ok(Some(why)) => {
+            tracing::info!("{why} during start-up: shutting down");
+            stopping = true;
+        }
+        Err(e) => died = Some(e),
+    }
 
     let mut current = cfg;
-    loop {
+    while died.is_none() && !stopping {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = stop_requested.cancelled() => { tracing::info!("stop requested: shutting down"); break; }
             _ = sighup.recv() => reload(&mut current, &handle).await,
+            // Only shutdown ends the loop; ending on its own means it died.
+            r = &mut sched_task => died = Some(scheduler_died(r)),
         }
     }
 
     notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
-    if let Err(e) = sched_task.await {
-        tracing::error!(error = %e, "the scheduler task failed");
+    if died.is_none() {
+        if let Err(e) = sched_task.await {
+            died = Some(scheduler_died(Err(e)));
+        }
+    }
+    if let Some(e) = &died {
+        tracing::error!(error = %e, "the scheduler died; stopping");
     }
     http_stop.cancel();
     match http_task.await {
@@ -288,8 +325,42 @@ pub async fn run_until(
         Ok(Ok(())) => {}
     }
     let _ = prune_task.await;
+    if let Some(e) = died {
+        return Err(e);
+    }
     tracing::info!("neon-steward stopped");
     Ok(())
+}
+
+/// Waits until the scheduler has started. `Ok(Some(why))`: `stop` fired first. `Err`: the
+/// scheduler task ended before it started (it panicked), which the daemon cannot run without.
+async fn wait_started(
+    handle: &SchedulerHandle,
+    task: &mut tokio::task::JoinHandle<()>,
+    stop: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<Option<&'static str>> {
+    tokio::select! {
+        // `started()` also returns when the loop dies (its `alive` drop guard).
+        _ = handle.started() => {}
+        r = &mut *task => return Err(scheduler_died(r)),
+        why = stop => return Ok(Some(why)),
+    }
+    if handle.is_running() {
+        return Ok(None);
+    }
+    Err(scheduler_died(task.await))
+}
+
+/// The error for a scheduler task that ended although shutdown was not requested.
+fn scheduler_died(r: Result<(), tokio::task::JoinError>) -> anyhow::Error {
+    match r {
+        Ok(()) => anyhow::anyhow!("the scheduler stopped unexpectedly"),
+        Err(e) if e.is_panic() => anyhow::anyhow!(
+            "the scheduler panicked: {}",
+            crate::scheduler::panic_message(&*e.into_panic())
+        ),
+        Err(e) => anyhow::anyhow!("the scheduler task failed: {e}"),
+    }
 }
 
 /// SIGHUP: load the file again; keep the old configuration if the new one is invalid.
@@ -342,10 +413,13 @@ async fn prune_loop(store: Arc<dyn Store>, retention: Duration, shutdown: Cancel
         return;
     };
     loop {
-        match store.prune(Utc::now() - retention).await {
-            Ok(n) if n > 0 => tracing::info!(runs = n, "pruned old history"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning history failed"),
+        // A retention reaching back before the earliest instant keeps everything.
+        if let Some(cutoff) = Utc::now().checked_sub_signed(retention) {
+            match store.prune(cutoff).await {
+                Ok(n) if n > 0 => tracing::info!(runs = n, "pruned old history"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning history failed"),
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -353,3 +427,7 @@ async fn prune_loop(store: Arc<dyn Store>, retention: Duration, shutdown: Cancel
         }
     }
 }
+
+#[cfg(test)]
+#[path = "daemon_tests.rs"]
+mod tests;

@@ -54,7 +54,7 @@ Neon does on a bad day; the client retries them (--no-faults turns this off)."
 )]
 pub struct DemoArgs {
     /// How long to run before stopping and printing the summary (Ctrl-C stops earlier).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Address for /metrics, /healthz and /api/v1 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9187")]
@@ -359,7 +359,7 @@ fn print_header(
             if j.dry_run { " dry run" } else { "" }
         );
     }
-    println!("  database   {}", cfg.store.url);
+    println!("  database   {}", crate::store::redact_url(&cfg.store.url));
 }
 
 /// Prints every run that finishes, until `stop`; returns the ids it printed.
@@ -579,7 +579,10 @@ async fn summary(
     let env = if plain_store_url == Some(cfg.store.url.as_str()) {
         String::new()
     } else {
-        format!("NEON_STEWARD_STORE_URL={} ", cfg.store.url)
+        format!(
+            "NEON_STEWARD_STORE_URL={} ",
+            crate::store::redact_url(&cfg.store.url)
+        )
     };
     println!("\nwhere to look next:");
     println!("  history    {env}{exe} --config {config_arg} history");

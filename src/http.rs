@@ -59,9 +59,12 @@ pub enum TriggerOutcome {
 pub enum TriggerError {
     #[error("no job named {0:?}")]
     UnknownJob(String),
-    /// The daemon is shutting down or the job is disabled: not now.
+    /// The daemon is shutting down: not now.
     #[error("{0}")]
     Unavailable(String),
+    /// The job is disabled (`enabled = false`): not until the policy enables it.
+    #[error("{0}")]
+    Disabled(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -355,6 +358,9 @@ async fn trigger(
         )
             .into_response(),
         Err(e @ TriggerError::UnknownJob(_)) => ApiError::not_found(e.to_string()).into_response(),
+        Err(e @ TriggerError::Disabled(_)) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string()).into_response()
+        }
         Err(e @ TriggerError::Unavailable(_)) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
         }

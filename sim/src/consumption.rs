@@ -11,7 +11,10 @@
 //! Parameter rules follow the document's descriptions: `from`/`to` are rounded down to the
 //! granularity; `hourly` reaches back 168 hours, `daily` 60 days, `monthly` one year, and never
 //! before 2024-03-01T00:00:00Z; a range outside those windows, or empty after rounding, is
-//! **406**. Missing or malformed parameters are 400. `project_ids` takes at most 100 ids
+//! **406**. The windows are "the last N hours/days/year", so a `to` beyond the end of the
+//! current (incomplete) timeframe is outside them too and is also **406**: there is no
+//! consumption in the future, and a far-future `to` must not make the emulator enumerate
+//! centuries of hourly timeframes. Missing or malformed parameters are 400. `project_ids` takes at most 100 ids
 //! (repeated or comma-separated).
 //!
 //! Units the document leaves open: `*_bytes_month` metrics are byte-hours / 730 (a month
@@ -30,7 +33,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::routes::AppState;
-use crate::state::{Principal, Project, State};
+use crate::state::{Principal, Project, SharedState, State};
 
 /// Branches included per project before `extra_branches_month` counts.
 pub const INCLUDED_BRANCHES: i64 = 10;
@@ -179,7 +182,13 @@ impl Granularity {
     }
 }
 
-/// Timeframe bounds `[start, end)` covering `[from, to)` after rounding both down.
+/// The most timeframes one request computes. The retention windows already bound a valid range
+/// (169 hourly, 61 daily or 13 monthly timeframes, plus the current one); this cap is defence in
+/// depth so no input can make [`timeframes`] loop for long.
+pub const MAX_TIMEFRAMES: usize = 400;
+
+/// Timeframe bounds `[start, end)` covering `[from, to)` after rounding both down, at most
+/// [`MAX_TIMEFRAMES`] of them (from the start of the range).
 pub fn timeframes(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -188,7 +197,7 @@ pub fn timeframes(
     let mut out = Vec::new();
     let mut t = g.floor(from);
     let end = g.floor(to);
-    while t < end {
+    while t < end && out.len() < MAX_TIMEFRAMES {
         let n = g.next(t);
         out.push((t, n));
         t = n;
@@ -358,6 +367,16 @@ pub fn check_range(
             "`from` {f} is outside the range of {name} granularity ({window}, from {}); \
              choose a later `from` or a coarser granularity",
             rfc3339(earliest)
+        )));
+    }
+    // Timeframes up to and including the current, incomplete one may be asked for; anything
+    // later lies outside "the last 168 hours" (or 60 days, or year) as well.
+    let latest_to = g.next(g.floor(now));
+    if g.floor(to) > latest_to {
+        return Err(not_acceptable(format!(
+            "`to` {t} is in the future, outside the range of {name} granularity (timeframes end \
+             at the latest at {}); choose an earlier `to`",
+            rfc3339(latest_to)
         )));
     }
     if g.floor(to) <= g.floor(from) {
@@ -742,38 +761,85 @@ fn plan_of(state: &State, org_id: Option<&str>) -> String {
         .unwrap_or_else(|| "scale".to_string())
 }
 
+/// Computes the `periods` of each scope (a project, a branch, the account) off the async
+/// runtime, taking the model's lock once per timeframe instead of once for the whole request.
+///
+/// Why: a wide range over many branches is real work (hour by hour, branch by branch), and the
+/// model has one lock; holding it for all of that would stall every other request (and the
+/// background ticker) meanwhile. Validation and selection happen under one short lock before.
+async fn compute_periods<K, F>(
+    shared: SharedState,
+    plan: String,
+    now: DateTime<Utc>,
+    frames: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    keys: Vec<K>,
+    scope: fn(&K) -> String,
+    timeframe: F,
+) -> Result<Vec<(K, Vec<Value>)>, ApiError>
+where
+    K: Send + 'static,
+    F: Fn(&State, &K, DateTime<Utc>, DateTime<Utc>) -> Value + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .map(|k| {
+                let ps = periods(&scope(&k), &plan, now, &frames, |s, e| {
+                    let state = shared.lock();
+                    timeframe(&state, &k, s, e)
+                });
+                (k, ps)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            format!("neon-sim failed computing consumption: {e}"),
+        )
+    })
+}
+
 async fn v2_projects(
     AxState(app): AxState<AppState>,
     who: Principal,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
-    let state = app.state.settled();
-    let now = state.now();
-    let range = q.range(now)?;
-    let org_id = q.required("org_id")?.to_string();
-    let metrics = q.metrics(PROJECT_METRICS_V2, true)?.unwrap_or_default();
-    let ids = q.ids("project_ids", false)?;
-    let limit = q.limit(10, 100)?;
-    let org = org_for(&state, &who, &org_id)?;
-    let plan = if org.plan.is_empty() {
-        "scale".to_string()
-    } else {
-        org.plan.clone()
+    let (now, range, metrics, plan, ids, next) = {
+        let state = app.state.settled();
+        let now = state.now();
+        let range = q.range(now)?;
+        let org_id = q.required("org_id")?.to_string();
+        let metrics = q.metrics(PROJECT_METRICS_V2, true)?.unwrap_or_default();
+        let ids = q.ids("project_ids", false)?;
+        let limit = q.limit(10, 100)?;
+        let org = org_for(&state, &who, &org_id)?;
+        let plan = if org.plan.is_empty() {
+            "scale".to_string()
+        } else {
+            org.plan.clone()
+        };
+        let projects = select_projects(&state, &who, Some(&org_id), &ids)?;
+        let (projects, next) = page(projects, |p| p.id.clone(), q.one("cursor"), limit)?;
+        let ids: Vec<String> = projects.iter().map(|p| p.id.clone()).collect();
+        (now, range, metrics, plan, ids, next)
     };
-    let projects = select_projects(&state, &who, Some(&org_id), &ids)?;
-    let (projects, next) = page(projects, |p| p.id.clone(), q.one("cursor"), limit)?;
     let frames = timeframes(range.from, range.to, range.granularity);
-    let items: Vec<Value> = projects
-        .iter()
-        .map(|p| {
-            json!({
-                "project_id": p.id,
-                "periods": periods(&p.id, &plan, now, &frames, |s, e| {
-                    v2_timeframe(s, e, project_v2_values(&state, &p.id, s, e, &metrics))
-                }),
-            })
-        })
+    let computed = compute_periods(
+        app.state.clone(),
+        plan,
+        now,
+        frames,
+        ids,
+        String::clone,
+        move |state, id, s, e| v2_timeframe(s, e, project_v2_values(state, id, s, e, &metrics)),
+    )
+    .await?;
+    let items: Vec<Value> = computed
+        .into_iter()
+        .map(|(id, ps)| json!({ "project_id": id, "periods": ps }))
         .collect();
     Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
 }
@@ -784,48 +850,53 @@ async fn v2_branches(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
-    let state = app.state.settled();
-    let now = state.now();
-    let range = q.range(now)?;
-    let org_id = q.required("org_id")?.to_string();
-    let metrics = q.metrics(BRANCH_METRICS_V2, true)?.unwrap_or_default();
-    let project_ids = q.ids("project_ids", true)?;
-    let branch_ids = q.ids("branch_ids", false)?;
-    let limit = q.limit(100, 1000)?;
-    let org = org_for(&state, &who, &org_id)?;
-    let plan = if org.plan.is_empty() {
-        "scale".to_string()
-    } else {
-        org.plan.clone()
-    };
-    let projects = select_projects(&state, &who, Some(&org_id), &project_ids)?;
-    let frames = timeframes(range.from, range.to, range.granularity);
-    let (from, to) = (
-        frames.first().map(|f| f.0).unwrap_or(range.from),
-        frames.last().map(|f| f.1).unwrap_or(range.to),
-    );
-    // Pages are ordered by project id, then branch id.
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for p in &projects {
-        for b in state.project_branch_ids_between(&p.id, from, to) {
-            if branch_ids.is_empty() || branch_ids.contains(&b) {
-                pairs.push((p.id.clone(), b));
+    let (now, frames, metrics, plan, pairs, next) = {
+        let state = app.state.settled();
+        let now = state.now();
+        let range = q.range(now)?;
+        let org_id = q.required("org_id")?.to_string();
+        let metrics = q.metrics(BRANCH_METRICS_V2, true)?.unwrap_or_default();
+        let project_ids = q.ids("project_ids", true)?;
+        let branch_ids = q.ids("branch_ids", false)?;
+        let limit = q.limit(100, 1000)?;
+        let org = org_for(&state, &who, &org_id)?;
+        let plan = if org.plan.is_empty() {
+            "scale".to_string()
+        } else {
+            org.plan.clone()
+        };
+        let projects = select_projects(&state, &who, Some(&org_id), &project_ids)?;
+        let frames = timeframes(range.from, range.to, range.granularity);
+        let (from, to) = (
+            frames.first().map(|f| f.0).unwrap_or(range.from),
+            frames.last().map(|f| f.1).unwrap_or(range.to),
+        );
+        // Pages are ordered by project id, then branch id.
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for p in &projects {
+            for b in state.project_branch_ids_between(&p.id, from, to) {
+                if branch_ids.is_empty() || branch_ids.contains(&b) {
+                    pairs.push((p.id.clone(), b));
+                }
             }
         }
-    }
-    pairs.sort();
-    let (pairs, next) = page(pairs, |(p, b)| format!("{p}/{b}"), q.one("cursor"), limit)?;
-    let items: Vec<Value> = pairs
-        .iter()
-        .map(|(p, b)| {
-            json!({
-                "project_id": p,
-                "branch_id": b,
-                "periods": periods(&format!("{p}/{b}"), &plan, now, &frames, |s, e| {
-                    v2_timeframe(s, e, branch_v2_values(&state, b, s, e, &metrics))
-                }),
-            })
-        })
+        pairs.sort();
+        let (pairs, next) = page(pairs, |(p, b)| format!("{p}/{b}"), q.one("cursor"), limit)?;
+        (now, frames, metrics, plan, pairs, next)
+    };
+    let computed = compute_periods(
+        app.state.clone(),
+        plan,
+        now,
+        frames,
+        pairs,
+        |(p, b): &(String, String)| format!("{p}/{b}"),
+        move |state, (_, b), s, e| v2_timeframe(s, e, branch_v2_values(state, b, s, e, &metrics)),
+    )
+    .await?;
+    let items: Vec<Value> = computed
+        .into_iter()
+        .map(|((p, b), ps)| json!({ "project_id": p, "branch_id": b, "periods": ps }))
         .collect();
     Ok(Json(with_pagination(json!({ "branches": items }), next)).into_response())
 }
@@ -875,34 +946,43 @@ async fn legacy_projects(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
-    let state = app.state.settled();
-    let now = state.now();
-    let range = q.range(now)?;
-    let org_id = q
-        .one("org_id")
-        .filter(|o| !o.is_empty())
-        .map(str::to_string);
-    if let Some(o) = &org_id {
-        org_for(&state, &who, o)?;
-    }
-    let names = legacy_metric_names(&q, LEGACY_METRICS)?;
-    let ids = q.ids("project_ids", false)?;
-    let limit = q.limit(10, 100)?;
-    let plan = plan_of(&state, org_id.as_deref());
-    let projects = select_projects(&state, &who, org_id.as_deref(), &ids)?;
-    let (projects, next) = page(projects, |p| p.id.clone(), q.one("cursor"), limit)?;
+    let (now, range, names, plan, ids, next) = {
+        let state = app.state.settled();
+        let now = state.now();
+        let range = q.range(now)?;
+        let org_id = q
+            .one("org_id")
+            .filter(|o| !o.is_empty())
+            .map(str::to_string);
+        if let Some(o) = &org_id {
+            org_for(&state, &who, o)?;
+        }
+        let names = legacy_metric_names(&q, LEGACY_METRICS)?;
+        let ids = q.ids("project_ids", false)?;
+        let limit = q.limit(10, 100)?;
+        let plan = plan_of(&state, org_id.as_deref());
+        let projects = select_projects(&state, &who, org_id.as_deref(), &ids)?;
+        let (projects, next) = page(projects, |p| p.id.clone(), q.one("cursor"), limit)?;
+        let ids: Vec<String> = projects.iter().map(|p| p.id.clone()).collect();
+        (now, range, names, plan, ids, next)
+    };
     let frames = timeframes(range.from, range.to, range.granularity);
-    let items: Vec<Value> = projects
-        .iter()
-        .map(|p| {
-            let one = [p.id.clone()];
-            json!({
-                "project_id": p.id,
-                "periods": periods(&p.id, &plan, now, &frames, |s, e| {
-                    legacy_timeframe(s, e, &legacy_values(&state, &one, s, e), &names)
-                }),
-            })
-        })
+    let computed = compute_periods(
+        app.state.clone(),
+        plan,
+        now,
+        frames,
+        ids,
+        String::clone,
+        move |state, id, s, e| {
+            let one = [id.clone()];
+            legacy_timeframe(s, e, &legacy_values(state, &one, s, e), &names)
+        },
+    )
+    .await?;
+    let items: Vec<Value> = computed
+        .into_iter()
+        .map(|(id, ps)| json!({ "project_id": id, "periods": ps }))
         .collect();
     Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
 }
@@ -913,33 +993,42 @@ async fn legacy_account(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let q = Params::from_uri(&uri)?;
-    let state = app.state.settled();
-    let now = state.now();
-    let range = q.range(now)?;
-    let org_id = q
-        .one("org_id")
-        .filter(|o| !o.is_empty())
-        .map(str::to_string);
-    if let Some(o) = &org_id {
-        org_for(&state, &who, o)?;
-    }
-    // `logical_size_*` are per-project metrics; the account endpoint does not offer them.
-    let names = legacy_metric_names(&q, &LEGACY_METRICS[..5])?;
-    let plan = plan_of(&state, org_id.as_deref());
-    let ids: Vec<String> = select_projects(&state, &who, org_id.as_deref(), &[])?
-        .iter()
-        .map(|p| p.id.clone())
-        .collect();
+    let (now, range, names, plan, ids, scope) = {
+        let state = app.state.settled();
+        let now = state.now();
+        let range = q.range(now)?;
+        let org_id = q
+            .one("org_id")
+            .filter(|o| !o.is_empty())
+            .map(str::to_string);
+        if let Some(o) = &org_id {
+            org_for(&state, &who, o)?;
+        }
+        // `logical_size_*` are per-project metrics; the account endpoint does not offer them.
+        let names = legacy_metric_names(&q, &LEGACY_METRICS[..5])?;
+        let plan = plan_of(&state, org_id.as_deref());
+        let ids: Vec<String> = select_projects(&state, &who, org_id.as_deref(), &[])?
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        let scope = org_id.unwrap_or_else(|| format!("user:{}", who.user_id));
+        (now, range, names, plan, ids, scope)
+    };
     let frames = timeframes(range.from, range.to, range.granularity);
-    let scope = org_id
-        .clone()
-        .unwrap_or_else(|| format!("user:{}", who.user_id));
-    let body = json!({
-        "periods": periods(&scope, &plan, now, &frames, |s, e| {
-            legacy_timeframe(s, e, &legacy_values(&state, &ids, s, e), &names)
-        }),
-    });
-    Ok(Json(body).into_response())
+    let computed = compute_periods(
+        app.state.clone(),
+        plan,
+        now,
+        frames,
+        vec![(scope, ids)],
+        |(scope, _): &(String, Vec<String>)| scope.clone(),
+        move |state, (_, ids), s, e| {
+            legacy_timeframe(s, e, &legacy_values(state, ids, s, e), &names)
+        },
+    )
+    .await?;
+    let periods: Vec<Value> = computed.into_iter().flat_map(|(_, ps)| ps).collect();
+    Ok(Json(json!({ "periods": periods })).into_response())
 }
 
 #[cfg(test)]
@@ -1053,6 +1142,40 @@ mod tests {
             t("2024-06-01T00:00:00Z"),
         );
         assert!(old.unwrap_err().message.contains("2024-03-01"));
+    }
+
+    #[test]
+    fn future_to_is_406_and_timeframes_are_capped() {
+        let now = t("2025-06-10T12:34:00Z");
+        let from = t("2025-06-10T10:00:00Z");
+        for g in [
+            Granularity::Hourly,
+            Granularity::Daily,
+            Granularity::Monthly,
+        ] {
+            let e = check_range(from, t("2400-01-01T00:00:00Z"), g, now).unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_ACCEPTABLE, "{g:?}");
+            assert!(e.message.contains("future"), "{}", e.message);
+        }
+        // Up to the end of the current timeframe is fine; one more is not.
+        assert!(check_range(from, t("2025-06-10T13:00:00Z"), Granularity::Hourly, now).is_ok());
+        assert!(check_range(from, t("2025-06-10T13:59:59Z"), Granularity::Hourly, now).is_ok());
+        assert!(check_range(from, t("2025-06-10T14:00:00Z"), Granularity::Hourly, now).is_err());
+        assert!(check_range(
+            t("2025-06-01T00:00:00Z"),
+            t("2025-06-11T00:00:00Z"),
+            Granularity::Daily,
+            now
+        )
+        .is_ok());
+        // Whatever the input, the enumeration stops at the cap.
+        let f = timeframes(
+            history_start(),
+            t("2400-01-01T00:00:00Z"),
+            Granularity::Hourly,
+        );
+        assert_eq!(f.len(), MAX_TIMEFRAMES);
+        assert_eq!(f[0].0, history_start());
     }
 
     #[test]

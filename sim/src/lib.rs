@@ -32,7 +32,8 @@
 //! - `GET /_sim/clock` → `{"now": "...", "virtual": bool}`
 //! - `POST /_sim/clock/advance` with `{"seconds": N}` → the new `now`
 //! - `POST /_sim/clock/set` with `{"now": "RFC 3339"}` → the new `now`
-//! - `GET /_sim/mutations`, `DELETE /_sim/mutations` → the mutation log / clear it
+//! - `GET /_sim/mutations`, `DELETE /_sim/mutations` → the mutation log (the newest
+//!   `--mutation-log-limit` entries, default 10,000, with a `dropped` count) / clear it
 //!
 //! ## Hook points (for the `sim-conf` work)
 //! - [`router`] builds the whole app from an [`AppState`]. Middleware layers for fault injection

@@ -58,6 +58,10 @@ struct ServeArgs {
     /// Add a Retry-After header to 429 answers (Neon documents none).
     #[arg(long)]
     retry_after: bool,
+    /// Newest mutating requests kept in the log at GET /_sim/mutations; older ones are
+    /// dropped (and counted in its `dropped` field) so a long-running server stays bounded.
+    #[arg(long, default_value_t = neon_sim::mutations::DEFAULT_MUTATION_LOG_LIMIT)]
+    mutation_log_limit: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -104,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         ..neon_sim::ratelimit::RateLimitConfig::scaled(args.rate_limit_scale)
     };
     config.fixture = args.fixture;
+    config.mutation_log_limit = args.mutation_log_limit;
     if !args.virtual_clock {
         config = config.real_clock();
     }

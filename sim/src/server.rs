@@ -49,6 +49,8 @@ pub struct SimConfig {
     pub rate_limit: crate::ratelimit::RateLimitConfig,
     /// Add [`crate::seed::add_lifecycle_cases`] to the generated projects (off by default).
     pub lifecycle_cases: bool,
+    /// Newest mutating requests the mutation log keeps (older ones are dropped and counted).
+    pub mutation_log_limit: usize,
 }
 
 impl Default for SimConfig {
@@ -70,6 +72,7 @@ impl Default for SimConfig {
             tick_interval: Duration::from_secs(1),
             rate_limit: crate::ratelimit::RateLimitConfig::default(),
             lifecycle_cases: false,
+            mutation_log_limit: crate::mutations::DEFAULT_MUTATION_LOG_LIMIT,
         }
     }
 }
@@ -114,6 +117,11 @@ impl SimConfig {
     /// Seed the cleanup cases of [`crate::seed::add_lifecycle_cases`] into every project.
     pub fn lifecycle_cases(mut self, on: bool) -> Self {
         self.lifecycle_cases = on;
+        self
+    }
+    /// How many mutating requests the mutation log keeps (the newest; see [`crate::mutations`]).
+    pub fn mutation_log_limit(mut self, n: usize) -> Self {
+        self.mutation_log_limit = n;
         self
     }
     pub fn rate_limit(mut self, config: crate::ratelimit::RateLimitConfig) -> Self {
@@ -246,6 +254,11 @@ impl Sim {
 
     pub fn mutations(&self) -> Vec<Mutation> {
         self.app.mutations.snapshot()
+    }
+
+    /// Mutations evicted from the log (it keeps the newest `mutation_log_limit`).
+    pub fn mutations_dropped(&self) -> u64 {
+        self.app.mutations.dropped()
     }
 
     pub fn clear_mutations(&self) {

@@ -41,6 +41,12 @@ pub const DEFAULT_BASE_URL: &str = "https://console.neon.tech/api/v2";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
 /// File name of the API key inside systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
 pub const CREDENTIAL_NAME: &str = "neon-api-key";
+/// Longest `jitter`: a random delay of more than a day is a mistake, not a spread.
+pub const MAX_JITTER: Duration = Duration::from_secs(86_400);
+/// Longest run `timeout`: a run that may go on for more than a week has no timeout.
+pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+/// Longest API request `timeout`.
+pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The whole validated policy.
 #[derive(Debug, Clone)]
@@ -88,12 +94,22 @@ impl ApiConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
-    /// `sqlite://path` (or later `postgres://...`).
+    /// `sqlite://path` or `postgres://...`. It may carry a PostgreSQL password: show it only
+    /// through [`crate::store::redact_url`] (as `Debug` does).
     pub url: String,
     /// Finished runs older than this are pruned.
     pub history_retention: Duration,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::store::redact_url(&self.url))
+            .field("history_retention", &self.history_retention)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +333,67 @@ pub struct EndpointSelector {
     pub endpoint_type: Option<EndpointType>,
     /// Branch name globs the endpoint must be attached to.
     pub branches: GlobList,
+    /// Endpoint ids never acted on.
+    pub exclude_ids: Vec<String>,
+    /// Endpoints of branches matching these globs are never acted on.
+    pub exclude_branches: GlobList,
+}
+
+/// A temporary exclusion of a `suspend_computes` job (`[[jobs.exclusions]]`): what it covers
+/// is left alone before `until`.
+#[derive(Debug, Clone)]
+pub struct Exclusion {
+    pub target: ExclusionTarget,
+    pub until: DateTime<Utc>,
+    /// The operator's note, recorded in the ledger's reason.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExclusionTarget {
+    Endpoint(String),
+    /// Endpoints attached to branches whose name matches this glob (one pattern).
+    Branch(GlobList),
+    Project(String),
+}
+
+impl Exclusion {
+    /// Whether it covers this endpoint at `now`.
+    pub fn covers(
+        &self,
+        now: DateTime<Utc>,
+        project_id: &str,
+        endpoint_id: &str,
+        branch_name: &str,
+    ) -> bool {
+        now < self.until
+            && match &self.target {
+                ExclusionTarget::Endpoint(e) => e == endpoint_id,
+                ExclusionTarget::Branch(g) => g.is_match(branch_name),
+                ExclusionTarget::Project(p) => p == project_id,
+            }
+    }
+
+    /// How it reads in a ledger reason: `exclusion of endpoint ep-1 until 2026-12-31T00:00:00+00:00 (launch)`.
+    pub fn describe(&self) -> String {
+        let what = match &self.target {
+            ExclusionTarget::Endpoint(e) => format!("endpoint {e}"),
+            ExclusionTarget::Branch(g) => format!(
+                "branches {:?}",
+                g.patterns.first().map(String::as_str).unwrap_or_default()
+            ),
+            ExclusionTarget::Project(p) => format!("project {p}"),
+        };
+        let note = self
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        format!(
+            "exclusion of {what} until {}{note}",
+            self.until.to_rfc3339()
+        )
+    }
 }
 
 /// Compiled shell-style globs (`preview/*`, `pr-*`), keeping the patterns for display.
@@ -600,6 +677,8 @@ pub struct SuspendSpec {
     pub window_timezone: Tz,
     /// The job suspends nothing before this instant.
     pub exclude_until: Option<DateTime<Utc>>,
+    /// Per-resource exclusions, each until its own instant (`[[jobs.exclusions]]`).
+    pub exclusions: Vec<Exclusion>,
     /// Start endpoints again (that this job suspended) when their window ends.
     pub resume: bool,
 }
@@ -765,17 +844,16 @@ impl Validator<'_> {
             ));
         }
         let base_url = match self.env("NEON_STEWARD_BASE_URL") {
-            Some(u) => u,
+            Some(u) => {
+                check_base_url(&u).map_err(|e| {
+                    ConfigError::whole_file(self.path, format!("NEON_STEWARD_BASE_URL: {e}"))
+                })?;
+                u
+            }
             None => match &raw.base_url {
                 Some(u) => {
-                    let s = u.get_ref();
-                    if !(s.starts_with("https://") || s.starts_with("http://")) {
-                        return Err(self.err(
-                            u.span(),
-                            format!("invalid base_url `{s}`: expected an http(s) URL"),
-                        ));
-                    }
-                    s.clone()
+                    check_base_url(u.get_ref()).map_err(|e| self.err(u.span(), e))?;
+                    u.get_ref().clone()
                 }
                 None => DEFAULT_BASE_URL.to_string(),
             },
@@ -814,7 +892,10 @@ impl Validator<'_> {
         Ok(ApiConfig {
             base_url,
             api_key,
-            timeout: raw.timeout.map_or(Duration::from_secs(30), |d| d.0),
+            timeout: match &raw.timeout {
+                Some(t) => self.at_most(t, MAX_API_TIMEOUT, "1h", "`timeout` of an API request")?,
+                None => Duration::from_secs(30),
+            },
             rate_limit_per_minute: positive(
                 &raw.rate_limit_per_minute,
                 700,
@@ -869,6 +950,27 @@ impl Validator<'_> {
             listen,
             admin_token,
         })
+    }
+
+    /// A duration with a bound tighter than [`raw::MAX_DURATION`], refused at its position.
+    fn at_most(
+        &self,
+        d: &Spanned<raw::Dur>,
+        max: Duration,
+        max_text: &str,
+        what: &str,
+    ) -> Result<Duration, ConfigError> {
+        let v = d.get_ref().0;
+        if v > max {
+            return Err(self.err(
+                d.span(),
+                format!(
+                    "{what} is too long ({}): at most {max_text}",
+                    humantime::format_duration(v)
+                ),
+            ));
+        }
+        Ok(v)
     }
 
     fn percent(&self, p: &Spanned<f64>) -> Result<f64, ConfigError> {
@@ -934,17 +1036,37 @@ impl Validator<'_> {
         };
         let spec = self.spec(&j, kind, timezone)?;
 
+        let jitter = match j.jitter.as_ref().or(d.jitter.as_ref()) {
+            Some(s) => {
+                let v = self.at_most(s, MAX_JITTER, "24h", "`jitter`")?;
+                if let Schedule::Every(every) = &schedule {
+                    if v > *every {
+                        return Err(self.err(
+                            s.span(),
+                            format!(
+                                "`jitter` ({}) must not exceed the job's `every` interval ({})",
+                                humantime::format_duration(v),
+                                humantime::format_duration(*every)
+                            ),
+                        ));
+                    }
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let timeout = match j.timeout.as_ref().or(d.timeout.as_ref()) {
+            Some(s) => Some(self.at_most(s, MAX_RUN_TIMEOUT, "7d", "`timeout`")?),
+            None => None,
+        };
+
         Ok(JobConfig {
             name,
             kind,
             schedule,
             timezone,
-            jitter: j.jitter.or(d.jitter).map(|x| x.0).filter(|x| !x.is_zero()),
-            timeout: j
-                .timeout
-                .or(d.timeout)
-                .map(|x| x.0)
-                .filter(|x| !x.is_zero()),
+            jitter: jitter.filter(|x| !x.is_zero()),
+            timeout: timeout.filter(|x| !x.is_zero()),
             concurrency: j.concurrency.or(d.concurrency).unwrap_or_default(),
             missed,
             starting_deadline: j.starting_deadline.or(d.starting_deadline).map(|x| x.0),
@@ -1003,17 +1125,23 @@ impl Validator<'_> {
             s.endpoints = EndpointSelector {
                 endpoint_type: e.endpoint_type,
                 branches: self.globs(&e.branches)?,
+                exclude_ids: e.exclude_ids.clone(),
+                exclude_branches: self.globs(&e.exclude_branches)?,
             };
         }
         Ok(s)
     }
 
     fn wrong_kind(&self, option: &str, span: Range<usize>, kind: JobKind) -> ConfigError {
-        let valid = match option.trim_start_matches("[jobs.").trim_end_matches(']') {
+        let valid = match option
+            .trim_start_matches('[')
+            .trim_start_matches("jobs.")
+            .trim_end_matches(']')
+        {
             "name_template" | "expires_in" | "retention" => "snapshot_branches",
             "ttl" | "idle_ttl" | "mode" => "expire_branches",
             "idle_for" | "windows" | "window_timezone" | "exclude_until" | "resume"
-            | "endpoints" => "suspend_computes",
+            | "endpoints" | "exclusions" => "suspend_computes",
             _ => "collect_consumption",
         };
         self.err(
@@ -1029,7 +1157,7 @@ impl Validator<'_> {
         fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
             o.as_ref().map(|s| s.span())
         }
-        let options: [(&str, JobKind, Option<Range<usize>>); 18] = [
+        let options: [(&str, JobKind, Option<Range<usize>>); 19] = [
             (
                 "name_template",
                 JobKind::SnapshotBranches,
@@ -1057,6 +1185,11 @@ impl Validator<'_> {
                 span(&j.exclude_until),
             ),
             ("resume", JobKind::SuspendComputes, span(&j.resume)),
+            (
+                "[[jobs.exclusions]]",
+                JobKind::SuspendComputes,
+                span(&j.exclusions),
+            ),
             (
                 "granularity",
                 JobKind::CollectConsumption,
@@ -1150,11 +1283,16 @@ impl Validator<'_> {
                     ),
                     None => None,
                 };
+                let mut exclusions = Vec::new();
+                for x in j.exclusions.iter().flat_map(|xs| xs.get_ref().iter()) {
+                    exclusions.push(self.exclusion(x, window_timezone)?);
+                }
                 JobSpec::SuspendComputes(SuspendSpec {
                     idle_for,
                     windows,
                     window_timezone,
                     exclude_until,
+                    exclusions,
                     resume: j.resume.as_ref().is_some_and(|r| *r.get_ref()),
                 })
             }
@@ -1209,6 +1347,63 @@ impl Validator<'_> {
                 })
             }
         })
+    }
+}
+
+impl Validator<'_> {
+    /// One `[[jobs.exclusions]]` entry: exactly one target, a valid glob, a valid `until`.
+    fn exclusion(&self, x: &Spanned<raw::RawExclusion>, tz: Tz) -> Result<Exclusion, ConfigError> {
+        let r = x.get_ref();
+        let target = match (&r.endpoint, &r.branch, &r.project) {
+            (Some(e), None, None) if !e.trim().is_empty() => ExclusionTarget::Endpoint(e.clone()),
+            (None, Some(b), None) => ExclusionTarget::Branch(self.globs(std::slice::from_ref(b))?),
+            (None, None, Some(p)) if !p.trim().is_empty() => ExclusionTarget::Project(p.clone()),
+            _ => {
+                return Err(self.err(
+                    x.span(),
+                    "an exclusion names exactly one of `endpoint` (an endpoint id), `branch` (a glob over branch names) or `project` (a project id), e.g. { endpoint = \"ep-...\", until = \"2026-12-31\" }",
+                ))
+            }
+        };
+        let until =
+            parse_instant(r.until.get_ref(), tz).map_err(|e| self.err(r.until.span(), e))?;
+        Ok(Exclusion {
+            target,
+            until,
+            note: r.note.clone(),
+        })
+    }
+}
+
+/// The API base URL must be `https://`, except `http://` to a loopback host (neon-sim, a
+/// local proxy): the API key travels in every request's header, and plain HTTP to any other
+/// host would send it in clear text.
+fn check_base_url(s: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(s)
+        .map_err(|e| format!("invalid base_url `{s}` ({e}); expected an https URL"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            // `host_str` is normalised by the parser (`127.1` -> `127.0.0.1`, IPv6 in
+            // brackets), so this does not have to know IP literal spellings.
+            let loopback = url.host_str().is_some_and(|h| {
+                h.eq_ignore_ascii_case("localhost")
+                    || h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "base_url `{s}` uses plain http to a host that is not loopback, which would send the API key in clear text; use https (http is allowed only for localhost, 127.0.0.0/8 and ::1)"
+                ))
+            }
+        }
+        other => Err(format!(
+            "invalid base_url `{s}`: scheme `{other}`; expected an https URL"
+        )),
     }
 }
 

@@ -29,17 +29,31 @@ use super::{
 use crate::scheduler::schedule::CronSchedule;
 
 /// A duration written the `humantime` way: `90s`, `15m`, `12h`, `7d`, `1h 30m`.
+///
+/// At most [`MAX_DURATION`]: every duration of the policy ends up added to an instant
+/// somewhere (a tick plus jitter, now minus a deadline, a creation time plus a ttl), and
+/// an absurd value such as `1000000000d` would overflow that arithmetic. Refusing it here
+/// gives the operator a positioned error instead of a daemon that dies later.
 #[derive(Debug, Clone, Copy)]
 pub struct Dur(pub Duration);
+
+/// The longest duration the policy file accepts anywhere (10 years).
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+        let v = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration `{s}` ({e}); expected a number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\""
             ))
-        })
+        })?;
+        if v > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration `{s}` is too long: at most 3650d (10 years)"
+            )));
+        }
+        Ok(Dur(v))
     }
 }
 
@@ -101,8 +115,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Api")]
 pub struct RawApi {
-    /// Base URL of the Neon API (http or https). The environment variable
-    /// NEON_STEWARD_BASE_URL overrides it, e.g. to point at neon-sim.
+    /// Base URL of the Neon API: https, or plain http only to a loopback host (localhost,
+    /// 127.0.0.0/8, ::1), since the API key goes with every request. The environment
+    /// variable NEON_STEWARD_BASE_URL overrides it, e.g. to point at neon-sim.
     #[schemars(with = "Option<String>", regex(pattern = r"^https?://"))]
     #[schemars(extend("default" = "https://console.neon.tech/api/v2"))]
     pub base_url: Option<Spanned<String>>,
@@ -114,9 +129,9 @@ pub struct RawApi {
     // Accepted by the parser only so it can be rejected with a helpful message.
     #[schemars(with = "Option<Forbidden>")]
     pub api_key: Option<Spanned<IgnoredAny>>,
-    /// Timeout of each API request.
-    #[schemars(extend("default" = "30s"))]
-    pub timeout: Option<Dur>,
+    /// Timeout of each API request (at most 1h).
+    #[schemars(with = "Option<Dur>", extend("default" = "30s"))]
+    pub timeout: Option<Spanned<Dur>>,
     /// Client-side rate limit, in requests per minute (Neon allows 700 per account).
     #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 700))]
     pub rate_limit_per_minute: Option<Spanned<u32>>,
@@ -171,12 +186,14 @@ pub struct RawDefaults {
     /// IANA time zone cron schedules are evaluated in (daylight saving is followed).
     #[schemars(extend("default" = "UTC"))]
     pub timezone: Option<TzStr>,
-    /// Upper bound of a random delay added to each tick. `0s`: none.
-    #[schemars(extend("default" = "0s"))]
-    pub jitter: Option<Dur>,
-    /// Cancel a run still going after this long (it is recorded failed). Absent or `0s`:
-    /// no timeout.
-    pub timeout: Option<Dur>,
+    /// Upper bound of a random delay added to each tick (at most 24h, and at most the
+    /// interval of an `every` job). `0s`: none.
+    #[schemars(with = "Option<Dur>", extend("default" = "0s"))]
+    pub jitter: Option<Spanned<Dur>>,
+    /// Cancel a run still going after this long (at most 7d; it is recorded failed).
+    /// Absent or `0s`: no timeout.
+    #[schemars(with = "Option<Dur>")]
+    pub timeout: Option<Spanned<Dur>>,
     /// What to do when a tick comes while the previous run of the same job still runs.
     #[schemars(extend("default" = "forbid"))]
     pub concurrency: Option<ConcurrencyPolicy>,
@@ -219,11 +236,14 @@ pub struct RawJob {
     /// IANA time zone `schedule` is evaluated in and snapshot names are rendered in.
     /// Overrides `[defaults].timezone` (default UTC).
     pub timezone: Option<TzStr>,
-    /// Upper bound of a random delay added to each tick. Overrides `[defaults].jitter`.
-    pub jitter: Option<Dur>,
-    /// Cancel a run still going after this long (`0s`: never). Overrides
+    /// Upper bound of a random delay added to each tick (at most 24h, and at most the
+    /// interval of an `every` job). Overrides `[defaults].jitter`.
+    #[schemars(with = "Option<Dur>")]
+    pub jitter: Option<Spanned<Dur>>,
+    /// Cancel a run still going after this long (at most 7d; `0s`: never). Overrides
     /// `[defaults].timeout`.
-    pub timeout: Option<Dur>,
+    #[schemars(with = "Option<Dur>")]
+    pub timeout: Option<Spanned<Dur>>,
     /// What to do when a tick comes while the previous run still runs. Overrides
     /// `[defaults].concurrency`.
     pub concurrency: Option<ConcurrencyPolicy>,
@@ -314,6 +334,10 @@ pub struct RawJob {
         regex(pattern = r"^\d{4}-\d{2}-\d{2}([Tt].+)?$")
     )]
     pub exclude_until: Option<Spanned<String>>,
+    /// `suspend_computes` only: temporary exclusions (`[[jobs.exclusions]]`), each naming one
+    /// endpoint, branch glob or project and the date `until` which it is left alone.
+    #[schemars(with = "Option<Vec<RawExclusion>>")]
+    pub exclusions: Option<Spanned<Vec<Spanned<RawExclusion>>>>,
     /// `suspend_computes` only: start the endpoints this job suspended again when their
     /// window ends.
     #[schemars(with = "Option<bool>", extend("default" = false))]
@@ -406,6 +430,43 @@ pub struct RawEndpoints {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub branches: Vec<Spanned<String>>,
+    /// Never these endpoint ids (`ep-...`). An excluded endpoint the job would have
+    /// suspended is recorded as skipped, with the exclusion as the reason.
+    #[serde(default)]
+    pub exclude_ids: Vec<String>,
+    /// Never endpoints attached to a branch whose name matches one of these globs.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub exclude_branches: Vec<Spanned<String>>,
+}
+
+/// One `[[jobs.exclusions]]` entry (`suspend_computes` only): leave one endpoint, the
+/// endpoints of matching branches, or a whole project alone until a date, e.g.
+/// `{ endpoint = "ep-cool-darkness-123456", until = "2026-12-31" }`. Name exactly one of
+/// `endpoint`, `branch` and `project`. For a permanent exclusion use
+/// `[jobs.endpoints].exclude_ids` / `exclude_branches` or `[jobs.projects].exclude_ids`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Exclusion")]
+#[schemars(extend("oneOf" = [
+    { "required": ["endpoint"] },
+    { "required": ["branch"] },
+    { "required": ["project"] },
+]))]
+pub struct RawExclusion {
+    /// An endpoint id (`ep-...`).
+    pub endpoint: Option<String>,
+    /// A glob over branch names (`release/*`): endpoints attached to matching branches.
+    #[schemars(with = "Option<String>")]
+    pub branch: Option<Spanned<String>>,
+    /// A project id: every endpoint of the project.
+    pub project: Option<String>,
+    /// The exclusion holds before this instant: `YYYY-MM-DD` (midnight in `window_timezone`)
+    /// or an RFC 3339 time such as `2026-12-31T00:00:00Z`.
+    #[schemars(with = "String", regex(pattern = r"^\d{4}-\d{2}-\d{2}([Tt].+)?$"))]
+    pub until: Spanned<String>,
+    /// Why, for the audit ledger (e.g. "load test until the launch").
+    pub note: Option<String>,
 }
 
 /// `[jobs.retention]` (`snapshot_branches` only): which of the snapshots the job created to

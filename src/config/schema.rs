@@ -52,6 +52,7 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 4] = [
             "exclude_until",
             "resume",
             "endpoints",
+            "exclusions",
         ],
     ),
     (

@@ -161,6 +161,11 @@ fn name_template_renders() {
     assert!(NameTemplate::parse("{branch}-{hour}")
         .unwrap_err()
         .contains("unknown placeholder `{hour}`"));
+    // Without {job}, two snapshot jobs would treat each other's snapshots as their own.
+    let e = NameTemplate::parse("{branch}-snap-{date}-{time}").unwrap_err();
+    assert!(e.contains("lacks {job}"), "{e}");
+    let e = NameTemplate::parse("{job}-{branch}-{date}").unwrap_err();
+    assert!(e.contains("lacks {time}"), "{e}");
 }
 
 #[test]
@@ -202,6 +207,13 @@ fn error_bad_duration() {
     insta::assert_snapshot!(err(
         "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7x\"\n"
     ));
+}
+
+#[test]
+fn durations_are_bounded() {
+    let e = err("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\njitter = \"1000000000d\"\n");
+    assert!(e.contains(":6:10:"), "{e}");
+    assert!(e.contains("too long: at most 3650d (10 years)"), "{e}");
 }
 
 #[test]
@@ -390,5 +402,218 @@ fn collision_search_is_exact_on_small_cases() {
     assert!(
         ex.starts_with("y-") && ex.contains("-x-0000-00-00-000000"),
         "{ex}"
+    );
+}
+
+/// Durations are bounded where they are written: an absurd value would otherwise overflow
+/// the scheduler's time arithmetic long after the file was accepted.
+#[test]
+fn error_durations_out_of_bounds() {
+    let job = |extra: &str| {
+        format!("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\n{extra}")
+    };
+    assert_eq!(
+        err(&job("jitter = \"1000000000d\"\n")),
+        "policy.toml:6:10: duration `1000000000d` is too long: at most 3650d (10 years)"
+    );
+    assert_eq!(
+        err(
+            "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"3651d\"\n"
+        ),
+        "policy.toml:5:7: duration `3651d` is too long: at most 3650d (10 years)"
+    );
+    assert_eq!(
+        err(&job("jitter = \"2h\"\n")),
+        "policy.toml:6:10: `jitter` (2h) must not exceed the job's `every` interval (1h)"
+    );
+    assert_eq!(
+        err(&format!("[defaults]\njitter = \"25h\"\n{JOB}")),
+        "policy.toml:2:10: `jitter` is too long (1day 1h): at most 24h"
+    );
+    assert_eq!(
+        err(&job("timeout = \"8d\"\n")),
+        "policy.toml:6:11: `timeout` is too long (8days): at most 7d"
+    );
+    assert_eq!(
+        err(&format!("[api]\ntimeout = \"2h\"\n{JOB}")),
+        "policy.toml:2:11: `timeout` of an API request is too long (2h): at most 1h"
+    );
+    // The bounds themselves are accepted.
+    let c = parse(&job(
+        "jitter = \"1h\"\ntimeout = \"7d\"\nstarting_deadline = \"3650d\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.jobs[0].jitter, Some(Duration::from_secs(3600)));
+    assert_eq!(c.jobs[0].timeout, Some(Duration::from_secs(7 * 86_400)));
+}
+
+const SUSPEND: &str = "[[jobs]]\nname = \"s\"\nkind = \"suspend_computes\"\nevery = \"5m\"\nidle_for = \"30m\"\nwindow_timezone = \"Europe/Berlin\"\n";
+
+#[test]
+fn endpoint_exclusions_and_timed_exclusions() {
+    let text = format!(
+        "{SUSPEND}[jobs.endpoints]\nexclude_ids = [\"ep-keep\"]\nexclude_branches = [\"release/*\"]\n\n\
+         [[jobs.exclusions]]\nendpoint = \"ep-demo\"\nuntil = \"2026-12-31\"\nnote = \"sales demo\"\n\n\
+         [[jobs.exclusions]]\nbranch = \"perf-*\"\nuntil = \"2026-06-01T12:00:00Z\"\n\n\
+         [[jobs.exclusions]]\nproject = \"p-launch\"\nuntil = \"2026-07-01\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let j = &c.jobs[0];
+    assert_eq!(j.selectors.endpoints.exclude_ids, vec!["ep-keep"]);
+    assert!(j
+        .selectors
+        .endpoints
+        .exclude_branches
+        .is_match("release/1.2"));
+    let JobSpec::SuspendComputes(s) = &j.spec else {
+        panic!("wrong spec {:?}", j.spec)
+    };
+    assert_eq!(s.exclusions.len(), 3);
+    // A date is midnight in window_timezone (CET in December).
+    let berlin_midnight = Utc.with_ymd_and_hms(2026, 12, 30, 23, 0, 0).unwrap();
+    assert_eq!(s.exclusions[0].until, berlin_midnight);
+    let before = berlin_midnight - chrono::Duration::seconds(1);
+    assert!(s.exclusions[0].covers(before, "p", "ep-demo", "main"));
+    assert!(!s.exclusions[0].covers(berlin_midnight, "p", "ep-demo", "main"));
+    assert!(!s.exclusions[0].covers(before, "p", "ep-other", "main"));
+    assert!(s.exclusions[0].describe().contains("endpoint ep-demo"));
+    assert!(s.exclusions[0].describe().ends_with("(sales demo)"));
+    let t = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    assert!(s.exclusions[1].covers(t, "p", "ep-x", "perf-load"));
+    assert!(!s.exclusions[1].covers(t, "p", "ep-x", "main"));
+    assert!(s.exclusions[2].covers(t, "p-launch", "ep-x", "main"));
+    assert!(!s.exclusions[2].covers(t, "p-other", "ep-x", "main"));
+}
+
+#[test]
+fn exclusion_errors_are_positioned() {
+    // No target, two targets, an empty id.
+    for body in [
+        "until = \"2026-12-31\"\n",
+        "endpoint = \"ep-1\"\nproject = \"p-1\"\nuntil = \"2026-12-31\"\n",
+        "endpoint = \"\"\nuntil = \"2026-12-31\"\n",
+    ] {
+        let text = format!("{SUSPEND}[[jobs.exclusions]]\n{body}");
+        let e = err(&text);
+        assert!(e.contains("exactly one of `endpoint`"), "{e}");
+        assert!(
+            e.starts_with("policy.toml:7:1:"),
+            "points at the entry: {e}"
+        );
+    }
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nendpoint = \"ep-1\"\nuntil = \"next week\"\n"
+    ));
+    assert!(
+        e.starts_with("policy.toml:9:9:") && e.contains("invalid date"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nendpoint = \"ep-1\"\n"
+    ));
+    assert!(e.contains("until"), "until is required: {e}");
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nbranch = \"perf-[\"\nuntil = \"2026-12-31\"\n"
+    ));
+    assert!(
+        e.starts_with("policy.toml:8:10:") && e.contains("invalid glob"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{SUSPEND}[jobs.endpoints]\nexclude_branches = [\"a\", \"b[\"]\n"
+    ));
+    assert!(
+        e.starts_with("policy.toml:8:") && e.contains("invalid glob"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{SUSPEND}[[jobs.exclusions]]\nendpoint = \"ep-1\"\nuntil = \"2026-12-31\"\nwhy = \"x\"\n"
+    ));
+    assert!(e.contains("unknown field `why`"), "{e}");
+    let e = err(&format!(
+        "{JOB}[[jobs.exclusions]]\nendpoint = \"ep-1\"\nuntil = \"2026-12-31\"\n"
+    ));
+    assert!(
+        e.contains("`[[jobs.exclusions]]` is not valid for kind `snapshot_branches`")
+            && e.contains("suspend_computes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn plain_http_base_url_only_to_loopback() {
+    let with = |url: &str| format!("[api]\nbase_url = \"{url}\"\n{JOB}");
+    for ok in [
+        "https://console.neon.tech/api/v2",
+        "http://127.0.0.1:8080/api/v2",
+        "http://127.3.4.5/api/v2",
+        "http://localhost:1234/api/v2",
+        "http://LOCALHOST/api/v2",
+        "http://[::1]:9000/api/v2",
+    ] {
+        let c = parse(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(c.api.base_url, ok);
+    }
+    for bad in [
+        "http://console.neon.tech/api/v2",
+        "http://10.0.0.5/api/v2",
+        "http://localhost.example.com/api/v2",
+        "http://[::2]/api/v2",
+        "http://128.0.0.1/api/v2",
+    ] {
+        let e = err(&with(bad));
+        assert!(
+            e.starts_with("policy.toml:2:12:") && e.contains("clear text"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&with("ftp://example.com/"));
+    assert!(e.contains("scheme `ftp`"), "{e}");
+    let e = err(&with("https://"));
+    assert!(e.contains("invalid base_url"), "{e}");
+
+    // The environment override gets the same check, and names itself.
+    let env_url =
+        |url: &'static str| move |k: &str| (k == "NEON_STEWARD_BASE_URL").then(|| url.to_string());
+    let e = parse_with_env(
+        Path::new("policy.toml"),
+        JOB,
+        &env_url("http://neon.internal/api/v2"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("NEON_STEWARD_BASE_URL") && e.contains("clear text"),
+        "{e}"
+    );
+    let c = parse_with_env(
+        Path::new("policy.toml"),
+        JOB,
+        &env_url("http://127.0.0.1:9/api/v2"),
+    )
+    .unwrap();
+    assert_eq!(c.api.base_url, "http://127.0.0.1:9/api/v2");
+}
+
+#[test]
+fn store_url_password_never_in_debug() {
+    let text = format!(
+        "[store]\nurl = \"postgres://steward:hunter2@db.internal:5432/steward?sslmode=require&password=hunter3\"\n{JOB}"
+    );
+    let c = parse(&text).unwrap();
+    assert!(
+        c.store.url.contains("hunter2"),
+        "the real URL is kept for connecting"
+    );
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("hunter2") && !dbg.contains("hunter3"),
+        "{dbg}"
+    );
+    assert!(
+        dbg.contains(
+            "postgres://steward:[redacted]@db.internal:5432/steward?sslmode=require&password=[redacted]"
+        ),
+        "{dbg}"
     );
 }

@@ -153,6 +153,7 @@ pub(crate) async fn run(
         .collect();
     let points = latest_points(&stored, &spec.prices);
     ConsumptionExported {
+        job: &job.name,
         granularity: period.as_str(),
         points: &points,
         max_projects: spec.max_projects_exported,
@@ -293,6 +294,7 @@ pub fn latest_points(
             project_id: s.project_id.clone(),
             metric: s.metric.clone(),
             granularity: s.granularity.clone(),
+            period_start: s.timeframe_start,
             value: s.value,
             cost: prices.get(&s.metric).map(|p| p * s.value),
         })

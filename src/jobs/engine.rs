@@ -14,7 +14,7 @@
 //!    after; a failure is recorded and the run goes on with the next action (`partial`).
 //!
 //! Acting is careful about the plan being old by the time it is carried out:
-//! - An action can depend on earlier actions of its project ([`PlannedAction::depends_on`]):
+//! - An action can depend on earlier actions of its project ([`PlannedAction::requires`]):
 //!   a branch's retention deletes depend on its new snapshot, a parent's delete on its
 //!   children's. When a dependency did not succeed, the action is skipped with the reason.
 //! - Before a branch is deleted it is read again: a branch that became default or
@@ -126,6 +126,8 @@ pub enum Op {
     /// Set the branch's `expires_at` to the planned time, or, if that is no longer far
     /// enough ahead when the call is made, to the earliest time Neon accepts.
     SetBranchExpiry(BranchId, DateTime<Utc>),
+    /// Take back an `expires_at` this job set (`expires_at: null`).
+    ClearBranchExpiry(BranchId),
     CreateSnapshot {
         branch: BranchId,
         name: String,
@@ -140,14 +142,15 @@ pub enum Op {
 impl Op {
     /// Whether the action can destroy something (the numerator of `max_actions_percent`):
     /// deletes, suspends, and native expiry (Neon deletes the branch when it expires).
-    /// Creates and starts only count towards `max_actions`.
+    /// Creates, starts and taking back an expiry this job set only count towards
+    /// `max_actions`.
     pub fn is_destructive(&self) -> bool {
         match self {
             Op::DeleteBranch(_)
             | Op::SetBranchExpiry(..)
             | Op::DeleteSnapshot(_)
             | Op::SuspendEndpoint(_) => true,
-            Op::CreateSnapshot { .. } | Op::StartEndpoint(_) => false,
+            Op::ClearBranchExpiry(_) | Op::CreateSnapshot { .. } | Op::StartEndpoint(_) => false,
         }
     }
 }
@@ -158,7 +161,7 @@ pub struct PlannedAction {
     pub op: Op,
     /// Indices (into the project's `actions`, all earlier than this one) of actions that
     /// must have succeeded in this run for this one to be attempted.
-    pub depends_on: Vec<usize>,
+    pub requires: Vec<usize>,
 }
 
 impl PlannedAction {
@@ -166,7 +169,7 @@ impl PlannedAction {
         PlannedAction {
             spec,
             op,
-            depends_on: Vec::new(),
+            requires: Vec::new(),
         }
     }
 }
@@ -199,6 +202,9 @@ pub struct ProjectPlan {
     /// `max_actions_percent`. Matched branches (expire), matched endpoints (suspend), or the
     /// snapshots this job owns of the matched branches (snapshot retention).
     pub matched: usize,
+    /// Parts of the plan that could not be decided (e.g. the job's state could not be
+    /// read), with the error: recorded as failed actions, so the run ends `partial`.
+    pub failures: Vec<(ActionSpec, String)>,
     /// `snapshot_branches`: the job's record of the snapshots it made in this project.
     pub(crate) snapshots: Option<super::snapshot::Ownership>,
 }
@@ -210,6 +216,7 @@ impl ProjectPlan {
             actions: Vec::new(),
             skips: Vec::new(),
             matched: 0,
+            failures: Vec::new(),
             snapshots: None,
         }
     }
@@ -227,6 +234,9 @@ pub enum RunError {
     Projects(ApiError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A job's state in the store is not what it wrote.
+    #[error("job state: {0}")]
+    State(String),
 }
 
 /// Why one project could not be planned (the run goes on with the others).
@@ -487,6 +497,10 @@ async fn run_planned(
     // planned actions) are final when written, so each kind is one batch, one transaction.
     let skips: Vec<ActionSpec> = plans.iter().flat_map(|p| p.skips.iter().cloned()).collect();
     ledger.record_all(&skips, ActionOutcome::Skipped).await?;
+    for (spec, error) in plans.iter().flat_map(|p| p.failures.iter()) {
+        let pending = ledger.begin(spec).await?;
+        ledger.failed(pending, error).await?;
+    }
     if ctx.dry_run {
         let planned: Vec<ActionSpec> = plans
             .iter()
@@ -543,9 +557,21 @@ async fn act_on_project(
             ended = Ended::Cancelled;
             break;
         }
-        if let Some(dep) = a.depends_on.iter().find(|d| !succeeded[**d]) {
+        if let Some(dep) = a.requires.iter().find(|d| !succeeded[**d]) {
+            let before = &p.actions[*dep];
             let mut spec = a.spec.clone();
-            spec.reason = format!("{}; skipped: {}", spec.reason, blocked_by(&p.actions[*dep]));
+            spec.reason = format!(
+                "{}; not attempted: {} (it depends on {} {} {}, which did not succeed)",
+                spec.reason,
+                blocked_by(before),
+                before.spec.action,
+                before.spec.resource_kind,
+                before
+                    .spec
+                    .resource_name
+                    .as_deref()
+                    .unwrap_or(&before.spec.resource_id)
+            );
             ledger.record_all(&[spec], ActionOutcome::Skipped).await?;
             continue;
         }
@@ -593,12 +619,17 @@ async fn act_on_project(
                     .succeeded(pending, result.detail().as_deref())
                     .await?;
                 succeeded[i] = true;
-                done.push(a.clone());
+                let mut a = a.clone();
+                if let (Op::SetBranchExpiry(b, _), Executed::ExpirySet(sent)) = (&a.op, &result) {
+                    // What Neon holds is the time sent, which the record must match.
+                    a.op = Op::SetBranchExpiry(b.clone(), *sent);
+                }
+                done.push(a);
             }
             Err(e) => ledger.failed(pending, &e.to_string()).await?,
         }
     }
-    after_project(env, job, p, &done).await?;
+    after_project(env, job, clock.now(), p, &done).await?;
     Ok(ended)
 }
 
@@ -666,11 +697,14 @@ async fn plan_project(
 async fn after_project(
     env: &JobEnv,
     job: &JobConfig,
+    now: DateTime<Utc>,
     plan: &ProjectPlan,
     done: &[PlannedAction],
 ) -> Result<(), RunError> {
-    if let JobSpec::SuspendComputes(_) = &job.spec {
-        super::suspend::remember(env, job, plan, done).await?;
+    match &job.spec {
+        JobSpec::SuspendComputes(_) => super::suspend::remember(env, job, plan, done).await?,
+        JobSpec::ExpireBranches(_) => super::expire::remember(env, job, now, plan, done).await?,
+        _ => {}
     }
     Ok(())
 }
@@ -760,6 +794,8 @@ enum Executed {
     Done(Option<String>),
     /// A snapshot was created with this id.
     Created(SnapshotId),
+    /// The branch's `expires_at` was set to this (the time sent, see [`expiry_at_call`]).
+    ExpirySet(DateTime<Utc>),
 }
 
 impl Executed {
@@ -767,6 +803,7 @@ impl Executed {
         match self {
             Executed::Done(d) => d.clone(),
             Executed::Created(id) => Some(format!("snapshot_id={id}")),
+            Executed::ExpirySet(at) => Some(format!("expires_at={}", at.to_rfc3339())),
         }
     }
 }
@@ -819,7 +856,18 @@ async fn execute(
             })
             .await?;
             wait(env, project, &ops).await?;
-            done(Some(format!("expires_at={}", sent.to_rfc3339())))
+            Ok(Executed::ExpirySet(sent))
+        }
+        Op::ClearBranchExpiry(b) => {
+            let update = BranchUpdate {
+                expires_at: Some(None),
+                ..Default::default()
+            };
+            let (_, ops) =
+                with_lock_retry(env, project, || c.update_branch(project, b, update.clone()))
+                    .await?;
+            wait(env, project, &ops).await?;
+            done(Some("expires_at cleared".into()))
         }
         Op::CreateSnapshot {
             branch,
@@ -829,9 +877,7 @@ async fn execute(
             let (snap, ops) = with_lock_retry(env, project, || {
                 let req = SnapshotRequest {
                     name: Some(name.clone()),
-                    expires_at: expires_in
-                        .and_then(|d| chrono::Duration::from_std(d).ok())
-                        .and_then(|d| clock.now().checked_add_signed(d)),
+                    expires_at: super::snapshot::expiry(clock.now(), *expires_in),
                     ..Default::default()
                 };
                 c.create_snapshot(project, branch, req)

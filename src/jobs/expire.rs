@@ -5,7 +5,7 @@
 //! rules for native branch expiry: `expires_at` must be in the future and at most 30 days
 //! ahead, and it is not allowed on protected, default or parent branches.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,14 +14,34 @@ use futures::TryStreamExt;
 use super::branch_tree::{plan_deletions, TreeBranch};
 use super::engine::{
     branch_last_activity, passes_age_filters, JobEnv, Op, PlannedAction, ProjectPlan, RunContext,
+    RunError,
 };
 use super::ledger::ActionSpec;
 use super::select::{BranchFacts, BranchSelector, Selection, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
 use crate::neon::{ApiError, Branch, Project};
 
-/// Plans one project. The expiry times are those at planning; the engine moves one that
-/// is no longer far enough ahead when the call is made ([`super::engine::expiry_at_call`]).
+/// Job state key holding the `expires_at` this job set on a project's branches (JSON object
+/// branch id -> RFC 3339 time). Only those are ever taken back, and only while Neon still
+/// has exactly that value: an expiry someone else set or changed is never touched.
+fn state_key(project: &str) -> String {
+    format!("expiries_set/{project}")
+}
+
+/// The expiries this job set in a project. A read error is returned, never treated as
+/// "none": the caller must neither forget what it set nor overwrite the record.
+async fn load_set(
+    env: &JobEnv,
+    job: &str,
+    project: &str,
+) -> Result<BTreeMap<String, DateTime<Utc>>, String> {
+    match env.store.get_state(job, &state_key(project)).await {
+        Ok(Some(v)) => serde_json::from_str(&v).map_err(|e| format!("unreadable job state: {e}")),
+        Ok(None) => Ok(BTreeMap::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub(crate) async fn plan(
     env: &JobEnv,
     job: &JobConfig,
@@ -54,6 +74,48 @@ pub(crate) async fn plan(
     };
     let mut due: BTreeSet<String> = BTreeSet::new();
     let mut whys: HashMap<String, Why> = HashMap::new();
+    // The expiries this job set that Neon still holds unchanged: the only ones it may take
+    // back. Without that record it cannot tell its own from others', so it decides
+    // nothing in the project rather than set expiries it could not later take back.
+    let ours: BTreeMap<String, DateTime<Utc>> = if spec.mode == ExpireMode::SetExpiresAt {
+        match load_set(env, &job.name, project.id.as_str()).await {
+            Ok(m) => m,
+            Err(e) => {
+                out.failures.push((
+                    ActionSpec {
+                        resource_kind: "project",
+                        resource_id: project.id.to_string(),
+                        resource_name: Some(project.name.clone()),
+                        project_id: Some(project.id.to_string()),
+                        action: "set_branch_expiry",
+                        rule: None,
+                        reason: "reading the expiries this job set; nothing set or cleared in this project".into(),
+                    },
+                    e,
+                ));
+                return Ok(out);
+            }
+        }
+    } else {
+        BTreeMap::new()
+    };
+    // Neon may hand the time back at a coarser precision than it was sent.
+    let mine = |b: &Branch| {
+        ours.get(b.id.as_str()).copied().filter(|at| {
+            b.expires_at
+                .is_some_and(|cur| (cur - *at).abs() < chrono::Duration::seconds(1))
+        })
+    };
+    let clear = |b: &Branch, set: DateTime<Utc>, why: String| PlannedAction {
+        spec: spec_for(
+            b,
+            "clear_branch_expiry",
+            "no_longer_due",
+            format!("expires_at {} was set by this job; {why}", set.to_rfc3339()),
+        ),
+        op: Op::ClearBranchExpiry(b.id.clone()),
+        requires: Vec::new(),
+    };
     for b in &branches {
         let activity = branch_last_activity(ctx.now, b, &endpoints);
         let facts = BranchFacts {
@@ -67,6 +129,14 @@ pub(crate) async fn plan(
         if !names.select(ctx.now, &facts).is_selected()
             || !passes_age_filters(job, ctx.now, b.created_at, activity)
         {
+            if let Some(set) = mine(b) {
+                out.matched += 1;
+                out.actions.push(clear(
+                    b,
+                    set,
+                    "the branch is no longer selected by the policy".into(),
+                ));
+            }
             continue;
         }
         out.matched += 1;
@@ -78,15 +148,28 @@ pub(crate) async fn plan(
                 }
             }
             ExpireMode::SetExpiresAt => {
+                let set_by_us = mine(b);
                 let f = ExpiryFacts {
                     default: b.default,
                     protected: b.protected,
                     has_children: parents.contains(b.id.as_str()),
                     created_at: b.created_at,
                     last_activity: activity,
-                    current_expires_at: b.expires_at,
+                    // Our own expiry is re-decided from scratch under the current policy.
+                    current_expires_at: if set_by_us.is_some() {
+                        None
+                    } else {
+                        b.expires_at
+                    },
                 };
-                match decide_expiry(ctx.now, spec.ttl, spec.idle_ttl, &f) {
+                let decision = decide_expiry(ctx.now, spec.ttl, spec.idle_ttl, &f);
+                if let Some(set) = set_by_us {
+                    if let Some(a) = revisit(ctx.now, b, set, &decision, &clear) {
+                        out.actions.push(a);
+                    }
+                    continue;
+                }
+                match decision {
                     ExpiryDecision::Set { at, rule, reason } => out.actions.push(PlannedAction {
                         spec: spec_for(
                             b,
@@ -95,7 +178,7 @@ pub(crate) async fn plan(
                             format!("{reason}; expires_at {}", at.to_rfc3339()),
                         ),
                         op: Op::SetBranchExpiry(b.id.clone(), at),
-                        depends_on: Vec::new(),
+                        requires: Vec::new(),
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
                         b,
@@ -121,23 +204,22 @@ pub(crate) async fn plan(
             })
             .collect();
         let plan = plan_deletions(&tree, &due);
-        // Children come first in the plan; a parent's delete depends on its children's
-        // (all of them are planned, or the parent would have been refused), so when a
-        // child's delete fails its ancestors are skipped rather than attempted.
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for id in &plan.order {
+        // Children come first in the order; a parent's delete requires every child delete
+        // planned before it, so a failed child never leaves its parent deleted under it.
+        let first = out.actions.len();
+        for (k, id) in plan.order.iter().enumerate() {
             let b = by_id[id.as_str()];
             let why = &whys[id];
-            let depends_on = branches
+            let requires = plan.order[..k]
                 .iter()
-                .filter(|c| c.parent_id.as_ref().map(|p| p.as_str()) == Some(id.as_str()))
-                .filter_map(|c| index.get(c.id.as_str()).copied())
+                .enumerate()
+                .filter(|(_, c)| by_id[c.as_str()].parent_id.as_ref() == Some(&b.id))
+                .map(|(j, _)| first + j)
                 .collect();
-            index.insert(b.id.as_str(), out.actions.len());
             out.actions.push(PlannedAction {
                 spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
                 op: Op::DeleteBranch(b.id.clone()),
-                depends_on,
+                requires,
             });
         }
         for (id, refusal) in &plan.refused {
@@ -154,6 +236,124 @@ pub(crate) async fn plan(
         }
     }
     Ok(out)
+}
+
+/// What to do about an expiry this job set earlier (`set`, still in place), given what the
+/// current policy decides for the branch: keep it, move it, or take it back.
+fn revisit(
+    now: DateTime<Utc>,
+    b: &Branch,
+    set: DateTime<Utc>,
+    decision: &ExpiryDecision,
+    clear: &dyn Fn(&Branch, DateTime<Utc>, String) -> PlannedAction,
+) -> Option<PlannedAction> {
+    match decision {
+        ExpiryDecision::Set { at, rule, reason } => {
+            // Due "now" (`now + margin`, which moves with every run): an earlier expiry of
+            // ours is as good, keep it. A fixed later date means the policy now gives the
+            // branch longer: move it there. An earlier date: bring it forward.
+            let due_now = *at <= add(now, EXPIRE_NOW_MARGIN);
+            if *at == set || (due_now && set <= *at) {
+                return None;
+            }
+            Some(PlannedAction {
+                spec: ActionSpec {
+                    resource_kind: "branch",
+                    resource_id: b.id.to_string(),
+                    resource_name: Some(b.name.clone()),
+                    project_id: Some(b.project_id.to_string()),
+                    action: "set_branch_expiry",
+                    rule: Some(rule.to_string()),
+                    reason: format!(
+                        "{reason}; expires_at {} (replaces {} set by this job)",
+                        at.to_rfc3339(),
+                        set.to_rfc3339()
+                    ),
+                },
+                op: Op::SetBranchExpiry(b.id.clone(), *at),
+                requires: Vec::new(),
+            })
+        }
+        ExpiryDecision::TooFarAhead(at) => Some(clear(
+            b,
+            set,
+            format!(
+                "the policy now has it due at {}, beyond Neon's 30-day horizon (a later run sets it again)",
+                at.to_rfc3339()
+            ),
+        )),
+        ExpiryDecision::NotDue => Some(clear(
+            b,
+            set,
+            "neither ttl nor idle_ttl makes it due under the current policy".into(),
+        )),
+        ExpiryDecision::NotAllowed(why) => Some(clear(b, set, why.to_string())),
+        // Not produced without a current expiry; nothing to take back.
+        ExpiryDecision::AlreadySet(_) => None,
+    }
+}
+
+/// After a real run: remember the expiries this job set and forget the ones it cleared.
+/// Entries whose time has passed are dropped (Neon has deleted the branch, or someone else
+/// changed the expiry, and either way there is nothing left to take back).
+///
+/// A state that cannot be read fails the run and is never overwritten: writing a partial
+/// record would forget expiries this job set, which it could then never take back.
+pub(crate) async fn remember(
+    env: &JobEnv,
+    job: &JobConfig,
+    now: DateTime<Utc>,
+    plan: &ProjectPlan,
+    done: &[PlannedAction],
+) -> Result<(), RunError> {
+    let crate::config::JobSpec::ExpireBranches(spec) = &job.spec else {
+        return Ok(());
+    };
+    if spec.mode != ExpireMode::SetExpiresAt || !plan.failures.is_empty() {
+        return Ok(());
+    }
+    let project = plan.project_id.as_str();
+    let mut set = match env.store.get_state(&job.name, &state_key(project)).await {
+        Ok(Some(v)) => {
+            serde_json::from_str::<BTreeMap<String, DateTime<Utc>>>(&v).map_err(|e| {
+                RunError::State(format!(
+                    "unreadable expiry record of project {project}: {e}"
+                ))
+            })?
+        }
+        Ok(None) => BTreeMap::new(),
+        Err(e) => {
+            let unrecorded: Vec<String> = done
+                .iter()
+                .filter_map(|a| match &a.op {
+                    Op::SetBranchExpiry(b, _) | Op::ClearBranchExpiry(b) => Some(b.to_string()),
+                    _ => None,
+                })
+                .collect();
+            tracing::error!(job = %job.name, project, error = %e, ?unrecorded, "cannot read the expiry record; not updating it");
+            return Err(e.into());
+        }
+    };
+    let before = set.clone();
+    for a in done {
+        match &a.op {
+            Op::SetBranchExpiry(b, at) => {
+                set.insert(b.to_string(), *at);
+            }
+            Op::ClearBranchExpiry(b) => {
+                set.remove(b.as_str());
+            }
+            _ => {}
+        }
+    }
+    set.retain(|_, at| *at > now);
+    if set != before {
+        let json = serde_json::to_string(&set).expect("a map of strings to times serialises");
+        env.store
+            .set_state(&job.name, &state_key(project), &json)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Neon's horizon for `expires_at`.
@@ -193,8 +393,12 @@ pub enum ExpiryDecision {
     NotDue,
 }
 
+/// `t + d`, saturating at the end of time: a ttl that reaches past it never expires.
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides the native expiry of one branch.
@@ -270,6 +474,20 @@ pub fn recoverable_until(deleted_at: DateTime<Utc>) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_saturates_instead_of_panicking() {
+        let t = DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1);
+        assert_eq!(
+            add(t, Duration::from_secs(10 * 86_400)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        let now = Utc::now();
+        assert_eq!(
+            add(now, Duration::from_secs(60)),
+            now + chrono::Duration::seconds(60)
+        );
+    }
     use chrono::TimeZone;
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -284,6 +502,15 @@ mod tests {
             created_at: created,
             last_activity: active,
             current_expires_at: None,
+        }
+    }
+
+    #[test]
+    fn huge_ttl_is_too_far_ahead_not_a_panic() {
+        let now = t(10);
+        for ttl in [DAY * 100_000_000, Duration::MAX] {
+            let d = decide_expiry(now, Some(ttl), None, &facts(t(5), now));
+            assert_eq!(d, ExpiryDecision::TooFarAhead(DateTime::<Utc>::MAX_UTC));
         }
     }
 
@@ -367,5 +594,85 @@ mod tests {
             ExpiryDecision::Set { .. }
         ));
         assert_eq!(recoverable_until(t(1)), t(8));
+    }
+
+    fn branch(created: DateTime<Utc>, expires: DateTime<Utc>) -> Branch {
+        Branch {
+            id: "br-1".into(),
+            project_id: "p-1".into(),
+            name: "preview/x".into(),
+            parent_id: Some("br-main".into()),
+            default: false,
+            protected: false,
+            created_at: created,
+            updated_at: created,
+            expires_at: Some(expires),
+            current_state: "ready".into(),
+            logical_size: None,
+            recoverable_until: None,
+        }
+    }
+
+    fn clear(b: &Branch, set: DateTime<Utc>, why: String) -> PlannedAction {
+        PlannedAction {
+            spec: ActionSpec {
+                resource_kind: "branch",
+                resource_id: b.id.to_string(),
+                resource_name: None,
+                project_id: None,
+                action: "clear_branch_expiry",
+                rule: Some("no_longer_due".into()),
+                reason: format!("set {}; {why}", set.to_rfc3339()),
+            },
+            op: Op::ClearBranchExpiry(b.id.clone()),
+            requires: Vec::new(),
+        }
+    }
+
+    /// Re-deciding an expiry this job set: keep, move or take back.
+    #[test]
+    fn revisit_keeps_moves_or_takes_back_our_expiry() {
+        let now = t(10);
+        let f = |created| ExpiryFacts {
+            current_expires_at: None,
+            ..facts(created, now)
+        };
+        // Same policy, same date: nothing.
+        let set = t(12);
+        let b = branch(t(5), set);
+        let d = decide_expiry(now, Some(7 * DAY), None, &f(t(5)));
+        assert!(revisit(now, &b, set, &d, &clear).is_none());
+        // Overdue ("now + margin" moves with every run): our earlier expiry stays, so
+        // running often never postpones a due branch.
+        let set_earlier = now - chrono::Duration::minutes(5) + chrono::Duration::minutes(10);
+        let old = branch(t(1), set_earlier);
+        let d = decide_expiry(now, Some(2 * DAY), None, &f(t(1)));
+        assert!(matches!(d, ExpiryDecision::Set { .. }));
+        assert!(revisit(now, &old, set_earlier, &d, &clear).is_none());
+        // A raised ttl within Neon's horizon: moved later.
+        let d = decide_expiry(now, Some(10 * DAY), None, &f(t(5)));
+        let a = revisit(now, &b, set, &d, &clear).expect("moved");
+        assert_eq!(a.op, Op::SetBranchExpiry(b.id.clone(), t(15)));
+        assert!(a.spec.reason.contains("replaces"), "{}", a.spec.reason);
+        // A lowered ttl: brought forward.
+        let d = decide_expiry(now, Some(6 * DAY), None, &f(t(5)));
+        let a = revisit(now, &b, set, &d, &clear).expect("brought forward");
+        assert_eq!(a.op, Op::SetBranchExpiry(b.id.clone(), t(11)));
+        // Beyond the horizon, not due, or no longer allowed: taken back.
+        let beyond = decide_expiry(now, Some(60 * DAY), None, &f(t(5)));
+        let not_due = decide_expiry(now, None, Some(3 * DAY), &f(t(5)));
+        let not_allowed = decide_expiry(
+            now,
+            Some(7 * DAY),
+            None,
+            &ExpiryFacts {
+                protected: true,
+                ..f(t(5))
+            },
+        );
+        for d in [beyond, not_due, not_allowed] {
+            let a = revisit(now, &b, set, &d, &clear).unwrap_or_else(|| panic!("{d:?}"));
+            assert_eq!(a.op, Op::ClearBranchExpiry(b.id.clone()), "{d:?}");
+        }
     }
 }

@@ -21,8 +21,8 @@ pub struct ActionSpec {
     pub resource_id: String,
     pub resource_name: Option<String>,
     pub project_id: Option<String>,
-    /// `delete_branch`, `set_branch_expiry`, `create_snapshot`, `delete_snapshot`,
-    /// `suspend_endpoint`, `start_endpoint`, `collect_consumption`.
+    /// `delete_branch`, `set_branch_expiry`, `clear_branch_expiry`, `create_snapshot`,
+    /// `delete_snapshot`, `suspend_endpoint`, `start_endpoint`, `collect_consumption`.
     pub action: &'static str,
     /// The policy rule that matched (`ttl`, `keep_daily`, `window`, ...).
     pub rule: Option<String>,
@@ -205,20 +205,19 @@ impl Ledger {
             .expect("ledger counts lock is never poisoned: no panics while held")
     }
 
-    /// The run's status from its counts: see [`status_from_counts`].
+    /// The run's status from the actions it attempted: any failure with some success is
+    /// `partial`; only failures is `failed`; otherwise `succeeded`. Skips and planned
+    /// actions are decisions, not attempts, so a run whose every attempt failed is `failed`
+    /// (and alerts as such) however many resources it skipped.
     pub fn status(&self) -> RunStatus {
         status_from_counts(self.counts())
     }
 }
 
-/// A run's status from what it *attempted*: no failure is `succeeded`; failures with some
-/// success (or, in a dry run, some planned action) is `partial`; only failures is `failed`.
-/// Skips are decisions not to act, not attempts: a run whose every attempt failed is
-/// `failed` however many resources it skipped.
 pub fn status_from_counts(c: ActionCounts) -> RunStatus {
     if c.failed == 0 {
         RunStatus::Succeeded
-    } else if c.succeeded > 0 || c.planned > 0 {
+    } else if c.succeeded > 0 {
         RunStatus::Partial
     } else {
         RunStatus::Failed
@@ -329,16 +328,11 @@ mod tests {
         assert_eq!(status_from_counts(c(3, 0)), RunStatus::Succeeded);
         assert_eq!(status_from_counts(c(3, 1)), RunStatus::Partial);
         assert_eq!(status_from_counts(c(0, 2)), RunStatus::Failed);
-        // Skips are not attempts: every attempt failed is `failed`.
-        let skipped = ActionCounts {
+        // Skips are not attempts: every attempt failing is a failed run.
+        let skipped_and_failed = ActionCounts {
             skipped: 5,
-            ..c(0, 2)
-        };
-        assert_eq!(status_from_counts(skipped), RunStatus::Failed);
-        let planned = ActionCounts {
-            planned: 1,
             ..c(0, 1)
         };
-        assert_eq!(status_from_counts(planned), RunStatus::Partial);
+        assert_eq!(status_from_counts(skipped_and_failed), RunStatus::Failed);
     }
 }

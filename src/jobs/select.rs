@@ -481,7 +481,7 @@ impl EndpointSelector {
         }
         if let Some(p) = first_match(&self.exclude_branch_names, e.branch_name) {
             return Selection::Excluded(Why::new(
-                "exclude_branch_names",
+                "exclude_branches",
                 format!(
                     "branch {:?} matches exclusion {}",
                     e.branch_name,
@@ -772,6 +772,6 @@ mod tests {
         );
         let mut f = e("ep-1", EndpointKind::ReadWrite, "main");
         f.branch_id = "br-2";
-        assert_eq!(by_id.select(&f).why().unwrap().rule, "exclude_branch_names");
+        assert_eq!(by_id.select(&f).why().unwrap().rule, "exclude_branches");
     }
 }

@@ -170,13 +170,25 @@ pub fn schedule_window_start(job: &JobConfig, at: DateTime<chrono::Utc>) -> Date
         .schedule
         .nominal_interval(at, job.timezone)
         .unwrap_or(std::time::Duration::from_secs(86_400));
-    let lookback = (interval * 2)
+    let lookback = interval
+        .saturating_mul(2)
         .max(std::time::Duration::from_secs(3600))
         .min(std::time::Duration::from_secs(400 * 86_400));
     let from = at - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::days(400));
     job.schedule
         .last_between(from, at, job.timezone)
         .unwrap_or(at)
+}
+
+/// When a snapshot made at `now` expires, for `expires_in`. An instant past the end of
+/// time means no expiry (which is what such a policy asks for), never a panic.
+pub(crate) fn expiry(
+    now: DateTime<chrono::Utc>,
+    expires_in: Option<std::time::Duration>,
+) -> Option<DateTime<chrono::Utc>> {
+    expires_in
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .and_then(|d| now.checked_add_signed(d))
 }
 
 /// Plans one project: a snapshot of each selected branch (unless this tick's exists), then
@@ -304,7 +316,7 @@ pub(crate) async fn plan(
                 ),
                 op: Op::DeleteSnapshot(snap.id.clone()),
                 // Pruning makes room for the new snapshot: without it, prune nothing.
-                depends_on: create.into_iter().collect(),
+                requires: create.into_iter().collect(),
             });
         }
     }
@@ -355,6 +367,20 @@ pub fn ownership_matcher(template: &str, branch: &str, job: &str) -> Regex {
 mod tests {
     use super::*;
     use chrono::Utc;
+
+    #[test]
+    fn expiry_of_huge_expires_in_is_none_not_a_panic() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(
+            expiry(now, Some(day)),
+            Some(Utc.with_ymd_and_hms(2026, 3, 30, 1, 30, 0).unwrap())
+        );
+        assert_eq!(expiry(now, None), None);
+        // Representable as a TimeDelta, but not once added to now.
+        assert_eq!(expiry(now, Some(day * 100_000_000)), None);
+        assert_eq!(expiry(now, Some(std::time::Duration::MAX)), None);
+    }
 
     #[test]
     fn renders_in_the_tick_zone() {

@@ -18,9 +18,9 @@ use super::engine::{JobEnv, Op, PlannedAction, ProjectPlan, RunContext, RunError
 use super::ledger::ActionSpec;
 use super::select::{
     age, human_duration, BranchSelector, EndpointFacts, EndpointKind, EndpointSelector,
-    NamePattern, Why,
+    NamePattern, Selection, Why,
 };
-use crate::config::{JobConfig, SuspendSpec};
+use crate::config::{Exclusion, ExclusionTarget, JobConfig, SuspendSpec};
 use crate::neon::{ApiError, Branch, EndpointState, EndpointType, Project};
 
 /// Job state key holding the endpoints of a project this job suspended because of a window
@@ -29,17 +29,18 @@ fn state_key(project: &str) -> String {
     format!("suspended_by_window/{project}")
 }
 
-async fn load_suspended(env: &JobEnv, job: &str, project: &str) -> BTreeSet<String> {
+/// The endpoints of a project this job suspended because of a window. A read error (or a
+/// state that does not parse) is returned, never taken for "none": an empty set written
+/// back would forget those endpoints, and they would never be started again.
+async fn load_suspended(
+    env: &JobEnv,
+    job: &str,
+    project: &str,
+) -> Result<BTreeSet<String>, String> {
     match env.store.get_state(job, &state_key(project)).await {
-        Ok(Some(v)) => serde_json::from_str(&v).unwrap_or_else(|e| {
-            tracing::warn!(job, project, error = %e, "ignoring unreadable suspend state");
-            BTreeSet::new()
-        }),
-        Ok(None) => BTreeSet::new(),
-        Err(e) => {
-            tracing::warn!(job, project, error = %e, "cannot read suspend state");
-            BTreeSet::new()
-        }
+        Ok(Some(v)) => serde_json::from_str(&v).map_err(|e| format!("unreadable job state: {e}")),
+        Ok(None) => Ok(BTreeSet::new()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -60,10 +61,21 @@ pub(crate) async fn plan(
     // Branch names are needed to select endpoints by branch pattern, and otherwise only to
     // name the branch in the ledger: without patterns they are listed only if there is
     // something to record (most runs of a large account decide nothing for most projects).
-    let mut names: Option<HashMap<String, String>> = if sel.branches.patterns.is_empty() {
-        None
-    } else {
+    // Exclusions that still hold at this run (an expired one is as if absent).
+    let exclusions: Vec<&Exclusion> = spec
+        .exclusions
+        .iter()
+        .filter(|x| ctx.now < x.until)
+        .collect();
+    let needs_names = !sel.branches.is_empty()
+        || !sel.exclude_branches.is_empty()
+        || exclusions
+            .iter()
+            .any(|x| matches!(x.target, ExclusionTarget::Branch(_)));
+    let mut names: Option<HashMap<String, String>> = if needs_names {
         Some(branch_names(env, project).await?)
+    } else {
+        None
     };
     // One request normally, however long the project's operation history (see
     // `operations_in_progress` for why stopping early is safe).
@@ -74,8 +86,28 @@ pub(crate) async fn plan(
         .into_iter()
         .filter_map(|o| o.endpoint_id.map(|e| e.to_string()))
         .collect();
+    // Without the record nothing can be resumed this run: that part fails (recorded), the
+    // suspending goes on.
     let suspended = if spec.resume {
-        load_suspended(env, &job.name, project.id.as_str()).await
+        match load_suspended(env, &job.name, project.id.as_str()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(job = %job.name, project = %project.id, error = %e, "cannot read which endpoints this job suspended; not resuming any this run");
+                out.failures.push((
+                    ActionSpec {
+                        resource_kind: "project",
+                        resource_id: project.id.to_string(),
+                        resource_name: Some(project.name.clone()),
+                        project_id: Some(project.id.to_string()),
+                        action: "start_endpoint",
+                        rule: Some("resume".into()),
+                        reason: "reading which endpoints this job suspended; none resumed in this project this run".into(),
+                    },
+                    e,
+                ));
+                BTreeSet::new()
+            }
+        }
     } else {
         BTreeSet::new()
     };
@@ -92,6 +124,13 @@ pub(crate) async fn plan(
             .patterns
             .iter()
             .filter_map(|p| NamePattern::glob("selectors.endpoints.branches", p).ok())
+            .collect(),
+        exclude_ids: sel.exclude_ids.clone(),
+        exclude_branch_names: sel
+            .exclude_branches
+            .patterns
+            .iter()
+            .filter_map(|p| NamePattern::glob("selectors.endpoints.exclude_branches", p).ok())
             .collect(),
         ..Default::default()
     };
@@ -121,10 +160,19 @@ pub(crate) async fn plan(
             branch_id: e.branch_id.as_str(),
             branch_name,
         };
-        if !selector.select(&facts).is_selected() {
-            continue;
+        // An excluded endpoint is still decided on, so that what the job would have done to
+        // it is recorded as skipped with the exclusion as the reason.
+        let excluded = match selector.select(&facts) {
+            Selection::Selected(_) => exclusions
+                .iter()
+                .find(|x| x.covers(ctx.now, project.id.as_str(), e.id.as_str(), branch_name))
+                .map(|x| Why::new("exclusions", x.describe())),
+            Selection::Excluded(why) => Some(why),
+            Selection::NotSelected => continue,
+        };
+        if excluded.is_none() {
+            out.matched += 1;
         }
-        out.matched += 1;
         let now_facts = EndpointNow {
             active: e.current_state == EndpointState::Active,
             idle: e.current_state == EndpointState::Idle,
@@ -133,6 +181,7 @@ pub(crate) async fn plan(
             last_active: e.last_active,
             window,
             suspended_by_window: suspended.contains(e.id.as_str()),
+            excluded: excluded.as_ref(),
         };
         match decide(ctx.now, &rules, &now_facts) {
             SuspendDecision::Leave => {}
@@ -158,14 +207,16 @@ pub(crate) async fn plan(
             reason: why.reason,
         };
         match decision {
-            SuspendDecision::Suspend(why) => out.actions.push(PlannedAction::new(
-                spec_for("suspend_endpoint", why),
-                Op::SuspendEndpoint(e.id.clone()),
-            )),
-            SuspendDecision::Resume(why) => out.actions.push(PlannedAction::new(
-                spec_for("start_endpoint", why),
-                Op::StartEndpoint(e.id.clone()),
-            )),
+            SuspendDecision::Suspend(why) => out.actions.push(PlannedAction {
+                spec: spec_for("suspend_endpoint", why),
+                op: Op::SuspendEndpoint(e.id.clone()),
+                requires: Vec::new(),
+            }),
+            SuspendDecision::Resume(why) => out.actions.push(PlannedAction {
+                spec: spec_for("start_endpoint", why),
+                op: Op::StartEndpoint(e.id.clone()),
+                requires: Vec::new(),
+            }),
             SuspendDecision::Skip(why) => {
                 let action = if why.rule == "resume" {
                     "start_endpoint"
@@ -207,7 +258,22 @@ pub(crate) async fn remember(
         return Ok(());
     }
     let project = plan.project_id.as_str();
-    let mut set = load_suspended(env, &job.name, project).await;
+    // Never overwrite a record that cannot be read: fail the run instead (the endpoints
+    // suspended in this run are named in the log).
+    let mut set = load_suspended(env, &job.name, project).await.map_err(|e| {
+        let unrecorded: Vec<String> = done
+            .iter()
+            .filter_map(|a| match &a.op {
+                Op::SuspendEndpoint(e) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect();
+        tracing::error!(job = %job.name, project, error = %e, ?unrecorded, "cannot read which endpoints this job suspended; not updating the record");
+        RunError::State(format!(
+            "cannot read which endpoints job {} suspended in project {project}: {e}",
+            job.name
+        ))
+    })?;
     for a in done {
         match &a.op {
             Op::SuspendEndpoint(e)
@@ -244,6 +310,10 @@ pub struct EndpointNow<'a> {
     pub window: Option<&'a str>,
     /// This job suspended the endpoint earlier because of a window (from the job's state).
     pub suspended_by_window: bool,
+    /// An exclusion covers the endpoint (`[jobs.endpoints].exclude_*` or an unexpired
+    /// `[[jobs.exclusions]]` entry): it is not suspended. Starting an endpoint this job
+    /// suspended earlier is not prevented: that undoes the job's own action.
+    pub excluded: Option<&'a Why>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +389,12 @@ pub fn decide(now: DateTime<Utc>, rules: &SuspendRules, e: &EndpointNow<'_>) -> 
         return SuspendDecision::Leave;
     }
     let why = Why::new(rule.join("+"), reasons.join(", "));
+    if let Some(x) = e.excluded {
+        return SuspendDecision::Skip(Why::new(
+            x.rule.clone(),
+            format!("{}; but excluded: {}", why.reason, x.reason),
+        ));
+    }
     if e.disabled {
         return SuspendDecision::Skip(Why::new(
             why.rule,
@@ -351,6 +427,7 @@ mod tests {
             last_active: Some(now() - chrono::Duration::minutes(last_min_ago)),
             window,
             suspended_by_window: false,
+            excluded: None,
         }
     }
     const M: u64 = 60;
@@ -434,6 +511,45 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn excluded_is_skipped_with_the_exclusion_reason_but_resume_still_undoes_ours() {
+        let r = SuspendRules {
+            idle_for: Some(Duration::from_secs(30 * M)),
+            has_windows: true,
+            resume: true,
+        };
+        let x = Why::new("exclude_ids", "endpoint ep-1 is listed in exclude_ids");
+        let mut e = active(45, Some("Sat-Sun"));
+        e.excluded = Some(&x);
+        match decide(now(), &r, &e) {
+            SuspendDecision::Skip(w) => {
+                assert_eq!(w.rule, "exclude_ids");
+                assert!(w.reason.contains("idle 45m > idle_for 30m"), "{}", w.reason);
+                assert!(
+                    w.reason
+                        .ends_with("but excluded: endpoint ep-1 is listed in exclude_ids"),
+                    "{}",
+                    w.reason
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing would be done anyway: nothing to record.
+        let mut busy = active(5, Some("Sat-Sun"));
+        busy.excluded = Some(&x);
+        assert_eq!(decide(now(), &r, &busy), SuspendDecision::Leave);
+        // The job's own suspension is still undone when the window ends.
+        let mut ours = active(0, None);
+        ours.active = false;
+        ours.idle = true;
+        ours.suspended_by_window = true;
+        ours.excluded = Some(&x);
+        assert!(matches!(
+            decide(now(), &r, &ours),
+            SuspendDecision::Resume(_)
+        ));
     }
 
     #[test]

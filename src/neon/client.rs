@@ -198,13 +198,16 @@ struct Reply {
 
 /// How one page of a list is read: its items, the cursor for the next page, and how many
 /// records the page held (projects for consumption, whose items are their periods).
+///
+/// A page shorter than the `limit` asked for is NOT taken as the last one: the document only
+/// calls `limit` a maximum (and `GET /projects` returns short, incomplete pages on its
+/// server-side timeout), and a listing cut short could make a parent branch look childless.
+/// A listing ends on a missing or empty cursor, or an empty page.
 type Extract<W, T> = Box<dyn Fn(W) -> (Vec<T>, Option<String>, usize) + Send + Sync>;
 
 struct PageSpec<W, T> {
     base: Call,
     cursor_param: &'static str,
-    /// The `limit` asked for: a shorter page is the last one.
-    limit: usize,
     extract: Extract<W, T>,
     /// A page for which this holds is the last one fetched, whatever its cursor says: the
     /// caller knows from the data that older pages cannot matter.
@@ -290,7 +293,6 @@ impl NeonClient {
         self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
-            limit,
             last_page_if: None,
             extract: Box::new(|p: wire::ProjectsPage| {
                 let n = p.projects.len();
@@ -350,7 +352,6 @@ impl NeonClient {
         self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
-            limit,
             last_page_if: None,
             extract: Box::new(|p: wire::BranchesPage| {
                 let n = p.branches.len();
@@ -647,7 +648,6 @@ impl NeonClient {
         self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
-            limit,
             last_page_if,
             extract: Box::new(|p: wire::OperationsPage| {
                 let n = p.operations.len();
@@ -669,7 +669,9 @@ impl NeonClient {
     /// among the newest, so the scan stops after the first page (of up to 100) whose
     /// operations have all ended: an operation older than a whole page of finished ones is
     /// taken to be finished too. The usual answer costs one request, however long the
-    /// history (the whole history cost one request per 100 operations before).
+    /// history (the whole history cost one request per 100 operations before). Were one
+    /// ever missed, the price is a 423 on the next mutation, which the client and the jobs
+    /// retry after waiting, not a wrong action.
     pub async fn operations_in_progress(
         &self,
         project: &ProjectId,
@@ -748,7 +750,7 @@ impl NeonClient {
                 ));
             }
             tokio::time::sleep(interval.min(deadline - elapsed)).await;
-            interval = (interval * 2).min(self.inner.poll_max);
+            interval = interval.saturating_mul(2).min(self.inner.poll_max);
             let refreshed = if pending.len() >= 2 && listing_pages < pending.len() {
                 let (found, pages) = self.find_operations(project, &pending).await?;
                 listing_pages = pages;
@@ -833,7 +835,7 @@ impl NeonClient {
                 ));
             }
             tokio::time::sleep(interval.min(deadline - elapsed)).await;
-            interval = (interval * 2).min(self.inner.poll_max);
+            interval = interval.saturating_mul(2).min(self.inner.poll_max);
         }
     }
 
@@ -859,6 +861,7 @@ impl NeonClient {
             Ok(())
         })();
         let granularity = query.granularity;
+        let requested = requested_ids(&query);
         let limit = self.limit(page_max::CONSUMPTION_PROJECTS);
         let base = consumption_call(
             Call::get(ROUTE, &["consumption_history", "v2", "projects"]),
@@ -868,10 +871,14 @@ impl NeonClient {
         let pages = self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
-            limit,
             last_page_if: None,
             extract: Box::new(move |p: wire::ConsumptionV2Page| {
-                let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
+                let in_page: Vec<&str> = p.projects.iter().map(|x| x.project_id.as_str()).collect();
+                let cursor = p
+                    .pagination
+                    .as_ref()
+                    .and_then(|p| p.cursor.clone())
+                    .filter(|_| !all_requested_in(&requested, &in_page));
                 let n = p.projects.len();
                 (p.into_periods(granularity), cursor, n)
             }),
@@ -888,6 +895,7 @@ impl NeonClient {
         const ROUTE: &str = "/consumption_history/projects";
         let check = validate_consumption(&query);
         let granularity = query.granularity;
+        let requested = requested_ids(&query);
         let limit = self.limit(page_max::CONSUMPTION_PROJECTS);
         let base = consumption_call(
             Call::get(ROUTE, &["consumption_history", "projects"]),
@@ -897,10 +905,14 @@ impl NeonClient {
         let pages = self.paginate(PageSpec {
             base,
             cursor_param: "cursor",
-            limit,
             last_page_if: None,
             extract: Box::new(move |p: wire::ConsumptionLegacyPage| {
-                let cursor = p.pagination.as_ref().and_then(|p| p.cursor.clone());
+                let in_page: Vec<&str> = p.projects.iter().map(|x| x.project_id.as_str()).collect();
+                let cursor = p
+                    .pagination
+                    .as_ref()
+                    .and_then(|p| p.cursor.clone())
+                    .filter(|_| !all_requested_in(&requested, &in_page));
                 let n = p.projects.len();
                 (p.into_periods(granularity), cursor, n)
             }),
@@ -1146,14 +1158,20 @@ impl NeonClient {
                 return Ok(Some((items, st)));
             }
             match next {
-                // Neon returns a cursor even on the last page; a short page is the last one
-                // (this saves one request per listing). A repeated cursor would loop forever.
-                Some(c)
-                    if !c.is_empty()
-                        && records > 0
-                        && records >= st.spec.limit
-                        && st.seen.insert(c.clone()) =>
-                {
+                // Neon returns a cursor even on the last page: the page after it is empty.
+                Some(c) if !c.is_empty() && records > 0 => {
+                    // A cursor we already followed would loop forever; stopping there would
+                    // silently return a partial listing. Both are wrong: fail loudly.
+                    if !st.seen.insert(c.clone()) {
+                        return Err(ApiError::Decode {
+                            route: st.spec.base.route,
+                            request_id: reply.request_id.clone(),
+                            detail: format!(
+                                "pagination returned cursor {c:?} a second time; the listing \
+                                 cannot be completed"
+                            ),
+                        });
+                    }
                     st.cursor = Some(c)
                 }
                 _ => st.done = true,
@@ -1163,6 +1181,23 @@ impl NeonClient {
         .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
         .try_flatten()
     }
+}
+
+/// The `project_ids` a consumption query names (empty: every project of the account or org).
+fn requested_ids(query: &ConsumptionQuery) -> Vec<String> {
+    query
+        .project_ids
+        .iter()
+        .map(|p| p.as_str().to_string())
+        .collect()
+}
+
+/// Whether a consumption page holds every project the query named. The document says that
+/// with `project_ids` "the response is limited to those projects", so once all of them have
+/// come the listing is complete and the next page (empty) need not be fetched; this is the
+/// only place where a page is known to be the last without asking for the next one.
+fn all_requested_in(requested: &[String], in_page: &[&str]) -> bool {
+    !requested.is_empty() && requested.iter().all(|id| in_page.contains(&id.as_str()))
 }
 
 fn ops(ops: Vec<wire::Operation>) -> Vec<Operation> {

@@ -104,8 +104,10 @@ impl<'a> Budget<'a> {
             return None;
         }
         let backoff = self.policy.backoff(self.retries);
-        let delay = retry_after.map_or(backoff, |ra| ra + backoff);
-        if self.started.elapsed() + delay > self.policy.max_elapsed {
+        // Saturating: `Retry-After` is whatever the server sent, and a delay beyond the
+        // budget just means giving up now.
+        let delay = retry_after.map_or(backoff, |ra| ra.saturating_add(backoff));
+        if self.started.elapsed().saturating_add(delay) > self.policy.max_elapsed {
             return None;
         }
         self.retries += 1;
@@ -121,7 +123,8 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
     }
     if let Ok(secs) = value.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
+            // Too large for a Duration (`1e30`): longer than any budget, so the longest.
+            return Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
         }
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
@@ -135,6 +138,24 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_retry_after_gives_up_instead_of_panicking() {
+        let now = chrono::Utc::now();
+        assert_eq!(parse_retry_after("1e30", now), Some(Duration::MAX));
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        assert_eq!(
+            parse_retry_after("2.5", now),
+            Some(Duration::from_millis(2500))
+        );
+        let p = RetryPolicy::default();
+        let mut b = Budget::start(&p);
+        // A Retry-After longer than the whole budget: the error is returned, no wait.
+        assert_eq!(b.next_delay(Some(Duration::MAX)), None);
+        assert_eq!(b.next_delay(Some(Duration::from_secs(u64::MAX))), None);
+        assert!(b.next_delay(Some(Duration::ZERO)).is_some());
+    }
 
     fn status(s: u16) -> ApiError {
         ApiError::Status {

@@ -98,11 +98,14 @@ pub struct Branch {
     pub id: String,
     pub project_id: String,
     pub name: String,
+    /// Absent (or null) only on a root branch, which is never deletable: a body without it
+    /// errs on the safe side.
     #[serde(default)]
     pub parent_id: Option<String>,
-    #[serde(default)]
+    /// Required by the document, and no default: the jobs decide what is safe to delete from
+    /// `default` and `protected`, so a body that omits them must be a decode error, not a
+    /// branch that looks unprotected.
     pub default: bool,
-    #[serde(default)]
     pub protected: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

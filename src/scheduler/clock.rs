@@ -37,6 +37,9 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
         let elapsed = tokio::time::Instant::now().saturating_duration_since(self.base);
-        self.start + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+        chrono::Duration::from_std(elapsed)
+            .ok()
+            .and_then(|d| self.start.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod clock;
 mod run;
+pub(crate) use run::panic_message;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -36,7 +37,37 @@ pub use run::run_now;
 
 use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
 use crate::store::{ActionCounts, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
-use crate::telemetry::events::{JobScheduled, JobTickSkipped};
+use crate::telemetry::events::{JobScheduled, JobTickSkipped, JobUnscheduled};
+
+/// Stand-in for a wake-up time that a tokio `Instant` cannot represent.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 86_400);
+
+/// `d` from now, clamped to what a tokio `Instant` can hold ($WATCHDOG_USEC is arbitrary).
+fn after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
+/// How many times an interrupted tick is run again before it is given up on.
+const MAX_TICK_RETRIES: u32 = 3;
+
+/// For the newest scheduled run of `job`, claimed as `claimed_as` and found interrupted: the
+/// tick to run again and the number of this attempt, or `None` once [`MAX_TICK_RETRIES`] is
+/// reached.
+///
+/// The store's claim is `(job, scheduled_for)` and the interrupted run holds its tick, so
+/// the n-th re-run claims `tick + n ms`: unique, portable, still inside the tick's schedule
+/// window (ticks are at least a second apart), and the offset tells how many attempts there
+/// were. Every replica computes the same claim, so only one of them re-runs the tick.
+fn interrupted_tick(job: &JobConfig, claimed_as: DateTime<Utc>) -> Option<(DateTime<Utc>, u32)> {
+    let from = claimed_as.checked_sub_signed(chrono::Duration::seconds(1))?;
+    let tick = job.schedule.last_between(from, claimed_as, job.timezone)?;
+    let done = claimed_as.signed_duration_since(tick).num_milliseconds();
+    let attempt = u32::try_from(done).ok()? + 1;
+    (attempt <= MAX_TICK_RETRIES).then_some((tick, attempt))
+}
 
 /// What a run is given besides its job.
 #[derive(Debug, Clone)]
@@ -309,15 +340,15 @@ impl Loop {
         alive: CancellationToken,
         started: CancellationToken,
     ) {
+        // However the loop ends (shutdown, or a panic unwinding through it), `alive` is
+        // cancelled: `/readyz` turns false and `started()` returns instead of waiting forever
+        // for a loop that will never publish.
+        let _alive = alive.clone().drop_guard();
         self.set_jobs(jobs).await;
         self.catch_up().await;
         self.publish();
         started.cancel();
-        let mut next_ping = self
-            .opts
-            .watchdog
-            .as_ref()
-            .map(|(every, _)| tokio::time::Instant::now() + *every);
+        let mut next_ping = self.opts.watchdog.as_ref().map(|(every, _)| after(*every));
         if let Some((_, ping)) = &self.opts.watchdog {
             ping();
         }
@@ -345,7 +376,7 @@ impl Loop {
                 _ = ping => {
                     if let Some((every, ping)) = &self.opts.watchdog {
                         ping();
-                        next_ping = Some(tokio::time::Instant::now() + *every);
+                        next_ping = Some(after(*every));
                     }
                 }
                 _ = sleep => self.fire_due().await,
@@ -363,8 +394,13 @@ impl Loop {
     /// Converts a wall-clock target into a tokio deadline. Recomputed every iteration, so a
     /// wall-clock step only delays a fire until the next wake-up, it never skews the zone.
     fn instant_for(&self, at: DateTime<Utc>) -> tokio::time::Instant {
-        let delta = (at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
-        tokio::time::Instant::now() + delta
+        let delta = at
+            .signed_duration_since(self.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        // Beyond what an Instant can hold, a year from now is as good as never: the target
+        // is recomputed at every wake-up anyway.
+        after(delta)
     }
 
     fn earliest_fire(&self) -> Option<DateTime<Utc>> {
@@ -374,9 +410,9 @@ impl Loop {
     fn jitter(job: &JobConfig) -> chrono::Duration {
         match job.jitter {
             Some(j) if !j.is_zero() => {
-                let ms =
-                    rand::thread_rng().gen_range(0..=j.as_millis().min(u64::MAX as u128) as u64);
-                chrono::Duration::milliseconds(ms as i64)
+                let max = j.as_millis().min(i64::MAX as u128) as i64;
+                let ms = rand::thread_rng().gen_range(0..=max);
+                chrono::Duration::try_milliseconds(ms).unwrap_or(chrono::Duration::MAX)
             }
             _ => chrono::Duration::zero(),
         }
@@ -396,7 +432,11 @@ impl Loop {
                 slot.next_tick = job.schedule.next_after(now, job.timezone);
             }
         }
-        slot.fire_at = slot.next_tick.map(|t| t + Self::jitter(job));
+        // The policy bounds jitter, but a tick near the end of time must still not panic:
+        // a fire time that cannot be represented is never reached, so the tick is dropped.
+        slot.fire_at = slot
+            .next_tick
+            .and_then(|t| t.checked_add_signed(Self::jitter(job)));
         if let Some(next_run) = slot.next_tick {
             JobScheduled {
                 job: &job.name,
@@ -467,6 +507,8 @@ impl Loop {
         }
         for gone in old.keys() {
             tracing::info!(job = %gone, "job removed from the policy; runs in progress continue");
+            self.last.remove(gone);
+            self.unschedule_if_idle(gone);
         }
     }
 
@@ -479,8 +521,8 @@ impl Loop {
             if !job.enabled {
                 continue;
             }
-            let last = match self.store.last_scheduled_run(&job.name).await {
-                Ok(Some(r)) => r.scheduled_for,
+            let last_run = match self.store.last_scheduled_run(&job.name).await {
+                Ok(Some(r)) => r,
                 // Never ran: nothing was missed.
                 Ok(None) => continue,
                 Err(e) => {
@@ -488,20 +530,35 @@ impl Loop {
                     continue;
                 }
             };
+            let last = last_run.scheduled_for;
+            // A deadline reaching back before the earliest representable instant means
+            // "any age", the same as no deadline.
             let deadline_start = job
                 .starting_deadline
                 .and_then(|d| chrono::Duration::from_std(d).ok())
-                .map(|d| now - d);
+                .and_then(|d| now.checked_sub_signed(d));
             let from = deadline_start.map_or(last, |d| d.max(last));
             let missed_tick = job.schedule.last_between(from, now, job.timezone);
             let any_missed = job
                 .schedule
                 .next_after(last, job.timezone)
                 .is_some_and(|t| t <= now);
-            match (job.missed, missed_tick) {
-                (MissedPolicy::RunOnce, Some(tick)) => {
+            let retry = (last_run.status == RunStatus::Interrupted)
+                .then(|| interrupted_tick(&job, last))
+                .flatten()
+                .filter(|(tick, _)| deadline_start.is_none_or(|d| *tick >= d));
+            match (job.missed, missed_tick, retry) {
+                (MissedPolicy::RunOnce, Some(tick), _) => {
                     tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), "running a missed tick once");
                     self.start(&job, tick, Trigger::CatchUp).await;
+                }
+                // The newest tick's run was cut short (crash, shutdown): it did not happen
+                // as far as the policy is concerned, so it is run again, under a claim of
+                // its own (see `interrupted_tick`).
+                (MissedPolicy::RunOnce, None, Some((tick, attempt))) => {
+                    tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), attempt, "re-running an interrupted tick");
+                    let claim_at = tick + chrono::Duration::milliseconds(attempt.into());
+                    self.start_at(&job, claim_at, tick, Trigger::CatchUp).await;
                 }
                 _ if any_missed => {
                     let tick = job
@@ -541,6 +598,10 @@ impl Loop {
             .find(|s| s.job.name == name)
             .map(|s| s.job.clone())
             .ok_or_else(|| TriggerError::UnknownJob(name.to_string()))?;
+        // `enabled = false` suspends the job, by hand as well as on schedule.
+        if !job.enabled {
+            return Err(TriggerError::Disabled(job.name.clone()));
+        }
         if job.concurrency == ConcurrencyPolicy::Forbid
             && self.running.values().any(|r| r.job == job.name)
         {
@@ -592,6 +653,18 @@ impl Loop {
 
     /// Starts a tick, honouring the concurrency policy and the claim.
     async fn start(&mut self, job: &Arc<JobConfig>, tick: DateTime<Utc>, trigger: Trigger) {
+        self.start_at(job, tick, tick, trigger).await
+    }
+
+    /// [`Self::start`], claiming the run as `claim_at` (a re-run of an interrupted tick) while
+    /// the executor sees the tick itself.
+    async fn start_at(
+        &mut self,
+        job: &Arc<JobConfig>,
+        claim_at: DateTime<Utc>,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+    ) {
         let busy = self.running.values().any(|r| r.job == job.name);
         if busy && job.concurrency == ConcurrencyPolicy::Forbid {
             JobTickSkipped {
@@ -602,7 +675,7 @@ impl Loop {
             .emit();
             let why = "the previous run was still running (concurrency = forbid)";
             if let Err(e) = self
-                .claim(job, tick, trigger, RunStatus::Skipped, Some(why))
+                .claim(job, claim_at, trigger, RunStatus::Skipped, Some(why))
                 .await
             {
                 tracing::warn!(job = %job.name, error = %e, "cannot record the skipped tick");
@@ -613,7 +686,7 @@ impl Loop {
             self.replace_running(job);
         }
         match self
-            .claim(job, tick, trigger, RunStatus::Running, None)
+            .claim(job, claim_at, trigger, RunStatus::Running, None)
             .await
         {
             Ok(Some(id)) => self.spawn_run(job, id, tick, trigger),
@@ -692,11 +765,25 @@ impl Loop {
             .spawn(run::execute(ctx, job.clone(), handle, reason));
     }
 
+    /// A job no longer in the policy loses its metric series once none of its runs is in
+    /// progress (a finishing run would otherwise bring them back).
+    fn unschedule_if_idle(&self, job: &str) {
+        let scheduled = self.slots.iter().any(|s| s.job.name == job);
+        let running = self.running.values().any(|r| r.job == job);
+        if !scheduled && !running {
+            JobUnscheduled { job }.emit();
+        }
+    }
+
     fn finished(&mut self, done: Result<run::Finished, tokio::task::JoinError>) {
         match done {
             Ok(f) => {
                 self.running.remove(&f.run_id);
-                self.last.insert(f.job, f.last);
+                if self.slots.iter().any(|s| s.job.name == f.job) {
+                    self.last.insert(f.job, f.last);
+                } else {
+                    self.unschedule_if_idle(&f.job);
+                }
             }
             // Only the shutdown path aborts run tasks, and it records those runs itself.
             Err(e) => tracing::error!(error = %e, "run task ended abnormally"),
@@ -765,21 +852,17 @@ impl Loop {
         while self.tasks.join_next().await.is_some() {}
         for (id, r) in self.running.drain() {
             tracing::error!(job = %r.job, run_id = id, scheduled_for = %r.scheduled_for, "run did not stop when cancelled; aborted");
-            if let Err(e) = self
-                .store
-                .finish_run(
-                    id,
-                    RunStatus::Interrupted,
-                    r.counts_if_aborted,
-                    Some("interrupted by shutdown (aborted)"),
-                )
-                .await
-            {
-                tracing::error!(run_id = id, error = %e, "cannot record the interrupted run");
-            }
+            run::record_finish(
+                &*self.store,
+                id,
+                RunStatus::Interrupted,
+                r.counts_if_aborted,
+                Some("interrupted by shutdown (aborted)"),
+            )
+            .await;
         }
     }
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

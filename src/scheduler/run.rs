@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::{Clock, Executor, LastRun, RunHandle, RunReport};
 use crate::config::JobConfig;
-use crate::store::{NewRun, RunId, RunStatus, Store, StoreResult, Trigger};
+use crate::store::{ActionCounts, NewRun, RunId, RunStatus, Store, StoreResult, Trigger};
 use crate::telemetry::events::{JobRunFinished, JobRunStarted};
 
 pub(super) struct RunContext {
@@ -60,6 +60,10 @@ pub(super) async fn execute(
         }
         .instrument(span.clone()),
     );
+    // When this task is aborted (shutdown, after the grace period and the cancel wait), the
+    // executor's task must stop too: a detached run would go on acting against Neon after
+    // the run was recorded interrupted.
+    let _abort_inner = AbortOnDrop(inner.abort_handle());
 
     let timeout = job.timeout;
     let timed_out = async move {
@@ -110,18 +114,15 @@ pub(super) async fn execute(
     }
 
     let finished_at = ctx.clock.now();
-    if let Err(e) = ctx
-        .store
-        .finish_run(
-            run_id,
-            report.status,
-            report.counts,
-            report.error.as_deref(),
-        )
-        .await
-    {
-        tracing::error!(parent: &span, error = %e, "cannot record the end of the run");
-    }
+    record_finish(
+        &*ctx.store,
+        run_id,
+        report.status,
+        report.counts,
+        report.error.as_deref(),
+    )
+    .instrument(span.clone())
+    .await;
     JobRunFinished {
         job: &job.name,
         kind,
@@ -146,6 +147,55 @@ pub(super) async fn execute(
     }
 }
 
+/// How often, and how patiently, the end of a run is written before giving up.
+const FINISH_ATTEMPTS: u32 = 6;
+const FINISH_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Records the end of a run, retrying a failing store with bounded backoff (about 11 s in
+/// all): a run left `running` looks alive in the history and blocks nothing but confuses
+/// everyone. Gives up loudly; the next start-up's recovery marks it interrupted then.
+/// Returns whether the record was written.
+pub(super) async fn record_finish(
+    store: &dyn Store,
+    run_id: RunId,
+    status: RunStatus,
+    counts: ActionCounts,
+    error: Option<&str>,
+) -> bool {
+    let mut backoff = FINISH_FIRST_BACKOFF;
+    for attempt in 1..=FINISH_ATTEMPTS {
+        match store.finish_run(run_id, status, counts, error).await {
+            Ok(()) => return true,
+            Err(e) if attempt < FINISH_ATTEMPTS => {
+                tracing::warn!(run_id, attempt, error = %e, "cannot record the end of the run; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2).min(FINISH_MAX_BACKOFF);
+            }
+            Err(e) => {
+                tracing::error!(
+                    run_id,
+                    status = status.as_str(),
+                    attempts = FINISH_ATTEMPTS,
+                    error = %e,
+                    "GAVE UP recording the end of the run: it stays `running` in the store \
+                     until the next start-up marks it interrupted"
+                );
+            }
+        }
+    }
+    false
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 type Caught = Result<RunReport, Box<dyn std::any::Any + Send>>;
 
 fn from_join(r: Result<Caught, tokio::task::JoinError>) -> RunReport {
@@ -159,7 +209,8 @@ fn from_join(r: Result<Caught, tokio::task::JoinError>) -> RunReport {
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// The message of a caught panic payload (`&str` or `String`), for logs and errors.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {

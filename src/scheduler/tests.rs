@@ -18,6 +18,10 @@ use crate::store::{
 #[derive(Default)]
 pub(crate) struct MemStore {
     runs: Mutex<Vec<RunRecord>>,
+    /// Makes `last_scheduled_run` panic: a stand-in for a bug inside the loop.
+    pub(crate) poisoned: std::sync::atomic::AtomicBool,
+    /// `finish_run` fails this many more times.
+    finish_failures: AtomicUsize,
 }
 
 impl MemStore {
@@ -65,6 +69,13 @@ impl Store for MemStore {
         counts: ActionCounts,
         error: Option<&str>,
     ) -> StoreResult<()> {
+        if self
+            .finish_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Corrupt("injected: database is locked".into()));
+        }
         let mut runs = self.runs.lock().unwrap();
         let r = runs
             .iter_mut()
@@ -112,6 +123,9 @@ impl Store for MemStore {
             .collect())
     }
     async fn last_scheduled_run(&self, job: &str) -> StoreResult<Option<RunRecord>> {
+        if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("poisoned test store");
+        }
         let runs = self.runs.lock().unwrap();
         Ok(runs
             .iter()
@@ -183,6 +197,8 @@ struct FakeExec {
     behaviour: Behaviour,
     clock: Arc<dyn Clock>,
     calls: mpsc::UnboundedSender<(String, RunHandle, DateTime<Utc>)>,
+    /// Stubborn runs that got to the end of their work.
+    stubborn_done: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -198,6 +214,7 @@ impl Executor for FakeExec {
             },
             Behaviour::Stubborn(d) => {
                 tokio::time::sleep(d).await;
+                self.stubborn_done.fetch_add(1, Ordering::SeqCst);
                 RunReport::succeeded(ActionCounts::default())
             }
             Behaviour::Panic => panic!("boom"),
@@ -225,6 +242,7 @@ struct Harness {
     handle: SchedulerHandle,
     task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
+    stubborn_done: Arc<AtomicUsize>,
 }
 
 fn start(
@@ -236,10 +254,12 @@ fn start(
 ) -> Harness {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(utc(at)));
     let (tx, calls) = mpsc::unbounded_channel();
+    let stubborn_done = Arc::new(AtomicUsize::new(0));
     let exec = Arc::new(FakeExec {
         behaviour,
         clock: clock.clone(),
         calls: tx,
+        stubborn_done: stubborn_done.clone(),
     });
     let shutdown = CancellationToken::new();
     let (handle, task) =
@@ -251,6 +271,7 @@ fn start(
         handle,
         task,
         shutdown,
+        stubborn_done,
     }
 }
 
@@ -650,9 +671,18 @@ async fn shutdown_past_grace_interrupts() {
     );
     h.next_call().await;
     let t = tokio::time::Instant::now();
+    let done = h.stubborn_done.clone();
     let store = h.stop().await;
     assert_eq!(t.elapsed(), Duration::from_secs(13));
     assert_eq!(store.runs()[0].status, RunStatus::Interrupted);
+    // Aborted means aborted: the executor's own task does not go on acting after the
+    // daemon recorded the run interrupted.
+    tokio::time::sleep(Duration::from_secs(1200)).await;
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        0,
+        "the aborted run kept working"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -745,5 +775,234 @@ async fn started_means_jobs_are_published() {
     assert!(h.handle.is_running());
     let names: Vec<String> = h.handle.jobs().into_iter().map(|j| j.name).collect();
     assert_eq!(names, ["a", "b"]);
+    h.stop().await;
+}
+
+/// Durations a policy can no longer contain (the parser bounds them), set directly: the
+/// loop must survive them rather than panic on `tick + jitter` or `now - deadline`.
+#[tokio::test(start_paused = true)]
+async fn absurd_durations_do_not_kill_the_loop() {
+    let store: Arc<MemStore> = Arc::default();
+    let mut jit = (*job("jit", "every = \"1h\"")).clone();
+    jit.jitter = Some(Duration::from_secs(1_000_000_000_000_000));
+    let mut late = (*job("late", "every = \"1h\"\nmissed = \"run_once\"")).clone();
+    late.starting_deadline = Some(Duration::from_secs(1_000_000_000_000_000));
+    let (jit, late) = (Arc::new(jit), Arc::new(late));
+    // `late` ran once, so the second life has a missed tick to consider.
+    let h = start(
+        store.clone(),
+        "2026-01-01T00:30:00Z",
+        SHORT,
+        vec![late.clone()],
+        SchedulerOptions::default(),
+    );
+    h.sleep_until("2026-01-01T01:10:00Z").await;
+    let store = h.stop().await;
+
+    let mut h = start(
+        store,
+        "2026-01-01T04:30:00Z",
+        SHORT,
+        vec![jit, late],
+        SchedulerOptions::default(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), h.handle.started())
+        .await
+        .expect("started() returns");
+    assert!(h.handle.is_running(), "the loop is scheduling");
+    // Any age is within an unrepresentable deadline: the 04:00 tick is caught up.
+    let (name, run, _) = h.next_call().await;
+    assert_eq!((name.as_str(), run.trigger), ("late", Trigger::CatchUp));
+    tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+    assert!(h.handle.is_running(), "still scheduling hours later");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loop_that_panics_is_not_reported_alive() {
+    let store = Arc::new(MemStore::default());
+    store
+        .poisoned
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let j = job(
+        "a",
+        "every = \"1h\"\nmissed = \"run_once\"\nstarting_deadline = \"2h\"",
+    );
+    let h = start(
+        store,
+        "2026-06-01T12:30:00Z",
+        SHORT,
+        vec![j],
+        SchedulerOptions::default(),
+    );
+    // `started()` returns (it does not wait forever) and nobody is told the loop runs.
+    tokio::time::timeout(Duration::from_secs(60), h.handle.started())
+        .await
+        .expect("started() returns once the loop has died");
+    assert!(!h.handle.is_running());
+    let end = h.task.await;
+    assert!(end.is_err_and(|e| e.is_panic()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_job_cannot_be_triggered() {
+    let off = job("off", "every = \"1h\"\nenabled = false");
+    let mut h = start(
+        Arc::default(),
+        "2026-01-01T00:00:00Z",
+        SHORT,
+        vec![off],
+        SchedulerOptions::default(),
+    );
+    h.handle.started().await;
+    assert_eq!(
+        h.handle.trigger("off").await,
+        Err(TriggerError::Disabled("off".into()))
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(h.calls.try_recv().is_err(), "the executor was not called");
+    let store = h.stop().await;
+    assert!(store.runs().is_empty(), "no run was recorded");
+}
+
+/// A store that fails for a while when the run ends: the end is recorded once it recovers;
+/// a store that stays down is given up on in bounded time.
+#[tokio::test(start_paused = true)]
+async fn the_end_of_a_run_is_recorded_despite_store_errors() {
+    let store: Arc<MemStore> = Arc::default();
+    store.finish_failures.store(3, Ordering::SeqCst);
+    let mut h = start(
+        store,
+        "2026-01-01T00:00:50Z",
+        SHORT,
+        vec![job("j", "every = \"1m\"")],
+        SchedulerOptions::default(),
+    );
+    h.next_call().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let store = h.stop().await;
+    assert_eq!(store.runs()[0].status, RunStatus::Succeeded);
+    assert_eq!(store.finish_failures.load(Ordering::SeqCst), 0);
+
+    store.finish_failures.store(usize::MAX, Ordering::SeqCst);
+    let t = tokio::time::Instant::now();
+    let recorded =
+        run::record_finish(&*store, 1, RunStatus::Failed, ActionCounts::default(), None).await;
+    assert!(!recorded);
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(store.finish_failures.load(Ordering::SeqCst), usize::MAX - 6);
+}
+
+/// A job removed by a reload loses its metric series (else `NeonStewardJobStale` fires for
+/// a job that no longer exists); one still running keeps them until its run ends.
+#[tokio::test(start_paused = true)]
+async fn reload_removes_the_series_of_removed_jobs() {
+    use crate::telemetry::metrics::render;
+    let series = |job: &str| {
+        render()
+            .lines()
+            .filter(|l| l.contains(&format!("job_name=\"{job}\"")))
+            .count()
+    };
+    let idle = job("t-reload-removed-idle", "every = \"1h\"");
+    let busy = job("t-reload-removed-busy", "every = \"1m\"");
+    let kept = job("t-reload-kept", "every = \"1h\"");
+    let mut h = start(
+        Arc::default(),
+        "2026-01-01T00:00:50Z",
+        Behaviour::Work(Duration::from_secs(30)),
+        vec![idle.clone(), busy.clone(), kept.clone()],
+        SchedulerOptions::default(),
+    );
+    h.next_call().await; // `busy` runs from 00:01:00 to 00:01:30
+    assert!(series(&idle.name) > 0 && series(&busy.name) > 0);
+    h.handle.reload(vec![kept.clone()]).await.unwrap();
+    assert_eq!(series(&idle.name), 0, "the removed job's series are gone");
+    assert!(series(&busy.name) > 0, "kept while its run is in progress");
+    assert!(series(&kept.name) > 0);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(series(&busy.name), 0, "gone once its run finished");
+    assert!(series(&kept.name) > 0);
+    h.stop().await;
+}
+
+/// `missed = "run_once"`: a tick whose run was interrupted (crash, shutdown past the grace
+/// period) is run again at start-up if still within `starting_deadline`, a bounded number
+/// of times, and only once it is the newest tick.
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_tick_is_run_again() {
+    let j = job(
+        "j",
+        "every = \"1h\"\nmissed = \"run_once\"\nstarting_deadline = \"2h\"",
+    );
+    let opts = SchedulerOptions {
+        grace_period: Duration::from_secs(1),
+        cancel_wait: Duration::from_secs(1),
+        watchdog: None,
+    };
+    let long = Behaviour::Work(Duration::from_secs(1200));
+    // Each life starts, runs (or re-runs) the 01:00 tick and is stopped mid-run.
+    let mut store: Arc<MemStore> = Arc::default();
+    for (at, expected) in [
+        ("2026-01-01T00:59:00Z", Some(Trigger::Schedule)),
+        ("2026-01-01T01:20:00Z", Some(Trigger::CatchUp)),
+        ("2026-01-01T01:30:00Z", Some(Trigger::CatchUp)),
+        ("2026-01-01T01:40:00Z", Some(Trigger::CatchUp)),
+        // Three re-runs were interrupted too: given up.
+        ("2026-01-01T01:50:00Z", None),
+    ] {
+        let mut h = start(store, at, long, vec![j.clone()], opts.clone());
+        let call = tokio::time::timeout(Duration::from_secs(65), h.next_call()).await;
+        match (expected, call) {
+            (Some(trigger), Ok((_, run, _))) => {
+                assert_eq!(run.scheduled_for, utc("2026-01-01T01:00:00Z"), "{at}");
+                assert_eq!(run.trigger, trigger, "{at}");
+            }
+            (None, Err(_)) => {}
+            (e, c) => panic!("{at}: expected {e:?}, got {:?}", c.map(|c| c.1.trigger)),
+        }
+        store = h.stop().await;
+    }
+    let claims: Vec<String> = store
+        .runs()
+        .iter()
+        .map(|r| r.scheduled_for.format("%H:%M:%S%.3f").to_string())
+        .collect();
+    assert_eq!(
+        claims,
+        [
+            "01:00:00.000",
+            "01:00:00.001",
+            "01:00:00.002",
+            "01:00:00.003"
+        ]
+    );
+    assert!(store
+        .runs()
+        .iter()
+        .all(|r| r.status == RunStatus::Interrupted));
+
+    // Past the starting deadline: not re-run.
+    let j = job(
+        "j",
+        "every = \"1h\"\nmissed = \"run_once\"\nstarting_deadline = \"30m\"",
+    );
+    let store: Arc<MemStore> = Arc::default();
+    let mut h = start(
+        store,
+        "2026-01-01T00:59:00Z",
+        long,
+        vec![j.clone()],
+        opts.clone(),
+    );
+    h.next_call().await;
+    let store = h.stop().await;
+    let mut h = start(store, "2026-01-01T01:45:00Z", SHORT, vec![j], opts);
+    let (_, run, _) = h.next_call().await;
+    assert_eq!(
+        (run.scheduled_for, run.trigger),
+        (utc("2026-01-01T02:00:00Z"), Trigger::Schedule),
+        "01:00 is 45m old, past the 30m deadline"
+    );
     h.stop().await;
 }

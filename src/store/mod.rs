@@ -38,6 +38,47 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     }
 }
 
+/// The store URL as it may be shown (logs, errors, `Debug`, the demo's output): a password
+/// in the user info (`postgres://user:secret@host/db`) or in a `password=` query parameter
+/// is replaced by `[redacted]`; everything else is kept so the operator sees which database
+/// is meant.
+pub fn redact_url(url: &str) -> String {
+    const HIDDEN: &str = "[redacted]";
+    let (before_query, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match before_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _password)) => format!("{user}:{HIDDEN}@{host}"),
+                    None => format!("{userinfo}@{host}"),
+                },
+                None => authority.to_string(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => before_query.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={HIDDEN}"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
 // Time encoding shared by every backend: an instant is an integer of milliseconds since the
 // Unix epoch, UTC. It orders and indexes alike everywhere and has no zone to get wrong.
 
@@ -374,4 +415,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes finished runs (and their actions) that finished before `before`.
     async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_and_the_rest_kept() {
+        for (url, shown) in [
+            (
+                "postgres://u:p%40ss@host:5432/db",
+                "postgres://u:[redacted]@host:5432/db",
+            ),
+            (
+                "postgresql://u:a:b@c@host/db?sslmode=require",
+                "postgresql://u:[redacted]@host/db?sslmode=require",
+            ),
+            ("postgres://u@host/db", "postgres://u@host/db"),
+            (
+                "postgres:///db?user=u&Password=x&host=/run/pg",
+                "postgres:///db?user=u&Password=[redacted]&host=/run/pg",
+            ),
+            ("sqlite:///var/lib/x.db", "sqlite:///var/lib/x.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("sqlite://./a.db?mode=rwc", "sqlite://./a.db?mode=rwc"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 }

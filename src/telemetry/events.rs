@@ -277,6 +277,55 @@ impl JobScheduled<'_> {
     }
 }
 
+/// A job left the policy (reload) and has no run in progress any more: every series with
+/// its `job_name` is removed, so a job that no longer exists neither fires the staleness
+/// alert (`job_last_success_timestamp_seconds` frozen while `job_interval_seconds` stays)
+/// nor lingers on dashboards.
+pub struct JobUnscheduled<'a> {
+    pub job: &'a str,
+}
+
+impl JobUnscheduled<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            job = self.job,
+            "job removed from the policy; its metric series are removed"
+        );
+        let m = metrics();
+        remove_job_series(&m.job_runs_total, self.job);
+        remove_job_series(&m.job_run_duration_seconds, self.job);
+        remove_job_series(&m.job_last_run_timestamp_seconds, self.job);
+        remove_job_series(&m.job_last_success_timestamp_seconds, self.job);
+        remove_job_series(&m.job_next_run_timestamp_seconds, self.job);
+        remove_job_series(&m.job_interval_seconds, self.job);
+        remove_job_series(&m.job_running, self.job);
+        remove_job_series(&m.job_skipped_ticks_total, self.job);
+        remove_job_series(&m.actions_total, self.job);
+    }
+}
+
+/// Removes every series of `family` whose `job_name` label is `job`, whatever its other
+/// labels (the families only offer removal by the full label set).
+fn remove_job_series<T: prometheus::core::MetricVecBuilder>(
+    family: &prometheus::core::MetricVec<T>,
+    job: &str,
+) {
+    use prometheus::core::Collector;
+    for mf in family.collect() {
+        for metric in mf.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("job_name") == Some(&job) {
+                // Absent already (a concurrent removal): nothing to do.
+                let _ = family.remove(&labels);
+            }
+        }
+    }
+}
+
 /// An action of a job on a Neon resource reached its outcome (emit once per action, with
 /// the final outcome; a `Pending` outcome is logged but not counted).
 pub struct ActionRecorded<'a> {
@@ -376,6 +425,9 @@ pub struct ConsumptionPoint {
     pub project_id: String,
     pub metric: String,
     pub granularity: String,
+    /// Start of the period the value covers: only points of one period are exported
+    /// together, so a sum (`other`) never adds up different periods.
+    pub period_start: DateTime<Utc>,
     pub value: f64,
     /// From the configured price table; `None` when the metric has no price.
     pub cost: Option<f64>,
@@ -384,20 +436,46 @@ pub struct ConsumptionPoint {
 /// The project id under which projects beyond the cap are summed.
 pub const OTHER_PROJECTS: &str = "other";
 
-/// The label sets last exported per granularity, so series of projects that disappeared (or
-/// fell under the cap) are removed instead of reporting a stale value forever.
 /// `(project_id, metric)` label pairs exported for one granularity.
 type SeriesKeys = HashSet<(String, String)>;
 
-static EXPORTED: LazyLock<Mutex<HashMap<String, SeriesKeys>>> = LazyLock::new(Default::default);
+/// What one job last handed in for one granularity.
+struct Contribution {
+    points: Vec<ConsumptionPoint>,
+    max_projects: usize,
+}
+
+/// Per granularity: each job's latest contribution, and the label sets last exported (so
+/// series of projects that disappeared, or fell under the cap, are removed instead of
+/// reporting a stale value forever).
+#[derive(Default)]
+struct Exported {
+    contributions: HashMap<String, Contribution>,
+    series: SeriesKeys,
+}
+
+static EXPORTED: LazyLock<Mutex<HashMap<String, Exported>>> = LazyLock::new(Default::default);
 
 /// Consumption gauges are replaced with the latest complete period of one granularity.
 ///
-/// At most `max_projects` projects get their own series; they are the ones with the highest
-/// estimated cost (then the highest summed value, then project id, so the choice is stable).
-/// The rest are summed into `project_id="other"`, which keeps label cardinality bounded on
-/// accounts with thousands of projects.
+/// Several `collect_consumption` jobs may share a granularity (one per organization, say):
+/// the gauges have no job label (that would duplicate a project's series per job and make
+/// every sum over them count it twice), so each job's points are kept as its contribution
+/// and the series of a granularity are computed from all contributions together. A job thus
+/// never removes another job's series, and a project selected by two jobs has one series.
+///
+/// Only the newest period among the contributions is exported: a project whose latest
+/// sample is older (deleted, no longer selected, a lagging job) gets no series, and
+/// `project_id="other"` sums one period only.
+///
+/// At most `max_projects` projects get their own series (the smallest cap of the jobs
+/// contributing); they are the ones with the highest estimated cost (then the highest summed
+/// value, then project id, so the choice is stable). The rest are summed into
+/// `project_id="other"`, which keeps label cardinality bounded on accounts with thousands of
+/// projects.
 pub struct ConsumptionExported<'a> {
+    /// The policy job exporting (its previous contribution is replaced).
+    pub job: &'a str,
     pub granularity: &'a str,
     pub points: &'a [ConsumptionPoint],
     pub max_projects: usize,
@@ -405,11 +483,44 @@ pub struct ConsumptionExported<'a> {
 
 impl ConsumptionExported<'_> {
     pub fn emit(&self) {
-        let points: Vec<&ConsumptionPoint> = self
-            .points
-            .iter()
-            .filter(|p| p.granularity == self.granularity)
-            .collect();
+        let m = metrics();
+        let mut exported = EXPORTED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = exported.entry(self.granularity.to_string()).or_default();
+        slot.contributions.insert(
+            self.job.to_string(),
+            Contribution {
+                points: self
+                    .points
+                    .iter()
+                    .filter(|p| p.granularity == self.granularity)
+                    .cloned()
+                    .collect(),
+                max_projects: self.max_projects,
+            },
+        );
+        let max_projects = slot
+            .contributions
+            .values()
+            .map(|c| c.max_projects)
+            .min()
+            .unwrap_or(self.max_projects);
+        // The newest period, and one point per (project, metric) in it: the values come
+        // from the shared store, so two jobs selecting a project report the same number.
+        let latest = slot
+            .contributions
+            .values()
+            .flat_map(|c| c.points.iter().map(|p| p.period_start))
+            .max();
+        let mut unique: HashMap<(&str, &str), &ConsumptionPoint> = HashMap::new();
+        for p in slot.contributions.values().flat_map(|c| c.points.iter()) {
+            if Some(p.period_start) == latest {
+                unique.insert((p.project_id.as_str(), p.metric.as_str()), p);
+            }
+        }
+        let points: Vec<&ConsumptionPoint> = unique.into_values().collect();
+
         // Rank projects.
         let mut totals: HashMap<&str, (f64, f64)> = HashMap::new();
         for p in &points {
@@ -424,11 +535,7 @@ impl ConsumptionExported<'_> {
                 .then(b.1 .1.total_cmp(&a.1 .1))
                 .then(a.0.cmp(b.0))
         });
-        let kept: HashSet<&str> = ranked
-            .iter()
-            .take(self.max_projects)
-            .map(|(p, _)| *p)
-            .collect();
+        let kept: HashSet<&str> = ranked.iter().take(max_projects).map(|(p, _)| *p).collect();
 
         // Aggregate into the series to export: (project label, metric) -> (value, cost).
         let mut series: HashMap<(String, String), (f64, Option<f64>)> = HashMap::new();
@@ -447,12 +554,7 @@ impl ConsumptionExported<'_> {
             }
         }
 
-        let m = metrics();
-        let mut exported = EXPORTED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let previous = exported.remove(self.granularity).unwrap_or_default();
-        for (project, metric) in previous.iter() {
+        for (project, metric) in slot.series.iter() {
             if !series.contains_key(&(project.clone(), metric.clone())) {
                 let labels = [project.as_str(), metric.as_str(), self.granularity];
                 let _ = m.consumption.remove_label_values(&labels);
@@ -469,15 +571,13 @@ impl ConsumptionExported<'_> {
                 }
             }
         }
-        exported.insert(
-            self.granularity.to_string(),
-            series.keys().cloned().collect(),
-        );
+        slot.series = series.keys().cloned().collect();
         tracing::debug!(
+            job = self.job,
             granularity = self.granularity,
             projects = ranked.len(),
             series = series.len(),
-            capped = ranked.len().saturating_sub(self.max_projects),
+            capped = ranked.len().saturating_sub(max_projects),
             "consumption exported"
         );
     }
@@ -528,6 +628,34 @@ mod tests {
     //! Metrics are process-global: every test uses its own job names / granularities.
 
     use super::*;
+
+    #[test]
+    fn unscheduled_jobs_lose_their_gauges() {
+        let job = "events-test-unscheduled";
+        let has = |name: &str| {
+            metrics().registry.gather().iter().any(|mf| {
+                mf.name() == name
+                    && mf
+                        .get_metric()
+                        .iter()
+                        .any(|m| m.get_label().iter().any(|l| l.value() == job))
+            })
+        };
+        JobScheduled {
+            job,
+            kind: "expire_branches",
+            next_run: Utc::now(),
+            interval: Some(Duration::from_secs(900)),
+        }
+        .emit();
+        assert!(has("neon_steward_job_interval_seconds"));
+        assert!(has("neon_steward_job_next_run_timestamp_seconds"));
+        JobUnscheduled { job }.emit();
+        assert!(!has("neon_steward_job_interval_seconds"));
+        assert!(!has("neon_steward_job_next_run_timestamp_seconds"));
+        // Counters go too: no series of a job that no longer exists remains.
+        assert!(!has("neon_steward_job_runs_total"));
+    }
     use crate::telemetry::metrics::render;
 
     /// Serialises the tests that emit [`ConfigReloaded`]: its gauges have no label to keep
@@ -536,6 +664,85 @@ mod tests {
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(secs, 0).expect("valid test timestamp")
+    }
+
+    #[test]
+    fn unscheduled_job_loses_every_series() {
+        let (gone, kept) = ("t-unscheduled-gone", "t-unscheduled-kept");
+        for job in [gone, kept] {
+            JobScheduled {
+                job,
+                kind: "expire_branches",
+                next_run: at(1_000),
+                interval: Some(Duration::from_secs(3600)),
+            }
+            .emit();
+            JobRunStarted {
+                job,
+                kind: "expire_branches",
+                run_id: 1,
+                trigger: Trigger::Schedule,
+                dry_run: false,
+            }
+            .emit();
+            JobRunFinished {
+                job,
+                kind: "expire_branches",
+                run_id: 1,
+                outcome: RunStatus::Succeeded,
+                elapsed: Duration::from_millis(10),
+                finished_at: at(900),
+                counts: ActionCounts::default(),
+                error: None,
+            }
+            .emit();
+            ActionRecorded {
+                job,
+                run_id: 1,
+                action: "delete_branch",
+                outcome: ActionOutcome::Succeeded,
+                dry_run: false,
+                resource_kind: "branch",
+                resource_id: "br-1",
+                resource_name: None,
+                project_id: Some("p-1"),
+                reason: "test",
+                detail: None,
+            }
+            .emit();
+        }
+        let before = render();
+        assert!(before.contains(&format!(
+            "job_last_success_timestamp_seconds{{job_name=\"{gone}\"}}"
+        )));
+
+        JobUnscheduled { job: gone }.emit();
+        let after = render();
+        assert!(
+            !after.contains(&format!("job_name=\"{gone}\"")),
+            "series of the removed job remain:\n{}",
+            after
+                .lines()
+                .filter(|l| l.contains(gone))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        for family in [
+            "job_runs_total",
+            "job_run_duration_seconds_count",
+            "job_last_success_timestamp_seconds",
+            "job_interval_seconds",
+            "job_next_run_timestamp_seconds",
+            "job_skipped_ticks_total",
+            "actions_total",
+        ] {
+            assert!(
+                after
+                    .lines()
+                    .any(|l| l.starts_with(&format!("neon_steward_{family}{{")) && l.contains(kept)),
+                "{family} of the kept job is still there"
+            );
+        }
     }
 
     #[test]
@@ -886,6 +1093,7 @@ mod tests {
             project_id: project.into(),
             metric: metric.into(),
             granularity: granularity.into(),
+            period_start: at(3600),
             value,
             cost,
         }
@@ -902,6 +1110,7 @@ mod tests {
             point("p-small", "compute_time_seconds", g, 3.0, Some(0.5)),
         ];
         ConsumptionExported {
+            job: "t-job",
             granularity: g,
             points: &points,
             max_projects: 2,
@@ -924,6 +1133,7 @@ mod tests {
         // Next period: p-mid is gone, everything fits under the cap.
         let points = vec![point("p-big", "compute_time_seconds", g, 60.0, Some(10.0))];
         ConsumptionExported {
+            job: "t-job",
             granularity: g,
             points: &points,
             max_projects: 2,
@@ -939,6 +1149,7 @@ mod tests {
     fn consumption_export_leaves_other_granularities_alone() {
         let points = vec![point("p-1", "compute_time_seconds", "t-gran-a", 1.0, None)];
         ConsumptionExported {
+            job: "t-job",
             granularity: "t-gran-a",
             points: &points,
             max_projects: 10,
@@ -946,6 +1157,7 @@ mod tests {
         .emit();
         let points = vec![point("p-1", "compute_time_seconds", "t-gran-b", 2.0, None)];
         ConsumptionExported {
+            job: "t-job",
             granularity: "t-gran-b",
             points: &points,
             max_projects: 10,
@@ -953,6 +1165,89 @@ mod tests {
         .emit();
         assert_eq!(series("neon_steward_consumption", "t-gran-a").len(), 1);
         assert_eq!(series("neon_steward_consumption", "t-gran-b").len(), 1);
+    }
+
+    #[test]
+    fn two_jobs_of_one_granularity_keep_each_others_series() {
+        let g = "t-two-jobs";
+        let key = |p: &str, m: &str| (p.to_string(), m.to_string());
+        let emit = |job: &str, points: &[ConsumptionPoint]| {
+            ConsumptionExported {
+                job,
+                granularity: g,
+                points,
+                max_projects: 10,
+            }
+            .emit()
+        };
+        emit(
+            "org-a",
+            &[point("p-a", "compute_unit_seconds", g, 1.0, None)],
+        );
+        emit(
+            "org-b",
+            &[point("p-b", "compute_unit_seconds", g, 2.0, None)],
+        );
+        let values = series("neon_steward_consumption", g);
+        assert_eq!(values.len(), 2, "{values:?}");
+        // org-a's next export replaces only org-a's series.
+        emit(
+            "org-a",
+            &[point("p-a", "compute_unit_seconds", g, 3.0, None)],
+        );
+        let values = series("neon_steward_consumption", g);
+        assert_eq!(values[&key("p-a", "compute_unit_seconds")], 3.0);
+        assert_eq!(values[&key("p-b", "compute_unit_seconds")], 2.0);
+        // A job that drops a project removes that series, not the other job's.
+        emit("org-a", &[]);
+        let values = series("neon_steward_consumption", g);
+        assert_eq!(values.len(), 1, "{values:?}");
+        assert_eq!(values[&key("p-b", "compute_unit_seconds")], 2.0);
+    }
+
+    #[test]
+    fn other_sums_one_period_only() {
+        let g = "t-one-period";
+        let at_period = |mut p: ConsumptionPoint, secs| {
+            p.period_start = at(secs);
+            p
+        };
+        // p-old's latest sample is a period behind (deleted project, lagging collection).
+        let points = vec![
+            at_period(
+                point("p-big", "compute_unit_seconds", g, 50.0, Some(5.0)),
+                7200,
+            ),
+            at_period(
+                point("p-1", "compute_unit_seconds", g, 2.0, Some(0.2)),
+                7200,
+            ),
+            at_period(
+                point("p-2", "compute_unit_seconds", g, 3.0, Some(0.3)),
+                7200,
+            ),
+            at_period(
+                point("p-old", "compute_unit_seconds", g, 1000.0, Some(100.0)),
+                3600,
+            ),
+        ];
+        ConsumptionExported {
+            job: "t-job",
+            granularity: g,
+            points: &points,
+            max_projects: 1,
+        }
+        .emit();
+        let values = series("neon_steward_consumption", g);
+        let key = |p: &str| (p.to_string(), "compute_unit_seconds".to_string());
+        assert_eq!(values.len(), 2, "{values:?}");
+        assert_eq!(values[&key("p-big")], 50.0, "ranked within the period");
+        assert_eq!(values[&key(OTHER_PROJECTS)], 5.0, "only the newest period");
+        let costs = series("neon_steward_estimated_cost", g);
+        assert!(
+            (costs[&key(OTHER_PROJECTS)] - 0.5).abs() < 1e-9,
+            "{costs:?}"
+        );
     }
 
     #[test]
@@ -1046,6 +1341,7 @@ mod tests {
         .emit();
         let points = [point("p", "m", "t-render", 1.0, Some(1.0))];
         ConsumptionExported {
+            job: "t-job",
             granularity: "t-render",
             points: &points,
             max_projects: 1,

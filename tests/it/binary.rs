@@ -140,6 +140,28 @@ async fn once_and_plan_against_the_emulator() {
         &GOOD.replace("ttl = \"7d\"", "ttl = \"1s\"\ndry_run = true"),
     );
     let (base, key) = (sim.base_url(), sim.api_key());
+    // A run of a live daemon sharing the store: `plan` must leave it alone (only the daemon
+    // recovers interrupted runs, at its own start-up).
+    let live = {
+        use neon_steward::store::{NewRun, RunStatus, Trigger};
+        let store =
+            neon_steward::store::open(&format!("sqlite://{}/state.db", dir.path().display()))
+                .await
+                .unwrap();
+        store
+            .claim_run(&NewRun {
+                job: "daemon-job".into(),
+                kind: "expire_branches".into(),
+                scheduled_for: chrono::Utc::now(),
+                trigger: Trigger::Schedule,
+                dry_run: false,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+    };
     let d = dir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         run(cmd(&d)
@@ -161,6 +183,14 @@ async fn once_and_plan_against_the_emulator() {
     assert_eq!(v[0]["job"], "expire-previews");
     assert_eq!(v[0]["status"], "succeeded");
     assert!(sim.mutations().is_empty(), "plan made no change");
+    let store = neon_steward::store::open(&format!("sqlite://{}/state.db", dir.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_run(live).await.unwrap().unwrap().status,
+        neon_steward::store::RunStatus::Running,
+        "plan left the daemon's run alone"
+    );
     // The run is in the history.
     let d = dir.path().to_path_buf();
     let policy = dir.path().join("p.toml");

@@ -234,6 +234,10 @@ async fn every_operation_round_trips() {
         .await
         .unwrap();
     let again = c.delete_branch(&project, &child_id).await.unwrap_err();
+    assert!(
+        matches!(again, ApiError::AlreadyDeleted { .. }),
+        "Neon answers 204 for an already deleted branch: {again:?}"
+    );
     assert!(again.is_not_found(), "{again}");
     assert_eq!(c.count_branches(&project).await.unwrap(), 1);
 
@@ -948,7 +952,9 @@ async fn consumption_v2_and_legacy_across_pages() {
         .iter()
         .filter(|s| s.path.ends_with("/consumption_history/v2/projects"))
         .count();
-    assert_eq!(pages, 3);
+    // 3 pages of projects, then the empty page that ends the listing: a short page is not
+    // taken as the last one (the document calls `limit` a maximum).
+    assert_eq!(pages, 4);
     for p in &periods {
         assert_eq!(p.granularity, Granularity::Hourly);
         assert_eq!(p.timeframe_end - p.timeframe_start, TimeDelta::hours(1));
@@ -1003,4 +1009,207 @@ async fn consumption_v2_and_legacy_across_pages() {
         .await;
     let e = r.unwrap_err();
     assert_eq!(e.status(), Some(406), "{e}");
+}
+
+/// A delete that Neon carried out but whose answer was lost (here: done, then 500) is retried;
+/// the retry finds the branch gone, Neon answers 204, and the client reports
+/// `ApiError::AlreadyDeleted` (not a 404, not a decode error of the empty body). A branch that
+/// never existed is the same 204; a project that does not exist stays a 404.
+#[tokio::test]
+async fn retried_delete_after_a_lost_answer_is_already_deleted() {
+    const ROUTE: &str = "/projects/{project_id}/branches/{branch_id}";
+    let sim = spawn_sim(SimConfig::default()).await;
+    let (pid, main) = sim.add_project("gone", None);
+    let child = sim.add_branch(&pid, "preview/x", Some(&main));
+    let project = ProjectId::from(pid.as_str());
+    let c = sim.client();
+    sim.fail_after_processing("DELETE", &format!("/branches/{child}"), 1);
+    let e = c
+        .delete_branch(&project, &BranchId::from(child.as_str()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ApiError::AlreadyDeleted { route } if route == ROUTE),
+        "{e:?}"
+    );
+    let deletes: Vec<u16> = sim
+        .mutations()
+        .iter()
+        .filter(|m| m.method == "DELETE" && m.route.as_deref() == Some(ROUTE))
+        .map(|m| m.status)
+        .collect();
+    assert_eq!(deletes, [200, 204], "deleted once, then found gone");
+    assert_eq!(c.count_branches(&project).await.unwrap(), 1);
+
+    let e = c
+        .delete_branch(&project, &BranchId::from("br-never-existed-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::AlreadyDeleted { .. }), "{e:?}");
+    let e = c
+        .delete_branch(
+            &ProjectId::from("no-such-project-1"),
+            &BranchId::from(child.as_str()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e:?}");
+}
+
+// ------------------------------------------------------------------ answers Neon should not give
+
+/// A fake Neon serving `GET /projects/p-1/branches` (pages chosen by `cursor`) and
+/// `GET /projects/p-1/branches/br-1` from fixed bodies, for answers the emulator never gives.
+async fn fake_neon(
+    pages: Vec<(Option<&'static str>, serde_json::Value)>,
+    one: serde_json::Value,
+) -> (NeonClient, tokio::task::JoinHandle<()>) {
+    use axum::extract::Query;
+    use axum::routing::get;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let pages = Arc::new(pages);
+    let app = axum::Router::new()
+        .route(
+            "/api/v2/projects/p-1/branches",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                let pages = pages.clone();
+                async move {
+                    let cursor = q.get("cursor").map(String::as_str);
+                    let body = pages
+                        .iter()
+                        .find(|(c, _)| *c == cursor)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_else(|| serde_json::json!({"branches": []}));
+                    axum::Json(body)
+                }
+            }),
+        )
+        .route(
+            "/api/v2/projects/p-1/branches/br-1",
+            get(move || async move { axum::Json(one) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let mut cc = ClientConfig::new(format!("http://{addr}/api/v2"), Secret::new("k"));
+    cc.page_size = 2;
+    cc.max_retries = 0;
+    (NeonClient::new(cc).unwrap(), server)
+}
+
+fn branch_json(id: &str, parent: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "project_id": "p-1", "name": id, "parent_id": parent,
+        "default": parent.is_none(), "protected": false, "current_state": "ready",
+        "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z",
+    })
+}
+
+/// `default` and `protected` are required by the document and decide what the jobs may
+/// delete: a branch without them is a decode error, never an unprotected, non-default branch.
+#[tokio::test]
+async fn a_branch_without_default_or_protected_is_a_decode_error() {
+    for missing in ["default", "protected"] {
+        let mut b = branch_json("br-1", Some("br-0"));
+        b.as_object_mut().unwrap().remove(missing);
+        let (c, server) = fake_neon(
+            vec![(None, serde_json::json!({ "branches": [b.clone()] }))],
+            serde_json::json!({ "branch": b }),
+        )
+        .await;
+        let project = ProjectId::from("p-1");
+        let e = c
+            .get_branch(&project, &BranchId::from("br-1"))
+            .await
+            .unwrap_err();
+        match &e {
+            ApiError::Decode { route, detail, .. } => {
+                assert_eq!(*route, "/projects/{project_id}/branches/{branch_id}");
+                assert!(detail.contains(missing), "{detail}");
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+        let e = c
+            .list_branches(&project)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Decode { .. }), "{e:?}");
+        server.abort();
+    }
+}
+
+/// A short page with a cursor is not the end of the listing (the document calls `limit` a
+/// maximum); the client follows the cursor to the end, so no child branch goes unseen.
+#[tokio::test]
+async fn a_short_page_with_a_cursor_is_followed() {
+    let (c, server) = fake_neon(
+        vec![
+            (
+                None,
+                serde_json::json!({"branches": [branch_json("br-0", None)],
+                                   "pagination": {"next": "c1"}}),
+            ),
+            (
+                Some("c1"),
+                serde_json::json!({"branches": [branch_json("br-1", Some("br-0")),
+                                                branch_json("br-2", Some("br-1"))],
+                                   "pagination": {"next": "c2"}}),
+            ),
+            (
+                Some("c2"),
+                serde_json::json!({"branches": [], "pagination": {"next": "c2"}}),
+            ),
+        ],
+        serde_json::json!({}),
+    )
+    .await;
+    let ids: Vec<String> = c
+        .list_branches(&ProjectId::from("p-1"))
+        .map_ok(|b| b.id.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ids, ["br-0", "br-1", "br-2"]);
+    server.abort();
+}
+
+/// A cursor the listing already followed is an error naming the route, not a silent end of
+/// a partial listing (which could make a parent branch look childless).
+#[tokio::test]
+async fn a_repeated_cursor_is_an_error_not_a_partial_listing() {
+    let (c, server) = fake_neon(
+        vec![
+            (
+                None,
+                serde_json::json!({"branches": [branch_json("br-0", None),
+                                                branch_json("br-1", Some("br-0"))],
+                                   "pagination": {"next": "c1"}}),
+            ),
+            (
+                Some("c1"),
+                serde_json::json!({"branches": [branch_json("br-2", Some("br-1")),
+                                                branch_json("br-3", Some("br-2"))],
+                                   "pagination": {"next": "c1"}}),
+            ),
+        ],
+        serde_json::json!({}),
+    )
+    .await;
+    let e = c
+        .list_branches(&ProjectId::from("p-1"))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    match &e {
+        ApiError::Decode { route, detail, .. } => {
+            assert_eq!(*route, "/projects/{project_id}/branches");
+            assert!(detail.contains("c1"), "{detail}");
+        }
+        other => panic!("expected an error for the repeated cursor, got {other:?}"),
+    }
+    server.abort();
 }

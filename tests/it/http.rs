@@ -57,6 +57,9 @@ impl Control for FakeControl {
         match job {
             "nightly-snapshot" => Ok(TriggerOutcome::Started { run_id: 42 }),
             "idle" => Ok(TriggerOutcome::AlreadyRunning { run_id: Some(7) }),
+            "off" => Err(TriggerError::Disabled(
+                "job `off` is disabled (enabled = false)".into(),
+            )),
             other => Err(TriggerError::UnknownJob(other.to_string())),
         }
     }
@@ -471,6 +474,15 @@ async fn trigger_requires_the_token() {
     assert_eq!(body["run_id"], 7);
     assert!(body["error"].as_str().unwrap().contains("already running"));
 
+    let r = s.post("/api/v1/jobs/off/trigger", Some(TOKEN)).await;
+    assert_eq!(
+        r.status(),
+        409,
+        "a disabled job is a conflict with the policy"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "job `off` is disabled (enabled = false)");
+
     let r = s.post("/api/v1/jobs/nope/trigger", Some(TOKEN)).await;
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
@@ -490,7 +502,7 @@ async fn trigger_requires_the_token() {
     );
     assert_eq!(
         *s.control.triggered.lock().unwrap(),
-        vec!["nightly-snapshot", "idle", "nope"]
+        vec!["nightly-snapshot", "idle", "off", "nope"]
     );
     s.stop().await;
 }

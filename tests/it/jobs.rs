@@ -237,7 +237,7 @@ name = "nightly"
 kind = "snapshot_branches"
 schedule = "0 3 * * *"
 timezone = "Europe/Berlin"
-name_template = "{job}-{branch}-{date}-{time}"
+name_template = "{branch}-snap-{job}-{date}-{time}"
 [jobs.branches]
 default = true
 [jobs.retention]
@@ -277,11 +277,11 @@ async fn snapshots_with_retention_and_no_duplicates_on_rerun() {
     // Names come from the schedule window (03:00 Berlin) each tick belongs to; the oldest
     // of our three was deleted by keep_last = 2.
     assert!(
-        names.contains(&"nightly-main-2025-06-05-030000".to_string()),
+        names.contains(&"main-snap-nightly-2025-06-05-030000".to_string()),
         "{names:?}"
     );
     assert!(
-        names.contains(&"nightly-main-2025-06-04-030000".to_string()),
+        names.contains(&"main-snap-nightly-2025-06-04-030000".to_string()),
         "{names:?}"
     );
 
@@ -300,6 +300,76 @@ async fn snapshots_with_retention_and_no_duplicates_on_rerun() {
         actions[0].reason
     );
     assert_eq!(e.sim.snapshots(&p.id).len(), 3);
+}
+
+/// A failed create must not be followed by the retention deletes it would have made
+/// room for: with keep_last = 2, a third tick whose snapshot cannot be created leaves the
+/// two existing snapshots alone.
+#[tokio::test]
+async fn retention_waits_for_a_successful_create() {
+    let e = env().await;
+    let (p, main) = e.sim.add_project("app", None);
+    let j = job(SNAPSHOT);
+    for _ in 0..2 {
+        e.sim.clock().advance(DAY);
+        let (r, _) = run(&e, &j, e.sim.clock().now(), false).await;
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    }
+    assert_eq!(e.sim.snapshots(&p.id).len(), 2);
+    // Every create of a snapshot of `main` is refused (a 400 is not retried).
+    e.sim
+        .faults()
+        .inject(
+            neon_sim::faults::FaultRule::on(
+                "POST",
+                &format!("/projects/{}/branches/{}/snapshot", p.id, main.id),
+                neon_sim::faults::Fault::Status {
+                    status: 400,
+                    retry_after_secs: None,
+                },
+            )
+            .with_probability(1.0)
+            .times(50),
+        )
+        .unwrap();
+    e.sim.clock().advance(DAY);
+    let (r, actions) = run(&e, &j, e.sim.clock().now(), false).await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    assert_eq!(e.sim.snapshots(&p.id).len(), 2, "no snapshot was deleted");
+    let create = actions
+        .iter()
+        .find(|a| a.action == "create_snapshot")
+        .expect("the create is in the ledger");
+    assert_eq!(create.outcome, ActionOutcome::Failed);
+    let delete = actions
+        .iter()
+        .find(|a| a.action == "delete_snapshot")
+        .expect("the retention delete is in the ledger");
+    assert_eq!(delete.outcome, ActionOutcome::Skipped);
+    assert!(
+        delete.reason.contains("depends on create_snapshot"),
+        "{}",
+        delete.reason
+    );
+}
+
+/// `max_actions_percent` guards destructive actions against what they could destroy: a
+/// snapshot job at steady state (one create and one retention delete per tick) runs under a
+/// 50% limit, which used to fail every run because creates counted against branches.
+#[tokio::test]
+async fn snapshot_jobs_run_under_a_percentage_limit() {
+    let e = env().await;
+    let (p, _main) = e.sim.add_project("app", None);
+    let j = job(&SNAPSHOT.replace(
+        "[jobs.branches]",
+        "max_actions_percent = 50.0\n[jobs.branches]",
+    ));
+    for _ in 0..4 {
+        e.sim.clock().advance(DAY);
+        let (r, _) = run(&e, &j, e.sim.clock().now(), false).await;
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    }
+    assert_eq!(e.sim.snapshots(&p.id).len(), 2, "keep_last = 2 held");
 }
 
 const SUSPEND: &str = r#"

@@ -985,3 +985,585 @@ async fn expire_records_the_recovery_window_neon_reports() {
         .unwrap();
     assert!(listed.is_empty());
 }
+
+// ------------------------------------------------------------------ exclusions
+
+const SUSPEND_EXCLUSIONS: &str = r#"
+[[jobs]]
+name = "suspend-all-day"
+kind = "suspend_computes"
+every = "10m"
+windows = ["Mon-Sun"]
+window_timezone = "UTC"
+[jobs.endpoints]
+exclude_ids = ["EXCLUDED_ID"]
+exclude_branches = ["release/*"]
+
+[[jobs.exclusions]]
+endpoint = "TIMED_ID"
+until = "2025-07-01"
+note = "sales demo"
+
+[[jobs.exclusions]]
+endpoint = "EXPIRED_ID"
+until = "2025-06-01"
+
+[[jobs.exclusions]]
+project = "LAUNCH_PROJECT"
+until = "2025-06-02T13:00:00Z"
+"#;
+
+#[tokio::test]
+async fn excluded_endpoints_are_not_suspended_and_recorded_as_skipped() {
+    let h = harness(SimConfig::default()).await;
+    // Monday 2025-06-02 12:00Z.
+    let (p, main) = h.sim.add_project("app", None);
+    let (launch, launch_main) = h.sim.add_project("launch", None);
+    let plain = h.busy_endpoint(&main);
+    let by_id = h.busy_endpoint(&h.branch_aged(&p, "dev", None, TimeDelta::days(1)));
+    let by_branch = h.busy_endpoint(&h.branch_aged(&p, "release/1.0", None, TimeDelta::days(1)));
+    let timed = h.busy_endpoint(&h.branch_aged(&p, "demo", None, TimeDelta::days(1)));
+    let expired = h.busy_endpoint(&h.branch_aged(&p, "old-demo", None, TimeDelta::days(1)));
+    let in_launch = h.busy_endpoint(&launch_main);
+    let policy = SUSPEND_EXCLUSIONS
+        .replace("EXCLUDED_ID", &by_id)
+        .replace("TIMED_ID", &timed)
+        .replace("EXPIRED_ID", &expired)
+        .replace("LAUNCH_PROJECT", &launch);
+    let j = job(&policy);
+    let state = |id: &str| h.sim.state().settled().endpoints[id].current_state;
+    h.sim.app.mutations.clear();
+
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let suspended: std::collections::BTreeSet<&str> = actions
+        .iter()
+        .filter(|a| a.outcome == ActionOutcome::Succeeded)
+        .map(|a| a.resource_id.as_str())
+        .collect();
+    assert_eq!(
+        suspended,
+        [plain.as_str(), expired.as_str()].into_iter().collect(),
+        "{actions:?}"
+    );
+    let muts = h.sim.mutations();
+    assert_eq!(muts.len(), 2, "only the two not excluded: {muts:?}");
+    for id in [&by_id, &by_branch, &timed, &in_launch] {
+        assert_eq!(state(id), neon_sim::state::EndpointState::Active, "{id}");
+    }
+    let skip = |id: &str| {
+        actions
+            .iter()
+            .find(|a| a.resource_id == id)
+            .unwrap_or_else(|| panic!("{id} is recorded: {actions:?}"))
+    };
+    for (id, rule, why) in [
+        (
+            &by_id,
+            "exclude_ids",
+            format!("endpoint {by_id} is listed in exclude_ids"),
+        ),
+        (
+            &by_branch,
+            "exclude_branches",
+            "branch \"release/1.0\" matches exclusion glob \"release/*\"".to_string(),
+        ),
+        (
+            &timed,
+            "exclusions",
+            format!("exclusion of endpoint {timed} until 2025-07-01T00:00:00+00:00 (sales demo)"),
+        ),
+        (
+            &in_launch,
+            "exclusions",
+            format!("exclusion of project {launch} until 2025-06-02T13:00:00+00:00"),
+        ),
+    ] {
+        let a = skip(id);
+        assert_eq!(a.outcome, ActionOutcome::Skipped, "{a:?}");
+        assert_eq!(a.action, "suspend_endpoint");
+        assert_eq!(a.rule.as_deref(), Some(rule), "{a:?}");
+        assert!(
+            a.reason
+                .starts_with("inside window \"Mon-Sun\"; but excluded: ")
+                && a.reason.ends_with(&why),
+            "{}",
+            a.reason
+        );
+    }
+    assert_eq!(r.counts.skipped, 4);
+
+    // After the project's exclusion ends, its endpoint is suspended like any other.
+    h.sim.clock().advance(HOUR + MINUTE);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.resource_id == in_launch && a.outcome == ActionOutcome::Succeeded),
+        "{actions:?}"
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| a.resource_id == timed && a.outcome != ActionOutcome::Skipped),
+        "the endpoint's own exclusion still holds: {actions:?}"
+    );
+}
+
+// ------------------------------------------------------------------ set_expires_at take-back
+
+fn native_expiry(ttl: &str, exclude: &[&str], dry_run: bool) -> Arc<JobConfig> {
+    job(&format!(
+        r#"
+[[jobs]]
+name = "native-take-back"
+kind = "expire_branches"
+every = "1h"
+ttl = "{ttl}"
+mode = "set_expires_at"
+dry_run = {dry_run}
+[jobs.branches]
+names = ["preview/*"]
+exclude = {exclude:?}
+"#
+    ))
+}
+
+#[tokio::test]
+async fn set_expires_at_takes_back_only_its_own_expiries_when_no_longer_due() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let now = h.now();
+    let five_days = TimeDelta::days(5);
+    let ours = h.branch_aged(&p, "preview/a", None, five_days);
+    let leaving = h.branch_aged(&p, "preview/keep", None, five_days);
+    let changed_later = h.branch_aged(&p, "preview/changed", None, five_days);
+    let foreign = h.branch_aged(&p, "preview/foreign", None, five_days);
+    let foreign_at = now + TimeDelta::days(1);
+    let expires = |id: &str| h.sim.state().settled().branches[id].expires_at;
+    h.sim
+        .state()
+        .settled()
+        .branches
+        .get_mut(&foreign)
+        .unwrap()
+        .expires_at = Some(foreign_at);
+    let created = now - five_days;
+
+    // ttl 7d: ours, leaving and changed_later get created + 7d; foreign's is earlier.
+    let (r, actions) = h.run(&native_expiry("7d", &[], false), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(r.counts.succeeded, 3, "{actions:?}");
+    for id in [&ours, &leaving, &changed_later] {
+        assert_eq!(expires(id), Some(created + TimeDelta::days(7)), "{id}");
+    }
+    assert_eq!(expires(&foreign), Some(foreign_at));
+    // Someone else moves changed_later's expiry: it is no longer ours.
+    let theirs_later = now + TimeDelta::days(3);
+    h.sim
+        .state()
+        .settled()
+        .branches
+        .get_mut(&changed_later)
+        .unwrap()
+        .expires_at = Some(theirs_later);
+
+    // ttl 10d and preview/keep excluded: ours moves to created + 10d, leaving's expiry is
+    // taken back; the others are not ours.
+    h.sim.app.mutations.clear();
+    let (r, actions) = h
+        .run(&native_expiry("10d", &["preview/keep"], false), false)
+        .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert_eq!(expires(&ours), Some(created + TimeDelta::days(10)));
+    let moved = actions.iter().find(|a| a.resource_id == ours).unwrap();
+    assert_eq!(moved.action, "set_branch_expiry");
+    assert!(moved.reason.contains("replaces"), "{}", moved.reason);
+    assert_eq!(expires(&leaving), None);
+    let cleared = actions.iter().find(|a| a.resource_id == leaving).unwrap();
+    assert_eq!(
+        (
+            cleared.action.as_str(),
+            cleared.rule.as_deref(),
+            cleared.outcome
+        ),
+        (
+            "clear_branch_expiry",
+            Some("no_longer_due"),
+            ActionOutcome::Succeeded
+        )
+    );
+    assert!(
+        cleared.reason.contains("no longer selected"),
+        "{}",
+        cleared.reason
+    );
+    assert_eq!(expires(&changed_later), Some(theirs_later));
+    assert_eq!(expires(&foreign), Some(foreign_at));
+    let muts = h.sim.mutations();
+    assert_eq!(muts.len(), 2, "{muts:?}");
+    let clear_body = muts
+        .iter()
+        .find(|m| m.path.ends_with(&leaving))
+        .and_then(|m| m.body.clone())
+        .unwrap();
+    assert!(clear_body["branch"]["expires_at"].is_null(), "{clear_body}");
+
+    // ttl 60d puts ours beyond Neon's horizon. A dry run plans the take-back and changes
+    // nothing.
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&native_expiry("60d", &[], true), true).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(h.sim.mutations().is_empty(), "dry run");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(
+        (
+            actions[0].resource_id.as_str(),
+            actions[0].action.as_str(),
+            actions[0].outcome
+        ),
+        (ours.as_str(), "clear_branch_expiry", ActionOutcome::Planned)
+    );
+    assert_eq!(expires(&ours), Some(created + TimeDelta::days(10)));
+
+    // For real: cleared, recorded with rule and reason; nothing else touched.
+    let (r, actions) = h.run(&native_expiry("60d", &[], false), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let a = &actions[0];
+    assert_eq!(a.resource_id, ours);
+    assert_eq!(a.action, "clear_branch_expiry");
+    assert_eq!(a.outcome, ActionOutcome::Succeeded);
+    assert!(
+        a.reason.contains("beyond Neon's 30-day horizon"),
+        "{}",
+        a.reason
+    );
+    assert_eq!(expires(&ours), None);
+    assert_eq!(expires(&changed_later), Some(theirs_later));
+    assert_eq!(expires(&foreign), Some(foreign_at));
+    assert_eq!(h.sim.mutations().len(), 1);
+
+    // Taken back once: the job no longer counts it as its own, so a re-run does nothing.
+    h.sim.app.mutations.clear();
+    let (r, _) = h.run(&native_expiry("60d", &[], false), false).await;
+    assert_eq!(r.counts.succeeded + r.counts.failed, 0);
+    assert!(h.sim.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn take_back_obeys_max_actions() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    for n in ["preview/a", "preview/b", "preview/c"] {
+        h.branch_aged(&p, n, None, TimeDelta::days(5));
+    }
+    let (r, _) = h.run(&native_expiry("7d", &[], false), false).await;
+    assert_eq!(r.counts.succeeded, 3);
+    let limited = job(r#"
+[[jobs]]
+name = "native-take-back"
+kind = "expire_branches"
+every = "1h"
+ttl = "60d"
+mode = "set_expires_at"
+max_actions = 2
+[jobs.branches]
+names = ["preview/*"]
+"#);
+    h.sim.app.mutations.clear();
+    let (r, _) = h.run(&limited, false).await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    assert!(r.error.as_deref().unwrap().contains("max_actions"), "{r:?}");
+    assert!(h.sim.mutations().is_empty());
+}
+
+// ------------------------------------------------------------------ unreadable job state
+
+/// A store whose `get_state` fails while `fail` is set (everything else goes through).
+struct FailingReads {
+    inner: Arc<dyn neon_steward::store::Store>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl neon_steward::store::Store for FailingReads {
+    async fn migrate(&self) -> neon_steward::store::StoreResult<()> {
+        self.inner.migrate().await
+    }
+    async fn ping(&self) -> neon_steward::store::StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn claim_run(
+        &self,
+        run: &NewRun,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunId>> {
+        self.inner.claim_run(run).await
+    }
+    async fn finish_run(
+        &self,
+        id: neon_steward::store::RunId,
+        status: RunStatus,
+        counts: neon_steward::store::ActionCounts,
+        error: Option<&str>,
+    ) -> neon_steward::store::StoreResult<()> {
+        self.inner.finish_run(id, status, counts, error).await
+    }
+    async fn interrupt_running(&self, reason: &str) -> neon_steward::store::StoreResult<u64> {
+        self.inner.interrupt_running(reason).await
+    }
+    async fn get_run(
+        &self,
+        id: neon_steward::store::RunId,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunRecord>> {
+        self.inner.get_run(id).await
+    }
+    async fn list_runs(
+        &self,
+        filter: &neon_steward::store::RunFilter,
+    ) -> neon_steward::store::StoreResult<Vec<neon_steward::store::RunRecord>> {
+        self.inner.list_runs(filter).await
+    }
+    async fn last_scheduled_run(
+        &self,
+        job: &str,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunRecord>> {
+        self.inner.last_scheduled_run(job).await
+    }
+    async fn last_success(
+        &self,
+        job: &str,
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::RunRecord>> {
+        self.inner.last_success(job).await
+    }
+    async fn begin_action(
+        &self,
+        action: &neon_steward::store::NewAction,
+    ) -> neon_steward::store::StoreResult<neon_steward::store::ActionId> {
+        self.inner.begin_action(action).await
+    }
+    async fn begin_actions(
+        &self,
+        actions: &[neon_steward::store::NewAction],
+    ) -> neon_steward::store::StoreResult<Vec<neon_steward::store::ActionId>> {
+        self.inner.begin_actions(actions).await
+    }
+    async fn finish_action(
+        &self,
+        id: neon_steward::store::ActionId,
+        outcome: ActionOutcome,
+        detail: Option<&str>,
+    ) -> neon_steward::store::StoreResult<()> {
+        self.inner.finish_action(id, outcome, detail).await
+    }
+    async fn actions_for_run(
+        &self,
+        run: neon_steward::store::RunId,
+    ) -> neon_steward::store::StoreResult<Vec<ActionRecord>> {
+        self.inner.actions_for_run(run).await
+    }
+    async fn get_state(
+        &self,
+        job: &str,
+        key: &str,
+    ) -> neon_steward::store::StoreResult<Option<String>> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(neon_steward::store::StoreError::Corrupt(
+                "injected read failure".into(),
+            ));
+        }
+        self.inner.get_state(job, key).await
+    }
+    async fn set_state(
+        &self,
+        job: &str,
+        key: &str,
+        value: &str,
+    ) -> neon_steward::store::StoreResult<()> {
+        self.inner.set_state(job, key, value).await
+    }
+    async fn upsert_consumption(
+        &self,
+        samples: &[ConsumptionSample],
+    ) -> neon_steward::store::StoreResult<u64> {
+        self.inner.upsert_consumption(samples).await
+    }
+    async fn list_consumption(
+        &self,
+        granularity: &str,
+        since: DateTime<Utc>,
+    ) -> neon_steward::store::StoreResult<Vec<ConsumptionSample>> {
+        self.inner.list_consumption(granularity, since).await
+    }
+    async fn latest_consumption_end(
+        &self,
+        granularity: &str,
+    ) -> neon_steward::store::StoreResult<Option<DateTime<Utc>>> {
+        self.inner.latest_consumption_end(granularity).await
+    }
+    async fn prune(&self, before: DateTime<Utc>) -> neon_steward::store::StoreResult<u64> {
+        self.inner.prune(before).await
+    }
+}
+
+/// An endpoint that is active now and gets no more traffic.
+fn quiet_endpoint(h: &H, branch: &str) -> String {
+    let ep = h.busy_endpoint(branch);
+    h.sim
+        .state()
+        .settled()
+        .endpoints
+        .get_mut(&ep)
+        .unwrap()
+        .activity = neon_sim::state::Activity::Idle;
+    ep
+}
+
+#[tokio::test]
+async fn an_unreadable_suspend_record_fails_resume_and_is_never_overwritten() {
+    let mut h = harness(SimConfig::default()).await;
+    let inner = h.env.store.clone();
+    let store = Arc::new(FailingReads {
+        inner: inner.clone(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    h.env.store = store.clone();
+    // Monday 2025-06-02 12:00Z: inside the window.
+    let (p, main) = h.sim.add_project("app", None);
+    let ours = quiet_endpoint(&h, &main);
+    let j = job(SUSPEND_RESUME);
+    let state = |id: &str| h.sim.state().settled().endpoints[id].current_state;
+    let record = || async {
+        inner
+            .get_state("suspend-lunch", &format!("suspended_by_window/{p}"))
+            .await
+            .unwrap()
+    };
+
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Idle);
+    let written = record().await.expect("the suspension is recorded");
+    assert!(written.contains(&ours), "{written}");
+
+    // 12:30, reads fail: a second endpoint is still suspended, but the record is neither
+    // taken for empty nor overwritten, and the run says so.
+    h.sim.clock().advance(30 * MINUTE);
+    let dev = h.branch_aged(&p, "dev", None, TimeDelta::days(1));
+    let second = quiet_endpoint(&h, &dev);
+    store.fail.store(true, Ordering::SeqCst);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?} {actions:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot read which endpoints"),
+        "{r:?}"
+    );
+    let failed = actions
+        .iter()
+        .find(|a| a.outcome == ActionOutcome::Failed)
+        .expect("the resume part is recorded as failed");
+    assert_eq!(
+        (failed.action.as_str(), failed.rule.as_deref()),
+        ("start_endpoint", Some("resume"))
+    );
+    assert!(
+        failed
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("injected read failure"),
+        "{failed:?}"
+    );
+    assert_eq!(state(&second), neon_sim::state::EndpointState::Idle);
+    assert_eq!(
+        record().await.as_deref(),
+        Some(written.as_str()),
+        "not overwritten"
+    );
+
+    // Reads work again; 14:10, after the window: the endpoint suspended earlier is started.
+    store.fail.store(false, Ordering::SeqCst);
+    h.sim.clock().advance(HOUR + 40 * MINUTE);
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.resource_id == ours && a.action == "start_endpoint"),
+        "{actions:?}"
+    );
+    assert_eq!(state(&ours), neon_sim::state::EndpointState::Active);
+}
+
+#[tokio::test]
+async fn set_expires_at_sets_nothing_it_could_not_remember() {
+    let mut h = harness(SimConfig::default()).await;
+    let store = Arc::new(FailingReads {
+        inner: h.env.store.clone(),
+        fail: std::sync::atomic::AtomicBool::new(true),
+    });
+    h.env.store = store.clone();
+    let (p, _) = h.sim.add_project("app", None);
+    let b = h.branch_aged(&p, "preview/a", None, TimeDelta::days(5));
+    h.sim.app.mutations.clear();
+    let (r, actions) = h.run(&native_expiry("7d", &[], false), false).await;
+    // Nothing succeeded and one part failed: the run failed.
+    assert_eq!(r.status, RunStatus::Failed, "{r:?} {actions:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].outcome, ActionOutcome::Failed);
+    assert!(
+        actions[0]
+            .reason
+            .contains("reading the expiries this job set"),
+        "{:?}",
+        actions[0]
+    );
+    assert!(h.sim.mutations().is_empty());
+    assert_eq!(h.sim.state().settled().branches[&b].expires_at, None);
+    store.fail.store(false, Ordering::SeqCst);
+    let (r, _) = h.run(&native_expiry("7d", &[], false), false).await;
+    assert_eq!((r.status, r.counts.succeeded), (RunStatus::Succeeded, 1));
+}
+
+// ------------------------------------------------------------------ already deleted
+
+/// The expire job's delete is carried out but its answer is lost (done, then 500): the client
+/// retries, Neon answers 204 ("already deleted"), and the job counts that as success — the
+/// branch is gone, which is what the job wanted — not as a failed action or a partial run.
+#[tokio::test]
+async fn expire_counts_an_already_deleted_branch_as_success() {
+    let h = harness(SimConfig::default()).await;
+    let (p, _) = h.sim.add_project("app", None);
+    let old = h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
+    h.sim
+        .fail_after_processing("DELETE", &format!("/branches/{old}"), 1);
+    let (r, actions) = h
+        .run(
+            &job(EXPIRE_FAILS
+                .replace("expire-partial", "expire-already-gone")
+                .as_str()),
+            false,
+        )
+        .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!((r.counts.succeeded, r.counts.failed), (1, 0), "{r:?}");
+    assert_eq!(h.branch_names(&p), vec!["main"]);
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].resource_id, old);
+    assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
+    assert_eq!(actions[0].detail.as_deref(), Some("already deleted"));
+    let statuses: Vec<u16> = h
+        .sim
+        .mutations()
+        .iter()
+        .filter(|m| m.method == "DELETE")
+        .map(|m| m.status)
+        .collect();
+    assert_eq!(statuses, [200, 204]);
+}

@@ -10,4 +10,5 @@ mod http;
 mod jobs;
 mod jobs_e2e;
 mod jobs_safety;
+mod requests;
 mod store;

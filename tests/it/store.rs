@@ -485,6 +485,70 @@ async fn ping_and_migrate_again(f: Fixture) {
     f.store.ping().await.unwrap();
 }
 
+async fn batch_of_actions_is_one_write_all_or_none(f: Fixture) {
+    let s = &f.store;
+    let run = s
+        .claim_run(&new_run("expire", t(0)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.begin_actions(&[]).await.unwrap().is_empty());
+
+    // A large batch keeps its order and every field; final outcomes are finished when
+    // written, a pending one stays open.
+    let mut batch: Vec<NewAction> = (0..300)
+        .map(|i| {
+            let outcome = if i % 3 == 0 {
+                ActionOutcome::Skipped
+            } else {
+                ActionOutcome::Planned
+            };
+            new_action(run, &format!("br-{i:03}"), outcome)
+        })
+        .collect();
+    batch.push(new_action(run, "br-pending", ActionOutcome::Pending));
+    let ids = s.begin_actions(&batch).await.unwrap();
+    assert_eq!(ids.len(), batch.len());
+    let stored = s.actions_for_run(run).await.unwrap();
+    assert_eq!(stored.len(), batch.len());
+    for ((row, id), sent) in stored.iter().zip(&ids).zip(&batch) {
+        assert_eq!(row.id, *id, "ids come back in the batch's order");
+        assert_eq!(row.resource_id, sent.resource_id);
+        assert_eq!(row.resource_name, sent.resource_name);
+        assert_eq!(row.outcome, sent.outcome);
+        assert_eq!(row.dry_run, sent.dry_run);
+        assert_eq!(row.reason, sent.reason);
+        assert_eq!(
+            row.finished_at.is_some(),
+            sent.outcome != ActionOutcome::Pending,
+            "{}: only a pending action is open",
+            row.resource_id
+        );
+    }
+    let pending = *ids.last().unwrap();
+    s.finish_action(pending, ActionOutcome::Succeeded, None)
+        .await
+        .unwrap();
+
+    // A row that cannot be written (its run does not exist) fails the whole batch: none of
+    // the rows before it is left behind.
+    let bad = vec![
+        new_action(run, "br-ok-1", ActionOutcome::Planned),
+        new_action(run, "br-ok-2", ActionOutcome::Skipped),
+        new_action(run + 10_000, "br-no-run", ActionOutcome::Planned),
+    ];
+    assert!(s.begin_actions(&bad).await.is_err());
+    assert_eq!(s.actions_for_run(run).await.unwrap().len(), batch.len());
+    assert!(s.actions_for_run(run + 10_000).await.unwrap().is_empty());
+
+    // Single writes after a batch go on as before.
+    let next = s
+        .begin_action(&new_action(run, "br-after", ActionOutcome::Pending))
+        .await
+        .unwrap();
+    assert!(ids.iter().all(|id| *id < next));
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $fixture:path, $cleanup:path) => {
         mod $backend {
@@ -497,6 +561,7 @@ macro_rules! contract_tests {
                 list_runs_pages_and_filters,
                 last_scheduled_and_last_success,
                 actions_before_and_after,
+                batch_of_actions_is_one_write_all_or_none,
                 job_state_roundtrip,
                 consumption_upsert_is_idempotent,
                 prune_removes_old_finished_runs_and_their_actions,

@@ -56,7 +56,11 @@ async fn set(AxState(app): AxState<AppState>, ApiJson(body): ApiJson<Set>) -> Js
 }
 
 async fn mutations(AxState(app): AxState<AppState>) -> Json<Value> {
-    Json(json!({ "mutations": app.mutations.snapshot() }))
+    Json(json!({
+        "mutations": app.mutations.snapshot(),
+        "dropped": app.mutations.dropped(),
+        "limit": app.mutations.limit(),
+    }))
 }
 
 async fn clear_mutations(AxState(app): AxState<AppState>) -> Json<Value> {

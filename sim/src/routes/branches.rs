@@ -4,6 +4,7 @@
 
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -420,9 +421,15 @@ pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut s = app.state.settled();
-    let b = s.branch_for(&who, &project_id, &branch_id)?.clone();
+    // The document: "204 Returned if the branch doesn't exist or has already been deleted".
+    // The project itself must still exist and be visible (404 otherwise), so a wrong project
+    // id or key is not mistaken for an idempotent success.
+    s.project_for(&who, &project_id)?;
+    let Ok(b) = s.branch_for(&who, &project_id, &branch_id).cloned() else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
     if s.project_branches(&project_id).len() <= 1 {
         return Err(ApiError::bad_request(
             "cannot delete the last branch of a project",
@@ -458,9 +465,10 @@ pub async fn delete(
     }
     ops.push(s.push_operation(&project_id, Some(&branch_id), None, "delete_timeline"));
     s.remove_branch(&branch_id, now, "user");
-    Ok(Json(
-        json!({ "branch": body_branch, "operations": Operation::list(&ops, now) }),
-    ))
+    Ok(
+        Json(json!({ "branch": body_branch, "operations": Operation::list(&ops, now) }))
+            .into_response(),
+    )
 }
 
 pub async fn set_as_default(

@@ -2,6 +2,7 @@
 
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -286,9 +287,14 @@ pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, endpoint_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut s = app.state.settled();
-    let e = s.endpoint_for(&who, &project_id, &endpoint_id)?.clone();
+    // The document: "204 Returned if the endpoint doesn't exist or has already been deleted";
+    // an unknown or invisible project is still 404.
+    s.project_for(&who, &project_id)?;
+    let Ok(e) = s.endpoint_for(&who, &project_id, &endpoint_id).cloned() else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
     s.ensure_unlocked(&project_id)?;
     let now = s.now();
     let mut ops = Vec::new();
@@ -303,7 +309,8 @@ pub async fn delete(
     s.remove_endpoint(&endpoint_id, now);
     Ok(Json(
         json!({ "endpoint": wire::Endpoint::from(&e), "operations": Operation::list(&ops, now) }),
-    ))
+    )
+    .into_response())
 }
 
 /// start / suspend / restart share their shape.

@@ -42,12 +42,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(state: SharedState, config: Arc<SimConfig>) -> AppState {
+        let mutations = MutationLog::with_limit(config.mutation_log_limit);
         AppState {
             state,
             faults: crate::faults::FaultHandle::new(config.seed),
             rate_limiter: crate::ratelimit::RateLimiter::new(config.rate_limit.clone()),
             config,
-            mutations: MutationLog::default(),
+            mutations,
             request_counter: Arc::new(AtomicU64::new(1)),
         }
     }

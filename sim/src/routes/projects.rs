@@ -23,11 +23,13 @@ pub struct ListQuery {
 }
 
 /// Cursor of a project in `(created_at, id)` order: robust to deletions between pages.
+/// Full (nanosecond) precision: with the real clock a truncated time would sort before the
+/// project it came from, so the last project would be served again after its own cursor.
 fn cursor_of(p: &crate::state::Project) -> String {
     format!(
         "{}~{}",
         p.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         p.id
     )
 }

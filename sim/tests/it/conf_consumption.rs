@@ -282,6 +282,52 @@ async fn parameters_and_retention_windows() {
     api.sim.shutdown().await;
 }
 
+/// A `to` beyond the current timeframe lies outside every retention window: 406, answered
+/// promptly on every consumption endpoint (it used to enumerate every hourly timeframe up to
+/// the year 2400 under the model's lock, freezing the emulator). A `to` inside the current,
+/// incomplete timeframe is still fine, and the emulator keeps serving afterwards.
+#[tokio::test]
+async fn far_future_to_is_406_promptly_on_every_endpoint() {
+    let (api, org, now) = busy_account().await;
+    let pid = api.sim.projects()[0].id.clone();
+    let from = rfc(now - TimeDelta::hours(3));
+    let far = "2400-01-01T00:00:00Z";
+    let paths = [
+        format!("/consumption_history/v2/projects?org_id={org}&metrics=compute_unit_seconds"),
+        format!(
+            "/consumption_history/v2/branches?org_id={org}&project_ids={pid}\
+             &metrics=compute_unit_seconds"
+        ),
+        "/consumption_history/projects?limit=1".to_string(),
+        "/consumption_history/account?limit=1".to_string(),
+    ];
+    for path in &paths {
+        for g in ["hourly", "daily", "monthly"] {
+            let url = format!("{path}&granularity={g}&from={from}&to={far}");
+            let (st, body) = tokio::time::timeout(Duration::from_secs(10), api.get(&url))
+                .await
+                .unwrap_or_else(|_| panic!("no answer within 10 s to {url}"));
+            assert_error(st, &body, StatusCode::NOT_ACCEPTABLE, "future");
+        }
+        // Slightly ahead of now (within the current hour's end) is accepted.
+        let soon = rfc(now + TimeDelta::minutes(59 - i64::from(now.minute())));
+        let (st, body) = api
+            .get(&format!("{path}&granularity=hourly&from={from}&to={soon}"))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{path}: {body}");
+    }
+    // Two timeframes past the current one is refused too (not only absurd dates).
+    let next_next = rfc(now + TimeDelta::hours(2));
+    let (st, body) = api
+        .get(&format!(
+            "{}&granularity=hourly&from={from}&to={next_next}",
+            paths[0]
+        ))
+        .await;
+    assert_error(st, &body, StatusCode::NOT_ACCEPTABLE, "future");
+    api.sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn consumption_has_its_own_lower_rate_limit() {
     let api = Api::start(SimConfig::default().orgs(1).projects(1)).await;

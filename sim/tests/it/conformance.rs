@@ -23,12 +23,17 @@ struct Harness {
     key: String,
     success: BTreeSet<OpKey>,
     errors: BTreeSet<OpKey>,
+    /// Every (operation, status) answered and validated, to check that each status the
+    /// document lists for an emulated operation is exercised.
+    statuses: BTreeSet<(String, String, u16)>,
     failures: Vec<String>,
 }
 
 enum Expect {
     Success,
     Error(u16),
+    /// Exactly this status (a success the document lists besides the usual one, e.g. 204).
+    Status(u16),
 }
 
 impl Harness {
@@ -43,6 +48,7 @@ impl Harness {
             key,
             success: BTreeSet::new(),
             errors: BTreeSet::new(),
+            statuses: BTreeSet::new(),
             failures: Vec::new(),
         }
     }
@@ -140,7 +146,7 @@ impl Harness {
                 ));
                 return shown;
             }
-            Expect::Error(want) if status != want => {
+            Expect::Error(want) | Expect::Status(want) if status != want => {
                 self.failures.push(format!(
                     "{method} {path}: expected {want}, got {status}: {shown}"
                 ));
@@ -155,6 +161,8 @@ impl Harness {
             ));
             return shown;
         }
+        self.statuses
+            .insert((op_key.0.clone(), op_key.1.clone(), status));
         if (200..300).contains(&status) {
             self.success.insert(op_key);
         } else {
@@ -345,8 +353,23 @@ async fn every_emulated_operation_conforms_to_the_document() {
         .expect("the deleted branch is listed with include_deleted=true");
     assert_eq!(recovered["recovery"]["deletion_method"], json!("user"));
     assert!(recovered["recovery"]["recoverable_until"].is_string());
-    h.call("DELETE", &format!("{bp}/br-does-not-exist-1"), None, E(404))
+    // The document: 204 "if the branch doesn't exist or has already been deleted".
+    h.call(
+        "DELETE",
+        &format!("{bp}/br-does-not-exist-1"),
+        None,
+        Expect::Status(204),
+    )
+    .await;
+    h.call("DELETE", &format!("{bp}/{b3}"), None, Expect::Status(204))
         .await;
+    h.call(
+        "DELETE",
+        "/projects/no-such-project-1/branches/br-does-not-exist-1",
+        None,
+        E(404),
+    )
+    .await;
     h.call("GET", &format!("{bp}/{b1}/endpoints"), None, Ok)
         .await;
     h.call(
@@ -407,8 +430,22 @@ async fn every_emulated_operation_conforms_to_the_document() {
         .await;
     }
     h.call("DELETE", &format!("{ep}/{e2}"), None, Ok).await;
-    h.call("DELETE", &format!("{ep}/ep-does-not-exist-1"), None, E(404))
+    h.call(
+        "DELETE",
+        &format!("{ep}/ep-does-not-exist-1"),
+        None,
+        Expect::Status(204),
+    )
+    .await;
+    h.call("DELETE", &format!("{ep}/{e2}"), None, Expect::Status(204))
         .await;
+    h.call(
+        "DELETE",
+        "/projects/no-such-project-1/endpoints/ep-does-not-exist-1",
+        None,
+        E(404),
+    )
+    .await;
 
     // ----- snapshots and backup schedules ----------------------------------------------------
     let snap = h
@@ -580,6 +617,47 @@ async fn every_emulated_operation_conforms_to_the_document() {
     )
     .await;
 
+    // Every status the document lists for the consumption endpoints (but 403, see below):
+    // 404 for an org that is not the caller's, 406 for a range outside the window (here a `to`
+    // in the future), and 429 from the consumption endpoints' own, lower rate limit.
+    let future = rfc(now + TimeDelta::days(3));
+    let consumption_paths = [
+        "/consumption_history/v2/projects?metrics=compute_unit_seconds".to_string(),
+        format!("/consumption_history/v2/branches?project_ids={p}&metrics=compute_unit_seconds"),
+        "/consumption_history/projects?limit=1".to_string(),
+        "/consumption_history/account?include_v1_metrics=false".to_string(),
+    ];
+    for path in &consumption_paths {
+        h.call(
+            "GET",
+            &format!("{path}&{q}").replace(&org, "org-not-mine-1"),
+            None,
+            E(404),
+        )
+        .await;
+        h.call(
+            "GET",
+            &format!("{path}&from={day_ago}&to={future}&granularity=daily&org_id={org}"),
+            None,
+            E(406),
+        )
+        .await;
+    }
+    // The consumption limit is shared by the four routes: exhaust it on one, then each answers 429.
+    let mut limited = false;
+    for _ in 0..100 {
+        let url = format!("{}{}&{q}", h.sim.base_url(), consumption_paths[0]);
+        let r = h.http.get(&url).bearer_auth(&h.key).send().await.unwrap();
+        if r.status().as_u16() == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the consumption rate limit never answered 429");
+    for path in &consumption_paths {
+        h.call("GET", &format!("{path}&{q}"), None, E(429)).await;
+    }
+
     // ----- and finally delete the project ----------------------------------------------------
     h.call("DELETE", &format!("/projects/{p}"), None, Ok).await;
     h.call("DELETE", "/projects/no-such-project-1", None, E(404))
@@ -598,12 +676,37 @@ async fn every_emulated_operation_conforms_to_the_document() {
     let no_success: Vec<_> = emulated.difference(&h.success).collect();
     let no_error: Vec<_> = emulated.difference(&h.errors).collect();
     let stray: Vec<_> = h.success.difference(&emulated).collect();
+    // Each explicit status the document lists for an emulated operation (204 for deleting a
+    // missing branch or endpoint, 406 for consumption ranges, ...) must have been answered
+    // and validated. Exempt: 403 on the consumption endpoints ("not available for this
+    // account's plan"), as every emulated account is on an eligible plan.
+    let spec = Spec::neon();
+    let mut unexercised: Vec<String> = Vec::new();
+    for (m, path) in &emulated {
+        let op = spec
+            .operation(m, path)
+            .unwrap_or_else(|| panic!("{m} {path} is emulated but not in the document"));
+        for code in op.documented_statuses() {
+            let Result::Ok(code) = code.parse::<u16>() else {
+                continue; // `default`
+            };
+            let exempt = code == 403 && path.starts_with("/consumption_history/");
+            if !exempt && !h.statuses.contains(&(m.clone(), path.clone(), code)) {
+                unexercised.push(format!("{m} {path} -> {code}"));
+            }
+        }
+    }
     let mut report = String::new();
     for f in &h.failures {
         report.push_str(&format!("\n- {f}"));
     }
+    if !unexercised.is_empty() {
+        report.push_str(&format!(
+            "\n- documented statuses never exercised: {unexercised:?}"
+        ));
+    }
     assert!(
-        h.failures.is_empty() && no_success.is_empty() && no_error.is_empty() && stray.is_empty(),
+        h.failures.is_empty() && unexercised.is_empty() && no_success.is_empty() && no_error.is_empty() && stray.is_empty(),
         "conformance failures ({}):{report}\n\nemulated operations without a validated success: {no_success:?}\n\
          without a validated error: {no_error:?}\nsuccesses on operations not listed as emulated: {stray:?}",
         h.failures.len()

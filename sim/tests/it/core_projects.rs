@@ -164,3 +164,74 @@ async fn admin_routes_move_the_virtual_clock_and_expose_mutations() {
     assert_eq!(m["mutations"][0]["route"], "/api_keys");
     api.sim.shutdown().await;
 }
+
+/// The mutation log is bounded: a long-running `serve` keeps the newest entries and counts
+/// the ones it dropped, both through the library and `GET /_sim/mutations`.
+#[tokio::test]
+async fn the_mutation_log_keeps_the_newest_entries_and_counts_the_dropped() {
+    let api = Api::start(SimConfig::default().mutation_log_limit(3)).await;
+    for i in 0..5 {
+        let (st, body) = api
+            .post("/api_keys", json!({ "key_name": format!("k{i}") }))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+    }
+    let names: Vec<String> = api
+        .sim
+        .mutations()
+        .iter()
+        .map(|m| {
+            m.body.as_ref().unwrap()["key_name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["k2", "k3", "k4"]);
+    assert_eq!(api.sim.mutations_dropped(), 2);
+    let m: serde_json::Value = api
+        .http
+        .get(format!("{}/_sim/mutations", api.sim.root_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["mutations"].as_array().unwrap().len(), 3);
+    assert_eq!(m["dropped"], 2);
+    assert_eq!(m["limit"], 3);
+    api.sim.clear_mutations();
+    assert_eq!(api.sim.mutations_dropped(), 0);
+    assert_eq!(
+        SimConfig::default().mutation_log_limit,
+        neon_sim::mutations::DEFAULT_MUTATION_LOG_LIMIT
+    );
+    api.sim.shutdown().await;
+}
+
+/// A project created at a sub-microsecond instant (the real clock) is not served again after
+/// its own cursor: the listing ends instead of repeating the last page forever.
+#[tokio::test]
+async fn project_cursor_keeps_full_precision() {
+    let api = Api::start(SimConfig::default()).await;
+    let (p, _) = api.sim.add_project("nanos", None);
+    {
+        let state = api.sim.state();
+        let mut s = state.lock();
+        let proj = s.projects.get_mut(&p.id).unwrap();
+        proj.created_at += chrono::TimeDelta::nanoseconds(123_456_789);
+    }
+    let (st, first) = api.get("/projects?limit=1").await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    assert_eq!(first["projects"][0]["id"], json!(p.id));
+    let c = first["pagination"]["cursor"].as_str().unwrap().to_string();
+    let (st, next) = api.get(&format!("/projects?limit=1&cursor={c}")).await;
+    assert_eq!(st, StatusCode::OK, "{next}");
+    assert_eq!(
+        next["projects"],
+        json!([]),
+        "the last project came back: {next}"
+    );
+    api.sim.shutdown().await;
+}

@@ -237,6 +237,21 @@ const INVALID: &[(&str, &str, &str)] = &[
         "[[jobs]]\nname = \"n\"\nkind = \"snapshot_branches\"\nevery = \"1h\"\n[jobs.branches]\nbranch_names = [\"main\"]\n",
         "branch_names",
     ),
+    (
+        "an exclusion with two targets",
+        "[[jobs]]\nname = \"n\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"1h\"\n[[jobs.exclusions]]\nendpoint = \"ep-1\"\nproject = \"p-1\"\nuntil = \"2026-12-31\"\n",
+        "exclusions",
+    ),
+    (
+        "an exclusion without a target",
+        "[[jobs]]\nname = \"n\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"1h\"\n[[jobs.exclusions]]\nuntil = \"2026-12-31\"\n",
+        "exclusions",
+    ),
+    (
+        "an exclusion without until",
+        "[[jobs]]\nname = \"n\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"1h\"\n[[jobs.exclusions]]\nendpoint = \"ep-1\"\n",
+        "until",
+    ),
 ];
 
 #[test]
@@ -384,7 +399,7 @@ const SHARED_JOB_KEYS: &[&str] = &[
 /// A value the option would accept on a job of its own kind.
 fn sample_value(option: &str) -> &'static str {
     match option {
-        "name_template" => "\"{job}-{branch}-{date}-{time}-x\"",
+        "name_template" => "\"{job}-{branch}-{date}-{time}\"",
         "expires_in" | "ttl" | "idle_ttl" | "idle_for" => "\"1d\"",
         "retention" => "{ keep_last = 1 }",
         "mode" => "\"delete\"",
@@ -392,7 +407,8 @@ fn sample_value(option: &str) -> &'static str {
         "window_timezone" => "\"UTC\"",
         "exclude_until" => "\"2026-01-01\"",
         "resume" => "true",
-        "endpoints" => "{ type = \"read_write\" }",
+        "endpoints" => "{ type = \"read_write\", exclude_ids = [\"ep-1\"], exclude_branches = [\"keep-*\"] }",
+        "exclusions" => "[{ endpoint = \"ep-1\", until = \"2026-12-31\" }, { branch = \"release/*\", until = \"2026-12-31T00:00:00Z\", note = \"launch\" }]",
         "granularity" => "\"daily\"",
         "metrics" => "[\"compute_unit_seconds\"]",
         "org_id" => "\"org-1\"",
