@@ -808,15 +808,24 @@ impl Executed {
     }
 }
 
-/// The `expires_at` to send for a planned one, at `now`: the plan's time unless that is no
-/// longer far enough ahead for Neon (planning and waiting for a locked project take time),
-/// then the earliest time Neon accepts.
+/// The `expires_at` to send for a planned one, at `now`: the plan's time while it is still
+/// comfortably ahead (at least [`MIN_EXPIRY_LEAD`]), otherwise (planning and waiting for a
+/// locked project take time) the earliest time the job hands Neon, `now` plus
+/// [`super::expire::EXPIRE_NOW_MARGIN`]. Keeping the plan's time when it is still fine keeps
+/// re-runs idempotent: Neon then holds exactly the time a re-plan computes.
 pub fn expiry_at_call(planned: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let soonest = now
-        + chrono::Duration::from_std(super::expire::EXPIRE_NOW_MARGIN)
-            .expect("the margin is ten minutes");
-    planned.max(soonest)
+    let lead = chrono::Duration::from_std(MIN_EXPIRY_LEAD).expect("one minute");
+    if planned >= now + lead {
+        planned
+    } else {
+        now + chrono::Duration::from_std(super::expire::EXPIRE_NOW_MARGIN)
+            .expect("the margin is ten minutes")
+    }
 }
+
+/// How far ahead a planned `expires_at` must still be when the call is made to be sent as
+/// planned (Neon refuses a time in the past; this absorbs the call's latency and clock skew).
+pub const MIN_EXPIRY_LEAD: Duration = Duration::from_secs(60);
 
 /// Performs one action; returns what it did for the ledger and the job's records. Times
 /// sent to Neon are computed from `clock` at each attempt, so a retry after waiting for a
@@ -906,5 +915,26 @@ async fn execute(
             wait(env, project, &ops).await?;
             done(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone};
+
+    #[test]
+    fn expiry_keeps_the_plan_while_it_is_ahead_and_moves_it_when_it_is_not() {
+        let t = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 3, 10, h, m, 0).unwrap();
+        let planned = t(12, 10);
+        // Called soon after planning: the plan's time (a re-plan computes the same).
+        assert_eq!(expiry_at_call(planned, t(12, 0)), planned);
+        assert_eq!(expiry_at_call(planned, t(12, 9)), planned);
+        // Less than a minute ahead, or past (a locked project held the call): now + 10 min.
+        assert_eq!(
+            expiry_at_call(planned, t(12, 9) + TimeDelta::seconds(30)),
+            t(12, 19) + TimeDelta::seconds(30)
+        );
+        assert_eq!(expiry_at_call(planned, t(13, 0)), t(13, 10));
     }
 }
