@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::store::{
-    ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction, RunRecord, StoreError,
-    StoreResult,
+    ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction, RunRecord, StateRecord,
+    StoreError, StoreResult,
 };
 
 /// Just enough of a store, in memory, with the same claim semantics as the real one.
@@ -159,11 +159,17 @@ impl Store for MemStore {
     async fn actions_for_run(&self, _: RunId) -> StoreResult<Vec<ActionRecord>> {
         Ok(Vec::new())
     }
-    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<String>> {
+    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<StateRecord>> {
         Ok(None)
     }
-    async fn set_state(&self, _: &str, _: &str, _: &str) -> StoreResult<()> {
-        Ok(())
+    async fn put_state(
+        &self,
+        _: &str,
+        _: &str,
+        expected: Option<i64>,
+        _: &str,
+    ) -> StoreResult<Option<i64>> {
+        Ok(Some(expected.map_or(1, |v| v + 1)))
     }
     async fn upsert_consumption(&self, s: &[ConsumptionSample]) -> StoreResult<u64> {
         Ok(s.len() as u64)

@@ -1,10 +1,11 @@
 //! The run store: the history of runs, the audit ledger of actions, per-job state and
 //! consumption samples.
 //!
-//! The contract is the [`Store`] trait. SQLite ([`sqlite`]) is the embedded default; a
-//! PostgreSQL implementation (several replicas sharing one store) must be able to implement
-//! the same trait, so the trait uses nothing SQLite-specific: a run is *claimed* by inserting
-//! a row whose `(job, scheduled_for)` is unique, and whoever's insert wins runs it.
+//! The contract is the [`Store`] trait, implemented once ([`sql::SqlStore`]) for SQLite (the
+//! embedded default) and PostgreSQL (several replicas sharing one store), with what differs
+//! between the engines in [`dialect`]. The trait uses nothing engine-specific: a run is
+//! *claimed* by inserting a row whose `(job, scheduled_for)` is unique, and whoever's insert
+//! wins runs it; job state is written by compare-and-set on its version.
 
 use std::sync::Arc;
 
@@ -12,8 +13,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub mod postgres;
-pub mod sqlite;
+pub mod dialect;
+pub mod sql;
+
+/// The SQLite store.
+pub type SqliteStore = sql::SqlStore<sqlx::Sqlite>;
+/// The PostgreSQL store.
+pub type PgStore = sql::SqlStore<sqlx::Postgres>;
 
 /// Opens the store named by `url`, applies the migrations and returns it behind the trait.
 ///
@@ -24,12 +30,12 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "sqlite" => {
-            let store = sqlite::SqliteStore::open(url).await?;
-            Ok(Arc::new(store))
+            let pool = dialect::open_sqlite(url).await?;
+            Ok(Arc::new(SqliteStore::new(pool).await?))
         }
         "postgres" | "postgresql" => {
-            let store = postgres::PgStore::open(url).await?;
-            Ok(Arc::new(store))
+            let pool = dialect::open_postgres(url).await?;
+            Ok(Arc::new(PgStore::new(pool).await?))
         }
         _ => Err(StoreError::Unsupported(format!(
             "unknown store URL scheme {scheme:?}: expected sqlite: (for example \
@@ -330,6 +336,14 @@ impl RunFilter {
     }
 }
 
+/// A job's state record as stored: the kind's own encoding (JSON) and the version a
+/// compare-and-set write must name ([`Store::put_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    pub value: String,
+    pub version: i64,
+}
+
 /// One value of one consumption metric for one project and one period.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConsumptionSample {
@@ -396,9 +410,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn actions_for_run(&self, run: RunId) -> StoreResult<Vec<ActionRecord>>;
 
-    /// Small per-job key/value state (e.g. consumption cursors).
-    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<String>>;
-    async fn set_state(&self, job: &str, key: &str, value: &str) -> StoreResult<()>;
+    /// Small per-job key/value state (the snapshots a job owns, a consumption cursor), with
+    /// its version.
+    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<StateRecord>>;
+    /// Writes a job's state if it is still at `expected` (`None`: there is no record yet)
+    /// and returns the new version; returns `None`, writing nothing, when another writer
+    /// changed (or created) the record since it was read.
+    async fn put_state(
+        &self,
+        job: &str,
+        key: &str,
+        expected: Option<i64>,
+        value: &str,
+    ) -> StoreResult<Option<i64>>;
 
     /// Idempotent upsert keyed by (project, metric, granularity, timeframe_start).
     async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64>;

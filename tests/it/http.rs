@@ -8,8 +8,8 @@ use chrono::{TimeZone, Utc};
 use neon_steward::http::{self, Control, HttpState, JobView, TriggerError, TriggerOutcome};
 use neon_steward::secret::Secret;
 use neon_steward::store::{
-    ActionCounts, ActionOutcome, NewAction, NewRun, RunStatus, Store, StoreError, StoreResult,
-    Trigger,
+    ActionCounts, ActionOutcome, NewAction, NewRun, RunStatus, StateRecord, Store, StoreError,
+    StoreResult, Trigger,
 };
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -283,10 +283,16 @@ impl Store for BrokenStore {
     async fn actions_for_run(&self, _: i64) -> StoreResult<Vec<neon_steward::store::ActionRecord>> {
         unreachable!("not used by the HTTP server")
     }
-    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<String>> {
+    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<StateRecord>> {
         unreachable!("not used by the HTTP server")
     }
-    async fn set_state(&self, _: &str, _: &str, _: &str) -> StoreResult<()> {
+    async fn put_state(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<i64>,
+        _: &str,
+    ) -> StoreResult<Option<i64>> {
         unreachable!("not used by the HTTP server")
     }
     async fn upsert_consumption(

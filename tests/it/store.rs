@@ -378,28 +378,77 @@ async fn actions_before_and_after(f: Fixture) {
     assert_eq!(s.actions_for_run(other).await.unwrap().len(), 1);
 }
 
-async fn job_state_roundtrip(f: Fixture) {
+async fn job_state_is_compare_and_set(f: Fixture) {
     let s = &f.store;
     assert_eq!(s.get_state("collect", "cursor").await.unwrap(), None);
-    s.set_state("collect", "cursor", "2025-03-01T00:00:00Z")
+    // Created once: a second creator (who also read "absent") is refused.
+    assert_eq!(
+        s.put_state("collect", "cursor", None, "a").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.put_state("collect", "cursor", None, "b").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.put_state("other", "cursor", None, "x").await.unwrap(),
+        Some(1)
+    );
+    // A write names the version it read; a stale one writes nothing.
+    assert_eq!(
+        s.put_state("collect", "cursor", Some(1), "c")
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        s.put_state("collect", "cursor", Some(1), "d")
+            .await
+            .unwrap(),
+        None
+    );
+    let r = s.get_state("collect", "cursor").await.unwrap().unwrap();
+    assert_eq!((r.value.as_str(), r.version), ("c", 2));
+    let r = s.get_state("other", "cursor").await.unwrap().unwrap();
+    assert_eq!((r.value.as_str(), r.version), ("x", 1));
+}
+
+/// Several writers updating one record at once through the typed layer: every update
+/// lands (a conflicting write is re-applied to the newer record, never lost).
+async fn concurrent_state_updates_lose_nothing(f: Fixture) {
+    use neon_steward::jobs::state::Recorded;
+    const WRITERS: u32 = 4;
+    const EACH: u32 = 5;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = f.store.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let mut r = Recorded::<Vec<u32>>::load(store.as_ref(), "j", "k")
+                        .await
+                        .unwrap();
+                    r.update(store.as_ref(), |v| v.push(w * 100 + i))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = Recorded::<Vec<u32>>::load(f.store.as_ref(), "j", "k")
         .await
         .unwrap();
-    s.set_state("other", "cursor", "x").await.unwrap();
-    assert_eq!(
-        s.get_state("collect", "cursor").await.unwrap().as_deref(),
-        Some("2025-03-01T00:00:00Z")
-    );
-    s.set_state("collect", "cursor", "2025-03-02T00:00:00Z")
-        .await
-        .unwrap();
-    assert_eq!(
-        s.get_state("collect", "cursor").await.unwrap().as_deref(),
-        Some("2025-03-02T00:00:00Z")
-    );
-    assert_eq!(
-        s.get_state("other", "cursor").await.unwrap().as_deref(),
-        Some("x")
-    );
+    let mut got = r.get().clone();
+    got.sort_unstable();
+    let mut want: Vec<u32> = (0..WRITERS)
+        .flat_map(|w| (0..EACH).map(move |i| w * 100 + i))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    let stored = f.store.get_state("j", "k").await.unwrap().unwrap();
+    assert_eq!(stored.version, i64::from(WRITERS * EACH));
 }
 
 fn sample(project: &str, start: DateTime<Utc>, value: f64) -> ConsumptionSample {
@@ -562,7 +611,8 @@ macro_rules! contract_tests {
                 last_scheduled_and_last_success,
                 actions_before_and_after,
                 batch_of_actions_is_one_write_all_or_none,
-                job_state_roundtrip,
+                job_state_is_compare_and_set,
+                concurrent_state_updates_lose_nothing,
                 consumption_upsert_is_idempotent,
                 prune_removes_old_finished_runs_and_their_actions,
                 ping_and_migrate_again,
