@@ -134,6 +134,7 @@ pub(crate) async fn run(
                 let written = env
                     .store
                     .put_state(
+                        ctx.run_id,
                         &job.name,
                         &cursor_key(period),
                         cursor_version,

@@ -22,14 +22,14 @@
 
 use futures::StreamExt;
 
-use super::kind::{ActCx, JobKind, PlanCx};
+use super::kind::{ActCx, JobKind, PendingRef, PlanCx};
 use super::ledger::{ActionSpec, Ledger};
 use super::limits::Limits;
 use super::plan::{JobEnv, PlanError, ProjectPlan, RunClock, RunContext, RunControl, RunError};
 use super::scope::selected_projects;
 use super::state::Recorded;
 use crate::config::JobConfig;
-use crate::neon::{Project, ProjectId};
+use crate::neon::{ApiError, Project, ProjectId};
 use crate::store::{ActionCounts, ActionOutcome, RunStatus};
 
 /// How a run ended. The caller passes it to `Store::finish_run`.
@@ -212,7 +212,7 @@ async fn plan_project<K: JobKind>(
         return Ok(Planned { plan, state: None });
     }
     let key = format!("{}/{}", K::STATE_KEY, project.id);
-    match Recorded::<K::State>::load(cx.env.store.as_ref(), &job.name, &key).await {
+    match Recorded::<K::State>::load(cx.env.store.as_ref(), cx.ctx.run_id, &job.name, &key).await {
         Ok(mut state) => {
             let plan = kind.plan_project(cx, project, Ok(state.get_mut())).await?;
             Ok(Planned {
@@ -328,6 +328,32 @@ async fn act_on_project<K: JobKind>(
                 if let Err(e) = recorded {
                     tracing::error!(project = %p.project_id, action = a.spec.action, resource = %a.spec.resource_id, error = %e, "the action succeeded but the job's record of it could not be written");
                     return Err(RunError::State(e));
+                }
+            }
+            Err(e) if e.may_have_succeeded() || matches!(e, ApiError::Decode { .. }) => {
+                // The call may have been carried out: ask Neon before recording anything.
+                let spec = &a.spec;
+                let pending_ref = PendingRef {
+                    action: spec.action,
+                    project_id: p.project_id.as_str(),
+                    resource_id: &spec.resource_id,
+                    resource_name: spec.resource_name.as_deref(),
+                };
+                match K::check_outcome(env, &pending_ref).await {
+                    Ok(r) => {
+                        let detail = format!("{}; checked with Neon after: {e}", r.detail);
+                        if r.outcome == ActionOutcome::Succeeded {
+                            succeeded[i] = true;
+                        }
+                        ledger.resolved(pending, r.outcome, &detail).await?
+                    }
+                    Err(check) => {
+                        let detail =
+                            format!("{e}; Neon could not be asked whether it happened ({check})");
+                        ledger
+                            .resolved(pending, ActionOutcome::Unknown, &detail)
+                            .await?
+                    }
                 }
             }
             Err(e) => ledger.failed(pending, &e.to_string()).await?,

@@ -13,9 +13,9 @@ use futures::TryStreamExt;
 
 use super::branch_tree::{plan_deletions, TreeBranch};
 use super::calls::{wait, with_lock_retry};
-use super::kind::{ActCx, JobKind, PlanCx, StateView};
+use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
-use super::plan::{PlanError, PlannedAction, ProjectPlan};
+use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::scope::{branch_last_activity, passes_age_filters};
 use super::select::{BranchFacts, BranchSelector, Selection, SelectorError, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
@@ -178,6 +178,49 @@ impl JobKind for Expire<'_> {
             ExpireDone::Deleted(d) => d.clone(),
             ExpireDone::ExpirySet(at) => format!("expires_at={}", at.to_rfc3339()),
             ExpireDone::Cleared => "expires_at cleared".into(),
+        })
+    }
+
+    fn owns_action(action: &str) -> bool {
+        matches!(
+            action,
+            "delete_branch" | "set_branch_expiry" | "clear_branch_expiry"
+        )
+    }
+
+    async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
+        let branch = match env
+            .client
+            .get_branch(
+                &ProjectId::from(p.project_id),
+                &BranchId::from(p.resource_id),
+            )
+            .await
+        {
+            Ok(b) => Some(b),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        Ok(match (p.action, branch) {
+            ("delete_branch", None) => Resolution::succeeded("the branch no longer exists"),
+            ("delete_branch", Some(_)) => {
+                Resolution::failed("the branch still exists: it was not deleted")
+            }
+            (_, None) => Resolution::unknown(
+                "the branch no longer exists (it may have expired): whether its expiry was \
+                 changed cannot be told",
+            ),
+            ("set_branch_expiry", Some(b)) => match b.expires_at {
+                Some(at) => Resolution::succeeded(format!("expires_at={}", at.to_rfc3339())),
+                None => Resolution::failed("the branch has no expires_at: it was not set"),
+            },
+            (_, Some(b)) => match b.expires_at {
+                None => Resolution::succeeded("expires_at cleared"),
+                Some(at) => Resolution::failed(format!(
+                    "the branch still expires at {}: it was not cleared",
+                    at.to_rfc3339()
+                )),
+            },
         })
     }
 

@@ -38,6 +38,46 @@ impl ActCx<'_> {
     }
 }
 
+/// An action as the ledger holds it, to be checked against Neon after the fact (its call's
+/// answer was lost, or the run died or was taken over during it).
+#[derive(Debug, Clone, Copy)]
+pub struct PendingRef<'a> {
+    pub action: &'a str,
+    pub project_id: &'a str,
+    pub resource_id: &'a str,
+    pub resource_name: Option<&'a str>,
+}
+
+/// What Neon says happened to a [`PendingRef`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// `Succeeded`, `Failed` or `Unknown`.
+    pub outcome: crate::store::ActionOutcome,
+    /// What was found, for the ledger.
+    pub detail: String,
+}
+
+impl Resolution {
+    pub fn succeeded(detail: impl Into<String>) -> Self {
+        Resolution {
+            outcome: crate::store::ActionOutcome::Succeeded,
+            detail: detail.into(),
+        }
+    }
+    pub fn failed(detail: impl Into<String>) -> Self {
+        Resolution {
+            outcome: crate::store::ActionOutcome::Failed,
+            detail: detail.into(),
+        }
+    }
+    pub fn unknown(detail: impl Into<String>) -> Self {
+        Resolution {
+            outcome: crate::store::ActionOutcome::Unknown,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// A kind's state for the project being planned, or why it cannot be read. A kind decides
 /// what it can still do without it; the engine never writes a state it could not read.
 pub type StateView<'a, T> = Result<&'a mut T, &'a StateError>;
@@ -106,6 +146,17 @@ pub trait JobKind: Send + Sync {
 
     /// The ledger's detail of a successful action.
     fn detail(done: &Self::Done) -> Option<String>;
+
+    /// Whether an action of this kind (by its ledger name) is this kind's to check.
+    fn owns_action(action: &str) -> bool;
+
+    /// Checks with Neon whether an action happened (see [`PendingRef`]). An error means
+    /// Neon could not be asked now (try again later); a question Neon cannot answer is
+    /// [`Resolution::unknown`] with the reason.
+    fn check_outcome(
+        env: &JobEnv,
+        pending: &PendingRef<'_>,
+    ) -> impl Future<Output = Result<Resolution, ApiError>> + Send;
 
     /// Why an action is not attempted when `dep`, which it requires, did not succeed.
     fn blocked_by(dep: &PlannedAction<Self::Action>) -> String {

@@ -14,6 +14,7 @@ pub mod kind;
 pub mod ledger;
 pub mod limits;
 pub mod plan;
+mod reconcile;
 pub mod retention;
 pub mod scope;
 pub mod select;
@@ -24,6 +25,7 @@ pub mod windows;
 
 pub use engine::RunResult;
 pub use plan::{JobEnv, RunContext, RunControl};
+pub use reconcile::reconcile_pending;
 
 use crate::config::{JobConfig, JobSpec};
 use engine::Ended;

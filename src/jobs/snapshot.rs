@@ -27,9 +27,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::calls::{wait, with_lock_retry};
-use super::kind::{ActCx, JobKind, PlanCx, StateView};
+use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
-use super::plan::{PlanError, PlannedAction, ProjectPlan};
+use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
 use super::scope::passes_age_filters;
 use super::select::{BranchFacts, BranchSelector, Selection, SelectorError};
@@ -228,6 +228,39 @@ impl JobKind for Snapshots<'_> {
             SnapshotDone::Deleted { already: true } => Some("already deleted".into()),
             SnapshotDone::Deleted { already: false } => None,
         }
+    }
+
+    fn owns_action(action: &str) -> bool {
+        matches!(action, "create_snapshot" | "delete_snapshot")
+    }
+
+    async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
+        let snapshots = env
+            .client
+            .list_snapshots(&ProjectId::from(p.project_id))
+            .await?;
+        Ok(match p.action {
+            "create_snapshot" => {
+                let name = p.resource_name.unwrap_or_default();
+                match snapshots.iter().find(|s| {
+                    s.name == name
+                        && s.source_branch_id.as_ref().map(|b| b.as_str()) == Some(p.resource_id)
+                }) {
+                    Some(s) => Resolution::succeeded(format!("snapshot_id={}", s.id)),
+                    None => Resolution::failed(format!(
+                        "no snapshot {name:?} of branch {} exists: it was not created",
+                        p.resource_id
+                    )),
+                }
+            }
+            _ => {
+                if snapshots.iter().any(|s| s.id.as_str() == p.resource_id) {
+                    Resolution::failed("the snapshot still exists: it was not deleted")
+                } else {
+                    Resolution::succeeded("the snapshot no longer exists")
+                }
+            }
+        })
     }
 
     fn blocked_by(dep: &PlannedAction<SnapshotAction>) -> String {

@@ -36,6 +36,8 @@ pub enum StateError {
 /// A kind's state for one scope as this run knows it.
 #[derive(Debug, Clone)]
 pub struct Recorded<T> {
+    /// The run writing the record (writes are fenced by its lease).
+    run: crate::store::RunId,
     job: String,
     key: String,
     /// The version read or last written; `None`: no record exists yet.
@@ -49,10 +51,16 @@ impl<T> Recorded<T>
 where
     T: Serialize + DeserializeOwned + Default + Clone + PartialEq,
 {
-    /// Reads the record of `key` (absent: the default value).
-    pub async fn load(store: &dyn Store, job: &str, key: &str) -> Result<Self, StateError> {
+    /// Reads the record of `key` (absent: the default value), for run `run` to change.
+    pub async fn load(
+        store: &dyn Store,
+        run: crate::store::RunId,
+        job: &str,
+        key: &str,
+    ) -> Result<Self, StateError> {
         let (version, stored) = Self::read(store, job, key).await?;
         Ok(Recorded {
+            run,
             job: job.to_string(),
             key: key.to_string(),
             version,
@@ -153,7 +161,7 @@ where
             error: format!("cannot be encoded: {e}"),
         })?;
         Ok(store
-            .put_state(&self.job, &self.key, self.version, &text)
+            .put_state(self.run, &self.job, &self.key, self.version, &text)
             .await?)
     }
 }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
 use super::calls::{wait, with_lock_retry};
-use super::kind::{ActCx, JobKind, PlanCx, StateView};
+use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::select::{
@@ -110,6 +110,41 @@ impl JobKind for Suspend<'_> {
 
     fn detail(_: &()) -> Option<String> {
         None
+    }
+
+    fn owns_action(action: &str) -> bool {
+        matches!(action, "suspend_endpoint" | "start_endpoint")
+    }
+
+    async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
+        let endpoint = match env
+            .client
+            .get_endpoint(
+                &crate::neon::ProjectId::from(p.project_id),
+                &EndpointId::from(p.resource_id),
+            )
+            .await
+        {
+            Ok(e) => e,
+            Err(e) if e.is_not_found() => {
+                return Ok(Resolution::unknown("the endpoint no longer exists"))
+            }
+            Err(e) => return Err(e),
+        };
+        let state = endpoint.current_state.as_str().to_string();
+        Ok(match (p.action, &endpoint.current_state) {
+            ("suspend_endpoint", EndpointState::Idle) => {
+                Resolution::succeeded("the endpoint is suspended")
+            }
+            ("start_endpoint", EndpointState::Active) => {
+                Resolution::succeeded("the endpoint is active")
+            }
+            // Traffic wakes a suspended endpoint, and an idle one suspends itself: the state
+            // now does not tell what the call did.
+            _ => Resolution::unknown(format!(
+                "the endpoint is {state} now, which does not tell whether the call took effect"
+            )),
+        })
     }
 }
 

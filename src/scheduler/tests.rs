@@ -59,6 +59,8 @@ impl Store for MemStore {
             dry_run: run.dry_run,
             error: run.error.clone(),
             counts: ActionCounts::default(),
+            owner: None,
+            lease_expires_at: None,
         });
         Ok(Some(id))
     }
@@ -86,21 +88,6 @@ impl Store for MemStore {
         r.error = error.map(str::to_string);
         r.finished_at = Some(r.scheduled_for);
         Ok(())
-    }
-    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64> {
-        let mut n = 0;
-        for r in self
-            .runs
-            .lock()
-            .unwrap()
-            .iter_mut()
-            .filter(|r| r.status == RunStatus::Running)
-        {
-            r.status = RunStatus::Interrupted;
-            r.error = Some(reason.to_string());
-            n += 1;
-        }
-        Ok(n)
     }
     async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
         Ok(self
@@ -164,6 +151,7 @@ impl Store for MemStore {
     }
     async fn put_state(
         &self,
+        _: RunId,
         _: &str,
         _: &str,
         expected: Option<i64>,
@@ -646,6 +634,7 @@ async fn shutdown_past_grace_interrupts() {
         grace_period: Duration::from_secs(10),
         cancel_wait: Duration::from_secs(3),
         watchdog: None,
+        ..Default::default()
     };
     let mut h = start(
         Arc::default(),
@@ -945,6 +934,7 @@ async fn an_interrupted_tick_is_run_again() {
         grace_period: Duration::from_secs(1),
         cancel_wait: Duration::from_secs(1),
         watchdog: None,
+        ..Default::default()
     };
     let long = Behaviour::Work(Duration::from_secs(1200));
     // Each life starts, runs (or re-runs) the 01:00 tick and is stopped mid-run.

@@ -23,6 +23,18 @@ pub trait Dialect: sqlx::Database {
     const NAME: &'static str;
     /// The statement that opens a write transaction; `None` is the driver's `BEGIN`.
     const BEGIN_WRITE: Option<&'static str>;
+    /// The store's clock as an SQL expression of Unix milliseconds. Leases are compared
+    /// with it, never with a replica's own clock, so clock skew between replicas cannot
+    /// make a live lease look expired.
+    const NOW_MS: &'static str;
+    /// Appended to the `SELECT` of a run row that a write depends on, so that a takeover
+    /// cannot commit between the check and the write (SQLite's write transactions are
+    /// serialised already).
+    const LOCK_ROW: &'static str;
+    /// A statement serialising the claims of one job (`$1` = the job) within the
+    /// transaction, so that two replicas cannot both find no live run and both claim.
+    /// Transaction-scoped, so it works through PgBouncer's transaction pooling.
+    const LOCK_JOB: Option<&'static str>;
     /// The migrations of this engine's schema.
     fn migrator() -> &'static Migrator;
     fn rows_affected(result: &Self::QueryResult) -> u64;
@@ -40,6 +52,9 @@ static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 impl Dialect for Sqlite {
     const NAME: &'static str = "sqlite";
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    const NOW_MS: &'static str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+    const LOCK_ROW: &'static str = "";
+    const LOCK_JOB: Option<&'static str> = None;
     fn migrator() -> &'static Migrator {
         &SQLITE_MIGRATOR
     }
@@ -54,6 +69,9 @@ impl Dialect for Sqlite {
 impl Dialect for Postgres {
     const NAME: &'static str = "postgres";
     const BEGIN_WRITE: Option<&'static str> = None;
+    const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+    const LOCK_JOB: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");
     fn migrator() -> &'static Migrator {
         &POSTGRES_MIGRATOR
     }

@@ -12,30 +12,38 @@ use sqlx::{Executor, FromRow, IntoArguments, Pool, Transaction};
 
 use super::dialect::Dialect;
 use super::{
-    from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord,
-    ConsumptionSample, NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus, StateRecord,
-    Store, StoreError, StoreResult, Trigger,
+    from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord, Claim,
+    ConsumptionSample, Lease, NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus,
+    StateRecord, Store, StoreError, StoreOptions, StoreResult, Trigger,
 };
 
 /// The run store on one SQL engine. Cheap to clone (a pool handle).
 #[derive(Debug)]
 pub struct SqlStore<DB: Dialect> {
     pool: Pool<DB>,
+    /// This replica, written as the owner of the runs it claims.
+    owner: String,
+    /// `store.lease` in milliseconds.
+    lease_ms: i64,
 }
 
 impl<DB: Dialect> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
         SqlStore {
             pool: self.pool.clone(),
+            owner: self.owner.clone(),
+            lease_ms: self.lease_ms,
         }
     }
 }
 
 const RUN_COLUMNS: &str = "id, job, kind, scheduled_for, triggered_by, started_at, finished_at, \
-    status, dry_run, error, actions_succeeded, actions_failed, actions_skipped, actions_planned";
+    status, dry_run, error, actions_succeeded, actions_failed, actions_skipped, actions_planned, \
+    owner, lease_expires_at";
 
 const ACTION_COLUMNS: &str = "id, run_id, job, resource_kind, resource_id, resource_name, \
-    project_id, action, rule, reason, dry_run, outcome, detail, created_at, finished_at";
+    project_id, action, rule, reason, dry_run, outcome, detail, created_at, finished_at, \
+    reconciled_at";
 
 /// A `runs` row as stored (public only because the driver bounds name the row types).
 #[derive(Debug, FromRow)]
@@ -54,6 +62,8 @@ pub struct RunRow {
     actions_failed: i64,
     actions_skipped: i64,
     actions_planned: i64,
+    owner: Option<String>,
+    lease_expires_at: Option<i64>,
 }
 
 impl RunRow {
@@ -65,6 +75,8 @@ impl RunRow {
                 StoreError::Corrupt(format!("runs.triggered_by = {:?}", self.triggered_by))
             })?,
             started_at: from_ms(self.started_at, "runs.started_at")?,
+            lease_expires_at: opt_from_ms(self.lease_expires_at, "runs.lease_expires_at")?,
+            owner: self.owner,
             finished_at: opt_from_ms(self.finished_at, "runs.finished_at")?,
             status: RunStatus::parse(&self.status)
                 .ok_or_else(|| StoreError::Corrupt(format!("runs.status = {:?}", self.status)))?,
@@ -100,6 +112,7 @@ pub struct ActionRow {
     detail: Option<String>,
     created_at: i64,
     finished_at: Option<i64>,
+    reconciled_at: Option<i64>,
 }
 
 impl ActionRow {
@@ -110,6 +123,7 @@ impl ActionRow {
             })?,
             created_at: from_ms(self.created_at, "actions.created_at")?,
             finished_at: opt_from_ms(self.finished_at, "actions.finished_at")?,
+            reconciled_at: opt_from_ms(self.reconciled_at, "actions.reconciled_at")?,
             id: self.id,
             run_id: self.run_id,
             job: self.job,
@@ -150,6 +164,13 @@ impl SampleRow {
     }
 }
 
+/// What a renewed lease returns.
+#[derive(Debug, FromRow)]
+pub struct LeaseRow {
+    lease_expires_at: i64,
+    cancel_requested: bool,
+}
+
 /// A `job_state` row as stored.
 #[derive(Debug, FromRow)]
 pub struct StateRow {
@@ -180,6 +201,7 @@ macro_rules! for_every_dialect {
             ActionRow: for<'r> FromRow<'r, DB::Row>,
             SampleRow: for<'r> FromRow<'r, DB::Row>,
             StateRow: for<'r> FromRow<'r, DB::Row>,
+            LeaseRow: for<'r> FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -189,14 +211,18 @@ macro_rules! for_every_dialect {
 for_every_dialect! {
 [impl<DB: Dialect> SqlStore<DB>] {
     /// Wraps an open pool and applies the embedded migrations.
-    pub async fn new(pool: Pool<DB>) -> StoreResult<Self> {
-        let store = SqlStore { pool };
+    pub async fn new(pool: Pool<DB>, opts: StoreOptions) -> StoreResult<Self> {
+        let store = SqlStore {
+            pool,
+            owner: opts.replica.to_string(),
+            lease_ms: i64::try_from(opts.lease.as_millis()).unwrap_or(i64::MAX / 4),
+        };
         store.apply_migrations().await?;
         Ok(store)
     }
 
     /// Closes every connection (used by tests to simulate a process exit cleanly; a real
-    /// crash skips this and is handled by [`Store::interrupt_running`]).
+    /// crash skips this and is handled by [`Store::take_over_expired`]).
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -216,6 +242,107 @@ for_every_dialect! {
             Some(begin) => self.pool.begin_with(begin).await?,
             None => self.pool.begin().await?,
         })
+    }
+
+    /// Inside a write transaction: that this replica holds `run` (running, its owner, and
+    /// with `live_lease` a lease that has not expired by the store's clock).
+    async fn fence(
+        &self,
+        tx: &mut Transaction<'static, DB>,
+        run: RunId,
+        live_lease: bool,
+    ) -> StoreResult<()> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1{}",
+            DB::LOCK_ROW
+        );
+        let row: Option<RunRow> = sqlx::query_as(&sql)
+            .bind(run)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound { what: "run", id: run });
+        };
+        let (now,): (i64,) = sqlx::query_as(&format!("SELECT {}", DB::NOW_MS))
+            .fetch_one(&mut **tx)
+            .await?;
+        let why = if row.owner.as_deref() != Some(self.owner.as_str()) {
+            Some(format!(
+                "it is held by {}",
+                row.owner.as_deref().unwrap_or("no replica")
+            ))
+        } else if row.status != RunStatus::Running.as_str() {
+            Some(format!(
+                "it is `{}`{}",
+                row.status,
+                row.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ))
+        } else if live_lease && row.lease_expires_at.is_none_or(|t| t <= now) {
+            Some(format!(
+                "its lease expired {} ms ago",
+                now - row.lease_expires_at.unwrap_or(now)
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(StoreError::Fenced { run_id: run, why }),
+            None => Ok(()),
+        }
+    }
+
+    /// Inserts a run inside the caller's transaction; `None` if its tick is taken.
+    async fn insert_run(
+        &self,
+        tx: &mut Transaction<'static, DB>,
+        run: &NewRun,
+    ) -> StoreResult<Option<RunId>> {
+        let now = to_ms(Utc::now());
+        let running = run.status == RunStatus::Running;
+        // A run recorded as already over (a skipped tick) is finished when it is written;
+        // a running one is held for one lease from the store's clock.
+        let finished_at = (!running).then_some(now);
+        let lease = if running { Some(self.lease_ms) } else { None };
+        let id: Option<(i64,)> = sqlx::query_as(&format!(
+            "INSERT INTO runs (job, kind, scheduled_for, triggered_by, started_at, finished_at, \
+             status, dry_run, error, owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, \
+             $7, $8, $9, $10, CASE WHEN $11 IS NULL THEN NULL ELSE {} + $11 END) \
+             ON CONFLICT (job, scheduled_for) DO NOTHING RETURNING id",
+            DB::NOW_MS
+        ))
+        .bind(run.job.clone())
+        .bind(run.kind.clone())
+        .bind(to_ms(run.scheduled_for))
+        .bind(run.trigger.as_str().to_string())
+        .bind(now)
+        .bind(finished_at)
+        .bind(run.status.as_str().to_string())
+        .bind(run.dry_run)
+        .bind(run.error.clone())
+        .bind(self.owner.clone())
+        .bind(lease)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(id.map(|(id,)| id))
+    }
+
+    /// Why a conditional update of run `id` changed nothing: it is not ours, or not there.
+    async fn not_updated(&self, id: RunId, what: &'static str) -> StoreError {
+        match self.runs_where("id = $1", vec![Bind::Int(Some(id))]).await {
+            Ok(r) if r.is_empty() => StoreError::NotFound { what, id },
+            Ok(r) => StoreError::Fenced {
+                run_id: id,
+                why: format!(
+                    "it is `{}` and held by {}",
+                    r[0].status.as_str(),
+                    r[0].owner.as_deref().unwrap_or("no replica")
+                ),
+            },
+            Err(e) => e,
+        }
     }
 
     /// Inserts one ledger row inside the caller's transaction.
@@ -280,34 +407,45 @@ for_every_dialect! {
         self.apply_migrations().await
     }
 
+    fn replica(&self) -> String {
+        self.owner.clone()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     async fn claim_run(&self, run: &NewRun) -> StoreResult<Option<RunId>> {
-        let now = to_ms(Utc::now());
-        // A run recorded as already over (a skipped tick) is finished when it is written.
-        let finished_at = (run.status != RunStatus::Running).then_some(now);
         let mut tx = self.write().await?;
-        let id: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO runs (job, kind, scheduled_for, triggered_by, started_at, finished_at, \
-             status, dry_run, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (job, scheduled_for) DO NOTHING RETURNING id",
-        )
+        let id = self.insert_run(&mut tx, run).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn claim_exclusive(&self, run: &NewRun) -> StoreResult<Claim> {
+        let mut tx = self.write().await?;
+        if let Some(lock) = DB::LOCK_JOB {
+            sqlx::query(lock)
+                .bind(run.job.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let live: Option<RunRow> = sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND status = 'running' \
+             AND lease_expires_at > {} ORDER BY id LIMIT 1",
+            DB::NOW_MS
+        ))
         .bind(run.job.clone())
-        .bind(run.kind.clone())
-        .bind(to_ms(run.scheduled_for))
-        .bind(run.trigger.as_str().to_string())
-        .bind(now)
-        .bind(finished_at)
-        .bind(run.status.as_str().to_string())
-        .bind(run.dry_run)
-        .bind(run.error.clone())
         .fetch_optional(&mut *tx)
         .await?;
+        if let Some(row) = live {
+            tx.commit().await?;
+            return Ok(Claim::Busy(row.into_record()?));
+        }
+        let id = self.insert_run(&mut tx, run).await?;
         tx.commit().await?;
-        Ok(id.map(|(id,)| id))
+        Ok(id.map_or(Claim::TickTaken, Claim::Claimed))
     }
 
     async fn finish_run(
@@ -320,7 +458,8 @@ for_every_dialect! {
         let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE runs SET status = $1, finished_at = $2, error = $3, actions_succeeded = $4, \
-             actions_failed = $5, actions_skipped = $6, actions_planned = $7 WHERE id = $8",
+             actions_failed = $5, actions_skipped = $6, actions_planned = $7, \
+             lease_expires_at = NULL WHERE id = $8 AND owner = $9 AND status = 'running'",
         )
         .bind(status.as_str().to_string())
         .bind(to_ms(Utc::now()))
@@ -330,27 +469,112 @@ for_every_dialect! {
         .bind(counts.skipped)
         .bind(counts.planned)
         .bind(id)
+        .bind(self.owner.clone())
         .execute(&mut *tx)
         .await?;
         if DB::rows_affected(&done) == 0 {
-            return Err(StoreError::NotFound { what: "run", id });
+            drop(tx);
+            return Err(self.not_updated(id, "run").await);
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64> {
+    async fn renew_lease(&self, run: RunId) -> StoreResult<Lease> {
+        let mut tx = self.write().await?;
+        let row: Option<LeaseRow> = sqlx::query_as(&format!(
+            "UPDATE runs SET lease_expires_at = {} + $1 WHERE id = $2 AND owner = $3 \
+             AND status = 'running' RETURNING lease_expires_at, cancel_requested",
+            DB::NOW_MS
+        ))
+        .bind(self.lease_ms)
+        .bind(run)
+        .bind(self.owner.clone())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        match row {
+            Some(r) => Ok(Lease::Held {
+                expires_at: from_ms(r.lease_expires_at, "runs.lease_expires_at")?,
+                cancel_requested: r.cancel_requested,
+            }),
+            None => Ok(Lease::Lost {
+                why: match self.not_updated(run, "run").await {
+                    StoreError::Fenced { why, .. } => why,
+                    e => e.to_string(),
+                },
+            }),
+        }
+    }
+
+    async fn take_over_expired(&self) -> StoreResult<Vec<RunRecord>> {
+        let mut tx = self.write().await?;
+        // Runs written before leases existed have none: their owner is gone with the old
+        // version, so they count as expired.
+        let rows: Vec<RunRow> = sqlx::query_as(&format!(
+            "UPDATE runs SET status = 'interrupted', finished_at = {now}, lease_expires_at = NULL, \
+             error = COALESCE(error || '; ', '') || 'interrupted: the lease of ' || \
+             COALESCE(owner, 'a replica of an earlier version') || ' expired (the replica \
+             died, hung or lost the store); taken over by ' || $1 \
+             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+             RETURNING {RUN_COLUMNS}",
+            now = DB::NOW_MS
+        ))
+        .bind(self.owner.clone())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter().map(RunRow::into_record).collect()
+    }
+
+    async fn request_cancel(&self, job: &str, except: RunId) -> StoreResult<u64> {
         let mut tx = self.write().await?;
         let done = sqlx::query(
-            "UPDATE runs SET status = 'interrupted', finished_at = $1, \
-             error = COALESCE(error, $2) WHERE status = 'running'",
+            "UPDATE runs SET cancel_requested = $1 WHERE job = $2 AND status = 'running' \
+             AND id <> $3",
         )
-        .bind(to_ms(Utc::now()))
-        .bind(reason.to_string())
+        .bind(true)
+        .bind(job.to_string())
+        .bind(except)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(DB::rows_affected(&done))
+    }
+
+    async fn unresolved_actions(&self, limit: u32) -> StoreResult<Vec<ActionRecord>> {
+        sqlx::query_as::<DB, ActionRow>(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE outcome = 'pending' AND run_id IN \
+             (SELECT id FROM runs WHERE status <> 'running') ORDER BY id LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(ActionRow::into_record)
+        .collect()
+    }
+
+    async fn reconcile_action(
+        &self,
+        id: ActionId,
+        outcome: ActionOutcome,
+        detail: &str,
+    ) -> StoreResult<()> {
+        let now = to_ms(Utc::now());
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE actions SET outcome = $1, detail = $2, finished_at = $3, reconciled_at = $3 \
+             WHERE id = $4 AND outcome = 'pending'",
+        )
+        .bind(outcome.as_str().to_string())
+        .bind(detail.to_string())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
@@ -398,6 +622,7 @@ for_every_dialect! {
     async fn begin_action(&self, action: &NewAction) -> StoreResult<ActionId> {
         let now = to_ms(Utc::now());
         let mut tx = self.write().await?;
+        self.fence(&mut tx, action.run_id, true).await?;
         let id = Self::insert_action(&mut tx, action, now).await?;
         tx.commit().await?;
         Ok(id)
@@ -410,6 +635,11 @@ for_every_dialect! {
         let now = to_ms(Utc::now());
         // One transaction for the batch: one commit instead of one per row, and all or none.
         let mut tx = self.write().await?;
+        let mut fenced: Vec<RunId> = actions.iter().map(|a| a.run_id).collect();
+        fenced.dedup();
+        for run in fenced {
+            self.fence(&mut tx, run, true).await?;
+        }
         let mut ids = Vec::with_capacity(actions.len());
         for action in actions {
             ids.push(Self::insert_action(&mut tx, action, now).await?);
@@ -425,18 +655,23 @@ for_every_dialect! {
         detail: Option<&str>,
     ) -> StoreResult<()> {
         let mut tx = self.write().await?;
-        let done = sqlx::query(
-            "UPDATE actions SET outcome = $1, detail = $2, finished_at = $3 WHERE id = $4",
-        )
-        .bind(outcome.as_str().to_string())
-        .bind(detail.map(str::to_string))
-        .bind(to_ms(Utc::now()))
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if DB::rows_affected(&done) == 0 {
+        let run: Option<(i64,)> = sqlx::query_as("SELECT run_id FROM actions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((run,)) = run else {
             return Err(StoreError::NotFound { what: "action", id });
-        }
+        };
+        // The call was made: its outcome is recorded while the run is ours, even past the
+        // lease, as long as nobody has taken the run over (who then reconciles it).
+        self.fence(&mut tx, run, false).await?;
+        sqlx::query("UPDATE actions SET outcome = $1, detail = $2, finished_at = $3 WHERE id = $4")
+            .bind(outcome.as_str().to_string())
+            .bind(detail.map(str::to_string))
+            .bind(to_ms(Utc::now()))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -468,6 +703,7 @@ for_every_dialect! {
 
     async fn put_state(
         &self,
+        run: RunId,
         job: &str,
         key: &str,
         expected: Option<i64>,
@@ -475,6 +711,7 @@ for_every_dialect! {
     ) -> StoreResult<Option<i64>> {
         let now = to_ms(Utc::now());
         let mut tx = self.write().await?;
+        self.fence(&mut tx, run, true).await?;
         let done = match expected {
             // Absent when read: only the first of concurrent creators inserts.
             None => {

@@ -253,9 +253,6 @@ impl Store for BrokenStore {
     ) -> StoreResult<()> {
         unreachable!("not used by the HTTP server")
     }
-    async fn interrupt_running(&self, _: &str) -> StoreResult<u64> {
-        unreachable!("not used by the HTTP server")
-    }
     async fn get_run(&self, _: i64) -> StoreResult<Option<neon_steward::store::RunRecord>> {
         Err(StoreError::Corrupt("disk on fire".into()))
     }
@@ -288,6 +285,7 @@ impl Store for BrokenStore {
     }
     async fn put_state(
         &self,
+        _: neon_steward::store::RunId,
         _: &str,
         _: &str,
         _: Option<i64>,

@@ -98,6 +98,26 @@ impl H {
         (r, actions)
     }
 
+    /// A run that holds a lease, for a test that writes job state itself (as an operator's
+    /// repair or a crashed run would have).
+    async fn writer_run(&self) -> i64 {
+        let tick = self.now() + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
+        self.env
+            .store
+            .claim_run(&NewRun {
+                job: "test-writer".into(),
+                kind: "snapshot_branches".into(),
+                scheduled_for: tick,
+                trigger: Trigger::Manual,
+                dry_run: false,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .expect("fresh tick")
+    }
+
     fn add_org(&self, name: &str) -> String {
         neon_sim::seed::insert_org(&mut self.sim.state().settled(), name)
     }
@@ -433,9 +453,11 @@ async fn consumption_v2_collects_resumes_and_exports_capped_gauges() {
         .await
         .unwrap()
         .expect("the first collection moved the cursor");
+    let writer = h.writer_run().await;
     h.env
         .store
         .put_state(
+            writer,
             &j.name,
             "consumption_cursor/hourly",
             Some(cursor.version),
@@ -1324,9 +1346,6 @@ impl neon_steward::store::Store for FailingReads {
     ) -> neon_steward::store::StoreResult<()> {
         self.inner.finish_run(id, status, counts, error).await
     }
-    async fn interrupt_running(&self, reason: &str) -> neon_steward::store::StoreResult<u64> {
-        self.inner.interrupt_running(reason).await
-    }
     async fn get_run(
         &self,
         id: neon_steward::store::RunId,
@@ -1391,12 +1410,13 @@ impl neon_steward::store::Store for FailingReads {
     }
     async fn put_state(
         &self,
+        run: neon_steward::store::RunId,
         job: &str,
         key: &str,
         expected: Option<i64>,
         value: &str,
     ) -> neon_steward::store::StoreResult<Option<i64>> {
-        self.inner.put_state(job, key, expected, value).await
+        self.inner.put_state(run, job, key, expected, value).await
     }
     async fn upsert_consumption(
         &self,

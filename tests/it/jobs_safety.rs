@@ -382,9 +382,11 @@ async fn a_create_interrupted_by_a_crash_is_adopted() {
         )
         .await
         .unwrap();
+    let writer = e.claim(&job("[[jobs]]\nname = \"test-writer\"\nkind = \"expire_branches\"\nttl = \"1d\"\nevery = \"1h\"\n"), e.sim.clock().now()).await;
     e.env
         .store
         .put_state(
+            writer,
             "nightly",
             &ownership_key(&p.id.as_str().into()),
             None,

@@ -385,9 +385,6 @@ impl Store for CountingStore {
     ) -> StoreResult<()> {
         self.inner.finish_run(id, status, counts, error).await
     }
-    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64> {
-        self.inner.interrupt_running(reason).await
-    }
     async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
         self.inner.get_run(id).await
     }
@@ -424,12 +421,13 @@ impl Store for CountingStore {
     }
     async fn put_state(
         &self,
+        run: RunId,
         job: &str,
         key: &str,
         expected: Option<i64>,
         value: &str,
     ) -> StoreResult<Option<i64>> {
-        self.inner.put_state(job, key, expected, value).await
+        self.inner.put_state(run, job, key, expected, value).await
     }
     async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64> {
         self.inner.upsert_consumption(samples).await
