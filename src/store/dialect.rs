@@ -130,5 +130,19 @@ pub async fn open_postgres(url: &str) -> StoreResult<Pool<Postgres>> {
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .map_err(|source| StoreError::Open { what, source })
+        .map_err(|source| {
+            // Name the settings to check when the handshake failed: the server's certificate
+            // did not verify against `sslrootcert` (or the system's roots), or the server
+            // has no TLS. rustls's refusals reach sqlx as I/O errors naming the certificate.
+            let tls =
+                matches!(source, sqlx::Error::Tls(_)) || source.to_string().contains("certificate");
+            let what = match tls {
+                true => format!(
+                    "{what} (TLS failed: check sslmode and that sslrootcert is the CA that \
+                     signed the server's certificate)"
+                ),
+                false => what,
+            };
+            StoreError::Open { what, source }
+        })
 }

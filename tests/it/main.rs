@@ -12,3 +12,4 @@ mod jobs_e2e;
 mod jobs_safety;
 mod requests;
 mod store;
+mod store_tls;
