@@ -277,24 +277,26 @@ async fn check_ledger_against_neon(store: &dyn Store, sim: &crate::helpers::Test
     );
 
     // Nothing leaked: every snapshot of ours still at Neon is in the job's record.
-    let st = sim.state();
-    let s = st.settled();
-    for (project_id, _) in s.projects.iter() {
+    let ours: Vec<(String, String, String)> = {
+        let st = sim.state();
+        let s = st.settled();
+        s.snapshots
+            .values()
+            .filter(|x| x.name.starts_with("snap-main-"))
+            .map(|x| (x.project_id.clone(), x.id.clone(), x.name.clone()))
+            .collect()
+    };
+    assert!(!ours.is_empty());
+    for (project_id, id, name) in ours {
         let record = store
             .get_state("snap", &format!("owned_snapshots/{project_id}"))
             .await
             .unwrap()
             .map(|r| r.value)
             .unwrap_or_default();
-        for snap in s.snapshots.values().filter(|x| &x.project_id == project_id) {
-            if snap.name.starts_with("snap-main-") {
-                assert!(
-                    record.contains(&snap.id),
-                    "snapshot {} ({}) is not in the record: {record}",
-                    snap.id,
-                    snap.name
-                );
-            }
-        }
+        assert!(
+            record.contains(&id),
+            "snapshot {id} ({name}) is not in the record: {record}"
+        );
     }
 }
