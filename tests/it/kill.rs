@@ -105,7 +105,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_leaves_a_ledger_that_agrees_with_neon() {
-    let sim = spawn_sim(neon_sim::SimConfig::default().real_clock()).await;
+    let sim = spawn_sim(slow_operations()).await;
     for name in ["alpha", "beta", "gamma"] {
         sim.add_project(name, None);
     }
@@ -185,6 +185,51 @@ async fn sigkill_at_random_points_leaves_a_ledger_that_agrees_with_neon() {
     check_ledger_against_neon(&*store, &sim).await;
 }
 
+/// Waits (bounded) for a run in progress and returns the index of the replica holding it
+/// (its owner id is `host:pid:suffix`), other than `not`.
+async fn owner_of_a_running_run(
+    store: &dyn Store,
+    replicas: &[Child],
+    not: Option<usize>,
+) -> usize {
+    let started = Instant::now();
+    loop {
+        let runs = store
+            .list_runs(&RunFilter {
+                job: None,
+                limit: 20,
+                before: None,
+            })
+            .await
+            .unwrap();
+        for r in runs.iter().filter(|r| r.status == RunStatus::Running) {
+            let pid = r
+                .owner
+                .as_deref()
+                .and_then(|o| o.split(':').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
+                if Some(i) != not {
+                    return i;
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no run in progress within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The emulator on the real clock, with operations that take a while (as Neon's do), so
+/// that kills and pauses land in the middle of runs and calls.
+fn slow_operations() -> neon_sim::SimConfig {
+    let mut c = neon_sim::SimConfig::default().real_clock();
+    c.operation_duration = Duration::from_millis(600);
+    c
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -200,7 +245,7 @@ fn signal(child: &Child, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
     let fixture = crate::store::postgres_fixture().await;
-    let sim = spawn_sim(neon_sim::SimConfig::default().real_clock()).await;
+    let sim = spawn_sim(slow_operations()).await;
     for name in ["alpha", "beta"] {
         sim.add_project(name, None);
     }
@@ -214,17 +259,19 @@ async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
         .map(|log| start_on(dir.path(), &base, &key, &url, log))
         .collect();
     let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-    pause(4000).await;
-    replicas[0].kill().unwrap();
-    replicas[0].wait().unwrap();
-    signal(&replicas[1], "-STOP");
+    let store = fixture.store.clone();
+    // Kill the replica that is in the middle of a run, then pause the next one that is.
+    let victim = owner_of_a_running_run(&*store, &replicas, None).await;
+    replicas[victim].kill().unwrap();
+    replicas[victim].wait().unwrap();
+    let paused = owner_of_a_running_run(&*store, &replicas, Some(victim)).await;
+    signal(&replicas[paused], "-STOP");
     // Longer than the lease (3 s) plus a heartbeat: the others take its runs over.
     pause(6000).await;
-    signal(&replicas[1], "-CONT");
-    replicas[0] = start_on(dir.path(), &base, &key, &url, logs[0]);
+    signal(&replicas[paused], "-CONT");
+    replicas[victim] = start_on(dir.path(), &base, &key, &url, logs[victim]);
     pause(6000).await;
 
-    let store = fixture.store.clone();
     let started = Instant::now();
     loop {
         let runs = store
@@ -273,6 +320,18 @@ async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
         })
         .await
         .unwrap();
+    let taken_over = runs
+        .iter()
+        .filter(|r| {
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("taken over by"))
+        })
+        .count();
+    assert!(
+        taken_over >= 2,
+        "the killed and the paused replica's runs were taken over: {runs:?}"
+    );
     let owners: BTreeSet<&str> = runs.iter().filter_map(|r| r.owner.as_deref()).collect();
     assert!(
         owners.len() >= 3,
