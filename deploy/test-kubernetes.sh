@@ -39,6 +39,21 @@ for f in "$dir"/*.yaml; do
     esac
 done
 
+ha=("$dir/ha/configmap.yaml" "$dir/ha/secret.yaml" "$dir/ha/deployment.yaml")
+echo "== ha/ (2 replicas on PostgreSQL), strict schemas"
+for v in $versions; do
+    if ! "$kv" --strict -k "$v" "${ha[@]}"; then fail=1; fi
+done
+for f in "$dir"/ha/*.yaml; do
+    case "$(basename "$f")" in
+        configmap.yaml|secret.yaml|deployment.yaml|kustomization.yaml) ;;
+        *) echo "FAIL: $f is not validated by this script; add it"; fail=1 ;;
+    esac
+done
+if ! grep -q '^  replicas: 2$' "$dir/ha/deployment.yaml"; then
+    echo "FAIL: ha/deployment.yaml does not run 2 replicas"; fail=1
+fi
+
 echo "== ServiceMonitor schema subset and cross-manifest checks"
 "$py" "$here/check_kubernetes.py" "$dir" "$here/testdata/servicemonitor-v1.schema.json" || fail=1
 
@@ -54,6 +69,17 @@ sys.stdout.write(cm["data"]["config.toml"])' "$dir/configmap.yaml" > "$tmp/confi
         echo "ok    neon-steward validate accepts the ConfigMap's policy"
     else
         echo "FAIL  neon-steward validate rejects the ConfigMap's policy"; fail=1
+    fi
+    "$py" -c '
+import sys, yaml
+cm = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "ConfigMap")
+sys.stdout.write(cm["data"]["config.toml"])' "$dir/ha/configmap.yaml" > "$tmp/ha.toml"
+    # The store URL comes from the Secret through the environment, as in the Deployment.
+    if NEON_API_KEY=validation-only NEON_STEWARD_STORE_URL=postgres://steward@db.invalid/steward \
+        "$NEON_STEWARD_BIN" --config "$tmp/ha.toml" validate; then
+        echo "ok    neon-steward validate accepts ha/'s policy"
+    else
+        echo "FAIL  neon-steward validate rejects ha/'s policy"; fail=1
     fi
 else
     echo "not run: set NEON_STEWARD_BIN=target/debug/neon-steward to validate the policy"
