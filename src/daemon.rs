@@ -289,7 +289,7 @@ pub async fn run_until(
     let mut stopping = false;
     match wait_started(&handle, &mut sched_task, stop_signal).await {
         Ok(None) => {
-            tracing::info!(%bound, jobs = cfg.jobs.len(), "neon-steward ready");
+            tracing::info!(%bound, jobs = cfg.jobs.len(), replica = %store.replica(), "neon-steward ready");
             notify(&[
                 sd_notify::NotifyState::Ready,
                 sd_notify::NotifyState::Status("scheduling"),

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod http;
 pub mod jobs;
 pub mod neon;
+pub mod schedule;
 pub mod scheduler;
 pub mod secret;
 pub mod store;

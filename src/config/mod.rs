@@ -33,7 +33,7 @@ pub use error::{line_col, ConfigError};
 pub use schema::{json_schema, json_schema_text, SCHEMA_PATH};
 pub use window::{Window, WindowRule};
 
-use crate::scheduler::schedule::Schedule;
+use crate::schedule::Schedule;
 use crate::secret::Secret;
 use raw::{RawConfig, RawJob};
 

@@ -26,7 +26,7 @@ use super::{
     ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, ExpireMode, Granularity, JobKind,
     MissedPolicy,
 };
-use crate::scheduler::schedule::CronSchedule;
+use crate::schedule::CronSchedule;
 
 /// A duration written the `humantime` way: `90s`, `15m`, `12h`, `7d`, `1h 30m`.
 ///

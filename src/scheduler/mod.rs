@@ -5,7 +5,7 @@
 //! `docs/ARCHITECTURE.md` (time zones frozen to an offset, overlapping detached runs, no
 //! wait at shutdown, 500 ms polling). Here:
 //! - fire times are computed in the job's IANA zone each time they are needed
-//!   ([`schedule::Schedule::next_after`]);
+//!   ([`crate::schedule::Schedule::next_after`]);
 //! - the loop sleeps with `sleep_until` on the earliest fire time, and wakes early only for
 //!   commands (reload, trigger), finished runs, shutdown and watchdog pings;
 //! - every run is a task in the loop's `JoinSet`, so the concurrency policy can see it and
@@ -18,7 +18,6 @@
 pub mod clock;
 mod run;
 pub(crate) use run::panic_message;
-pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};

@@ -48,7 +48,7 @@ pub(super) async fn execute(
         dry_run: run.dry_run,
     }
     .emit();
-    let span = tracing::info_span!("run", job = %job.name, run_id = run.run_id);
+    let span = tracing::info_span!("run", job = %job.name, run_id = run.run_id, replica = %ctx.store.replica());
     let cancel = run.cancel.clone();
     let (run_id, scheduled_for) = (run.run_id, run.scheduled_for);
 
