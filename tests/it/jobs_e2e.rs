@@ -853,27 +853,6 @@ async fn set_expires_at_follows_neons_rules_and_neon_deletes() {
 
 // ------------------------------------------------------------------ 423 and serialisation
 
-/// Moves the emulator's virtual clock forward `step` every couple of milliseconds, as time
-/// passes for a real Neon, so operations finish while the job waits. Aborted on drop.
-struct ClockDriver(tokio::task::JoinHandle<()>);
-
-impl ClockDriver {
-    fn start(clock: neon_sim::Clock, step: Duration) -> ClockDriver {
-        ClockDriver(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                clock.advance(step);
-            }
-        }))
-    }
-}
-
-impl Drop for ClockDriver {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[tokio::test]
 async fn locked_project_waits_while_others_proceed_and_mutations_are_serialised() {
     // Every operation takes 10 s of emulator time.
@@ -899,9 +878,12 @@ async fn locked_project_waits_while_others_proceed_and_mutations_are_serialised(
     let j = job(EXPIRE_FAILS
         .replace("expire-partial", "expire-locked")
         .as_str());
-    let driver = ClockDriver::start(h.sim.clock(), Duration::from_secs(1));
+    // Neon's time passes five seconds per request the daemon makes (operations take 10 s,
+    // the lock 3 minutes).
+    h.sim
+        .advance_clock_per_request(Some(Duration::from_secs(5)));
     let (r, actions) = h.run(&j, false).await;
-    drop(driver);
+    h.sim.advance_clock_per_request(None);
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
     assert_eq!(r.counts.succeeded, 6);
     assert_eq!(h.branch_names(&a), vec!["main"]);
