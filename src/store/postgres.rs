@@ -54,6 +54,42 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Connects read-only (`default_transaction_read_only`), without migrating (see
+    /// [`super::open_read_only`]).
+    pub async fn open_read_only(url: &str) -> StoreResult<PgStore> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|source| StoreError::Open {
+                what: "the postgres URL".into(),
+                source,
+            })?
+            .options([("default_transaction_read_only", "on")]);
+        let what = format!(
+            "postgres database {:?} on {}:{}",
+            options.get_database().unwrap_or("(default)"),
+            options.get_host(),
+            options.get_port()
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                what: what.clone(),
+                source,
+            })?;
+        let (initialised,): (bool,) = sqlx::query_as("SELECT to_regclass('runs') IS NOT NULL")
+            .fetch_one(&pool)
+            .await?;
+        if !initialised {
+            return Err(StoreError::NotInitialised(format!(
+                "{what} has no neon-steward tables: not initialised (the daemon creates them \
+                 on its first start)"
+            )));
+        }
+        Ok(PgStore { pool })
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -78,6 +78,46 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Opens an existing database read-only, without migrating (see
+    /// [`super::open_read_only`]).
+    pub async fn open_read_only(url: &str) -> StoreResult<SqliteStore> {
+        let what = url.split('?').next().unwrap_or(url).to_string();
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|source| StoreError::Open {
+                what: what.clone(),
+                source,
+            })?
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if in_memory || !options.get_filename().exists() {
+            return Err(StoreError::NotInitialised(format!(
+                "no store at {what}: nothing has been recorded yet (the daemon creates it on \
+                 its first start)"
+            )));
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                what: what.clone(),
+                source,
+            })?;
+        let (tables,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if tables == 0 {
+            return Err(StoreError::NotInitialised(format!(
+                "{what} is not a neon-steward store (it has no runs table): not initialised"
+            )));
+        }
+        Ok(SqliteStore { pool })
+    }
+
     /// Closes every connection (used by tests to simulate a process exit cleanly; a real
     /// crash skips this and is handled by [`Store::interrupt_running`]).
     pub async fn close(&self) {

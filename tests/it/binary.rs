@@ -360,3 +360,173 @@ fn sigterm_and_sigint_shut_down_cleanly() {
         assert_eq!(d.child.wait().unwrap().code(), Some(0), "{sig}");
     }
 }
+
+// Issue 12: the command line's answers to bad input and closed pipes.
+
+/// `history | head`: a reader that goes away ends the command quietly, not with a panic.
+/// The history is larger than a pipe's buffer (64 KiB), so the command cannot finish
+/// writing before the reader is gone, whatever the timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stdout_ends_quietly() {
+    use neon_steward::store::{NewRun, RunStatus, Trigger};
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let url = format!("sqlite://{}/state.db", dir.path().display());
+    let store = neon_steward::store::open(&url).await.unwrap();
+    let start = chrono::Utc::now() - chrono::Duration::days(30);
+    for i in 0..1000 {
+        store
+            .claim_run(&NewRun {
+                job: "expire-previews".into(),
+                kind: "expire_branches".into(),
+                scheduled_for: start + chrono::Duration::minutes(i),
+                trigger: Trigger::Schedule,
+                dry_run: false,
+                status: RunStatus::Skipped,
+                error: Some("skipped: the previous run was still running".into()),
+            })
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let mut child = cmd(dir.path())
+        .arg("--config")
+        .arg(&policy)
+        .args(["history", "--limit", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line (the command is writing), then go away like `head -1`.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("    ID"), "{first}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// `history` is read-only: pointed at a database that is not a store, it says so and
+/// creates nothing (neither a file nor tables).
+#[test]
+fn history_never_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let db = dir.path().join("none.db");
+    let out = run(cmd(dir.path())
+        .env(
+            "NEON_STEWARD_STORE_URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .arg("--config")
+        .arg(&policy)
+        .arg("history"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no store at") && !db.exists(), "{stderr}");
+
+    // An existing SQLite file of someone else's: refused, and left without our tables.
+    let other = dir.path().join("other.db");
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.execute('create table t (x)'); c.commit()",
+            other.display().to_string()
+        ))
+        .status()
+        .unwrap();
+    let out = run(cmd(dir.path())
+        .env(
+            "NEON_STEWARD_STORE_URL",
+            format!("sqlite://{}", other.display()),
+        )
+        .arg("--config")
+        .arg(&policy)
+        .arg("history"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not initialised"), "{stderr}");
+    let tables = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; print(sorted(r[0] for r in sqlite3.connect({:?}).execute(\"select name from sqlite_master where type='table'\")))",
+            other.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tables.stdout).trim(), "['t']");
+}
+
+#[test]
+fn validate_warns_about_empty_policies_and_open_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cmd(dir.path()).args(["--config", "/dev/null", "validate"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (0 jobs)"));
+    assert!(
+        stderr.contains("warning:") && stderr.contains("no jobs"),
+        "{stderr}"
+    );
+
+    let good = write(dir.path(), "p.toml", GOOD);
+    let out = run(cmd(dir.path())
+        .env("NEON_STEWARD_LISTEN", "0.0.0.0:9187")
+        .arg("--config")
+        .arg(&good)
+        .arg("validate"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("beyond loopback"), "{stderr}");
+    let out = run(cmd(dir.path()).arg("--config").arg(&good).arg("validate"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `--config /dev/zero` is refused without reading it all.
+    let out = run(cmd(dir.path()).args(["--config", "/dev/zero", "validate"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"));
+}
+
+#[test]
+fn api_key_shape_is_checked_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "p.toml", GOOD);
+    let out = run(cmd(dir.path())
+        .env("NEON_API_KEY", "napi_secret_part\nsecond_line")
+        .arg("--config")
+        .arg(&good)
+        .args(["once", "expire-previews"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line break") && !stderr.contains("napi_secret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn store_errors_are_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "p.toml", GOOD);
+    let out = run(cmd(dir.path())
+        .env(
+            "NEON_STEWARD_STORE_URL",
+            "postgres://u@127.0.0.1/db?sslmode=bogus",
+        )
+        .arg("--config")
+        .arg(&good)
+        .arg("history"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("bogus").count(), 1, "{stderr}");
+}
