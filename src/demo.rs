@@ -469,13 +469,9 @@ fn print_run(
         r.status.as_str(),
         took,
         if r.dry_run { " [dry run]" } else { "" },
-        if counts.is_empty() {
-            "no action needed".to_string()
-        } else {
-            counts.join(", ")
-        }
+        run_outcome(r, &counts)
     );
-    if let Some(e) = &r.error {
+    if let (Some(e), false) = (&r.error, r.status == RunStatus::Skipped) {
         println!("           ! {e}");
     }
     // A few examples: what was done (or planned), then one thing left alone and why.
@@ -494,6 +490,22 @@ fn print_run(
     }
     if let Some(a) = actions.iter().find(|a| a.outcome == ActionOutcome::Skipped) {
         print_action(a, names);
+    }
+}
+
+/// What a finished run's line says after its status: a skipped tick says why it was not run
+/// (as `history` does), not that nothing needed doing.
+fn run_outcome(r: &RunRecord, counts: &[String]) -> String {
+    if r.status == RunStatus::Skipped {
+        return format!(
+            "not run: {}",
+            r.error.as_deref().unwrap_or("the tick was skipped")
+        );
+    }
+    if counts.is_empty() {
+        "no action needed".to_string()
+    } else {
+        counts.join(", ")
     }
 }
 
@@ -624,4 +636,38 @@ fn counter_total(c: &prometheus::IntCounterVec) -> u64 {
         .flat_map(|f| f.get_metric())
         .map(|m| m.get_counter().get_value() as u64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_tick_says_why() {
+        let now = chrono::Utc::now();
+        let mut r = RunRecord {
+            id: 7,
+            job: "snap".into(),
+            kind: "snapshot_branches".into(),
+            scheduled_for: now,
+            trigger: crate::store::Trigger::Schedule,
+            started_at: now,
+            finished_at: Some(now),
+            status: RunStatus::Skipped,
+            dry_run: false,
+            error: Some("skipped: the previous run (run 6) was still running".into()),
+            counts: Default::default(),
+        };
+        assert_eq!(
+            run_outcome(&r, &[]),
+            "not run: skipped: the previous run (run 6) was still running"
+        );
+        r.status = RunStatus::Succeeded;
+        r.error = None;
+        assert_eq!(run_outcome(&r, &[]), "no action needed");
+        assert_eq!(
+            run_outcome(&r, &["2 create_snapshot succeeded".into()]),
+            "2 create_snapshot succeeded"
+        );
+    }
 }
