@@ -475,18 +475,17 @@ fn print_run(
         println!("           ! {e}");
     }
     // A few examples: what was done (or planned), then one thing left alone and why.
-    let mut shown = 0;
-    for a in actions.iter().filter(|a| {
-        matches!(
-            a.outcome,
-            ActionOutcome::Succeeded | ActionOutcome::Planned | ActionOutcome::Failed
-        )
-    }) {
-        if shown == 3 {
-            break;
-        }
+    for a in actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.outcome,
+                ActionOutcome::Succeeded | ActionOutcome::Planned | ActionOutcome::Failed
+            )
+        })
+        .take(3)
+    {
         print_action(a, names);
-        shown += 1;
     }
     if let Some(a) = actions.iter().find(|a| a.outcome == ActionOutcome::Skipped) {
         print_action(a, names);

@@ -604,7 +604,7 @@ impl NameTemplate {
                 }));
                 rest = r;
             } else if let Some(r) = rest.strip_prefix("{time}") {
-                out.extend(std::iter::repeat(NameElem::Digit).take(6));
+                out.extend(std::iter::repeat_n(NameElem::Digit, 6));
                 rest = r;
             } else {
                 let c = rest.chars().next().expect("rest is not empty");
