@@ -112,7 +112,7 @@ pub fn run(args: DemoArgs, config: Option<&Path>) -> u8 {
                     eprintln!("neon-steward: demo: {ce}");
                     EXIT_CONFIG
                 } else {
-                    eprintln!("neon-steward: demo: {e:#}");
+                    eprintln!("neon-steward: demo: {}", crate::cli::error_text(&e));
                     EXIT_RUN_FAILED
                 }
             }
