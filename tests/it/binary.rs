@@ -216,9 +216,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, policy: &Path) -> Daemon {
+        Daemon::start_against(dir, policy, "http://127.0.0.1:9/api/v2")
+    }
+
+    /// With the (not real) key, against the Neon API at `base_url`.
+    fn start_against(dir: &Path, policy: &Path, base_url: &str) -> Daemon {
         let mut child = cmd(dir)
             .env("NEON_API_KEY", "napi_test_key_not_real")
-            .env("NEON_STEWARD_BASE_URL", "http://127.0.0.1:9/api/v2")
+            .env("NEON_STEWARD_BASE_URL", base_url)
             .arg("--config")
             .arg(policy)
             .args(["--log-format", "json", "run", "--grace-period", "2s"])
@@ -529,4 +534,33 @@ fn store_errors_are_said_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.matches("bogus").count(), 1, "{stderr}");
+}
+
+/// The daemon's `/readyz` is not ready while Neon refuses its key (the emulator answers 401
+/// to a key it does not know): the jobs cannot do anything, so the probe says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_with_a_refused_key() {
+    let sim = spawn_sim(Default::default()).await;
+    let base = sim.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        &GOOD.replace("schedule = \"0 3 * * *\"", "every = \"1s\""),
+    );
+    let d = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut daemon = Daemon::start_against(&d, &policy, &base);
+        daemon.wait_for("job run finished");
+        let not_ready = daemon.get("/readyz");
+        daemon.signal("-TERM");
+        daemon.wait_for("neon-steward stopped");
+        assert!(
+            not_ready.contains("not_ready") && not_ready.contains("refused the API key"),
+            "{not_ready}"
+        );
+        assert!(!not_ready.contains("napi_test_key_not_real"), "{not_ready}");
+    })
+    .await
+    .unwrap();
 }
