@@ -386,6 +386,10 @@ async fn once(
             j.clone(),
             dry_run,
             cancel.clone(),
+            crate::scheduler::LeaseTiming {
+                heartbeat: cfg.store.heartbeat,
+                lease: cfg.store.lease,
+            },
         )
         .await?
         else {

@@ -32,7 +32,7 @@ use crate::scheduler::{
     SystemClock,
 };
 use crate::store::{self, Store};
-use crate::telemetry::events::{ConfigReloaded, InterruptedRunsRecovered};
+use crate::telemetry::events::ConfigReloaded;
 
 /// How long Neon operations (and locked projects) are waited for within a run.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(600);
@@ -89,6 +89,16 @@ impl Executor for JobsExecutor {
             error: r.error,
         }
     }
+
+    async fn reconcile(&self) -> usize {
+        match crate::jobs::reconcile_pending(&self.env).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reconcile pending actions now; trying again at the next heartbeat");
+                0
+            }
+        }
+    }
 }
 
 /// Builds the Neon client from `[api]` (fails without an API key).
@@ -110,26 +120,21 @@ fn client_with(cfg: &Config, health: Option<Arc<Health>>) -> Result<NeonClient, 
     })
 }
 
-/// Opens the store and applies migrations. Used as is by `once` and `plan`, which run next
-/// to a live daemon and so must not touch its runs; see [`open_store_and_recover`].
+/// Opens the store as this replica, with the policy's lease, and applies migrations.
+///
+/// Runs a previous process left `running` are not touched here: the scheduler takes over
+/// those whose lease has expired (by the store's clock), at start-up and at every
+/// heartbeat, so a replica starting next to live ones, or `once` and `plan` run beside a
+/// daemon, never interrupt their runs.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = store::open(&cfg.store.url)
+    let opts = store::StoreOptions {
+        replica: store::ReplicaId::of_this_process(),
+        lease: cfg.store.lease,
+    };
+    let store = store::open_with(&cfg.store.url, opts)
         .await
         .context("opening the store")?;
     store.migrate().await.context("migrating the store")?;
-    Ok(store)
-}
-
-/// [`open_store`], then marks the runs a previous daemon left `running` as interrupted.
-/// Only the daemon itself does this at start-up: it is the one process that knows no run of
-/// its own can be in progress.
-pub async fn open_store_and_recover(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = open_store(cfg).await?;
-    let count = store
-        .interrupt_running("interrupted: the daemon stopped while this run was in progress")
-        .await
-        .context("recovering interrupted runs")?;
-    InterruptedRunsRecovered { count }.emit();
     Ok(store)
 }
 
@@ -234,7 +239,7 @@ pub async fn run_until(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // What the daemon can do (last API and store outcomes), for `/readyz`.
     let health = Health::new();
-    let store = health.observe_store(open_store_and_recover(&cfg).await?);
+    let store = health.observe_store(open_store(&cfg).await?);
     let executor = executor_with(&cfg, store.clone(), clock.clone(), Some(health.clone()))?;
 
     // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.
@@ -254,6 +259,8 @@ pub async fn run_until(
     let sched_opts = SchedulerOptions {
         grace_period: opts.grace_period,
         watchdog,
+        heartbeat: cfg.store.heartbeat,
+        lease: cfg.store.lease,
         ..Default::default()
     };
     let (handle, mut sched_task) =

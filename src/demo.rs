@@ -656,6 +656,8 @@ mod tests {
             dry_run: false,
             error: Some("skipped: the previous run (run 6) was still running".into()),
             counts: Default::default(),
+            owner: None,
+            lease_expires_at: None,
         };
         assert_eq!(
             run_outcome(&r, &[]),

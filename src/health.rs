@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 
 use crate::neon::ApiError;
 use crate::store::{
-    ActionCounts, ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction, NewRun,
-    RunFilter, RunId, RunRecord, RunStatus, Store, StoreResult,
+    ActionCounts, ActionId, ActionOutcome, ActionRecord, Claim, ConsumptionSample, Lease,
+    NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreError,
+    StoreResult,
 };
 
 /// The last failure of one side, if its last outcome was one.
@@ -50,12 +51,19 @@ impl Health {
         set(&self.api, failure);
     }
 
-    /// The outcome of one store operation.
+    /// The outcome of one store operation. Only errors of the store itself count (it cannot
+    /// be opened or written: locked, full, gone); a run fenced off by its lease, a row not
+    /// found or not as written are about that run or row, and the store answered.
     pub fn record_store<T>(&self, result: &StoreResult<T>) {
-        let failure = result.as_ref().err().map(|e| Failure {
-            at: Utc::now(),
-            message: e.to_string(),
-        });
+        let failure = match result {
+            Err(e @ (StoreError::Open { .. } | StoreError::Migrate(_) | StoreError::Db(_))) => {
+                Some(Failure {
+                    at: Utc::now(),
+                    message: e.to_string(),
+                })
+            }
+            _ => None,
+        };
         set(&self.store, failure);
     }
 
@@ -120,6 +128,9 @@ impl Store for ObservedStore {
     async fn migrate(&self) -> StoreResult<()> {
         self.seen(self.inner.migrate().await)
     }
+    fn replica(&self) -> String {
+        self.inner.replica()
+    }
     async fn ping(&self) -> StoreResult<()> {
         // A read that succeeds says nothing about writes: only failures are recorded.
         let r = self.inner.ping().await;
@@ -140,8 +151,28 @@ impl Store for ObservedStore {
     ) -> StoreResult<()> {
         self.seen(self.inner.finish_run(id, status, counts, error).await)
     }
-    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64> {
-        self.seen(self.inner.interrupt_running(reason).await)
+    async fn claim_exclusive(&self, run: &NewRun) -> StoreResult<Claim> {
+        self.seen(self.inner.claim_exclusive(run).await)
+    }
+    async fn renew_lease(&self, run: RunId) -> StoreResult<Lease> {
+        self.seen(self.inner.renew_lease(run).await)
+    }
+    async fn take_over_expired(&self) -> StoreResult<Vec<RunRecord>> {
+        self.seen(self.inner.take_over_expired().await)
+    }
+    async fn request_cancel(&self, job: &str, except: RunId) -> StoreResult<u64> {
+        self.seen(self.inner.request_cancel(job, except).await)
+    }
+    async fn unresolved_actions(&self, limit: u32) -> StoreResult<Vec<ActionRecord>> {
+        self.seen(self.inner.unresolved_actions(limit).await)
+    }
+    async fn reconcile_action(
+        &self,
+        id: ActionId,
+        outcome: ActionOutcome,
+        detail: &str,
+    ) -> StoreResult<()> {
+        self.seen(self.inner.reconcile_action(id, outcome, detail).await)
     }
     async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
         self.seen(self.inner.get_run(id).await)
@@ -172,11 +203,18 @@ impl Store for ObservedStore {
     async fn actions_for_run(&self, run: RunId) -> StoreResult<Vec<ActionRecord>> {
         self.seen(self.inner.actions_for_run(run).await)
     }
-    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<String>> {
+    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<StateRecord>> {
         self.seen(self.inner.get_state(job, key).await)
     }
-    async fn set_state(&self, job: &str, key: &str, value: &str) -> StoreResult<()> {
-        self.seen(self.inner.set_state(job, key, value).await)
+    async fn put_state(
+        &self,
+        run: RunId,
+        job: &str,
+        key: &str,
+        expected: Option<i64>,
+        value: &str,
+    ) -> StoreResult<Option<i64>> {
+        self.seen(self.inner.put_state(run, job, key, expected, value).await)
     }
     async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64> {
         self.seen(self.inner.upsert_consumption(samples).await)
@@ -202,7 +240,6 @@ impl Store for ObservedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
     fn status(status: u16) -> ApiError {
         ApiError::Status {
@@ -236,9 +273,15 @@ mod tests {
     #[test]
     fn store_outcomes() {
         let h = Health::default();
-        h.record_store::<()>(&Err(StoreError::Corrupt("x".into())));
-        assert!(h.store_failure().unwrap().message.contains("corrupt"));
+        h.record_store::<()>(&Err(StoreError::Db(sqlx::Error::PoolTimedOut)));
+        assert!(h.store_failure().unwrap().message.contains("store: "));
         h.record_store(&Ok(1));
+        assert!(h.store_failure().is_none());
+        // A fenced write is about the run, not the store.
+        h.record_store::<()>(&Err(StoreError::Fenced {
+            run_id: 1,
+            why: "taken over".into(),
+        }));
         assert!(h.store_failure().is_none());
     }
 }

@@ -46,6 +46,8 @@ pub const MAX_JITTER: Duration = Duration::from_secs(86_400);
 /// Longest run `timeout`: a run that may go on for more than a week has no timeout.
 pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 /// Longest API request `timeout`.
+/// The default `store.heartbeat`.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Most projects a run may process in parallel (`api.concurrency`). Neon lets 40 requests
 /// through at once (its burst); more parallel projects than that only wait on the limiter
@@ -161,6 +163,10 @@ pub struct StoreConfig {
     pub url: String,
     /// Finished runs older than this are pruned.
     pub history_retention: Duration,
+    /// How long a claim holds a run without renewal (`store.lease`).
+    pub lease: Duration,
+    /// How often a run renews its lease and replicas look for expired ones.
+    pub heartbeat: Duration,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -168,6 +174,8 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("url", &crate::store::redact_url(&self.url))
             .field("history_retention", &self.history_retention)
+            .field("lease", &self.lease)
+            .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }
@@ -1081,11 +1089,37 @@ impl Validator<'_> {
                     None => "sqlite://./neon-steward.db".to_string(),
                 }
             });
+        let lease = raw.lease.map_or(crate::store::DEFAULT_LEASE, |d| d.0);
+        let heartbeat = raw.heartbeat.map_or(DEFAULT_HEARTBEAT, |d| d.0);
+        if heartbeat.is_zero() || heartbeat.saturating_mul(3) > lease {
+            return Err(ConfigError::whole_file(
+                self.path,
+                format!(
+                    "store.heartbeat = {} and store.lease = {}: the lease must last at least 3 \
+                     heartbeats (and the heartbeat be above zero), so that one slow renewal \
+                     does not lose a run",
+                    humantime::format_duration(heartbeat),
+                    humantime::format_duration(lease)
+                ),
+            ));
+        }
+        if lease > Duration::from_secs(3600) {
+            return Err(ConfigError::whole_file(
+                self.path,
+                format!(
+                    "store.lease = {}: at most 1h (a dead replica's runs wait this long to be \
+                     taken over)",
+                    humantime::format_duration(lease)
+                ),
+            ));
+        }
         Ok(StoreConfig {
             url,
             history_retention: raw
                 .history_retention
                 .map_or(Duration::from_secs(90 * 86_400), |d| d.0),
+            lease,
+            heartbeat,
         })
     }
 

@@ -189,6 +189,15 @@ pub struct RawStore {
     /// Finished runs (and their actions) older than this are pruned.
     #[schemars(extend("default" = "90d"))]
     pub history_retention: Option<PositiveDur>,
+    /// How long a replica holds a run it claimed without renewing it. A replica that dies,
+    /// hangs or loses the store loses its runs after this long, and another replica (or the
+    /// next start) takes them over. At least 3 heartbeats.
+    #[schemars(extend("default" = "30s"))]
+    pub lease: Option<Dur>,
+    /// How often a running run renews its lease, and how often every replica looks for
+    /// runs whose lease has expired.
+    #[schemars(extend("default" = "10s"))]
+    pub heartbeat: Option<Dur>,
 }
 
 /// `[http]`: the metrics, health and history server.

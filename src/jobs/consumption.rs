@@ -12,8 +12,9 @@ use chrono::{DateTime, Datelike, Months, TimeZone, Timelike, Utc};
 
 use futures::TryStreamExt;
 
-use super::engine::{selected_projects, JobEnv, RunContext, RunError};
 use super::ledger::{ActionSpec, Ledger};
+use super::plan::{JobEnv, RunContext, RunError};
+use super::scope::selected_projects;
 use crate::config::{ConsumptionSpec, JobConfig};
 use crate::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
 use crate::store::ConsumptionSample;
@@ -53,8 +54,10 @@ pub(crate) async fn run(
         })
         .map(|p| p.id.clone())
         .collect();
-    let cursor = match env.store.get_state(&job.name, &cursor_key(period)).await? {
-        Some(v) => DateTime::parse_from_rfc3339(&v)
+    let stored = env.store.get_state(&job.name, &cursor_key(period)).await?;
+    let cursor_version = stored.as_ref().map(|r| r.version);
+    let cursor = match stored {
+        Some(r) => DateTime::parse_from_rfc3339(&r.value)
             .ok()
             .map(|t| t.with_timezone(&Utc)),
         None => env.store.latest_consumption_end(period.as_str()).await?,
@@ -128,9 +131,21 @@ pub(crate) async fn run(
         }
         if !ctx.dry_run {
             if all_ok {
-                env.store
-                    .set_state(&job.name, &cursor_key(period), &to.to_rfc3339())
+                let written = env
+                    .store
+                    .put_state(
+                        ctx.run_id,
+                        &job.name,
+                        &cursor_key(period),
+                        cursor_version,
+                        &to.to_rfc3339(),
+                    )
                     .await?;
+                if written.is_none() {
+                    // Another run of the job moved the cursor meanwhile: its range is
+                    // stored too (samples are upserted), and its cursor stands.
+                    tracing::info!(job = %job.name, "the consumption cursor was moved by another run; keeping its value");
+                }
             }
             ConsumptionCollected {
                 job: &job.name,

@@ -12,44 +12,338 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
 use super::branch_tree::{plan_deletions, TreeBranch};
-use super::engine::{
-    branch_last_activity, passes_age_filters, JobEnv, Op, PlannedAction, ProjectPlan, RunContext,
-    RunError,
-};
+use super::calls::{wait, with_lock_retry};
+use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
-use super::select::{BranchFacts, BranchSelector, Selection, Why};
+use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
+use super::scope::{branch_last_activity, passes_age_filters};
+use super::select::{BranchFacts, BranchSelector, Selection, SelectorError, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
-use crate::neon::{ApiError, Branch, Project};
+use crate::neon::{ApiError, Branch, BranchId, BranchUpdate, Project, ProjectId};
 
-/// Job state key holding the `expires_at` this job set on a project's branches (JSON object
-/// branch id -> RFC 3339 time). Only those are ever taken back, and only while Neon still
-/// has exactly that value: an expiry someone else set or changed is never touched.
-fn state_key(project: &str) -> String {
-    format!("expiries_set/{project}")
+/// The expiries this job set in a project (branch id -> the `expires_at` it set). Only those
+/// are ever taken back, and only while Neon still has exactly that value: an expiry someone
+/// else set or changed is never touched.
+pub type ExpiriesSet = BTreeMap<String, DateTime<Utc>>;
+
+/// What an expire job does to a branch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExpireAction {
+    Delete(BranchId),
+    /// Set the branch's `expires_at` to the planned time, or, if that is no longer far
+    /// enough ahead when the call is made, to the earliest time Neon accepts.
+    SetExpiry(BranchId, DateTime<Utc>),
+    /// Take back an `expires_at` this job set (`expires_at: null`).
+    ClearExpiry(BranchId),
 }
 
-/// The expiries this job set in a project. A read error is returned, never treated as
-/// "none": the caller must neither forget what it set nor overwrite the record.
-async fn load_set(
-    env: &JobEnv,
-    job: &str,
-    project: &str,
-) -> Result<BTreeMap<String, DateTime<Utc>>, String> {
-    match env.store.get_state(job, &state_key(project)).await {
-        Ok(Some(v)) => serde_json::from_str(&v).map_err(|e| format!("unreadable job state: {e}")),
-        Ok(None) => Ok(BTreeMap::new()),
-        Err(e) => Err(e.to_string()),
+/// What an expire call did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExpireDone {
+    /// The ledger detail (the recovery window, or "already deleted").
+    Deleted(String),
+    /// The `expires_at` sent (see [`expiry_at_call`]), which Neon now holds.
+    ExpirySet(DateTime<Utc>),
+    Cleared,
+}
+
+/// `expire_branches`, compiled for one run.
+pub struct Expire<'a> {
+    job: &'a JobConfig,
+    spec: &'a ExpireSpec,
+    names: BranchSelector,
+}
+
+impl<'a> Expire<'a> {
+    pub fn new(job: &'a JobConfig, spec: &'a ExpireSpec) -> Result<Self, SelectorError> {
+        Ok(Expire {
+            job,
+            spec,
+            names: super::scope::branch_selector(job)?,
+        })
     }
 }
 
-pub(crate) async fn plan(
-    env: &JobEnv,
+impl JobKind for Expire<'_> {
+    type Action = ExpireAction;
+    type Done = ExpireDone;
+    type State = ExpiriesSet;
+    const STATE_KEY: &'static str = "expiries_set";
+
+    /// Only native expiry remembers what it set (to take back only its own).
+    fn keeps_state(&self) -> bool {
+        self.spec.mode == ExpireMode::SetExpiresAt
+    }
+
+    async fn plan_project(
+        &self,
+        cx: &PlanCx<'_>,
+        project: &Project,
+        state: StateView<'_, ExpiriesSet>,
+    ) -> Result<ProjectPlan<ExpireAction>, PlanError> {
+        Ok(plan(cx, self.job, self.spec, &self.names, project, state).await?)
+    }
+
+    fn is_destructive(action: &ExpireAction) -> bool {
+        // Native expiry is destructive: Neon deletes the branch when it expires.
+        matches!(
+            action,
+            ExpireAction::Delete(_) | ExpireAction::SetExpiry(..)
+        )
+    }
+
+    fn intend(&self, state: &mut ExpiriesSet, action: &ExpireAction) {
+        // Before the call, so that a daemon dying during it still knows the expiry is its
+        // own (the time sent is the planned one unless the plan has gone stale; `record`
+        // then writes the time actually sent).
+        if let ExpireAction::SetExpiry(b, at) = action {
+            state.insert(b.to_string(), *at);
+        }
+    }
+
+    fn record(&self, state: &mut ExpiriesSet, action: &ExpireAction, done: &ExpireDone) {
+        match (action, done) {
+            (ExpireAction::SetExpiry(b, _), ExpireDone::ExpirySet(sent)) => {
+                state.insert(b.to_string(), *sent);
+            }
+            (ExpireAction::ClearExpiry(b), _) => {
+                state.remove(b.as_str());
+            }
+            _ => {}
+        }
+    }
+
+    async fn verify(
+        &self,
+        cx: &ActCx<'_>,
+        action: &ExpireAction,
+    ) -> Result<Option<String>, ApiError> {
+        match action {
+            ExpireAction::Delete(b) => Ok(recheck_branch(cx, b)
+                .await?
+                .map(|refusal| format!("not deleted: {refusal}"))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn perform(&self, cx: &ActCx<'_>, action: &ExpireAction) -> Result<ExpireDone, ApiError> {
+        let (env, project, c) = (cx.env, cx.project, &cx.env.client);
+        match action {
+            ExpireAction::Delete(b) => {
+                let (branch, ops) =
+                    match with_lock_retry(env, project, || c.delete_branch(project, b)).await {
+                        Ok(r) => r,
+                        Err(ApiError::AlreadyDeleted { .. }) => {
+                            return Ok(ExpireDone::Deleted("already deleted".into()));
+                        }
+                        Err(e) => return Err(e),
+                    };
+                wait(env, project, &ops).await?;
+                Ok(ExpireDone::Deleted(
+                    recovery_detail(cx, b, branch.recoverable_until).await,
+                ))
+            }
+            ExpireAction::SetExpiry(b, planned) => {
+                let mut sent = *planned;
+                let (_, ops) = with_lock_retry(env, project, || {
+                    // Computed at each attempt: a retry after waiting for a locked project
+                    // must not send a time that has passed meanwhile.
+                    sent = expiry_at_call(*planned, cx.now());
+                    let update = BranchUpdate {
+                        expires_at: Some(Some(sent)),
+                        ..Default::default()
+                    };
+                    c.update_branch(project, b, update)
+                })
+                .await?;
+                wait(env, project, &ops).await?;
+                Ok(ExpireDone::ExpirySet(sent))
+            }
+            ExpireAction::ClearExpiry(b) => {
+                let update = BranchUpdate {
+                    expires_at: Some(None),
+                    ..Default::default()
+                };
+                let (_, ops) =
+                    with_lock_retry(env, project, || c.update_branch(project, b, update.clone()))
+                        .await?;
+                wait(env, project, &ops).await?;
+                Ok(ExpireDone::Cleared)
+            }
+        }
+    }
+
+    fn detail(done: &ExpireDone) -> Option<String> {
+        Some(match done {
+            ExpireDone::Deleted(d) => d.clone(),
+            ExpireDone::ExpirySet(at) => format!("expires_at={}", at.to_rfc3339()),
+            ExpireDone::Cleared => "expires_at cleared".into(),
+        })
+    }
+
+    fn owns_action(action: &str) -> bool {
+        matches!(
+            action,
+            "delete_branch" | "set_branch_expiry" | "clear_branch_expiry"
+        )
+    }
+
+    async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
+        let branch = match env
+            .client
+            .get_branch(
+                &ProjectId::from(p.project_id),
+                &BranchId::from(p.resource_id),
+            )
+            .await
+        {
+            Ok(b) => Some(b),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        Ok(match (p.action, branch) {
+            ("delete_branch", None) => Resolution::succeeded("the branch no longer exists"),
+            ("delete_branch", Some(_)) => {
+                Resolution::failed("the branch still exists: it was not deleted")
+            }
+            (_, None) => Resolution::unknown(
+                "the branch no longer exists (it may have expired): whether its expiry was \
+                 changed cannot be told",
+            ),
+            ("set_branch_expiry", Some(b)) => match b.expires_at {
+                Some(at) => Resolution::succeeded(format!("expires_at={}", at.to_rfc3339())),
+                None => Resolution::failed("the branch has no expires_at: it was not set"),
+            },
+            (_, Some(b)) => match b.expires_at {
+                None => Resolution::succeeded("expires_at cleared"),
+                Some(at) => Resolution::failed(format!(
+                    "the branch still expires at {}: it was not cleared",
+                    at.to_rfc3339()
+                )),
+            },
+        })
+    }
+
+    fn blocked_by(dep: &PlannedAction<ExpireAction>) -> String {
+        match dep.action {
+            ExpireAction::Delete(_) => format!(
+                "its child branch {} was not deleted in this run",
+                dep.spec
+                    .resource_name
+                    .as_deref()
+                    .unwrap_or(&dep.spec.resource_id)
+            ),
+            _ => format!(
+                "{} of {} did not succeed in this run",
+                dep.spec.action, dep.spec.resource_id
+            ),
+        }
+    }
+}
+
+/// Reads a branch again right before deleting it: the listing the plan was made from can
+/// be minutes old on a large account. Returns why it must not be deleted now, if so.
+async fn recheck_branch(cx: &ActCx<'_>, branch: &BranchId) -> Result<Option<String>, ApiError> {
+    let (client, project) = (&cx.env.client, cx.project);
+    let b = match client.get_branch(project, branch).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(Some("the branch no longer exists".into())),
+        Err(e) => return Err(e),
+    };
+    if b.default {
+        return Ok(Some(
+            "the branch is now the project's default branch".into(),
+        ));
+    }
+    if b.protected {
+        return Ok(Some("the branch is now protected".into()));
+    }
+    if b.parent_id.is_none() {
+        return Ok(Some("the branch is a root branch".into()));
+    }
+    let children: Vec<String> = client
+        .list_branches(project)
+        .try_filter(|c| futures::future::ready(c.parent_id.as_ref() == Some(branch)))
+        .map_ok(|c| c.name)
+        .try_collect()
+        .await?;
+    if !children.is_empty() {
+        return Ok(Some(format!(
+            "the branch now has children ({})",
+            children.join(", ")
+        )));
+    }
+    Ok(None)
+}
+
+/// The ledger detail of a deleted branch: until when Neon says it can be recovered.
+///
+/// Neon reports `recovery.recoverable_until` on soft-deleted branches listed with
+/// `include_deleted=true` (branch recovery is in preview), so it is looked up there when the
+/// delete answer does not carry it. Only a reported time is written as `recoverable_until=`;
+/// otherwise the detail says it was not reported and gives Neon's documented 7-day window as
+/// an estimate, so nobody mistakes the estimate for Neon's word. The delete itself has
+/// succeeded either way: a failed lookup is not a failed action.
+async fn recovery_detail(
+    cx: &ActCx<'_>,
+    branch: &BranchId,
+    from_delete: Option<DateTime<Utc>>,
+) -> String {
+    let project: &ProjectId = cx.project;
+    let reported = match from_delete {
+        Some(t) => Some(t),
+        None => {
+            let found: Result<Vec<Branch>, ApiError> = cx
+                .env
+                .client
+                .list_recoverable_branches(project)
+                .try_filter(|d| futures::future::ready(d.id == *branch))
+                .try_collect()
+                .await;
+            match found {
+                Ok(v) => v.into_iter().find_map(|d| d.recoverable_until),
+                Err(e) => {
+                    tracing::warn!(%project, %branch, error = %e, "cannot read the deleted branch's recovery window");
+                    None
+                }
+            }
+        }
+    };
+    match reported {
+        Some(t) => format!("recoverable_until={}", t.to_rfc3339()),
+        None => format!(
+            "recoverable_until not reported by Neon (estimated {} from its 7-day recovery window)",
+            recoverable_until(cx.now()).to_rfc3339()
+        ),
+    }
+}
+
+/// The `expires_at` to send for a planned one, at `now`: the plan's time while it is still
+/// comfortably ahead (at least [`MIN_EXPIRY_LEAD`]), otherwise (planning and waiting for a
+/// locked project take time) the earliest time the job hands Neon, `now` plus
+/// [`EXPIRE_NOW_MARGIN`]. Keeping the plan's time when it is still fine keeps re-runs
+/// idempotent: Neon then holds exactly the time a re-plan computes.
+pub fn expiry_at_call(planned: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    if planned >= add(now, MIN_EXPIRY_LEAD) {
+        planned
+    } else {
+        add(now, EXPIRE_NOW_MARGIN)
+    }
+}
+
+/// How far ahead a planned `expires_at` must still be when the call is made to be sent as
+/// planned (Neon refuses a time in the past; this absorbs the call's latency and clock skew).
+pub const MIN_EXPIRY_LEAD: Duration = Duration::from_secs(60);
+
+async fn plan(
+    cx: &PlanCx<'_>,
     job: &JobConfig,
     spec: &ExpireSpec,
-    ctx: &RunContext,
     names: &BranchSelector,
     project: &Project,
-) -> Result<ProjectPlan, ApiError> {
+    state: StateView<'_, ExpiriesSet>,
+) -> Result<ProjectPlan<ExpireAction>, ApiError> {
+    let (env, ctx) = (cx.env, cx.ctx);
     let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
     let endpoints = env.client.list_endpoints(&project.id).await?;
     let mut out = ProjectPlan::new(project.id.clone());
@@ -77,9 +371,14 @@ pub(crate) async fn plan(
     // The expiries this job set that Neon still holds unchanged: the only ones it may take
     // back. Without that record it cannot tell its own from others', so it decides
     // nothing in the project rather than set expiries it could not later take back.
-    let ours: BTreeMap<String, DateTime<Utc>> = if spec.mode == ExpireMode::SetExpiresAt {
-        match load_set(env, &job.name, project.id.as_str()).await {
-            Ok(m) => m,
+    let ours: ExpiriesSet = if spec.mode == ExpireMode::SetExpiresAt {
+        match state {
+            Ok(set) => {
+                // A time that has passed: Neon has deleted the branch, or someone else
+                // changed the expiry; either way there is nothing left to take back.
+                set.retain(|_, at| *at > ctx.now);
+                set.clone()
+            }
             Err(e) => {
                 out.failures.push((
                     ActionSpec {
@@ -91,7 +390,7 @@ pub(crate) async fn plan(
                         rule: None,
                         reason: "reading the expiries this job set; nothing set or cleared in this project".into(),
                     },
-                    e,
+                    e.to_string(),
                 ));
                 return Ok(out);
             }
@@ -113,7 +412,7 @@ pub(crate) async fn plan(
             "no_longer_due",
             format!("expires_at {} was set by this job; {why}", set.to_rfc3339()),
         ),
-        op: Op::ClearBranchExpiry(b.id.clone()),
+        action: ExpireAction::ClearExpiry(b.id.clone()),
         requires: Vec::new(),
     };
     for b in &branches {
@@ -177,7 +476,7 @@ pub(crate) async fn plan(
                             rule,
                             format!("{reason}; expires_at {}", at.to_rfc3339()),
                         ),
-                        op: Op::SetBranchExpiry(b.id.clone(), at),
+                        action: ExpireAction::SetExpiry(b.id.clone(), at),
                         requires: Vec::new(),
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
@@ -218,7 +517,7 @@ pub(crate) async fn plan(
                 .collect();
             out.actions.push(PlannedAction {
                 spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
-                op: Op::DeleteBranch(b.id.clone()),
+                action: ExpireAction::Delete(b.id.clone()),
                 requires,
             });
         }
@@ -238,6 +537,9 @@ pub(crate) async fn plan(
     Ok(out)
 }
 
+/// Plans taking back an expiry this job set (the branch, the time it set, why).
+type TakeBack<'a> = dyn Fn(&Branch, DateTime<Utc>, String) -> PlannedAction<ExpireAction> + 'a;
+
 /// What to do about an expiry this job set earlier (`set`, still in place), given what the
 /// current policy decides for the branch: keep it, move it, or take it back.
 fn revisit(
@@ -245,8 +547,8 @@ fn revisit(
     b: &Branch,
     set: DateTime<Utc>,
     decision: &ExpiryDecision,
-    clear: &dyn Fn(&Branch, DateTime<Utc>, String) -> PlannedAction,
-) -> Option<PlannedAction> {
+    clear: &TakeBack<'_>,
+) -> Option<PlannedAction<ExpireAction>> {
     match decision {
         ExpiryDecision::Set { at, rule, reason } => {
             // Due "now" (`now + margin`, which moves with every run): an earlier expiry of
@@ -270,7 +572,7 @@ fn revisit(
                         set.to_rfc3339()
                     ),
                 },
-                op: Op::SetBranchExpiry(b.id.clone(), *at),
+                action: ExpireAction::SetExpiry(b.id.clone(), *at),
                 requires: Vec::new(),
             })
         }
@@ -291,69 +593,6 @@ fn revisit(
         // Not produced without a current expiry; nothing to take back.
         ExpiryDecision::AlreadySet(_) => None,
     }
-}
-
-/// After a real run: remember the expiries this job set and forget the ones it cleared.
-/// Entries whose time has passed are dropped (Neon has deleted the branch, or someone else
-/// changed the expiry, and either way there is nothing left to take back).
-///
-/// A state that cannot be read fails the run and is never overwritten: writing a partial
-/// record would forget expiries this job set, which it could then never take back.
-pub(crate) async fn remember(
-    env: &JobEnv,
-    job: &JobConfig,
-    now: DateTime<Utc>,
-    plan: &ProjectPlan,
-    done: &[PlannedAction],
-) -> Result<(), RunError> {
-    let crate::config::JobSpec::ExpireBranches(spec) = &job.spec else {
-        return Ok(());
-    };
-    if spec.mode != ExpireMode::SetExpiresAt || !plan.failures.is_empty() {
-        return Ok(());
-    }
-    let project = plan.project_id.as_str();
-    let mut set = match env.store.get_state(&job.name, &state_key(project)).await {
-        Ok(Some(v)) => {
-            serde_json::from_str::<BTreeMap<String, DateTime<Utc>>>(&v).map_err(|e| {
-                RunError::State(format!(
-                    "unreadable expiry record of project {project}: {e}"
-                ))
-            })?
-        }
-        Ok(None) => BTreeMap::new(),
-        Err(e) => {
-            let unrecorded: Vec<String> = done
-                .iter()
-                .filter_map(|a| match &a.op {
-                    Op::SetBranchExpiry(b, _) | Op::ClearBranchExpiry(b) => Some(b.to_string()),
-                    _ => None,
-                })
-                .collect();
-            tracing::error!(job = %job.name, project, error = %e, ?unrecorded, "cannot read the expiry record; not updating it");
-            return Err(e.into());
-        }
-    };
-    let before = set.clone();
-    for a in done {
-        match &a.op {
-            Op::SetBranchExpiry(b, at) => {
-                set.insert(b.to_string(), *at);
-            }
-            Op::ClearBranchExpiry(b) => {
-                set.remove(b.as_str());
-            }
-            _ => {}
-        }
-    }
-    set.retain(|_, at| *at > now);
-    if set != before {
-        let json = serde_json::to_string(&set).expect("a map of strings to times serialises");
-        env.store
-            .set_state(&job.name, &state_key(project), &json)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Neon's horizon for `expires_at`.
@@ -474,6 +713,22 @@ pub fn recoverable_until(deleted_at: DateTime<Utc>) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_keeps_the_plan_while_it_is_ahead_and_moves_it_when_it_is_not() {
+        use chrono::{TimeDelta, TimeZone};
+        let t = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 3, 10, h, m, 0).unwrap();
+        let planned = t(12, 10);
+        // Called soon after planning: the plan's time (a re-plan computes the same).
+        assert_eq!(expiry_at_call(planned, t(12, 0)), planned);
+        assert_eq!(expiry_at_call(planned, t(12, 9)), planned);
+        // Less than a minute ahead, or past (a locked project held the call): now + 10 min.
+        assert_eq!(
+            expiry_at_call(planned, t(12, 9) + TimeDelta::seconds(30)),
+            t(12, 19) + TimeDelta::seconds(30)
+        );
+        assert_eq!(expiry_at_call(planned, t(13, 0)), t(13, 10));
+    }
 
     #[test]
     fn add_saturates_instead_of_panicking() {
@@ -613,7 +868,7 @@ mod tests {
         }
     }
 
-    fn clear(b: &Branch, set: DateTime<Utc>, why: String) -> PlannedAction {
+    fn clear(b: &Branch, set: DateTime<Utc>, why: String) -> PlannedAction<ExpireAction> {
         PlannedAction {
             spec: ActionSpec {
                 resource_kind: "branch",
@@ -624,7 +879,7 @@ mod tests {
                 rule: Some("no_longer_due".into()),
                 reason: format!("set {}; {why}", set.to_rfc3339()),
             },
-            op: Op::ClearBranchExpiry(b.id.clone()),
+            action: ExpireAction::ClearExpiry(b.id.clone()),
             requires: Vec::new(),
         }
     }
@@ -652,12 +907,12 @@ mod tests {
         // A raised ttl within Neon's horizon: moved later.
         let d = decide_expiry(now, Some(10 * DAY), None, &f(t(5)));
         let a = revisit(now, &b, set, &d, &clear).expect("moved");
-        assert_eq!(a.op, Op::SetBranchExpiry(b.id.clone(), t(15)));
+        assert_eq!(a.action, ExpireAction::SetExpiry(b.id.clone(), t(15)));
         assert!(a.spec.reason.contains("replaces"), "{}", a.spec.reason);
         // A lowered ttl: brought forward.
         let d = decide_expiry(now, Some(6 * DAY), None, &f(t(5)));
         let a = revisit(now, &b, set, &d, &clear).expect("brought forward");
-        assert_eq!(a.op, Op::SetBranchExpiry(b.id.clone(), t(11)));
+        assert_eq!(a.action, ExpireAction::SetExpiry(b.id.clone(), t(11)));
         // Beyond the horizon, not due, or no longer allowed: taken back.
         let beyond = decide_expiry(now, Some(60 * DAY), None, &f(t(5)));
         let not_due = decide_expiry(now, None, Some(3 * DAY), &f(t(5)));
@@ -672,7 +927,7 @@ mod tests {
         );
         for d in [beyond, not_due, not_allowed] {
             let a = revisit(now, &b, set, &d, &clear).unwrap_or_else(|| panic!("{d:?}"));
-            assert_eq!(a.op, Op::ClearBranchExpiry(b.id.clone()), "{d:?}");
+            assert_eq!(a.action, ExpireAction::ClearExpiry(b.id.clone()), "{d:?}");
         }
     }
 }

@@ -107,7 +107,8 @@ impl Ledger {
             .expect("ledger counts lock is never poisoned: no panics while held");
         match outcome {
             ActionOutcome::Succeeded => c.succeeded += 1,
-            ActionOutcome::Failed => c.failed += 1,
+            // An outcome nobody can confirm counts against the run, as a failure does.
+            ActionOutcome::Failed | ActionOutcome::Unknown => c.failed += 1,
             ActionOutcome::Skipped => c.skipped += 1,
             ActionOutcome::Planned => c.planned += 1,
             ActionOutcome::Pending => {}
@@ -180,6 +181,16 @@ impl Ledger {
         self.finish(p, ActionOutcome::Failed, Some(error)).await
     }
 
+    /// Records the outcome Neon was asked for after the call's answer was lost.
+    pub async fn resolved(
+        &self,
+        p: PendingAction,
+        outcome: ActionOutcome,
+        detail: &str,
+    ) -> StoreResult<()> {
+        self.finish(p, outcome, Some(detail)).await
+    }
+
     async fn finish(
         &self,
         p: PendingAction,
@@ -190,12 +201,6 @@ impl Ledger {
         self.count(outcome);
         self.emit(&p.spec, outcome, detail);
         self.store.finish_action(p.id, outcome, detail).await
-    }
-
-    /// Counts a failure that happened outside any single action (e.g. listing a project's
-    /// branches failed), so the run ends `partial`/`failed` rather than `succeeded`.
-    pub fn count_failure(&self) {
-        self.count(ActionOutcome::Failed);
     }
 
     pub fn counts(&self) -> ActionCounts {

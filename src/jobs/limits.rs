@@ -14,7 +14,6 @@
 //! 100% fail every run that also pruned.
 
 use std::fmt;
-use std::str::FromStr;
 
 /// The configured limits. Both may be set; the run must respect both.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -26,46 +25,13 @@ pub struct Limits {
     pub max_actions_percent: Option<f64>,
 }
 
-/// One `max_actions` value as written in a policy: `25` or `"10%"`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MaxActions {
-    Absolute(u64),
-    Percent(f64),
-}
-
-impl FromStr for MaxActions {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| {
-                format!(
-                    "max_actions {s:?}: expected a number of actions or a percentage like \"10%\""
-                )
-            })?;
-            if !(0.0..=100.0).contains(&v) || v.is_nan() {
-                return Err(format!(
-                    "max_actions {s:?}: a percentage must be between 0% and 100%"
-                ));
-            }
-            Ok(MaxActions::Percent(v))
-        } else {
-            s.parse::<u64>().map(MaxActions::Absolute).map_err(|_| {
-                format!(
-                    "max_actions {s:?}: expected a number of actions or a percentage like \"10%\""
-                )
-            })
-        }
-    }
-}
-
 impl Limits {
-    pub fn with(mut self, m: MaxActions) -> Self {
-        match m {
-            MaxActions::Absolute(n) => self.max_actions = Some(n),
-            MaxActions::Percent(p) => self.max_actions_percent = Some(p),
+    /// The limits a job's policy sets.
+    pub fn of(job: &crate::config::JobConfig) -> Self {
+        Limits {
+            max_actions: job.limits.max_actions.map(u64::from),
+            max_actions_percent: job.limits.max_actions_percent,
         }
-        self
     }
 
     /// The largest number of destructive actions `max_actions_percent` allows when they
@@ -158,29 +124,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_absolute_and_percent() {
-        assert_eq!("25".parse::<MaxActions>(), Ok(MaxActions::Absolute(25)));
-        assert_eq!("10%".parse::<MaxActions>(), Ok(MaxActions::Percent(10.0)));
-        assert_eq!(" 2.5 %".parse::<MaxActions>(), Ok(MaxActions::Percent(2.5)));
-        assert!("150%"
-            .parse::<MaxActions>()
-            .unwrap_err()
-            .contains("between 0% and 100%"));
-        assert!("-1"
-            .parse::<MaxActions>()
-            .unwrap_err()
-            .contains("max_actions \"-1\""));
-        assert!("lots".parse::<MaxActions>().is_err());
-    }
-
-    #[test]
     fn no_limit_allows_anything() {
         assert_eq!(Limits::default().check(10_000, 10_000, 10), Ok(()));
     }
 
     #[test]
     fn absolute_limit_counts_every_action() {
-        let l = Limits::default().with(MaxActions::Absolute(3));
+        let l = Limits {
+            max_actions: Some(3),
+            ..Limits::default()
+        };
         assert!(l.check(3, 0, 100).is_ok());
         let e = l.check(4, 0, 100).unwrap_err();
         assert!(matches!(e, LimitExceeded::Total { allowed: 3, .. }));
@@ -194,7 +147,10 @@ mod tests {
 
     #[test]
     fn percent_limit_counts_destructive_actions_of_their_base_and_floors() {
-        let l = Limits::default().with(MaxActions::Percent(10.0));
+        let l = Limits {
+            max_actions_percent: Some(10.0),
+            ..Limits::default()
+        };
         assert_eq!(l.allowed_destructive(15), Some(1));
         assert!(l.check(1, 1, 15).is_ok());
         assert!(l.check(2, 2, 15).is_err());
@@ -203,9 +159,11 @@ mod tests {
         assert_eq!(l.allowed_destructive(100), Some(10));
         // 30% of 10 must allow 3 despite floating point.
         assert_eq!(
-            Limits::default()
-                .with(MaxActions::Percent(30.0))
-                .allowed_destructive(10),
+            Limits {
+                max_actions_percent: Some(30.0),
+                ..Limits::default()
+            }
+            .allowed_destructive(10),
             Some(3)
         );
         // Nothing to destroy, nothing destructive planned: fine.
@@ -220,9 +178,10 @@ mod tests {
 
     #[test]
     fn both_limits_apply() {
-        let l = Limits::default()
-            .with(MaxActions::Absolute(5))
-            .with(MaxActions::Percent(50.0));
+        let l = Limits {
+            max_actions: Some(5),
+            max_actions_percent: Some(50.0),
+        };
         assert!(l.check(3, 3, 4).is_err(), "3 of 4 > 50%");
         assert!(l.check(6, 0, 100).is_err(), "6 > 5 in all");
         assert!(l.check(5, 5, 100).is_ok());

@@ -1,16 +1,75 @@
-//! The four job kinds and what they share: selectors, limits, retention, the branch-tree
-//! safety rules, calendar windows, dry-run and the audit ledger.
+//! The job kinds and what they share: selectors, limits, retention, the branch-tree safety
+//! rules, calendar windows, dry-run, typed state and the audit ledger.
+//!
+//! The engine ([`engine`]) runs a job of any kind that implements [`kind::JobKind`]; this
+//! module is the registry that maps a policy's `kind` to its implementation. It is the only
+//! place that knows every kind.
 
 pub mod branch_tree;
+mod calls;
 pub mod consumption;
 pub mod engine;
 pub mod expire;
+pub mod kind;
 pub mod ledger;
 pub mod limits;
+pub mod plan;
+mod reconcile;
 pub mod retention;
+pub mod scope;
 pub mod select;
 pub mod snapshot;
+pub mod state;
 pub mod suspend;
 pub mod windows;
 
-pub use engine::{run_job, run_job_with, JobEnv, RunContext, RunControl, RunResult};
+pub use engine::RunResult;
+pub use plan::{JobEnv, RunContext, RunControl};
+pub use reconcile::reconcile_pending;
+
+use crate::config::{JobConfig, JobSpec};
+use engine::Ended;
+use ledger::Ledger;
+use plan::RunError;
+
+/// Runs one job to its end. Never panics on API or store trouble: everything ends in the
+/// returned status (`failed` with the error when the run could not even start acting).
+///
+/// The run cannot be cancelled and takes "now" from `ctx`; the daemon uses
+/// [`run_job_with`].
+pub async fn run_job(env: &JobEnv, job: &JobConfig, ctx: RunContext) -> RunResult {
+    run_job_with(env, job, ctx, &RunControl::default()).await
+}
+
+/// [`run_job`] under the daemon's control: `control.cancel` stops the run before its next
+/// action (it then ends `interrupted`, with the counts of what it did), and
+/// `control.clock` is "now" when acting.
+pub async fn run_job_with(
+    env: &JobEnv,
+    job: &JobConfig,
+    ctx: RunContext,
+    control: &RunControl,
+) -> RunResult {
+    let ledger = Ledger::new(env.store.clone(), ctx.run_id, &job.name, ctx.dry_run);
+    let outcome: Result<Ended, RunError> = match &job.spec {
+        JobSpec::SnapshotBranches(spec) => match snapshot::Snapshots::new(job, spec) {
+            Ok(kind) => engine::run(&kind, env, job, &ctx, control, &ledger).await,
+            Err(e) => Err(e.into()),
+        },
+        JobSpec::ExpireBranches(spec) => match expire::Expire::new(job, spec) {
+            Ok(kind) => engine::run(&kind, env, job, &ctx, control, &ledger).await,
+            Err(e) => Err(e.into()),
+        },
+        JobSpec::SuspendComputes(spec) => {
+            let kind = suspend::Suspend::new(job, spec);
+            engine::run(&kind, env, job, &ctx, control, &ledger).await
+        }
+        // Collection only reads Neon and upserts idempotently: it is no plan of actions,
+        // and dropping it midway is safe.
+        JobSpec::CollectConsumption(spec) => tokio::select! {
+            r = consumption::run(env, job, spec, &ctx, &ledger) => r.map(|()| Ended::Completed),
+            _ = control.cancel.cancelled() => Ok(Ended::Cancelled),
+        },
+    };
+    Ended::into_result(outcome, &ledger)
+}

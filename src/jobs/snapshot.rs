@@ -19,19 +19,24 @@
 //! this tick's snapshot exists already, retention proceeds.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone};
 use futures::TryStreamExt;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::engine::{JobEnv, Op, PlanError, PlannedAction, ProjectPlan, RunContext};
+use super::calls::{wait, with_lock_retry};
+use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
+use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
-use super::select::{BranchFacts, BranchSelector, Selection};
+use super::scope::passes_age_filters;
+use super::select::{BranchFacts, BranchSelector, Selection, SelectorError};
 use crate::config::{JobConfig, SnapshotSpec};
-use crate::neon::{Branch, BranchId, Project, ProjectId, Snapshot, SnapshotId};
-use crate::store::StoreResult;
+use crate::neon::{
+    ApiError, Branch, BranchId, Project, ProjectId, Snapshot, SnapshotId, SnapshotRequest,
+};
 
 /// What the job's state holds for one project: the snapshots it made, and the creates it
 /// began whose answer was never recorded (the daemon died during the call).
@@ -56,58 +61,26 @@ pub struct CreateAttempt {
     pub name: String,
 }
 
-/// The job's record of the snapshots it made in one project, as loaded at planning and
-/// updated while acting (each change is written before the run goes on).
-#[derive(Debug, Clone)]
-pub(crate) struct Ownership {
-    project: ProjectId,
-    /// What the store holds now (`None`: nothing yet).
-    stored: Option<OwnershipRecord>,
-    record: OwnershipRecord,
-}
-
 /// The job-state key of a project's record.
 pub fn ownership_key(project: &ProjectId) -> String {
-    format!("owned_snapshots/{project}")
+    format!("{}/{project}", Snapshots::STATE_KEY)
 }
 
-impl Ownership {
-    /// Reads the record of `project` (an unreadable record fails the project's planning:
-    /// without it nothing can be pruned safely).
-    async fn load(env: &JobEnv, job: &str, project: &ProjectId) -> Result<Self, PlanError> {
-        let key = ownership_key(project);
-        let stored = match env.store.get_state(job, &key).await? {
-            None => None,
-            Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                PlanError::State(format!(
-                    "the job's record of its snapshots (state `{key}`) is not valid: {e}; \
-                     no snapshot is pruned until it is repaired or removed"
-                ))
-            })?),
-        };
-        Ok(Ownership {
-            project: project.clone(),
-            record: stored.clone().unwrap_or_default(),
-            stored,
-        })
-    }
-
+impl OwnershipRecord {
     /// Brings the record up to date with the project's snapshots: forgets recorded ids
     /// that no longer exist (Neon expired them, or someone deleted them) and adopts, for
     /// each unfinished create, the snapshot with exactly that name from that branch.
     fn reconcile(&mut self, existing: &[Snapshot]) {
         let ids: HashSet<&str> = existing.iter().map(|s| s.id.as_str()).collect();
-        self.record
-            .snapshots
-            .retain(|o| ids.contains(o.id.as_str()));
-        for a in std::mem::take(&mut self.record.attempts) {
+        self.snapshots.retain(|o| ids.contains(o.id.as_str()));
+        for a in std::mem::take(&mut self.attempts) {
             let made = existing.iter().find(|s| {
                 s.name == a.name
                     && s.source_branch_id.as_ref().map(|b| b.as_str()) == Some(a.branch_id.as_str())
                     && !self.owns(s.id.as_str())
             });
             if let Some(s) = made {
-                self.record.snapshots.push(OwnedSnapshot {
+                self.snapshots.push(OwnedSnapshot {
                     id: s.id.to_string(),
                     branch_id: a.branch_id.clone(),
                     name: s.name.clone(),
@@ -117,45 +90,187 @@ impl Ownership {
     }
 
     pub fn owns(&self, id: &str) -> bool {
-        self.record.snapshots.iter().any(|o| o.id == id)
+        self.snapshots.iter().any(|o| o.id == id)
+    }
+}
+
+/// What a snapshot job does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotAction {
+    Create {
+        branch: BranchId,
+        name: String,
+        /// Neon deletes the snapshot this long after it is made (computed at the call).
+        expires_in: Option<Duration>,
+    },
+    /// Retention.
+    Delete(SnapshotId),
+}
+
+/// What a snapshot call did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotDone {
+    Created(SnapshotId),
+    Deleted { already: bool },
+}
+
+/// `snapshot_branches`, compiled for one run.
+pub struct Snapshots<'a> {
+    job: &'a JobConfig,
+    spec: &'a SnapshotSpec,
+    branches: BranchSelector,
+}
+
+impl<'a> Snapshots<'a> {
+    pub fn new(job: &'a JobConfig, spec: &'a SnapshotSpec) -> Result<Self, SelectorError> {
+        Ok(Snapshots {
+            job,
+            spec,
+            branches: super::scope::branch_selector(job)?,
+        })
+    }
+}
+
+impl JobKind for Snapshots<'_> {
+    type Action = SnapshotAction;
+    type Done = SnapshotDone;
+    type State = OwnershipRecord;
+    const STATE_KEY: &'static str = "owned_snapshots";
+
+    async fn plan_project(
+        &self,
+        cx: &PlanCx<'_>,
+        project: &Project,
+        state: StateView<'_, OwnershipRecord>,
+    ) -> Result<ProjectPlan<SnapshotAction>, PlanError> {
+        // Without the record nothing can be pruned safely: the project fails its planning.
+        let record = state.map_err(|e| {
+            PlanError::State(super::state::StateError::Corrupt {
+                key: ownership_key(&project.id),
+                error: format!("{e}; no snapshot is pruned until it is readable"),
+            })
+        })?;
+        plan(cx, self.job, self.spec, &self.branches, project, record).await
     }
 
-    pub(crate) fn attempting(&mut self, branch: &BranchId, name: &str) {
-        self.record.attempts.push(CreateAttempt {
-            branch_id: branch.to_string(),
-            name: name.to_string(),
-        });
+    fn is_destructive(action: &SnapshotAction) -> bool {
+        matches!(action, SnapshotAction::Delete(_))
     }
 
-    pub(crate) fn created(&mut self, branch: &BranchId, name: &str, id: &SnapshotId) {
-        self.record
-            .attempts
-            .retain(|a| !(a.branch_id == branch.as_str() && a.name == name));
-        self.record.snapshots.push(OwnedSnapshot {
-            id: id.to_string(),
-            branch_id: branch.to_string(),
-            name: name.to_string(),
-        });
-    }
-
-    pub(crate) fn deleted(&mut self, id: &SnapshotId) {
-        self.record.snapshots.retain(|o| o.id != id.as_str());
-    }
-
-    /// Writes the record if it differs from what the store holds.
-    pub(crate) async fn save_if_changed(&mut self, env: &JobEnv, job: &str) -> StoreResult<()> {
-        if self.stored.as_ref() == Some(&self.record)
-            || (self.stored.is_none() && self.record == OwnershipRecord::default())
-        {
-            return Ok(());
+    fn intend(&self, state: &mut OwnershipRecord, action: &SnapshotAction) {
+        // Written before the call: if the daemon dies during it, the next run adopts a
+        // snapshot with exactly this name from this branch as ours.
+        if let SnapshotAction::Create { branch, name, .. } = action {
+            state.attempts.push(CreateAttempt {
+                branch_id: branch.to_string(),
+                name: name.clone(),
+            });
         }
-        let text = serde_json::to_string(&self.record)
-            .expect("the record is plain strings and always serialises");
-        env.store
-            .set_state(job, &ownership_key(&self.project), &text)
+    }
+
+    fn record(&self, state: &mut OwnershipRecord, action: &SnapshotAction, done: &SnapshotDone) {
+        match (action, done) {
+            (SnapshotAction::Create { branch, name, .. }, SnapshotDone::Created(id)) => {
+                state
+                    .attempts
+                    .retain(|a| !(a.branch_id == branch.as_str() && a.name == *name));
+                state.snapshots.push(OwnedSnapshot {
+                    id: id.to_string(),
+                    branch_id: branch.to_string(),
+                    name: name.clone(),
+                });
+            }
+            (SnapshotAction::Delete(id), _) => state.snapshots.retain(|o| o.id != id.as_str()),
+            _ => {}
+        }
+    }
+
+    async fn perform(
+        &self,
+        cx: &ActCx<'_>,
+        action: &SnapshotAction,
+    ) -> Result<SnapshotDone, ApiError> {
+        let (env, project, c) = (cx.env, cx.project, &cx.env.client);
+        match action {
+            SnapshotAction::Create {
+                branch,
+                name,
+                expires_in,
+            } => {
+                let (snap, ops) = with_lock_retry(env, project, || {
+                    let req = SnapshotRequest {
+                        name: Some(name.clone()),
+                        expires_at: expiry(cx.now(), *expires_in),
+                        ..Default::default()
+                    };
+                    c.create_snapshot(project, branch, req)
+                })
+                .await?;
+                wait(env, project, &ops).await?;
+                Ok(SnapshotDone::Created(snap.id))
+            }
+            SnapshotAction::Delete(s) => {
+                match with_lock_retry(env, project, || c.delete_snapshot(project, s)).await {
+                    Ok(ops) => wait(env, project, &ops).await?,
+                    Err(ApiError::AlreadyDeleted { .. }) => {
+                        return Ok(SnapshotDone::Deleted { already: true })
+                    }
+                    Err(e) => return Err(e),
+                }
+                Ok(SnapshotDone::Deleted { already: false })
+            }
+        }
+    }
+
+    fn detail(done: &SnapshotDone) -> Option<String> {
+        match done {
+            SnapshotDone::Created(id) => Some(format!("snapshot_id={id}")),
+            SnapshotDone::Deleted { already: true } => Some("already deleted".into()),
+            SnapshotDone::Deleted { already: false } => None,
+        }
+    }
+
+    fn owns_action(action: &str) -> bool {
+        matches!(action, "create_snapshot" | "delete_snapshot")
+    }
+
+    async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
+        let snapshots = env
+            .client
+            .list_snapshots(&ProjectId::from(p.project_id))
             .await?;
-        self.stored = Some(self.record.clone());
-        Ok(())
+        Ok(match p.action {
+            "create_snapshot" => {
+                let name = p.resource_name.unwrap_or_default();
+                match snapshots.iter().find(|s| {
+                    s.name == name
+                        && s.source_branch_id.as_ref().map(|b| b.as_str()) == Some(p.resource_id)
+                }) {
+                    Some(s) => Resolution::succeeded(format!("snapshot_id={}", s.id)),
+                    None => Resolution::failed(format!(
+                        "no snapshot {name:?} of branch {} exists: it was not created",
+                        p.resource_id
+                    )),
+                }
+            }
+            _ => {
+                if snapshots.iter().any(|s| s.id.as_str() == p.resource_id) {
+                    Resolution::failed("the snapshot still exists: it was not deleted")
+                } else {
+                    Resolution::succeeded("the snapshot no longer exists")
+                }
+            }
+        })
+    }
+
+    fn blocked_by(dep: &PlannedAction<SnapshotAction>) -> String {
+        match dep.action {
+            SnapshotAction::Create { .. } => "new snapshot was not created".to_string(),
+            SnapshotAction::Delete(_) => format!(
+                "{} of {} did not succeed in this run",
+                dep.spec.action, dep.spec.resource_id
+            ),
+        }
     }
 }
 
@@ -193,17 +308,17 @@ pub(crate) fn expiry(
 
 /// Plans one project: a snapshot of each selected branch (unless this tick's exists), then
 /// retention over the snapshots this job made of that branch.
-pub(crate) async fn plan(
-    env: &JobEnv,
+async fn plan(
+    cx: &PlanCx<'_>,
     job: &JobConfig,
     spec: &SnapshotSpec,
-    ctx: &RunContext,
     selector: &BranchSelector,
     project: &Project,
-) -> Result<ProjectPlan, PlanError> {
+    ownership: &mut OwnershipRecord,
+) -> Result<ProjectPlan<SnapshotAction>, PlanError> {
+    let (env, ctx) = (cx.env, cx.ctx);
     let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
     let snapshots = env.client.list_snapshots(&project.id).await?;
-    let mut ownership = Ownership::load(env, &job.name, &project.id).await?;
     ownership.reconcile(&snapshots);
     let mut out = ProjectPlan::new(project.id.clone());
     let tick = schedule_window_start(job, ctx.scheduled_for).with_timezone(&job.timezone);
@@ -227,7 +342,7 @@ pub(crate) async fn plan(
         let Selection::Selected(why) = selector.select(ctx.now, &facts) else {
             continue;
         };
-        if !super::engine::passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
+        if !passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
             continue;
         }
         let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
@@ -285,7 +400,7 @@ pub(crate) async fn plan(
                         b.name, why.reason
                     ),
                 ),
-                Op::CreateSnapshot {
+                SnapshotAction::Create {
                     branch: b.id.clone(),
                     name: name.clone(),
                     expires_in: spec.expires_in,
@@ -314,13 +429,12 @@ pub(crate) async fn plan(
                     "retention",
                     reason.clone(),
                 ),
-                op: Op::DeleteSnapshot(snap.id.clone()),
+                action: SnapshotAction::Delete(snap.id.clone()),
                 // Pruning makes room for the new snapshot: without it, prune nothing.
                 requires: create.into_iter().collect(),
             });
         }
     }
-    out.snapshots = Some(ownership);
     Ok(out)
 }
 

@@ -14,44 +14,148 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
-use super::engine::{JobEnv, Op, PlannedAction, ProjectPlan, RunContext, RunError};
+use super::calls::{wait, with_lock_retry};
+use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
+use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::select::{
-    age, human_duration, BranchSelector, EndpointFacts, EndpointKind, EndpointSelector,
-    NamePattern, Selection, Why,
+    age, human_duration, EndpointFacts, EndpointKind, EndpointSelector, NamePattern, Selection, Why,
 };
 use crate::config::{Exclusion, ExclusionTarget, JobConfig, SuspendSpec};
-use crate::neon::{ApiError, Branch, EndpointState, EndpointType, Project};
+use crate::neon::{ApiError, Branch, EndpointId, EndpointState, EndpointType, Project};
 
-/// Job state key holding the endpoints of a project this job suspended because of a window
-/// (JSON array of endpoint ids): only those are started again when the window ends.
-fn state_key(project: &str) -> String {
-    format!("suspended_by_window/{project}")
+/// The endpoints of a project this job suspended because of a window (endpoint ids): only
+/// those are started again when the window ends.
+pub type SuspendedByWindow = BTreeSet<String>;
+
+/// What a suspend job does to an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SuspendAction {
+    Suspend {
+        endpoint: EndpointId,
+        /// Suspended because of a window: remembered, to be started when it ends.
+        by_window: bool,
+    },
+    /// Start an endpoint this job suspended for a window that has ended.
+    Start(EndpointId),
 }
 
-/// The endpoints of a project this job suspended because of a window. A read error (or a
-/// state that does not parse) is returned, never taken for "none": an empty set written
-/// back would forget those endpoints, and they would never be started again.
-async fn load_suspended(
-    env: &JobEnv,
-    job: &str,
-    project: &str,
-) -> Result<BTreeSet<String>, String> {
-    match env.store.get_state(job, &state_key(project)).await {
-        Ok(Some(v)) => serde_json::from_str(&v).map_err(|e| format!("unreadable job state: {e}")),
-        Ok(None) => Ok(BTreeSet::new()),
-        Err(e) => Err(e.to_string()),
+/// `suspend_computes`, compiled for one run.
+pub struct Suspend<'a> {
+    job: &'a JobConfig,
+    spec: &'a SuspendSpec,
+}
+
+impl<'a> Suspend<'a> {
+    pub fn new(job: &'a JobConfig, spec: &'a SuspendSpec) -> Self {
+        Suspend { job, spec }
     }
 }
 
-pub(crate) async fn plan(
-    env: &JobEnv,
+impl JobKind for Suspend<'_> {
+    type Action = SuspendAction;
+    type Done = ();
+    type State = SuspendedByWindow;
+    const STATE_KEY: &'static str = "suspended_by_window";
+
+    /// Only a job that resumes needs to remember what it suspended.
+    fn keeps_state(&self) -> bool {
+        self.spec.resume
+    }
+
+    async fn plan_project(
+        &self,
+        cx: &PlanCx<'_>,
+        project: &Project,
+        state: StateView<'_, SuspendedByWindow>,
+    ) -> Result<ProjectPlan<SuspendAction>, PlanError> {
+        Ok(plan(cx, self.job, self.spec, project, state).await?)
+    }
+
+    fn is_destructive(action: &SuspendAction) -> bool {
+        matches!(action, SuspendAction::Suspend { .. })
+    }
+
+    fn intend(&self, state: &mut SuspendedByWindow, action: &SuspendAction) {
+        // Before the call: an endpoint suspended by a daemon that died during the call is
+        // still started when its window ends. If the call fails the id stays; starting an
+        // endpoint that is already active changes nothing.
+        if let SuspendAction::Suspend {
+            endpoint,
+            by_window: true,
+        } = action
+        {
+            state.insert(endpoint.to_string());
+        }
+    }
+
+    fn record(&self, state: &mut SuspendedByWindow, action: &SuspendAction, _: &()) {
+        if let SuspendAction::Start(e) = action {
+            state.remove(e.as_str());
+        }
+    }
+
+    async fn perform(&self, cx: &ActCx<'_>, action: &SuspendAction) -> Result<(), ApiError> {
+        let (env, project, c) = (cx.env, cx.project, &cx.env.client);
+        let (_, ops) = match action {
+            SuspendAction::Suspend { endpoint, .. } => {
+                with_lock_retry(env, project, || c.suspend_endpoint(project, endpoint)).await?
+            }
+            SuspendAction::Start(e) => {
+                with_lock_retry(env, project, || c.start_endpoint(project, e)).await?
+            }
+        };
+        wait(env, project, &ops).await
+    }
+
+    fn detail(_: &()) -> Option<String> {
+        None
+    }
+
+    fn owns_action(action: &str) -> bool {
+        matches!(action, "suspend_endpoint" | "start_endpoint")
+    }
+
+    async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
+        let endpoint = match env
+            .client
+            .get_endpoint(
+                &crate::neon::ProjectId::from(p.project_id),
+                &EndpointId::from(p.resource_id),
+            )
+            .await
+        {
+            Ok(e) => e,
+            Err(e) if e.is_not_found() => {
+                return Ok(Resolution::unknown("the endpoint no longer exists"))
+            }
+            Err(e) => return Err(e),
+        };
+        let state = endpoint.current_state.as_str().to_string();
+        Ok(match (p.action, &endpoint.current_state) {
+            ("suspend_endpoint", EndpointState::Idle) => {
+                Resolution::succeeded("the endpoint is suspended")
+            }
+            ("start_endpoint", EndpointState::Active) => {
+                Resolution::succeeded("the endpoint is active")
+            }
+            // Traffic wakes a suspended endpoint, and an idle one suspends itself: the state
+            // now does not tell what the call did.
+            _ => Resolution::unknown(format!(
+                "the endpoint is {state} now, which does not tell whether the call took effect"
+            )),
+        })
+    }
+}
+
+async fn plan(
+    cx: &PlanCx<'_>,
     job: &JobConfig,
     spec: &SuspendSpec,
-    ctx: &RunContext,
-    _branch_names: &BranchSelector,
     project: &Project,
-) -> Result<ProjectPlan, ApiError> {
+    state: StateView<'_, SuspendedByWindow>,
+) -> Result<ProjectPlan<SuspendAction>, ApiError> {
+    let (env, ctx) = (cx.env, cx.ctx);
     let mut out = ProjectPlan::new(project.id.clone());
     if spec.exclude_until.is_some_and(|until| ctx.now < until) {
         return Ok(out);
@@ -88,28 +192,29 @@ pub(crate) async fn plan(
         .collect();
     // Without the record nothing can be resumed this run: that part fails (recorded), the
     // suspending goes on.
-    let suspended = if spec.resume {
-        match load_suspended(env, &job.name, project.id.as_str()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(job = %job.name, project = %project.id, error = %e, "cannot read which endpoints this job suspended; not resuming any this run");
-                out.failures.push((
-                    ActionSpec {
-                        resource_kind: "project",
-                        resource_id: project.id.to_string(),
-                        resource_name: Some(project.name.clone()),
-                        project_id: Some(project.id.to_string()),
-                        action: "start_endpoint",
-                        rule: Some("resume".into()),
-                        reason: "reading which endpoints this job suspended; none resumed in this project this run".into(),
-                    },
-                    e,
-                ));
-                BTreeSet::new()
-            }
+    // Without the record nothing can be resumed this run, and nothing suspended for a
+    // window (it could never be resumed): those parts fail (recorded), the rest goes on.
+    let mut unrecordable: Option<String> = None;
+    let suspended: SuspendedByWindow = match state {
+        Ok(s) => s.clone(),
+        Err(e) => {
+            let e = e.to_string();
+            tracing::warn!(job = %job.name, project = %project.id, error = %e, "cannot read which endpoints this job suspended; not resuming any, nor suspending any for a window, this run");
+            out.failures.push((
+                ActionSpec {
+                    resource_kind: "project",
+                    resource_id: project.id.to_string(),
+                    resource_name: Some(project.name.clone()),
+                    project_id: Some(project.id.to_string()),
+                    action: "start_endpoint",
+                    rule: Some("resume".into()),
+                    reason: "reading which endpoints this job suspended; none resumed in this project this run".into(),
+                },
+                e.clone(),
+            ));
+            unrecordable = Some(e);
+            BTreeSet::new()
         }
-    } else {
-        BTreeSet::new()
     };
     let selector = EndpointSelector {
         kinds: sel
@@ -207,16 +312,31 @@ pub(crate) async fn plan(
             reason: why.reason,
         };
         match decision {
-            SuspendDecision::Suspend(why) => out.actions.push(PlannedAction {
-                spec: spec_for("suspend_endpoint", why),
-                op: Op::SuspendEndpoint(e.id.clone()),
-                requires: Vec::new(),
-            }),
-            SuspendDecision::Resume(why) => out.actions.push(PlannedAction {
-                spec: spec_for("start_endpoint", why),
-                op: Op::StartEndpoint(e.id.clone()),
-                requires: Vec::new(),
-            }),
+            SuspendDecision::Suspend(why) => {
+                let by_window = why.rule.contains("window");
+                match &unrecordable {
+                    Some(err) if by_window => {
+                        let mut spec = spec_for("suspend_endpoint", why);
+                        spec.reason = format!(
+                            "{}; not suspended: which endpoints this job suspended cannot be \
+                             read, so it could not be started again when the window ends",
+                            spec.reason
+                        );
+                        out.failures.push((spec, err.clone()));
+                    }
+                    _ => out.actions.push(PlannedAction::new(
+                        spec_for("suspend_endpoint", why),
+                        SuspendAction::Suspend {
+                            endpoint: e.id.clone(),
+                            by_window,
+                        },
+                    )),
+                }
+            }
+            SuspendDecision::Resume(why) => out.actions.push(PlannedAction::new(
+                spec_for("start_endpoint", why),
+                SuspendAction::Start(e.id.clone()),
+            )),
             SuspendDecision::Skip(why) => {
                 let action = if why.rule == "resume" {
                     "start_endpoint"
@@ -241,57 +361,6 @@ async fn branch_names(
         .into_iter()
         .map(|b| (b.id.to_string(), b.name))
         .collect())
-}
-
-/// After a real run: remember which endpoints a window made us suspend, forget the ones we
-/// started again.
-pub(crate) async fn remember(
-    env: &JobEnv,
-    job: &JobConfig,
-    plan: &ProjectPlan,
-    done: &[PlannedAction],
-) -> Result<(), RunError> {
-    let crate::config::JobSpec::SuspendComputes(spec) = &job.spec else {
-        return Ok(());
-    };
-    if !spec.resume || done.is_empty() {
-        return Ok(());
-    }
-    let project = plan.project_id.as_str();
-    // Never overwrite a record that cannot be read: fail the run instead (the endpoints
-    // suspended in this run are named in the log).
-    let mut set = load_suspended(env, &job.name, project).await.map_err(|e| {
-        let unrecorded: Vec<String> = done
-            .iter()
-            .filter_map(|a| match &a.op {
-                Op::SuspendEndpoint(e) => Some(e.to_string()),
-                _ => None,
-            })
-            .collect();
-        tracing::error!(job = %job.name, project, error = %e, ?unrecorded, "cannot read which endpoints this job suspended; not updating the record");
-        RunError::State(format!(
-            "cannot read which endpoints job {} suspended in project {project}: {e}",
-            job.name
-        ))
-    })?;
-    for a in done {
-        match &a.op {
-            Op::SuspendEndpoint(e)
-                if a.spec.rule.as_deref().is_some_and(|r| r.contains("window")) =>
-            {
-                set.insert(e.to_string());
-            }
-            Op::StartEndpoint(e) => {
-                set.remove(e.as_str());
-            }
-            _ => {}
-        }
-    }
-    let json = serde_json::to_string(&set).expect("a set of strings serialises");
-    env.store
-        .set_state(&job.name, &state_key(project), &json)
-        .await?;
-    Ok(())
 }
 
 /// What the job knows about one selected endpoint.

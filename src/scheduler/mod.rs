@@ -33,11 +33,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use run::run_now;
+pub use run::{run_now, LeaseTiming};
 
 use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
-use crate::store::{ActionCounts, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
-use crate::telemetry::events::{JobScheduled, JobTickSkipped, JobUnscheduled};
+use crate::store::{ActionCounts, Claim, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
+use crate::telemetry::events::{JobScheduled, JobTickSkipped, JobUnscheduled, RunTakenOver};
 
 /// Stand-in for a wake-up time that a tokio `Instant` cannot represent.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 86_400);
@@ -115,6 +115,13 @@ impl RunReport {
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     async fn execute(&self, job: Arc<JobConfig>, run: RunHandle) -> RunReport;
+
+    /// Resolves the `pending` actions of runs that are over (the run died, or was taken
+    /// over, during a call) by checking Neon. Called after every takeover and heartbeat
+    /// while some remain; returns how many were resolved.
+    async fn reconcile(&self) -> usize {
+        0
+    }
 }
 
 /// Called from the scheduler loop to tell systemd it is alive (`WATCHDOG=1`).
@@ -129,6 +136,12 @@ pub struct SchedulerOptions {
     pub cancel_wait: Duration,
     /// Ping interval and function, when systemd's watchdog is on.
     pub watchdog: Option<(Duration, WatchdogPing)>,
+    /// How often a running run renews its lease, and how often the loop takes over runs
+    /// whose lease has expired (`store.heartbeat`).
+    pub heartbeat: Duration,
+    /// How long a claim holds a run (`store.lease`): a run whose renewals have failed for
+    /// this long stops, since another replica may have taken it over.
+    pub lease: Duration,
 }
 
 impl Default for SchedulerOptions {
@@ -137,6 +150,8 @@ impl Default for SchedulerOptions {
             grace_period: Duration::from_secs(30),
             cancel_wait: Duration::from_secs(5),
             watchdog: None,
+            heartbeat: crate::config::DEFAULT_HEARTBEAT,
+            lease: crate::store::DEFAULT_LEASE,
         }
     }
 }
@@ -296,6 +311,8 @@ impl Scheduler {
             tasks: JoinSet::new(),
             last: HashMap::new(),
             status,
+            missed_in_outage: Default::default(),
+            reconciling: None,
         };
         let task = tokio::spawn(lp.run(jobs, rx, shutdown, alive, started));
         (handle, task)
@@ -316,7 +333,6 @@ struct Running {
     scheduled_for: DateTime<Utc>,
     cancel: CancellationToken,
     reason: Arc<OnceLock<String>>,
-    counts_if_aborted: ActionCounts,
 }
 
 struct Loop {
@@ -329,6 +345,11 @@ struct Loop {
     tasks: JoinSet<run::Finished>,
     last: HashMap<String, LastRun>,
     status: Arc<RwLock<Vec<JobStatus>>>,
+    /// Jobs whose tick could not be claimed because the store failed: their missed-run
+    /// policy is applied once the store answers again.
+    missed_in_outage: std::collections::BTreeSet<String>,
+    /// The reconciliation of pending actions in progress, if any.
+    reconciling: Option<tokio::task::JoinHandle<usize>>,
 }
 
 impl Loop {
@@ -345,10 +366,14 @@ impl Loop {
         // for a loop that will never publish.
         let _alive = alive.clone().drop_guard();
         self.set_jobs(jobs).await;
+        // Runs a dead replica (or this process's previous life) left behind are taken over
+        // once their lease has expired; live ones are never touched.
+        self.take_over().await;
         self.catch_up().await;
         self.publish();
         started.cancel();
         let mut next_ping = self.opts.watchdog.as_ref().map(|(every, _)| after(*every));
+        let mut next_maintenance = after(self.opts.heartbeat);
         if let Some((_, ping)) = &self.opts.watchdog {
             ping();
         }
@@ -378,6 +403,10 @@ impl Loop {
                         ping();
                         next_ping = Some(after(*every));
                     }
+                }
+                _ = tokio::time::sleep_until(next_maintenance) => {
+                    self.maintain().await;
+                    next_maintenance = after(self.opts.heartbeat);
                 }
                 _ = sleep => self.fire_due().await,
             }
@@ -512,24 +541,40 @@ impl Loop {
         }
     }
 
-    /// `missed = "run_once"`: run the newest tick missed while the daemon was down, if it
-    /// is within `starting_deadline`. Decided from the store, so it survives restarts.
+    /// `missed = "run_once"` for every job: see [`Self::catch_up_job`].
     async fn catch_up(&mut self) {
-        let now = self.clock.now();
         let jobs: Vec<Arc<JobConfig>> = self.slots.iter().map(|s| s.job.clone()).collect();
         for job in jobs {
+            if !self.catch_up_job(&job).await {
+                self.missed_in_outage.insert(job.name.clone());
+            }
+        }
+    }
+
+    /// `missed = "run_once"`: run the newest tick missed while the daemon was down (or the
+    /// store unreachable), if it is within `starting_deadline`, or run again the tick of a
+    /// run that was interrupted (crash, takeover). Decided from the store, so it survives
+    /// restarts and holds across replicas. Returns false when the store could not be read
+    /// (try again later).
+    async fn catch_up_job(&mut self, job: &Arc<JobConfig>) -> bool {
+        let now = self.clock.now();
+        {
             if !job.enabled {
-                continue;
+                return true;
             }
             let last_run = match self.store.last_scheduled_run(&job.name).await {
                 Ok(Some(r)) => r,
                 // Never ran: nothing was missed.
-                Ok(None) => continue,
+                Ok(None) => return true,
                 Err(e) => {
-                    tracing::warn!(job = %job.name, error = %e, "cannot read the last scheduled run; not catching up");
-                    continue;
+                    tracing::warn!(job = %job.name, error = %e, "cannot read the last scheduled run; catching up once the store answers");
+                    return false;
                 }
             };
+            if last_run.status == RunStatus::Running {
+                // Still in progress (on this or another replica): nothing was missed.
+                return true;
+            }
             let last = last_run.scheduled_for;
             // A deadline reaching back before the earliest representable instant means
             // "any age", the same as no deadline.
@@ -544,13 +589,13 @@ impl Loop {
                 .next_after(last, job.timezone)
                 .is_some_and(|t| t <= now);
             let retry = (last_run.status == RunStatus::Interrupted)
-                .then(|| interrupted_tick(&job, last))
+                .then(|| interrupted_tick(job, last))
                 .flatten()
                 .filter(|(tick, _)| deadline_start.is_none_or(|d| *tick >= d));
             match (job.missed, missed_tick, retry) {
                 (MissedPolicy::RunOnce, Some(tick), _) => {
                     tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), "running a missed tick once");
-                    self.start(&job, tick, Trigger::CatchUp).await;
+                    self.start(job, tick, Trigger::CatchUp).await;
                 }
                 // The newest tick's run was cut short (crash, shutdown): it did not happen
                 // as far as the policy is concerned, so it is run again, under a claim of
@@ -558,7 +603,7 @@ impl Loop {
                 (MissedPolicy::RunOnce, None, Some((tick, attempt))) => {
                     tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), attempt, "re-running an interrupted tick");
                     let claim_at = tick + chrono::Duration::milliseconds(attempt.into());
-                    self.start_at(&job, claim_at, tick, Trigger::CatchUp).await;
+                    self.start_at(job, claim_at, tick, Trigger::CatchUp).await;
                 }
                 _ if any_missed => {
                     let tick = job
@@ -575,6 +620,80 @@ impl Loop {
                 _ => {}
             }
         }
+        true
+    }
+
+    /// Every heartbeat: take over runs whose lease expired, apply the missed-run policy of
+    /// ticks lost to a store outage once the store answers, and reconcile pending actions.
+    async fn maintain(&mut self) {
+        self.take_over().await;
+        let waiting: Vec<String> = std::mem::take(&mut self.missed_in_outage)
+            .into_iter()
+            .collect();
+        for name in waiting {
+            let Some(job) = self
+                .slots
+                .iter()
+                .find(|s| s.job.name == name)
+                .map(|s| s.job.clone())
+            else {
+                continue;
+            };
+            if !self.catch_up_job(&job).await {
+                self.missed_in_outage.insert(name);
+            }
+        }
+        self.reconcile();
+    }
+
+    /// Marks runs whose lease expired as interrupted and handles their ticks.
+    async fn take_over(&mut self) {
+        let taken = match self.store.take_over_expired().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for runs whose lease expired");
+                return;
+            }
+        };
+        if taken.is_empty() {
+            return;
+        }
+        let me = self.store_owner();
+        for r in &taken {
+            RunTakenOver {
+                job: &r.job,
+                run_id: r.id,
+                owner: r.owner.as_deref(),
+                by: &me,
+            }
+            .emit();
+        }
+        let jobs: std::collections::BTreeSet<&str> = taken.iter().map(|r| r.job.as_str()).collect();
+        let jobs: Vec<Arc<JobConfig>> = self
+            .slots
+            .iter()
+            .filter(|s| jobs.contains(s.job.name.as_str()))
+            .map(|s| s.job.clone())
+            .collect();
+        for job in jobs {
+            if !self.catch_up_job(&job).await {
+                self.missed_in_outage.insert(job.name.clone());
+            }
+        }
+        self.reconcile();
+    }
+
+    /// Starts reconciling pending actions, unless that is under way already.
+    fn reconcile(&mut self) {
+        if self.reconciling.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let executor = self.executor.clone();
+        self.reconciling = Some(tokio::spawn(async move { executor.reconcile().await }));
+    }
+
+    fn store_owner(&self) -> String {
+        self.store.replica()
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -685,26 +804,81 @@ impl Loop {
         if busy {
             self.replace_running(job);
         }
-        match self
-            .claim(job, claim_at, trigger, RunStatus::Running, None)
-            .await
-        {
-            Ok(Some(id)) => self.spawn_run(job, id, tick, trigger),
-            Ok(None) => JobTickSkipped {
+        let new_run = self.new_run(job, claim_at, trigger, RunStatus::Running, None);
+        // `forbid` holds across replicas: the store refuses the claim while another run of
+        // the job holds a live lease, wherever it runs.
+        let claimed = if job.concurrency == ConcurrencyPolicy::Forbid {
+            self.store.claim_exclusive(&new_run).await
+        } else {
+            self.store.claim_run(&new_run).await.map(|c| match c {
+                Some(id) => Claim::Claimed(id),
+                None => Claim::TickTaken,
+            })
+        };
+        match claimed {
+            Ok(Claim::Claimed(id)) => {
+                if job.concurrency == ConcurrencyPolicy::Replace {
+                    // Other replicas' runs of the job see this at their next heartbeat.
+                    if let Err(e) = self.store.request_cancel(&job.name, id).await {
+                        tracing::warn!(job = %job.name, error = %e, "cannot ask other replicas' runs to stop (concurrency = replace)");
+                    }
+                }
+                self.spawn_run(job, id, tick, trigger)
+            }
+            Ok(Claim::Busy(other)) => {
+                JobTickSkipped {
+                    job: &job.name,
+                    reason: "overlap",
+                    scheduled_for: tick,
+                }
+                .emit();
+                let why = format!(
+                    "run {} on replica {} was still running (concurrency = forbid)",
+                    other.id,
+                    other.owner.as_deref().unwrap_or("unknown")
+                );
+                if let Err(e) = self
+                    .claim(job, claim_at, trigger, RunStatus::Skipped, Some(&why))
+                    .await
+                {
+                    tracing::warn!(job = %job.name, error = %e, "cannot record the skipped tick");
+                }
+            }
+            Ok(Claim::TickTaken) => JobTickSkipped {
                 job: &job.name,
                 reason: "claimed_elsewhere",
                 scheduled_for: tick,
             }
             .emit(),
             Err(e) => {
-                tracing::error!(job = %job.name, error = %e, "cannot claim the run");
+                tracing::error!(job = %job.name, error = %e, "cannot claim the run; its missed-run policy applies once the store answers");
                 JobTickSkipped {
                     job: &job.name,
                     reason: "store_error",
                     scheduled_for: tick,
                 }
                 .emit();
+                self.missed_in_outage.insert(job.name.clone());
             }
+        }
+    }
+
+    fn new_run(
+        &self,
+        job: &JobConfig,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> NewRun {
+        NewRun {
+            job: job.name.clone(),
+            kind: job.kind.as_str().to_string(),
+            scheduled_for: tick,
+            trigger,
+            dry_run: job.dry_run,
+            status,
+            error: error.map(str::to_string),
         }
     }
 
@@ -717,15 +891,7 @@ impl Loop {
         error: Option<&str>,
     ) -> crate::store::StoreResult<Option<RunId>> {
         self.store
-            .claim_run(&NewRun {
-                job: job.name.clone(),
-                kind: job.kind.as_str().to_string(),
-                scheduled_for: tick,
-                trigger,
-                dry_run: job.dry_run,
-                status,
-                error: error.map(str::to_string),
-            })
+            .claim_run(&self.new_run(job, tick, trigger, status, error))
             .await
     }
 
@@ -745,7 +911,6 @@ impl Loop {
                 scheduled_for: tick,
                 cancel: cancel.clone(),
                 reason: reason.clone(),
-                counts_if_aborted: ActionCounts::default(),
             },
         );
         let handle = RunHandle {
@@ -760,6 +925,8 @@ impl Loop {
             executor: self.executor.clone(),
             clock: self.clock.clone(),
             cancel_wait: self.opts.cancel_wait,
+            heartbeat: self.opts.heartbeat,
+            lease: self.opts.lease,
         };
         self.tasks
             .spawn(run::execute(ctx, job.clone(), handle, reason));
@@ -856,7 +1023,8 @@ impl Loop {
                 &*self.store,
                 id,
                 RunStatus::Interrupted,
-                r.counts_if_aborted,
+                // Aborted runs record no counts: what they did is in their actions.
+                ActionCounts::default(),
                 Some("interrupted by shutdown (aborted)"),
             )
             .await;

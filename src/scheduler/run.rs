@@ -9,14 +9,18 @@ use tracing::Instrument;
 
 use super::{Clock, Executor, LastRun, RunHandle, RunReport};
 use crate::config::JobConfig;
-use crate::store::{ActionCounts, NewRun, RunId, RunStatus, Store, StoreResult, Trigger};
-use crate::telemetry::events::{JobRunFinished, JobRunStarted};
+use crate::store::{ActionCounts, Lease, NewRun, RunId, RunStatus, Store, StoreResult, Trigger};
+use crate::telemetry::events::{JobRunFinished, JobRunStarted, LeaseLost};
 
 pub(super) struct RunContext {
     pub store: Arc<dyn Store>,
     pub executor: Arc<dyn Executor>,
     pub clock: Arc<dyn Clock>,
     pub cancel_wait: Duration,
+    /// How often the run's lease is renewed.
+    pub heartbeat: Duration,
+    /// How long the lease lasts: renewals failing for this long stop the run.
+    pub lease: Duration,
 }
 
 pub(super) struct Finished {
@@ -64,6 +68,18 @@ pub(super) async fn execute(
     // executor's task must stop too: a detached run would go on acting against Neon after
     // the run was recorded interrupted.
     let _abort_inner = AbortOnDrop(inner.abort_handle());
+    // The heartbeat renews the run's lease while it runs, and stops the run (between
+    // actions, through `cancel`) when the lease is lost or another replica asks it to stop.
+    let heartbeat = tokio::spawn(heartbeat(
+        ctx.store.clone(),
+        job.name.clone(),
+        run_id,
+        ctx.heartbeat,
+        ctx.lease,
+        cancel.clone(),
+        reason.clone(),
+    ));
+    let _abort_heartbeat = AbortOnDrop(heartbeat.abort_handle());
 
     let timeout = job.timeout;
     let timed_out = async move {
@@ -147,14 +163,71 @@ pub(super) async fn execute(
     }
 }
 
+/// Renews the lease of run `run_id` every `every` until aborted. Stops the run when the
+/// lease is lost (another replica took it over after this one was paused or cut off), when
+/// renewals have failed for a whole lease (another replica may take it over any moment),
+/// or when another replica asks it to stop (`concurrency = "replace"`).
+async fn heartbeat(
+    store: Arc<dyn Store>,
+    job: String,
+    run_id: RunId,
+    every: Duration,
+    lease: Duration,
+    cancel: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+) {
+    let mut renewed = tokio::time::Instant::now();
+    let stop = |why: String| {
+        LeaseLost {
+            job: &job,
+            run_id,
+            why: &why,
+        }
+        .emit();
+        let _ = reason.set(format!("interrupted: {why}"));
+        cancel.cancel();
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew_lease(run_id).await {
+            Ok(Lease::Held {
+                cancel_requested, ..
+            }) => {
+                renewed = tokio::time::Instant::now();
+                if cancel_requested {
+                    tracing::info!(job = %job, run_id, "another replica started a newer run (concurrency = replace); stopping");
+                    let _ = reason.set("replaced by a newer run (concurrency = replace)".into());
+                    cancel.cancel();
+                    return;
+                }
+            }
+            Ok(Lease::Lost { why }) => {
+                stop(format!("the run's lease was lost ({why})"));
+                return;
+            }
+            Err(e) if renewed.elapsed() >= lease => {
+                stop(format!(
+                    "the run's lease could not be renewed for {} ({e}); another replica may \
+                     take it over",
+                    humantime::format_duration(lease)
+                ));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %job, run_id, error = %e, "cannot renew the run's lease; retrying at the next heartbeat");
+            }
+        }
+    }
+}
+
 /// How often, and how patiently, the end of a run is written before giving up.
 const FINISH_ATTEMPTS: u32 = 6;
 const FINISH_FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Records the end of a run, retrying a failing store with bounded backoff (about 11 s in
-/// all): a run left `running` looks alive in the history and blocks nothing but confuses
-/// everyone. Gives up loudly; the next start-up's recovery marks it interrupted then.
+/// all): a run left `running` looks alive in the history until its lease expires and a
+/// replica takes it over. Gives up loudly.
 /// Returns whether the record was written.
 pub(super) async fn record_finish(
     store: &dyn Store,
@@ -167,6 +240,12 @@ pub(super) async fn record_finish(
     for attempt in 1..=FINISH_ATTEMPTS {
         match store.finish_run(run_id, status, counts, error).await {
             Ok(()) => return true,
+            Err(e) if e.is_fenced() => {
+                // Taken over meanwhile: the survivor's record (interrupted, with its
+                // reason) stands, and it reconciles what this run left pending.
+                tracing::warn!(run_id, status = status.as_str(), error = %e, "the run was taken over by another replica; its record stands");
+                return false;
+            }
             Err(e) if attempt < FINISH_ATTEMPTS => {
                 tracing::warn!(run_id, attempt, error = %e, "cannot record the end of the run; retrying");
                 tokio::time::sleep(backoff).await;
@@ -179,7 +258,7 @@ pub(super) async fn record_finish(
                     attempts = FINISH_ATTEMPTS,
                     error = %e,
                     "GAVE UP recording the end of the run: it stays `running` in the store \
-                     until the next start-up marks it interrupted"
+                     until its lease expires and a replica takes it over"
                 );
             }
         }
@@ -220,6 +299,22 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// How a run outside the scheduler loop keeps its lease (`store.heartbeat`, `store.lease`).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub heartbeat: Duration,
+    pub lease: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            heartbeat: crate::config::DEFAULT_HEARTBEAT,
+            lease: crate::store::DEFAULT_LEASE,
+        }
+    }
+}
+
 /// Runs `job` once, now, outside the scheduler loop (`once`, `plan`). `dry_run` forces a
 /// dry run (`plan`); `cancel` stops it (Ctrl-C). Returns the run id and how it ended.
 pub async fn run_now(
@@ -229,6 +324,7 @@ pub async fn run_now(
     job: Arc<JobConfig>,
     force_dry_run: bool,
     cancel: CancellationToken,
+    timing: LeaseTiming,
 ) -> StoreResult<Option<(RunId, RunReport)>> {
     let now = clock.now();
     let dry_run = job.dry_run || force_dry_run;
@@ -260,6 +356,8 @@ pub async fn run_now(
         executor,
         clock,
         cancel_wait: Duration::from_secs(5),
+        heartbeat: timing.heartbeat,
+        lease: timing.lease,
     };
     let fut = execute(ctx, job, handle, reason.clone());
     tokio::pin!(fut);

@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::store::{
-    ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction, RunRecord, StoreError,
-    StoreResult,
+    ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction, RunRecord, StateRecord,
+    StoreError, StoreResult,
 };
 
 /// Just enough of a store, in memory, with the same claim semantics as the real one.
@@ -59,6 +59,8 @@ impl Store for MemStore {
             dry_run: run.dry_run,
             error: run.error.clone(),
             counts: ActionCounts::default(),
+            owner: None,
+            lease_expires_at: None,
         });
         Ok(Some(id))
     }
@@ -86,21 +88,6 @@ impl Store for MemStore {
         r.error = error.map(str::to_string);
         r.finished_at = Some(r.scheduled_for);
         Ok(())
-    }
-    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64> {
-        let mut n = 0;
-        for r in self
-            .runs
-            .lock()
-            .unwrap()
-            .iter_mut()
-            .filter(|r| r.status == RunStatus::Running)
-        {
-            r.status = RunStatus::Interrupted;
-            r.error = Some(reason.to_string());
-            n += 1;
-        }
-        Ok(n)
     }
     async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
         Ok(self
@@ -159,11 +146,18 @@ impl Store for MemStore {
     async fn actions_for_run(&self, _: RunId) -> StoreResult<Vec<ActionRecord>> {
         Ok(Vec::new())
     }
-    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<String>> {
+    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<StateRecord>> {
         Ok(None)
     }
-    async fn set_state(&self, _: &str, _: &str, _: &str) -> StoreResult<()> {
-        Ok(())
+    async fn put_state(
+        &self,
+        _: RunId,
+        _: &str,
+        _: &str,
+        expected: Option<i64>,
+        _: &str,
+    ) -> StoreResult<Option<i64>> {
+        Ok(Some(expected.map_or(1, |v| v + 1)))
     }
     async fn upsert_consumption(&self, s: &[ConsumptionSample]) -> StoreResult<u64> {
         Ok(s.len() as u64)
@@ -640,6 +634,7 @@ async fn shutdown_past_grace_interrupts() {
         grace_period: Duration::from_secs(10),
         cancel_wait: Duration::from_secs(3),
         watchdog: None,
+        ..Default::default()
     };
     let mut h = start(
         Arc::default(),
@@ -939,6 +934,7 @@ async fn an_interrupted_tick_is_run_again() {
         grace_period: Duration::from_secs(1),
         cancel_wait: Duration::from_secs(1),
         watchdog: None,
+        ..Default::default()
     };
     let long = Behaviour::Work(Duration::from_secs(1200));
     // Each life starts, runs (or re-runs) the 01:00 tick and is stopped mid-run.

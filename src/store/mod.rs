@@ -1,10 +1,11 @@
 //! The run store: the history of runs, the audit ledger of actions, per-job state and
 //! consumption samples.
 //!
-//! The contract is the [`Store`] trait. SQLite ([`sqlite`]) is the embedded default; a
-//! PostgreSQL implementation (several replicas sharing one store) must be able to implement
-//! the same trait, so the trait uses nothing SQLite-specific: a run is *claimed* by inserting
-//! a row whose `(job, scheduled_for)` is unique, and whoever's insert wins runs it.
+//! The contract is the [`Store`] trait, implemented once ([`sql::SqlStore`]) for SQLite (the
+//! embedded default) and PostgreSQL (several replicas sharing one store), with what differs
+//! between the engines in [`dialect`]. The trait uses nothing engine-specific: a run is
+//! *claimed* by inserting a row whose `(job, scheduled_for)` is unique, and whoever's insert
+//! wins runs it; job state is written by compare-and-set on its version.
 
 use std::sync::Arc;
 
@@ -12,8 +13,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub mod postgres;
-pub mod sqlite;
+pub mod dialect;
+pub mod replica;
+pub mod sql;
+
+pub use replica::ReplicaId;
+
+/// The SQLite store.
+pub type SqliteStore = sql::SqlStore<sqlx::Sqlite>;
+/// The PostgreSQL store.
+pub type PgStore = sql::SqlStore<sqlx::Postgres>;
 
 /// Opens the store named by `url`, applies the migrations and returns it behind the trait.
 ///
@@ -21,15 +30,41 @@ pub mod sqlite;
 /// `sqlite::memory:`) open the embedded SQLite store, creating the file if it is missing.
 /// `postgres://`/`postgresql://` URLs open the PostgreSQL store (the database must exist).
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    open_with(url, StoreOptions::default()).await
+}
+
+/// How this process holds the runs it claims.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Who this process is, in the `runs.owner` column, logs and `/api/v1`.
+    pub replica: ReplicaId,
+    /// How long a claim holds a run without being renewed (`store.lease`).
+    pub lease: std::time::Duration,
+}
+
+/// The default `store.lease`.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            replica: ReplicaId::of_this_process(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// [`open`] as a given replica with a given lease.
+pub async fn open_with(url: &str, opts: StoreOptions) -> StoreResult<Arc<dyn Store>> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "sqlite" => {
-            let store = sqlite::SqliteStore::open(url).await?;
-            Ok(Arc::new(store))
+            let pool = dialect::open_sqlite(url).await?;
+            Ok(Arc::new(SqliteStore::new(pool, opts).await?))
         }
         "postgres" | "postgresql" => {
-            let store = postgres::PgStore::open(url).await?;
-            Ok(Arc::new(store))
+            let pool = dialect::open_postgres(url).await?;
+            Ok(Arc::new(PgStore::new(pool, opts).await?))
         }
         _ => Err(StoreError::Unsupported(format!(
             "unknown store URL scheme {scheme:?}: expected sqlite: (for example \
@@ -45,8 +80,14 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
 pub async fn open_read_only(url: &str) -> StoreResult<Arc<dyn Store>> {
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
-        "sqlite" => Ok(Arc::new(sqlite::SqliteStore::open_read_only(url).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PgStore::open_read_only(url).await?)),
+        "sqlite" => Ok(Arc::new(SqliteStore::existing(
+            dialect::open_sqlite_read_only(url).await?,
+            StoreOptions::default(),
+        ))),
+        "postgres" | "postgresql" => Ok(Arc::new(PgStore::existing(
+            dialect::open_postgres_read_only(url).await?,
+            StoreOptions::default(),
+        ))),
         _ => open(url).await,
     }
 }
@@ -138,6 +179,17 @@ pub enum StoreError {
     /// A read-only command found no store, or one without neon-steward's tables.
     #[error("store: {0}")]
     NotInitialised(String),
+    /// A write of a run that this replica no longer holds: its lease expired, or another
+    /// replica took the run over. Nothing was written.
+    #[error("store: run {run_id} is no longer held by this replica ({why}); nothing written")]
+    Fenced { run_id: i64, why: String },
+}
+
+impl StoreError {
+    /// Whether the error means "this run is not ours any more" (stop, do not retry).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -243,6 +295,10 @@ pub struct RunRecord {
     pub dry_run: bool,
     pub error: Option<String>,
     pub counts: ActionCounts,
+    /// The replica that claimed the run (`None` for runs recorded before leases existed).
+    pub owner: Option<String>,
+    /// Until when the owner holds the run, by the store's clock, while it is `running`.
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -256,6 +312,9 @@ pub enum ActionOutcome {
     Skipped,
     /// A dry run: what would have been done.
     Planned,
+    /// Reconciled after the fact (the daemon died, or the answer was lost) and Neon cannot
+    /// tell whether the action happened; the detail says why.
+    Unknown,
 }
 
 impl ActionOutcome {
@@ -266,6 +325,7 @@ impl ActionOutcome {
             ActionOutcome::Failed => "failed",
             ActionOutcome::Skipped => "skipped",
             ActionOutcome::Planned => "planned",
+            ActionOutcome::Unknown => "unknown",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -275,6 +335,7 @@ impl ActionOutcome {
             "failed" => ActionOutcome::Failed,
             "skipped" => ActionOutcome::Skipped,
             "planned" => ActionOutcome::Planned,
+            "unknown" => ActionOutcome::Unknown,
             _ => return None,
         })
     }
@@ -320,6 +381,32 @@ pub struct ActionRecord {
     pub detail: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set when the outcome was established after the fact, by checking Neon (a `pending`
+    /// action left by a run that died or was taken over).
+    pub reconciled_at: Option<DateTime<Utc>>,
+}
+
+/// What [`Store::claim_exclusive`] found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    Claimed(RunId),
+    /// A run for this `(job, scheduled_for)` exists already.
+    TickTaken,
+    /// Another run of the job holds a live lease (`concurrency = "forbid"`).
+    Busy(RunRecord),
+}
+
+/// What [`Store::renew_lease`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lease {
+    /// Still ours, now until `expires_at`; `cancel_requested`: another replica asks the run
+    /// to stop (`concurrency = "replace"`).
+    Held {
+        expires_at: DateTime<Utc>,
+        cancel_requested: bool,
+    },
+    /// Not ours any more (taken over, or finished); the run must stop.
+    Lost { why: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -346,6 +433,14 @@ impl RunFilter {
     }
 }
 
+/// A job's state record as stored: the kind's own encoding (JSON) and the version a
+/// compare-and-set write must name ([`Store::put_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    pub value: String,
+    pub version: i64,
+}
+
 /// One value of one consumption metric for one project and one period.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConsumptionSample {
@@ -362,12 +457,19 @@ pub struct ConsumptionSample {
 pub trait Store: Send + Sync + 'static {
     /// Applies the embedded migrations.
     async fn migrate(&self) -> StoreResult<()>;
+    /// The replica this store writes runs as (`runs.owner`).
+    fn replica(&self) -> String {
+        ReplicaId::of_this_process().to_string()
+    }
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Inserts a run. Returns `None` when a run for the same `(job, scheduled_for)` exists
-    /// already: another replica (or an earlier life of this process) has claimed the tick.
+    /// Inserts a run, held by this replica for one lease (a `running` run). Returns `None`
+    /// when a run for the same `(job, scheduled_for)` exists already: another replica (or
+    /// an earlier life of this process) has claimed the tick.
     async fn claim_run(&self, run: &NewRun) -> StoreResult<Option<RunId>>;
+    /// Records how a run ended. Fenced: fails with [`StoreError::Fenced`] unless the run is
+    /// still `running` and this replica's (a run taken over stays as the survivor wrote it).
     async fn finish_run(
         &self,
         id: RunId,
@@ -375,9 +477,51 @@ pub trait Store: Send + Sync + 'static {
         counts: ActionCounts,
         error: Option<&str>,
     ) -> StoreResult<()>;
-    /// Marks every run still `running` as `interrupted` (called at start-up, after a
-    /// crash) and returns how many there were.
-    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64>;
+    /// [`Store::claim_run`] unless another run of the job holds a live lease, decided in the
+    /// store so that it holds across replicas (`concurrency = "forbid"`). The default
+    /// (stores that are no SQL database) is the plain claim.
+    async fn claim_exclusive(&self, run: &NewRun) -> StoreResult<Claim> {
+        Ok(match self.claim_run(run).await? {
+            Some(id) => Claim::Claimed(id),
+            None => Claim::TickTaken,
+        })
+    }
+    /// Renews this replica's lease on a running run (the heartbeat).
+    async fn renew_lease(&self, run: RunId) -> StoreResult<Lease> {
+        let _ = run;
+        Ok(Lease::Held {
+            expires_at: DateTime::<Utc>::MAX_UTC,
+            cancel_requested: false,
+        })
+    }
+    /// Marks every `running` run whose lease has expired (by the store's clock) as
+    /// `interrupted`, saying which replica held it and who took it over, and returns them.
+    /// Runs with a live lease are never touched.
+    async fn take_over_expired(&self) -> StoreResult<Vec<RunRecord>> {
+        Ok(Vec::new())
+    }
+    /// Asks every other running run of `job` to stop (seen by its heartbeat).
+    async fn request_cancel(&self, job: &str, except: RunId) -> StoreResult<u64> {
+        let _ = (job, except);
+        Ok(0)
+    }
+    /// Actions still `pending` in runs that are over (the run died or was taken over
+    /// during the call): what reconciliation must resolve, oldest first, at most `limit`.
+    async fn unresolved_actions(&self, limit: u32) -> StoreResult<Vec<ActionRecord>> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+    /// Resolves a `pending` action after the fact (`reconciled_at` is set). Does nothing to
+    /// an action that is no longer pending.
+    async fn reconcile_action(
+        &self,
+        id: ActionId,
+        outcome: ActionOutcome,
+        detail: &str,
+    ) -> StoreResult<()> {
+        let _ = (id, outcome, detail);
+        Ok(())
+    }
     async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
     /// Newest first.
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
@@ -387,7 +531,9 @@ pub trait Store: Send + Sync + 'static {
     /// The newest run of the job that ended `succeeded`.
     async fn last_success(&self, job: &str) -> StoreResult<Option<RunRecord>>;
 
-    /// Writes an action to the ledger *before* it is attempted.
+    /// Writes an action to the ledger *before* it is attempted. Fenced: fails with
+    /// [`StoreError::Fenced`] unless this replica holds the run's live lease (so a replica
+    /// that was paused past its lease never begins another call).
     async fn begin_action(&self, action: &NewAction) -> StoreResult<ActionId>;
     /// Writes several actions at once and returns their ids in the same order: for the
     /// rows that are final when written (`planned`, `skipped`), where one transaction per
@@ -403,7 +549,8 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(ids)
     }
-    /// Records how the action ended.
+    /// Records how the action ended. Fenced: fails unless the run is still this replica's
+    /// and `running` (a run taken over has its pending actions reconciled by the survivor).
     async fn finish_action(
         &self,
         id: ActionId,
@@ -412,9 +559,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn actions_for_run(&self, run: RunId) -> StoreResult<Vec<ActionRecord>>;
 
-    /// Small per-job key/value state (e.g. consumption cursors).
-    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<String>>;
-    async fn set_state(&self, job: &str, key: &str, value: &str) -> StoreResult<()>;
+    /// Small per-job key/value state (the snapshots a job owns, a consumption cursor), with
+    /// its version.
+    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<StateRecord>>;
+    /// Writes a job's state for run `run` if it is still at `expected` (`None`: there is
+    /// no record yet) and returns the new version; returns `None`, writing nothing, when
+    /// another writer changed (or created) the record since it was read. Fenced: fails with
+    /// [`StoreError::Fenced`] unless this replica still holds `run`'s lease.
+    async fn put_state(
+        &self,
+        run: RunId,
+        job: &str,
+        key: &str,
+        expected: Option<i64>,
+        value: &str,
+    ) -> StoreResult<Option<i64>>;
 
     /// Idempotent upsert keyed by (project, metric, granularity, timeframe_start).
     async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64>;

@@ -369,7 +369,7 @@ impl ActionRecorded<'_> {
                 log!(debug);
                 return;
             }
-            ActionOutcome::Failed => log!(warn),
+            ActionOutcome::Failed | ActionOutcome::Unknown => log!(warn),
             _ => log!(info),
         }
         metrics()
@@ -607,19 +607,81 @@ impl ConsumptionCollected<'_> {
     }
 }
 
-/// Runs left `running` by a previous life of the process were marked interrupted.
-pub struct InterruptedRunsRecovered {
-    pub count: u64,
+/// A run whose lease had expired was taken over by this replica: marked interrupted, its
+/// pending actions to be reconciled and its tick handled by the job's missed-run policy.
+pub struct RunTakenOver<'a> {
+    pub job: &'a str,
+    pub run_id: i64,
+    /// The replica that held it (`None`: a run written before leases existed).
+    pub owner: Option<&'a str>,
+    pub by: &'a str,
 }
 
-impl InterruptedRunsRecovered {
+impl RunTakenOver<'_> {
     pub fn emit(&self) {
-        if self.count > 0 {
-            tracing::warn!(
-                count = self.count,
-                "runs left running by a previous process were marked interrupted"
-            );
-        }
+        tracing::warn!(
+            job = self.job,
+            run_id = self.run_id,
+            owner = self.owner.unwrap_or("unknown"),
+            by = self.by,
+            "run taken over: its lease expired (the replica died, hung or lost the store); \
+             marked interrupted"
+        );
+        metrics()
+            .runs_taken_over_total
+            .with_label_values(&[self.job])
+            .inc();
+    }
+}
+
+/// This replica's run stopped because it no longer holds the run's lease.
+pub struct LeaseLost<'a> {
+    pub job: &'a str,
+    pub run_id: i64,
+    pub why: &'a str,
+}
+
+impl LeaseLost<'_> {
+    pub fn emit(&self) {
+        tracing::error!(
+            job = self.job,
+            run_id = self.run_id,
+            why = self.why,
+            "lost the run's lease: stopping before the next action"
+        );
+        metrics()
+            .lease_lost_total
+            .with_label_values(&[self.job])
+            .inc();
+    }
+}
+
+/// A pending action was resolved by checking Neon.
+pub struct ActionReconciled<'a> {
+    pub job: &'a str,
+    pub run_id: i64,
+    pub action: &'a str,
+    pub resource_id: &'a str,
+    pub outcome: ActionOutcome,
+    pub detail: &'a str,
+}
+
+impl ActionReconciled<'_> {
+    pub fn emit(&self) {
+        let outcome = self.outcome.as_str();
+        tracing::warn!(
+            job = self.job,
+            run_id = self.run_id,
+            action = self.action,
+            resource_id = self.resource_id,
+            outcome,
+            detail = self.detail,
+            "pending action reconciled with Neon"
+        );
+        metrics()
+            .actions_reconciled_total
+            .with_label_values(&[self.action, outcome])
+            .inc();
     }
 }
 

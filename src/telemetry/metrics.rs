@@ -29,6 +29,9 @@ pub struct Metrics {
     pub job_interval_seconds: GaugeVec,
     pub job_running: IntGaugeVec,
     pub job_skipped_ticks_total: IntCounterVec,
+    pub runs_taken_over_total: IntCounterVec,
+    pub lease_lost_total: IntCounterVec,
+    pub actions_reconciled_total: IntCounterVec,
     pub actions_total: IntCounterVec,
     pub api_requests_total: IntCounterVec,
     pub api_request_duration_seconds: HistogramVec,
@@ -112,6 +115,18 @@ impl Metrics {
             job_skipped_ticks_total: register(
                 &r,
                 IntCounterVec::new(opts("job_skipped_ticks_total", "Schedule ticks not run, by reason (overlap, missed, claimed_elsewhere, store_error)."), &["job_name", "reason"]).unwrap(),
+            ),
+            runs_taken_over_total: register(
+                &r,
+                IntCounterVec::new(opts("runs_taken_over_total", "Runs of another replica (or an earlier life of this one) whose lease had expired, taken over by this replica and marked interrupted."), &["job_name"]).unwrap(),
+            ),
+            lease_lost_total: register(
+                &r,
+                IntCounterVec::new(opts("lease_lost_total", "Runs of this replica stopped because their lease was lost (taken over after a pause, or the store unreachable for a whole lease)."), &["job_name"]).unwrap(),
+            ),
+            actions_reconciled_total: register(
+                &r,
+                IntCounterVec::new(opts("actions_reconciled_total", "Pending actions of runs that died or were taken over, resolved by checking Neon, by outcome (succeeded, failed, unknown)."), &["action", "outcome"]).unwrap(),
             ),
             actions_total: register(
                 &r,

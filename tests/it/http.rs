@@ -9,8 +9,8 @@ use neon_steward::health::Health;
 use neon_steward::http::{self, Control, HttpState, JobView, TriggerError, TriggerOutcome};
 use neon_steward::secret::Secret;
 use neon_steward::store::{
-    ActionCounts, ActionOutcome, NewAction, NewRun, RunStatus, Store, StoreError, StoreResult,
-    Trigger,
+    ActionCounts, ActionOutcome, NewAction, NewRun, RunStatus, StateRecord, Store, StoreError,
+    StoreResult, Trigger,
 };
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -263,11 +263,9 @@ impl Store for BrokenStore {
     ) -> StoreResult<()> {
         unreachable!("not used by the HTTP server")
     }
-    async fn interrupt_running(&self, _: &str) -> StoreResult<u64> {
-        unreachable!("not used by the HTTP server")
-    }
     async fn get_run(&self, _: i64) -> StoreResult<Option<neon_steward::store::RunRecord>> {
-        Err(StoreError::Corrupt("disk on fire".into()))
+        // A failure of the database itself (as a locked or full one gives).
+        Err(StoreError::Db(sqlx::Error::PoolTimedOut))
     }
     async fn list_runs(
         &self,
@@ -293,10 +291,17 @@ impl Store for BrokenStore {
     async fn actions_for_run(&self, _: i64) -> StoreResult<Vec<neon_steward::store::ActionRecord>> {
         unreachable!("not used by the HTTP server")
     }
-    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<String>> {
+    async fn get_state(&self, _: &str, _: &str) -> StoreResult<Option<StateRecord>> {
         unreachable!("not used by the HTTP server")
     }
-    async fn set_state(&self, _: &str, _: &str, _: &str) -> StoreResult<()> {
+    async fn put_state(
+        &self,
+        _: neon_steward::store::RunId,
+        _: &str,
+        _: &str,
+        _: Option<i64>,
+        _: &str,
+    ) -> StoreResult<Option<i64>> {
         unreachable!("not used by the HTTP server")
     }
     async fn upsert_consumption(

@@ -98,6 +98,26 @@ impl H {
         (r, actions)
     }
 
+    /// A run that holds a lease, for a test that writes job state itself (as an operator's
+    /// repair or a crashed run would have).
+    async fn writer_run(&self) -> i64 {
+        let tick = self.now() + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
+        self.env
+            .store
+            .claim_run(&NewRun {
+                job: "test-writer".into(),
+                kind: "snapshot_branches".into(),
+                scheduled_for: tick,
+                trigger: Trigger::Manual,
+                dry_run: false,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .expect("fresh tick")
+    }
+
     fn add_org(&self, name: &str) -> String {
         neon_sim::seed::insert_org(&mut self.sim.state().settled(), name)
     }
@@ -426,11 +446,26 @@ async fn consumption_v2_collects_resumes_and_exports_capped_gauges() {
     assert_eq!(new.len(), 6);
 
     // Re-collection (a crash after storing, before the cursor moved) adds no duplicate.
+    let cursor = h
+        .env
+        .store
+        .get_state(&j.name, "consumption_cursor/hourly")
+        .await
+        .unwrap()
+        .expect("the first collection moved the cursor");
+    let writer = h.writer_run().await;
     h.env
         .store
-        .set_state(&j.name, "consumption_cursor/hourly", "2025-06-02T10:00:00Z")
+        .put_state(
+            writer,
+            &j.name,
+            "consumption_cursor/hourly",
+            Some(cursor.version),
+            "2025-06-02T10:00:00Z",
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("nothing else writes the cursor");
     h.sim.clear_sent();
     let (r, _) = h.run(&j, false).await;
     assert_eq!(r.status, RunStatus::Succeeded);
@@ -1311,9 +1346,6 @@ impl neon_steward::store::Store for FailingReads {
     ) -> neon_steward::store::StoreResult<()> {
         self.inner.finish_run(id, status, counts, error).await
     }
-    async fn interrupt_running(&self, reason: &str) -> neon_steward::store::StoreResult<u64> {
-        self.inner.interrupt_running(reason).await
-    }
     async fn get_run(
         &self,
         id: neon_steward::store::RunId,
@@ -1368,7 +1400,7 @@ impl neon_steward::store::Store for FailingReads {
         &self,
         job: &str,
         key: &str,
-    ) -> neon_steward::store::StoreResult<Option<String>> {
+    ) -> neon_steward::store::StoreResult<Option<neon_steward::store::StateRecord>> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(neon_steward::store::StoreError::Corrupt(
                 "injected read failure".into(),
@@ -1376,13 +1408,15 @@ impl neon_steward::store::Store for FailingReads {
         }
         self.inner.get_state(job, key).await
     }
-    async fn set_state(
+    async fn put_state(
         &self,
+        run: neon_steward::store::RunId,
         job: &str,
         key: &str,
+        expected: Option<i64>,
         value: &str,
-    ) -> neon_steward::store::StoreResult<()> {
-        self.inner.set_state(job, key, value).await
+    ) -> neon_steward::store::StoreResult<Option<i64>> {
+        self.inner.put_state(run, job, key, expected, value).await
     }
     async fn upsert_consumption(
         &self,
@@ -1422,7 +1456,7 @@ fn quiet_endpoint(h: &H, branch: &str) -> String {
 }
 
 #[tokio::test]
-async fn an_unreadable_suspend_record_fails_resume_and_is_never_overwritten() {
+async fn an_unreadable_suspend_record_fails_resume_and_window_suspends_and_is_never_overwritten() {
     let mut h = harness(SimConfig::default()).await;
     let inner = h.env.store.clone();
     let store = Arc::new(FailingReads {
@@ -1440,6 +1474,7 @@ async fn an_unreadable_suspend_record_fails_resume_and_is_never_overwritten() {
             .get_state("suspend-lunch", &format!("suspended_by_window/{p}"))
             .await
             .unwrap()
+            .map(|r| r.value)
     };
 
     let (r, _) = h.run(&j, false).await;
@@ -1448,38 +1483,55 @@ async fn an_unreadable_suspend_record_fails_resume_and_is_never_overwritten() {
     let written = record().await.expect("the suspension is recorded");
     assert!(written.contains(&ours), "{written}");
 
-    // 12:30, reads fail: a second endpoint is still suspended, but the record is neither
-    // taken for empty nor overwritten, and the run says so.
+    // 12:30, reads fail: the record is neither taken for empty nor overwritten, and a
+    // second endpoint due for the window is not suspended (its suspension could not be
+    // recorded before the call, so it could never be resumed). Both parts are recorded as
+    // failed with the store's error.
     h.sim.clock().advance(30 * MINUTE);
     let dev = h.branch_aged(&p, "dev", None, TimeDelta::days(1));
     let second = quiet_endpoint(&h, &dev);
     store.fail.store(true, Ordering::SeqCst);
+    h.sim.app.mutations.clear();
     let (r, actions) = h.run(&j, false).await;
     assert_eq!(r.status, RunStatus::Failed, "{r:?} {actions:?}");
-    assert!(
-        r.error
-            .as_deref()
-            .unwrap()
-            .contains("cannot read which endpoints"),
-        "{r:?}"
-    );
-    let failed = actions
+    let failed: Vec<_> = actions
         .iter()
-        .find(|a| a.outcome == ActionOutcome::Failed)
-        .expect("the resume part is recorded as failed");
+        .filter(|a| a.outcome == ActionOutcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 2, "{actions:?}");
     assert_eq!(
-        (failed.action.as_str(), failed.rule.as_deref()),
+        (failed[0].action.as_str(), failed[0].rule.as_deref()),
         ("start_endpoint", Some("resume"))
     );
     assert!(
-        failed
-            .detail
-            .as_deref()
-            .unwrap()
-            .contains("injected read failure"),
-        "{failed:?}"
+        failed[0]
+            .reason
+            .contains("reading which endpoints this job suspended"),
+        "{:?}",
+        failed[0]
     );
-    assert_eq!(state(&second), neon_sim::state::EndpointState::Idle);
+    assert_eq!(
+        (failed[1].action.as_str(), failed[1].resource_id.as_str()),
+        ("suspend_endpoint", second.as_str())
+    );
+    assert!(
+        failed[1]
+            .reason
+            .contains("not suspended: which endpoints this job suspended cannot be read"),
+        "{:?}",
+        failed[1]
+    );
+    for f in &failed {
+        assert!(
+            f.detail
+                .as_deref()
+                .unwrap()
+                .contains("injected read failure"),
+            "{f:?}"
+        );
+    }
+    assert!(h.sim.mutations().is_empty(), "{:?}", h.sim.mutations());
+    assert_eq!(state(&second), neon_sim::state::EndpointState::Active);
     assert_eq!(
         record().await.as_deref(),
         Some(written.as_str()),
@@ -1566,4 +1618,66 @@ async fn expire_counts_an_already_deleted_branch_as_success() {
         .map(|m| m.status)
         .collect();
     assert_eq!(statuses, [200, 204]);
+}
+
+// ------------------------------------------------------------------ intents before calls
+
+/// A window suspension is written to the job's record *before* its call: a daemon that dies
+/// while Neon is carrying it out (here: the call never answers and the run is dropped, as a
+/// killed process drops it) still starts the endpoint again when the window ends.
+#[tokio::test]
+async fn a_window_suspension_is_recorded_before_its_call() {
+    let h = harness(SimConfig::default()).await;
+    // Monday 2025-06-02 12:00Z: inside the window.
+    let (p, main) = h.sim.add_project("app", None);
+    let ours = quiet_endpoint(&h, &main);
+    let j = job(SUSPEND_RESUME);
+    h.sim
+        .faults
+        .inject(
+            neon_sim::faults::FaultRule::on(
+                "POST",
+                "/projects/{project_id}/endpoints/{endpoint_id}/suspend",
+                neon_sim::faults::Fault::Hang,
+            )
+            .times(1),
+        )
+        .unwrap();
+    let hung = async {
+        while h.sim.faults.injected().is_empty() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::select! {
+        (r, _) = h.run(&j, false) => panic!("the run cannot end while its call hangs: {r:?}"),
+        () = hung => {}
+    }
+    let record = h
+        .env
+        .store
+        .get_state("suspend-lunch", &format!("suspended_by_window/{p}"))
+        .await
+        .unwrap()
+        .expect("the intent is recorded before the call");
+    assert!(record.value.contains(&ours), "{record:?}");
+
+    // Neon carried the suspend out (the emulator's state says so now); after the window the
+    // next run starts the endpoint, because the record says the job suspended it.
+    h.sim
+        .state()
+        .settled()
+        .endpoints
+        .get_mut(&ours)
+        .unwrap()
+        .current_state = neon_sim::state::EndpointState::Idle;
+    h.sim.clock().advance(2 * HOUR + 10 * MINUTE);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.resource_id == ours && a.action == "start_endpoint"),
+        "{actions:?}"
+    );
 }

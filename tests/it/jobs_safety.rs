@@ -298,7 +298,8 @@ async fn retention_deletes_only_snapshots_the_job_recorded() {
         .get_state("nightly", &ownership_key(&p.id.as_str().into()))
         .await
         .unwrap()
-        .expect("the job recorded its snapshots");
+        .expect("the job recorded its snapshots")
+        .value;
     let ours = e
         .sim
         .snapshots(&p.id)
@@ -381,11 +382,14 @@ async fn a_create_interrupted_by_a_crash_is_adopted() {
         )
         .await
         .unwrap();
+    let writer = e.claim(&job("[[jobs]]\nname = \"test-writer\"\nkind = \"expire_branches\"\nttl = \"1d\"\nevery = \"1h\"\n"), e.sim.clock().now()).await;
     e.env
         .store
-        .set_state(
+        .put_state(
+            writer,
             "nightly",
             &ownership_key(&p.id.as_str().into()),
+            None,
             &format!(
                 r#"{{"snapshots":[],"attempts":[{{"branch_id":"{}","name":"{name}"}}]}}"#,
                 main.id

@@ -11,5 +11,7 @@ mod http;
 mod jobs;
 mod jobs_e2e;
 mod jobs_safety;
+mod kill;
 mod requests;
 mod store;
+mod store_tls;

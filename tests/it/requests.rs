@@ -23,7 +23,7 @@ use neon_steward::neon::*;
 use neon_steward::secret::Secret;
 use neon_steward::store::{
     self, ActionCounts, ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction,
-    NewRun, RunFilter, RunId, RunRecord, RunStatus, Store, StoreResult, Trigger,
+    NewRun, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreResult, Trigger,
 };
 
 use crate::helpers::{spawn_sim, Sent, TestSim};
@@ -385,9 +385,6 @@ impl Store for CountingStore {
     ) -> StoreResult<()> {
         self.inner.finish_run(id, status, counts, error).await
     }
-    async fn interrupt_running(&self, reason: &str) -> StoreResult<u64> {
-        self.inner.interrupt_running(reason).await
-    }
     async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
         self.inner.get_run(id).await
     }
@@ -419,11 +416,18 @@ impl Store for CountingStore {
     async fn actions_for_run(&self, run: RunId) -> StoreResult<Vec<ActionRecord>> {
         self.inner.actions_for_run(run).await
     }
-    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<String>> {
+    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<StateRecord>> {
         self.inner.get_state(job, key).await
     }
-    async fn set_state(&self, job: &str, key: &str, value: &str) -> StoreResult<()> {
-        self.inner.set_state(job, key, value).await
+    async fn put_state(
+        &self,
+        run: RunId,
+        job: &str,
+        key: &str,
+        expected: Option<i64>,
+        value: &str,
+    ) -> StoreResult<Option<i64>> {
+        self.inner.put_state(run, job, key, expected, value).await
     }
     async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64> {
         self.inner.upsert_consumption(samples).await

@@ -202,46 +202,223 @@ async fn finish_run_records_outcome(f: Fixture) {
     assert!(s.get_run(id + 1000).await.unwrap().is_none());
 }
 
-async fn interrupt_running_after_crash(f: Fixture) {
-    let url = f.url.clone();
-    let s = f.store.clone();
-    let r1 = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
-    let r2 = s.claim_run(&new_run("b", t(0))).await.unwrap().unwrap();
-    let done = s.claim_run(&new_run("a", t(1))).await.unwrap().unwrap();
-    s.finish_run(done, RunStatus::Succeeded, ActionCounts::default(), None)
+/// A handle on the fixture's database as replica `name` with lease `lease`.
+async fn replica(f: &Fixture, name: &str, lease: std::time::Duration) -> Arc<dyn Store> {
+    store::open_with(
+        &f.url,
+        store::StoreOptions {
+            replica: store::ReplicaId::named(name),
+            lease,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+const ONE_MS: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Lets a lease of [`ONE_MS`] expire by the store's clock (a lower bound on time only).
+async fn outlive_short_lease() {
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+}
+
+async fn a_live_lease_is_never_taken_over_and_fences_others(f: Fixture) {
+    let a = replica(&f, "host-a:1:aa", HOUR).await;
+    let b = replica(&f, "host-b:2:bb", HOUR).await;
+    let run = a.claim_run(&new_run("j", t(0))).await.unwrap().unwrap();
+    let rec = a.get_run(run).await.unwrap().unwrap();
+    assert_eq!(rec.owner.as_deref(), Some("host-a:1:aa"));
+    assert!(rec.lease_expires_at.is_some());
+    // Another replica starting (or looking for dead runs) leaves it alone...
+    assert!(b.take_over_expired().await.unwrap().is_empty());
+    assert_eq!(
+        b.get_run(run).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    // ...and cannot write for it: not its actions, its state, its end, nor its lease.
+    let e = b
+        .begin_action(&new_action(run, "br-1", ActionOutcome::Pending))
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    assert!(e.to_string().contains("held by host-a:1:aa"), "{e}");
+    let e = b.put_state(run, "j", "k", None, "{}").await.unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    let e = b
+        .finish_run(run, RunStatus::Succeeded, ActionCounts::default(), None)
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    assert!(matches!(
+        b.renew_lease(run).await.unwrap(),
+        store::Lease::Lost { .. }
+    ));
+    // The owner can.
+    assert!(matches!(
+        a.renew_lease(run).await.unwrap(),
+        store::Lease::Held {
+            cancel_requested: false,
+            ..
+        }
+    ));
+    a.begin_action(&new_action(run, "br-1", ActionOutcome::Pending))
         .await
         .unwrap();
-    // The process dies: no finish_run for r1 and r2, the handle is simply dropped.
-    drop(s);
-    drop(f.store);
+    a.finish_run(run, RunStatus::Succeeded, ActionCounts::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_run(run).await.unwrap().unwrap().lease_expires_at,
+        None,
+        "a finished run holds no lease"
+    );
+}
 
-    let reopened = store::open(&url).await.unwrap();
-    assert_eq!(
-        reopened
-            .interrupt_running("daemon restarted while the run was in progress")
-            .await
-            .unwrap(),
-        2
+async fn an_expired_lease_is_taken_over_and_its_pending_actions_reconciled(f: Fixture) {
+    let a = replica(&f, "host-a:1:aa", HOUR).await;
+    // Replica c claims a run and begins an action (with a long lease), then stops renewing:
+    // its last renewal gives a lease of one millisecond, as a dying replica's would end.
+    let c = replica(&f, "host-c:3:cc", HOUR).await;
+    let run = c.claim_run(&new_run("j", t(0))).await.unwrap().unwrap();
+    let pending = c
+        .begin_action(&new_action(run, "br-1", ActionOutcome::Pending))
+        .await
+        .unwrap();
+    let c_short = replica(&f, "host-c:3:cc", ONE_MS).await;
+    assert!(matches!(
+        c_short.renew_lease(run).await.unwrap(),
+        store::Lease::Held { .. }
+    ));
+    outlive_short_lease().await;
+    assert!(
+        a.unresolved_actions(10).await.unwrap().is_empty(),
+        "the run still counts as running"
     );
-    for id in [r1, r2] {
-        let rec = reopened.get_run(id).await.unwrap().unwrap();
-        assert_eq!(rec.status, RunStatus::Interrupted);
-        assert!(rec.finished_at.is_some());
-        assert_eq!(
-            rec.error.as_deref(),
-            Some("daemon restarted while the run was in progress")
-        );
+
+    let taken = a.take_over_expired().await.unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0].id, run);
+    let rec = a.get_run(run).await.unwrap().unwrap();
+    assert_eq!(rec.status, RunStatus::Interrupted);
+    assert!(rec.finished_at.is_some());
+    let why = rec.error.unwrap();
+    assert!(
+        why.contains("lease of host-c:3:cc expired") && why.contains("taken over by host-a:1:aa"),
+        "{why}"
+    );
+    assert!(a.take_over_expired().await.unwrap().is_empty(), "once");
+
+    // The stalled owner, resumed, can neither act nor overwrite the takeover.
+    let e = c
+        .begin_action(&new_action(run, "br-2", ActionOutcome::Pending))
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    let e = c
+        .finish_action(pending, ActionOutcome::Succeeded, None)
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    let e = c
+        .finish_run(run, RunStatus::Succeeded, ActionCounts::default(), None)
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    assert_eq!(
+        a.get_run(run).await.unwrap().unwrap().status,
+        RunStatus::Interrupted
+    );
+
+    // Its pending action is now for reconciliation, and resolved once.
+    let open = a.unresolved_actions(10).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, pending);
+    a.reconcile_action(pending, ActionOutcome::Succeeded, "found at Neon")
+        .await
+        .unwrap();
+    a.reconcile_action(pending, ActionOutcome::Failed, "again")
+        .await
+        .unwrap();
+    let actions = a.actions_for_run(run).await.unwrap();
+    assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
+    assert_eq!(actions[0].detail.as_deref(), Some("found at Neon"));
+    assert!(actions[0].reconciled_at.is_some());
+    assert!(a.unresolved_actions(10).await.unwrap().is_empty());
+}
+
+async fn forbid_and_replace_hold_across_replicas(f: Fixture) {
+    let a = replica(&f, "host-a:1:aa", HOUR).await;
+    let b = replica(&f, "host-b:2:bb", HOUR).await;
+    let first = match a.claim_exclusive(&new_run("j", t(0))).await.unwrap() {
+        store::Claim::Claimed(id) => id,
+        other => panic!("{other:?}"),
+    };
+    match b.claim_exclusive(&new_run("j", t(1))).await.unwrap() {
+        store::Claim::Busy(r) => {
+            assert_eq!(r.id, first);
+            assert_eq!(r.owner.as_deref(), Some("host-a:1:aa"));
+        }
+        other => panic!("{other:?}"),
     }
-    assert_eq!(
-        reopened.get_run(done).await.unwrap().unwrap().status,
-        RunStatus::Succeeded
-    );
-    assert_eq!(
-        reopened.interrupt_running("again").await.unwrap(),
-        0,
-        "idempotent"
-    );
-    drop(f._dir);
+    // Another job is not affected; the same tick is taken.
+    assert!(matches!(
+        b.claim_exclusive(&new_run("other", t(1))).await.unwrap(),
+        store::Claim::Claimed(_)
+    ));
+    assert!(matches!(
+        b.claim_exclusive(&new_run("j", t(0))).await.unwrap(),
+        store::Claim::Busy(_) | store::Claim::TickTaken
+    ));
+    // `replace`: b's newer run asks a's to stop; a's heartbeat sees it.
+    let newer = b.claim_run(&new_run("j", t(2))).await.unwrap().unwrap();
+    assert_eq!(b.request_cancel("j", newer).await.unwrap(), 1);
+    assert!(matches!(
+        a.renew_lease(first).await.unwrap(),
+        store::Lease::Held {
+            cancel_requested: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        b.renew_lease(newer).await.unwrap(),
+        store::Lease::Held {
+            cancel_requested: false,
+            ..
+        }
+    ));
+    a.finish_run(first, RunStatus::Interrupted, ActionCounts::default(), None)
+        .await
+        .unwrap();
+    b.finish_run(newer, RunStatus::Succeeded, ActionCounts::default(), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.claim_exclusive(&new_run("j", t(3))).await.unwrap(),
+        store::Claim::Claimed(_)
+    ));
+}
+
+/// Replicas racing to claim different ticks of a `forbid` job: exactly one wins.
+async fn concurrent_exclusive_claims_have_one_winner(f: Fixture) {
+    let mut handles = Vec::new();
+    for i in 0..6u32 {
+        handles.push(replica(&f, &format!("host-{i}:{i}:00"), HOUR).await);
+    }
+    let tasks: Vec<_> = handles
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            tokio::spawn(async move { s.claim_exclusive(&new_run("j", t(i as u32))).await })
+        })
+        .collect();
+    let mut claimed = 0;
+    for task in tasks {
+        if let store::Claim::Claimed(_) = task.await.unwrap().unwrap() {
+            claimed += 1;
+        }
+    }
+    assert_eq!(claimed, 1);
 }
 
 async fn list_runs_pages_and_filters(f: Fixture) {
@@ -378,28 +555,96 @@ async fn actions_before_and_after(f: Fixture) {
     assert_eq!(s.actions_for_run(other).await.unwrap().len(), 1);
 }
 
-async fn job_state_roundtrip(f: Fixture) {
+async fn job_state_is_compare_and_set(f: Fixture) {
     let s = &f.store;
+    let r = s
+        .claim_run(&new_run("collect", t(0)))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.get_state("collect", "cursor").await.unwrap(), None);
-    s.set_state("collect", "cursor", "2025-03-01T00:00:00Z")
+    // Created once: a second creator (who also read "absent") is refused.
+    assert_eq!(
+        s.put_state(r, "collect", "cursor", None, "a")
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.put_state(r, "collect", "cursor", None, "b")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.put_state(r, "other", "cursor", None, "x").await.unwrap(),
+        Some(1)
+    );
+    // A write names the version it read; a stale one writes nothing.
+    assert_eq!(
+        s.put_state(r, "collect", "cursor", Some(1), "c")
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        s.put_state(r, "collect", "cursor", Some(1), "d")
+            .await
+            .unwrap(),
+        None
+    );
+    let got = s.get_state("collect", "cursor").await.unwrap().unwrap();
+    assert_eq!((got.value.as_str(), got.version), ("c", 2));
+    let got = s.get_state("other", "cursor").await.unwrap().unwrap();
+    assert_eq!((got.value.as_str(), got.version), ("x", 1));
+    // Only while the run holds its lease.
+    s.finish_run(r, RunStatus::Succeeded, ActionCounts::default(), None)
         .await
         .unwrap();
-    s.set_state("other", "cursor", "x").await.unwrap();
-    assert_eq!(
-        s.get_state("collect", "cursor").await.unwrap().as_deref(),
-        Some("2025-03-01T00:00:00Z")
-    );
-    s.set_state("collect", "cursor", "2025-03-02T00:00:00Z")
+    let e = s
+        .put_state(r, "collect", "cursor", Some(2), "e")
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+}
+
+/// Several writers updating one record at once through the typed layer: every update
+/// lands (a conflicting write is re-applied to the newer record, never lost).
+async fn concurrent_state_updates_lose_nothing(f: Fixture) {
+    use neon_steward::jobs::state::Recorded;
+    const WRITERS: u32 = 4;
+    const EACH: u32 = 5;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = f.store.clone();
+            tokio::spawn(async move {
+                let run = store.claim_run(&new_run("j", t(w))).await.unwrap().unwrap();
+                for i in 0..EACH {
+                    let mut r = Recorded::<Vec<u32>>::load(store.as_ref(), run, "j", "k")
+                        .await
+                        .unwrap();
+                    r.update(store.as_ref(), |v| v.push(w * 100 + i))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = Recorded::<Vec<u32>>::load(f.store.as_ref(), 0, "j", "k")
         .await
         .unwrap();
-    assert_eq!(
-        s.get_state("collect", "cursor").await.unwrap().as_deref(),
-        Some("2025-03-02T00:00:00Z")
-    );
-    assert_eq!(
-        s.get_state("other", "cursor").await.unwrap().as_deref(),
-        Some("x")
-    );
+    let mut got = r.get().clone();
+    got.sort_unstable();
+    let mut want: Vec<u32> = (0..WRITERS)
+        .flat_map(|w| (0..EACH).map(move |i| w * 100 + i))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    let stored = f.store.get_state("j", "k").await.unwrap().unwrap();
+    assert_eq!(stored.version, i64::from(WRITERS * EACH));
 }
 
 fn sample(project: &str, start: DateTime<Utc>, value: f64) -> ConsumptionSample {
@@ -557,12 +802,16 @@ macro_rules! contract_tests {
                 concurrent_claims_have_one_winner,
                 skipped_tick_is_recorded_finished,
                 finish_run_records_outcome,
-                interrupt_running_after_crash,
+                a_live_lease_is_never_taken_over_and_fences_others,
+                an_expired_lease_is_taken_over_and_its_pending_actions_reconciled,
+                forbid_and_replace_hold_across_replicas,
+                concurrent_exclusive_claims_have_one_winner,
                 list_runs_pages_and_filters,
                 last_scheduled_and_last_success,
                 actions_before_and_after,
                 batch_of_actions_is_one_write_all_or_none,
-                job_state_roundtrip,
+                job_state_is_compare_and_set,
+                concurrent_state_updates_lose_nothing,
                 consumption_upsert_is_idempotent,
                 prune_removes_old_finished_runs_and_their_actions,
                 ping_and_migrate_again,

@@ -1,0 +1,127 @@
+//! What a job's selectors pick, as every kind reads them: the projects (listed once per
+//! run, by the engine), the names of branches, and the age filters.
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+
+use super::plan::JobEnv;
+use super::select::{
+    BranchSelector, ComputeActivity, DefaultBranch, NamePattern, ProjectFacts, ProjectSelector,
+    Selection, SelectorError,
+};
+use crate::config::{DefaultBranchFilter, JobConfig};
+use crate::neon::{ApiError, Branch, Endpoint, EndpointState, OrgId, Project, ProjectFilter};
+
+pub(crate) fn project_selector(job: &JobConfig) -> Result<ProjectSelector, SelectorError> {
+    let p = &job.selectors.projects;
+    Ok(ProjectSelector {
+        ids: p.ids.clone(),
+        org_id: p.org_id.clone(),
+        names: NamePattern::globs("selectors.projects.names", &p.names.patterns)?,
+        name_regex: match &p.name_regex {
+            Some(r) => Some(NamePattern::regex(
+                "selectors.projects.name_regex",
+                r.as_str(),
+            )?),
+            None => None,
+        },
+        exclude_ids: p.exclude_ids.clone(),
+        exclude_names: NamePattern::globs(
+            "selectors.projects.exclude_names",
+            &p.exclude_names.patterns,
+        )?,
+    })
+}
+
+/// The name part of the branch selector (age and activity are the kinds' business).
+pub(crate) fn branch_selector(job: &JobConfig) -> Result<BranchSelector, SelectorError> {
+    let b = &job.selectors.branches;
+    Ok(BranchSelector {
+        names: NamePattern::globs("selectors.branches.names", &b.names.patterns)?,
+        exclude_names: NamePattern::globs("selectors.branches.exclude", &b.exclude.patterns)?,
+        exclude_ids: Vec::new(),
+        default_branch: match b.default {
+            DefaultBranchFilter::Any => DefaultBranch::Any,
+            DefaultBranchFilter::Only => DefaultBranch::Only,
+            DefaultBranchFilter::Exclude => DefaultBranch::Exclude,
+        },
+        ttl: None,
+        idle_ttl: None,
+    })
+}
+
+/// The selector's own `older_than` / `inactive_for` filters (they narrow; the expire job's
+/// `ttl` / `idle_ttl` are the reasons to act).
+pub(crate) fn passes_age_filters(
+    job: &JobConfig,
+    now: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    last_activity: DateTime<Utc>,
+) -> bool {
+    let b = &job.selectors.branches;
+    b.older_than
+        .is_none_or(|d| super::select::age(now, created_at) > d)
+        && b.inactive_for
+            .is_none_or(|d| super::select::age(now, last_activity) > d)
+}
+
+/// A branch's last activity from the project's endpoints.
+pub(crate) fn branch_last_activity(
+    now: DateTime<Utc>,
+    branch: &Branch,
+    endpoints: &[Endpoint],
+) -> DateTime<Utc> {
+    super::select::last_activity(
+        now,
+        branch.updated_at,
+        endpoints
+            .iter()
+            .filter(|e| e.branch_id == branch.id)
+            .map(|e| ComputeActivity {
+                active: e.current_state == EndpointState::Active,
+                last_active: e.last_active,
+            }),
+    )
+}
+
+/// Why the projects could not be selected.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("selector: {0}")]
+    Selector(#[from] SelectorError),
+    #[error("listing projects: {0}")]
+    Projects(ApiError),
+}
+
+/// The projects the job's project selector picks, in the API's order.
+pub(crate) async fn selected_projects(
+    env: &JobEnv,
+    job: &JobConfig,
+) -> Result<Vec<Project>, ScopeError> {
+    let selector = project_selector(job)?;
+    let filter = ProjectFilter {
+        org_id: job.selectors.projects.org_id.clone().map(OrgId::from),
+        search: None,
+    };
+    let all: Vec<Project> = env
+        .client
+        .list_projects(filter)
+        .try_collect()
+        .await
+        .map_err(ScopeError::Projects)?;
+    Ok(all
+        .into_iter()
+        .filter(|p| {
+            let facts = ProjectFacts {
+                id: p.id.as_str(),
+                name: &p.name,
+                org_id: p.org_id.as_ref().map(|o| o.as_str()),
+            };
+            let sel = selector.select(&facts);
+            if let Selection::Excluded(w) = &sel {
+                tracing::debug!(job = %job.name, project = %p.id, reason = %w.reason, "project excluded");
+            }
+            sel.is_selected()
+        })
+        .collect())
+}

@@ -1,0 +1,224 @@
+//! What differs between the SQL engines the store runs on, in one place: how a pool is
+//! opened (SQLite's pragmas, PostgreSQL's connection options), which migrations apply, how
+//! a write transaction begins, and how the driver reports affected rows. Everything else,
+//! every statement included, is [`super::sql::SqlStore`]'s and shared.
+//!
+//! Both engines accept `$n` parameters, `ON CONFLICT ... DO NOTHING/UPDATE` and
+//! `RETURNING`, and both schemas use the same encodings (instants as 64-bit Unix
+//! milliseconds, enums as their snake_case names), so the statements are written once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Postgres, Sqlite};
+
+use super::{StoreError, StoreResult};
+
+/// An SQL engine the store runs on.
+pub trait Dialect: sqlx::Database {
+    /// Shown in errors and logs.
+    const NAME: &'static str;
+    /// The statement that opens a write transaction; `None` is the driver's `BEGIN`.
+    const BEGIN_WRITE: Option<&'static str>;
+    /// The store's clock as an SQL expression of Unix milliseconds. Leases are compared
+    /// with it, never with a replica's own clock, so clock skew between replicas cannot
+    /// make a live lease look expired.
+    const NOW_MS: &'static str;
+    /// Appended to the `SELECT` of a run row that a write depends on, so that a takeover
+    /// cannot commit between the check and the write (SQLite's write transactions are
+    /// serialised already).
+    const LOCK_ROW: &'static str;
+    /// A statement serialising the claims of one job (`$1` = the job) within the
+    /// transaction, so that two replicas cannot both find no live run and both claim.
+    /// Transaction-scoped, so it works through PgBouncer's transaction pooling.
+    const LOCK_JOB: Option<&'static str>;
+    /// The migrations of this engine's schema.
+    fn migrator() -> &'static Migrator;
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// SQLite: connections run in WAL mode with `synchronous = NORMAL` (durable across process
+/// crashes, at most the last transactions lost on power failure, which the run history
+/// tolerates), a busy timeout so a second writer waits instead of failing, and foreign keys
+/// on (actions are deleted with their run). Every write is its own `BEGIN IMMEDIATE`
+/// transaction: it takes the write lock up front, so two writers never both read and then
+/// collide at upgrade time with `SQLITE_BUSY` mid-transaction (the deferred default can).
+impl Dialect for Sqlite {
+    const NAME: &'static str = "sqlite";
+    const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    const NOW_MS: &'static str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+    const LOCK_ROW: &'static str = "";
+    const LOCK_JOB: Option<&'static str> = None;
+    fn migrator() -> &'static Migrator {
+        &SQLITE_MIGRATOR
+    }
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// PostgreSQL, for several replicas sharing one store: claims are race-free through the
+/// unique `(job, scheduled_for)` constraint, and the default READ COMMITTED transactions
+/// are all single-statement claims and compare-and-set writes need.
+impl Dialect for Postgres {
+    const NAME: &'static str = "postgres";
+    const BEGIN_WRITE: Option<&'static str> = None;
+    const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+    const LOCK_JOB: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");
+    fn migrator() -> &'static Migrator {
+        &POSTGRES_MIGRATOR
+    }
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// How long an SQLite connection waits for another writer's lock before giving up.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens (creating if missing) the SQLite database at `url` (`sqlite:path`,
+/// `sqlite://path`, `sqlite::memory:`).
+pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
+    // The URL itself is not secret for SQLite, but name only the part that is a path.
+    let what = url.split('?').next().unwrap_or(url).to_string();
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|source| StoreError::Open {
+            what: what.clone(),
+            source,
+        })?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    SqlitePoolOptions::new()
+        // One writer at a time anyway; a few connections let reads (HTTP) proceed during a
+        // write under WAL. An in-memory database lives as long as its connections, so keep
+        // exactly one that never expires.
+        .max_connections(if in_memory { 1 } else { 4 })
+        .min_connections(if in_memory { 1 } else { 0 })
+        .idle_timeout((!in_memory).then_some(Duration::from_secs(600)))
+        .max_lifetime((!in_memory).then_some(Duration::from_secs(3600)))
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open { what, source })
+}
+
+/// Opens an existing SQLite store read-only: no file is created, nothing is migrated, and a
+/// file without neon-steward's tables is [`StoreError::NotInitialised`].
+pub async fn open_sqlite_read_only(url: &str) -> StoreResult<Pool<Sqlite>> {
+    let what = url.split('?').next().unwrap_or(url).to_string();
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|source| StoreError::Open {
+            what: what.clone(),
+            source,
+        })?
+        .create_if_missing(false)
+        .read_only(true)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if in_memory || !options.get_filename().exists() {
+        return Err(StoreError::NotInitialised(format!(
+            "no store at {what}: nothing has been recorded yet (the daemon creates it on its \
+             first start)"
+        )));
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            what: what.clone(),
+            source,
+        })?;
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'")
+            .fetch_one(&pool)
+            .await?;
+    if tables == 0 {
+        return Err(StoreError::NotInitialised(format!(
+            "{what} is not a neon-steward store (it has no runs table): not initialised"
+        )));
+    }
+    Ok(pool)
+}
+
+/// Connects read-only (`default_transaction_read_only`) to an existing PostgreSQL store,
+/// without migrating; a database without neon-steward's tables is
+/// [`StoreError::NotInitialised`].
+pub async fn open_postgres_read_only(url: &str) -> StoreResult<Pool<Postgres>> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|source| StoreError::Open {
+            what: "the postgres URL".into(),
+            source,
+        })?
+        .options([("default_transaction_read_only", "on")]);
+    let what = format!(
+        "postgres database {:?} on {}:{}",
+        options.get_database().unwrap_or("(default)"),
+        options.get_host(),
+        options.get_port()
+    );
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            what: what.clone(),
+            source,
+        })?;
+    let (initialised,): (bool,) = sqlx::query_as("SELECT to_regclass('runs') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
+    if !initialised {
+        return Err(StoreError::NotInitialised(format!(
+            "{what} has no neon-steward tables: not initialised (the daemon creates them on \
+             its first start)"
+        )));
+    }
+    Ok(pool)
+}
+
+/// Connects to the PostgreSQL database at `url` (`postgres://user@host/db`).
+pub async fn open_postgres(url: &str) -> StoreResult<Pool<Postgres>> {
+    // The URL may carry a password: name only the host and database in errors.
+    let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+        what: "the postgres URL".into(),
+        source,
+    })?;
+    let what = format!(
+        "postgres database {:?} on {}:{}",
+        options.get_database().unwrap_or("(default)"),
+        options.get_host(),
+        options.get_port()
+    );
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|source| {
+            // Name the settings to check when the handshake failed: the server's certificate
+            // did not verify against `sslrootcert` (or the system's roots), or the server
+            // has no TLS. rustls's refusals reach sqlx as I/O errors naming the certificate.
+            let tls =
+                matches!(source, sqlx::Error::Tls(_)) || source.to_string().contains("certificate");
+            let what = match tls {
+                true => format!(
+                    "{what} (TLS failed: check sslmode and that sslrootcert is the CA that \
+                     signed the server's certificate)"
+                ),
+                false => what,
+            };
+            StoreError::Open { what, source }
+        })
+}

@@ -1,0 +1,836 @@
+//! The one implementation of [`Store`]: every statement, written once for every engine in
+//! [`super::dialect`].
+//!
+//! Rows are read into plain row structs (`sqlx::FromRow`) holding the stored encodings and
+//! converted to the domain records in one place each ([`RunRow::into_record`],
+//! [`ActionRow::into_record`]), where a value the code did not write is reported as
+//! corrupt rather than guessed at.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{Executor, FromRow, IntoArguments, Pool, Transaction};
+
+use super::dialect::Dialect;
+use super::{
+    from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord, Claim,
+    ConsumptionSample, Lease, NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus,
+    StateRecord, Store, StoreError, StoreOptions, StoreResult, Trigger,
+};
+
+/// The run store on one SQL engine. Cheap to clone (a pool handle).
+#[derive(Debug)]
+pub struct SqlStore<DB: Dialect> {
+    pool: Pool<DB>,
+    /// This replica, written as the owner of the runs it claims.
+    owner: String,
+    /// `store.lease` in milliseconds.
+    lease_ms: i64,
+}
+
+impl<DB: Dialect> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        SqlStore {
+            pool: self.pool.clone(),
+            owner: self.owner.clone(),
+            lease_ms: self.lease_ms,
+        }
+    }
+}
+
+const RUN_COLUMNS: &str = "id, job, kind, scheduled_for, triggered_by, started_at, finished_at, \
+    status, dry_run, error, actions_succeeded, actions_failed, actions_skipped, actions_planned, \
+    owner, lease_expires_at";
+
+const ACTION_COLUMNS: &str = "id, run_id, job, resource_kind, resource_id, resource_name, \
+    project_id, action, rule, reason, dry_run, outcome, detail, created_at, finished_at, \
+    reconciled_at";
+
+/// A `runs` row as stored (public only because the driver bounds name the row types).
+#[derive(Debug, FromRow)]
+pub struct RunRow {
+    id: i64,
+    job: String,
+    kind: String,
+    scheduled_for: i64,
+    triggered_by: String,
+    started_at: i64,
+    finished_at: Option<i64>,
+    status: String,
+    dry_run: bool,
+    error: Option<String>,
+    actions_succeeded: i64,
+    actions_failed: i64,
+    actions_skipped: i64,
+    actions_planned: i64,
+    owner: Option<String>,
+    lease_expires_at: Option<i64>,
+}
+
+impl RunRow {
+    fn into_record(self) -> StoreResult<RunRecord> {
+        Ok(RunRecord {
+            id: self.id,
+            scheduled_for: from_ms(self.scheduled_for, "runs.scheduled_for")?,
+            trigger: Trigger::parse(&self.triggered_by).ok_or_else(|| {
+                StoreError::Corrupt(format!("runs.triggered_by = {:?}", self.triggered_by))
+            })?,
+            started_at: from_ms(self.started_at, "runs.started_at")?,
+            lease_expires_at: opt_from_ms(self.lease_expires_at, "runs.lease_expires_at")?,
+            owner: self.owner,
+            finished_at: opt_from_ms(self.finished_at, "runs.finished_at")?,
+            status: RunStatus::parse(&self.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("runs.status = {:?}", self.status)))?,
+            job: self.job,
+            kind: self.kind,
+            dry_run: self.dry_run,
+            error: self.error,
+            counts: ActionCounts {
+                succeeded: self.actions_succeeded,
+                failed: self.actions_failed,
+                skipped: self.actions_skipped,
+                planned: self.actions_planned,
+            },
+        })
+    }
+}
+
+/// An `actions` row as stored.
+#[derive(Debug, FromRow)]
+pub struct ActionRow {
+    id: i64,
+    run_id: i64,
+    job: String,
+    resource_kind: String,
+    resource_id: String,
+    resource_name: Option<String>,
+    project_id: Option<String>,
+    action: String,
+    rule: Option<String>,
+    reason: String,
+    dry_run: bool,
+    outcome: String,
+    detail: Option<String>,
+    created_at: i64,
+    finished_at: Option<i64>,
+    reconciled_at: Option<i64>,
+}
+
+impl ActionRow {
+    fn into_record(self) -> StoreResult<ActionRecord> {
+        Ok(ActionRecord {
+            outcome: ActionOutcome::parse(&self.outcome).ok_or_else(|| {
+                StoreError::Corrupt(format!("actions.outcome = {:?}", self.outcome))
+            })?,
+            created_at: from_ms(self.created_at, "actions.created_at")?,
+            finished_at: opt_from_ms(self.finished_at, "actions.finished_at")?,
+            reconciled_at: opt_from_ms(self.reconciled_at, "actions.reconciled_at")?,
+            id: self.id,
+            run_id: self.run_id,
+            job: self.job,
+            resource_kind: self.resource_kind,
+            resource_id: self.resource_id,
+            resource_name: self.resource_name,
+            project_id: self.project_id,
+            action: self.action,
+            rule: self.rule,
+            reason: self.reason,
+            dry_run: self.dry_run,
+            detail: self.detail,
+        })
+    }
+}
+
+/// A `consumption_samples` row as stored.
+#[derive(Debug, FromRow)]
+pub struct SampleRow {
+    project_id: String,
+    metric: String,
+    granularity: String,
+    timeframe_start: i64,
+    timeframe_end: i64,
+    value: f64,
+}
+
+impl SampleRow {
+    fn into_sample(self) -> StoreResult<ConsumptionSample> {
+        Ok(ConsumptionSample {
+            timeframe_start: from_ms(self.timeframe_start, "consumption_samples.timeframe_start")?,
+            timeframe_end: from_ms(self.timeframe_end, "consumption_samples.timeframe_end")?,
+            project_id: self.project_id,
+            metric: self.metric,
+            granularity: self.granularity,
+            value: self.value,
+        })
+    }
+}
+
+/// What a renewed lease returns.
+#[derive(Debug, FromRow)]
+pub struct LeaseRow {
+    lease_expires_at: i64,
+    cancel_requested: bool,
+}
+
+/// A `job_state` row as stored.
+#[derive(Debug, FromRow)]
+pub struct StateRow {
+    value: String,
+    version: i64,
+}
+
+/// Implements for every engine whose driver can run the statements: the bounds are spelled
+/// once here (Rust does not carry a trait's where-clauses to its users, so they cannot live
+/// on [`Dialect`]).
+macro_rules! for_every_dialect {
+    ($(#[$attr:meta])* [$($head:tt)*] { $($body:tt)* }) => {
+        $(#[$attr])*
+        $($head)*
+        where
+            for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+            for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+            DB::Connection: sqlx::migrate::Migrate,
+            i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+            f64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+            bool: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+            String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+            Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+            Option<String>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+            (i64,): for<'r> FromRow<'r, DB::Row>,
+            (Option<i64>,): for<'r> FromRow<'r, DB::Row>,
+            RunRow: for<'r> FromRow<'r, DB::Row>,
+            ActionRow: for<'r> FromRow<'r, DB::Row>,
+            SampleRow: for<'r> FromRow<'r, DB::Row>,
+            StateRow: for<'r> FromRow<'r, DB::Row>,
+            LeaseRow: for<'r> FromRow<'r, DB::Row>,
+        {
+            $($body)*
+        }
+    };
+}
+
+for_every_dialect! {
+[impl<DB: Dialect> SqlStore<DB>] {
+    /// Wraps an open pool and applies the embedded migrations.
+    pub async fn new(pool: Pool<DB>, opts: StoreOptions) -> StoreResult<Self> {
+        let store = SqlStore {
+            pool,
+            owner: opts.replica.to_string(),
+            lease_ms: i64::try_from(opts.lease.as_millis()).unwrap_or(i64::MAX / 4),
+        };
+        store.apply_migrations().await?;
+        Ok(store)
+    }
+
+    /// Wraps a pool on an existing store without migrating it (read-only commands; see
+    /// [`super::open_read_only`]).
+    pub fn existing(pool: Pool<DB>, opts: StoreOptions) -> Self {
+        SqlStore {
+            pool,
+            owner: opts.replica.to_string(),
+            lease_ms: i64::try_from(opts.lease.as_millis()).unwrap_or(i64::MAX / 4),
+        }
+    }
+
+    /// Closes every connection (used by tests to simulate a process exit cleanly; a real
+    /// crash skips this and is handled by [`Store::take_over_expired`]).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The pool, for engine-specific checks in tests.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    async fn apply_migrations(&self) -> StoreResult<()> {
+        DB::migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn write(&self) -> StoreResult<Transaction<'static, DB>> {
+        Ok(match DB::BEGIN_WRITE {
+            Some(begin) => self.pool.begin_with(begin).await?,
+            None => self.pool.begin().await?,
+        })
+    }
+
+    /// Inside a write transaction: that this replica holds `run` (running, its owner, and
+    /// with `live_lease` a lease that has not expired by the store's clock).
+    async fn fence(
+        &self,
+        tx: &mut Transaction<'static, DB>,
+        run: RunId,
+        live_lease: bool,
+    ) -> StoreResult<()> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1{}",
+            DB::LOCK_ROW
+        );
+        let row: Option<RunRow> = sqlx::query_as(&sql)
+            .bind(run)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound { what: "run", id: run });
+        };
+        let (now,): (i64,) = sqlx::query_as(&format!("SELECT {}", DB::NOW_MS))
+            .fetch_one(&mut **tx)
+            .await?;
+        let why = if row.owner.as_deref() != Some(self.owner.as_str()) {
+            Some(format!(
+                "it is held by {}",
+                row.owner.as_deref().unwrap_or("no replica")
+            ))
+        } else if row.status != RunStatus::Running.as_str() {
+            Some(format!(
+                "it is `{}`{}",
+                row.status,
+                row.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ))
+        } else if live_lease && row.lease_expires_at.is_none_or(|t| t <= now) {
+            Some(format!(
+                "its lease expired {} ms ago",
+                now - row.lease_expires_at.unwrap_or(now)
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(StoreError::Fenced { run_id: run, why }),
+            None => Ok(()),
+        }
+    }
+
+    /// Inserts a run inside the caller's transaction; `None` if its tick is taken.
+    async fn insert_run(
+        &self,
+        tx: &mut Transaction<'static, DB>,
+        run: &NewRun,
+    ) -> StoreResult<Option<RunId>> {
+        let now = to_ms(Utc::now());
+        let running = run.status == RunStatus::Running;
+        // A run recorded as already over (a skipped tick) is finished when it is written;
+        // a running one is held for one lease from the store's clock.
+        let finished_at = (!running).then_some(now);
+        let lease = if running { Some(self.lease_ms) } else { None };
+        let id: Option<(i64,)> = sqlx::query_as(&format!(
+            "INSERT INTO runs (job, kind, scheduled_for, triggered_by, started_at, finished_at, \
+             status, dry_run, error, owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, \
+             $7, $8, $9, $10, CASE WHEN $11 IS NULL THEN NULL ELSE {} + $11 END) \
+             ON CONFLICT (job, scheduled_for) DO NOTHING RETURNING id",
+            DB::NOW_MS
+        ))
+        .bind(run.job.clone())
+        .bind(run.kind.clone())
+        .bind(to_ms(run.scheduled_for))
+        .bind(run.trigger.as_str().to_string())
+        .bind(now)
+        .bind(finished_at)
+        .bind(run.status.as_str().to_string())
+        .bind(run.dry_run)
+        .bind(run.error.clone())
+        .bind(self.owner.clone())
+        .bind(lease)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(id.map(|(id,)| id))
+    }
+
+    /// Why a conditional update of run `id` changed nothing: it is not ours, or not there.
+    async fn not_updated(&self, id: RunId, what: &'static str) -> StoreError {
+        match self.runs_where("id = $1", vec![Bind::Int(Some(id))]).await {
+            Ok(r) if r.is_empty() => StoreError::NotFound { what, id },
+            Ok(r) => StoreError::Fenced {
+                run_id: id,
+                why: format!(
+                    "it is `{}` and held by {}",
+                    r[0].status.as_str(),
+                    r[0].owner.as_deref().unwrap_or("no replica")
+                ),
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// Inserts one ledger row inside the caller's transaction.
+    async fn insert_action(
+        tx: &mut Transaction<'static, DB>,
+        action: &NewAction,
+        now: i64,
+    ) -> StoreResult<ActionId> {
+        // Only a pending action is still open; a planned or skipped one is over when written.
+        let finished_at = (action.outcome != ActionOutcome::Pending).then_some(now);
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO actions (run_id, job, resource_kind, resource_id, resource_name, \
+             project_id, action, rule, reason, dry_run, outcome, created_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        )
+        .bind(action.run_id)
+        .bind(action.job.clone())
+        .bind(action.resource_kind.clone())
+        .bind(action.resource_id.clone())
+        .bind(action.resource_name.clone())
+        .bind(action.project_id.clone())
+        .bind(action.action.clone())
+        .bind(action.rule.clone())
+        .bind(action.reason.clone())
+        .bind(action.dry_run)
+        .bind(action.outcome.as_str().to_string())
+        .bind(now)
+        .bind(finished_at)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(id)
+    }
+
+    async fn runs_where(&self, condition: &str, bind: Vec<Bind>) -> StoreResult<Vec<RunRecord>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE {condition}");
+        let mut q = sqlx::query_as::<DB, RunRow>(&sql);
+        for b in bind {
+            q = match b {
+                Bind::Int(v) => q.bind(v),
+                Bind::Text(v) => q.bind(v),
+            };
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(RunRow::into_record)
+            .collect()
+    }
+}
+}
+
+/// A parameter of [`SqlStore::runs_where`].
+enum Bind {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+for_every_dialect! {
+#[async_trait]
+[impl<DB: Dialect> Store for SqlStore<DB>] {
+    async fn migrate(&self) -> StoreResult<()> {
+        self.apply_migrations().await
+    }
+
+    fn replica(&self) -> String {
+        self.owner.clone()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn claim_run(&self, run: &NewRun) -> StoreResult<Option<RunId>> {
+        let mut tx = self.write().await?;
+        let id = self.insert_run(&mut tx, run).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn claim_exclusive(&self, run: &NewRun) -> StoreResult<Claim> {
+        let mut tx = self.write().await?;
+        if let Some(lock) = DB::LOCK_JOB {
+            sqlx::query(lock)
+                .bind(run.job.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let live: Option<RunRow> = sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND status = 'running' \
+             AND lease_expires_at > {} ORDER BY id LIMIT 1",
+            DB::NOW_MS
+        ))
+        .bind(run.job.clone())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = live {
+            tx.commit().await?;
+            return Ok(Claim::Busy(row.into_record()?));
+        }
+        let id = self.insert_run(&mut tx, run).await?;
+        tx.commit().await?;
+        Ok(id.map_or(Claim::TickTaken, Claim::Claimed))
+    }
+
+    async fn finish_run(
+        &self,
+        id: RunId,
+        status: RunStatus,
+        counts: ActionCounts,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET status = $1, finished_at = $2, error = $3, actions_succeeded = $4, \
+             actions_failed = $5, actions_skipped = $6, actions_planned = $7, \
+             lease_expires_at = NULL WHERE id = $8 AND owner = $9 AND status = 'running'",
+        )
+        .bind(status.as_str().to_string())
+        .bind(to_ms(Utc::now()))
+        .bind(error.map(str::to_string))
+        .bind(counts.succeeded)
+        .bind(counts.failed)
+        .bind(counts.skipped)
+        .bind(counts.planned)
+        .bind(id)
+        .bind(self.owner.clone())
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&done) == 0 {
+            drop(tx);
+            return Err(self.not_updated(id, "run").await);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn renew_lease(&self, run: RunId) -> StoreResult<Lease> {
+        let mut tx = self.write().await?;
+        let row: Option<LeaseRow> = sqlx::query_as(&format!(
+            "UPDATE runs SET lease_expires_at = {} + $1 WHERE id = $2 AND owner = $3 \
+             AND status = 'running' RETURNING lease_expires_at, cancel_requested",
+            DB::NOW_MS
+        ))
+        .bind(self.lease_ms)
+        .bind(run)
+        .bind(self.owner.clone())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        match row {
+            Some(r) => Ok(Lease::Held {
+                expires_at: from_ms(r.lease_expires_at, "runs.lease_expires_at")?,
+                cancel_requested: r.cancel_requested,
+            }),
+            None => Ok(Lease::Lost {
+                why: match self.not_updated(run, "run").await {
+                    StoreError::Fenced { why, .. } => why,
+                    e => e.to_string(),
+                },
+            }),
+        }
+    }
+
+    async fn take_over_expired(&self) -> StoreResult<Vec<RunRecord>> {
+        let mut tx = self.write().await?;
+        // Runs written before leases existed have none: their owner is gone with the old
+        // version, so they count as expired.
+        let rows: Vec<RunRow> = sqlx::query_as(&format!(
+            "UPDATE runs SET status = 'interrupted', finished_at = {now}, lease_expires_at = NULL, \
+             error = COALESCE(error || '; ', '') || 'interrupted: the lease of ' || \
+             COALESCE(owner, 'a replica of an earlier version') || ' expired (the replica \
+             died, hung or lost the store); taken over by ' || $1 \
+             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+             RETURNING {RUN_COLUMNS}",
+            now = DB::NOW_MS
+        ))
+        .bind(self.owner.clone())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter().map(RunRow::into_record).collect()
+    }
+
+    async fn request_cancel(&self, job: &str, except: RunId) -> StoreResult<u64> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET cancel_requested = $1 WHERE job = $2 AND status = 'running' \
+             AND id <> $3",
+        )
+        .bind(true)
+        .bind(job.to_string())
+        .bind(except)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    async fn unresolved_actions(&self, limit: u32) -> StoreResult<Vec<ActionRecord>> {
+        sqlx::query_as::<DB, ActionRow>(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE outcome = 'pending' AND run_id IN \
+             (SELECT id FROM runs WHERE status <> 'running') ORDER BY id LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(ActionRow::into_record)
+        .collect()
+    }
+
+    async fn reconcile_action(
+        &self,
+        id: ActionId,
+        outcome: ActionOutcome,
+        detail: &str,
+    ) -> StoreResult<()> {
+        let now = to_ms(Utc::now());
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE actions SET outcome = $1, detail = $2, finished_at = $3, reconciled_at = $3 \
+             WHERE id = $4 AND outcome = 'pending'",
+        )
+        .bind(outcome.as_str().to_string())
+        .bind(detail.to_string())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
+        Ok(self
+            .runs_where("id = $1", vec![Bind::Int(Some(id))])
+            .await?
+            .pop())
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+        // NULL parameters switch a condition off, so one statement serves every filter.
+        self.runs_where(
+            "($1 IS NULL OR job = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+            vec![
+                Bind::Text(filter.job.clone()),
+                Bind::Int(filter.before),
+                Bind::Int(Some(i64::from(filter.effective_limit()))),
+            ],
+        )
+        .await
+    }
+
+    async fn last_scheduled_run(&self, job: &str) -> StoreResult<Option<RunRecord>> {
+        // Catch-up runs are for a scheduled tick too (their `scheduled_for` is the missed
+        // tick), so they count; manual runs do not.
+        Ok(self
+            .runs_where(
+                "job = $1 AND triggered_by <> 'manual' ORDER BY scheduled_for DESC LIMIT 1",
+                vec![Bind::Text(Some(job.to_string()))],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn last_success(&self, job: &str) -> StoreResult<Option<RunRecord>> {
+        Ok(self
+            .runs_where(
+                "job = $1 AND status = 'succeeded' ORDER BY finished_at DESC, id DESC LIMIT 1",
+                vec![Bind::Text(Some(job.to_string()))],
+            )
+            .await?
+            .pop())
+    }
+
+    async fn begin_action(&self, action: &NewAction) -> StoreResult<ActionId> {
+        let now = to_ms(Utc::now());
+        let mut tx = self.write().await?;
+        self.fence(&mut tx, action.run_id, true).await?;
+        let id = Self::insert_action(&mut tx, action, now).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn begin_actions(&self, actions: &[NewAction]) -> StoreResult<Vec<ActionId>> {
+        if actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_ms(Utc::now());
+        // One transaction for the batch: one commit instead of one per row, and all or none.
+        let mut tx = self.write().await?;
+        let mut fenced: Vec<RunId> = actions.iter().map(|a| a.run_id).collect();
+        fenced.dedup();
+        for run in fenced {
+            self.fence(&mut tx, run, true).await?;
+        }
+        let mut ids = Vec::with_capacity(actions.len());
+        for action in actions {
+            ids.push(Self::insert_action(&mut tx, action, now).await?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn finish_action(
+        &self,
+        id: ActionId,
+        outcome: ActionOutcome,
+        detail: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        let run: Option<(i64,)> = sqlx::query_as("SELECT run_id FROM actions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((run,)) = run else {
+            return Err(StoreError::NotFound { what: "action", id });
+        };
+        // The call was made: its outcome is recorded while the run is ours, even past the
+        // lease, as long as nobody has taken the run over (who then reconciles it).
+        self.fence(&mut tx, run, false).await?;
+        sqlx::query("UPDATE actions SET outcome = $1, detail = $2, finished_at = $3 WHERE id = $4")
+            .bind(outcome.as_str().to_string())
+            .bind(detail.map(str::to_string))
+            .bind(to_ms(Utc::now()))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn actions_for_run(&self, run: RunId) -> StoreResult<Vec<ActionRecord>> {
+        sqlx::query_as::<DB, ActionRow>(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE run_id = $1 ORDER BY id"
+        ))
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(ActionRow::into_record)
+        .collect()
+    }
+
+    async fn get_state(&self, job: &str, key: &str) -> StoreResult<Option<StateRecord>> {
+        let row: Option<StateRow> =
+            sqlx::query_as("SELECT value, version FROM job_state WHERE job = $1 AND key = $2")
+                .bind(job.to_string())
+                .bind(key.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| StateRecord {
+            value: r.value,
+            version: r.version,
+        }))
+    }
+
+    async fn put_state(
+        &self,
+        run: RunId,
+        job: &str,
+        key: &str,
+        expected: Option<i64>,
+        value: &str,
+    ) -> StoreResult<Option<i64>> {
+        let now = to_ms(Utc::now());
+        let mut tx = self.write().await?;
+        self.fence(&mut tx, run, true).await?;
+        let done = match expected {
+            // Absent when read: only the first of concurrent creators inserts.
+            None => {
+                sqlx::query(
+                    "INSERT INTO job_state (job, key, value, updated_at, version) \
+                     VALUES ($1, $2, $3, $4, 1) ON CONFLICT (job, key) DO NOTHING",
+                )
+                .bind(job.to_string())
+                .bind(key.to_string())
+                .bind(value.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+            }
+            Some(version) => {
+                sqlx::query(
+                    "UPDATE job_state SET value = $1, updated_at = $2, version = version + 1 \
+                     WHERE job = $3 AND key = $4 AND version = $5",
+                )
+                .bind(value.to_string())
+                .bind(now)
+                .bind(job.to_string())
+                .bind(key.to_string())
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+            }
+        };
+        if DB::rows_affected(&done) == 0 {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(expected.map_or(1, |v| v + 1)))
+    }
+
+    async fn upsert_consumption(&self, samples: &[ConsumptionSample]) -> StoreResult<u64> {
+        if samples.is_empty() {
+            return Ok(0);
+        }
+        let now = to_ms(Utc::now());
+        let mut tx = self.write().await?;
+        let mut written = 0;
+        for s in samples {
+            let done = sqlx::query(
+                "INSERT INTO consumption_samples (project_id, metric, granularity, \
+                 timeframe_start, timeframe_end, value, collected_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (project_id, metric, granularity, timeframe_start) DO UPDATE SET \
+                 timeframe_end = excluded.timeframe_end, value = excluded.value, \
+                 collected_at = excluded.collected_at",
+            )
+            .bind(s.project_id.clone())
+            .bind(s.metric.clone())
+            .bind(s.granularity.clone())
+            .bind(to_ms(s.timeframe_start))
+            .bind(to_ms(s.timeframe_end))
+            .bind(s.value)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            written += DB::rows_affected(&done);
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn list_consumption(
+        &self,
+        granularity: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<ConsumptionSample>> {
+        sqlx::query_as::<DB, SampleRow>(
+            "SELECT project_id, metric, granularity, timeframe_start, timeframe_end, value \
+             FROM consumption_samples WHERE granularity = $1 AND timeframe_start >= $2 \
+             ORDER BY timeframe_start, project_id, metric",
+        )
+        .bind(granularity.to_string())
+        .bind(to_ms(since))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(SampleRow::into_sample)
+        .collect()
+    }
+
+    async fn latest_consumption_end(
+        &self,
+        granularity: &str,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let (ms,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(timeframe_end) FROM consumption_samples WHERE granularity = $1",
+        )
+        .bind(granularity.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        opt_from_ms(ms, "consumption_samples.timeframe_end")
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let mut tx = self.write().await?;
+        // Running rows have no finished_at and are never pruned; actions go with their run
+        // (ON DELETE CASCADE).
+        let done =
+            sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1")
+                .bind(to_ms(before))
+                .execute(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&done))
+    }
+}
+}
