@@ -22,6 +22,8 @@ pub(crate) struct MemStore {
     pub(crate) poisoned: std::sync::atomic::AtomicBool,
     /// `finish_run` fails this many more times.
     finish_failures: AtomicUsize,
+    /// While set, claims and reads of the last run fail (the store is unreachable).
+    pub(crate) down: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -39,6 +41,9 @@ impl Store for MemStore {
         Ok(())
     }
     async fn claim_run(&self, run: &NewRun) -> StoreResult<Option<RunId>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Corrupt("the test store is down".into()));
+        }
         let mut runs = self.runs.lock().unwrap();
         if runs
             .iter()
@@ -112,6 +117,9 @@ impl Store for MemStore {
     async fn last_scheduled_run(&self, job: &str) -> StoreResult<Option<RunRecord>> {
         if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
             panic!("poisoned test store");
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Corrupt("the test store is down".into()));
         }
         let runs = self.runs.lock().unwrap();
         Ok(runs
@@ -858,6 +866,50 @@ async fn a_disabled_job_cannot_be_triggered() {
     assert!(h.calls.try_recv().is_err(), "the executor was not called");
     let store = h.stop().await;
     assert!(store.runs().is_empty(), "no run was recorded");
+}
+
+/// Ticks lost while the store is unreachable are not lost for good: once it answers again
+/// (seen at the next heartbeat), `missed = "run_once"` runs the newest missed tick once, in
+/// the running daemon.
+#[tokio::test(start_paused = true)]
+async fn ticks_missed_during_a_store_outage_follow_the_missed_policy() {
+    let store: Arc<MemStore> = Arc::default();
+    let j = job(
+        "j",
+        "every = \"1m\"\nmissed = \"run_once\"\nstarting_deadline = \"1h\"",
+    );
+    let mut h = start(
+        store.clone(),
+        "2026-01-01T00:00:30Z",
+        SHORT,
+        vec![j],
+        SchedulerOptions::default(),
+    );
+    let (_, first, _) = h.next_call().await;
+    assert_eq!(first.scheduled_for, utc("2026-01-01T00:01:00Z"));
+    store.down.store(true, Ordering::SeqCst);
+    // 00:02, 00:03 and 00:04 cannot be claimed.
+    h.sleep_until("2026-01-01T00:04:30Z").await;
+    store.down.store(false, Ordering::SeqCst);
+    let (_, caught_up, at) = h.next_call().await;
+    assert_eq!(caught_up.trigger, Trigger::CatchUp);
+    assert_eq!(caught_up.scheduled_for, utc("2026-01-01T00:04:00Z"));
+    // Within one heartbeat of the store answering again, before the next tick.
+    assert!(at < utc("2026-01-01T00:05:00Z"), "{at}");
+    let (_, next, _) = h.next_call().await;
+    assert_eq!(
+        (next.trigger, next.scheduled_for),
+        (Trigger::Schedule, utc("2026-01-01T00:05:00Z"))
+    );
+    let store = h.stop().await;
+    assert_eq!(
+        statuses(&store, "j"),
+        [
+            ("00:01:00".to_string(), RunStatus::Succeeded),
+            ("00:04:00".to_string(), RunStatus::Succeeded),
+            ("00:05:00".to_string(), RunStatus::Succeeded),
+        ]
+    );
 }
 
 /// A store that fails for a while when the run ends: the end is recorded once it recovers;

@@ -43,21 +43,29 @@ names = ["main"]
 "#;
 
 fn start(dir: &Path, base: &str, key: &str) -> Child {
+    let url = format!("sqlite://{}/state.db", dir.display());
+    start_on(dir, base, key, &url, "daemon.log")
+}
+
+fn start_on(dir: &Path, base: &str, key: &str, store_url: &str, log: &str) -> Child {
     Command::new(BIN)
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("NEON_API_KEY", key)
         .env("NEON_STEWARD_BASE_URL", base)
-        .env(
-            "NEON_STEWARD_STORE_URL",
-            format!("sqlite://{}/state.db", dir.display()),
-        )
+        .env("NEON_STEWARD_STORE_URL", store_url)
         .arg("--config")
         .arg(dir.join("policy.toml"))
         .args(["--log-format", "json", "run"])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(log))
+                .unwrap(),
+        )
         .spawn()
         .expect("the binary starts")
 }
@@ -97,7 +105,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_leaves_a_ledger_that_agrees_with_neon() {
-    let sim = spawn_sim(neon_sim::SimConfig::default().real_clock()).await;
+    let sim = spawn_sim(slow_operations()).await;
     for name in ["alpha", "beta", "gamma"] {
         sim.add_project(name, None);
     }
@@ -175,6 +183,172 @@ async fn sigkill_at_random_points_leaves_a_ledger_that_agrees_with_neon() {
     assert!(status.success(), "exit after SIGTERM: {status}\n{log}");
 
     check_ledger_against_neon(&*store, &sim).await;
+}
+
+/// Waits (bounded) for a run in progress and returns the index of the replica holding it
+/// (its owner id is `host:pid:suffix`), other than `not`.
+async fn owner_of_a_running_run(
+    store: &dyn Store,
+    replicas: &[Child],
+    not: Option<usize>,
+) -> usize {
+    let started = Instant::now();
+    loop {
+        let runs = store
+            .list_runs(&RunFilter {
+                job: None,
+                limit: 20,
+                before: None,
+            })
+            .await
+            .unwrap();
+        for r in runs.iter().filter(|r| r.status == RunStatus::Running) {
+            let pid = r
+                .owner
+                .as_deref()
+                .and_then(|o| o.split(':').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
+                if Some(i) != not {
+                    return i;
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no run in progress within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The emulator on the real clock, with operations that take a while (as Neon's do), so
+/// that kills and pauses land in the middle of runs and calls.
+fn slow_operations() -> neon_sim::SimConfig {
+    let mut c = neon_sim::SimConfig::default().real_clock();
+    c.operation_duration = Duration::from_millis(600);
+    c
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Three replicas on one PostgreSQL store: one is killed, one paused past its lease and
+/// resumed, the killed one restarted. Every tick runs once, the paused replica can neither
+/// act nor overwrite after the takeover, and the ledger agrees with Neon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
+    let fixture = crate::store::postgres_fixture().await;
+    let sim = spawn_sim(slow_operations()).await;
+    for name in ["alpha", "beta"] {
+        sim.add_project(name, None);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let (base, key) = (sim.base_url(), sim.api_key());
+    let url = fixture.url.clone();
+    let logs = ["r0.log", "r1.log", "r2.log"];
+    let mut replicas: Vec<Child> = logs
+        .iter()
+        .map(|log| start_on(dir.path(), &base, &key, &url, log))
+        .collect();
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    let store = fixture.store.clone();
+    // Kill the replica that is in the middle of a run, then pause the next one that is.
+    let victim = owner_of_a_running_run(&*store, &replicas, None).await;
+    replicas[victim].kill().unwrap();
+    replicas[victim].wait().unwrap();
+    let paused = owner_of_a_running_run(&*store, &replicas, Some(victim)).await;
+    signal(&replicas[paused], "-STOP");
+    // Longer than the lease (3 s) plus a heartbeat: the others take its runs over.
+    pause(6000).await;
+    signal(&replicas[paused], "-CONT");
+    replicas[victim] = start_on(dir.path(), &base, &key, &url, logs[victim]);
+    pause(6000).await;
+
+    let started = Instant::now();
+    loop {
+        let runs = store
+            .list_runs(&RunFilter {
+                job: None,
+                limit: 1000,
+                before: None,
+            })
+            .await
+            .unwrap();
+        let mut pending = 0;
+        for r in runs.iter().filter(|r| r.status != RunStatus::Running) {
+            pending += store
+                .actions_for_run(r.id)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|a| a.outcome == ActionOutcome::Pending)
+                .count();
+        }
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{pending} actions still pending after 90 s"
+        );
+        pause(200).await;
+    }
+    for r in &replicas {
+        signal(r, "-TERM");
+    }
+    for (r, log) in replicas.iter_mut().zip(logs) {
+        let status = r.wait().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+        assert!(status.success(), "{log}: {status}\n{text}");
+    }
+
+    // Every tick ran once: at most one run per tick did any work (re-runs of an
+    // interrupted tick are claimed as the tick plus a few milliseconds).
+    let runs = store
+        .list_runs(&RunFilter {
+            job: None,
+            limit: 1000,
+            before: None,
+        })
+        .await
+        .unwrap();
+    let taken_over = runs
+        .iter()
+        .filter(|r| {
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("taken over by"))
+        })
+        .count();
+    assert!(
+        taken_over >= 2,
+        "the killed and the paused replica's runs were taken over: {runs:?}"
+    );
+    let owners: BTreeSet<&str> = runs.iter().filter_map(|r| r.owner.as_deref()).collect();
+    assert!(
+        owners.len() >= 3,
+        "runs were spread over the replicas: {owners:?}"
+    );
+    let mut worked: BTreeMap<i64, u32> = BTreeMap::new();
+    for r in &runs {
+        if matches!(r.status, RunStatus::Succeeded | RunStatus::Partial) {
+            *worked.entry(r.scheduled_for.timestamp()).or_default() += 1;
+        }
+    }
+    assert!(
+        worked.values().all(|n| *n == 1),
+        "a tick ran twice: {worked:?}"
+    );
+    check_ledger_against_neon(&*store, &sim).await;
+    crate::store::drop_pg_database(&fixture.url).await;
 }
 
 async fn check_ledger_against_neon(store: &dyn Store, sim: &crate::helpers::TestSim) {
@@ -277,24 +451,26 @@ async fn check_ledger_against_neon(store: &dyn Store, sim: &crate::helpers::Test
     );
 
     // Nothing leaked: every snapshot of ours still at Neon is in the job's record.
-    let st = sim.state();
-    let s = st.settled();
-    for (project_id, _) in s.projects.iter() {
+    let ours: Vec<(String, String, String)> = {
+        let st = sim.state();
+        let s = st.settled();
+        s.snapshots
+            .values()
+            .filter(|x| x.name.starts_with("snap-main-"))
+            .map(|x| (x.project_id.clone(), x.id.clone(), x.name.clone()))
+            .collect()
+    };
+    assert!(!ours.is_empty());
+    for (project_id, id, name) in ours {
         let record = store
             .get_state("snap", &format!("owned_snapshots/{project_id}"))
             .await
             .unwrap()
             .map(|r| r.value)
             .unwrap_or_default();
-        for snap in s.snapshots.values().filter(|x| &x.project_id == project_id) {
-            if snap.name.starts_with("snap-main-") {
-                assert!(
-                    record.contains(&snap.id),
-                    "snapshot {} ({}) is not in the record: {record}",
-                    snap.id,
-                    snap.name
-                );
-            }
-        }
+        assert!(
+            record.contains(&id),
+            "snapshot {id} ({name}) is not in the record: {record}"
+        );
     }
 }
