@@ -238,6 +238,27 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A base URL with user info is always refused, and the password never shown, whatever
+    /// else is wrong with the URL.
+    #[test]
+    fn base_url_userinfo_is_refused_and_never_shown(
+        scheme in "https?|ftp|",
+        user in "[a-z]{0,8}",
+        pass in "PW[a-zA-Z0-9]{6,12}",
+        host in "[a-z0-9.-]{0,12}|127\\.0\\.0\\.1|\\[::1\\]",
+        port in prop::option::of(0u32..100_000),
+        path in "(/[a-z0-9@:]{0,6}){0,3}",
+    ) {
+        let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+        let url = format!("{scheme}://{user}:{pass}@{host}{port}{path}");
+        let e = config::check_base_url(&url);
+        prop_assert!(e.is_err(), "{url} accepted");
+        let e = e.unwrap_err();
+        prop_assert!(!e.contains(&pass), "{e}");
+    }
+}
+
 #[test]
 fn the_seeds_are_valid() {
     for (i, s) in seeds().into_iter().enumerate() {
