@@ -34,6 +34,7 @@ macro_rules! complain {
         let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
 }
+pub(crate) use say;
 
 /// The writer behind [`say!`].
 pub fn write_stdout(line: std::fmt::Arguments<'_>) {
