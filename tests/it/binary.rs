@@ -564,3 +564,63 @@ async fn readyz_is_not_ready_with_a_refused_key() {
     .await
     .unwrap();
 }
+
+/// The same on PostgreSQL: `history` on an empty database says it is not initialised and
+/// leaves it without tables; on an initialised one it reads (read-only) the runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_never_migrates_postgres() {
+    use sqlx::Connection;
+    let admin_url = std::env::var("NEON_STEWARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("steward_ro_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("the PostgreSQL test server is reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let history = |url: String| {
+        let d = dir.path().to_path_buf();
+        let policy = policy.clone();
+        tokio::task::spawn_blocking(move || {
+            run(cmd(&d)
+                .env("NEON_STEWARD_STORE_URL", url)
+                .arg("--config")
+                .arg(&policy)
+                .arg("history"))
+        })
+    };
+    let out = history(url.clone()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    db.close().await.unwrap();
+
+    // Initialised by the daemon's own open: now `history` reads it.
+    drop(neon_steward::store::open(&url).await.unwrap());
+    let after = history(url.clone()).await.unwrap();
+
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not initialised"), "{stderr}");
+    assert_eq!(tables, 0, "history created tables");
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    assert!(String::from_utf8_lossy(&after.stdout).starts_with("    ID"));
+}
