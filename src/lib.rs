@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod neon;

@@ -6,6 +6,7 @@ mod helpers;
 mod binary;
 mod client;
 mod demo;
+mod fuzz_input;
 mod http;
 mod jobs;
 mod jobs_e2e;
