@@ -4,6 +4,7 @@
 mod helpers;
 
 mod binary;
+mod chaos;
 mod client;
 mod demo;
 mod fuzz_input;
