@@ -357,6 +357,23 @@ impl Sim {
         s.insert_project(name, org_id, now)
     }
 
+    /// Adds a personal project of another user (created for it) shared with the primary user:
+    /// it is listed by `GET /projects/shared`, not by `GET /projects`.
+    pub fn add_shared_project(&self, name: &str) -> (state::Project, state::Branch) {
+        let mut s = self.app.state.settled();
+        let now = s.now();
+        let owner = s.insert_user(&format!("owner-of-{name}"));
+        let primary = s.primary_user_id.clone();
+        let (project, branch) = s.insert_project(name, None, now);
+        let p = s
+            .projects
+            .get_mut(&project.id)
+            .expect("the project was just inserted");
+        p.owner_id = owner;
+        p.shared_with.push(primary);
+        (p.clone(), branch)
+    }
+
     /// Adds a branch; `parent` defaults to the project's default branch.
     pub fn add_branch(
         &self,

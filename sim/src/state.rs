@@ -146,6 +146,29 @@ pub struct Project {
     /// Default `suspend_timeout_seconds` for new endpoints.
     pub default_suspend_timeout_seconds: i64,
     pub history_retention_seconds: i32,
+    /// Users (ids) outside the project's owner and organization it is shared with; they see
+    /// it under `GET /projects/shared`, not `GET /projects`.
+    pub shared_with: Vec<String>,
+}
+
+/// A deleted project in its recovery window, with everything `recover` brings back.
+#[derive(Debug, Clone)]
+pub struct DeletedProject {
+    pub project: Project,
+    pub deleted_at: DateTime<Utc>,
+    pub branches: Vec<Branch>,
+    pub endpoints: Vec<Endpoint>,
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// How long a deleted project can be recovered ("Recovers a deleted project within the 7-day
+/// deletion recovery period", the document's recoverProject).
+pub const PROJECT_RECOVERY_WINDOW: TimeDelta = TimeDelta::days(7);
+
+impl DeletedProject {
+    pub fn recoverable_until(&self) -> DateTime<Utc> {
+        self.deleted_at + PROJECT_RECOVERY_WINDOW
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -399,6 +422,8 @@ pub struct State {
     pub projects: BTreeMap<String, Project>,
     pub branches: BTreeMap<String, Branch>,
     pub deleted_branches: Vec<DeletedBranch>,
+    /// Deleted projects; those past [`PROJECT_RECOVERY_WINDOW`] are dropped by `settle`.
+    pub deleted_projects: Vec<DeletedProject>,
     pub endpoints: BTreeMap<String, Endpoint>,
     pub activity_log: Vec<ActivityRecord>,
     pub snapshots: BTreeMap<String, Snapshot>,
@@ -437,6 +462,7 @@ impl State {
             projects: BTreeMap::new(),
             branches: BTreeMap::new(),
             deleted_branches: Vec::new(),
+            deleted_projects: Vec::new(),
             endpoints: BTreeMap::new(),
             activity_log: Vec::new(),
             snapshots: BTreeMap::new(),
@@ -486,6 +512,8 @@ impl State {
         }
         self.snapshots
             .retain(|_, s| s.expires_at.is_none_or(|at| at > now));
+        self.deleted_projects
+            .retain(|d| d.recoverable_until() > now);
     }
 
     fn settle_endpoint(&mut self, id: &str, now: DateTime<Utc>) {
@@ -657,15 +685,33 @@ impl State {
     /// Whether the caller may see this project.
     pub fn can_see_project(&self, who: &Principal, project: &Project) -> bool {
         match &who.scope {
-            KeyScope::Personal { user_id } => match &project.org_id {
-                None => &project.owner_id == user_id,
-                Some(org) => self
-                    .orgs
-                    .get(org)
-                    .is_some_and(|o| o.members.iter().any(|m| m == user_id)),
-            },
+            KeyScope::Personal { user_id } => {
+                self.owns_project(user_id, project) || project.shared_with.contains(user_id)
+            }
             KeyScope::Org { org_id } => project.org_id.as_deref() == Some(org_id.as_str()),
             KeyScope::Project { project_id, .. } => project_id == &project.id,
+        }
+    }
+
+    /// Whether the user owns the project: personally, or as a member of its organization.
+    pub fn owns_project(&self, user_id: &str, project: &Project) -> bool {
+        match &project.org_id {
+            None => project.owner_id == user_id,
+            Some(org) => self
+                .orgs
+                .get(org)
+                .is_some_and(|o| o.members.iter().any(|m| m == user_id)),
+        }
+    }
+
+    /// Whether the project is visible to the caller only because it was shared with them
+    /// (what `GET /projects/shared` lists and `GET /projects` leaves out).
+    pub fn is_shared_with(&self, who: &Principal, project: &Project) -> bool {
+        match &who.scope {
+            KeyScope::Personal { user_id } => {
+                project.shared_with.contains(user_id) && !self.owns_project(user_id, project)
+            }
+            _ => false,
         }
     }
 
@@ -792,22 +838,71 @@ impl State {
         self.endpoints.remove(endpoint_id);
     }
 
-    /// Removes a project and everything in it.
+    /// Removes a project and everything in it; it stays recoverable for
+    /// [`PROJECT_RECOVERY_WINDOW`] (see [`State::recover_project`]).
     pub fn remove_project(&mut self, project_id: &str, at: DateTime<Utc>) -> Option<Project> {
-        let branches: Vec<String> = self
+        let branches: Vec<Branch> = self
             .project_branches(project_id)
-            .iter()
-            .map(|b| b.id.clone())
+            .into_iter()
+            .cloned()
             .collect();
-        for b in branches {
-            self.remove_branch(&b, at, "user");
+        let endpoints: Vec<Endpoint> = self
+            .project_endpoints(project_id)
+            .into_iter()
+            .cloned()
+            .collect();
+        for b in &branches {
+            self.remove_branch(&b.id, at, "user");
         }
+        let snapshots: Vec<Snapshot> = self
+            .snapshots
+            .values()
+            .filter(|s| s.project_id == project_id)
+            .cloned()
+            .collect();
         self.snapshots.retain(|_, s| s.project_id != project_id);
         self.api_keys.retain(|k| match &k.scope {
             KeyScope::Project { project_id: p, .. } => p != project_id,
             _ => true,
         });
-        self.projects.remove(project_id)
+        let project = self.projects.remove(project_id)?;
+        self.deleted_projects.push(DeletedProject {
+            project: project.clone(),
+            deleted_at: at,
+            branches,
+            endpoints,
+            snapshots,
+        });
+        Some(project)
+    }
+
+    /// Brings back a deleted project in its recovery window: its branches, computes (idle) and
+    /// snapshots. `None` when there is no such recoverable project.
+    pub fn recover_project(&mut self, project_id: &str, at: DateTime<Utc>) -> Option<Project> {
+        let i = self
+            .deleted_projects
+            .iter()
+            .position(|d| d.project.id == project_id && d.recoverable_until() > at)?;
+        let d = self.deleted_projects.remove(i);
+        let ids: Vec<&str> = d.branches.iter().map(|b| b.id.as_str()).collect();
+        self.deleted_branches
+            .retain(|x| !ids.contains(&x.branch.id.as_str()));
+        for b in d.branches {
+            self.branches.insert(b.id.clone(), b);
+        }
+        for mut e in d.endpoints {
+            e.current_state = EndpointState::Idle;
+            e.activity = Activity::Idle;
+            e.updated_at = at;
+            self.endpoints.insert(e.id.clone(), e);
+        }
+        for s in d.snapshots {
+            self.snapshots.insert(s.id.clone(), s);
+        }
+        let mut project = d.project;
+        project.updated_at = at;
+        self.projects.insert(project.id.clone(), project.clone());
+        Some(project)
     }
 
     // ----- creation helpers (used by routes, seeding and tests) -------------------------------
@@ -831,6 +926,7 @@ impl State {
             updated_at: created_at,
             default_suspend_timeout_seconds: 0,
             history_retention_seconds: 86_400,
+            shared_with: Vec::new(),
         };
         self.projects.insert(id.clone(), project.clone());
         let branch = self.insert_branch(&id, "main", None, created_at);
@@ -839,6 +935,24 @@ impl State {
         }
         let branch = self.branches[&branch.id].clone();
         (project, branch)
+    }
+
+    /// Adds a user (not the primary one) and returns its id.
+    pub fn insert_user(&mut self, login: &str) -> String {
+        let id = ids::uuid(&mut self.rng);
+        let now = self.now();
+        self.users.insert(
+            id.clone(),
+            User {
+                id: id.clone(),
+                email: format!("{login}@example.com"),
+                login: login.to_string(),
+                name: login.to_string(),
+                last_name: String::new(),
+                created_at: now,
+            },
+        );
+        id
     }
 
     /// Adds a branch to a project (no checks: callers validate).

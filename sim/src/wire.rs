@@ -48,6 +48,101 @@ impl Organization {
     }
 }
 
+/// `CurrentUserInfoResponse` (`GET /users/me`). Neon sends `billing_account` though the
+/// document marks it optional, and Neon's python SDK requires it.
+#[derive(Serialize)]
+pub struct CurrentUser {
+    pub active_seconds_limit: i64,
+    pub billing_account: BillingAccount,
+    pub auth_accounts: Vec<AuthAccount>,
+    pub email: String,
+    pub id: String,
+    pub image: String,
+    pub login: String,
+    pub name: String,
+    pub last_name: String,
+    pub projects_limit: i64,
+    pub branches_limit: i64,
+    pub max_autoscaling_limit: f64,
+    pub plan: String,
+}
+
+#[derive(Serialize)]
+pub struct AuthAccount {
+    pub email: String,
+    pub image: String,
+    pub login: String,
+    pub name: String,
+    pub provider: String,
+}
+
+/// `BillingAccount`: every required field, for an active account on the Scale plan.
+#[derive(Serialize)]
+pub struct BillingAccount {
+    pub state: String,
+    pub payment_source: PaymentSource,
+    pub subscription_type: String,
+    pub payment_method: String,
+    pub quota_reset_at_last: String,
+    pub name: String,
+    pub email: String,
+    pub address_city: String,
+    pub address_country: String,
+    pub address_line1: String,
+    pub address_line2: String,
+    pub address_postal_code: String,
+    pub address_state: String,
+}
+
+#[derive(Serialize)]
+pub struct PaymentSource {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl CurrentUser {
+    pub fn from(state: &State, u: &state::User) -> CurrentUser {
+        let full_name = format!("{} {}", u.name, u.last_name).trim().to_string();
+        CurrentUser {
+            active_seconds_limit: 0,
+            billing_account: BillingAccount {
+                state: "active".into(),
+                payment_source: PaymentSource {
+                    kind: "card".into(),
+                },
+                subscription_type: "scale".into(),
+                payment_method: "stripe".into(),
+                quota_reset_at_last: ts(month_start(state.now())),
+                name: full_name,
+                email: u.email.clone(),
+                address_city: String::new(),
+                address_country: String::new(),
+                address_line1: String::new(),
+                address_line2: String::new(),
+                address_postal_code: String::new(),
+                address_state: String::new(),
+            },
+            auth_accounts: vec![AuthAccount {
+                email: u.email.clone(),
+                image: String::new(),
+                login: u.login.clone(),
+                name: u.name.clone(),
+                provider: "github".into(),
+            }],
+            email: u.email.clone(),
+            id: u.id.clone(),
+            image: String::new(),
+            login: u.login.clone(),
+            name: u.name.clone(),
+            last_name: u.last_name.clone(),
+            projects_limit: 1000,
+            branches_limit: 5000,
+            max_autoscaling_limit: 8.0,
+            plan: "scale".into(),
+        }
+    }
+}
+
 #[derive(Serialize, Default)]
 pub struct DefaultEndpointSettings {
     pub suspend_timeout_seconds: i64,
@@ -80,6 +175,25 @@ pub struct ProjectListItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub org_name: Option<String>,
     pub history_retention_seconds: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recoverable_until: Option<String>,
+}
+
+/// `ProjectsResponse` with `PaginationResponse` (`GET /projects`, `GET /projects/shared`).
+#[derive(Serialize)]
+pub struct ProjectsList {
+    pub projects: Vec<ProjectListItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+    pub applications: serde_json::Map<String, serde_json::Value>,
+    pub integrations: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub struct Pagination {
+    pub cursor: String,
 }
 
 const LOGICAL_SIZE_LIMIT_MIB: i64 = 512 * 1024;
@@ -129,6 +243,17 @@ impl ProjectListItem {
                 .and_then(|o| state.orgs.get(o))
                 .map(|o| o.name.clone()),
             history_retention_seconds: p.history_retention_seconds,
+            deleted_at: None,
+            recoverable_until: None,
+        }
+    }
+
+    /// A deleted project as `?recoverable=true` lists it.
+    pub fn deleted(state: &State, d: &state::DeletedProject) -> ProjectListItem {
+        ProjectListItem {
+            deleted_at: Some(ts(d.deleted_at)),
+            recoverable_until: Some(ts(d.recoverable_until())),
+            ..ProjectListItem::from(state, &d.project)
         }
     }
 }

@@ -79,6 +79,8 @@ pub const EMULATED_OPERATIONS: &[(&str, &str, &str)] = &[
     ("GET", "/regions", "getActiveRegions"),
     ("GET", "/projects", "listProjects"),
     ("POST", "/projects", "createProject"),
+    ("GET", "/projects/shared", "listSharedProjects"),
+    ("POST", "/projects/{project_id}/recover", "recoverProject"),
     ("GET", "/projects/{project_id}", "getProject"),
     ("PATCH", "/projects/{project_id}", "updateProject"),
     ("DELETE", "/projects/{project_id}", "deleteProject"),
@@ -249,6 +251,8 @@ pub fn api_router(app: AppState) -> Router {
         .route("/api_keys/{key_id}", delete(identity::revoke_key))
         .route("/regions", get(identity::regions))
         .route("/projects", get(projects::list).post(projects::create))
+        .route("/projects/shared", get(projects::shared))
+        .route("/projects/{project_id}/recover", post(projects::recover))
         .route(
             "/projects/{project_id}",
             get(projects::get)

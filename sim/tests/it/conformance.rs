@@ -232,6 +232,10 @@ async fn every_emulated_operation_conforms_to_the_document() {
     h.call("GET", &format!("/projects?limit=2&org_id={org}"), None, Ok)
         .await;
     h.call("GET", "/projects?limit=0", None, E(400)).await;
+    h.sim.add_shared_project("conformance-shared");
+    h.call("GET", "/projects/shared", None, Ok).await;
+    h.call("GET", "/projects/shared?limit=0", None, E(400))
+        .await;
     let created = h
         .call(
             "POST",
@@ -661,6 +665,11 @@ async fn every_emulated_operation_conforms_to_the_document() {
     // ----- and finally delete the project ----------------------------------------------------
     h.call("DELETE", &format!("/projects/{p}"), None, Ok).await;
     h.call("DELETE", "/projects/no-such-project-1", None, E(404))
+        .await;
+    h.call("GET", "/projects?recoverable=true", None, Ok).await;
+    h.call("POST", &format!("/projects/{p}/recover"), None, Ok)
+        .await;
+    h.call("POST", "/projects/no-such-project-1/recover", None, E(404))
         .await;
 
     eprintln!(
