@@ -193,6 +193,8 @@ pub struct DeletedBranch {
     pub deleted_at: DateTime<Utc>,
     /// `user` or `ttl`, as in Neon's `BranchRecoveryInfo.deletion_method`.
     pub deletion_method: &'static str,
+    /// Deleted with `hard_delete=true`: never recoverable (kept only for consumption).
+    pub hard: bool,
 }
 
 /// How long a deleted branch stays recoverable ("By default, deleted branches can be
@@ -206,7 +208,7 @@ impl DeletedBranch {
 
     /// Still inside its recovery window at `now`.
     pub fn is_recoverable(&self, now: DateTime<Utc>) -> bool {
-        now < self.recoverable_until()
+        !self.hard && now < self.recoverable_until()
     }
 }
 
@@ -828,6 +830,7 @@ impl State {
                 branch,
                 deleted_at: at,
                 deletion_method: method,
+                hard: false,
             });
         }
     }

@@ -202,6 +202,9 @@ pub struct BranchOptions {
     name: Option<String>,
     parent_timestamp: Option<DateTime<Utc>>,
     protected: Option<bool>,
+    /// When the branch is deleted automatically (Neon's branch expiration, the same rules as
+    /// on update).
+    expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,6 +213,42 @@ pub struct CreateBody {
     branch: Option<BranchOptions>,
     #[serde(default)]
     endpoints: Vec<EndpointOptions>,
+}
+
+/// Neon's rules for a branch's `expires_at` (on create and update alike): in the future, at
+/// most 30 days ahead, never on the default or a protected branch, nor on a branch with
+/// children.
+fn check_expiry(
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    default: bool,
+    protected: bool,
+    has_children: bool,
+) -> Result<(), ApiError> {
+    if at <= now {
+        return Err(ApiError::bad_request("expires_at must be in the future"));
+    }
+    if at > now + MAX_BRANCH_TTL {
+        return Err(ApiError::bad_request(
+            "expires_at must be at most 30 days in the future",
+        ));
+    }
+    if default {
+        return Err(ApiError::bad_request(
+            "cannot set expires_at on the default branch",
+        ));
+    }
+    if has_children {
+        return Err(ApiError::bad_request(
+            "cannot set expires_at on a branch that has child branches",
+        ));
+    }
+    if protected {
+        return Err(ApiError::bad_request(
+            "cannot set expires_at on a protected branch",
+        ));
+    }
+    Ok(())
 }
 
 fn ensure_unique_name(
@@ -258,6 +297,14 @@ pub async fn create(
             .clone(),
     };
     let now = s.now();
+    if parent.expires_at.is_some() {
+        return Err(ApiError::bad_request(
+            "cannot create a child of a branch that has expires_at set",
+        ));
+    }
+    if let Some(at) = opts.expires_at {
+        check_expiry(at, now, false, opts.protected.unwrap_or(false), false)?;
+    }
     if let Some(t) = opts.parent_timestamp {
         if t > now || t < parent.created_at {
             return Err(ApiError::bad_request(
@@ -290,6 +337,7 @@ pub async fn create(
         b.name = b.id.clone();
     }
     b.protected = opts.protected.unwrap_or(false);
+    b.expires_at = opts.expires_at;
     if let Some(t) = opts.parent_timestamp {
         b.parent_timestamp = Some(t);
     }
@@ -373,24 +421,13 @@ pub async fn update(
         None => current.expires_at,
     };
     if let Some(Some(at)) = expires_at {
-        if at <= now {
-            return Err(ApiError::bad_request("expires_at must be in the future"));
-        }
-        if at > now + MAX_BRANCH_TTL {
-            return Err(ApiError::bad_request(
-                "expires_at must be at most 30 days in the future",
-            ));
-        }
-        if current.default {
-            return Err(ApiError::bad_request(
-                "cannot set expires_at on the default branch",
-            ));
-        }
-        if s.has_children(&branch_id) {
-            return Err(ApiError::bad_request(
-                "cannot set expires_at on a branch that has child branches",
-            ));
-        }
+        check_expiry(
+            at,
+            now,
+            current.default,
+            will_be_protected,
+            s.has_children(&branch_id),
+        )?;
     }
     if will_be_protected && will_expire.is_some() {
         return Err(ApiError::bad_request(
@@ -417,10 +454,17 @@ pub async fn update(
     ))
 }
 
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    /// Delete for good, without the 7-day recovery window.
+    hard_delete: Option<bool>,
+}
+
 pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let mut s = app.state.settled();
     // The document: "204 Returned if the branch doesn't exist or has already been deleted".
@@ -465,6 +509,16 @@ pub async fn delete(
     }
     ops.push(s.push_operation(&project_id, Some(&branch_id), None, "delete_timeline"));
     s.remove_branch(&branch_id, now, "user");
+    if q.hard_delete == Some(true) {
+        if let Some(d) = s
+            .deleted_branches
+            .iter_mut()
+            .rev()
+            .find(|d| d.branch.id == branch_id)
+        {
+            d.hard = true;
+        }
+    }
     Ok(
         Json(json!({ "branch": body_branch, "operations": Operation::list(&ops, now) }))
             .into_response(),

@@ -33,9 +33,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(bytes)
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de)
             .map(ApiJson)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    ApiError::bad_request(format!("invalid request body: {inner}"))
+                } else {
+                    ApiError::bad_request(format!("invalid request body: {path}: {inner}"))
+                }
+            })
     }
 }
 

@@ -19,3 +19,108 @@ async fn users_me_carries_a_billing_account() {
     assert!(ba["quota_reset_at_last"].as_str().unwrap().ends_with('Z'));
     api.sim.shutdown().await;
 }
+
+fn rfc(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[tokio::test]
+async fn branch_create_honours_expires_at_with_neons_rules() {
+    use chrono::TimeDelta;
+    use serde_json::json;
+    let api = Api::start(SimConfig::default().projects(1)).await;
+    let p = api.sim.projects()[0].id.clone();
+    let now = api.sim.clock().now();
+    let url = format!("/projects/{p}/branches");
+    let before = api.sim.branches(&p).len();
+    let cases = [
+        (
+            json!({"branch": {"name": "past", "expires_at": rfc(now - TimeDelta::hours(1))}}),
+            "future",
+        ),
+        (
+            json!({"branch": {"name": "far", "expires_at": rfc(now + TimeDelta::days(40))}}),
+            "30 days",
+        ),
+        (
+            json!({"branch": {"name": "prot", "protected": true, "expires_at": rfc(now + TimeDelta::days(1))}}),
+            "protected",
+        ),
+        (
+            json!({"branch": {"name": "bad", "expires_at": "tomorrow"}}),
+            "expires_at",
+        ),
+    ];
+    for (body, why) in cases {
+        let (st, answer) = api.post(&url, body.clone()).await;
+        crate::support::assert_error(st, &answer, StatusCode::BAD_REQUEST, why);
+    }
+    assert_eq!(
+        api.sim.branches(&p).len(),
+        before,
+        "no refused branch was created"
+    );
+
+    let at = now + TimeDelta::hours(2);
+    let (st, body) = api
+        .post(
+            &url,
+            json!({"branch": {"name": "preview/pr-1", "expires_at": rfc(at)},
+                   "endpoints": [{"type": "read_write"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(body["branch"]["expires_at"], rfc(at).as_str());
+    let id = body["branch"]["id"].as_str().unwrap().to_string();
+    // A branch with an expiry cannot become a parent.
+    let (st, answer) = api
+        .post(
+            &url,
+            json!({"branch": {"name": "grandchild", "parent_id": id}}),
+        )
+        .await;
+    crate::support::assert_error(st, &answer, StatusCode::BAD_REQUEST, "expires_at");
+
+    api.sim
+        .clock()
+        .advance(std::time::Duration::from_secs(2 * 3600 - 1));
+    assert!(api.sim.branch(&id).is_some(), "not before its time");
+    api.sim.clock().advance(std::time::Duration::from_secs(1));
+    let (st, _) = api.get(&format!("{url}/{id}")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "deleted at expires_at");
+    api.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn hard_delete_leaves_no_recoverable_branch() {
+    use serde_json::json;
+    let api = Api::start(SimConfig::default().projects(1)).await;
+    let p = api.sim.projects()[0].id.clone();
+    let url = format!("/projects/{p}/branches");
+    let mut ids = Vec::new();
+    for name in ["soft", "hard"] {
+        let (st, body) = api.post(&url, json!({"branch": {"name": name}})).await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+        ids.push(body["branch"]["id"].as_str().unwrap().to_string());
+    }
+    let (st, _) = api.delete(&format!("{url}/{}", ids[0])).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = api
+        .delete(&format!("{url}/{}?hard_delete=true", ids[1]))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, listed) = api.get(&format!("{url}?include_deleted=true")).await;
+    let names: Vec<&str> = listed["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"soft"), "{listed}");
+    assert!(!names.contains(&"hard"), "{listed}");
+    let (st, body) = api
+        .delete(&format!("{url}/{}?hard_delete=maybe", ids[0]))
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "hard_delete");
+    api.sim.shutdown().await;
+}
