@@ -184,6 +184,8 @@ pub struct Branch {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub logical_size: i64,
+    /// Until then the branch's create operation runs: Neon reports it `init`, pending `ready`.
+    pub ready_at: Option<DateTime<Utc>>,
 }
 
 /// A branch that no longer exists; kept for consumption history and recovery info.
@@ -280,6 +282,10 @@ pub struct Endpoint {
     pub started_at: Option<DateTime<Utc>>,
     pub suspended_at: Option<DateTime<Utc>>,
     pub activity: Activity,
+    /// Until then the compute's create operation runs: Neon reports it `init`.
+    pub init_until: Option<DateTime<Utc>>,
+    /// A start or suspend operation in progress: the state it leads to, and when it finishes.
+    pub pending: Option<(EndpointState, DateTime<Utc>)>,
 }
 
 impl Endpoint {
@@ -641,8 +647,41 @@ impl State {
             duration: self.operation_duration,
             failure,
         };
+        self.note_pending(&op);
         self.operations.push(op.clone());
         op
+    }
+
+    /// What Neon reports while an operation runs: a branch or compute created by it is `init`,
+    /// and a compute being started or suspended has a `pending_state`.
+    fn note_pending(&mut self, op: &Operation) {
+        if op.duration <= TimeDelta::zero() {
+            return;
+        }
+        let done = op.created_at + op.duration;
+        match (op.action, &op.branch_id, &op.endpoint_id) {
+            ("create_timeline" | "create_branch", Some(b), None) => {
+                if let Some(b) = self.branches.get_mut(b) {
+                    if b.created_at == op.created_at {
+                        b.ready_at = Some(done);
+                    }
+                }
+            }
+            ("create_compute" | "start_compute" | "suspend_compute", _, Some(e)) => {
+                if let Some(e) = self.endpoints.get_mut(e) {
+                    if e.created_at == op.created_at && op.action != "suspend_compute" {
+                        e.init_until = Some(done);
+                    }
+                    let to = if op.action == "suspend_compute" {
+                        EndpointState::Idle
+                    } else {
+                        EndpointState::Active
+                    };
+                    e.pending = Some((to, done));
+                }
+            }
+            _ => {}
+        }
     }
 
     // ----- identity and scope -----------------------------------------------------------------
@@ -984,6 +1023,7 @@ impl State {
             created_at,
             updated_at: created_at,
             logical_size,
+            ready_at: None,
         };
         self.branches.insert(id, branch.clone());
         branch
@@ -1017,6 +1057,8 @@ impl State {
             started_at: None,
             suspended_at: None,
             activity: Activity::Idle,
+            init_until: None,
+            pending: None,
         };
         self.endpoints.insert(id, ep.clone());
         Some(ep)

@@ -345,6 +345,8 @@ pub struct Branch {
     pub parent_timestamp: Option<String>,
     pub name: String,
     pub current_state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_state: Option<String>,
     pub state_changed_at: String,
     pub logical_size: i64,
     pub creation_source: String,
@@ -392,6 +394,7 @@ impl Branch {
         let now = state.now();
         let start = month_start(now);
         let compute = state.branch_compute_seconds(&b.id, start, now);
+        let init = b.ready_at.is_some_and(|at| now < at);
         Branch {
             id: b.id.clone(),
             project_id: b.project_id.clone(),
@@ -399,8 +402,9 @@ impl Branch {
             parent_lsn: b.parent_id.as_ref().map(|_| "0/1E8E6B0".to_string()),
             parent_timestamp: ts_opt(b.parent_timestamp),
             name: b.name.clone(),
-            current_state: "ready".into(),
-            state_changed_at: ts(b.created_at),
+            current_state: if init { "init" } else { "ready" }.into(),
+            pending_state: init.then(|| "ready".into()),
+            state_changed_at: ts(b.ready_at.filter(|_| !init).unwrap_or(b.created_at)),
             logical_size: b.logical_size,
             creation_source: "console".into(),
             primary: b.default,
@@ -440,6 +444,8 @@ pub struct Endpoint {
     #[serde(rename = "type")]
     pub kind: String,
     pub current_state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_state: Option<String>,
     pub settings: EndpointSettings,
     pub pooler_enabled: bool,
     pub pooler_mode: String,
@@ -460,7 +466,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn from(e: &state::Endpoint) -> Endpoint {
+    /// The compute as of `now` (its `init` and `pending_state` while operations run).
+    pub fn from(e: &state::Endpoint, now: DateTime<Utc>) -> Endpoint {
+        let current = if e.init_until.is_some_and(|at| now < at) {
+            state::EndpointState::Init
+        } else {
+            e.current_state
+        };
         let region = e.region_id.trim_start_matches("aws-");
         Endpoint {
             host: format!("{}.{region}.aws.neon.tech", e.id),
@@ -472,7 +484,12 @@ impl Endpoint {
             autoscaling_limit_max_cu: e.autoscaling_limit_max_cu,
             region_id: e.region_id.clone(),
             kind: e.kind.as_str().into(),
-            current_state: e.current_state.as_str().into(),
+            current_state: current.as_str().into(),
+            // The model changes state at once; Neon shows where a running operation leads.
+            pending_state: e
+                .pending
+                .filter(|(to, until)| now < *until && *to != current)
+                .map(|(to, _)| to.as_str().into()),
             settings: EndpointSettings::default(),
             pooler_enabled: false,
             pooler_mode: "transaction".into(),
@@ -625,7 +642,7 @@ pub fn default_role_and_db(b: &state::Branch) -> (Role, Database) {
 /// Connection URIs for the given read-write compute (a placeholder password: nothing listens).
 pub fn connection_uris(ep: Option<&state::Endpoint>) -> Vec<ConnectionDetails> {
     let Some(ep) = ep else { return Vec::new() };
-    let host = Endpoint::from(ep).host;
+    let host = Endpoint::from(ep, ep.created_at).host;
     let pooler = host.replacen(&ep.id, &format!("{}-pooler", ep.id), 1);
     vec![ConnectionDetails {
         connection_uri: format!(

@@ -360,7 +360,7 @@ pub async fn create(
         StatusCode::CREATED,
         Json(json!({
             "branch": wire::Branch::from(&s, &branch),
-            "endpoints": eps.iter().map(wire::Endpoint::from).collect::<Vec<_>>(),
+            "endpoints": eps.iter().map(|e| wire::Endpoint::from(e, now)).collect::<Vec<_>>(),
             "operations": Operation::list(&ops, now),
             "roles": [],
             "databases": [],

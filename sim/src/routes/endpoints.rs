@@ -123,10 +123,11 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
+    let now = s.now();
     let eps: Vec<_> = s
         .project_endpoints(&project_id)
         .into_iter()
-        .map(wire::Endpoint::from)
+        .map(|e| wire::Endpoint::from(e, now))
         .collect();
     Ok(Json(json!({ "endpoints": eps })))
 }
@@ -138,10 +139,11 @@ pub async fn list_for_branch(
 ) -> Result<Json<Value>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
+    let now = s.now();
     let eps: Vec<_> = s
         .branch_endpoints(&branch_id)
         .into_iter()
-        .map(wire::Endpoint::from)
+        .map(|e| wire::Endpoint::from(e, now))
         .collect();
     Ok(Json(json!({ "endpoints": eps })))
 }
@@ -153,7 +155,9 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let s = app.state.settled();
     let e = s.endpoint_for(&who, &project_id, &endpoint_id)?;
-    Ok(Json(json!({ "endpoint": wire::Endpoint::from(e) })))
+    Ok(Json(
+        json!({ "endpoint": wire::Endpoint::from(e, s.now()) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -187,10 +191,11 @@ pub async fn create(
         ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&ep.id), "start_compute"));
     }
     let now = s.now();
+    let ep = s.endpoints[&ep.id].clone();
     Ok((
         StatusCode::CREATED,
         Json(
-            json!({ "endpoint": wire::Endpoint::from(&ep), "operations": Operation::list(&ops, now) }),
+            json!({ "endpoint": wire::Endpoint::from(&ep, now), "operations": Operation::list(&ops, now) }),
         ),
     ))
 }
@@ -279,7 +284,7 @@ pub async fn update(
     }
     let e = s.endpoints[&endpoint_id].clone();
     Ok(Json(
-        json!({ "endpoint": wire::Endpoint::from(&e), "operations": Operation::list(&ops, now) }),
+        json!({ "endpoint": wire::Endpoint::from(&e, now), "operations": Operation::list(&ops, now) }),
     ))
 }
 
@@ -308,7 +313,7 @@ pub async fn delete(
     }
     s.remove_endpoint(&endpoint_id, now);
     Ok(Json(
-        json!({ "endpoint": wire::Endpoint::from(&e), "operations": Operation::list(&ops, now) }),
+        json!({ "endpoint": wire::Endpoint::from(&e, now), "operations": Operation::list(&ops, now) }),
     )
     .into_response())
 }
@@ -369,7 +374,7 @@ async fn lifecycle(
     }
     let e = s.endpoints[&endpoint_id].clone();
     Ok(Json(
-        json!({ "endpoint": wire::Endpoint::from(&e), "operations": Operation::list(&ops, now) }),
+        json!({ "endpoint": wire::Endpoint::from(&e, now), "operations": Operation::list(&ops, now) }),
     ))
 }
 

@@ -347,7 +347,7 @@ pub async fn create(
         "databases": [db],
         "operations": Operation::list(&ops, now),
         "branch": wire::Branch::from(&s, &branch),
-        "endpoints": [wire::Endpoint::from(&ep)],
+        "endpoints": [wire::Endpoint::from(&ep, now)],
     });
     Ok((StatusCode::CREATED, Json(body)))
 }

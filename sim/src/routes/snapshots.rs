@@ -252,7 +252,7 @@ pub async fn restore(
     let eps: Vec<wire::Endpoint> = moved
         .iter()
         .filter_map(|id| s.endpoints.get(id))
-        .map(wire::Endpoint::from)
+        .map(|e| wire::Endpoint::from(e, now))
         .collect();
     Ok(Json(json!({
         "branch": wire::Branch::from(&s, &branch),

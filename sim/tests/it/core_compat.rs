@@ -124,3 +124,41 @@ async fn hard_delete_leaves_no_recoverable_branch() {
     crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "hard_delete");
     api.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_new_branch_and_compute_are_init_until_their_operations_finish() {
+    use serde_json::json;
+    let api = Api::start(
+        SimConfig::default()
+            .projects(1)
+            .operation_duration(std::time::Duration::from_secs(10)),
+    )
+    .await;
+    let p = api.sim.projects()[0].id.clone();
+    api.sim.clock().advance(std::time::Duration::from_secs(60));
+    let (st, body) = api
+        .post(
+            &format!("/projects/{p}/branches"),
+            json!({"branch": {"name": "fresh"}, "endpoints": [{"type": "read_write"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(body["branch"]["current_state"], "init", "{body}");
+    assert_eq!(body["branch"]["pending_state"], "ready");
+    assert_eq!(body["endpoints"][0]["current_state"], "init");
+    assert_eq!(body["endpoints"][0]["pending_state"], "active");
+    let b = body["branch"]["id"].as_str().unwrap().to_string();
+    let e = body["endpoints"][0]["id"].as_str().unwrap().to_string();
+
+    api.sim.clock().advance(std::time::Duration::from_secs(9));
+    let (_, got) = api.get(&format!("/projects/{p}/branches/{b}")).await;
+    assert_eq!(got["branch"]["current_state"], "init");
+    api.sim.clock().advance(std::time::Duration::from_secs(1));
+    let (_, got) = api.get(&format!("/projects/{p}/branches/{b}")).await;
+    assert_eq!(got["branch"]["current_state"], "ready", "{got}");
+    assert!(got["branch"].get("pending_state").is_none());
+    let (_, got) = api.get(&format!("/projects/{p}/endpoints/{e}")).await;
+    assert_eq!(got["endpoint"]["current_state"], "active", "{got}");
+    assert!(got["endpoint"].get("pending_state").is_none());
+    api.sim.shutdown().await;
+}
