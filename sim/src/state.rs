@@ -214,6 +214,44 @@ impl DeletedBranch {
     }
 }
 
+/// A Postgres role of a branch. `password` is a secret: generated, shown by create, reset and
+/// reveal only, never by `Debug`. `None` for a `no_login` role.
+#[derive(Clone)]
+pub struct Role {
+    pub name: String,
+    pub password: Option<String>,
+    pub protected: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Role")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("protected", &self.protected)
+            .finish()
+    }
+}
+
+/// A database of a branch.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub id: i64,
+    pub name: String,
+    pub owner_name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The schema, as the DDL lines `pg_dump --schema-only` would print (the model behind
+    /// schema compare; set with `Sim::set_schema`). Children inherit their parent's.
+    pub schema: Vec<String>,
+}
+
+/// The owner role and database Neon creates on a new root branch.
+pub const DEFAULT_ROLE: &str = "neondb_owner";
+pub const DEFAULT_DATABASE: &str = "neondb";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointType {
     ReadWrite,
@@ -284,7 +322,7 @@ pub struct Endpoint {
     pub activity: Activity,
     /// Until then the compute's create operation runs: Neon reports it `init`.
     pub init_until: Option<DateTime<Utc>>,
-    /// A start or suspend operation in progress: the state it leads to, and when it finishes.
+    /// The state a running create operation leads to, and when it finishes.
     pub pending: Option<(EndpointState, DateTime<Utc>)>,
 }
 
@@ -423,7 +461,13 @@ pub struct State {
     /// The next `n` operations created end `failed` (a knob for tests and fault injection).
     pub fail_next_operations: u32,
     rng: ChaCha8Rng,
+    /// Role passwords come from their own stream, so adding roles does not move seeded ids.
+    password_rng: ChaCha8Rng,
     next_key_id: i64,
+    next_database_id: i64,
+    /// Roles and databases by branch id (kept after a branch is deleted, for recovery).
+    pub roles: BTreeMap<String, Vec<Role>>,
+    pub databases: BTreeMap<String, Vec<Database>>,
     pub users: BTreeMap<String, User>,
     pub orgs: BTreeMap<String, Org>,
     pub api_keys: Vec<ApiKey>,
@@ -463,7 +507,11 @@ impl State {
             operation_duration: TimeDelta::from_std(operation_duration).unwrap_or(TimeDelta::MAX),
             fail_next_operations: 0,
             rng,
+            password_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x7061_7373_776f_7264),
             next_key_id: 1,
+            next_database_id: 1,
+            roles: BTreeMap::new(),
+            databases: BTreeMap::new(),
             users,
             orgs: BTreeMap::new(),
             api_keys: Vec::new(),
@@ -647,14 +695,28 @@ impl State {
             duration: self.operation_duration,
             failure,
         };
-        self.note_pending(&op);
         self.operations.push(op.clone());
         op
     }
 
-    /// What Neon reports while an operation runs: a branch or compute created by it is `init`,
-    /// and a compute being started or suspended has a `pending_state`.
-    fn note_pending(&mut self, op: &Operation) {
+    /// [`State::push_operation`] for an operation that creates its branch or compute (see
+    /// [`State::mark_created`]).
+    pub fn push_create_operation(
+        &mut self,
+        project_id: &str,
+        branch_id: Option<&str>,
+        endpoint_id: Option<&str>,
+        action: &'static str,
+    ) -> Operation {
+        let op = self.push_operation(project_id, branch_id, endpoint_id, action);
+        self.mark_created(&op);
+        op
+    }
+
+    /// Marks what a create operation creates as `init` until the operation finishes: the
+    /// branch of `create_timeline`/`create_branch`, the compute of `create_compute` or of the
+    /// `start_compute` that creates it (pending `active`). Called by the routes that create.
+    pub fn mark_created(&mut self, op: &Operation) {
         if op.duration <= TimeDelta::zero() {
             return;
         }
@@ -662,22 +724,13 @@ impl State {
         match (op.action, &op.branch_id, &op.endpoint_id) {
             ("create_timeline" | "create_branch", Some(b), None) => {
                 if let Some(b) = self.branches.get_mut(b) {
-                    if b.created_at == op.created_at {
-                        b.ready_at = Some(done);
-                    }
+                    b.ready_at = Some(done);
                 }
             }
-            ("create_compute" | "start_compute" | "suspend_compute", _, Some(e)) => {
+            ("create_compute" | "start_compute", _, Some(e)) => {
                 if let Some(e) = self.endpoints.get_mut(e) {
-                    if e.created_at == op.created_at && op.action != "suspend_compute" {
-                        e.init_until = Some(done);
-                    }
-                    let to = if op.action == "suspend_compute" {
-                        EndpointState::Idle
-                    } else {
-                        EndpointState::Active
-                    };
-                    e.pending = Some((to, done));
+                    e.init_until = Some(done);
+                    e.pending = Some((EndpointState::Active, done));
                 }
             }
             _ => {}
@@ -1025,8 +1078,103 @@ impl State {
             logical_size,
             ready_at: None,
         };
-        self.branches.insert(id, branch.clone());
+        self.branches.insert(id.clone(), branch.clone());
+        match parent_id {
+            Some(p) => {
+                let roles = self.roles.get(p).cloned().unwrap_or_default();
+                let dbs = self.databases.get(p).cloned().unwrap_or_default();
+                self.roles.insert(id.clone(), roles);
+                let dbs = dbs
+                    .into_iter()
+                    .map(|d| {
+                        let id = self.next_database_id;
+                        self.next_database_id += 1;
+                        Database { id, ..d }
+                    })
+                    .collect();
+                self.databases.insert(id, dbs);
+            }
+            None => {
+                self.add_role(&id, DEFAULT_ROLE, true, created_at);
+                self.add_database(&id, DEFAULT_DATABASE, DEFAULT_ROLE, created_at);
+            }
+        }
         branch
+    }
+
+    /// Adds a role (with a generated password unless `login` is false) to a branch.
+    pub fn add_role(
+        &mut self,
+        branch_id: &str,
+        name: &str,
+        login: bool,
+        at: DateTime<Utc>,
+    ) -> Role {
+        let role = Role {
+            name: name.to_string(),
+            password: login.then(|| ids::role_password(&mut self.password_rng)),
+            protected: false,
+            created_at: at,
+            updated_at: at,
+        };
+        self.roles
+            .entry(branch_id.to_string())
+            .or_default()
+            .push(role.clone());
+        role
+    }
+
+    /// A new password for a role of a branch (`None` when there is no such role).
+    pub fn reset_role_password(
+        &mut self,
+        branch_id: &str,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Option<Role> {
+        let password = ids::role_password(&mut self.password_rng);
+        let role = self
+            .roles
+            .get_mut(branch_id)?
+            .iter_mut()
+            .find(|r| r.name == name)?;
+        role.password = Some(password);
+        role.updated_at = at;
+        Some(role.clone())
+    }
+
+    /// Adds a database owned by `owner` to a branch.
+    pub fn add_database(
+        &mut self,
+        branch_id: &str,
+        name: &str,
+        owner: &str,
+        at: DateTime<Utc>,
+    ) -> Database {
+        let db = Database {
+            id: self.next_database_id,
+            name: name.to_string(),
+            owner_name: owner.to_string(),
+            created_at: at,
+            updated_at: at,
+            schema: Vec::new(),
+        };
+        self.next_database_id += 1;
+        self.databases
+            .entry(branch_id.to_string())
+            .or_default()
+            .push(db.clone());
+        db
+    }
+
+    pub fn branch_roles(&self, branch_id: &str) -> &[Role] {
+        self.roles.get(branch_id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn branch_databases(&self, branch_id: &str) -> &[Database] {
+        self.databases
+            .get(branch_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Adds a compute to a branch, idle, with the project's default suspend timeout.

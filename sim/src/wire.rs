@@ -587,9 +587,41 @@ impl Snapshot {
 pub struct Role {
     pub branch_id: String,
     pub name: String,
+    /// Only in the answers of create and reset_password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
     pub protected: bool,
+    pub authentication_method: String,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Role {
+    /// The role without its password (what listings and get show).
+    pub fn from(branch_id: &str, r: &state::Role) -> Role {
+        Role {
+            branch_id: branch_id.to_string(),
+            name: r.name.clone(),
+            password: None,
+            protected: r.protected,
+            authentication_method: if r.password.is_some() {
+                "password"
+            } else {
+                "no_login"
+            }
+            .into(),
+            created_at: ts(r.created_at),
+            updated_at: ts(r.updated_at),
+        }
+    }
+
+    /// The role with its password (create and reset_password answers).
+    pub fn with_password(branch_id: &str, r: &state::Role) -> Role {
+        Role {
+            password: r.password.clone(),
+            ..Role::from(branch_id, r)
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -600,6 +632,19 @@ pub struct Database {
     pub owner_name: String,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Database {
+    pub fn from(branch_id: &str, d: &state::Database) -> Database {
+        Database {
+            id: d.id,
+            branch_id: branch_id.to_string(),
+            name: d.name.clone(),
+            owner_name: d.owner_name.clone(),
+            created_at: ts(d.created_at),
+            updated_at: ts(d.updated_at),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -617,43 +662,44 @@ pub struct ConnectionDetails {
     pub connection_parameters: ConnectionParameters,
 }
 
-/// The owner role and database Neon creates on a new root branch.
-pub fn default_role_and_db(b: &state::Branch) -> (Role, Database) {
-    let at = ts(b.created_at);
+/// The host of a compute, and of its pooler.
+pub fn endpoint_hosts(ep: &state::Endpoint) -> (String, String) {
+    let region = ep.region_id.trim_start_matches("aws-");
     (
-        Role {
-            branch_id: b.id.clone(),
-            name: "neondb_owner".into(),
-            protected: false,
-            created_at: at.clone(),
-            updated_at: at.clone(),
-        },
-        Database {
-            id: 1,
-            branch_id: b.id.clone(),
-            name: "neondb".into(),
-            owner_name: "neondb_owner".into(),
-            created_at: at.clone(),
-            updated_at: at,
-        },
+        format!("{}.{region}.aws.neon.tech", ep.id),
+        format!("{}-pooler.{region}.aws.neon.tech", ep.id),
     )
 }
 
-/// Connection URIs for the given read-write compute (a placeholder password: nothing listens).
-pub fn connection_uris(ep: Option<&state::Endpoint>) -> Vec<ConnectionDetails> {
+/// `postgresql://role:password@host/db?sslmode=require` (nothing listens there).
+pub fn connection_uri(host: &str, role: &str, password: &str, db: &str) -> String {
+    format!("postgresql://{role}:{password}@{host}/{db}?sslmode=require")
+}
+
+/// Connection URIs of the read-write compute for every database of its branch, with the
+/// database owner's password (what create answers return).
+pub fn connection_uris(state: &State, ep: Option<&state::Endpoint>) -> Vec<ConnectionDetails> {
     let Some(ep) = ep else { return Vec::new() };
-    let host = Endpoint::from(ep, ep.created_at).host;
-    let pooler = host.replacen(&ep.id, &format!("{}-pooler", ep.id), 1);
-    vec![ConnectionDetails {
-        connection_uri: format!(
-            "postgresql://neondb_owner:sim-password@{host}/neondb?sslmode=require"
-        ),
-        connection_parameters: ConnectionParameters {
-            database: "neondb".into(),
-            password: "sim-password".into(),
-            role: "neondb_owner".into(),
-            host,
-            pooler_host: pooler,
-        },
-    }]
+    let (host, pooler) = endpoint_hosts(ep);
+    state
+        .branch_databases(&ep.branch_id)
+        .iter()
+        .filter_map(|db| {
+            let role = state
+                .branch_roles(&ep.branch_id)
+                .iter()
+                .find(|r| r.name == db.owner_name)?;
+            let password = role.password.clone()?;
+            Some(ConnectionDetails {
+                connection_uri: connection_uri(&host, &role.name, &password, &db.name),
+                connection_parameters: ConnectionParameters {
+                    database: db.name.clone(),
+                    password,
+                    role: role.name.clone(),
+                    host: host.clone(),
+                    pooler_host: pooler.clone(),
+                },
+            })
+        })
+        .collect()
 }

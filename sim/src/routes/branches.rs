@@ -341,11 +341,17 @@ pub async fn create(
     if let Some(t) = opts.parent_timestamp {
         b.parent_timestamp = Some(t);
     }
-    let mut ops = vec![s.push_operation(&project_id, Some(&branch.id), None, "create_timeline")];
+    let mut ops =
+        vec![s.push_create_operation(&project_id, Some(&branch.id), None, "create_timeline")];
     let mut eps = Vec::new();
     for e in &body.endpoints {
         let ep = new_endpoint(&mut s, &branch.id, e)?;
-        ops.push(s.push_operation(&project_id, Some(&branch.id), Some(&ep.id), "start_compute"));
+        ops.push(s.push_create_operation(
+            &project_id,
+            Some(&branch.id),
+            Some(&ep.id),
+            "start_compute",
+        ));
         eps.push(ep);
     }
     let eps: Vec<_> = eps
@@ -362,9 +368,9 @@ pub async fn create(
             "branch": wire::Branch::from(&s, &branch),
             "endpoints": eps.iter().map(|e| wire::Endpoint::from(e, now)).collect::<Vec<_>>(),
             "operations": Operation::list(&ops, now),
-            "roles": [],
-            "databases": [],
-            "connection_uris": wire::connection_uris(rw_ep),
+            "roles": s.branch_roles(&branch.id).iter().map(|r| wire::Role::from(&branch.id, r)).collect::<Vec<_>>(),
+            "databases": s.branch_databases(&branch.id).iter().map(|d| wire::Database::from(&branch.id, d)).collect::<Vec<_>>(),
+            "connection_uris": wire::connection_uris(&s, rw_ep),
         })),
     ))
 }

@@ -181,14 +181,19 @@ pub async fn create(
     s.branch_for(&who, &project_id, &branch_id)?;
     s.ensure_unlocked(&project_id)?;
     let ep = new_endpoint(&mut s, &branch_id, &body.endpoint)?;
-    let mut ops = vec![s.push_operation(
+    let mut ops = vec![s.push_create_operation(
         &project_id,
         Some(&branch_id),
         Some(&ep.id),
         "create_compute",
     )];
     if !ep.disabled {
-        ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&ep.id), "start_compute"));
+        ops.push(s.push_create_operation(
+            &project_id,
+            Some(&branch_id),
+            Some(&ep.id),
+            "start_compute",
+        ));
     }
     let now = s.now();
     let ep = s.endpoints[&ep.id].clone();

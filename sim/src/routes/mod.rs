@@ -8,6 +8,7 @@ pub mod extract;
 pub mod identity;
 pub mod operations;
 pub mod projects;
+pub mod roles;
 pub mod snapshots;
 
 use std::collections::HashMap;
@@ -80,6 +81,66 @@ pub const EMULATED_OPERATIONS: &[(&str, &str, &str)] = &[
     ("GET", "/projects", "listProjects"),
     ("POST", "/projects", "createProject"),
     ("GET", "/projects/shared", "listSharedProjects"),
+    (
+        "GET",
+        "/projects/{project_id}/connection_uri",
+        "getConnectionURI",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/roles",
+        "listProjectBranchRoles",
+    ),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/roles",
+        "createProjectBranchRole",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}",
+        "getProjectBranchRole",
+    ),
+    (
+        "DELETE",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}",
+        "deleteProjectBranchRole",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reveal_password",
+        "getProjectBranchRolePassword",
+    ),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reset_password",
+        "resetProjectBranchRolePassword",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/databases",
+        "listProjectBranchDatabases",
+    ),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/databases",
+        "createProjectBranchDatabase",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+        "getProjectBranchDatabase",
+    ),
+    (
+        "PATCH",
+        "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+        "updateProjectBranchDatabase",
+    ),
+    (
+        "DELETE",
+        "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+        "deleteProjectBranchDatabase",
+    ),
     ("POST", "/projects/{project_id}/recover", "recoverProject"),
     ("GET", "/projects/{project_id}", "getProject"),
     ("PATCH", "/projects/{project_id}", "updateProject"),
@@ -252,6 +313,36 @@ pub fn api_router(app: AppState) -> Router {
         .route("/regions", get(identity::regions))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/shared", get(projects::shared))
+        .route(
+            "/projects/{project_id}/connection_uri",
+            get(roles::connection_uri),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles",
+            get(roles::list_roles).post(roles::create_role),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles/{role_name}",
+            get(roles::get_role).delete(roles::delete_role),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reveal_password",
+            get(roles::reveal_password),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reset_password",
+            post(roles::reset_password),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/databases",
+            get(roles::list_databases).post(roles::create_database),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+            get(roles::get_database)
+                .patch(roles::update_database)
+                .delete(roles::delete_database),
+        )
         .route("/projects/{project_id}/recover", post(projects::recover))
         .route(
             "/projects/{project_id}",

@@ -333,18 +333,27 @@ pub async fn create(
         .ok_or_else(|| ApiError::bad_request("cannot create the default compute"))?;
     s.start_endpoint_at(&ep.id, now);
     let ops = vec![
-        s.push_operation(&project.id, Some(&branch.id), None, "create_timeline"),
-        s.push_operation(&project.id, Some(&branch.id), Some(&ep.id), "start_compute"),
+        s.push_create_operation(&project.id, Some(&branch.id), None, "create_timeline"),
+        s.push_create_operation(&project.id, Some(&branch.id), Some(&ep.id), "start_compute"),
     ];
     let project = s.projects[&project.id].clone();
     let branch = s.branches[&branch.id].clone();
     let ep = s.endpoints[&ep.id].clone();
-    let (role, db) = wire::default_role_and_db(&branch);
+    let roles: Vec<wire::Role> = s
+        .branch_roles(&branch.id)
+        .iter()
+        .map(|r| wire::Role::with_password(&branch.id, r))
+        .collect();
+    let dbs: Vec<wire::Database> = s
+        .branch_databases(&branch.id)
+        .iter()
+        .map(|d| wire::Database::from(&branch.id, d))
+        .collect();
     let body = json!({
         "project": wire::Project::from(&s, &project),
-        "connection_uris": wire::connection_uris(Some(&ep)),
-        "roles": [role],
-        "databases": [db],
+        "connection_uris": wire::connection_uris(&s, Some(&ep)),
+        "roles": roles,
+        "databases": dbs,
         "operations": Operation::list(&ops, now),
         "branch": wire::Branch::from(&s, &branch),
         "endpoints": [wire::Endpoint::from(&ep, now)],

@@ -230,7 +230,8 @@ pub async fn restore(
         b.logical_size = snap.full_size;
         b.parent_timestamp = snap.timestamp.or(Some(snap.created_at));
     }
-    let mut ops = vec![s.push_operation(&project_id, Some(&branch.id), None, "create_branch")];
+    let mut ops =
+        vec![s.push_create_operation(&project_id, Some(&branch.id), None, "create_branch")];
     let mut moved = Vec::new();
     if body.finalize_restore {
         let eps: Vec<String> = s

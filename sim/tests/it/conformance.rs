@@ -662,6 +662,110 @@ async fn every_emulated_operation_conforms_to_the_document() {
         h.call("GET", &format!("{path}&{q}"), None, E(429)).await;
     }
 
+    // ----- roles, databases, connection URIs ---------------------------------------------------
+    let rp = format!("/projects/{p}/branches/{main}/roles");
+    let dp = format!("/projects/{p}/branches/{main}/databases");
+    h.call("GET", &rp, None, Ok).await;
+    h.call(
+        "GET",
+        "/projects/no-such-project-1/branches/br-x-1/roles",
+        None,
+        E(404),
+    )
+    .await;
+    h.call("POST", &rp, Some(json!({"role": {"name": "app"}})), Ok)
+        .await;
+    h.call("POST", &rp, Some(json!({"role": {"name": "app"}})), E(409))
+        .await;
+    h.call(
+        "POST",
+        &rp,
+        Some(json!({"role": {"name": "robot", "no_login": true}})),
+        Ok,
+    )
+    .await;
+    h.call("GET", &format!("{rp}/app"), None, Ok).await;
+    h.call("GET", &format!("{rp}/nobody"), None, E(404)).await;
+    h.call("GET", &format!("{rp}/app/reveal_password"), None, Ok)
+        .await;
+    h.call("GET", &format!("{rp}/nobody/reveal_password"), None, E(404))
+        .await;
+    h.call("GET", &format!("{rp}/robot/reveal_password"), None, E(412))
+        .await;
+    h.call("POST", &format!("{rp}/app/reset_password"), None, Ok)
+        .await;
+    h.call("POST", &format!("{rp}/nobody/reset_password"), None, E(404))
+        .await;
+    h.call("GET", &dp, None, Ok).await;
+    h.call(
+        "GET",
+        "/projects/no-such-project-1/branches/br-x-1/databases",
+        None,
+        E(404),
+    )
+    .await;
+    h.call(
+        "POST",
+        &dp,
+        Some(json!({"database": {"name": "shop", "owner_name": "app"}})),
+        Ok,
+    )
+    .await;
+    h.call(
+        "POST",
+        &dp,
+        Some(json!({"database": {"name": "shop2", "owner_name": "nobody"}})),
+        E(404),
+    )
+    .await;
+    h.call("GET", &format!("{dp}/shop"), None, Ok).await;
+    h.call("GET", &format!("{dp}/nothing"), None, E(404)).await;
+    h.call(
+        "PATCH",
+        &format!("{dp}/shop"),
+        Some(json!({"database": {"name": "store"}})),
+        Ok,
+    )
+    .await;
+    h.call(
+        "PATCH",
+        &format!("{dp}/nothing"),
+        Some(json!({"database": {"name": "x"}})),
+        E(404),
+    )
+    .await;
+    h.call(
+        "GET",
+        &format!(
+            "/projects/{p}/connection_uri?branch_id={b1}&database_name=neondb\
+             &role_name=neondb_owner&pooled=true"
+        ),
+        None,
+        Ok,
+    )
+    .await;
+    h.call(
+        "GET",
+        &format!("/projects/{p}/connection_uri?database_name=store&role_name=nobody"),
+        None,
+        E(404),
+    )
+    .await;
+    h.call("DELETE", &format!("{rp}/app"), None, E(400)).await;
+    h.call(
+        "DELETE",
+        "/projects/no-such-project-1/branches/br-x-1/databases/store",
+        None,
+        E(404),
+    )
+    .await;
+    h.call("DELETE", &format!("{dp}/store"), None, Ok).await;
+    h.call("DELETE", &format!("{dp}/store"), None, Expect::Status(204))
+        .await;
+    h.call("DELETE", &format!("{rp}/app"), None, Ok).await;
+    h.call("DELETE", &format!("{rp}/app"), None, Expect::Status(204))
+        .await;
+
     // ----- and finally delete the project ----------------------------------------------------
     h.call("DELETE", &format!("/projects/{p}"), None, Ok).await;
     h.call("DELETE", "/projects/no-such-project-1", None, E(404))

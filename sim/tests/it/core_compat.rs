@@ -162,3 +162,107 @@ async fn a_new_branch_and_compute_are_init_until_their_operations_finish() {
     assert!(got["endpoint"].get("pending_state").is_none());
     api.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn roles_databases_and_connection_uris_with_secret_passwords() {
+    use serde_json::json;
+    let api = Api::start(SimConfig::default()).await;
+    let (st, created) = api
+        .post("/projects", json!({"project": {"name": "shop"}}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let p = created["project"]["id"].as_str().unwrap().to_string();
+    let main = created["branch"]["id"].as_str().unwrap().to_string();
+    let owner_pw = created["roles"][0]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(created["connection_uris"][0]["connection_uri"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("neondb_owner:{owner_pw}@")));
+    let roles = format!("/projects/{p}/branches/{main}/roles");
+    let (_, listed) = api.get(&roles).await;
+    assert_eq!(listed["roles"][0]["name"], "neondb_owner");
+    assert!(listed["roles"][0].get("password").is_none(), "{listed}");
+
+    let (st, made) = api.post(&roles, json!({"role": {"name": "app"}})).await;
+    assert_eq!(st, StatusCode::CREATED, "{made}");
+    let pw = made["role"]["password"].as_str().unwrap().to_string();
+    let (_, got) = api.get(&format!("{roles}/app")).await;
+    assert!(got["role"].get("password").is_none());
+    let (_, shown) = api.get(&format!("{roles}/app/reveal_password")).await;
+    assert_eq!(shown["password"], pw.as_str());
+    let (_, reset) = api
+        .post(&format!("{roles}/app/reset_password"), json!({}))
+        .await;
+    let new_pw = reset["role"]["password"].as_str().unwrap().to_string();
+    assert_ne!(new_pw, pw);
+    let (_, shown) = api.get(&format!("{roles}/app/reveal_password")).await;
+    assert_eq!(shown["password"], new_pw.as_str());
+    let (st, body) = api
+        .post(&roles, json!({"role": {"name": "x".repeat(64)}}))
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "63 bytes");
+
+    let dbs = format!("/projects/{p}/branches/{main}/databases");
+    let (st, db) = api
+        .post(
+            &dbs,
+            json!({"database": {"name": "orders", "owner_name": "app"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{db}");
+    let (st, body) = api.delete(&format!("{roles}/app")).await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "owns database");
+    let (_, uri) = api
+        .get(&format!(
+            "/projects/{p}/connection_uri?database_name=orders&role_name=app"
+        ))
+        .await;
+    let uri = uri["uri"].as_str().unwrap().to_string();
+    assert!(
+        uri.starts_with(&format!("postgresql://app:{new_pw}@ep-")),
+        "{uri}"
+    );
+    assert!(uri.ends_with("/orders?sslmode=require"), "{uri}");
+    let (_, pooled) = api
+        .get(&format!(
+            "/projects/{p}/connection_uri?database_name=orders&role_name=app&pooled=true"
+        ))
+        .await;
+    assert!(pooled["uri"].as_str().unwrap().contains("-pooler."));
+    let (st, body) = api
+        .get(&format!("/projects/{p}/connection_uri?role_name=app"))
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "database_name");
+
+    // A child branch inherits roles (with their passwords) and databases.
+    let (_, child) = api
+        .post(
+            &format!("/projects/{p}/branches"),
+            json!({"branch": {"name": "dev"}}),
+        )
+        .await;
+    let child = child["branch"]["id"].as_str().unwrap().to_string();
+    let (_, shown) = api
+        .get(&format!(
+            "/projects/{p}/branches/{child}/roles/app/reveal_password"
+        ))
+        .await;
+    assert_eq!(shown["password"], new_pw.as_str());
+    let (_, listed) = api
+        .get(&format!("/projects/{p}/branches/{child}/databases"))
+        .await;
+    let names: Vec<&str> = listed["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["neondb", "orders"]);
+    // Passwords never reach Debug output of the model.
+    let debug = format!("{:?}", api.sim.state().lock().roles);
+    assert!(!debug.contains(&new_pw), "{debug}");
+    api.sim.shutdown().await;
+}

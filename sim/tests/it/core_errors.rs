@@ -98,13 +98,6 @@ async fn non_emulated_spec_operations_answer_501_naming_them() {
         StatusCode::NOT_IMPLEMENTED,
         "transferProjectsFromOrgToOrg",
     );
-    let (st, body) = api.get("/projects/p/branches/b/databases").await;
-    assert_error(
-        st,
-        &body,
-        StatusCode::NOT_IMPLEMENTED,
-        "listProjectBranchDatabases",
-    );
     let (st, body) = api.get("/no/such/thing").await;
     assert_error(st, &body, StatusCode::NOT_FOUND, "no such");
     api.sim.shutdown().await;
