@@ -186,6 +186,8 @@ pub struct Branch {
     pub logical_size: i64,
     /// Until then the branch's create operation runs: Neon reports it `init`, pending `ready`.
     pub ready_at: Option<DateTime<Utc>>,
+    /// When the branch was last restored (reset).
+    pub last_reset_at: Option<DateTime<Utc>>,
 }
 
 /// A branch that no longer exists; kept for consumption history and recovery info.
@@ -1077,6 +1079,7 @@ impl State {
             updated_at: created_at,
             logical_size,
             ready_at: None,
+            last_reset_at: None,
         };
         self.branches.insert(id.clone(), branch.clone());
         match parent_id {

@@ -364,6 +364,8 @@ pub struct Branch {
     pub ttl_interval_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reset_at: Option<String>,
     pub init_source: String,
     /// Only on soft-deleted branches listed with `include_deleted=true`, as the document says.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -421,6 +423,7 @@ impl Branch {
                 .expires_at
                 .map(|e| (e - b.updated_at).num_seconds().max(0)),
             expires_at: ts_opt(b.expires_at),
+            last_reset_at: ts_opt(b.last_reset_at),
             init_source: "parent-data".into(),
             recovery: None,
         }

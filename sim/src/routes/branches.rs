@@ -566,3 +566,156 @@ pub async fn set_as_default(
         json!({ "branch": wire::Branch::from(&s, &b), "operations": [] }),
     ))
 }
+
+#[derive(Deserialize)]
+pub struct RestoreBody {
+    source_branch_id: String,
+    source_lsn: Option<String>,
+    source_timestamp: Option<DateTime<Utc>>,
+    preserve_under_name: Option<String>,
+}
+
+/// `POST .../branches/{id}/restore`: the branch takes the data, roles and databases of
+/// `source_branch_id` (at its head, or at `source_timestamp`/`source_lsn` within the project's
+/// history retention). With `preserve_under_name` the previous state is kept as a new branch
+/// that takes over the old parent and the children, and becomes the restored branch's parent
+/// (required when restoring from the branch itself or when it has children, as the document
+/// says). Computes stay attached and are restarted.
+pub async fn restore(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<RestoreBody>,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = app.state.settled();
+    let target = s.branch_for(&who, &project_id, &branch_id)?.clone();
+    let source = s
+        .branches
+        .get(&body.source_branch_id)
+        .filter(|b| b.project_id == project_id)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(format!("source branch {} not found", body.source_branch_id))
+        })?;
+    let own = source.id == target.id;
+    let preserve = body.preserve_under_name.clone().filter(|n| !n.is_empty());
+    if own && body.source_lsn.is_none() && body.source_timestamp.is_none() {
+        return Err(ApiError::bad_request(
+            "restoring a branch from its own history needs source_timestamp or source_lsn",
+        ));
+    }
+    if (own || s.has_children(&branch_id)) && preserve.is_none() {
+        return Err(ApiError::bad_request(if own {
+            "preserve_under_name is required to restore a branch from its own history"
+        } else {
+            "preserve_under_name is required to restore a branch that has children"
+        }));
+    }
+    if !own && is_descendant(&s, &source.id, &target.id) {
+        return Err(ApiError::bad_request(
+            "cannot restore a branch from one of its own descendants",
+        ));
+    }
+    let now = s.now();
+    if let Some(t) = body.source_timestamp {
+        let retention = s
+            .projects
+            .get(&project_id)
+            .map(|p| chrono::TimeDelta::seconds(p.history_retention_seconds.into()))
+            .unwrap_or_default();
+        if t > now || t < source.created_at || t < now - retention {
+            return Err(ApiError::bad_request(format!(
+                "source_timestamp must lie within the source branch's history: between {} and now",
+                wire::ts(source.created_at.max(now - retention))
+            )));
+        }
+    }
+    if let Some(n) = &preserve {
+        ensure_unique_name(&s, &project_id, n, None)?;
+    }
+    s.ensure_unlocked(&project_id)?;
+    let mut ops = Vec::new();
+    let old_roles = s.branch_roles(&target.id).to_vec();
+    let old_dbs = s.branch_databases(&target.id).to_vec();
+    let new_parent = if let Some(name) = &preserve {
+        // The backup keeps the old state, the old parent and the children.
+        let backup = s.insert_branch(&project_id, name, target.parent_id.as_deref(), now);
+        let children: Vec<String> = s
+            .branches
+            .values()
+            .filter(|b| b.parent_id.as_deref() == Some(target.id.as_str()))
+            .map(|b| b.id.clone())
+            .collect();
+        for c in children {
+            if let Some(c) = s.branches.get_mut(&c) {
+                c.parent_id = Some(backup.id.clone());
+            }
+        }
+        if let Some(b) = s.branches.get_mut(&backup.id) {
+            b.logical_size = target.logical_size;
+            b.parent_timestamp = target.parent_timestamp;
+        }
+        s.roles.insert(backup.id.clone(), old_roles);
+        s.databases.insert(backup.id.clone(), old_dbs);
+        ops.push(s.push_create_operation(&project_id, Some(&backup.id), None, "create_branch"));
+        Some(backup.id)
+    } else if own {
+        target.parent_id.clone()
+    } else {
+        Some(source.id.clone())
+    };
+    if !own {
+        let roles = s.branch_roles(&source.id).to_vec();
+        let dbs = s.branch_databases(&source.id).to_vec();
+        s.roles.insert(target.id.clone(), roles);
+        s.databases.insert(target.id.clone(), dbs);
+    }
+    let b = s
+        .branches
+        .get_mut(&branch_id)
+        .ok_or_else(|| ApiError::not_found("branch vanished"))?;
+    b.parent_id = new_parent;
+    b.parent_timestamp = Some(body.source_timestamp.unwrap_or(now));
+    b.logical_size = source.logical_size;
+    b.last_reset_at = Some(now);
+    b.updated_at = now;
+    let eps: Vec<String> = s
+        .branch_endpoints(&branch_id)
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    for e in eps {
+        let active = s
+            .endpoints
+            .get(&e)
+            .is_some_and(|x| x.current_state == crate::state::EndpointState::Active);
+        if active {
+            s.suspend_endpoint_at(&e, now);
+            ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&e), "suspend_compute"));
+            s.start_endpoint_at(&e, now);
+            ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&e), "start_compute"));
+        }
+    }
+    let b = s.branches[&branch_id].clone();
+    Ok(Json(json!({
+        "branch": wire::Branch::from(&s, &b),
+        "operations": Operation::list(&ops, now),
+    })))
+}
+
+/// Whether `candidate` is `ancestor` or lies below it.
+fn is_descendant(s: &State, candidate: &str, ancestor: &str) -> bool {
+    let mut cur = Some(candidate.to_string());
+    let mut hops = 0;
+    while let Some(id) = cur {
+        if id == ancestor {
+            return true;
+        }
+        hops += 1;
+        if hops > 10_000 {
+            return false;
+        }
+        cur = s.branches.get(&id).and_then(|b| b.parent_id.clone());
+    }
+    false
+}

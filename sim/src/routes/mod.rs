@@ -82,6 +82,11 @@ pub const EMULATED_OPERATIONS: &[(&str, &str, &str)] = &[
     ("POST", "/projects", "createProject"),
     ("GET", "/projects/shared", "listSharedProjects"),
     (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/restore",
+        "restoreProjectBranch",
+    ),
+    (
         "GET",
         "/projects/{project_id}/connection_uri",
         "getConnectionURI",
@@ -313,6 +318,10 @@ pub fn api_router(app: AppState) -> Router {
         .route("/regions", get(identity::regions))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/shared", get(projects::shared))
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/restore",
+            post(branches::restore),
+        )
         .route(
             "/projects/{project_id}/connection_uri",
             get(roles::connection_uri),

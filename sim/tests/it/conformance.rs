@@ -662,6 +662,21 @@ async fn every_emulated_operation_conforms_to_the_document() {
         h.call("GET", &format!("{path}&{q}"), None, E(429)).await;
     }
 
+    h.call(
+        "POST",
+        &format!("{bp}/{b1}/restore"),
+        Some(json!({"source_branch_id": main, "preserve_under_name": "conformance-1-old"})),
+        Ok,
+    )
+    .await;
+    h.call(
+        "POST",
+        &format!("{bp}/{b1}/restore"),
+        Some(json!({"source_branch_id": "br-does-not-exist-1"})),
+        E(404),
+    )
+    .await;
+
     // ----- roles, databases, connection URIs ---------------------------------------------------
     let rp = format!("/projects/{p}/branches/{main}/roles");
     let dp = format!("/projects/{p}/branches/{main}/databases");

@@ -266,3 +266,79 @@ async fn roles_databases_and_connection_uris_with_secret_passwords() {
     assert!(!debug.contains(&new_pw), "{debug}");
     api.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn branch_restore_resets_from_the_parent_and_preserves_the_old_state() {
+    use chrono::TimeDelta;
+    use serde_json::json;
+    let api = Api::start(SimConfig::default()).await;
+    let (p, main) = api.sim.add_project("restore", None);
+    let now = api.sim.clock().now();
+    let url = format!("/projects/{}/branches", p.id);
+    let (_, dev) = api.post(&url, json!({"branch": {"name": "dev"}})).await;
+    let dev = dev["branch"]["id"].as_str().unwrap().to_string();
+    // dev gets a role main does not have; a reset from the parent drops it.
+    api.post(
+        &format!("{url}/{dev}/roles"),
+        json!({"role": {"name": "tmp"}}),
+    )
+    .await;
+    api.sim.clock().advance(std::time::Duration::from_secs(60));
+    let (st, body) = api
+        .post(
+            &format!("{url}/{dev}/restore"),
+            json!({"source_branch_id": main.id}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["branch"]["parent_id"], main.id.as_str());
+    assert!(body["branch"]["last_reset_at"].is_string(), "{body}");
+    let (st, _) = api.get(&format!("{url}/{dev}/roles/tmp")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "the reset took main's roles");
+
+    // From its own history: needs a point in time and preserve_under_name.
+    let own = json!({"source_branch_id": main.id, "source_timestamp": rfc(now)});
+    let (st, body) = api
+        .post(&format!("{url}/{}/restore", main.id), own.clone())
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "preserve_under_name");
+    let (st, body) = api
+        .post(
+            &format!("{url}/{}/restore", main.id),
+            json!({"source_branch_id": main.id}),
+        )
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "source_timestamp");
+    let (st, body) = api
+        .post(
+            &format!("{url}/{}/restore", main.id),
+            json!({"source_branch_id": main.id, "preserve_under_name": "main_old",
+                   "source_timestamp": rfc(now - TimeDelta::days(2))}),
+        )
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "history");
+    let (st, body) = api
+        .post(
+            &format!("{url}/{}/restore", main.id),
+            json!({"source_branch_id": main.id, "preserve_under_name": "main_old",
+                   "source_timestamp": rfc(now)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let backup = body["branch"]["parent_id"].as_str().unwrap().to_string();
+    let backup_branch = api.sim.branch(&backup).expect("the backup branch exists");
+    assert_eq!(backup_branch.name, "main_old");
+    assert_eq!(
+        api.sim.branch(&dev).unwrap().parent_id.as_deref(),
+        Some(backup.as_str()),
+        "the children moved to the backup"
+    );
+    let (st, body) = api
+        .post(
+            &format!("{url}/{}/restore", main.id),
+            json!({"source_branch_id": "br-none-1"}),
+        )
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::NOT_FOUND, "source branch");
+    api.sim.shutdown().await;
+}
