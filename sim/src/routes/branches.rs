@@ -25,6 +25,7 @@ pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
     /// Also list soft-deleted branches still in their recovery window, with `recovery`.
+    #[serde(default, deserialize_with = "super::extract::query_bool")]
     include_deleted: Option<bool>,
 }
 
@@ -463,6 +464,7 @@ pub async fn update(
 #[derive(Deserialize)]
 pub struct DeleteQuery {
     /// Delete for good, without the 7-day recovery window.
+    #[serde(default, deserialize_with = "super::extract::query_bool")]
     hard_delete: Option<bool>,
 }
 

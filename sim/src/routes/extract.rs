@@ -76,3 +76,18 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             })
     }
 }
+
+/// A boolean query parameter as Neon's server reads one: `true`/`false` in any case, `1`/`0`,
+/// `t`/`f` (what clients send: Python's `requests` writes `True`). Anything else is an error
+/// naming the value. Use with `#[serde(default, deserialize_with = "query_bool")]`.
+pub fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let raw: Option<String> = serde::Deserialize::deserialize(d)?;
+    raw.map(|s| match s.to_ascii_lowercase().as_str() {
+        "true" | "t" | "1" => Ok(true),
+        "false" | "f" | "0" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a boolean (true or false), got {s:?}"
+        ))),
+    })
+    .transpose()
+}

@@ -21,6 +21,7 @@ pub struct ListQuery {
     search: Option<String>,
     org_id: Option<String>,
     /// Only deleted projects still in their recovery window.
+    #[serde(default, deserialize_with = "super::extract::query_bool")]
     recoverable: Option<bool>,
 }
 

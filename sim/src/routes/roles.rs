@@ -365,8 +365,8 @@ pub struct UriQuery {
     endpoint_id: Option<String>,
     database_name: String,
     role_name: String,
-    #[serde(default)]
-    pooled: bool,
+    #[serde(default, deserialize_with = "super::extract::query_bool")]
+    pooled: Option<bool>,
 }
 
 /// `GET /projects/{id}/connection_uri`: the default branch unless `branch_id`, its read-write
@@ -414,7 +414,7 @@ pub async fn connection_uri(
         .clone()
         .ok_or_else(|| ApiError::bad_request(format!("role {:?} cannot log in", q.role_name)))?;
     let (host, pooler) = wire::endpoint_hosts(ep);
-    let host = if q.pooled { pooler } else { host };
+    let host = if q.pooled == Some(true) { pooler } else { host };
     Ok(Json(json!({
         "uri": wire::connection_uri(&host, &role.name, &password, &q.database_name)
     })))
