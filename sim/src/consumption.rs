@@ -29,11 +29,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Datelike, Months, TimeDelta, TimeZone, Timelike, Utc};
-use serde_json::{json, Value};
 
+use crate::consumption_view::{BranchFacts, View};
 use crate::error::ApiError;
 use crate::routes::AppState;
+use crate::state::TRANSFER_BYTES_PER_ACTIVE_SECOND;
 use crate::state::{Principal, Project, SharedState, State};
+use crate::wire::{
+    AccountConsumption, BranchConsumption, BranchesConsumption, ConsumptionPeriod, LegacyTimeframe,
+    MetricValue, Pagination, ProjectConsumption, ProjectsConsumption, V2Timeframe,
+};
 
 /// Branches included per project before `extra_branches_month` counts.
 pub const INCLUDED_BRANCHES: i64 = 10;
@@ -390,35 +395,32 @@ pub fn check_range(
 // ----- the value model -------------------------------------------------------------------------
 
 /// Hourly values of the six branch-level metrics, in [`BRANCH_METRICS_V2`] order.
-fn branch_hour(state: &State, branch_id: &str, h: DateTime<Utc>, active: bool) -> [i64; 6] {
+fn branch_hour(
+    now: DateTime<Utc>,
+    b: &BranchFacts,
+    retention_hours: i64,
+    h: DateTime<Utc>,
+    active: bool,
+) -> [i64; 6] {
     let e = h + TimeDelta::hours(1);
-    let Some(b) = state.any_branch(branch_id) else {
-        return [0; 6];
-    };
-    let byte_hours = state.branch_storage_byte_hours(branch_id, h, e);
-    let is_root = b.parent_id.is_none();
+    let byte_hours = b.storage_byte_hours(now, h, e);
     let (cu, transfer, written) = if active {
         (
-            state.branch_compute_seconds(branch_id, h, e),
-            state.branch_transfer_bytes(branch_id, h, e),
-            state.branch_written_bytes(branch_id, h, e),
+            b.cu_seconds(now, h, e),
+            b.active_seconds(now, h, e) * TRANSFER_BYTES_PER_ACTIVE_SECOND,
+            b.written_bytes(now, h, e),
         )
     } else {
         (0, 0, 0)
     };
-    let retention_hours = state
-        .projects
-        .get(&b.project_id)
-        .map(|p| i64::from(p.history_retention_seconds) / 3600)
-        .unwrap_or(24);
     [
         cu,
-        if is_root {
+        if b.is_root {
             byte_hours / HOURS_PER_MONTH
         } else {
             0
         },
-        if is_root {
+        if b.is_root {
             0
         } else {
             byte_hours / HOURS_PER_MONTH
@@ -430,24 +432,23 @@ fn branch_hour(state: &State, branch_id: &str, h: DateTime<Utc>, active: bool) -
 }
 
 /// Sums of the branch metrics over `[start, end)`, hour by hour.
-fn branch_totals(
-    state: &State,
-    branch_id: &str,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> [i64; 6] {
+fn branch_totals(v: &View, branch_id: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> [i64; 6] {
     let mut total = [0i64; 6];
-    let now = state.now();
+    let now = v.now();
     let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(now)));
+    let Some(b) = v.branch(branch_id) else {
+        return total;
+    };
     if start >= end {
         return total;
     }
-    // Skip the costly activity lookups when the branch had no compute activity at all.
-    let active = state.branch_active_seconds(branch_id, start, end) > 0;
+    let retention_hours = v.retention_hours(&b.project_id);
+    // Skip the activity lookups when the branch had no compute activity at all.
+    let active = b.active_seconds(now, start, end) > 0;
     let mut h = start;
     while h < end {
-        let v = branch_hour(state, branch_id, h, active);
-        for (t, x) in total.iter_mut().zip(v) {
+        let x = branch_hour(now, b, retention_hours, h, active);
+        for (t, x) in total.iter_mut().zip(x) {
             *t += x;
         }
         h += TimeDelta::hours(1);
@@ -457,57 +458,55 @@ fn branch_totals(
 
 /// Project-only hourly metrics: (extra branch-hours, snapshot bytes-month).
 fn project_only_totals(
-    state: &State,
+    v: &View,
     project_id: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> (i64, i64) {
-    let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(state.now())));
-    let branch_ids = state.project_branch_ids_between(project_id, start, end.max(start));
+    let now = v.now();
+    let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(now)));
+    let branches: Vec<&BranchFacts> = v
+        .project_branch_ids_between(project_id, start, end.max(start))
+        .iter()
+        .filter_map(|id| v.branch(id))
+        .collect();
+    let snapshots = v.snapshots_by_time(project_id);
+    let mut next_snapshot = 0;
+    let mut snap_bytes = 0;
     let mut extra = 0;
     let mut snap = 0;
     let mut h = start;
     while h < end {
         let e = h + TimeDelta::hours(1);
-        let alive = branch_ids
+        let alive = branches
             .iter()
-            .filter(|id| state.branch_storage_byte_hours(id, h, e) > 0 || alive_in(state, id, h, e))
+            .filter(|b| b.storage_byte_hours(now, h, e) > 0 || b.alive_in(h, e))
             .count() as i64;
         extra += (alive - INCLUDED_BRANCHES).max(0);
-        let snap_bytes: i64 = state
-            .snapshots
-            .values()
-            .filter(|s| s.project_id == project_id && s.created_at < e)
-            .map(|s| s.full_size)
-            .sum();
+        while let Some((at, size)) = snapshots.get(next_snapshot) {
+            if *at >= e {
+                break;
+            }
+            snap_bytes += size;
+            next_snapshot += 1;
+        }
         snap += snap_bytes / HOURS_PER_MONTH;
         h = e;
     }
     (extra, snap)
 }
 
-/// Whether a (possibly empty) branch existed at some point of `[h, e)`.
-fn alive_in(state: &State, branch_id: &str, h: DateTime<Utc>, e: DateTime<Utc>) -> bool {
-    if let Some(b) = state.branches.get(branch_id) {
-        return b.created_at < e;
-    }
-    state
-        .deleted_branches
-        .iter()
-        .any(|d| d.branch.id == branch_id && d.branch.created_at < e && d.deleted_at > h)
-}
-
 /// The value of each requested v2 metric for a project over a timeframe.
 fn project_v2_values(
-    state: &State,
+    v: &View,
     project_id: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     metrics: &[String],
 ) -> Vec<(String, i64)> {
     let mut sums = [0i64; 6];
-    for b in state.project_branch_ids_between(project_id, start, end) {
-        for (s, x) in sums.iter_mut().zip(branch_totals(state, &b, start, end)) {
+    for b in v.project_branch_ids_between(project_id, start, end) {
+        for (s, x) in sums.iter_mut().zip(branch_totals(v, &b, start, end)) {
             *s += x;
         }
     }
@@ -515,14 +514,14 @@ fn project_v2_values(
         .iter()
         .any(|m| m == "extra_branches_month" || m == "snapshot_storage_bytes_month");
     let (extra, snap) = if needs_project_only {
-        project_only_totals(state, project_id, start, end)
+        project_only_totals(v, project_id, start, end)
     } else {
         (0, 0)
     };
     metrics
         .iter()
         .map(|m| {
-            let v = match m.as_str() {
+            let x = match m.as_str() {
                 "extra_branches_month" => extra,
                 "snapshot_storage_bytes_month" => snap,
                 other => BRANCH_METRICS_V2
@@ -531,64 +530,63 @@ fn project_v2_values(
                     .map(|i| sums[i])
                     .unwrap_or(0),
             };
-            (m.clone(), v)
+            (m.clone(), x)
         })
         .collect()
 }
 
 fn branch_v2_values(
-    state: &State,
+    v: &View,
     branch_id: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     metrics: &[String],
 ) -> Vec<(String, i64)> {
-    let t = branch_totals(state, branch_id, start, end);
+    let t = branch_totals(v, branch_id, start, end);
     metrics
         .iter()
         .map(|m| {
-            let v = BRANCH_METRICS_V2
+            let x = BRANCH_METRICS_V2
                 .iter()
                 .position(|x| *x == m.as_str())
                 .map(|i| t[i])
                 .unwrap_or(0);
-            (m.clone(), v)
+            (m.clone(), x)
         })
         .collect()
 }
 
 /// Legacy metric values of a set of projects over a timeframe.
 fn legacy_values(
-    state: &State,
+    v: &View,
     project_ids: &[String],
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> BTreeMap<&'static str, i64> {
     let mut out: BTreeMap<&'static str, i64> = LEGACY_METRICS.iter().map(|m| (*m, 0)).collect();
-    let now = state.now();
+    let now = v.now();
     let clipped_end = end.min(now);
     for p in project_ids {
-        let branches = state.project_branch_ids_between(p, start, end);
+        let branches = v.project_branch_ids_between(p, start, end);
         let mut byte_hours = 0;
         let mut cu = 0;
         let mut written = 0;
         for b in &branches {
-            cu += branch_totals(state, b, start, end)[0];
-            written += state.branch_written_bytes(b, start, end);
+            cu += branch_totals(v, b, start, end)[0];
+            written += v.branch_written_bytes(b, start, end);
             let mut h = start;
             while h < end && h < now {
-                byte_hours += state.branch_storage_byte_hours(b, h, h + TimeDelta::hours(1));
+                byte_hours += v.branch_storage_byte_hours(b, h, h + TimeDelta::hours(1));
                 h += TimeDelta::hours(1);
             }
         }
         // Size at the end of the timeframe: branches alive then.
         let size: i64 = branches
             .iter()
-            .filter(|b| alive_in(state, b, clipped_end - TimeDelta::seconds(1), clipped_end))
-            .filter_map(|b| state.any_branch(b).map(|x| x.logical_size))
+            .filter(|b| v.alive_in(b, clipped_end - TimeDelta::seconds(1), clipped_end))
+            .filter_map(|b| v.branch(b).map(|x| x.logical_size))
             .sum();
-        *out.entry("active_time_seconds").or_default() +=
-            state.project_active_seconds(p, start, end);
+        *out.entry("active_time_seconds").or_default() += v.project_active_seconds(p, start, end);
         *out.entry("compute_time_seconds").or_default() += cu;
         *out.entry("written_data_bytes").or_default() += written;
         *out.entry("synthetic_storage_size_bytes").or_default() += size;
@@ -618,42 +616,31 @@ fn period_id(scope: &str, start: DateTime<Utc>) -> String {
     )
 }
 
-/// Groups timeframes into billing periods (calendar months) as JSON periods.
-fn periods(
+/// Groups timeframes into billing periods (calendar months).
+fn periods<T>(
     scope: &str,
     plan: &str,
     now: DateTime<Utc>,
     frames: &[(DateTime<Utc>, DateTime<Utc>)],
-    mut consumption: impl FnMut(DateTime<Utc>, DateTime<Utc>) -> Value,
-) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::new();
-    let mut current: Option<(DateTime<Utc>, Vec<Value>)> = None;
-    let flush = |cur: Option<(DateTime<Utc>, Vec<Value>)>, out: &mut Vec<Value>| {
-        if let Some((ps, items)) = cur {
-            let pe = Granularity::Monthly.next(ps);
-            let mut p = json!({
-                "period_id": period_id(scope, ps),
-                "period_plan": plan,
-                "period_start": rfc3339(ps),
-                "consumption": items,
-            });
-            if pe <= now {
-                p["period_end"] = json!(rfc3339(pe));
-            }
-            out.push(p);
-        }
-    };
+    mut consumption: impl FnMut(DateTime<Utc>, DateTime<Utc>) -> T,
+) -> Vec<ConsumptionPeriod<T>> {
+    let mut out: Vec<ConsumptionPeriod<T>> = Vec::new();
     for (s, e) in frames {
         let ps = Granularity::Monthly.floor(*s);
-        if current.as_ref().map(|(p, _)| *p) != Some(ps) {
-            flush(current.take(), &mut out);
-            current = Some((ps, Vec::new()));
+        if out.last().map(|p| p.period_start.as_str()) != Some(rfc3339(ps).as_str()) {
+            let pe = Granularity::Monthly.next(ps);
+            out.push(ConsumptionPeriod {
+                period_id: period_id(scope, ps),
+                period_plan: plan.to_string(),
+                period_start: rfc3339(ps),
+                period_end: (pe <= now).then(|| rfc3339(pe)),
+                consumption: Vec::new(),
+            });
         }
-        if let Some((_, items)) = current.as_mut() {
-            items.push(consumption(*s, *e));
+        if let Some(p) = out.last_mut() {
+            p.consumption.push(consumption(*s, *e));
         }
     }
-    flush(current, &mut out);
     out
 }
 
@@ -661,15 +648,15 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn v2_timeframe(s: DateTime<Utc>, e: DateTime<Utc>, values: Vec<(String, i64)>) -> Value {
-    json!({
-        "timeframe_start": rfc3339(s),
-        "timeframe_end": rfc3339(e),
-        "metrics": values
+fn v2_timeframe(s: DateTime<Utc>, e: DateTime<Utc>, values: Vec<(String, i64)>) -> V2Timeframe {
+    V2Timeframe {
+        timeframe_start: rfc3339(s),
+        timeframe_end: rfc3339(e),
+        metrics: values
             .into_iter()
-            .map(|(m, v)| json!({"metric_name": m, "value": v}))
-            .collect::<Vec<_>>(),
-    })
+            .map(|(metric_name, value)| MetricValue { metric_name, value })
+            .collect(),
+    }
 }
 
 // ----- handlers --------------------------------------------------------------------------------
@@ -746,11 +733,8 @@ fn page<T>(
     Ok((page, next))
 }
 
-fn with_pagination(mut body: Value, cursor: Option<String>) -> Value {
-    if let Some(c) = cursor {
-        body["pagination"] = json!({ "cursor": c });
-    }
-    body
+fn pagination(cursor: Option<String>) -> Option<Pagination> {
+    cursor.map(|cursor| Pagination { cursor })
 }
 
 fn plan_of(state: &State, org_id: Option<&str>) -> String {
@@ -762,30 +746,30 @@ fn plan_of(state: &State, org_id: Option<&str>) -> String {
 }
 
 /// Computes the `periods` of each scope (a project, a branch, the account) off the async
-/// runtime, taking the model's lock once per timeframe instead of once for the whole request.
-///
-/// Why: a wide range over many branches is real work (hour by hour, branch by branch), and the
-/// model has one lock; holding it for all of that would stall every other request (and the
-/// background ticker) meanwhile. Validation and selection happen under one short lock before.
-async fn compute_periods<K, F>(
+/// runtime, from a [`View`] of `projects` gathered under one short lock, so a wide range over
+/// many branches neither holds the model's lock nor scans the whole model per value.
+#[allow(clippy::too_many_arguments)]
+async fn compute_periods<K, T, F>(
     shared: SharedState,
+    projects: Vec<String>,
     plan: String,
     now: DateTime<Utc>,
     frames: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     keys: Vec<K>,
     scope: fn(&K) -> String,
     timeframe: F,
-) -> Result<Vec<(K, Vec<Value>)>, ApiError>
+) -> Result<Vec<(K, Vec<ConsumptionPeriod<T>>)>, ApiError>
 where
     K: Send + 'static,
-    F: Fn(&State, &K, DateTime<Utc>, DateTime<Utc>) -> Value + Send + 'static,
+    T: Send + 'static,
+    F: Fn(&View, &K, DateTime<Utc>, DateTime<Utc>) -> T + Send + 'static,
 {
     tokio::task::spawn_blocking(move || {
+        let view = View::of(&shared.lock(), &projects);
         keys.into_iter()
             .map(|k| {
                 let ps = periods(&scope(&k), &plan, now, &frames, |s, e| {
-                    let state = shared.lock();
-                    timeframe(&state, &k, s, e)
+                    timeframe(&view, &k, s, e)
                 });
                 (k, ps)
             })
@@ -829,19 +813,27 @@ async fn v2_projects(
     let frames = timeframes(range.from, range.to, range.granularity);
     let computed = compute_periods(
         app.state.clone(),
+        ids.clone(),
         plan,
         now,
         frames,
         ids,
         String::clone,
-        move |state, id, s, e| v2_timeframe(s, e, project_v2_values(state, id, s, e, &metrics)),
+        move |v, id, s, e| v2_timeframe(s, e, project_v2_values(v, id, s, e, &metrics)),
     )
     .await?;
-    let items: Vec<Value> = computed
+    let projects = computed
         .into_iter()
-        .map(|(id, ps)| json!({ "project_id": id, "periods": ps }))
+        .map(|(project_id, periods)| ProjectConsumption {
+            project_id,
+            periods,
+        })
         .collect();
-    Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
+    Ok(Json(ProjectsConsumption {
+        projects,
+        pagination: pagination(next),
+    })
+    .into_response())
 }
 
 async fn v2_branches(
@@ -884,21 +876,32 @@ async fn v2_branches(
         let (pairs, next) = page(pairs, |(p, b)| format!("{p}/{b}"), q.one("cursor"), limit)?;
         (now, frames, metrics, plan, pairs, next)
     };
+    let mut projects: Vec<String> = pairs.iter().map(|(p, _)| p.clone()).collect();
+    projects.dedup();
     let computed = compute_periods(
         app.state.clone(),
+        projects,
         plan,
         now,
         frames,
         pairs,
         |(p, b): &(String, String)| format!("{p}/{b}"),
-        move |state, (_, b), s, e| v2_timeframe(s, e, branch_v2_values(state, b, s, e, &metrics)),
+        move |v, (_, b), s, e| v2_timeframe(s, e, branch_v2_values(v, b, s, e, &metrics)),
     )
     .await?;
-    let items: Vec<Value> = computed
+    let branches = computed
         .into_iter()
-        .map(|((p, b), ps)| json!({ "project_id": p, "branch_id": b, "periods": ps }))
+        .map(|((project_id, branch_id), periods)| BranchConsumption {
+            project_id,
+            branch_id,
+            periods,
+        })
         .collect();
-    Ok(Json(with_pagination(json!({ "branches": items }), next)).into_response())
+    Ok(Json(BranchesConsumption {
+        branches,
+        pagination: pagination(next),
+    })
+    .into_response())
 }
 
 /// Legacy metric names to report: the four required ones always, plus those asked for.
@@ -929,15 +932,15 @@ fn legacy_timeframe(
     e: DateTime<Utc>,
     values: &BTreeMap<&'static str, i64>,
     names: &[&'static str],
-) -> Value {
-    let mut tf = json!({
-        "timeframe_start": rfc3339(s),
-        "timeframe_end": rfc3339(e),
-    });
-    for n in names {
-        tf[*n] = json!(values.get(n).copied().unwrap_or(0));
+) -> LegacyTimeframe {
+    LegacyTimeframe {
+        timeframe_start: rfc3339(s),
+        timeframe_end: rfc3339(e),
+        values: names
+            .iter()
+            .map(|n| (*n, values.get(n).copied().unwrap_or(0)))
+            .collect(),
     }
-    tf
 }
 
 async fn legacy_projects(
@@ -969,22 +972,30 @@ async fn legacy_projects(
     let frames = timeframes(range.from, range.to, range.granularity);
     let computed = compute_periods(
         app.state.clone(),
+        ids.clone(),
         plan,
         now,
         frames,
         ids,
         String::clone,
-        move |state, id, s, e| {
+        move |v, id, s, e| {
             let one = [id.clone()];
-            legacy_timeframe(s, e, &legacy_values(state, &one, s, e), &names)
+            legacy_timeframe(s, e, &legacy_values(v, &one, s, e), &names)
         },
     )
     .await?;
-    let items: Vec<Value> = computed
+    let projects = computed
         .into_iter()
-        .map(|(id, ps)| json!({ "project_id": id, "periods": ps }))
+        .map(|(project_id, periods)| ProjectConsumption {
+            project_id,
+            periods,
+        })
         .collect();
-    Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
+    Ok(Json(ProjectsConsumption {
+        projects,
+        pagination: pagination(next),
+    })
+    .into_response())
 }
 
 async fn legacy_account(
@@ -1017,18 +1028,17 @@ async fn legacy_account(
     let frames = timeframes(range.from, range.to, range.granularity);
     let computed = compute_periods(
         app.state.clone(),
+        ids.clone(),
         plan,
         now,
         frames,
         vec![(scope, ids)],
         |(scope, _): &(String, Vec<String>)| scope.clone(),
-        move |state, (_, ids), s, e| {
-            legacy_timeframe(s, e, &legacy_values(state, ids, s, e), &names)
-        },
+        move |v, (_, ids), s, e| legacy_timeframe(s, e, &legacy_values(v, ids, s, e), &names),
     )
     .await?;
-    let periods: Vec<Value> = computed.into_iter().flat_map(|(_, ps)| ps).collect();
-    Ok(Json(json!({ "periods": periods })).into_response())
+    let periods = computed.into_iter().flat_map(|(_, ps)| ps).collect();
+    Ok(Json(AccountConsumption { periods }).into_response())
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ pub mod state;
 pub mod wire;
 
 pub mod consumption;
+pub mod consumption_view;
 pub mod faults;
 pub mod openapi;
 pub mod ratelimit;

@@ -706,3 +706,71 @@ pub fn connection_uris(state: &State, ep: Option<&state::Endpoint>) -> Vec<Conne
         })
         .collect()
 }
+
+// ----- consumption -----------------------------------------------------------------------------
+
+/// A billing period of a consumption answer (`ConsumptionHistoryPerPeriod` and its v2 form).
+#[derive(Serialize)]
+pub struct ConsumptionPeriod<T> {
+    pub period_id: String,
+    pub period_plan: String,
+    pub period_start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<String>,
+    pub consumption: Vec<T>,
+}
+
+#[derive(Serialize)]
+pub struct MetricValue {
+    pub metric_name: String,
+    pub value: i64,
+}
+
+/// A v2 timeframe: its metrics as name/value pairs.
+#[derive(Serialize)]
+pub struct V2Timeframe {
+    pub timeframe_start: String,
+    pub timeframe_end: String,
+    pub metrics: Vec<MetricValue>,
+}
+
+/// A legacy timeframe: each metric a field.
+#[derive(Serialize)]
+pub struct LegacyTimeframe {
+    pub timeframe_start: String,
+    pub timeframe_end: String,
+    #[serde(flatten)]
+    pub values: std::collections::BTreeMap<&'static str, i64>,
+}
+
+#[derive(Serialize)]
+pub struct ProjectConsumption<T> {
+    pub project_id: String,
+    pub periods: Vec<ConsumptionPeriod<T>>,
+}
+
+#[derive(Serialize)]
+pub struct BranchConsumption {
+    pub project_id: String,
+    pub branch_id: String,
+    pub periods: Vec<ConsumptionPeriod<V2Timeframe>>,
+}
+
+#[derive(Serialize)]
+pub struct ProjectsConsumption<T> {
+    pub projects: Vec<ProjectConsumption<T>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+#[derive(Serialize)]
+pub struct BranchesConsumption {
+    pub branches: Vec<BranchConsumption>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+#[derive(Serialize)]
+pub struct AccountConsumption {
+    pub periods: Vec<ConsumptionPeriod<LegacyTimeframe>>,
+}
