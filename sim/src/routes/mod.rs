@@ -452,8 +452,14 @@ pub fn api_router(app: AppState) -> Router {
     // ====
     // Faults outermost: an injected fault answers before the request counts against a limit.
     let api = api
-        .layer(app.rate_limiter.layer())
-        .layer(app.faults.layer());
+        .layer(middleware::from_fn_with_state(
+            app.rate_limiter.clone(),
+            crate::ratelimit::middleware,
+        ))
+        .layer(middleware::from_fn_with_state(
+            app.faults.clone(),
+            crate::faults::middleware,
+        ));
 
     api.with_state(app)
 }
