@@ -49,6 +49,7 @@
 //!   `ApiPath`) so that bad input becomes a 400 `GeneralError`, never axum's plain text.
 
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod ids;
 pub mod mutations;
@@ -66,8 +67,9 @@ pub mod openapi;
 pub mod ratelimit;
 
 pub use clock::Clock;
+pub use config::{ClockMode, SimConfig};
 pub use error::{ApiError, GeneralError};
 pub use mutations::Mutation;
 pub use routes::{router, AppState, EMULATED_OPERATIONS};
-pub use server::{ClockMode, Sim, SimConfig};
+pub use server::Sim;
 pub use state::SharedState;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod branches;
+pub mod consumption;
 pub mod endpoints;
 pub mod extract;
 pub mod identity;
@@ -23,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, on, patch, post, MethodFilter};
 use axum::Router;
 
+use crate::config::SimConfig;
 use crate::error::ApiError;
 use crate::mutations::{Mutation, MutationLog};
-use crate::server::SimConfig;
 use crate::state::SharedState;
 
 /// Everything handlers share.
@@ -426,10 +427,7 @@ pub fn api_router(app: AppState) -> Router {
             get(operations::get),
         );
 
-    // ==== HOOK (sim-conf): merge extra /api/v2 routes here, e.g.
-    // let emulated = emulated.merge(crate::consumption::routes());
-    // ====
-    let emulated = emulated.merge(crate::consumption::routes());
+    let emulated = emulated.merge(consumption::routes());
 
     let api = with_not_implemented(emulated)
         .fallback(|| async { ApiError::not_found("no such API route") })
