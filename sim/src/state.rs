@@ -44,6 +44,12 @@ impl SharedState {
     }
 }
 
+/// Manual snapshots a project may hold on the Free plan, and on paid plans (Neon's docs).
+pub const MANUAL_SNAPSHOT_LIMIT_FREE: usize = 1;
+pub const MANUAL_SNAPSHOT_LIMIT_PAID: usize = 100;
+/// Longest retention a backup schedule item may have (Neon's docs: 35 days, the default).
+pub const MAX_SCHEDULE_RETENTION_SECONDS: i64 = 35 * 86_400;
+
 /// Effective autosuspend delay when `suspend_timeout_seconds` is 0.
 pub const DEFAULT_SUSPEND_TIMEOUT_SECONDS: i64 = 300;
 /// Longest branch TTL Neon accepts.
@@ -786,6 +792,26 @@ impl State {
             }
             KeyScope::Org { org_id } => project.org_id.as_deref() == Some(org_id.as_str()),
             KeyScope::Project { project_id, .. } => project_id == &project.id,
+        }
+    }
+
+    /// The plan a project is billed on: its organization's, else the owner's (`scale`).
+    pub fn project_plan(&self, project: &Project) -> &str {
+        project
+            .org_id
+            .as_ref()
+            .and_then(|o| self.orgs.get(o))
+            .map(|o| o.plan.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("scale")
+    }
+
+    /// How many manual snapshots the project may hold on its plan.
+    pub fn manual_snapshot_limit(&self, project: &Project) -> usize {
+        if self.project_plan(project).starts_with("free") {
+            MANUAL_SNAPSHOT_LIMIT_FREE
+        } else {
+            MANUAL_SNAPSHOT_LIMIT_PAID
         }
     }
 

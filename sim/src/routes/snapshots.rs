@@ -82,6 +82,37 @@ pub async fn create(
     if q.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err(ApiError::bad_request("name must not be empty"));
     }
+    // Neon's rules: snapshots of root branches only, names unique per project, a manual
+    // snapshot limit per project by plan (the limit is a quota 423, not an operation lock).
+    if branch.parent_id.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "snapshots can be taken of root branches only; branch {branch_id} has a parent"
+        )));
+    }
+    if let Some(n) = &q.name {
+        if s.snapshots
+            .values()
+            .any(|x| x.project_id == project_id && &x.name == n)
+        {
+            return Err(ApiError::conflict(format!(
+                "a snapshot named {n:?} already exists in project {project_id}"
+            )));
+        }
+    }
+    let project = s.projects[&project_id].clone();
+    let limit = s.manual_snapshot_limit(&project);
+    let manual = s
+        .snapshots
+        .values()
+        .filter(|x| x.project_id == project_id && x.manual)
+        .count();
+    if manual >= limit {
+        return Err(ApiError::quota_exceeded(format!(
+            "snapshot quota exceeded: project {project_id} already has {manual} manual snapshots, \
+             the limit of the {} plan is {limit}; delete one first",
+            s.project_plan(&project)
+        )));
+    }
     s.ensure_unlocked(&project_id)?;
     let mut snap = s
         .insert_snapshot(&branch_id, q.name.as_deref(), now, expires_at, true)
@@ -284,11 +315,17 @@ pub struct ScheduleBody {
 
 fn validate_item(i: usize, it: &BackupScheduleItem) -> Result<(), ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(format!("schedule[{i}]: {m}")));
+    // The document lists hourly and yearly too; Neon's API refuses them.
     match it.frequency.as_str() {
-        "hourly" | "daily" | "weekly" | "monthly" | "yearly" => {}
+        "daily" | "weekly" | "monthly" => {}
+        f @ ("hourly" | "yearly") => {
+            return bad(format!(
+                "frequency {f:?} is not supported; use daily, weekly or monthly"
+            ))
+        }
         f => {
             return bad(format!(
-                "frequency must be hourly, daily, weekly, monthly or yearly; got {f:?}"
+                "frequency must be daily, weekly or monthly; got {f:?}"
             ))
         }
     }
@@ -307,6 +344,15 @@ fn validate_item(i: usize, it: &BackupScheduleItem) -> Result<(), ApiError> {
     }
     if it.retention_seconds.is_some_and(|r| r < 3600) {
         return bad("retention_seconds must be at least 3600".into());
+    }
+    if it
+        .retention_seconds
+        .is_some_and(|r| r > crate::state::MAX_SCHEDULE_RETENTION_SECONDS)
+    {
+        return bad(format!(
+            "retention_seconds must be at most {} (35 days)",
+            crate::state::MAX_SCHEDULE_RETENTION_SECONDS
+        ));
     }
     Ok(())
 }

@@ -455,14 +455,14 @@ async fn every_emulated_operation_conforms_to_the_document() {
     let snap = h
         .call(
             "POST",
-            &format!("{bp}/{b1}/snapshot?name=conformance-snap"),
+            &format!("{bp}/{main}/snapshot?name=conformance-snap"),
             None,
             Ok,
         )
         .await;
     h.call(
         "POST",
-        &format!("{bp}/{b1}/snapshot?timestamp=yesterday"),
+        &format!("{bp}/{main}/snapshot?timestamp=yesterday"),
         None,
         E(400),
     )

@@ -342,3 +342,86 @@ async fn branch_restore_resets_from_the_parent_and_preserves_the_old_state() {
     crate::support::assert_error(st, &body, StatusCode::NOT_FOUND, "source branch");
     api.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn snapshot_rules_and_the_quota_423() {
+    use serde_json::json;
+    let api = Api::start(SimConfig::default()).await;
+    let org = api.sim.add_org("free-org");
+    api.sim.state().lock().orgs.get_mut(&org).unwrap().plan = "free_v3".into();
+    let (p, main) = api.sim.add_project("free", Some(&org));
+    let url = format!("/projects/{}/branches", p.id);
+    let (_, child) = api.post(&url, json!({"branch": {"name": "child"}})).await;
+    let child = child["branch"]["id"].as_str().unwrap().to_string();
+
+    let (st, body) = api
+        .post(&format!("{url}/{child}/snapshot?name=c"), json!({}))
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "root branches only");
+    let (st, body) = api
+        .post(&format!("{url}/{}/snapshot?name=first", main.id), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    // The Free plan's one manual snapshot is taken: a quota 423, told apart by its code.
+    let (st, body) = api
+        .post(
+            &format!("{url}/{}/snapshot?name=second", main.id),
+            json!({}),
+        )
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::LOCKED, "quota");
+    assert_eq!(body["code"], "QUOTA_EXCEEDED", "{body}");
+    let sid = api.sim.snapshots(&p.id)[0].id.clone();
+    api.delete(&format!("/projects/{}/snapshots/{sid}", p.id))
+        .await;
+    let (st, body) = api
+        .post(
+            &format!("{url}/{}/snapshot?name=second", main.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "deleting one frees the quota: {body}");
+
+    // Names are unique per project (on a paid plan, where the limit is 100).
+    let (paid, paid_main) = api.sim.add_project("paid", None);
+    let snap = format!("/projects/{}/branches/{}/snapshot", paid.id, paid_main.id);
+    let (st, _) = api.post(&format!("{snap}?name=nightly"), json!({})).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, body) = api.post(&format!("{snap}?name=nightly"), json!({})).await;
+    crate::support::assert_error(st, &body, StatusCode::CONFLICT, "already exists");
+
+    // Backup schedules: hourly and yearly are refused, retention at most 35 days.
+    let sched = format!(
+        "/projects/{}/branches/{}/backup_schedule",
+        paid.id, paid_main.id
+    );
+    for (item, why) in [
+        (json!({"frequency": "hourly"}), "not supported"),
+        (
+            json!({"frequency": "yearly", "month": 1, "day": 1}),
+            "not supported",
+        ),
+        (
+            json!({"frequency": "daily", "hour": 1, "retention_seconds": 36 * 86_400}),
+            "35 days",
+        ),
+    ] {
+        let (st, body) = api
+            .call(
+                reqwest::Method::PUT,
+                &sched,
+                Some(json!({"schedule": [item]})),
+            )
+            .await;
+        crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, why);
+    }
+    let (st, body) = api
+        .call(
+            reqwest::Method::PUT,
+            &sched,
+            Some(json!({"schedule": [{"frequency": "daily", "hour": 1, "retention_seconds": 35 * 86_400}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    api.sim.shutdown().await;
+}
