@@ -224,6 +224,21 @@ impl Sim {
         (p.clone(), branch)
     }
 
+    /// Sets the schema (DDL lines) of a database of a branch, the model behind schema compare
+    /// (the emulator runs no SQL). False when there is no such database.
+    pub fn set_schema(&self, branch_id: &str, database: &str, ddl: &[&str]) -> bool {
+        let mut s = self.app.state.settled();
+        let Some(db) = s
+            .databases
+            .get_mut(branch_id)
+            .and_then(|dbs| dbs.iter_mut().find(|d| d.name == database))
+        else {
+            return false;
+        };
+        db.schema = ddl.iter().map(|l| l.to_string()).collect();
+        true
+    }
+
     /// Adds a branch; `parent` defaults to the project's default branch.
     pub fn add_branch(
         &self,

@@ -419,3 +419,107 @@ pub async fn connection_uri(
         "uri": wire::connection_uri(&host, &role.name, &password, &q.database_name)
     })))
 }
+
+// ----- schema compare ----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub struct CompareQuery {
+    base_branch_id: Option<String>,
+    db_name: String,
+    lsn: Option<String>,
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    base_lsn: Option<String>,
+    base_timestamp: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `GET .../branches/{id}/compare_schema`: a unified diff of the database's schema (the DDL
+/// lines the model keeps per database, see `Sim::set_schema`) against the same database on
+/// `base_branch_id` (default: the parent). The model keeps no schema history, so `lsn` and
+/// `timestamp` are accepted but read the current schema.
+pub async fn compare_schema(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CompareQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let s = app.state.settled();
+    let branch = s.branch_for(&who, &project_id, &branch_id)?;
+    let base_id = match q.base_branch_id.as_deref().filter(|b| !b.is_empty()) {
+        Some(b) => s.branch_for(&who, &project_id, b)?.id.clone(),
+        None => branch.parent_id.clone().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "branch {branch_id} has no parent; give base_branch_id"
+            ))
+        })?,
+    };
+    let _ = (&q.lsn, &q.timestamp, &q.base_lsn, &q.base_timestamp);
+    let ours = find_database(&s, &branch_id, &q.db_name)?.schema.clone();
+    let theirs = s
+        .branch_databases(&base_id)
+        .iter()
+        .find(|d| d.name == q.db_name)
+        .map(|d| d.schema.clone())
+        .unwrap_or_default();
+    let diff = unified_diff(
+        &format!("{base_id}/{}", q.db_name),
+        &format!("{branch_id}/{}", q.db_name),
+        &theirs,
+        &ours,
+    );
+    Ok(Json(json!({ "diff": diff })))
+}
+
+/// A unified diff (one hunk, whole files) of two line lists; empty when they are equal.
+fn unified_diff(a_name: &str, b_name: &str, a: &[String], b: &[String]) -> String {
+    if a == b {
+        return String::new();
+    }
+    // Longest common subsequence table, then walk it.
+    let (n, m) = (a.len(), b.len());
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out = format!("--- {a_name}\n+++ {b_name}\n@@ -1,{n} +1,{m} @@\n");
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            out.push_str(&format!(" {}\n", a[i]));
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push_str(&format!("+{}\n", b[j]));
+            j += 1;
+        } else {
+            out.push_str(&format!("-{}\n", a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unified_diff;
+
+    #[test]
+    fn diffs_lines() {
+        let a: Vec<String> = ["CREATE TABLE a ();", "CREATE TABLE b ();"]
+            .map(String::from)
+            .to_vec();
+        let b: Vec<String> = ["CREATE TABLE a ();", "CREATE TABLE c ();"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(unified_diff("x", "y", &a, &a), "");
+        assert_eq!(
+            unified_diff("x", "y", &a, &b),
+            "--- x\n+++ y\n@@ -1,2 +1,2 @@\n CREATE TABLE a ();\n+CREATE TABLE c ();\n-CREATE TABLE b ();\n"
+        );
+    }
+}

@@ -677,6 +677,21 @@ async fn every_emulated_operation_conforms_to_the_document() {
     )
     .await;
 
+    h.call(
+        "GET",
+        &format!("{bp}/{b2}/compare_schema?db_name=neondb"),
+        None,
+        Ok,
+    )
+    .await;
+    h.call(
+        "GET",
+        &format!("{bp}/{b2}/compare_schema?db_name=nothing"),
+        None,
+        E(404),
+    )
+    .await;
+
     // ----- roles, databases, connection URIs ---------------------------------------------------
     let rp = format!("/projects/{p}/branches/{main}/roles");
     let dp = format!("/projects/{p}/branches/{main}/databases");

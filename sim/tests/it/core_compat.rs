@@ -425,3 +425,53 @@ async fn snapshot_rules_and_the_quota_423() {
     assert_eq!(st, StatusCode::OK, "{body}");
     api.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn schema_compare_diffs_a_database_against_the_parent() {
+    use serde_json::json;
+    let api = Api::start(SimConfig::default()).await;
+    let (p, main) = api.sim.add_project("schemas", None);
+    assert!(api
+        .sim
+        .set_schema(&main.id, "neondb", &["CREATE TABLE users (id int);"]));
+    let url = format!("/projects/{}/branches", p.id);
+    let (_, dev) = api.post(&url, json!({"branch": {"name": "dev"}})).await;
+    let dev = dev["branch"]["id"].as_str().unwrap().to_string();
+    let compare = format!("{url}/{dev}/compare_schema?db_name=neondb");
+    let (st, body) = api.get(&compare).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["diff"], "", "a child starts with its parent's schema");
+    api.sim.set_schema(
+        &dev,
+        "neondb",
+        &[
+            "CREATE TABLE users (id int);",
+            "CREATE TABLE orders (id int);",
+        ],
+    );
+    let (_, body) = api.get(&compare).await;
+    let diff = body["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("\n+CREATE TABLE orders (id int);\n"),
+        "{diff}"
+    );
+    assert!(diff.contains("\n CREATE TABLE users (id int);\n"), "{diff}");
+    let (st, body) = api
+        .get(&format!("{url}/{}/compare_schema?db_name=neondb", main.id))
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "base_branch_id");
+    let (st, body) = api
+        .get(&format!(
+            "{url}/{}/compare_schema?db_name=neondb&base_branch_id={dev}",
+            main.id
+        ))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body["diff"]
+        .as_str()
+        .unwrap()
+        .contains("\n-CREATE TABLE orders"));
+    let (st, body) = api.get(&format!("{url}/{dev}/compare_schema")).await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "db_name");
+    api.sim.shutdown().await;
+}
