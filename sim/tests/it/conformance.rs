@@ -27,6 +27,9 @@ struct Harness {
     /// document lists for an emulated operation is exercised.
     statuses: BTreeSet<(String, String, u16)>,
     failures: Vec<String>,
+    /// The same bodies checked by `boon` over the converted document (not `openapi.rs`).
+    independent: crate::independent::Independent,
+    independently_checked: usize,
 }
 
 enum Expect {
@@ -50,6 +53,8 @@ impl Harness {
             errors: BTreeSet::new(),
             statuses: BTreeSet::new(),
             failures: Vec::new(),
+            independent: crate::independent::Independent::neon(),
+            independently_checked: 0,
         }
     }
 
@@ -153,6 +158,15 @@ impl Harness {
                 return shown;
             }
             _ => {}
+        }
+        match self
+            .independent
+            .validate(method, op.template(), status, parsed.as_ref())
+        {
+            Err(e) => self
+                .failures
+                .push(format!("{method} {path}: independent validator: {e}")),
+            Result::Ok(()) => self.independently_checked += 1,
         }
         if let Err(e) = op.validate_response(status, parsed.as_ref()) {
             self.failures.push(format!(
@@ -807,9 +821,10 @@ async fn every_emulated_operation_conforms_to_the_document() {
         .await;
 
     eprintln!(
-        "covered: {} successes, {} errors",
+        "covered: {} successes, {} errors; {} answers checked by the independent validator",
         h.success.len(),
-        h.errors.len()
+        h.errors.len(),
+        h.independently_checked
     );
     // ----- verdict -----------------------------------------------------------------------------
     let emulated: BTreeSet<OpKey> = EMULATED_OPERATIONS

@@ -11,4 +11,5 @@ mod core_projects;
 mod core_recovery;
 mod core_seed;
 mod core_snapshots;
+mod independent;
 mod support;
