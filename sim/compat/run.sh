@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Neon's own clients, unmodified, against `neon-sim serve`: the CLI (npm `neonctl`, which runs
-# its successor package `neon`), the TypeScript SDK (`@neondatabase/api-client`) and the python
+# Neon's own clients, unmodified, against `neon-sim serve`: the CLI (npm `neonctl` 5, which runs
+# package `neon` 5, and the current `neon` 6 on its own), the TypeScript SDK (`@neondatabase/api-client`) and the python
 # SDK (`neon-api`), each pinned, installed into a temporary directory. Every step a user runs
 # daily must pass; the first failure stops the script with the command and its output.
 # What is not emulated is listed in sim/spec/README.md.
@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 NEONCTL_VERSION=5.0.1
+NEON_CLI_VERSION=6.2.3   # `neon`, neonctl's successor package
 API_CLIENT_VERSION=2.7.3
 NEON_API_PY_VERSION=0.3.0
 PYDANTIC_VERSION=2.14.4  # what neon-api 0.3.0 resolves to today, pinned
@@ -22,9 +23,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "=== compat: installing neonctl@$NEONCTL_VERSION, @neondatabase/api-client@$API_CLIENT_VERSION, neon-api==$NEON_API_PY_VERSION"
+echo "=== compat: installing neonctl@$NEONCTL_VERSION, neon@$NEON_CLI_VERSION, @neondatabase/api-client@$API_CLIENT_VERSION, neon-api==$NEON_API_PY_VERSION"
 (cd "$work" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \
     "neonctl@$NEONCTL_VERSION" "@neondatabase/api-client@$API_CLIENT_VERSION" >/dev/null)
+mkdir -p "$work/neon6"
+(cd "$work/neon6" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \
+    "neon@$NEON_CLI_VERSION" >/dev/null)
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "neon-api==$NEON_API_PY_VERSION" "pydantic==$PYDANTIC_VERSION"
 
@@ -136,6 +140,27 @@ step "neonctl projects delete" neon projects delete "$project" -o json
 step "neonctl projects list --recoverable-only" neon projects list --recoverable-only -o json
 expect "recoverable" "$project"
 step "neonctl projects recover" neon projects recover "$project" -o json
+
+echo "=== compat: neon $NEON_CLI_VERSION (neonctl's successor)"
+neon6() {
+    "$work/neon6/node_modules/.bin/neon" --no-analytics --no-color --config-dir "$work/neon6-config" \
+        --context-file "$work/neon6-context" "$@"
+}
+step "neon me" neon6 me -o json
+expect "me has a billing account" '"billing_account"'
+step "neon projects list" neon6 projects list
+expect "shared section" "shared with you"
+step "neon projects create" neon6 projects create --name compat-six --org-id "$org" -o json
+project6="$(json 'd["project"]["id"]')"
+step "neon set-context" neon6 set-context --project-id "$project6"
+step "neon branches create with compute and expiry" neon6 branches create --name preview/six --expires-at "$expiry" -o yaml
+expect "expiry kept" "expires_at"
+step "neon branches list" neon6 branches list -o json
+expect "branch listed" "preview/six"
+step "neon connection-string" neon6 connection-string preview/six
+expect "a postgres URI" "postgresql://neondb_owner:"
+step "neon branches delete" neon6 branches delete preview/six -o json
+step "neon projects delete" neon6 projects delete "$project6" -o json
 
 echo "=== compat: @neondatabase/api-client $API_CLIENT_VERSION"
 step "api-client daily calls" node "sim/compat/api_client.mjs" "$work/node_modules/@neondatabase/api-client"
