@@ -205,6 +205,8 @@ pub struct DeletedBranch {
     pub deletion_method: &'static str,
     /// Deleted with `hard_delete=true`: never recoverable (kept only for consumption).
     pub hard: bool,
+    /// Its computes when it was deleted (recovery brings them back idle).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// How long a deleted branch stays recoverable ("By default, deleted branches can be
@@ -936,13 +938,13 @@ impl State {
 
     /// Removes a branch, its computes (closing their activity) and its backup schedule.
     pub fn remove_branch(&mut self, branch_id: &str, at: DateTime<Utc>, method: &'static str) {
-        let eps: Vec<String> = self
+        let eps: Vec<Endpoint> = self
             .branch_endpoints(branch_id)
-            .iter()
-            .map(|e| e.id.clone())
+            .into_iter()
+            .cloned()
             .collect();
-        for ep in eps {
-            self.remove_endpoint(&ep, at);
+        for ep in &eps {
+            self.remove_endpoint(&ep.id, at);
         }
         self.backup_schedules.remove(branch_id);
         if let Some(branch) = self.branches.remove(branch_id) {
@@ -951,6 +953,7 @@ impl State {
                 deleted_at: at,
                 deletion_method: method,
                 hard: false,
+                endpoints: eps,
             });
         }
     }
@@ -997,6 +1000,61 @@ impl State {
             snapshots,
         });
         Some(project)
+    }
+
+    /// Brings back a soft-deleted branch in its recovery window with its computes (idle) and
+    /// without its TTL (Neon: "TTL branches become non-TTL branches after recovery").
+    pub fn recover_branch(
+        &mut self,
+        project_id: &str,
+        branch_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(Branch, Vec<Endpoint>), ApiError> {
+        let i = self
+            .deleted_branches
+            .iter()
+            .position(|d| {
+                d.branch.id == branch_id
+                    && d.branch.project_id == project_id
+                    && d.is_recoverable(at)
+            })
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "branch {branch_id} not found among recoverable branches"
+                ))
+            })?;
+        let d = &self.deleted_branches[i];
+        if let Some(p) = &d.branch.parent_id {
+            if !self.branches.contains_key(p) {
+                return Err(ApiError::bad_request(format!(
+                    "the parent branch {p} of {branch_id} no longer exists; recover it first"
+                )));
+            }
+        }
+        if self
+            .project_branches(project_id)
+            .iter()
+            .any(|b| b.name == d.branch.name)
+        {
+            return Err(ApiError::conflict(format!(
+                "a branch named {:?} exists again; rename it first",
+                d.branch.name
+            )));
+        }
+        let d = self.deleted_branches.remove(i);
+        let mut branch = d.branch;
+        branch.expires_at = None;
+        branch.updated_at = at;
+        self.branches.insert(branch.id.clone(), branch.clone());
+        let mut eps = Vec::new();
+        for mut e in d.endpoints {
+            e.current_state = EndpointState::Idle;
+            e.activity = Activity::Idle;
+            e.updated_at = at;
+            self.endpoints.insert(e.id.clone(), e.clone());
+            eps.push(e);
+        }
+        Ok((branch, eps))
     }
 
     /// Brings back a deleted project in its recovery window: its branches, computes (idle) and

@@ -721,3 +721,26 @@ fn is_descendant(s: &State, candidate: &str, ancestor: &str) -> bool {
     }
     false
 }
+
+/// `POST .../branches/{id}/recover`: a soft-deleted branch in its recovery window comes back
+/// with its computes, idle, and without its TTL.
+pub async fn recover(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = app.state.settled();
+    s.project_for(&who, &project_id)?;
+    if s.branch_for(&who, &project_id, &branch_id).is_ok() {
+        return Err(ApiError::bad_request(format!(
+            "branch {branch_id} is not deleted"
+        )));
+    }
+    s.ensure_unlocked(&project_id)?;
+    let now = s.now();
+    let (branch, eps) = s.recover_branch(&project_id, &branch_id, now)?;
+    Ok(Json(json!({
+        "branch": wire::Branch::from(&s, &branch),
+        "endpoints": eps.iter().map(|e| wire::Endpoint::from(e, now)).collect::<Vec<_>>(),
+    })))
+}

@@ -83,6 +83,11 @@ pub const EMULATED_OPERATIONS: &[(&str, &str, &str)] = &[
     ("POST", "/projects", "createProject"),
     ("GET", "/projects/shared", "listSharedProjects"),
     (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/recover",
+        "recoverProjectBranch",
+    ),
+    (
         "GET",
         "/projects/{project_id}/branches/{branch_id}/compare_schema",
         "getProjectBranchSchemaComparison",
@@ -324,6 +329,10 @@ pub fn api_router(app: AppState) -> Router {
         .route("/regions", get(identity::regions))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/shared", get(projects::shared))
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/recover",
+            post(branches::recover),
+        )
         .route(
             "/projects/{project_id}/branches/{branch_id}/compare_schema",
             get(roles::compare_schema),

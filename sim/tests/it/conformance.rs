@@ -359,6 +359,16 @@ async fn every_emulated_operation_conforms_to_the_document() {
     )
     .await;
     h.call("DELETE", &format!("{bp}/{b3}"), None, Ok).await;
+    h.call("POST", &format!("{bp}/{b3}/recover"), None, Ok)
+        .await;
+    h.call(
+        "POST",
+        &format!("{bp}/br-does-not-exist-1/recover"),
+        None,
+        E(404),
+    )
+    .await;
+    h.call("DELETE", &format!("{bp}/{b3}"), None, Ok).await;
     // The soft-deleted branch is listed with its recovery information (BranchRecoveryInfo).
     let listed = h
         .call("GET", &format!("{bp}?include_deleted=true"), None, Ok)

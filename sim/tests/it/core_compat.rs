@@ -92,7 +92,7 @@ async fn branch_create_honours_expires_at_with_neons_rules() {
 }
 
 #[tokio::test]
-async fn hard_delete_leaves_no_recoverable_branch() {
+async fn hard_delete_leaves_no_recoverable_branch_and_soft_deletes_recover() {
     use serde_json::json;
     let api = Api::start(SimConfig::default().projects(1)).await;
     let p = api.sim.projects()[0].id.clone();
@@ -122,6 +122,23 @@ async fn hard_delete_leaves_no_recoverable_branch() {
         .delete(&format!("{url}/{}?hard_delete=maybe", ids[0]))
         .await;
     crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "hard_delete");
+
+    // The soft-deleted one comes back, the hard-deleted one does not.
+    let (st, body) = api
+        .post(&format!("{url}/{}/recover", ids[1]), json!({}))
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::NOT_FOUND, "recoverable");
+    let (st, body) = api
+        .post(&format!("{url}/{}/recover", ids[0]), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["branch"]["name"], "soft");
+    let (st, _) = api.get(&format!("{url}/{}", ids[0])).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, body) = api
+        .post(&format!("{url}/{}/recover", ids[0]), json!({}))
+        .await;
+    crate::support::assert_error(st, &body, StatusCode::BAD_REQUEST, "not deleted");
     api.sim.shutdown().await;
 }
 
