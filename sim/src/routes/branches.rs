@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::endpoints::{new_endpoint, EndpointOptions};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -205,6 +205,7 @@ pub struct BranchOptions {
     protected: Option<bool>,
     /// When the branch is deleted automatically (Neon's branch expiration, the same rules as
     /// on update).
+    #[serde(default, deserialize_with = "super::extract::timestamp")]
     expires_at: Option<DateTime<Utc>>,
 }
 
@@ -377,8 +378,17 @@ pub async fn create(
 }
 
 #[derive(Deserialize)]
+pub struct BranchUpdate {
+    name: Option<String>,
+    protected: Option<bool>,
+    /// Absent: unchanged; `null`: cleared; a timestamp: set.
+    #[serde(default, deserialize_with = "super::extract::nullable_timestamp")]
+    expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+#[derive(Deserialize)]
 pub struct UpdateBody {
-    branch: Map<String, Value>,
+    branch: BranchUpdate,
 }
 
 pub async fn update(
@@ -390,34 +400,11 @@ pub async fn update(
     let mut s = app.state.settled();
     let current = s.branch_for(&who, &project_id, &branch_id)?.clone();
     s.ensure_unlocked(&project_id)?;
-    let u = body.branch;
-    let name = match u.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(n)) => Some(n.clone()),
-        Some(_) => return Err(ApiError::bad_request("branch.name must be a string")),
-    };
-    let protected = match u.get("protected") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(p)) => Some(*p),
-        Some(_) => return Err(ApiError::bad_request("branch.protected must be a boolean")),
-    };
-    // `expires_at`: absent = unchanged, null = clear, string = set.
-    let expires_at: Option<Option<DateTime<Utc>>> = match u.get("expires_at") {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(Value::String(t)) => Some(Some(
-            DateTime::parse_from_rfc3339(t)
-                .map_err(|e| {
-                    ApiError::bad_request(format!("expires_at must be an RFC 3339 timestamp: {e}"))
-                })?
-                .with_timezone(&Utc),
-        )),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "expires_at must be an RFC 3339 string or null",
-            ))
-        }
-    };
+    let BranchUpdate {
+        name,
+        protected,
+        expires_at,
+    } = body.branch;
     if let Some(n) = &name {
         ensure_unique_name(&s, &project_id, n, Some(&branch_id))?;
     }

@@ -91,3 +91,31 @@ pub fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>
     })
     .transpose()
 }
+
+/// An RFC 3339 timestamp field that may be absent (`None`), `null` (`Some(None)`) or set,
+/// with an error naming the format. Use with `#[serde(default, deserialize_with = ...)]`.
+pub fn nullable_timestamp<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<chrono::DateTime<chrono::Utc>>>, D::Error> {
+    let raw: Option<String> = serde::Deserialize::deserialize(d)?;
+    raw.map(|s| parse_timestamp(&s).map_err(serde::de::Error::custom))
+        .transpose()
+        .map(Some)
+}
+
+/// An optional RFC 3339 timestamp field, with an error naming the format.
+pub fn timestamp<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error> {
+    let raw: Option<String> = serde::Deserialize::deserialize(d)?;
+    raw.map(|s| parse_timestamp(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("expected an RFC 3339 timestamp such as 2025-07-15T18:02:16Z, got {s:?} ({e})")
+        })
+}
