@@ -774,3 +774,41 @@ pub struct BranchesConsumption {
 pub struct AccountConsumption {
     pub periods: Vec<ConsumptionPeriod<LegacyTimeframe>>,
 }
+
+// ----- answer envelopes ------------------------------------------------------------------------
+
+/// Defines an answer envelope: a struct whose fields are the answer's top-level keys.
+macro_rules! envelope {
+    ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Serialize)]
+        pub struct $name {
+            $(pub $field: $ty),*
+        }
+    };
+}
+
+envelope!(/// `EndpointResponse`.
+    EndpointResponse { endpoint: Endpoint });
+envelope!(/// `EndpointsResponse`.
+    EndpointsResponse { endpoints: Vec<Endpoint> });
+envelope!(/// `EndpointOperations`.
+    EndpointOperations { endpoint: Endpoint, operations: Vec<Operation> });
+envelope!(/// `RoleResponse`.
+    RoleResponse { role: Role });
+envelope!(/// `RolesResponse`.
+    RolesResponse { roles: Vec<Role> });
+envelope!(/// `RoleOperations`.
+    RoleOperations { role: Role, operations: Vec<Operation> });
+envelope!(/// `RolePasswordResponse`.
+    RolePasswordResponse { password: String });
+envelope!(/// `DatabaseResponse`.
+    DatabaseResponse { database: Database });
+envelope!(/// `DatabasesResponse`.
+    DatabasesResponse { databases: Vec<Database> });
+envelope!(/// `DatabaseOperations`.
+    DatabaseOperations { database: Database, operations: Vec<Operation> });
+envelope!(/// `ConnectionURIResponse`.
+    ConnectionUriResponse { uri: String });
+envelope!(/// `BranchSchemaCompareResponse`.
+    SchemaCompareResponse { diff: String });

@@ -5,7 +5,6 @@ use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
@@ -48,7 +47,7 @@ pub async fn list_roles(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let roles: Vec<wire::Role> = s
@@ -56,7 +55,7 @@ pub async fn list_roles(
         .iter()
         .map(|r| wire::Role::from(&branch_id, r))
         .collect();
-    Ok(Json(json!({ "roles": roles })))
+    Ok(Json(wire::RolesResponse { roles }))
 }
 
 fn find_role<'a>(
@@ -76,11 +75,13 @@ pub async fn get_role(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id, name)): ApiPath<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let r = find_role(&s, &branch_id, &name)?;
-    Ok(Json(json!({ "role": wire::Role::from(&branch_id, r) })))
+    Ok(Json(wire::RoleResponse {
+        role: wire::Role::from(&branch_id, r),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -100,7 +101,7 @@ pub async fn create_role(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<CreateRole>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let mut s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     check_name("role", &body.role.name)?;
@@ -119,7 +120,10 @@ pub async fn create_role(
     let ops = apply_config(&mut s, &project_id, &branch_id);
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "role": wire::Role::with_password(&branch_id, &role), "operations": ops })),
+        Json(wire::RoleOperations {
+            role: wire::Role::with_password(&branch_id, &role),
+            operations: ops,
+        }),
     ))
 }
 
@@ -150,17 +154,18 @@ pub async fn delete_role(
         roles.retain(|r| r.name != name);
     }
     let ops = apply_config(&mut s, &project_id, &branch_id);
-    Ok(
-        Json(json!({ "role": wire::Role::from(&branch_id, &role), "operations": ops }))
-            .into_response(),
-    )
+    Ok(Json(wire::RoleOperations {
+        role: wire::Role::from(&branch_id, &role),
+        operations: ops,
+    })
+    .into_response())
 }
 
 pub async fn reveal_password(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id, name)): ApiPath<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let role = find_role(&s, &branch_id, &name)?;
@@ -172,14 +177,14 @@ pub async fn reveal_password(
             format!("role {name:?} has no stored password"),
         )
     })?;
-    Ok(Json(json!({ "password": password })))
+    Ok(Json(wire::RolePasswordResponse { password }))
 }
 
 pub async fn reset_password(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id, name)): ApiPath<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let role = find_role(&s, &branch_id, &name)?;
@@ -194,9 +199,10 @@ pub async fn reset_password(
         .reset_role_password(&branch_id, &name, now)
         .ok_or_else(|| ApiError::not_found(format!("role {name:?} not found")))?;
     let ops = apply_config(&mut s, &project_id, &branch_id);
-    Ok(Json(
-        json!({ "role": wire::Role::with_password(&branch_id, &role), "operations": ops }),
-    ))
+    Ok(Json(wire::RoleOperations {
+        role: wire::Role::with_password(&branch_id, &role),
+        operations: ops,
+    }))
 }
 
 // ----- databases ---------------------------------------------------------------------------------
@@ -205,7 +211,7 @@ pub async fn list_databases(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let dbs: Vec<wire::Database> = s
@@ -213,7 +219,7 @@ pub async fn list_databases(
         .iter()
         .map(|d| wire::Database::from(&branch_id, d))
         .collect();
-    Ok(Json(json!({ "databases": dbs })))
+    Ok(Json(wire::DatabasesResponse { databases: dbs }))
 }
 
 fn find_database<'a>(
@@ -233,13 +239,13 @@ pub async fn get_database(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id, name)): ApiPath<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let d = find_database(&s, &branch_id, &name)?;
-    Ok(Json(
-        json!({ "database": wire::Database::from(&branch_id, d) }),
-    ))
+    Ok(Json(wire::DatabaseResponse {
+        database: wire::Database::from(&branch_id, d),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -258,7 +264,7 @@ pub async fn create_database(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<CreateDatabase>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let mut s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let d = body.database;
@@ -279,7 +285,10 @@ pub async fn create_database(
     let ops = apply_config(&mut s, &project_id, &branch_id);
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "database": wire::Database::from(&branch_id, &db), "operations": ops })),
+        Json(wire::DatabaseOperations {
+            database: wire::Database::from(&branch_id, &db),
+            operations: ops,
+        }),
     ))
 }
 
@@ -299,7 +308,7 @@ pub async fn update_database(
     who: Principal,
     ApiPath((project_id, branch_id, name)): ApiPath<(String, String, String)>,
     ApiJson(body): ApiJson<UpdateDatabase>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     find_database(&s, &branch_id, &name)?;
@@ -329,9 +338,10 @@ pub async fn update_database(
     db.updated_at = now;
     let db = db.clone();
     let ops = apply_config(&mut s, &project_id, &branch_id);
-    Ok(Json(
-        json!({ "database": wire::Database::from(&branch_id, &db), "operations": ops }),
-    ))
+    Ok(Json(wire::DatabaseOperations {
+        database: wire::Database::from(&branch_id, &db),
+        operations: ops,
+    }))
 }
 
 pub async fn delete_database(
@@ -351,10 +361,11 @@ pub async fn delete_database(
         dbs.retain(|d| d.name != name);
     }
     let ops = apply_config(&mut s, &project_id, &branch_id);
-    Ok(
-        Json(json!({ "database": wire::Database::from(&branch_id, &db), "operations": ops }))
-            .into_response(),
-    )
+    Ok(Json(wire::DatabaseOperations {
+        database: wire::Database::from(&branch_id, &db),
+        operations: ops,
+    })
+    .into_response())
 }
 
 // ----- connection URI ----------------------------------------------------------------------------
@@ -376,7 +387,7 @@ pub async fn connection_uri(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UriQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
     let branch_id = match &q.branch_id {
@@ -415,9 +426,9 @@ pub async fn connection_uri(
         .ok_or_else(|| ApiError::bad_request(format!("role {:?} cannot log in", q.role_name)))?;
     let (host, pooler) = wire::endpoint_hosts(ep);
     let host = if q.pooled == Some(true) { pooler } else { host };
-    Ok(Json(json!({
-        "uri": wire::connection_uri(&host, &role.name, &password, &q.database_name)
-    })))
+    Ok(Json(wire::ConnectionUriResponse {
+        uri: wire::connection_uri(&host, &role.name, &password, &q.database_name),
+    }))
 }
 
 // ----- schema compare ----------------------------------------------------------------------------
@@ -441,7 +452,7 @@ pub async fn compare_schema(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CompareQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     let branch = s.branch_for(&who, &project_id, &branch_id)?;
     let base_id = match q.base_branch_id.as_deref().filter(|b| !b.is_empty()) {
@@ -466,7 +477,7 @@ pub async fn compare_schema(
         &theirs,
         &ours,
     );
-    Ok(Json(json!({ "diff": diff })))
+    Ok(Json(wire::SchemaCompareResponse { diff }))
 }
 
 /// A unified diff (one hunk, whole files) of two line lists; empty when they are equal.
