@@ -812,3 +812,29 @@ envelope!(/// `ConnectionURIResponse`.
     ConnectionUriResponse { uri: String });
 envelope!(/// `BranchSchemaCompareResponse`.
     SchemaCompareResponse { diff: String });
+envelope!(/// `SnapshotResponse`.
+    SnapshotResponse { snapshot: Snapshot });
+envelope!(/// `ListSnapshotsResponse`.
+    SnapshotsResponse { snapshots: Vec<Snapshot> });
+envelope!(/// A created snapshot and its operation.
+    SnapshotOperations { snapshot: Snapshot, operations: Vec<Operation> });
+envelope!(/// `OperationsResponse`.
+    OperationsResponse { operations: Vec<Operation> });
+envelope!(/// `OperationResponse`.
+    OperationResponse { operation: Operation });
+envelope!(/// `BackupSchedule`.
+    BackupScheduleResponse { schedule: Vec<state::BackupScheduleItem> });
+envelope!(/// A snapshot restore: the new branch, its computes and the operations.
+    RestoredBranch { branch: Branch, endpoints: Vec<Endpoint>, operations: Vec<Operation> });
+
+/// `OperationsResponse` with `PaginationResponse`.
+#[derive(Serialize)]
+pub struct OperationsPage {
+    pub operations: Vec<Operation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+/// An empty JSON object (`{}`).
+#[derive(Serialize)]
+pub struct Empty {}

@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
@@ -41,7 +40,7 @@ pub async fn create(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CreateQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let branch = s.branch_for(&who, &project_id, &branch_id)?.clone();
     let retention = s.projects[&project_id].history_retention_seconds;
@@ -128,17 +127,17 @@ pub async fn create(
         snap = sn.clone();
     }
     let op = s.push_operation(&project_id, Some(&branch_id), None, "create_timeline");
-    Ok(Json(json!({
-        "snapshot": wire::Snapshot::from(&snap),
-        "operations": Operation::list(&[op], now),
-    })))
+    Ok(Json(wire::SnapshotOperations {
+        snapshot: wire::Snapshot::from(&snap),
+        operations: Operation::list(&[op], now),
+    }))
 }
 
 pub async fn list(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
     let mut snaps: Vec<&crate::state::Snapshot> = s
@@ -147,9 +146,9 @@ pub async fn list(
         .filter(|x| x.project_id == project_id)
         .collect();
     snaps.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-    Ok(Json(
-        json!({ "snapshots": snaps.into_iter().map(wire::Snapshot::from).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(wire::SnapshotsResponse {
+        snapshots: snaps.into_iter().map(wire::Snapshot::from).collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -167,7 +166,7 @@ pub async fn update(
     who: Principal,
     ApiPath((project_id, snapshot_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     s.snapshot_for(&who, &project_id, &snapshot_id)?;
     let sn = s
@@ -180,14 +179,16 @@ pub async fn update(
         }
         sn.name = n;
     }
-    Ok(Json(json!({ "snapshot": wire::Snapshot::from(sn) })))
+    Ok(Json(wire::SnapshotResponse {
+        snapshot: wire::Snapshot::from(sn),
+    }))
 }
 
 pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, snapshot_id)): ApiPath<(String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let mut s = app.state.settled();
     let snap = s.snapshot_for(&who, &project_id, &snapshot_id)?.clone();
     s.ensure_unlocked(&project_id)?;
@@ -200,7 +201,9 @@ pub async fn delete(
     let op = s.push_operation(&project_id, branch, None, "delete_timeline");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "operations": Operation::list(&[op], now) })),
+        Json(wire::OperationsResponse {
+            operations: Operation::list(&[op], now),
+        }),
     ))
 }
 
@@ -225,7 +228,7 @@ pub async fn restore(
     ApiPath((project_id, snapshot_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<RestoreQuery>,
     ApiJson(body): ApiJson<Option<RestoreBody>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let body = body.unwrap_or_default();
     let mut s = app.state.settled();
     let snap = s.snapshot_for(&who, &project_id, &snapshot_id)?.clone();
@@ -286,18 +289,18 @@ pub async fn restore(
         .filter_map(|id| s.endpoints.get(id))
         .map(|e| wire::Endpoint::from(e, now))
         .collect();
-    Ok(Json(json!({
-        "branch": wire::Branch::from(&s, &branch),
-        "endpoints": eps,
-        "operations": Operation::list(&ops, now),
-    })))
+    Ok(Json(wire::RestoredBranch {
+        branch: wire::Branch::from(&s, &branch),
+        endpoints: eps,
+        operations: Operation::list(&ops, now),
+    }))
 }
 
 pub async fn get_schedule(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let schedule = s
@@ -305,7 +308,7 @@ pub async fn get_schedule(
         .get(&branch_id)
         .cloned()
         .unwrap_or_default();
-    Ok(Json(json!({ "schedule": schedule })))
+    Ok(Json(wire::BackupScheduleResponse { schedule }))
 }
 
 #[derive(Deserialize)]
@@ -362,12 +365,12 @@ pub async fn put_schedule(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ScheduleBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     for (i, it) in body.schedule.iter().enumerate() {
         validate_item(i, it)?;
     }
     let mut s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     s.backup_schedules.insert(branch_id, body.schedule);
-    Ok(Json(json!({})))
+    Ok(Json(wire::Empty {}))
 }
