@@ -838,3 +838,34 @@ pub struct OperationsPage {
 /// An empty JSON object (`{}`).
 #[derive(Serialize)]
 pub struct Empty {}
+envelope!(/// `BranchOperations`.
+    BranchOperations { branch: Branch, operations: Vec<Operation> });
+envelope!(/// `BranchesCountResponse`.
+    CountResponse { count: usize });
+envelope!(/// A created branch: `CreatedBranch` of the document.
+CreatedBranch {
+    branch: Branch,
+    endpoints: Vec<Endpoint>,
+    operations: Vec<Operation>,
+    roles: Vec<Role>,
+    databases: Vec<Database>,
+    connection_uris: Vec<ConnectionDetails>,
+});
+envelope!(/// `BranchRecoverResponse`.
+    RecoveredBranch { branch: Branch, endpoints: Vec<Endpoint> });
+envelope!(/// `ProjectResponse`.
+    ProjectResponse { project: Project });
+envelope!(/// `ProjectOperations`.
+    ProjectOperations { project: Project, operations: Vec<Operation> });
+envelope!(/// `ProjectRecoverResponse`.
+    RecoveredProject { project: Project, branches: Vec<Branch> });
+envelope!(/// `CreatedProject`.
+CreatedProject {
+    project: Project,
+    connection_uris: Vec<ConnectionDetails>,
+    roles: Vec<Role>,
+    databases: Vec<Database>,
+    operations: Vec<Operation>,
+    branch: Branch,
+    endpoints: Vec<Endpoint>,
+});

@@ -173,7 +173,7 @@ pub async fn count(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CountQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
     let n = s
@@ -181,7 +181,7 @@ pub async fn count(
         .into_iter()
         .filter(|b| matches_search(b, &q.search))
         .count();
-    Ok(Json(json!({ "count": n })))
+    Ok(Json(wire::CountResponse { count: n }))
 }
 
 pub async fn get(
@@ -280,7 +280,7 @@ pub async fn create(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiJson(body): ApiJson<Option<CreateBody>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let body = body.unwrap_or_default();
     let opts = body.branch.unwrap_or_default();
     let mut s = app.state.settled();
@@ -366,14 +366,22 @@ pub async fn create(
         .find(|e| e.kind == crate::state::EndpointType::ReadWrite);
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "branch": wire::Branch::from(&s, &branch),
-            "endpoints": eps.iter().map(|e| wire::Endpoint::from(e, now)).collect::<Vec<_>>(),
-            "operations": Operation::list(&ops, now),
-            "roles": s.branch_roles(&branch.id).iter().map(|r| wire::Role::from(&branch.id, r)).collect::<Vec<_>>(),
-            "databases": s.branch_databases(&branch.id).iter().map(|d| wire::Database::from(&branch.id, d)).collect::<Vec<_>>(),
-            "connection_uris": wire::connection_uris(&s, rw_ep),
-        })),
+        Json(wire::CreatedBranch {
+            branch: wire::Branch::from(&s, &branch),
+            endpoints: eps.iter().map(|e| wire::Endpoint::from(e, now)).collect(),
+            operations: Operation::list(&ops, now),
+            roles: s
+                .branch_roles(&branch.id)
+                .iter()
+                .map(|r| wire::Role::from(&branch.id, r))
+                .collect(),
+            databases: s
+                .branch_databases(&branch.id)
+                .iter()
+                .map(|d| wire::Database::from(&branch.id, d))
+                .collect(),
+            connection_uris: wire::connection_uris(&s, rw_ep),
+        }),
     ))
 }
 
@@ -396,7 +404,7 @@ pub async fn update(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let current = s.branch_for(&who, &project_id, &branch_id)?.clone();
     s.ensure_unlocked(&project_id)?;
@@ -443,9 +451,10 @@ pub async fn update(
     }
     b.updated_at = now;
     let b = b.clone();
-    Ok(Json(
-        json!({ "branch": wire::Branch::from(&s, &b), "operations": [] }),
-    ))
+    Ok(Json(wire::BranchOperations {
+        branch: wire::Branch::from(&s, &b),
+        operations: Vec::new(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -514,17 +523,18 @@ pub async fn delete(
             d.hard = true;
         }
     }
-    Ok(
-        Json(json!({ "branch": body_branch, "operations": Operation::list(&ops, now) }))
-            .into_response(),
-    )
+    Ok(Json(wire::BranchOperations {
+        branch: body_branch,
+        operations: Operation::list(&ops, now),
+    })
+    .into_response())
 }
 
 pub async fn set_as_default(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let b = s.branch_for(&who, &project_id, &branch_id)?.clone();
     s.ensure_unlocked(&project_id)?;
@@ -551,9 +561,10 @@ pub async fn set_as_default(
     b.default = true;
     b.updated_at = now;
     let b = b.clone();
-    Ok(Json(
-        json!({ "branch": wire::Branch::from(&s, &b), "operations": [] }),
-    ))
+    Ok(Json(wire::BranchOperations {
+        branch: wire::Branch::from(&s, &b),
+        operations: Vec::new(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -575,7 +586,7 @@ pub async fn restore(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<RestoreBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let target = s.branch_for(&who, &project_id, &branch_id)?.clone();
     let source = s
@@ -686,10 +697,10 @@ pub async fn restore(
         }
     }
     let b = s.branches[&branch_id].clone();
-    Ok(Json(json!({
-        "branch": wire::Branch::from(&s, &b),
-        "operations": Operation::list(&ops, now),
-    })))
+    Ok(Json(wire::BranchOperations {
+        branch: wire::Branch::from(&s, &b),
+        operations: Operation::list(&ops, now),
+    }))
 }
 
 /// Whether `candidate` is `ancestor` or lies below it.
@@ -715,7 +726,7 @@ pub async fn recover(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     s.project_for(&who, &project_id)?;
     if s.branch_for(&who, &project_id, &branch_id).is_ok() {
@@ -726,8 +737,8 @@ pub async fn recover(
     s.ensure_unlocked(&project_id)?;
     let now = s.now();
     let (branch, eps) = s.recover_branch(&project_id, &branch_id, now)?;
-    Ok(Json(json!({
-        "branch": wire::Branch::from(&s, &branch),
-        "endpoints": eps.iter().map(|e| wire::Endpoint::from(e, now)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(wire::RecoveredBranch {
+        branch: wire::Branch::from(&s, &branch),
+        endpoints: eps.iter().map(|e| wire::Endpoint::from(e, now)).collect(),
+    }))
 }

@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::endpoints::validate_suspend_timeout;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -193,7 +192,7 @@ pub async fn recover(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     if s.projects.contains_key(&project_id) {
         s.project_for(&who, &project_id)?;
@@ -219,20 +218,22 @@ pub async fn recover(
         .into_iter()
         .map(|b| wire::Branch::from(&s, b))
         .collect();
-    Ok(Json(json!({
-        "project": wire::Project::from(&s, &project),
-        "branches": branches,
-    })))
+    Ok(Json(wire::RecoveredProject {
+        project: wire::Project::from(&s, &project),
+        branches,
+    }))
 }
 
 pub async fn get(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     let p = s.project_for(&who, &project_id)?;
-    Ok(Json(json!({ "project": wire::Project::from(&s, p) })))
+    Ok(Json(wire::ProjectResponse {
+        project: wire::Project::from(&s, p),
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -265,7 +266,7 @@ pub async fn create(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiJson(body): ApiJson<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let p = body.project;
     let mut s = app.state.settled();
     let org_id = match (&who.scope, p.org_id) {
@@ -350,15 +351,15 @@ pub async fn create(
         .iter()
         .map(|d| wire::Database::from(&branch.id, d))
         .collect();
-    let body = json!({
-        "project": wire::Project::from(&s, &project),
-        "connection_uris": wire::connection_uris(&s, Some(&ep)),
-        "roles": roles,
-        "databases": dbs,
-        "operations": Operation::list(&ops, now),
-        "branch": wire::Branch::from(&s, &branch),
-        "endpoints": [wire::Endpoint::from(&ep, now)],
-    });
+    let body = wire::CreatedProject {
+        project: wire::Project::from(&s, &project),
+        connection_uris: wire::connection_uris(&s, Some(&ep)),
+        roles,
+        databases: dbs,
+        operations: Operation::list(&ops, now),
+        branch: wire::Branch::from(&s, &branch),
+        endpoints: vec![wire::Endpoint::from(&ep, now)],
+    };
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -379,7 +380,7 @@ pub async fn update(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     s.project_for(&who, &project_id)?;
     s.ensure_unlocked(&project_id)?;
@@ -416,20 +417,23 @@ pub async fn update(
     }
     p.updated_at = now;
     let p = p.clone();
-    Ok(Json(
-        json!({ "project": wire::Project::from(&s, &p), "operations": [] }),
-    ))
+    Ok(Json(wire::ProjectOperations {
+        project: wire::Project::from(&s, &p),
+        operations: Vec::new(),
+    }))
 }
 
 pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let p = s.project_for(&who, &project_id)?.clone();
     s.ensure_unlocked(&project_id)?;
-    let body = json!({ "project": wire::Project::from(&s, &p) });
+    let body = wire::ProjectResponse {
+        project: wire::Project::from(&s, &p),
+    };
     let now = s.now();
     s.remove_project(&project_id, now);
     Ok(Json(body))
