@@ -34,9 +34,7 @@ async fn outage(url: &str, d: Duration) {
         .expect("admin connection");
     for sql in [
         format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
-        format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-        ),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
     ] {
         sqlx::query(&sql).execute(&mut admin).await.expect(&sql);
     }
@@ -96,14 +94,11 @@ async fn soak(seconds: u64) {
         match round % 3 {
             0 => {
                 let i = owner_of_a_running_run(&*store, &replicas, None).await;
-                let run = all_runs(&*store)
-                    .await
-                    .into_iter()
-                    .find(|r| {
-                        r.status == RunStatus::Running
-                            && r.owner.as_deref().and_then(|o| o.split(':').nth(1))
-                                == Some(replicas[i].id().to_string().as_str())
-                    });
+                let run = all_runs(&*store).await.into_iter().find(|r| {
+                    r.status == RunStatus::Running
+                        && r.owner.as_deref().and_then(|o| o.split(':').nth(1))
+                            == Some(replicas[i].id().to_string().as_str())
+                });
                 replicas[i].kill().expect("SIGKILL");
                 replicas[i].wait().expect("reaped");
                 kills += 1;
@@ -157,8 +152,16 @@ async fn soak(seconds: u64) {
         fires.saturating_sub(ticks.len() as u64).to_string(),
         "only during outages and takeovers; newest caught up",
     );
-    row("ticks run twice (exactly-once broken)", a.ticks_run_twice.to_string(), "0");
-    row("runs taken over", a.taken_over.to_string(), ">= kills + pauses that held a run");
+    row(
+        "ticks run twice (exactly-once broken)",
+        a.ticks_run_twice.to_string(),
+        "0",
+    );
+    row(
+        "runs taken over",
+        a.taken_over.to_string(),
+        ">= kills + pauses that held a run",
+    );
     row(
         "takeover time, worst (kill -> interrupted)",
         format!("{max_takeover:.1?}"),
@@ -169,8 +172,16 @@ async fn soak(seconds: u64) {
     row("unknown outcomes", a.unknown.to_string(), "0");
     row("snapshots made at Neon", a.created_at_neon.to_string(), "");
     row("duplicate snapshots", a.duplicate_creates.to_string(), "0");
-    row("ledger vs emulator disagreements", a.disagreements.to_string(), "0");
-    row("leaked snapshots (not in the record)", a.leaked.to_string(), "0");
+    row(
+        "ledger vs emulator disagreements",
+        a.disagreements.to_string(),
+        "0",
+    );
+    row(
+        "leaked snapshots (not in the record)",
+        a.leaked.to_string(),
+        "0",
+    );
     chaos::drop_pg_database(&url).await;
     let ok = a.ticks_run_twice == 0
         && a.pending == 0
@@ -179,7 +190,10 @@ async fn soak(seconds: u64) {
         && a.disagreements == 0
         && a.leaked == 0;
     if !ok {
-        eprintln!("soak: a goal was missed; the replicas' logs are in {}", dir.keep().display());
+        eprintln!(
+            "soak: a goal was missed; the replicas' logs are in {}",
+            dir.keep().display()
+        );
         std::process::exit(1);
     }
 }

@@ -33,7 +33,10 @@ fn assert_truthful(a: &Audit) {
     assert_eq!(a.pending, 0, "{a:?}");
     assert_eq!(a.unknown, 0, "Neon can always tell for snapshots: {a:?}");
     assert!(a.created_at_neon > 0, "the daemon did work: {a:?}");
-    assert_eq!(a.duplicate_creates, 0, "a tick made a second snapshot: {a:?}");
+    assert_eq!(
+        a.duplicate_creates, 0,
+        "a tick made a second snapshot: {a:?}"
+    );
     assert_eq!(a.disagreements, 0, "ledger vs emulator: {a:?}");
     assert_eq!(a.leaked, 0, "snapshots outside the ownership record: {a:?}");
     assert_eq!(a.ticks_run_twice, 0, "{a:?}");
@@ -101,7 +104,10 @@ async fn sigkill_at_random_points_leaves_a_ledger_that_agrees_with_neon() {
     assert!(status.success(), "exit after SIGTERM: {status}\n{log}");
 
     let runs = all_runs(&*store).await;
-    assert!(runs.iter().all(|r| r.status != RunStatus::Running), "{runs:?}");
+    assert!(
+        runs.iter().all(|r| r.status != RunStatus::Running),
+        "{runs:?}"
+    );
     assert_truthful(&audit(&*store, &sim).await);
 }
 
@@ -161,7 +167,10 @@ async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
     let runs = all_runs(&*store).await;
     let owners: std::collections::BTreeSet<&str> =
         runs.iter().filter_map(|r| r.owner.as_deref()).collect();
-    assert!(owners.len() >= 3, "runs were spread over the replicas: {owners:?}");
+    assert!(
+        owners.len() >= 3,
+        "runs were spread over the replicas: {owners:?}"
+    );
     let a = audit(&*store, &sim).await;
     assert!(
         a.taken_over >= 2,
