@@ -5,6 +5,8 @@ mod helpers;
 
 mod binary;
 mod client;
+// `demo` needs the emulator in the binary (feature `demo`, on by default).
+#[cfg(feature = "demo")]
 mod demo;
 mod http;
 mod jobs;
