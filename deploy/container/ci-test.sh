@@ -91,6 +91,8 @@ cleanup() {
         kill "$dockerd_pid" 2>/dev/null
         for _ in $(seq 1 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
         kill -0 "$dockerd_pid" 2>/dev/null && { echo "dockerd did not stop; killing it"; kill -KILL "$dockerd_pid"; }
+        # dockerd leaves its default network namespace mounted under its exec root.
+        awk -v d="$run_dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r umount
     fi
     [[ -n "$sim_pid" ]] && kill -INT "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
     if [[ $rc -ne 0 ]]; then
