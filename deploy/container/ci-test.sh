@@ -3,7 +3,11 @@
 # "What CI checks"). Fully offline: the base image is made from Debian packages with
 # mmdebstrap and `docker import`, the binary is the production build made outside the image.
 #
-#   deploy/container/ci-test.sh --sim PATH/neon-sim [--demo-bin PATH/neon-steward]
+#   deploy/container/ci-test.sh --sim PATH/neon-sim [--demo-bin PATH/neon-steward] [--keep-base]
+#
+# By default dockerd starts on an empty data root (/var/lib/neon-steward-ci-docker), so the base
+# image is made every time, and the data root is removed at the end. --keep-base (for local
+# iterations) keeps it and reuses the base image an earlier run made.
 #
 # Needs root on Debian bookworm with apt reachable; installs docker.io and mmdebstrap if
 # missing. It starts its own dockerd (own socket, pid file and data root; no bridge, no
@@ -26,10 +30,12 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 sim_bin=""
 demo_bin=""
+keep_base=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --sim) sim_bin="${2:?--sim needs a path}"; shift 2 ;;
         --demo-bin) demo_bin="${2:?--demo-bin needs a path}"; shift 2 ;;
+        --keep-base) keep_base=1; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -82,6 +88,7 @@ work="$(mktemp -d)"
 sim_pid=""
 dockerd_pid=""
 run_dir="/run/neon-steward-ci-docker"
+data_root="/var/lib/neon-steward-ci-docker"
 export DOCKER_HOST="unix://$run_dir/docker.sock"
 cleanup() {
     local rc=$?
@@ -93,6 +100,7 @@ cleanup() {
         kill -0 "$dockerd_pid" 2>/dev/null && { echo "dockerd did not stop; killing it"; kill -KILL "$dockerd_pid"; }
         # dockerd leaves its default network namespace mounted under its exec root.
         awk -v d="$run_dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r umount
+        if [[ $keep_base == 0 ]] && ! kill -0 "$dockerd_pid" 2>/dev/null; then rm -rf "$data_root"; fi
     fi
     [[ -n "$sim_pid" ]] && kill -INT "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
     if [[ $rc -ne 0 ]]; then
@@ -105,8 +113,9 @@ trap cleanup EXIT
 
 step "starting dockerd"
 mkdir -p "$run_dir"
+[[ $keep_base == 1 ]] || rm -rf "$data_root"
 dockerd --host "$DOCKER_HOST" --pidfile "$run_dir/dockerd.pid" --exec-root "$run_dir/exec" \
-    --data-root /var/lib/neon-steward-ci-docker --bridge=none --iptables=false \
+    --data-root "$data_root" --bridge=none --iptables=false \
     >"$work/dockerd.log" 2>&1 &
 dockerd_pid=$!
 for _ in $(seq 1 60); do
@@ -119,7 +128,7 @@ done
 
 step "base image $base from Debian packages (mmdebstrap minbase + docker import)"
 if "$docker" image inspect "$base" >/dev/null 2>&1; then
-    echo "reusing $base from an earlier run on this machine"
+    echo "reusing $base from an earlier run (--keep-base)"
 else
     # No documentation, manual pages or translations: nothing in the image reads them.
     mmdebstrap --quiet --variant=minbase \
