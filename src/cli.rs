@@ -155,6 +155,8 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Run the daemon for 90 seconds against a local Neon emulator with a seeded organisation
     /// (config/demo.toml, a SQLite file, /metrics); no Neon account or API key needed.
+    // Hidden in builds without the `demo` feature, where it only says how to get it.
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo(crate::demo::DemoArgs),
 }
 

@@ -6,6 +6,12 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+/// `demo`: the daemon against neon-sim in the same process (cargo feature `demo`, default).
+#[cfg(feature = "demo")]
+pub mod demo;
+/// Without the `demo` feature: a hidden `demo` that explains how to get it.
+#[cfg(not(feature = "demo"))]
+#[path = "demo_unavailable.rs"]
 pub mod demo;
 pub mod health;
 pub mod http;
