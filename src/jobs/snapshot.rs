@@ -374,6 +374,22 @@ async fn plan(
         if !passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
             continue;
         }
+        if b.parent_id.is_some() {
+            // Neon takes snapshots of root branches only (it answers 400 otherwise).
+            out.skips.push(ActionSpec {
+                resource_kind: "branch",
+                resource_id: b.id.to_string(),
+                resource_name: Some(b.name.clone()),
+                project_id: Some(project.id.to_string()),
+                action: "create_snapshot",
+                rule: Some("neon_rules".into()),
+                reason: format!(
+                    "branch {:?} is not a root branch: Neon takes snapshots of root branches only",
+                    b.name
+                ),
+            });
+            continue;
+        }
         let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
         let owner = ownership_matcher(spec.name_template.as_str(), &b.name, &job.name);
         let owned: Vec<_> = snapshots
