@@ -110,7 +110,7 @@ pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
 fn client_with(cfg: &Config, health: Option<Arc<Health>>) -> Result<NeonClient, ConfigError> {
     let key = cfg.api.require_key(&cfg.source)?.clone();
     let mut cc = ClientConfig::new(cfg.api.base_url.clone(), key);
-    cc.health = health;
+    cc.health = health.map(|h| h as Arc<dyn crate::neon::ApiObserver>);
     cc.timeout = cfg.api.timeout;
     cc.rate_limit_per_minute = cfg.api.rate_limit_per_minute;
     cc.burst = cfg.api.burst;

@@ -26,9 +26,9 @@ use anyhow::Context as _;
 use chrono::TimeDelta;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{say, EXIT_CONFIG, EXIT_OK, EXIT_RUN_FAILED};
 use crate::config::{self, Config, ConfigError};
 use crate::daemon::{self, DaemonOptions};
+use crate::output::{say, EXIT_CONFIG, EXIT_OK, EXIT_RUN_FAILED};
 use crate::store::{ActionOutcome, ActionRecord, RunFilter, RunRecord, RunStatus, Store};
 
 /// The policy `demo` runs when `--config` is not given, relative to the current directory
@@ -112,7 +112,7 @@ pub fn run(args: DemoArgs, config: Option<&Path>) -> u8 {
                     eprintln!("neon-steward: demo: {ce}");
                     EXIT_CONFIG
                 } else {
-                    eprintln!("neon-steward: demo: {}", crate::cli::error_text(&e));
+                    eprintln!("neon-steward: demo: {}", crate::output::error_text(&e));
                     EXIT_RUN_FAILED
                 }
             }

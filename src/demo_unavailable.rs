@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::cli::EXIT_CONFIG;
+use crate::output::EXIT_CONFIG;
 
 /// Whatever follows `demo` is accepted and ignored, so every spelling of the demo's options
 /// (including `--help`) gets the same explanation.

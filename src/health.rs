@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::neon::ApiError;
+use crate::neon::{ApiError, ApiObserver};
 use crate::store::{
     ActionCounts, ActionId, ActionOutcome, ActionRecord, Claim, ConsumptionSample, Lease,
     NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreError,
@@ -44,11 +44,7 @@ impl Health {
     /// successes here. A refused key (401, 403), Neon unavailable (5xx, 429 after the
     /// retries) and no answer at all (connect, timeout, transport) count as failures.
     pub fn record_api<T>(&self, result: &Result<T, ApiError>) {
-        let failure = match result {
-            Ok(_) => None,
-            Err(e) => api_failure(e),
-        };
-        set(&self.api, failure);
+        ApiObserver::record(self, result.as_ref().map(|_| ()));
     }
 
     /// The outcome of one store operation. Only errors of the store itself count (it cannot
@@ -86,6 +82,16 @@ impl Health {
 
 fn set(slot: &Mutex<Option<Failure>>, value: Option<Failure>) {
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = value;
+}
+
+impl ApiObserver for Health {
+    fn record(&self, outcome: Result<(), &ApiError>) {
+        let failure = match outcome {
+            Ok(()) => None,
+            Err(e) => api_failure(e),
+        };
+        set(&self.api, failure);
+    }
 }
 
 fn api_failure(e: &ApiError) -> Option<Failure> {

@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod neon;
+pub mod output;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;

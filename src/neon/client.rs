@@ -53,6 +53,12 @@ pub const DEFAULT_PAGE_SIZE: u32 = page_max::BRANCHES;
 /// small in bytes (the scan runs per project and per poll) and the margin wide.
 const IN_PROGRESS_SCAN_PAGE: u32 = 100;
 
+/// Told the final outcome of every logical API call (after retries): how `/readyz` learns
+/// that Neon refuses the key or cannot be reached, without the client knowing who listens.
+pub trait ApiObserver: Send + Sync + std::fmt::Debug {
+    fn record(&self, outcome: Result<(), &ApiError>);
+}
+
 /// How to reach Neon and how politely.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -86,7 +92,7 @@ pub struct ClientConfig {
     pub poll_initial: Duration,
     pub poll_max: Duration,
     /// Where the final outcome of every call is recorded (for `/readyz`), if anywhere.
-    pub health: Option<Arc<crate::health::Health>>,
+    pub health: Option<Arc<dyn ApiObserver>>,
 }
 
 impl ClientConfig {
@@ -130,7 +136,7 @@ struct Inner {
     page_size: u32,
     poll_initial: Duration,
     poll_max: Duration,
-    health: Option<Arc<crate::health::Health>>,
+    health: Option<Arc<dyn ApiObserver>>,
 }
 
 impl fmt::Debug for NeonClient {
@@ -1009,7 +1015,7 @@ impl NeonClient {
     ) -> Result<Reply, ApiError> {
         let result = self.execute_with_retries(call, extra_query).await;
         if let Some(h) = &self.inner.health {
-            h.record_api(&result);
+            h.record(result.as_ref().map(|_| ()));
         }
         result
     }
