@@ -415,17 +415,18 @@ async fn history(
         Output::Json => say!("{}", serde_json::to_string(&runs)?),
         Output::Table => {
             say!(
-                "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} ERROR",
+                "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} {:<32} ERROR",
                 "ID",
                 "JOB",
                 "STATUS",
                 "SCHEDULED FOR",
                 "TRIGGER",
-                "DRY"
+                "DRY",
+                "REPLICA"
             );
             for r in runs {
                 say!(
-                    "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} {}",
+                    "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} {:<32} {}",
                     r.id,
                     r.job,
                     r.status.as_str(),
@@ -433,6 +434,7 @@ async fn history(
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     r.trigger.as_str(),
                     r.dry_run,
+                    r.owner.as_deref().unwrap_or("-"),
                     r.error.unwrap_or_default()
                 );
             }

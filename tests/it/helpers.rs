@@ -191,6 +191,11 @@ impl TestSim {
         *self.hooks.advance_per_request.lock().unwrap() = step.map(|d| (self.clock(), d));
     }
 
+    /// The shared log behind [`Self::sent`], for a task that waits for a request.
+    pub fn sent_log(&self) -> Arc<Mutex<Vec<Sent>>> {
+        self.hooks.sent.clone()
+    }
+
     pub fn clear_sent(&self) {
         self.hooks.sent.lock().unwrap().clear();
     }
