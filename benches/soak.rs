@@ -10,11 +10,10 @@
 //! duplicate snapshots, disagreements with the emulator, leaked snapshots, with the goal of
 //! each. Needs PostgreSQL on 127.0.0.1:5432 (or NEON_STEWARD_TEST_POSTGRES).
 
+// The harness and helpers of the integration tests (each allows its own unused items).
 #[path = "../tests/it/chaos.rs"]
-#[allow(dead_code)]
 mod chaos;
 #[path = "../tests/it/helpers.rs"]
-#[allow(dead_code)]
 mod helpers;
 
 use std::time::{Duration, Instant};
