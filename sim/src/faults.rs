@@ -53,6 +53,10 @@ pub enum Fault {
     /// Never answer: hold the request until the client gives up, the server shuts down, or
     /// [`HANG_LIMIT`] passes.
     Hang,
+    /// Hold the request until [`FaultHandle::release`] is called (or the server shuts down,
+    /// or [`HANG_LIMIT`] passes), then serve it normally: a window of exactly the length a
+    /// test needs, opened and closed by explicit signals rather than a guessed latency.
+    Hold,
     /// Close the connection without sending a response.
     DropConnection,
     /// Serve the request, then send its body cut in half (invalid JSON) with a 2xx status.
@@ -201,6 +205,9 @@ struct Inner {
 pub struct FaultHandle {
     inner: Arc<Mutex<Inner>>,
     shutdown: Arc<watch::Sender<bool>>,
+    /// How many times [`FaultHandle::release`] was called: a held request waits for it to
+    /// pass the value it saw when its fault was picked.
+    released: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for FaultHandle {
@@ -223,6 +230,7 @@ impl FaultHandle {
                 log: Vec::new(),
             })),
             shutdown: Arc::new(tx),
+            released: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -264,10 +272,34 @@ impl FaultHandle {
         self.shutdown.send_replace(true);
     }
 
-    /// Picks the fault for a request, if any, and records it.
-    fn pick(&self, method: &str, api_path: &str) -> Option<Fault> {
+    /// Lets every request held by [`Fault::Hold`] so far go on (to be served normally).
+    pub fn release(&self) {
+        self.released.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until [`FaultHandle::release`] is called after `seen` releases.
+    async fn wait_release(&self, seen: u64) {
+        let mut rx = self.released.subscribe();
+        let _ = rx.wait_for(|n| *n > seen).await;
+    }
+
+    /// The fault for a request and the release count when it was picked.
+    fn pick_held(&self, method: &str, api_path: &str) -> Option<(Fault, u64)> {
         let mut guard = self.lock();
-        let inner = &mut *guard;
+        // Read under the lock that records the fault: a release that follows the fault's
+        // appearance in `injected()` always counts for it.
+        let seen = *self.released.borrow();
+        let fault = Self::pick_locked(&mut guard, method, api_path)?;
+        Some((fault, seen))
+    }
+
+    /// Picks the fault for a request, if any, and records it.
+    #[cfg(test)]
+    fn pick(&self, method: &str, api_path: &str) -> Option<Fault> {
+        Self::pick_locked(&mut self.lock(), method, api_path)
+    }
+
+    fn pick_locked(inner: &mut Inner, method: &str, api_path: &str) -> Option<Fault> {
         let mut chosen = None;
         for (i, rule) in inner.rules.iter_mut().enumerate() {
             if !rule.matches(method, api_path) {
@@ -351,7 +383,7 @@ pub async fn middleware(
     let Some(api_path) = crate::openapi::api_path(req.uri().path()) else {
         return next.run(req).await;
     };
-    let Some(fault) = handle.pick(req.method().as_str(), api_path) else {
+    let Some((fault, released)) = handle.pick_held(req.method().as_str(), api_path) else {
         return next.run(req).await;
     };
     let request_id = req
@@ -378,6 +410,14 @@ pub async fn middleware(
                 _ = handle.wait_shutdown() => {}
             }
             general_error(StatusCode::SERVICE_UNAVAILABLE, &request_id, None)
+        }
+        Fault::Hold => {
+            tokio::select! {
+                _ = tokio::time::sleep(HANG_LIMIT) => {}
+                _ = handle.wait_shutdown() => {}
+                _ = handle.wait_release(released) => {}
+            }
+            return next.run(req).await;
         }
         Fault::DropConnection => Response::new(dropping_body()),
         Fault::MalformedBody => {
@@ -660,6 +700,31 @@ mod layer_tests {
         h.shutdown();
         let resp = pending.await.unwrap().unwrap();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_serves_the_request_once_released() {
+        let h = FaultHandle::new(1);
+        h.inject(FaultRule::prefix("/", Fault::Hold).times(1))
+            .unwrap();
+        let held = tokio::spawn(app(&h).oneshot(get_req("/api/v2/regions")));
+        // However long it waits, a held request does not answer until released.
+        while h.injected().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!held.is_finished());
+        h.release();
+        let resp = held.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "served normally");
+        // A release before a request is held does not let a later hold through.
+        h.inject(FaultRule::prefix("/", Fault::Hold).times(1))
+            .unwrap();
+        let later = tokio::spawn(app(&h).oneshot(get_req("/api/v2/regions")));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!later.is_finished());
+        h.release();
+        assert_eq!(later.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test]

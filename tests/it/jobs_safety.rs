@@ -487,14 +487,14 @@ async fn a_branch_that_got_children_after_planning_is_not_deleted() {
             e.sim.clock().now() - TimeDelta::days(10),
         )
         .unwrap();
-    // Hold the re-read of the branch long enough to add a child meanwhile.
+    // Hold the re-read of the branch until a child has been added meanwhile.
     e.sim
         .faults()
         .inject(
             FaultRule::on(
                 "GET",
                 "/projects/{project_id}/branches/{branch_id}",
-                Fault::Latency { millis: 300 },
+                Fault::Hold,
             )
             .times(1),
         )
@@ -508,6 +508,7 @@ async fn a_branch_that_got_children_after_planning_is_not_deleted() {
     e.sim
         .add_branch(&p.id, "feature/on-top", Some(&old.id), e.sim.clock().now())
         .unwrap();
+    e.sim.faults().release();
     let (r, actions) = run.await.unwrap();
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
     assert_eq!(
@@ -656,7 +657,7 @@ async fn a_cancelled_run_stops_between_actions_and_reports_what_it_did() {
             FaultRule::on(
                 "DELETE",
                 "/projects/{project_id}/branches/{branch_id}",
-                Fault::Latency { millis: 200 },
+                Fault::Hold,
             )
             .times(1),
         )
@@ -678,6 +679,8 @@ async fn a_cancelled_run_stops_between_actions_and_reports_what_it_did() {
     let running = tokio::spawn(async move { exec.execute(jj, handle).await });
     e.fault_fired("DELETE").await;
     cancel.cancel();
+    // The delete already sent goes through once the run has been cancelled.
+    e.sim.faults().release();
     let report = running.await.unwrap();
     assert_eq!(report.status, RunStatus::Interrupted, "{report:?}");
     assert_eq!(report.counts.succeeded, 1, "{report:?}");
