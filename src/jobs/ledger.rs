@@ -62,16 +62,6 @@ impl Ledger {
         }
     }
 
-    pub fn dry_run(&self) -> bool {
-        self.dry_run
-    }
-    pub fn run_id(&self) -> RunId {
-        self.run_id
-    }
-    pub fn job(&self) -> &str {
-        &self.job
-    }
-
     fn new_action(&self, spec: &ActionSpec, outcome: ActionOutcome) -> NewAction {
         NewAction {
             run_id: self.run_id,
@@ -127,16 +117,6 @@ impl Ledger {
             .await?;
         self.count(ActionOutcome::Planned);
         self.emit(spec, ActionOutcome::Planned, None);
-        Ok(())
-    }
-
-    /// Records a decision not to act (disabled endpoint, operation in progress, ...).
-    pub async fn skipped(&self, spec: &ActionSpec) -> StoreResult<()> {
-        self.store
-            .begin_action(&self.new_action(spec, ActionOutcome::Skipped))
-            .await?;
-        self.count(ActionOutcome::Skipped);
-        self.emit(spec, ActionOutcome::Skipped, None);
         Ok(())
     }
 
@@ -331,7 +311,9 @@ mod tests {
         let (store, run) = setup(true).await;
         let l = Ledger::new(store.clone(), run, "j", true);
         l.planned(&spec("br-1")).await.unwrap();
-        l.skipped(&spec("br-2")).await.unwrap();
+        l.record_all(&[spec("br-2")], ActionOutcome::Skipped)
+            .await
+            .unwrap();
         let rows = store.actions_for_run(run).await.unwrap();
         assert!(rows.iter().all(|r| r.dry_run));
         assert_eq!(
