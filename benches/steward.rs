@@ -32,6 +32,7 @@ use neon_sim::state::{EndpointType, State as SimState};
 use neon_sim::{AppState, SharedState, SimConfig};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::{ClientConfig, NeonClient, ProjectId, DEFAULT_PAGE_SIZE};
 use neon_steward::secret::Secret;
 use neon_steward::store::{self, ActionOutcome, NewAction, NewRun, RunStatus, Store, Trigger};
@@ -661,6 +662,7 @@ async fn job_env(sim: &BenchSim, dir: &Path) -> Result<JobEnv> {
         store: store::open(&url).await?,
         concurrency: 4,
         operation_deadline: Duration::from_secs(30),
+        consumption: Arc::new(ConsumptionExporter::detached()),
     })
 }
 

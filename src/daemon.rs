@@ -31,6 +31,7 @@ use crate::scheduler::{
     SystemClock,
 };
 use crate::store::{self, Store};
+use crate::telemetry::consumption::ConsumptionExporter;
 use crate::telemetry::events::ConfigReloaded;
 
 /// How long Neon operations (and locked projects) are waited for within a run.
@@ -142,6 +143,8 @@ pub fn executor(
         store,
         concurrency: cfg.api.concurrency,
         operation_deadline: OPERATION_DEADLINE,
+        // One per process: it exports into `/metrics`.
+        consumption: Arc::new(ConsumptionExporter::new()),
     };
     Ok(Arc::new(JobsExecutor::new(env, clock)))
 }

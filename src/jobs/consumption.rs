@@ -5,20 +5,21 @@
 //! every 15 minutes), never further back than Neon keeps data (hourly 168 h, daily 60 days,
 //! monthly 1 year). Stored samples are upserted, so re-collecting a period is harmless.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Timelike, Utc};
 
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt};
 
 use super::ledger::{ActionSpec, Ledger};
 use super::plan::{JobEnv, RunContext, RunError};
 use super::scope::selected_projects;
 use crate::config::{ConsumptionSpec, JobConfig};
-use crate::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
+use crate::neon::{ApiError, ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
 use crate::store::ConsumptionSample;
-use crate::telemetry::events::{ConsumptionCollected, ConsumptionExported, ConsumptionPoint};
+use crate::telemetry::consumption::ConsumptionPoint;
+use crate::telemetry::events::ConsumptionCollected;
 
 fn cursor_key(period: Period) -> String {
     format!("consumption_cursor/{}", period.as_str())
@@ -96,36 +97,22 @@ pub(crate) async fn run(
                 org_id: spec.org_id.clone().map(OrgId::from),
                 project_ids: chunk,
             };
-            let fetched: Result<Vec<ConsumptionPeriod>, _> =
-                if spec.endpoint == crate::config::ConsumptionEndpoint::V2 {
-                    env.client
-                        .consumption_v2_projects(query)
-                        .try_collect()
-                        .await
-                } else {
-                    env.client
-                        .consumption_legacy_projects(query)
-                        .try_collect()
-                        .await
-                };
-            match fetched {
-                Ok(periods) => {
-                    let samples = to_samples(&periods, period, &spec.metrics);
-                    match env.store.upsert_consumption(&samples).await {
-                        Ok(_) => {
-                            samples_total += samples.len();
-                            let d = format!("{} samples", samples.len());
-                            ledger.succeeded(pending, Some(&d)).await?;
-                        }
-                        Err(e) => {
-                            all_ok = false;
-                            ledger.failed(pending, &e.to_string()).await?;
-                        }
-                    }
+            // Streamed: the periods are stored in batches as the pages arrive, so a call
+            // holds at most one decoded page and one batch, whatever the look-back.
+            let periods = if spec.endpoint == crate::config::ConsumptionEndpoint::V2 {
+                env.client.consumption_v2_projects(query).left_stream()
+            } else {
+                env.client.consumption_legacy_projects(query).right_stream()
+            };
+            match store_streamed(env, periods, period, &spec.metrics).await {
+                Ok(n) => {
+                    samples_total += n;
+                    let d = format!("{n} samples");
+                    ledger.succeeded(pending, Some(&d)).await?;
                 }
                 Err(e) => {
                     all_ok = false;
-                    ledger.failed(pending, &e.to_string()).await?;
+                    ledger.failed(pending, &e).await?;
                 }
             }
         }
@@ -158,49 +145,113 @@ pub(crate) async fn run(
         }
     }
     // Export what the store has, selected projects only.
-    let selected: std::collections::HashSet<&str> = ids.iter().map(|p| p.as_str()).collect();
-    let stored: Vec<ConsumptionSample> = env
-        .store
-        .list_consumption(period.as_str(), ctx.now - period.retention())
-        .await?
-        .into_iter()
-        .filter(|s| selected.contains(s.project_id.as_str()))
-        .collect();
+    let selected: HashSet<&str> = ids.iter().map(|p| p.as_str()).collect();
+    let stored = newest_selected(env, period, &selected, ctx.now).await?;
     let points = latest_points(&stored, &spec.prices);
-    ConsumptionExported {
-        job: &job.name,
-        granularity: period.as_str(),
-        points: &points,
-        max_projects: spec.max_projects_exported,
-    }
-    .emit();
+    env.consumption.export(
+        &job.name,
+        period.as_str(),
+        points,
+        spec.max_projects_exported,
+    );
     Ok(())
 }
 
-/// The configured metrics of the periods as samples. The legacy endpoint always returns its
-/// required fields (`active_time_seconds`, ...) whatever was asked; only what the policy
-/// names is stored and exported.
-fn to_samples(
-    periods: &[ConsumptionPeriod],
+/// Samples written to the store per statement batch while a call streams in.
+pub const STORE_BATCH: usize = 2_000;
+
+/// Stores the periods of one call as they stream in, [`STORE_BATCH`] samples at a time.
+/// Returns the samples stored, or the first error (what was stored before it stays: the
+/// samples are upserted, and the cursor does not move, so the range is collected again).
+async fn store_streamed(
+    env: &JobEnv,
+    periods: impl Stream<Item = Result<ConsumptionPeriod, ApiError>>,
     period: Period,
     metrics: &[String],
-) -> Vec<ConsumptionSample> {
-    periods
-        .iter()
-        .flat_map(|p| {
-            p.metrics
-                .iter()
-                .filter(|(metric, _)| metrics.contains(metric))
-                .map(move |(metric, value)| ConsumptionSample {
-                    project_id: p.project_id.to_string(),
-                    metric: metric.clone(),
-                    granularity: period.as_str().to_string(),
-                    timeframe_start: p.timeframe_start,
-                    timeframe_end: p.timeframe_end,
-                    value: *value,
-                })
-        })
-        .collect()
+) -> Result<usize, String> {
+    let mut periods = std::pin::pin!(periods);
+    let mut batch = Vec::with_capacity(STORE_BATCH);
+    let mut stored = 0;
+    loop {
+        let next = periods.next().await;
+        let done = match next {
+            Some(Ok(p)) => {
+                push_samples(&mut batch, &p, period, metrics);
+                false
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => true,
+        };
+        if batch.len() >= STORE_BATCH || (done && !batch.is_empty()) {
+            env.store
+                .upsert_consumption(&batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            stored += batch.len();
+            batch.clear();
+        }
+        if done {
+            return Ok(stored);
+        }
+    }
+}
+
+/// The selected projects' samples of the newest period any of them has, read without
+/// loading the whole look-back: the store is asked for the newest stored period of the
+/// granularity first, and only when none of the selected projects has a sample there is
+/// the window widened (doubling, down to Neon's retention). Exporting needs no more: only
+/// the newest period among the points is exported (see `ConsumptionExporter`).
+async fn newest_selected(
+    env: &JobEnv,
+    period: Period,
+    selected: &HashSet<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<ConsumptionSample>, crate::store::StoreError> {
+    let earliest = now - period.retention();
+    let Some(end) = env.store.latest_consumption_end(period.as_str()).await? else {
+        return Ok(Vec::new());
+    };
+    let mut since = period
+        .floor(end - chrono::Duration::milliseconds(1))
+        .max(earliest);
+    let mut width = match period {
+        Period::Hourly => chrono::Duration::hours(1),
+        Period::Daily => chrono::Duration::days(1),
+        Period::Monthly => chrono::Duration::days(31),
+    };
+    loop {
+        let mut samples = env.store.list_consumption(period.as_str(), since).await?;
+        samples.retain(|s| selected.contains(s.project_id.as_str()));
+        if !samples.is_empty() || since <= earliest {
+            return Ok(samples);
+        }
+        since = (since - width).max(earliest);
+        width = width * 2;
+    }
+}
+
+/// Appends the configured metrics of a period as samples. The legacy endpoint always
+/// returns its required fields (`active_time_seconds`, ...) whatever was asked; only what
+/// the policy names is stored and exported.
+fn push_samples(
+    out: &mut Vec<ConsumptionSample>,
+    p: &ConsumptionPeriod,
+    period: Period,
+    metrics: &[String],
+) {
+    out.extend(
+        p.metrics
+            .iter()
+            .filter(|(metric, _)| metrics.contains(metric))
+            .map(|(metric, value)| ConsumptionSample {
+                project_id: p.project_id.to_string(),
+                metric: metric.clone(),
+                granularity: period.as_str().to_string(),
+                timeframe_start: p.timeframe_start,
+                timeframe_end: p.timeframe_end,
+                value: *value,
+            }),
+    );
 }
 
 /// Neon's data freshness: a period is collected once it ended at least this long ago.

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use neon_sim::{Sim, SimConfig};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::{ClientConfig, NeonClient};
 use neon_steward::secret::Secret;
 use neon_steward::store::{ActionOutcome, ActionRecord, NewRun, RunStatus, Trigger};
@@ -48,6 +49,7 @@ async fn env() -> Env {
             store,
             concurrency: 2,
             operation_deadline: Duration::from_secs(10),
+            consumption: Arc::new(ConsumptionExporter::detached()),
         },
     }
 }

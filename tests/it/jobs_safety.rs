@@ -15,6 +15,7 @@ use neon_sim::{Sim, SimConfig};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::snapshot::ownership_key;
 use neon_steward::jobs::{run_job_with, JobEnv, RunContext, RunControl, RunResult};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::{ClientConfig, NeonClient};
 use neon_steward::scheduler::{Clock, Executor, RunHandle};
 use neon_steward::secret::Secret;
@@ -75,6 +76,7 @@ async fn env_with(max_retries: Option<u32>) -> Env {
             store,
             concurrency: 2,
             operation_deadline: Duration::from_secs(10),
+            consumption: Arc::new(ConsumptionExporter::detached()),
         },
         ticks: Default::default(),
     }

@@ -19,6 +19,7 @@ use neon_sim::state::{Activity, EndpointType};
 use neon_sim::SimConfig;
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::*;
 use neon_steward::secret::Secret;
 use neon_steward::store::{
@@ -467,6 +468,7 @@ async fn jobs_env(sim: &TestSim) -> Jobs {
             store: counting.clone(),
             concurrency: 2,
             operation_deadline: Duration::from_secs(10),
+            consumption: Arc::new(ConsumptionExporter::detached()),
         },
         counting,
     }
