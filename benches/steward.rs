@@ -35,11 +35,11 @@ use neon_sim::state::{EndpointType, State as SimState};
 use neon_sim::{AppState, SharedState, SimConfig};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext};
-use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::{ClientConfig, NeonClient, ProjectId, DEFAULT_PAGE_SIZE};
 use neon_steward::secret::Secret;
-use neon_steward::telemetry::metrics::{metrics, render};
 use neon_steward::store::{self, ActionOutcome, NewAction, NewRun, RunStatus, Store, Trigger};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
+use neon_steward::telemetry::metrics::{metrics, render};
 use serde::Deserialize;
 
 /// Neon's documented limits, as the client enforces them by default (`ClientConfig::new`).
@@ -160,7 +160,10 @@ impl Report {
 
     fn push(&mut self, row: Row) {
         // Print as we go: a slow section still shows what the earlier ones measured.
-        let goal = row.goal.map(|g| format!("  (goal {g})")).unwrap_or_default();
+        let goal = row
+            .goal
+            .map(|g| format!("  (goal {g})"))
+            .unwrap_or_default();
         println!(
             "{:<8} {:<58} {:>14} {}{goal}",
             row.section,
@@ -1605,9 +1608,19 @@ async fn bench_consumption_memory(plan: &Plan, r: &mut Report) -> Result<()> {
     let p: ConsumptionProbe = serde_json::from_str(line)?;
     let mib = |kb: u64| kb as f64 / 1024.0;
     let label = format!("first collection, {projects} projects hourly");
-    r.add(s, format!("{label}: samples stored"), p.samples as f64, "samples");
+    r.add(
+        s,
+        format!("{label}: samples stored"),
+        p.samples as f64,
+        "samples",
+    );
     r.add(s, format!("{label}: time"), p.elapsed_s, "s");
-    r.add(s, format!("{label}: RSS before"), mib(p.rss_before_kb), "MiB");
+    r.add(
+        s,
+        format!("{label}: RSS before"),
+        mib(p.rss_before_kb),
+        "MiB",
+    );
     r.add_goal(
         s,
         format!("{label}: peak RSS"),

@@ -81,7 +81,8 @@ impl Default for ConsumptionExporter {
 
 impl std::fmt::Debug for ConsumptionExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsumptionExporter").finish_non_exhaustive()
+        f.debug_struct("ConsumptionExporter")
+            .finish_non_exhaustive()
     }
 }
 
@@ -325,8 +326,14 @@ mod tests {
         exporter.export("t-job", "hourly", points, 10);
         let points = vec![point("p-1", "compute_time_seconds", "daily", 2.0, None)];
         exporter.export("t-job", "daily", points, 10);
-        assert_eq!(series(&exporter, "neon_steward_consumption", "hourly").len(), 1);
-        assert_eq!(series(&exporter, "neon_steward_consumption", "daily").len(), 1);
+        assert_eq!(
+            series(&exporter, "neon_steward_consumption", "hourly").len(),
+            1
+        );
+        assert_eq!(
+            series(&exporter, "neon_steward_consumption", "daily").len(),
+            1
+        );
     }
 
     #[test]
@@ -334,9 +341,8 @@ mod tests {
         let exporter = ConsumptionExporter::detached();
         let g = "hourly";
         let key = |p: &str, m: &str| (p.to_string(), m.to_string());
-        let emit = |job: &str, points: &[ConsumptionPoint]| {
-            exporter.export(job, g, points.to_vec(), 10)
-        };
+        let emit =
+            |job: &str, points: &[ConsumptionPoint]| exporter.export(job, g, points.to_vec(), 10);
         emit(
             "org-a",
             &[point("p-a", "compute_unit_seconds", g, 1.0, None)],
@@ -410,7 +416,15 @@ mod tests {
             ConsumptionExporter::detached(),
             ConsumptionExporter::detached(),
         );
-        let p = |v| vec![point("p-apart", "compute_unit_seconds", "hourly", v, Some(v))];
+        let p = |v| {
+            vec![point(
+                "p-apart",
+                "compute_unit_seconds",
+                "hourly",
+                v,
+                Some(v),
+            )]
+        };
         a.export("job", "hourly", p(1.0), 10);
         b.export("job", "hourly", p(2.0), 10);
         let key = ("p-apart".to_string(), "compute_unit_seconds".to_string());

@@ -222,12 +222,16 @@ pub fn render() -> String {
     encode(&metrics().registry.gather())
 }
 
+/// The size of the last rendering, so the next one allocates its buffer once.
+static LAST_SIZE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// `families` in the Prometheus text exposition format.
 pub fn encode(families: &[prometheus::proto::MetricFamily]) -> String {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
+    use std::sync::atomic::Ordering;
+    let mut buf = String::with_capacity(LAST_SIZE.load(Ordering::Relaxed) + 4096);
     prometheus::TextEncoder::new()
-        .encode(families, &mut buf)
-        .expect("text encoding into a Vec cannot fail");
-    String::from_utf8(buf).expect("the text format is UTF-8")
+        .encode_utf8(families, &mut buf)
+        .expect("text encoding into a String cannot fail");
+    LAST_SIZE.store(buf.len(), Ordering::Relaxed);
+    buf
 }

@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use neon_sim::{Sim, SimConfig};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
-use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::{ClientConfig, NeonClient};
 use neon_steward::secret::Secret;
 use neon_steward::store::{ActionOutcome, ActionRecord, NewRun, RunStatus, Trigger};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 
 const DAY: Duration = Duration::from_secs(86_400);
 

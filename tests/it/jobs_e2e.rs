@@ -16,11 +16,11 @@ use futures::TryStreamExt;
 use neon_sim::SimConfig;
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
-use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId};
 use neon_steward::store::{
     ActionOutcome, ActionRecord, ConsumptionSample, NewRun, RunStatus, Trigger,
 };
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 
 use crate::helpers::{spawn_sim, Sent, TestSim};
 

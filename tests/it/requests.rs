@@ -19,13 +19,13 @@ use neon_sim::state::{Activity, EndpointType};
 use neon_sim::SimConfig;
 use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
-use neon_steward::telemetry::consumption::ConsumptionExporter;
 use neon_steward::neon::*;
 use neon_steward::secret::Secret;
 use neon_steward::store::{
     self, ActionCounts, ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction,
     NewRun, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreResult, Trigger,
 };
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 
 use crate::helpers::{spawn_sim, Sent, TestSim};
 

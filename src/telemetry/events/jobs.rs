@@ -249,7 +249,6 @@ fn remove_job_series<T: prometheus::core::MetricVecBuilder>(
     }
 }
 
-
 /// A run whose lease had expired was taken over by this replica: marked interrupted, its
 /// pending actions to be reconciled and its tick handled by the job's missed-run policy.
 pub struct RunTakenOver<'a> {
