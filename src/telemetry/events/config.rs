@@ -14,24 +14,26 @@ pub struct ConfigReloaded<'a> {
 }
 
 impl ConfigReloaded<'_> {
+    /// The metrics are set before the line is logged, so whoever reads the line (a test, an
+    /// operator) finds `/metrics` already saying the same.
     pub fn emit(&self) {
         let m = metrics();
         match self.result {
             Ok(()) => {
-                tracing::info!(path = self.path, "configuration loaded");
                 m.config_last_reload_successful.set(1.0);
                 m.config_last_reload_success_timestamp_seconds
                     .set(unix_seconds(self.at));
                 m.config_reloads_total.with_label_values(&["success"]).inc();
+                tracing::info!(path = self.path, "configuration loaded");
             }
             Err(error) => {
+                m.config_last_reload_successful.set(0.0);
+                m.config_reloads_total.with_label_values(&["failure"]).inc();
                 tracing::error!(
                     path = self.path,
                     error,
                     "configuration reload failed; keeping the previous configuration"
                 );
-                m.config_last_reload_successful.set(0.0);
-                m.config_reloads_total.with_label_values(&["failure"]).inc();
             }
         }
     }
