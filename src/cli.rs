@@ -19,9 +19,8 @@ use crate::scheduler::{run_now, Clock, SystemClock};
 use crate::store::{RunFilter, RunRecord, RunStatus};
 use crate::telemetry::{init_logging, LogFormat};
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_RUN_FAILED: u8 = 1;
-pub const EXIT_CONFIG: u8 = 2;
+use crate::output::{complain, say};
+pub use crate::output::{error_text, write_stdout, EXIT_CONFIG, EXIT_OK, EXIT_RUN_FAILED};
 
 const CONFIG_HELP: &str =
     "Policy file. Without --config or NEON_STEWARD_CONFIG, the first existing of: \
@@ -102,6 +101,8 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Run the daemon for 90 seconds against a local Neon emulator with a seeded organisation
     /// (config/demo.toml, a SQLite file, /metrics); no Neon account or API key needed.
+    // Hidden in builds without the `demo` feature, where it only says how to get it.
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo(crate::demo::DemoArgs),
 }
 
@@ -114,12 +115,10 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line; the exit code.
 pub fn run(cli: Cli) -> u8 {
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "neon-steward",
-            &mut std::io::stdout(),
-        );
+        // Into a buffer first: `generate` panics on a write error (a closed pipe).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "neon-steward", &mut script);
+        say!("{}", String::from_utf8_lossy(&script).trim_end());
         return EXIT_OK;
     }
     let default_level = if matches!(cli.command, Command::Demo(_)) {
@@ -129,7 +128,7 @@ pub fn run(cli: Cli) -> u8 {
     };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
     if let Err(e) = init_logging(cli.log_format, level) {
-        eprintln!("neon-steward: {e:#}");
+        complain!("neon-steward: {}", error_text(&e));
         return EXIT_CONFIG;
     }
     if let Command::Demo(args) = cli.command {
@@ -138,25 +137,33 @@ pub fn run(cli: Cli) -> u8 {
     let path = match config_path(cli.config.as_deref()) {
         Ok(p) => p,
         Err(msg) => {
-            eprintln!("neon-steward: {msg}");
+            complain!("neon-steward: {msg}");
             return EXIT_CONFIG;
         }
     };
     let cfg = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("neon-steward: {e}");
+            complain!("neon-steward: {e}");
             return EXIT_CONFIG;
         }
     };
     if let Command::Validate = cli.command {
-        println!(
+        for w in cfg.warnings() {
+            complain!("neon-steward: warning: {w}");
+        }
+        say!(
             "{}: ok ({} job{})",
             path.display(),
             cfg.jobs.len(),
             if cfg.jobs.len() == 1 { "" } else { "s" }
         );
         return EXIT_OK;
+    }
+    if let Command::Run { .. } = cli.command {
+        for w in cfg.warnings() {
+            tracing::warn!("{w}");
+        }
     }
     if let Command::Jobs { output } = cli.command {
         return print_jobs(&cfg, output);
@@ -167,7 +174,7 @@ pub fn run(cli: Cli) -> u8 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("neon-steward: cannot start the async runtime: {e}");
+            complain!("neon-steward: cannot start the async runtime: {e}");
             return EXIT_RUN_FAILED;
         }
     };
@@ -193,10 +200,10 @@ pub fn run(cli: Cli) -> u8 {
             Err(e) => {
                 // Configuration problems found late (no API key, ...) are still exit 2.
                 if let Some(ce) = e.downcast_ref::<ConfigError>() {
-                    eprintln!("neon-steward: {ce}");
+                    complain!("neon-steward: {ce}");
                     EXIT_CONFIG
                 } else {
-                    eprintln!("neon-steward: {e:#}");
+                    complain!("neon-steward: {}", error_text(&e));
                     EXIT_RUN_FAILED
                 }
             }
@@ -259,17 +266,17 @@ fn print_jobs(cfg: &Config, output: Output) -> u8 {
         })
         .collect();
     match output {
-        Output::Json => println!("{}", serde_json::Value::Array(rows)),
+        Output::Json => say!("{}", serde_json::Value::Array(rows)),
         Output::Table => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(
-                out,
+            say!(
                 "{:<24} {:<20} {:<16} {:<8} NEXT RUN",
-                "NAME", "KIND", "SCHEDULE", "ENABLED"
+                "NAME",
+                "KIND",
+                "SCHEDULE",
+                "ENABLED"
             );
             for (r, j) in rows.iter().zip(&cfg.jobs) {
-                let _ = writeln!(
-                    out,
+                say!(
                     "{:<24} {:<20} {:<16} {:<8} {}",
                     j.name,
                     j.kind.as_str(),
@@ -335,7 +342,7 @@ async fn once(
         )
         .await?
         else {
-            eprintln!(
+            complain!(
                 "neon-steward: {}: a run for this instant exists already; not started",
                 j.name
             );
@@ -353,7 +360,7 @@ async fn once(
             })),
             Output::Table => {
                 let c = report.counts;
-                println!(
+                say!(
                     "{} (run {run_id}): {}{}  succeeded={} failed={} skipped={} planned={}",
                     j.name,
                     report.status.as_str(),
@@ -368,10 +375,10 @@ async fn once(
                     c.planned
                 );
                 if let Some(e) = &report.error {
-                    println!("  error: {e}");
+                    say!("  error: {e}");
                 }
                 for a in actions {
-                    println!(
+                    say!(
                         "  {:<10} {:<18} {:<9} {:<28} {}",
                         a.outcome.as_str(),
                         a.action,
@@ -384,7 +391,7 @@ async fn once(
         }
     }
     if output == Output::Json {
-        println!("{}", serde_json::Value::Array(json));
+        say!("{}", serde_json::Value::Array(json));
     }
     Ok(code)
 }
@@ -395,8 +402,8 @@ async fn history(
     limit: u32,
     output: Output,
 ) -> anyhow::Result<u8> {
-    let store = crate::store::open(&cfg.store.url).await?;
-    store.migrate().await?;
+    // Read-only: never migrate (or create) the database it is pointed at.
+    let store = crate::store::open_read_only(&cfg.store.url).await?;
     let runs: Vec<RunRecord> = store
         .list_runs(&RunFilter {
             job,
@@ -405,15 +412,21 @@ async fn history(
         })
         .await?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string(&runs)?),
+        Output::Json => say!("{}", serde_json::to_string(&runs)?),
         Output::Table => {
-            println!(
-                "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} ERROR",
-                "ID", "JOB", "STATUS", "SCHEDULED FOR", "TRIGGER", "DRY"
+            say!(
+                "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} {:<32} ERROR",
+                "ID",
+                "JOB",
+                "STATUS",
+                "SCHEDULED FOR",
+                "TRIGGER",
+                "DRY",
+                "REPLICA"
             );
             for r in runs {
-                println!(
-                    "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} {}",
+                say!(
+                    "{:>6} {:<24} {:<12} {:<25} {:<9} {:<7} {:<32} {}",
                     r.id,
                     r.job,
                     r.status.as_str(),
@@ -421,6 +434,7 @@ async fn history(
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     r.trigger.as_str(),
                     r.dry_run,
+                    r.owner.as_deref().unwrap_or("-"),
                     r.error.unwrap_or_default()
                 );
             }
@@ -454,6 +468,24 @@ mod tests {
             l[1],
             PathBuf::from("/home/u/.config/neon-steward/config.toml")
         );
+    }
+
+    #[tokio::test]
+    async fn error_text_says_each_cause_once() {
+        // A bad sslmode fails before any connection, with the same text at three levels.
+        let e = crate::store::open("postgres://u@127.0.0.1/db?sslmode=bogus")
+            .await
+            .err()
+            .expect("a bad sslmode is refused");
+        let e = anyhow::Error::from(e).context("opening the store");
+        let naive = format!("{e:#}");
+        let text = error_text(&e);
+        assert!(
+            naive.matches("bogus").count() > 1,
+            "the chain repeats: {naive}"
+        );
+        assert_eq!(text.matches("bogus").count(), 1, "{text}");
+        assert!(text.starts_with("opening the store: store: "), "{text}");
     }
 
     #[test]

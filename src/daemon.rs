@@ -23,6 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, JobConfig};
+use crate::health::Health;
 use crate::http::{self, Control, JobView, TriggerOutcome};
 use crate::jobs::{run_job_with, JobEnv, RunContext, RunControl};
 use crate::neon::{ClientConfig, NeonClient};
@@ -103,8 +104,14 @@ impl Executor for JobsExecutor {
 
 /// Builds the Neon client from `[api]` (fails without an API key).
 pub fn client(cfg: &Config) -> Result<NeonClient, ConfigError> {
+    client_with(cfg, None)
+}
+
+/// [`client`], recording the outcome of every call in `health` (the daemon's, for `/readyz`).
+fn client_with(cfg: &Config, health: Option<Arc<Health>>) -> Result<NeonClient, ConfigError> {
     let key = cfg.api.require_key(&cfg.source)?.clone();
     let mut cc = ClientConfig::new(cfg.api.base_url.clone(), key);
+    cc.health = health.map(|h| h as Arc<dyn crate::neon::ApiObserver>);
     cc.timeout = cfg.api.timeout;
     cc.rate_limit_per_minute = cfg.api.rate_limit_per_minute;
     cc.burst = cfg.api.burst;
@@ -138,8 +145,17 @@ pub fn executor(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn Executor>, ConfigError> {
+    executor_with(cfg, store, clock, None)
+}
+
+fn executor_with(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    health: Option<Arc<Health>>,
+) -> Result<Arc<dyn Executor>, ConfigError> {
     let env = JobEnv {
-        client: client(cfg)?,
+        client: client_with(cfg, health)?,
         store,
         concurrency: cfg.api.concurrency,
         operation_deadline: OPERATION_DEADLINE,
@@ -224,8 +240,10 @@ pub async fn run_until(
     }
     .emit();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = open_store(&cfg).await?;
-    let executor = executor(&cfg, store.clone(), clock.clone())?;
+    // What the daemon can do (last API and store outcomes), for `/readyz`.
+    let health = Health::new();
+    let store = health.observe_store(open_store(&cfg).await?);
+    let executor = executor_with(&cfg, store.clone(), clock.clone(), Some(health.clone()))?;
 
     // Signal handlers first, so a SIGTERM during start-up is not the default (abrupt) exit.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -265,6 +283,7 @@ pub async fn run_until(
         control: control.clone(),
         store: store.clone(),
         admin_token: cfg.http.admin_token.clone(),
+        health: Some(health.clone()),
     };
     let stop = http_stop.clone();
     let http_task = tokio::spawn(async move {

@@ -26,9 +26,9 @@ use anyhow::Context as _;
 use chrono::TimeDelta;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{EXIT_CONFIG, EXIT_OK, EXIT_RUN_FAILED};
 use crate::config::{self, Config, ConfigError};
 use crate::daemon::{self, DaemonOptions};
+use crate::output::{say, EXIT_CONFIG, EXIT_OK, EXIT_RUN_FAILED};
 use crate::store::{ActionOutcome, ActionRecord, RunFilter, RunRecord, RunStatus, Store};
 
 /// The policy `demo` runs when `--config` is not given, relative to the current directory
@@ -112,7 +112,7 @@ pub fn run(args: DemoArgs, config: Option<&Path>) -> u8 {
                     eprintln!("neon-steward: demo: {ce}");
                     EXIT_CONFIG
                 } else {
-                    eprintln!("neon-steward: demo: {e:#}");
+                    eprintln!("neon-steward: demo: {}", crate::output::error_text(&e));
                     EXIT_RUN_FAILED
                 }
             }
@@ -191,14 +191,14 @@ async fn demo(args: DemoArgs, path: &Path) -> anyhow::Result<()> {
         let Ok(addr) = ready_rx.await else {
             return None;
         };
-        println!("  metrics    http://{addr}/metrics   (also /healthz, /readyz, /api/v1/jobs, /api/v1/runs)");
-        println!(
+        say!("  metrics    http://{addr}/metrics   (also /healthz, /readyz, /api/v1/jobs, /api/v1/runs)");
+        say!(
             "\nrunning for {} (Ctrl-C to stop earlier); each finished run:\n",
             humantime::format_duration(duration)
         );
         tokio::select! {
             _ = tokio::time::sleep(duration) => {
-                println!("\n{} elapsed: stopping (running jobs finish first)", humantime::format_duration(duration));
+                say!("\n{} elapsed: stopping (running jobs finish first)", humantime::format_duration(duration));
                 timer_stop.cancel();
             }
             _ = timer_stop.cancelled() => {}
@@ -325,8 +325,8 @@ fn print_header(
                 && e.activity == neon_sim::state::Activity::Idle
         })
         .count();
-    println!("neon-steward demo: the daemon against neon-sim, a local Neon API emulator (no real account is touched)\n");
-    println!(
+    say!("neon-steward demo: the daemon against neon-sim, a local Neon API emulator (no real account is touched)\n");
+    say!(
         "  account    {} projects in {} orgs (seed {}): {} branches, {} of them preview/* or pr-* \
          ({old} older than 7 days, {protected} protected, {parents} parents of other branches)",
         s.projects.len(),
@@ -335,23 +335,23 @@ fn print_header(
         s.branches.len(),
         previews.len(),
     );
-    println!(
+    say!(
         "             {} computes ({active} running, {forgotten} of them idle with autosuspend off), \
          {} snapshots, consumption history from the computes' past activity",
         s.endpoints.len(),
         s.snapshots.len()
     );
-    println!(
+    say!(
         "  emulator   {} (operations take {}, Neon's rate limits on)",
         sim.base_url(),
         humantime::format_duration(args.operation_time)
     );
     if let Some(f) = faults {
-        println!("  faults     {f}");
+        say!("  faults     {f}");
     }
-    println!("  policy     {}", path.display());
+    say!("  policy     {}", path.display());
     for j in &cfg.jobs {
-        println!(
+        say!(
             "             {:<24} {:<20} {:<12}{}",
             j.name,
             j.kind.as_str(),
@@ -359,7 +359,7 @@ fn print_header(
             if j.dry_run { " dry run" } else { "" }
         );
     }
-    println!("  database   {}", crate::store::redact_url(&cfg.store.url));
+    say!("  database   {}", crate::store::redact_url(&cfg.store.url));
 }
 
 /// Prints every run that finishes, until `stop`; returns the ids it printed.
@@ -425,7 +425,7 @@ async fn print_new_runs(
         if r.finished_at.is_none() {
             // Started: say so once (negative ids mark "start printed").
             if printed.insert(-r.id) {
-                println!(
+                say!(
                     "[{:>6.1}s] {:<22} run {:<4} started{}",
                     started.elapsed().as_secs_f64(),
                     r.job,
@@ -461,7 +461,7 @@ fn print_run(
         .iter()
         .map(|((action, outcome), n)| format!("{n} {action} {outcome}"))
         .collect();
-    println!(
+    say!(
         "[{:>6.1}s] {:<22} run {:<4} {:<11} {:>5.1}s{}  {}",
         started.elapsed().as_secs_f64(),
         r.job,
@@ -469,14 +469,10 @@ fn print_run(
         r.status.as_str(),
         took,
         if r.dry_run { " [dry run]" } else { "" },
-        if counts.is_empty() {
-            "no action needed".to_string()
-        } else {
-            counts.join(", ")
-        }
+        run_outcome(r, &counts)
     );
-    if let Some(e) = &r.error {
-        println!("           ! {e}");
+    if let (Some(e), false) = (&r.error, r.status == RunStatus::Skipped) {
+        say!("           ! {e}");
     }
     // A few examples: what was done (or planned), then one thing left alone and why.
     for a in actions
@@ -496,6 +492,22 @@ fn print_run(
     }
 }
 
+/// What a finished run's line says after its status: a skipped tick says why it was not run
+/// (as `history` does), not that nothing needed doing.
+fn run_outcome(r: &RunRecord, counts: &[String]) -> String {
+    if r.status == RunStatus::Skipped {
+        return format!(
+            "not run: {}",
+            r.error.as_deref().unwrap_or("the tick was skipped")
+        );
+    }
+    if counts.is_empty() {
+        "no action needed".to_string()
+    } else {
+        counts.join(", ")
+    }
+}
+
 fn print_action(a: &ActionRecord, names: &HashMap<String, String>) {
     // Account-wide actions (consumption collection) have no project to name.
     let place = a
@@ -504,7 +516,7 @@ fn print_action(a: &ActionRecord, names: &HashMap<String, String>) {
         .map(|p| format!(" in {}", names.get(p).map_or(p.as_str(), |n| n.as_str())))
         .unwrap_or_default();
     let what = a.resource_name.as_deref().unwrap_or(&a.resource_id);
-    println!(
+    say!(
         "           - {:<9} {} {}{}: {}",
         a.outcome.as_str(),
         a.action,
@@ -524,16 +536,23 @@ async fn summary(
     bound: SocketAddr,
 ) -> anyhow::Result<()> {
     let runs = runs_since(store, baseline).await?;
-    println!("\nsummary: {} runs", runs.len());
-    println!(
+    say!("\nsummary: {} runs", runs.len());
+    say!(
         "  {:<24} {:<20} {:>5} {:>9} {:>6} {:>7} {:>8} {:>11}",
-        "JOB", "KIND", "RUNS", "SUCCEEDED", "FAILED", "PARTIAL", "SKIPPED", "INTERRUPTED"
+        "JOB",
+        "KIND",
+        "RUNS",
+        "SUCCEEDED",
+        "FAILED",
+        "PARTIAL",
+        "SKIPPED",
+        "INTERRUPTED"
     );
     let mut actions: BTreeMap<(String, String, String, bool), usize> = BTreeMap::new();
     for j in &cfg.jobs {
         let mine: Vec<&RunRecord> = runs.iter().filter(|r| r.job == j.name).collect();
         let n = |s: RunStatus| mine.iter().filter(|r| r.status == s).count();
-        println!(
+        say!(
             "  {:<24} {:<20} {:>5} {:>9} {:>6} {:>7} {:>8} {:>11}",
             j.name,
             j.kind.as_str(),
@@ -557,16 +576,20 @@ async fn summary(
             }
         }
     }
-    println!("\nactions (the audit ledger):");
-    println!(
+    say!("\nactions (the audit ledger):");
+    say!(
         "  {:<24} {:<20} {:<10} {:<8} {:>6}",
-        "JOB", "ACTION", "OUTCOME", "DRY RUN", "COUNT"
+        "JOB",
+        "ACTION",
+        "OUTCOME",
+        "DRY RUN",
+        "COUNT"
     );
     for ((job, action, outcome, dry), n) in &actions {
-        println!("  {job:<24} {action:<20} {outcome:<10} {dry:<8} {n:>6}");
+        say!("  {job:<24} {action:<20} {outcome:<10} {dry:<8} {n:>6}");
     }
     let m = crate::telemetry::metrics::metrics();
-    println!(
+    say!(
         "\nNeon API: {} requests, {} retried, {} answered 429 (see neon_steward_api_* in /metrics)",
         counter_total(&m.api_requests_total),
         counter_total(&m.api_retries_total),
@@ -583,22 +606,22 @@ async fn summary(
             crate::store::redact_url(&cfg.store.url)
         )
     };
-    println!("\nwhere to look next:");
-    println!("  history    {env}{exe} --config {config_arg} history");
-    println!(
+    say!("\nwhere to look next:");
+    say!("  history    {env}{exe} --config {config_arg} history");
+    say!(
         "             {env}{exe} --config {config_arg} history --job expire-previews --output json"
     );
-    println!(
+    say!(
         "  database   {} (SQLite; e.g. sqlite3 {} 'select job, action, outcome, count(*) from actions group by 1, 2, 3')",
         args.db.display(),
         args.db.display()
     );
-    println!(
+    say!(
         "  metrics    were served at http://{}/metrics while the demo ran; run it again with a \
          longer --duration and point Prometheus at it (deploy/test-prometheus.sh does)",
         bound
     );
-    println!("  dashboard  deploy/grafana/neon-steward.json, alerts deploy/prometheus/alerts.yaml");
+    say!("  dashboard  deploy/grafana/neon-steward.json, alerts deploy/prometheus/alerts.yaml");
     Ok(())
 }
 
@@ -623,4 +646,40 @@ fn counter_total(c: &prometheus::IntCounterVec) -> u64 {
         .flat_map(|f| f.get_metric())
         .map(|m| m.get_counter().get_value() as u64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_tick_says_why() {
+        let now = chrono::Utc::now();
+        let mut r = RunRecord {
+            id: 7,
+            job: "snap".into(),
+            kind: "snapshot_branches".into(),
+            scheduled_for: now,
+            trigger: crate::store::Trigger::Schedule,
+            started_at: now,
+            finished_at: Some(now),
+            status: RunStatus::Skipped,
+            dry_run: false,
+            error: Some("skipped: the previous run (run 6) was still running".into()),
+            counts: Default::default(),
+            owner: None,
+            lease_expires_at: None,
+        };
+        assert_eq!(
+            run_outcome(&r, &[]),
+            "not run: skipped: the previous run (run 6) was still running"
+        );
+        r.status = RunStatus::Succeeded;
+        r.error = None;
+        assert_eq!(run_outcome(&r, &[]), "no action needed");
+        assert_eq!(
+            run_outcome(&r, &["2 create_snapshot succeeded".into()]),
+            "2 create_snapshot succeeded"
+        );
+    }
 }

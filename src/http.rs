@@ -7,7 +7,14 @@
 //! configured, and then requires `Authorization: Bearer <token>`.
 //!
 //! Every error is a JSON object `{"error": "..."}` with a fitting status code; bad query
-//! parameters are a 400 naming the parameter, never a panic.
+//! parameters are a 400 naming the parameter, never a panic, and so are unknown ones (as
+//! unknown keys of the policy file are errors).
+//!
+//! The server is bounded so that it cannot take the daemon's resources from the jobs: at
+//! most [`ServeLimits::max_connections`] connections are open at once (more wait in the
+//! kernel's backlog, using no file descriptor of ours), and a connection that sends no
+//! complete request head within [`ServeLimits::header_read_timeout`] is closed, whether it
+//! is new and silent or idle between keep-alive requests.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::health::Health;
 use crate::secret::Secret;
 use crate::store::{ActionRecord, RunFilter, RunId, RunRecord, Store, MAX_RUN_LIMIT};
 use crate::telemetry::metrics;
@@ -89,6 +97,28 @@ pub struct HttpState {
     pub store: Arc<dyn Store>,
     /// When set, `POST /api/v1/jobs/{name}/trigger` is routed and requires this token.
     pub admin_token: Option<Secret>,
+    /// The daemon's last API and store outcomes, which `/readyz` reports when given.
+    pub health: Option<Arc<Health>>,
+}
+
+/// Bounds of the HTTP server (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections open at once. Prometheus, probes and an operator need a handful; this
+    /// leaves the process's file descriptors to the store and the Neon client.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request head, including the wait for the
+    /// next request on a keep-alive connection.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The application: all routes, with a JSON 404 for anything else.
@@ -108,19 +138,88 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes, then finishes the
-/// requests in flight.
+/// Serves `router(state)` on `listener` with the default [`ServeLimits`] until `shutdown`
+/// completes, then finishes the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, ServeLimits::default(), shutdown).await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, trigger_enabled = state.admin_token.is_some(), "http listening");
+        tracing::info!(
+            %addr,
+            trigger_enabled = state.admin_token.is_some(),
+            max_connections = limits.max_connections,
+            "http listening"
+        );
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(state);
+    let max = limits.max_connections.max(1);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A free slot first, then a connection: beyond the limit, connections wait in the
+        // backlog rather than holding a descriptor here.
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "http: cannot accept a connection");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+            let mut asked_to_stop = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "http: connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stopping.cancelled(), if !asked_to_stop => {
+                        asked_to_stop = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    // Stop accepting, let each connection finish its request in flight, wait for all.
+    drop(listener);
+    stopping.cancel();
+    let _all = permits.acquire_many(max as u32).await;
+    Ok(())
 }
 
 /// An error answer: `{"error": message}` with `status`.
@@ -166,7 +265,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(uri: Uri) -> Response {
+    if let Err(e) = no_query(&uri) {
+        return e.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -177,11 +279,42 @@ async fn metrics_text() -> Response {
         .into_response()
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz(uri: Uri) -> Result<Json<serde_json::Value>, ApiError> {
+    no_query(&uri)?;
+    Ok(Json(json!({ "status": "ok" })))
 }
 
-async fn readyz(State(state): State<HttpState>) -> Response {
+/// The longest parameter name quoted back in an error.
+const MAX_QUOTED: usize = 64;
+
+fn quoted(s: &str) -> String {
+    let mut q: String = s.chars().take(MAX_QUOTED).collect();
+    if q.len() < s.len() {
+        q.push_str("...");
+    }
+    format!("{q:?}")
+}
+
+/// Routes without parameters refuse any.
+fn no_query(uri: &Uri) -> Result<(), ApiError> {
+    match uri.query() {
+        None | Some("") => Ok(()),
+        Some(q) => {
+            let name = q.split('&').next().unwrap_or(q);
+            let name = name.split('=').next().unwrap_or(name);
+            Err(ApiError::bad_request(format!(
+                "unknown query parameter {}: {} takes none",
+                quoted(name),
+                uri.path()
+            )))
+        }
+    }
+}
+
+async fn readyz(State(state): State<HttpState>, uri: Uri) -> Response {
+    if let Err(e) = no_query(&uri) {
+        return e.into_response();
+    }
     let mut not_ready = Vec::new();
     if !state.control.config_loaded() {
         not_ready.push("config: no valid policy file loaded".to_string());
@@ -197,6 +330,19 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     if !state.control.scheduler_running() {
         not_ready.push("scheduler: not running".to_string());
     }
+    // What the daemon last tried: a wrong key, Neon unreachable, a locked or full store.
+    if let Some(h) = &state.health {
+        if let Some(f) = h.api_failure() {
+            not_ready.push(format!("api: {} (at {})", f.message, f.at.to_rfc3339()));
+        }
+        if let Some(f) = h.store_failure() {
+            not_ready.push(format!(
+                "store: the last operation failed: {} (at {})",
+                f.message,
+                f.at.to_rfc3339()
+            ));
+        }
+    }
     if not_ready.is_empty() {
         (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
     } else {
@@ -208,7 +354,11 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn list_jobs(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_jobs(
+    State(state): State<HttpState>,
+    uri: Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    no_query(&uri)?;
     let mut jobs = state.control.jobs();
     for job in &mut jobs {
         if job.last_run.is_none() {
@@ -231,11 +381,59 @@ async fn list_jobs(State(state): State<HttpState>) -> Result<Json<serde_json::Va
 
 /// Query of `GET /api/v1/runs`. Strings, parsed by hand, so that a bad value gets a message
 /// naming the parameter and what it should be.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct RunsQuery {
     job: Option<String>,
     limit: Option<String>,
     before: Option<String>,
+}
+
+/// The query string of `GET /api/v1/runs` (without the `?`): each known parameter at most
+/// once, no other. Public for the fuzz test; every error names the parameter.
+pub fn parse_runs_query_string(query: Option<&str>) -> Result<RunFilter, (StatusCode, String)> {
+    let pairs: Vec<(String, String)> = match query {
+        None | Some("") => Vec::new(),
+        Some(q) => {
+            let uri: Uri = format!("/?{q}").parse().map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the query string is not valid in a URL".to_string(),
+                )
+            })?;
+            Query::<Vec<(String, String)>>::try_from_uri(&uri)
+                .map_err(|e| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("query string: {}", e.body_text()),
+                    )
+                })?
+                .0
+        }
+    };
+    let mut q = RunsQuery::default();
+    for (name, value) in pairs {
+        let slot = match name.as_str() {
+            "job" => &mut q.job,
+            "limit" => &mut q.limit,
+            "before" => &mut q.before,
+            _ => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown query parameter {}; expected `job`, `limit` or `before`",
+                        quoted(&name)
+                    ),
+                ))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("query parameter `{name}` is given more than once"),
+            ));
+        }
+    }
+    parse_runs_query(q).map_err(|e| (e.status, e.message))
 }
 
 fn parse_runs_query(q: RunsQuery) -> Result<RunFilter, ApiError> {
@@ -267,10 +465,10 @@ fn parse_runs_query(q: RunsQuery) -> Result<RunFilter, ApiError> {
 
 async fn list_runs(
     State(state): State<HttpState>,
-    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+    uri: Uri,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let filter = parse_runs_query(query)?;
+    let filter = parse_runs_query_string(uri.query())
+        .map_err(|(status, message)| ApiError::new(status, message))?;
     let runs = state
         .store
         .list_runs(&filter)
@@ -293,7 +491,9 @@ struct RunWithActions {
 async fn get_run(
     State(state): State<HttpState>,
     Path(id): Path<String>,
+    uri: Uri,
 ) -> Result<Json<RunWithActions>, ApiError> {
+    no_query(&uri)?;
     let id: RunId = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("run id must be an integer, got {id:?}")))?;
@@ -322,6 +522,7 @@ async fn trigger(
     State(state): State<HttpState>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
     // Authenticate before anything else, so the answer does not reveal which jobs exist.
     let authorised = match (&state.admin_token, bearer(&headers)) {
@@ -339,6 +540,9 @@ async fn trigger(
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
+    }
+    if let Err(e) = no_query(&uri) {
+        return e.into_response();
     }
     match state.control.trigger(&name).await {
         Ok(TriggerOutcome::Started { run_id }) => {

@@ -6,10 +6,18 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+/// `demo`: the daemon against neon-sim in the same process (cargo feature `demo`, default).
+#[cfg(feature = "demo")]
 pub mod demo;
+/// Without the `demo` feature: a hidden `demo` that explains how to get it.
+#[cfg(not(feature = "demo"))]
+#[path = "demo_unavailable.rs"]
+pub mod demo;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod neon;
+pub mod output;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;

@@ -30,6 +30,34 @@ impl Secret {
     }
 }
 
+/// Whether `value` can be a bearer token at all: visible ASCII without spaces, as Neon's API
+/// keys and any token sent in an `Authorization` header are. The error says what is wrong
+/// (to be completed by the caller with where the value came from) without showing it.
+pub fn check_token_shape(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some((i, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic())
+    {
+        let what = match c {
+            '\n' | '\r' => "a line break",
+            ' ' | '\t' => "a space or tab",
+            c if c.is_control() => "a control character",
+            _ => "a character that is not ASCII",
+        };
+        return Err(format!(
+            "contains {what} (character {} of {}): it cannot be sent in an HTTP header; \
+             check how the value was written (it is not shown here)",
+            i + 1,
+            value.chars().count()
+        ));
+    }
+    Ok(())
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")
@@ -52,6 +80,22 @@ mod tests {
         assert!(!format!("{s:?}").contains("supersecret"));
         assert!(!format!("{s}").contains("supersecret"));
         assert_eq!(s.expose(), "napi_supersecret");
+    }
+
+    #[test]
+    fn token_shape() {
+        assert!(check_token_shape("napi_abc123-XYZ").is_ok());
+        for (bad, what) in [
+            ("napi_abc\ndef", "line break"),
+            ("napi abc", "space"),
+            ("napi\u{0}abc", "control"),
+            ("napié", "not ASCII"),
+            ("", "empty"),
+        ] {
+            let e = check_token_shape(bad).unwrap_err();
+            assert!(e.contains(what), "{bad:?}: {e}");
+            assert!(bad.is_empty() || !e.contains("abc"), "{e}");
+        }
     }
 
     #[test]

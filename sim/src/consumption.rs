@@ -1,5 +1,6 @@
-//! Consumption history: `/consumption_history/v2/projects`, `/consumption_history/v2/branches`
-//! and the legacy `/consumption_history/projects` and `/consumption_history/account`.
+//! Consumption history's model: the values of `/consumption_history/v2/projects`,
+//! `/consumption_history/v2/branches` and the legacy `/consumption_history/projects` and
+//! `/consumption_history/account`, and their rules (the routes are in `routes::consumption`).
 //!
 //! Why it is built this way: the daemon's `collect` job stores these numbers and the tests
 //! check that what it stored adds up. So every value here is derived deterministically from
@@ -23,17 +24,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State as AxState};
-use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::http::StatusCode;
 use chrono::{DateTime, Datelike, Months, TimeDelta, TimeZone, Timelike, Utc};
-use serde_json::{json, Value};
 
+use crate::consumption_view::{BranchFacts, View};
 use crate::error::ApiError;
-use crate::routes::AppState;
-use crate::state::{Principal, Project, SharedState, State};
+use crate::state::TRANSFER_BYTES_PER_ACTIVE_SECOND;
+use crate::wire::{ConsumptionPeriod, MetricValue, V2Timeframe};
 
 /// Branches included per project before `extra_branches_month` counts.
 pub const INCLUDED_BRANCHES: i64 = 10;
@@ -101,21 +98,12 @@ pub const LEGACY_METRICS: &[&str] = &[
     "logical_size_bytes_hour",
 ];
 /// Legacy fields the document requires in every timeframe.
-const LEGACY_REQUIRED: &[&str] = &[
+pub(crate) const LEGACY_REQUIRED: &[&str] = &[
     "active_time_seconds",
     "compute_time_seconds",
     "written_data_bytes",
     "synthetic_storage_size_bytes",
 ];
-
-/// The routes of this module, to merge into the `/api/v2` router.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/consumption_history/v2/projects", get(v2_projects))
-        .route("/consumption_history/v2/branches", get(v2_branches))
-        .route("/consumption_history/projects", get(legacy_projects))
-        .route("/consumption_history/account", get(legacy_account))
-}
 
 /// Timeframe length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,135 +201,6 @@ pub struct RangeParams {
     pub granularity: Granularity,
 }
 
-/// Query parameters as pairs, keeping repeats (`project_ids=a&project_ids=b`).
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    fn from_uri(uri: &Uri) -> Result<Params, ApiError> {
-        Query::<Vec<(String, String)>>::try_from_uri(uri)
-            .map(|q| Params(q.0))
-            .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
-    }
-
-    fn one(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn required(&self, name: &str) -> Result<&str, ApiError> {
-        self.one(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-            ApiError::bad_request(format!("missing required query parameter `{name}`"))
-        })
-    }
-
-    /// Repeated and/or comma-separated values.
-    fn list(&self, name: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == name || k == &format!("{name}[]"))
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn date(&self, name: &str) -> Result<DateTime<Utc>, ApiError> {
-        let raw = self.required(name)?;
-        DateTime::parse_from_rfc3339(raw)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                ApiError::bad_request(format!(
-                    "query parameter `{name}`: {raw:?} is not an RFC 3339 date-time: {e}"
-                ))
-            })
-    }
-
-    fn range(&self, now: DateTime<Utc>) -> Result<RangeParams, ApiError> {
-        let g_raw = self.required("granularity")?;
-        let granularity = Granularity::parse(g_raw).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "query parameter `granularity`: {g_raw:?} is not one of hourly, daily, monthly"
-            ))
-        })?;
-        let from = self.date("from")?;
-        let to = self.date("to")?;
-        check_range(from, to, granularity, now)?;
-        Ok(RangeParams {
-            from,
-            to,
-            granularity,
-        })
-    }
-
-    fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
-        match self.one("limit") {
-            None => Ok(default),
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::bad_request(format!(
-                    "query parameter `limit`: {raw:?} is not an integer from 1 to {max}"
-                ))),
-            },
-        }
-    }
-
-    fn ids(&self, name: &str, required: bool) -> Result<Vec<String>, ApiError> {
-        let ids = self.list(name);
-        if required && ids.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "missing required query parameter `{name}` (1 to 100 ids)"
-            )));
-        }
-        if ids.len() > 100 {
-            return Err(ApiError::bad_request(format!(
-                "query parameter `{name}`: at most 100 ids are allowed, got {}",
-                ids.len()
-            )));
-        }
-        if let Some(bad) = ids.iter().find(|id| {
-            id.len() > 60
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        }) {
-            return Err(ApiError::bad_request(format!(
-                "query parameter `{name}`: {bad:?} is not a valid id"
-            )));
-        }
-        Ok(ids)
-    }
-
-    fn metrics(&self, allowed: &[&str], required: bool) -> Result<Option<Vec<String>>, ApiError> {
-        let ms = self.list("metrics");
-        if ms.is_empty() {
-            return if required {
-                Err(ApiError::bad_request(
-                    "missing required query parameter `metrics`",
-                ))
-            } else {
-                Ok(None)
-            };
-        }
-        if let Some(bad) = ms.iter().find(|m| !allowed.contains(&m.as_str())) {
-            return Err(ApiError::bad_request(format!(
-                "query parameter `metrics`: {bad:?} is not supported here; supported: {}",
-                allowed.join(", ")
-            )));
-        }
-        let mut out: Vec<String> = Vec::new();
-        for m in ms {
-            if !out.contains(&m) {
-                out.push(m);
-            }
-        }
-        Ok(Some(out))
-    }
-}
-
 /// Checks a range against the granularity's retention window (406 when it does not fit).
 pub fn check_range(
     from: DateTime<Utc>,
@@ -390,35 +249,32 @@ pub fn check_range(
 // ----- the value model -------------------------------------------------------------------------
 
 /// Hourly values of the six branch-level metrics, in [`BRANCH_METRICS_V2`] order.
-fn branch_hour(state: &State, branch_id: &str, h: DateTime<Utc>, active: bool) -> [i64; 6] {
+fn branch_hour(
+    now: DateTime<Utc>,
+    b: &BranchFacts,
+    retention_hours: i64,
+    h: DateTime<Utc>,
+    active: bool,
+) -> [i64; 6] {
     let e = h + TimeDelta::hours(1);
-    let Some(b) = state.any_branch(branch_id) else {
-        return [0; 6];
-    };
-    let byte_hours = state.branch_storage_byte_hours(branch_id, h, e);
-    let is_root = b.parent_id.is_none();
+    let byte_hours = b.storage_byte_hours(now, h, e);
     let (cu, transfer, written) = if active {
         (
-            state.branch_compute_seconds(branch_id, h, e),
-            state.branch_transfer_bytes(branch_id, h, e),
-            state.branch_written_bytes(branch_id, h, e),
+            b.cu_seconds(now, h, e),
+            b.active_seconds(now, h, e) * TRANSFER_BYTES_PER_ACTIVE_SECOND,
+            b.written_bytes(now, h, e),
         )
     } else {
         (0, 0, 0)
     };
-    let retention_hours = state
-        .projects
-        .get(&b.project_id)
-        .map(|p| i64::from(p.history_retention_seconds) / 3600)
-        .unwrap_or(24);
     [
         cu,
-        if is_root {
+        if b.is_root {
             byte_hours / HOURS_PER_MONTH
         } else {
             0
         },
-        if is_root {
+        if b.is_root {
             0
         } else {
             byte_hours / HOURS_PER_MONTH
@@ -430,24 +286,23 @@ fn branch_hour(state: &State, branch_id: &str, h: DateTime<Utc>, active: bool) -
 }
 
 /// Sums of the branch metrics over `[start, end)`, hour by hour.
-fn branch_totals(
-    state: &State,
-    branch_id: &str,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> [i64; 6] {
+fn branch_totals(v: &View, branch_id: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> [i64; 6] {
     let mut total = [0i64; 6];
-    let now = state.now();
+    let now = v.now();
     let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(now)));
+    let Some(b) = v.branch(branch_id) else {
+        return total;
+    };
     if start >= end {
         return total;
     }
-    // Skip the costly activity lookups when the branch had no compute activity at all.
-    let active = state.branch_active_seconds(branch_id, start, end) > 0;
+    let retention_hours = v.retention_hours(&b.project_id);
+    // Skip the activity lookups when the branch had no compute activity at all.
+    let active = b.active_seconds(now, start, end) > 0;
     let mut h = start;
     while h < end {
-        let v = branch_hour(state, branch_id, h, active);
-        for (t, x) in total.iter_mut().zip(v) {
+        let x = branch_hour(now, b, retention_hours, h, active);
+        for (t, x) in total.iter_mut().zip(x) {
             *t += x;
         }
         h += TimeDelta::hours(1);
@@ -457,57 +312,55 @@ fn branch_totals(
 
 /// Project-only hourly metrics: (extra branch-hours, snapshot bytes-month).
 fn project_only_totals(
-    state: &State,
+    v: &View,
     project_id: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> (i64, i64) {
-    let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(state.now())));
-    let branch_ids = state.project_branch_ids_between(project_id, start, end.max(start));
+    let now = v.now();
+    let end = end.min(Granularity::Hourly.next(Granularity::Hourly.floor(now)));
+    let branches: Vec<&BranchFacts> = v
+        .project_branch_ids_between(project_id, start, end.max(start))
+        .iter()
+        .filter_map(|id| v.branch(id))
+        .collect();
+    let snapshots = v.snapshots_by_time(project_id);
+    let mut next_snapshot = 0;
+    let mut snap_bytes = 0;
     let mut extra = 0;
     let mut snap = 0;
     let mut h = start;
     while h < end {
         let e = h + TimeDelta::hours(1);
-        let alive = branch_ids
+        let alive = branches
             .iter()
-            .filter(|id| state.branch_storage_byte_hours(id, h, e) > 0 || alive_in(state, id, h, e))
+            .filter(|b| b.storage_byte_hours(now, h, e) > 0 || b.alive_in(h, e))
             .count() as i64;
         extra += (alive - INCLUDED_BRANCHES).max(0);
-        let snap_bytes: i64 = state
-            .snapshots
-            .values()
-            .filter(|s| s.project_id == project_id && s.created_at < e)
-            .map(|s| s.full_size)
-            .sum();
+        while let Some((at, size)) = snapshots.get(next_snapshot) {
+            if *at >= e {
+                break;
+            }
+            snap_bytes += size;
+            next_snapshot += 1;
+        }
         snap += snap_bytes / HOURS_PER_MONTH;
         h = e;
     }
     (extra, snap)
 }
 
-/// Whether a (possibly empty) branch existed at some point of `[h, e)`.
-fn alive_in(state: &State, branch_id: &str, h: DateTime<Utc>, e: DateTime<Utc>) -> bool {
-    if let Some(b) = state.branches.get(branch_id) {
-        return b.created_at < e;
-    }
-    state
-        .deleted_branches
-        .iter()
-        .any(|d| d.branch.id == branch_id && d.branch.created_at < e && d.deleted_at > h)
-}
-
 /// The value of each requested v2 metric for a project over a timeframe.
-fn project_v2_values(
-    state: &State,
+pub(crate) fn project_v2_values(
+    v: &View,
     project_id: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     metrics: &[String],
 ) -> Vec<(String, i64)> {
     let mut sums = [0i64; 6];
-    for b in state.project_branch_ids_between(project_id, start, end) {
-        for (s, x) in sums.iter_mut().zip(branch_totals(state, &b, start, end)) {
+    for b in v.project_branch_ids_between(project_id, start, end) {
+        for (s, x) in sums.iter_mut().zip(branch_totals(v, &b, start, end)) {
             *s += x;
         }
     }
@@ -515,14 +368,14 @@ fn project_v2_values(
         .iter()
         .any(|m| m == "extra_branches_month" || m == "snapshot_storage_bytes_month");
     let (extra, snap) = if needs_project_only {
-        project_only_totals(state, project_id, start, end)
+        project_only_totals(v, project_id, start, end)
     } else {
         (0, 0)
     };
     metrics
         .iter()
         .map(|m| {
-            let v = match m.as_str() {
+            let x = match m.as_str() {
                 "extra_branches_month" => extra,
                 "snapshot_storage_bytes_month" => snap,
                 other => BRANCH_METRICS_V2
@@ -531,64 +384,63 @@ fn project_v2_values(
                     .map(|i| sums[i])
                     .unwrap_or(0),
             };
-            (m.clone(), v)
+            (m.clone(), x)
         })
         .collect()
 }
 
-fn branch_v2_values(
-    state: &State,
+pub(crate) fn branch_v2_values(
+    v: &View,
     branch_id: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     metrics: &[String],
 ) -> Vec<(String, i64)> {
-    let t = branch_totals(state, branch_id, start, end);
+    let t = branch_totals(v, branch_id, start, end);
     metrics
         .iter()
         .map(|m| {
-            let v = BRANCH_METRICS_V2
+            let x = BRANCH_METRICS_V2
                 .iter()
                 .position(|x| *x == m.as_str())
                 .map(|i| t[i])
                 .unwrap_or(0);
-            (m.clone(), v)
+            (m.clone(), x)
         })
         .collect()
 }
 
 /// Legacy metric values of a set of projects over a timeframe.
-fn legacy_values(
-    state: &State,
+pub(crate) fn legacy_values(
+    v: &View,
     project_ids: &[String],
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> BTreeMap<&'static str, i64> {
     let mut out: BTreeMap<&'static str, i64> = LEGACY_METRICS.iter().map(|m| (*m, 0)).collect();
-    let now = state.now();
+    let now = v.now();
     let clipped_end = end.min(now);
     for p in project_ids {
-        let branches = state.project_branch_ids_between(p, start, end);
+        let branches = v.project_branch_ids_between(p, start, end);
         let mut byte_hours = 0;
         let mut cu = 0;
         let mut written = 0;
         for b in &branches {
-            cu += branch_totals(state, b, start, end)[0];
-            written += state.branch_written_bytes(b, start, end);
+            cu += branch_totals(v, b, start, end)[0];
+            written += v.branch_written_bytes(b, start, end);
             let mut h = start;
             while h < end && h < now {
-                byte_hours += state.branch_storage_byte_hours(b, h, h + TimeDelta::hours(1));
+                byte_hours += v.branch_storage_byte_hours(b, h, h + TimeDelta::hours(1));
                 h += TimeDelta::hours(1);
             }
         }
         // Size at the end of the timeframe: branches alive then.
         let size: i64 = branches
             .iter()
-            .filter(|b| alive_in(state, b, clipped_end - TimeDelta::seconds(1), clipped_end))
-            .filter_map(|b| state.any_branch(b).map(|x| x.logical_size))
+            .filter(|b| v.alive_in(b, clipped_end - TimeDelta::seconds(1), clipped_end))
+            .filter_map(|b| v.branch(b).map(|x| x.logical_size))
             .sum();
-        *out.entry("active_time_seconds").or_default() +=
-            state.project_active_seconds(p, start, end);
+        *out.entry("active_time_seconds").or_default() += v.project_active_seconds(p, start, end);
         *out.entry("compute_time_seconds").or_default() += cu;
         *out.entry("written_data_bytes").or_default() += written;
         *out.entry("synthetic_storage_size_bytes").or_default() += size;
@@ -618,417 +470,51 @@ fn period_id(scope: &str, start: DateTime<Utc>) -> String {
     )
 }
 
-/// Groups timeframes into billing periods (calendar months) as JSON periods.
-fn periods(
+/// Groups timeframes into billing periods (calendar months).
+pub(crate) fn periods<T>(
     scope: &str,
     plan: &str,
     now: DateTime<Utc>,
     frames: &[(DateTime<Utc>, DateTime<Utc>)],
-    mut consumption: impl FnMut(DateTime<Utc>, DateTime<Utc>) -> Value,
-) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::new();
-    let mut current: Option<(DateTime<Utc>, Vec<Value>)> = None;
-    let flush = |cur: Option<(DateTime<Utc>, Vec<Value>)>, out: &mut Vec<Value>| {
-        if let Some((ps, items)) = cur {
-            let pe = Granularity::Monthly.next(ps);
-            let mut p = json!({
-                "period_id": period_id(scope, ps),
-                "period_plan": plan,
-                "period_start": rfc3339(ps),
-                "consumption": items,
-            });
-            if pe <= now {
-                p["period_end"] = json!(rfc3339(pe));
-            }
-            out.push(p);
-        }
-    };
+    mut consumption: impl FnMut(DateTime<Utc>, DateTime<Utc>) -> T,
+) -> Vec<ConsumptionPeriod<T>> {
+    let mut out: Vec<ConsumptionPeriod<T>> = Vec::new();
     for (s, e) in frames {
         let ps = Granularity::Monthly.floor(*s);
-        if current.as_ref().map(|(p, _)| *p) != Some(ps) {
-            flush(current.take(), &mut out);
-            current = Some((ps, Vec::new()));
+        if out.last().map(|p| p.period_start.as_str()) != Some(rfc3339(ps).as_str()) {
+            let pe = Granularity::Monthly.next(ps);
+            out.push(ConsumptionPeriod {
+                period_id: period_id(scope, ps),
+                period_plan: plan.to_string(),
+                period_start: rfc3339(ps),
+                period_end: (pe <= now).then(|| rfc3339(pe)),
+                consumption: Vec::new(),
+            });
         }
-        if let Some((_, items)) = current.as_mut() {
-            items.push(consumption(*s, *e));
+        if let Some(p) = out.last_mut() {
+            p.consumption.push(consumption(*s, *e));
         }
     }
-    flush(current, &mut out);
     out
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn v2_timeframe(s: DateTime<Utc>, e: DateTime<Utc>, values: Vec<(String, i64)>) -> Value {
-    json!({
-        "timeframe_start": rfc3339(s),
-        "timeframe_end": rfc3339(e),
-        "metrics": values
-            .into_iter()
-            .map(|(m, v)| json!({"metric_name": m, "value": v}))
-            .collect::<Vec<_>>(),
-    })
-}
-
-// ----- handlers --------------------------------------------------------------------------------
-
-/// The org the caller names, or 404 when it is not theirs.
-fn org_for<'a>(
-    state: &'a State,
-    who: &Principal,
-    org_id: &str,
-) -> Result<&'a crate::state::Org, ApiError> {
-    state
-        .visible_orgs(who)
-        .into_iter()
-        .find(|o| o.id == org_id)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "organization {org_id} not found or not accessible with this API key"
-            ))
-        })
-}
-
-/// Visible projects, filtered by org (when given) and ids (when given), newest first.
-fn select_projects<'a>(
-    state: &'a State,
-    who: &Principal,
-    org_id: Option<&str>,
-    ids: &[String],
-) -> Result<Vec<&'a Project>, ApiError> {
-    for id in ids {
-        let p = state.project_for(who, id)?;
-        if org_id.is_some() && p.org_id.as_deref() != org_id {
-            return Err(ApiError::not_found(format!(
-                "project {id} not found in organization {}",
-                org_id.unwrap_or("")
-            )));
-        }
-    }
-    let mut ps: Vec<&Project> = state
-        .projects
-        .values()
-        .filter(|p| state.can_see_project(who, p))
-        .filter(|p| org_id.is_none() || p.org_id.as_deref() == org_id)
-        .filter(|p| ids.is_empty() || ids.contains(&p.id))
-        .collect();
-    ps.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then_with(|| b.id.cmp(&a.id))
-    });
-    Ok(ps)
-}
-
-/// Applies a cursor (the last id of the previous page) and a limit.
-fn page<T>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> String,
-    cursor: Option<&str>,
-    limit: usize,
-) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let start = match cursor.filter(|c| !c.is_empty()) {
-        None => 0,
-        Some(c) => items
-            .iter()
-            .position(|i| key(i) == c)
-            .map(|p| p + 1)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "query parameter `cursor`: {c:?} is not a cursor of this listing"
-                ))
-            })?,
-    };
-    let page: Vec<T> = items.into_iter().skip(start).take(limit).collect();
-    let next = page.last().map(&key);
-    Ok((page, next))
-}
-
-fn with_pagination(mut body: Value, cursor: Option<String>) -> Value {
-    if let Some(c) = cursor {
-        body["pagination"] = json!({ "cursor": c });
-    }
-    body
-}
-
-fn plan_of(state: &State, org_id: Option<&str>) -> String {
-    org_id
-        .and_then(|o| state.orgs.get(o))
-        .map(|o| o.plan.clone())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "scale".to_string())
-}
-
-/// Computes the `periods` of each scope (a project, a branch, the account) off the async
-/// runtime, taking the model's lock once per timeframe instead of once for the whole request.
-///
-/// Why: a wide range over many branches is real work (hour by hour, branch by branch), and the
-/// model has one lock; holding it for all of that would stall every other request (and the
-/// background ticker) meanwhile. Validation and selection happen under one short lock before.
-async fn compute_periods<K, F>(
-    shared: SharedState,
-    plan: String,
-    now: DateTime<Utc>,
-    frames: Vec<(DateTime<Utc>, DateTime<Utc>)>,
-    keys: Vec<K>,
-    scope: fn(&K) -> String,
-    timeframe: F,
-) -> Result<Vec<(K, Vec<Value>)>, ApiError>
-where
-    K: Send + 'static,
-    F: Fn(&State, &K, DateTime<Utc>, DateTime<Utc>) -> Value + Send + 'static,
-{
-    tokio::task::spawn_blocking(move || {
-        keys.into_iter()
-            .map(|k| {
-                let ps = periods(&scope(&k), &plan, now, &frames, |s, e| {
-                    let state = shared.lock();
-                    timeframe(&state, &k, s, e)
-                });
-                (k, ps)
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            format!("neon-sim failed computing consumption: {e}"),
-        )
-    })
-}
-
-async fn v2_projects(
-    AxState(app): AxState<AppState>,
-    who: Principal,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let q = Params::from_uri(&uri)?;
-    let (now, range, metrics, plan, ids, next) = {
-        let state = app.state.settled();
-        let now = state.now();
-        let range = q.range(now)?;
-        let org_id = q.required("org_id")?.to_string();
-        let metrics = q.metrics(PROJECT_METRICS_V2, true)?.unwrap_or_default();
-        let ids = q.ids("project_ids", false)?;
-        let limit = q.limit(10, 100)?;
-        let org = org_for(&state, &who, &org_id)?;
-        let plan = if org.plan.is_empty() {
-            "scale".to_string()
-        } else {
-            org.plan.clone()
-        };
-        let projects = select_projects(&state, &who, Some(&org_id), &ids)?;
-        let (projects, next) = page(projects, |p| p.id.clone(), q.one("cursor"), limit)?;
-        let ids: Vec<String> = projects.iter().map(|p| p.id.clone()).collect();
-        (now, range, metrics, plan, ids, next)
-    };
-    let frames = timeframes(range.from, range.to, range.granularity);
-    let computed = compute_periods(
-        app.state.clone(),
-        plan,
-        now,
-        frames,
-        ids,
-        String::clone,
-        move |state, id, s, e| v2_timeframe(s, e, project_v2_values(state, id, s, e, &metrics)),
-    )
-    .await?;
-    let items: Vec<Value> = computed
-        .into_iter()
-        .map(|(id, ps)| json!({ "project_id": id, "periods": ps }))
-        .collect();
-    Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
-}
-
-async fn v2_branches(
-    AxState(app): AxState<AppState>,
-    who: Principal,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let q = Params::from_uri(&uri)?;
-    let (now, frames, metrics, plan, pairs, next) = {
-        let state = app.state.settled();
-        let now = state.now();
-        let range = q.range(now)?;
-        let org_id = q.required("org_id")?.to_string();
-        let metrics = q.metrics(BRANCH_METRICS_V2, true)?.unwrap_or_default();
-        let project_ids = q.ids("project_ids", true)?;
-        let branch_ids = q.ids("branch_ids", false)?;
-        let limit = q.limit(100, 1000)?;
-        let org = org_for(&state, &who, &org_id)?;
-        let plan = if org.plan.is_empty() {
-            "scale".to_string()
-        } else {
-            org.plan.clone()
-        };
-        let projects = select_projects(&state, &who, Some(&org_id), &project_ids)?;
-        let frames = timeframes(range.from, range.to, range.granularity);
-        let (from, to) = (
-            frames.first().map(|f| f.0).unwrap_or(range.from),
-            frames.last().map(|f| f.1).unwrap_or(range.to),
-        );
-        // Pages are ordered by project id, then branch id.
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        for p in &projects {
-            for b in state.project_branch_ids_between(&p.id, from, to) {
-                if branch_ids.is_empty() || branch_ids.contains(&b) {
-                    pairs.push((p.id.clone(), b));
-                }
-            }
-        }
-        pairs.sort();
-        let (pairs, next) = page(pairs, |(p, b)| format!("{p}/{b}"), q.one("cursor"), limit)?;
-        (now, frames, metrics, plan, pairs, next)
-    };
-    let computed = compute_periods(
-        app.state.clone(),
-        plan,
-        now,
-        frames,
-        pairs,
-        |(p, b): &(String, String)| format!("{p}/{b}"),
-        move |state, (_, b), s, e| v2_timeframe(s, e, branch_v2_values(state, b, s, e, &metrics)),
-    )
-    .await?;
-    let items: Vec<Value> = computed
-        .into_iter()
-        .map(|((p, b), ps)| json!({ "project_id": p, "branch_id": b, "periods": ps }))
-        .collect();
-    Ok(Json(with_pagination(json!({ "branches": items }), next)).into_response())
-}
-
-/// Legacy metric names to report: the four required ones always, plus those asked for.
-fn legacy_metric_names(q: &Params, allowed: &[&str]) -> Result<Vec<&'static str>, ApiError> {
-    let asked = q.metrics(allowed, false)?;
-    let mut names: Vec<&'static str> = LEGACY_REQUIRED.to_vec();
-    match asked {
-        Some(ms) => {
-            for m in ms {
-                if let Some(s) = LEGACY_METRICS.iter().find(|x| **x == m) {
-                    if !names.contains(s) {
-                        names.push(s);
-                    }
-                }
-            }
-        }
-        None => {
-            if q.one("include_v1_metrics") == Some("true") {
-                names.push("data_storage_bytes_hour");
-            }
-        }
-    }
-    Ok(names)
-}
-
-fn legacy_timeframe(
+pub(crate) fn v2_timeframe(
     s: DateTime<Utc>,
     e: DateTime<Utc>,
-    values: &BTreeMap<&'static str, i64>,
-    names: &[&'static str],
-) -> Value {
-    let mut tf = json!({
-        "timeframe_start": rfc3339(s),
-        "timeframe_end": rfc3339(e),
-    });
-    for n in names {
-        tf[*n] = json!(values.get(n).copied().unwrap_or(0));
+    values: Vec<(String, i64)>,
+) -> V2Timeframe {
+    V2Timeframe {
+        timeframe_start: rfc3339(s),
+        timeframe_end: rfc3339(e),
+        metrics: values
+            .into_iter()
+            .map(|(metric_name, value)| MetricValue { metric_name, value })
+            .collect(),
     }
-    tf
-}
-
-async fn legacy_projects(
-    AxState(app): AxState<AppState>,
-    who: Principal,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let q = Params::from_uri(&uri)?;
-    let (now, range, names, plan, ids, next) = {
-        let state = app.state.settled();
-        let now = state.now();
-        let range = q.range(now)?;
-        let org_id = q
-            .one("org_id")
-            .filter(|o| !o.is_empty())
-            .map(str::to_string);
-        if let Some(o) = &org_id {
-            org_for(&state, &who, o)?;
-        }
-        let names = legacy_metric_names(&q, LEGACY_METRICS)?;
-        let ids = q.ids("project_ids", false)?;
-        let limit = q.limit(10, 100)?;
-        let plan = plan_of(&state, org_id.as_deref());
-        let projects = select_projects(&state, &who, org_id.as_deref(), &ids)?;
-        let (projects, next) = page(projects, |p| p.id.clone(), q.one("cursor"), limit)?;
-        let ids: Vec<String> = projects.iter().map(|p| p.id.clone()).collect();
-        (now, range, names, plan, ids, next)
-    };
-    let frames = timeframes(range.from, range.to, range.granularity);
-    let computed = compute_periods(
-        app.state.clone(),
-        plan,
-        now,
-        frames,
-        ids,
-        String::clone,
-        move |state, id, s, e| {
-            let one = [id.clone()];
-            legacy_timeframe(s, e, &legacy_values(state, &one, s, e), &names)
-        },
-    )
-    .await?;
-    let items: Vec<Value> = computed
-        .into_iter()
-        .map(|(id, ps)| json!({ "project_id": id, "periods": ps }))
-        .collect();
-    Ok(Json(with_pagination(json!({ "projects": items }), next)).into_response())
-}
-
-async fn legacy_account(
-    AxState(app): AxState<AppState>,
-    who: Principal,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let q = Params::from_uri(&uri)?;
-    let (now, range, names, plan, ids, scope) = {
-        let state = app.state.settled();
-        let now = state.now();
-        let range = q.range(now)?;
-        let org_id = q
-            .one("org_id")
-            .filter(|o| !o.is_empty())
-            .map(str::to_string);
-        if let Some(o) = &org_id {
-            org_for(&state, &who, o)?;
-        }
-        // `logical_size_*` are per-project metrics; the account endpoint does not offer them.
-        let names = legacy_metric_names(&q, &LEGACY_METRICS[..5])?;
-        let plan = plan_of(&state, org_id.as_deref());
-        let ids: Vec<String> = select_projects(&state, &who, org_id.as_deref(), &[])?
-            .iter()
-            .map(|p| p.id.clone())
-            .collect();
-        let scope = org_id.unwrap_or_else(|| format!("user:{}", who.user_id));
-        (now, range, names, plan, ids, scope)
-    };
-    let frames = timeframes(range.from, range.to, range.granularity);
-    let computed = compute_periods(
-        app.state.clone(),
-        plan,
-        now,
-        frames,
-        vec![(scope, ids)],
-        |(scope, _): &(String, Vec<String>)| scope.clone(),
-        move |state, (_, ids), s, e| {
-            legacy_timeframe(s, e, &legacy_values(state, ids, s, e), &names)
-        },
-    )
-    .await?;
-    let periods: Vec<Value> = computed.into_iter().flat_map(|(_, ps)| ps).collect();
-    Ok(Json(json!({ "periods": periods })).into_response())
 }
 
 #[cfg(test)]

@@ -28,6 +28,9 @@ pub struct GeneralError {
 pub const LOCKED_MESSAGE: &str =
     "project already has running conflicting operations, scheduling of new ones is prohibited";
 
+/// The `code` of a quota 423 (an operation lock's is `LOCKED`).
+pub const QUOTA_EXCEEDED_CODE: &str = "QUOTA_EXCEEDED";
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -57,6 +60,11 @@ impl ApiError {
             "UNPROCESSABLE_ENTITY",
             message,
         )
+    }
+    /// 423 for an exhausted quota: retrying does not help until something is freed. Told apart
+    /// from the operation lock by its `code` (`QUOTA_EXCEEDED`, not `LOCKED`).
+    pub fn quota_exceeded(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::LOCKED, QUOTA_EXCEEDED_CODE, message)
     }
     pub fn locked() -> ApiError {
         ApiError::new(StatusCode::LOCKED, "LOCKED", LOCKED_MESSAGE)

@@ -14,16 +14,13 @@
 //! routes of [`admin_router`]: `POST /_sim/faults` (one rule or an array of rules, JSON),
 //! `GET /_sim/faults` (rules and the log of injected faults), `DELETE /_sim/faults`.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, Request, Response, StatusCode};
+use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -267,13 +264,6 @@ impl FaultHandle {
         self.shutdown.send_replace(true);
     }
 
-    /// The tower layer that injects this handle's faults.
-    pub fn layer(&self) -> FaultLayer {
-        FaultLayer {
-            handle: self.clone(),
-        }
-    }
-
     /// Picks the fault for a request, if any, and records it.
     fn pick(&self, method: &str, api_path: &str) -> Option<Fault> {
         let mut guard = self.lock();
@@ -323,11 +313,11 @@ fn general_error(status: StatusCode, request_id: &str, retry_after: Option<u64>)
         _ => ("INTERNAL_ERROR", "internal server error"),
     };
     let message = format!("{message} (injected fault)");
-    let body = serde_json::json!({
-        "code": code,
-        "message": message,
-        "request_id": request_id,
-    });
+    let body = crate::error::GeneralError {
+        code: code.into(),
+        message: message.clone(),
+        request_id: request_id.to_string(),
+    };
     let mut resp = (status, Json(body)).into_response();
     // Inside the emulator's request-id layer, this makes the body carry the request's id.
     resp.extensions_mut()
@@ -351,114 +341,73 @@ fn dropping_body() -> Body {
     Body::from_stream(stream)
 }
 
-/// Tower layer that applies a [`FaultHandle`]'s rules.
-#[derive(Clone, Debug)]
-pub struct FaultLayer {
-    handle: FaultHandle,
-}
-
-impl<S> tower::Layer<S> for FaultLayer {
-    type Service = FaultService<S>;
-    fn layer(&self, inner: S) -> FaultService<S> {
-        FaultService {
-            inner,
-            handle: self.handle.clone(),
+/// The middleware that applies a [`FaultHandle`]'s rules (add it with
+/// `axum::middleware::from_fn_with_state(handle, faults::middleware)`).
+pub async fn middleware(
+    State(handle): State<FaultHandle>,
+    req: Request<Body>,
+    next: Next,
+) -> Response<Body> {
+    let Some(api_path) = crate::openapi::api_path(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let Some(fault) = handle.pick(req.method().as_str(), api_path) else {
+        return next.run(req).await;
+    };
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("sim-fault-{:016x}", rand::random::<u64>()));
+    let mut resp = match fault {
+        Fault::Status {
+            status,
+            retry_after_secs,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            general_error(status, &request_id, retry_after_secs)
         }
-    }
-}
-
-/// The service produced by [`FaultLayer`].
-#[derive(Clone, Debug)]
-pub struct FaultService<S> {
-    inner: S,
-    handle: FaultHandle,
-}
-
-impl<S> tower::Service<Request<Body>> for FaultService<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        // Take the service that was driven to readiness, leave a fresh clone behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let handle = self.handle.clone();
-        Box::pin(async move {
-            let Some(api_path) = crate::openapi::api_path(req.uri().path()) else {
-                return inner.call(req).await;
-            };
-            let Some(fault) = handle.pick(req.method().as_str(), api_path) else {
-                return inner.call(req).await;
-            };
-            let request_id = req
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("sim-fault-{:016x}", rand::random::<u64>()));
-            let mut resp = match fault {
-                Fault::Status {
-                    status,
-                    retry_after_secs,
-                } => {
-                    let status =
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    general_error(status, &request_id, retry_after_secs)
-                }
-                Fault::Latency { millis } => {
-                    tokio::time::sleep(Duration::from_millis(millis)).await;
-                    return inner.call(req).await;
-                }
-                Fault::Hang => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(HANG_LIMIT) => {}
-                        _ = handle.wait_shutdown() => {}
-                    }
-                    general_error(StatusCode::SERVICE_UNAVAILABLE, &request_id, None)
-                }
-                Fault::DropConnection => Response::new(dropping_body()),
-                Fault::MalformedBody => {
-                    let resp = inner.call(req).await?;
-                    let (mut parts, body) = resp.into_parts();
-                    let bytes = axum::body::to_bytes(body, usize::MAX)
-                        .await
-                        .unwrap_or_default();
-                    let mut cut = bytes.slice(..bytes.len() / 2).to_vec();
-                    if serde_json::from_slice::<serde_json::Value>(&cut).is_ok() {
-                        // Half of a tiny body can still be valid JSON (`{}` -> `{`, `1` -> ``).
-                        cut = b"{\"truncated".to_vec();
-                    }
-                    // An error answer must not be re-rendered as a proper GeneralError.
-                    parts.extensions.remove::<crate::error::ApiError>();
-                    if !parts.status.is_success() {
-                        parts.status = StatusCode::OK;
-                    }
-                    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-                    parts.headers.insert(
-                        axum::http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    Response::from_parts(parts, Body::from(cut))
-                }
-            };
-            if let Ok(v) = HeaderValue::from_str(&request_id) {
-                resp.headers_mut().insert(REQUEST_ID, v);
+        Fault::Latency { millis } => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            return next.run(req).await;
+        }
+        Fault::Hang => {
+            tokio::select! {
+                _ = tokio::time::sleep(HANG_LIMIT) => {}
+                _ = handle.wait_shutdown() => {}
             }
-            Ok(resp)
-        })
+            general_error(StatusCode::SERVICE_UNAVAILABLE, &request_id, None)
+        }
+        Fault::DropConnection => Response::new(dropping_body()),
+        Fault::MalformedBody => {
+            let resp = next.run(req).await;
+            let (mut parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            let mut cut = bytes.slice(..bytes.len() / 2).to_vec();
+            if serde_json::from_slice::<serde_json::Value>(&cut).is_ok() {
+                // Half of a tiny body can still be valid JSON (`{}` -> `{`, `1` -> ``).
+                cut = b"{\"truncated".to_vec();
+            }
+            // An error answer must not be re-rendered as a proper GeneralError.
+            parts.extensions.remove::<crate::error::ApiError>();
+            if !parts.status.is_success() {
+                parts.status = StatusCode::OK;
+            }
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            parts.headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Response::from_parts(parts, Body::from(cut))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
     }
+    resp
 }
 
 /// Body of `POST /_sim/faults`: one rule or several.
@@ -614,7 +563,7 @@ mod layer_tests {
                 get(|| async { Json(serde_json::json!({"regions": []})) }),
             )
             .merge(admin_router(h.clone()))
-            .layer(h.layer())
+            .layer(axum::middleware::from_fn_with_state(h.clone(), middleware))
     }
 
     fn get_req(path: &str) -> Request<Body> {
@@ -770,7 +719,7 @@ mod layer_tests {
         .unwrap();
         let api = Router::new()
             .route("/regions", get(|| async { "ok" }))
-            .layer(h.layer());
+            .layer(axum::middleware::from_fn_with_state(h.clone(), middleware));
         let app = Router::new()
             .nest("/api/v2", api)
             .merge(admin_router(h.clone()));

@@ -164,3 +164,12 @@ pub fn api_key_secret(rng: &mut ChaCha8Rng) -> String {
 pub fn lsn(rng: &mut ChaCha8Rng) -> String {
     format!("0/{:X}", rng.gen_range(0x100_0000u32..0xFFF_FFFF))
 }
+
+/// A 16-character role password (`npg_` and letters and digits, like Neon's).
+pub fn role_password(rng: &mut ChaCha8Rng) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let tail: String = (0..12)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("npg_{tail}")
+}

@@ -49,6 +49,7 @@
 //!   `ApiPath`) so that bad input becomes a 400 `GeneralError`, never axum's plain text.
 
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod ids;
 pub mod mutations;
@@ -60,13 +61,15 @@ pub mod state;
 pub mod wire;
 
 pub mod consumption;
+pub mod consumption_view;
 pub mod faults;
 pub mod openapi;
 pub mod ratelimit;
 
 pub use clock::Clock;
+pub use config::{ClockMode, SimConfig};
 pub use error::{ApiError, GeneralError};
 pub use mutations::Mutation;
 pub use routes::{router, AppState, EMULATED_OPERATIONS};
-pub use server::{ClockMode, Sim, SimConfig};
+pub use server::Sim;
 pub use state::SharedState;

@@ -1,4 +1,4 @@
-//! Neon's API rate limits, as a tower layer.
+//! Neon's API rate limits, as axum middleware.
 //!
 //! Why: the daemon promises never to trip Neon's limits in normal operation and to back off
 //! correctly when it does. Both claims are only testable if the emulator enforces the same
@@ -12,15 +12,12 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, StatusCode};
+use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::Json;
 use tokio::time::Instant;
@@ -162,13 +159,6 @@ impl RateLimiter {
         s.buckets.clear();
     }
 
-    /// The tower layer enforcing these limits.
-    pub fn layer(&self) -> RateLimitLayer {
-        RateLimitLayer {
-            limiter: self.clone(),
-        }
-    }
-
     /// Takes one token from each bucket the request counts against, or says which is empty
     /// (then nothing is taken). `api_key` is the bearer token (only its hash is kept),
     /// `route` the route template, `api_path` the path below `/api/v2`.
@@ -260,92 +250,53 @@ fn route_of(method: &str, api_path: &str) -> String {
     }
 }
 
-/// Tower layer produced by [`RateLimiter::layer`].
-#[derive(Debug, Clone)]
-pub struct RateLimitLayer {
-    limiter: RateLimiter,
-}
-
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> RateLimitService<S> {
-        RateLimitService {
-            inner,
-            limiter: self.limiter.clone(),
-        }
-    }
-}
-
-/// The service produced by [`RateLimitLayer`].
-#[derive(Debug, Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    limiter: RateLimiter,
-}
-
-impl<S> tower::Service<Request<Body>> for RateLimitService<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limiter = self.limiter.clone();
-        Box::pin(async move {
-            let Some(api_path) = crate::openapi::api_path(req.uri().path()) else {
-                return inner.call(req).await;
+/// The middleware enforcing a [`RateLimiter`]'s limits (add it with
+/// `axum::middleware::from_fn_with_state(limiter, ratelimit::middleware)`).
+pub async fn middleware(
+    axum::extract::State(limiter): axum::extract::State<RateLimiter>,
+    req: Request<Body>,
+    next: Next,
+) -> Response<Body> {
+    let Some(api_path) = crate::openapi::api_path(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let route = route_of(req.method().as_str(), api_path);
+    let verdict = limiter.check(api_key(&req), &route, api_path);
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(limited) => {
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("sim-rl-{:016x}", rand::random::<u64>()));
+            let message = format!(
+                "rate limit exceeded ({} limit), please retry later",
+                limited.limit
+            );
+            let body = crate::error::GeneralError {
+                code: "TOO_MANY_REQUESTS".into(),
+                message: message.clone(),
+                request_id: request_id.clone(),
             };
-            let route = route_of(req.method().as_str(), api_path);
-            let verdict = limiter.check(api_key(&req), &route, api_path);
-            match verdict {
-                Ok(()) => inner.call(req).await,
-                Err(limited) => {
-                    let request_id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                        .unwrap_or_else(|| format!("sim-rl-{:016x}", rand::random::<u64>()));
-                    let message = format!(
-                        "rate limit exceeded ({} limit), please retry later",
-                        limited.limit
-                    );
-                    let body = serde_json::json!({
-                        "code": "TOO_MANY_REQUESTS",
-                        "message": message,
-                        "request_id": request_id,
-                    });
-                    let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
-                    // Inside the emulator's request-id layer, the body gets the request's id.
-                    resp.extensions_mut().insert(crate::error::ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "TOO_MANY_REQUESTS",
-                        message,
-                    ));
-                    if let Ok(v) = HeaderValue::from_str(&request_id) {
-                        resp.headers_mut().insert("x-request-id", v);
-                    }
-                    if limiter.config().retry_after {
-                        let secs = limited.wait_secs.ceil().max(1.0) as u64;
-                        resp.headers_mut()
-                            .insert("retry-after", HeaderValue::from(secs));
-                    }
-                    Ok(resp)
-                }
+            let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            // Inside the emulator's request-id layer, the body gets the request's id.
+            resp.extensions_mut().insert(crate::error::ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                message,
+            ));
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                resp.headers_mut().insert("x-request-id", v);
             }
-        })
+            if limiter.config().retry_after {
+                let secs = limited.wait_secs.ceil().max(1.0) as u64;
+                resp.headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
+            }
+            resp
+        }
     }
 }
 
@@ -421,7 +372,7 @@ mod layer_tests {
             .route("/api/v2/projects/{project_id}", get(|| async { "ok" }))
             .route("/api/v2/regions", get(|| async { "ok" }))
             .route("/_sim/clock", get(|| async { "ok" }))
-            .layer(rl.layer())
+            .layer(axum::middleware::from_fn_with_state(rl.clone(), middleware))
     }
 
     fn req(path: &str, key: &str) -> Request<Body> {

@@ -44,6 +44,12 @@ impl SharedState {
     }
 }
 
+/// Manual snapshots a project may hold on the Free plan, and on paid plans (Neon's docs).
+pub const MANUAL_SNAPSHOT_LIMIT_FREE: usize = 1;
+pub const MANUAL_SNAPSHOT_LIMIT_PAID: usize = 100;
+/// Longest retention a backup schedule item may have (Neon's docs: 35 days, the default).
+pub const MAX_SCHEDULE_RETENTION_SECONDS: i64 = 35 * 86_400;
+
 /// Effective autosuspend delay when `suspend_timeout_seconds` is 0.
 pub const DEFAULT_SUSPEND_TIMEOUT_SECONDS: i64 = 300;
 /// Longest branch TTL Neon accepts.
@@ -146,6 +152,29 @@ pub struct Project {
     /// Default `suspend_timeout_seconds` for new endpoints.
     pub default_suspend_timeout_seconds: i64,
     pub history_retention_seconds: i32,
+    /// Users (ids) outside the project's owner and organization it is shared with; they see
+    /// it under `GET /projects/shared`, not `GET /projects`.
+    pub shared_with: Vec<String>,
+}
+
+/// A deleted project in its recovery window, with everything `recover` brings back.
+#[derive(Debug, Clone)]
+pub struct DeletedProject {
+    pub project: Project,
+    pub deleted_at: DateTime<Utc>,
+    pub branches: Vec<Branch>,
+    pub endpoints: Vec<Endpoint>,
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// How long a deleted project can be recovered ("Recovers a deleted project within the 7-day
+/// deletion recovery period", the document's recoverProject).
+pub const PROJECT_RECOVERY_WINDOW: TimeDelta = TimeDelta::days(7);
+
+impl DeletedProject {
+    pub fn recoverable_until(&self) -> DateTime<Utc> {
+        self.deleted_at + PROJECT_RECOVERY_WINDOW
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +190,10 @@ pub struct Branch {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub logical_size: i64,
+    /// Until then the branch's create operation runs: Neon reports it `init`, pending `ready`.
+    pub ready_at: Option<DateTime<Utc>>,
+    /// When the branch was last restored (reset).
+    pub last_reset_at: Option<DateTime<Utc>>,
 }
 
 /// A branch that no longer exists; kept for consumption history and recovery info.
@@ -170,6 +203,10 @@ pub struct DeletedBranch {
     pub deleted_at: DateTime<Utc>,
     /// `user` or `ttl`, as in Neon's `BranchRecoveryInfo.deletion_method`.
     pub deletion_method: &'static str,
+    /// Deleted with `hard_delete=true`: never recoverable (kept only for consumption).
+    pub hard: bool,
+    /// Its computes when it was deleted (recovery brings them back idle).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// How long a deleted branch stays recoverable ("By default, deleted branches can be
@@ -183,9 +220,47 @@ impl DeletedBranch {
 
     /// Still inside its recovery window at `now`.
     pub fn is_recoverable(&self, now: DateTime<Utc>) -> bool {
-        now < self.recoverable_until()
+        !self.hard && now < self.recoverable_until()
     }
 }
+
+/// A Postgres role of a branch. `password` is a secret: generated, shown by create, reset and
+/// reveal only, never by `Debug`. `None` for a `no_login` role.
+#[derive(Clone)]
+pub struct Role {
+    pub name: String,
+    pub password: Option<String>,
+    pub protected: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Role")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("protected", &self.protected)
+            .finish()
+    }
+}
+
+/// A database of a branch.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub id: i64,
+    pub name: String,
+    pub owner_name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The schema, as the DDL lines `pg_dump --schema-only` would print (the model behind
+    /// schema compare; set with `Sim::set_schema`). Children inherit their parent's.
+    pub schema: Vec<String>,
+}
+
+/// The owner role and database Neon creates on a new root branch.
+pub const DEFAULT_ROLE: &str = "neondb_owner";
+pub const DEFAULT_DATABASE: &str = "neondb";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointType {
@@ -255,6 +330,10 @@ pub struct Endpoint {
     pub started_at: Option<DateTime<Utc>>,
     pub suspended_at: Option<DateTime<Utc>>,
     pub activity: Activity,
+    /// Until then the compute's create operation runs: Neon reports it `init`.
+    pub init_until: Option<DateTime<Utc>>,
+    /// The state a running create operation leads to, and when it finishes.
+    pub pending: Option<(EndpointState, DateTime<Utc>)>,
 }
 
 impl Endpoint {
@@ -392,13 +471,21 @@ pub struct State {
     /// The next `n` operations created end `failed` (a knob for tests and fault injection).
     pub fail_next_operations: u32,
     rng: ChaCha8Rng,
+    /// Role passwords come from their own stream, so adding roles does not move seeded ids.
+    password_rng: ChaCha8Rng,
     next_key_id: i64,
+    next_database_id: i64,
+    /// Roles and databases by branch id (kept after a branch is deleted, for recovery).
+    pub roles: BTreeMap<String, Vec<Role>>,
+    pub databases: BTreeMap<String, Vec<Database>>,
     pub users: BTreeMap<String, User>,
     pub orgs: BTreeMap<String, Org>,
     pub api_keys: Vec<ApiKey>,
     pub projects: BTreeMap<String, Project>,
     pub branches: BTreeMap<String, Branch>,
     pub deleted_branches: Vec<DeletedBranch>,
+    /// Deleted projects; those past [`PROJECT_RECOVERY_WINDOW`] are dropped by `settle`.
+    pub deleted_projects: Vec<DeletedProject>,
     pub endpoints: BTreeMap<String, Endpoint>,
     pub activity_log: Vec<ActivityRecord>,
     pub snapshots: BTreeMap<String, Snapshot>,
@@ -430,13 +517,18 @@ impl State {
             operation_duration: TimeDelta::from_std(operation_duration).unwrap_or(TimeDelta::MAX),
             fail_next_operations: 0,
             rng,
+            password_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x7061_7373_776f_7264),
             next_key_id: 1,
+            next_database_id: 1,
+            roles: BTreeMap::new(),
+            databases: BTreeMap::new(),
             users,
             orgs: BTreeMap::new(),
             api_keys: Vec::new(),
             projects: BTreeMap::new(),
             branches: BTreeMap::new(),
             deleted_branches: Vec::new(),
+            deleted_projects: Vec::new(),
             endpoints: BTreeMap::new(),
             activity_log: Vec::new(),
             snapshots: BTreeMap::new(),
@@ -486,6 +578,8 @@ impl State {
         }
         self.snapshots
             .retain(|_, s| s.expires_at.is_none_or(|at| at > now));
+        self.deleted_projects
+            .retain(|d| d.recoverable_until() > now);
     }
 
     fn settle_endpoint(&mut self, id: &str, now: DateTime<Utc>) {
@@ -615,6 +709,44 @@ impl State {
         op
     }
 
+    /// [`State::push_operation`] for an operation that creates its branch or compute (see
+    /// [`State::mark_created`]).
+    pub fn push_create_operation(
+        &mut self,
+        project_id: &str,
+        branch_id: Option<&str>,
+        endpoint_id: Option<&str>,
+        action: &'static str,
+    ) -> Operation {
+        let op = self.push_operation(project_id, branch_id, endpoint_id, action);
+        self.mark_created(&op);
+        op
+    }
+
+    /// Marks what a create operation creates as `init` until the operation finishes: the
+    /// branch of `create_timeline`/`create_branch`, the compute of `create_compute` or of the
+    /// `start_compute` that creates it (pending `active`). Called by the routes that create.
+    pub fn mark_created(&mut self, op: &Operation) {
+        if op.duration <= TimeDelta::zero() {
+            return;
+        }
+        let done = op.created_at + op.duration;
+        match (op.action, &op.branch_id, &op.endpoint_id) {
+            ("create_timeline" | "create_branch", Some(b), None) => {
+                if let Some(b) = self.branches.get_mut(b) {
+                    b.ready_at = Some(done);
+                }
+            }
+            ("create_compute" | "start_compute", _, Some(e)) => {
+                if let Some(e) = self.endpoints.get_mut(e) {
+                    e.init_until = Some(done);
+                    e.pending = Some((EndpointState::Active, done));
+                }
+            }
+            _ => {}
+        }
+    }
+
     // ----- identity and scope -----------------------------------------------------------------
 
     /// Finds the (unrevoked) key with this bearer secret and notes its use.
@@ -657,15 +789,53 @@ impl State {
     /// Whether the caller may see this project.
     pub fn can_see_project(&self, who: &Principal, project: &Project) -> bool {
         match &who.scope {
-            KeyScope::Personal { user_id } => match &project.org_id {
-                None => &project.owner_id == user_id,
-                Some(org) => self
-                    .orgs
-                    .get(org)
-                    .is_some_and(|o| o.members.iter().any(|m| m == user_id)),
-            },
+            KeyScope::Personal { user_id } => {
+                self.owns_project(user_id, project) || project.shared_with.contains(user_id)
+            }
             KeyScope::Org { org_id } => project.org_id.as_deref() == Some(org_id.as_str()),
             KeyScope::Project { project_id, .. } => project_id == &project.id,
+        }
+    }
+
+    /// The plan a project is billed on: its organization's, else the owner's (`scale`).
+    pub fn project_plan(&self, project: &Project) -> &str {
+        project
+            .org_id
+            .as_ref()
+            .and_then(|o| self.orgs.get(o))
+            .map(|o| o.plan.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("scale")
+    }
+
+    /// How many manual snapshots the project may hold on its plan.
+    pub fn manual_snapshot_limit(&self, project: &Project) -> usize {
+        if self.project_plan(project).starts_with("free") {
+            MANUAL_SNAPSHOT_LIMIT_FREE
+        } else {
+            MANUAL_SNAPSHOT_LIMIT_PAID
+        }
+    }
+
+    /// Whether the user owns the project: personally, or as a member of its organization.
+    pub fn owns_project(&self, user_id: &str, project: &Project) -> bool {
+        match &project.org_id {
+            None => project.owner_id == user_id,
+            Some(org) => self
+                .orgs
+                .get(org)
+                .is_some_and(|o| o.members.iter().any(|m| m == user_id)),
+        }
+    }
+
+    /// Whether the project is visible to the caller only because it was shared with them
+    /// (what `GET /projects/shared` lists and `GET /projects` leaves out).
+    pub fn is_shared_with(&self, who: &Principal, project: &Project) -> bool {
+        match &who.scope {
+            KeyScope::Personal { user_id } => {
+                project.shared_with.contains(user_id) && !self.owns_project(user_id, project)
+            }
+            _ => false,
         }
     }
 
@@ -768,13 +938,13 @@ impl State {
 
     /// Removes a branch, its computes (closing their activity) and its backup schedule.
     pub fn remove_branch(&mut self, branch_id: &str, at: DateTime<Utc>, method: &'static str) {
-        let eps: Vec<String> = self
+        let eps: Vec<Endpoint> = self
             .branch_endpoints(branch_id)
-            .iter()
-            .map(|e| e.id.clone())
+            .into_iter()
+            .cloned()
             .collect();
-        for ep in eps {
-            self.remove_endpoint(&ep, at);
+        for ep in &eps {
+            self.remove_endpoint(&ep.id, at);
         }
         self.backup_schedules.remove(branch_id);
         if let Some(branch) = self.branches.remove(branch_id) {
@@ -782,6 +952,8 @@ impl State {
                 branch,
                 deleted_at: at,
                 deletion_method: method,
+                hard: false,
+                endpoints: eps,
             });
         }
     }
@@ -792,22 +964,126 @@ impl State {
         self.endpoints.remove(endpoint_id);
     }
 
-    /// Removes a project and everything in it.
+    /// Removes a project and everything in it; it stays recoverable for
+    /// [`PROJECT_RECOVERY_WINDOW`] (see [`State::recover_project`]).
     pub fn remove_project(&mut self, project_id: &str, at: DateTime<Utc>) -> Option<Project> {
-        let branches: Vec<String> = self
+        let branches: Vec<Branch> = self
             .project_branches(project_id)
-            .iter()
-            .map(|b| b.id.clone())
+            .into_iter()
+            .cloned()
             .collect();
-        for b in branches {
-            self.remove_branch(&b, at, "user");
+        let endpoints: Vec<Endpoint> = self
+            .project_endpoints(project_id)
+            .into_iter()
+            .cloned()
+            .collect();
+        for b in &branches {
+            self.remove_branch(&b.id, at, "user");
         }
+        let snapshots: Vec<Snapshot> = self
+            .snapshots
+            .values()
+            .filter(|s| s.project_id == project_id)
+            .cloned()
+            .collect();
         self.snapshots.retain(|_, s| s.project_id != project_id);
         self.api_keys.retain(|k| match &k.scope {
             KeyScope::Project { project_id: p, .. } => p != project_id,
             _ => true,
         });
-        self.projects.remove(project_id)
+        let project = self.projects.remove(project_id)?;
+        self.deleted_projects.push(DeletedProject {
+            project: project.clone(),
+            deleted_at: at,
+            branches,
+            endpoints,
+            snapshots,
+        });
+        Some(project)
+    }
+
+    /// Brings back a soft-deleted branch in its recovery window with its computes (idle) and
+    /// without its TTL (Neon: "TTL branches become non-TTL branches after recovery").
+    pub fn recover_branch(
+        &mut self,
+        project_id: &str,
+        branch_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(Branch, Vec<Endpoint>), ApiError> {
+        let i = self
+            .deleted_branches
+            .iter()
+            .position(|d| {
+                d.branch.id == branch_id
+                    && d.branch.project_id == project_id
+                    && d.is_recoverable(at)
+            })
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "branch {branch_id} not found among recoverable branches"
+                ))
+            })?;
+        let d = &self.deleted_branches[i];
+        if let Some(p) = &d.branch.parent_id {
+            if !self.branches.contains_key(p) {
+                return Err(ApiError::bad_request(format!(
+                    "the parent branch {p} of {branch_id} no longer exists; recover it first"
+                )));
+            }
+        }
+        if self
+            .project_branches(project_id)
+            .iter()
+            .any(|b| b.name == d.branch.name)
+        {
+            return Err(ApiError::conflict(format!(
+                "a branch named {:?} exists again; rename it first",
+                d.branch.name
+            )));
+        }
+        let d = self.deleted_branches.remove(i);
+        let mut branch = d.branch;
+        branch.expires_at = None;
+        branch.updated_at = at;
+        self.branches.insert(branch.id.clone(), branch.clone());
+        let mut eps = Vec::new();
+        for mut e in d.endpoints {
+            e.current_state = EndpointState::Idle;
+            e.activity = Activity::Idle;
+            e.updated_at = at;
+            self.endpoints.insert(e.id.clone(), e.clone());
+            eps.push(e);
+        }
+        Ok((branch, eps))
+    }
+
+    /// Brings back a deleted project in its recovery window: its branches, computes (idle) and
+    /// snapshots. `None` when there is no such recoverable project.
+    pub fn recover_project(&mut self, project_id: &str, at: DateTime<Utc>) -> Option<Project> {
+        let i = self
+            .deleted_projects
+            .iter()
+            .position(|d| d.project.id == project_id && d.recoverable_until() > at)?;
+        let d = self.deleted_projects.remove(i);
+        let ids: Vec<&str> = d.branches.iter().map(|b| b.id.as_str()).collect();
+        self.deleted_branches
+            .retain(|x| !ids.contains(&x.branch.id.as_str()));
+        for b in d.branches {
+            self.branches.insert(b.id.clone(), b);
+        }
+        for mut e in d.endpoints {
+            e.current_state = EndpointState::Idle;
+            e.activity = Activity::Idle;
+            e.updated_at = at;
+            self.endpoints.insert(e.id.clone(), e);
+        }
+        for s in d.snapshots {
+            self.snapshots.insert(s.id.clone(), s);
+        }
+        let mut project = d.project;
+        project.updated_at = at;
+        self.projects.insert(project.id.clone(), project.clone());
+        Some(project)
     }
 
     // ----- creation helpers (used by routes, seeding and tests) -------------------------------
@@ -831,6 +1107,7 @@ impl State {
             updated_at: created_at,
             default_suspend_timeout_seconds: 0,
             history_retention_seconds: 86_400,
+            shared_with: Vec::new(),
         };
         self.projects.insert(id.clone(), project.clone());
         let branch = self.insert_branch(&id, "main", None, created_at);
@@ -839,6 +1116,24 @@ impl State {
         }
         let branch = self.branches[&branch.id].clone();
         (project, branch)
+    }
+
+    /// Adds a user (not the primary one) and returns its id.
+    pub fn insert_user(&mut self, login: &str) -> String {
+        let id = ids::uuid(&mut self.rng);
+        let now = self.now();
+        self.users.insert(
+            id.clone(),
+            User {
+                id: id.clone(),
+                email: format!("{login}@example.com"),
+                login: login.to_string(),
+                name: login.to_string(),
+                last_name: String::new(),
+                created_at: now,
+            },
+        );
+        id
     }
 
     /// Adds a branch to a project (no checks: callers validate).
@@ -867,9 +1162,106 @@ impl State {
             created_at,
             updated_at: created_at,
             logical_size,
+            ready_at: None,
+            last_reset_at: None,
         };
-        self.branches.insert(id, branch.clone());
+        self.branches.insert(id.clone(), branch.clone());
+        match parent_id {
+            Some(p) => {
+                let roles = self.roles.get(p).cloned().unwrap_or_default();
+                let dbs = self.databases.get(p).cloned().unwrap_or_default();
+                self.roles.insert(id.clone(), roles);
+                let dbs = dbs
+                    .into_iter()
+                    .map(|d| {
+                        let id = self.next_database_id;
+                        self.next_database_id += 1;
+                        Database { id, ..d }
+                    })
+                    .collect();
+                self.databases.insert(id, dbs);
+            }
+            None => {
+                self.add_role(&id, DEFAULT_ROLE, true, created_at);
+                self.add_database(&id, DEFAULT_DATABASE, DEFAULT_ROLE, created_at);
+            }
+        }
         branch
+    }
+
+    /// Adds a role (with a generated password unless `login` is false) to a branch.
+    pub fn add_role(
+        &mut self,
+        branch_id: &str,
+        name: &str,
+        login: bool,
+        at: DateTime<Utc>,
+    ) -> Role {
+        let role = Role {
+            name: name.to_string(),
+            password: login.then(|| ids::role_password(&mut self.password_rng)),
+            protected: false,
+            created_at: at,
+            updated_at: at,
+        };
+        self.roles
+            .entry(branch_id.to_string())
+            .or_default()
+            .push(role.clone());
+        role
+    }
+
+    /// A new password for a role of a branch (`None` when there is no such role).
+    pub fn reset_role_password(
+        &mut self,
+        branch_id: &str,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Option<Role> {
+        let password = ids::role_password(&mut self.password_rng);
+        let role = self
+            .roles
+            .get_mut(branch_id)?
+            .iter_mut()
+            .find(|r| r.name == name)?;
+        role.password = Some(password);
+        role.updated_at = at;
+        Some(role.clone())
+    }
+
+    /// Adds a database owned by `owner` to a branch.
+    pub fn add_database(
+        &mut self,
+        branch_id: &str,
+        name: &str,
+        owner: &str,
+        at: DateTime<Utc>,
+    ) -> Database {
+        let db = Database {
+            id: self.next_database_id,
+            name: name.to_string(),
+            owner_name: owner.to_string(),
+            created_at: at,
+            updated_at: at,
+            schema: Vec::new(),
+        };
+        self.next_database_id += 1;
+        self.databases
+            .entry(branch_id.to_string())
+            .or_default()
+            .push(db.clone());
+        db
+    }
+
+    pub fn branch_roles(&self, branch_id: &str) -> &[Role] {
+        self.roles.get(branch_id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn branch_databases(&self, branch_id: &str) -> &[Database] {
+        self.databases
+            .get(branch_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Adds a compute to a branch, idle, with the project's default suspend timeout.
@@ -900,6 +1292,8 @@ impl State {
             started_at: None,
             suspended_at: None,
             activity: Activity::Idle,
+            init_until: None,
+            pending: None,
         };
         self.endpoints.insert(id, ep.clone());
         Some(ep)

@@ -48,6 +48,101 @@ impl Organization {
     }
 }
 
+/// `CurrentUserInfoResponse` (`GET /users/me`). Neon sends `billing_account` though the
+/// document marks it optional, and Neon's python SDK requires it.
+#[derive(Serialize)]
+pub struct CurrentUser {
+    pub active_seconds_limit: i64,
+    pub billing_account: BillingAccount,
+    pub auth_accounts: Vec<AuthAccount>,
+    pub email: String,
+    pub id: String,
+    pub image: String,
+    pub login: String,
+    pub name: String,
+    pub last_name: String,
+    pub projects_limit: i64,
+    pub branches_limit: i64,
+    pub max_autoscaling_limit: f64,
+    pub plan: String,
+}
+
+#[derive(Serialize)]
+pub struct AuthAccount {
+    pub email: String,
+    pub image: String,
+    pub login: String,
+    pub name: String,
+    pub provider: String,
+}
+
+/// `BillingAccount`: every required field, for an active account on the Scale plan.
+#[derive(Serialize)]
+pub struct BillingAccount {
+    pub state: String,
+    pub payment_source: PaymentSource,
+    pub subscription_type: String,
+    pub payment_method: String,
+    pub quota_reset_at_last: String,
+    pub name: String,
+    pub email: String,
+    pub address_city: String,
+    pub address_country: String,
+    pub address_line1: String,
+    pub address_line2: String,
+    pub address_postal_code: String,
+    pub address_state: String,
+}
+
+#[derive(Serialize)]
+pub struct PaymentSource {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl CurrentUser {
+    pub fn from(state: &State, u: &state::User) -> CurrentUser {
+        let full_name = format!("{} {}", u.name, u.last_name).trim().to_string();
+        CurrentUser {
+            active_seconds_limit: 0,
+            billing_account: BillingAccount {
+                state: "active".into(),
+                payment_source: PaymentSource {
+                    kind: "card".into(),
+                },
+                subscription_type: "scale".into(),
+                payment_method: "stripe".into(),
+                quota_reset_at_last: ts(month_start(state.now())),
+                name: full_name,
+                email: u.email.clone(),
+                address_city: String::new(),
+                address_country: String::new(),
+                address_line1: String::new(),
+                address_line2: String::new(),
+                address_postal_code: String::new(),
+                address_state: String::new(),
+            },
+            auth_accounts: vec![AuthAccount {
+                email: u.email.clone(),
+                image: String::new(),
+                login: u.login.clone(),
+                name: u.name.clone(),
+                provider: "github".into(),
+            }],
+            email: u.email.clone(),
+            id: u.id.clone(),
+            image: String::new(),
+            login: u.login.clone(),
+            name: u.name.clone(),
+            last_name: u.last_name.clone(),
+            projects_limit: 1000,
+            branches_limit: 5000,
+            max_autoscaling_limit: 8.0,
+            plan: "scale".into(),
+        }
+    }
+}
+
 #[derive(Serialize, Default)]
 pub struct DefaultEndpointSettings {
     pub suspend_timeout_seconds: i64,
@@ -80,6 +175,25 @@ pub struct ProjectListItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub org_name: Option<String>,
     pub history_retention_seconds: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recoverable_until: Option<String>,
+}
+
+/// `ProjectsResponse` with `PaginationResponse` (`GET /projects`, `GET /projects/shared`).
+#[derive(Serialize)]
+pub struct ProjectsList {
+    pub projects: Vec<ProjectListItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+    pub applications: serde_json::Map<String, serde_json::Value>,
+    pub integrations: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub struct Pagination {
+    pub cursor: String,
 }
 
 const LOGICAL_SIZE_LIMIT_MIB: i64 = 512 * 1024;
@@ -129,6 +243,17 @@ impl ProjectListItem {
                 .and_then(|o| state.orgs.get(o))
                 .map(|o| o.name.clone()),
             history_retention_seconds: p.history_retention_seconds,
+            deleted_at: None,
+            recoverable_until: None,
+        }
+    }
+
+    /// A deleted project as `?recoverable=true` lists it.
+    pub fn deleted(state: &State, d: &state::DeletedProject) -> ProjectListItem {
+        ProjectListItem {
+            deleted_at: Some(ts(d.deleted_at)),
+            recoverable_until: Some(ts(d.recoverable_until())),
+            ..ProjectListItem::from(state, &d.project)
         }
     }
 }
@@ -220,6 +345,8 @@ pub struct Branch {
     pub parent_timestamp: Option<String>,
     pub name: String,
     pub current_state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_state: Option<String>,
     pub state_changed_at: String,
     pub logical_size: i64,
     pub creation_source: String,
@@ -237,6 +364,8 @@ pub struct Branch {
     pub ttl_interval_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reset_at: Option<String>,
     pub init_source: String,
     /// Only on soft-deleted branches listed with `include_deleted=true`, as the document says.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,6 +396,7 @@ impl Branch {
         let now = state.now();
         let start = month_start(now);
         let compute = state.branch_compute_seconds(&b.id, start, now);
+        let init = b.ready_at.is_some_and(|at| now < at);
         Branch {
             id: b.id.clone(),
             project_id: b.project_id.clone(),
@@ -274,8 +404,9 @@ impl Branch {
             parent_lsn: b.parent_id.as_ref().map(|_| "0/1E8E6B0".to_string()),
             parent_timestamp: ts_opt(b.parent_timestamp),
             name: b.name.clone(),
-            current_state: "ready".into(),
-            state_changed_at: ts(b.created_at),
+            current_state: if init { "init" } else { "ready" }.into(),
+            pending_state: init.then(|| "ready".into()),
+            state_changed_at: ts(b.ready_at.filter(|_| !init).unwrap_or(b.created_at)),
             logical_size: b.logical_size,
             creation_source: "console".into(),
             primary: b.default,
@@ -292,6 +423,7 @@ impl Branch {
                 .expires_at
                 .map(|e| (e - b.updated_at).num_seconds().max(0)),
             expires_at: ts_opt(b.expires_at),
+            last_reset_at: ts_opt(b.last_reset_at),
             init_source: "parent-data".into(),
             recovery: None,
         }
@@ -315,6 +447,8 @@ pub struct Endpoint {
     #[serde(rename = "type")]
     pub kind: String,
     pub current_state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_state: Option<String>,
     pub settings: EndpointSettings,
     pub pooler_enabled: bool,
     pub pooler_mode: String,
@@ -335,7 +469,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn from(e: &state::Endpoint) -> Endpoint {
+    /// The compute as of `now` (its `init` and `pending_state` while operations run).
+    pub fn from(e: &state::Endpoint, now: DateTime<Utc>) -> Endpoint {
+        let current = if e.init_until.is_some_and(|at| now < at) {
+            state::EndpointState::Init
+        } else {
+            e.current_state
+        };
         let region = e.region_id.trim_start_matches("aws-");
         Endpoint {
             host: format!("{}.{region}.aws.neon.tech", e.id),
@@ -347,7 +487,12 @@ impl Endpoint {
             autoscaling_limit_max_cu: e.autoscaling_limit_max_cu,
             region_id: e.region_id.clone(),
             kind: e.kind.as_str().into(),
-            current_state: e.current_state.as_str().into(),
+            current_state: current.as_str().into(),
+            // The model changes state at once; Neon shows where a running operation leads.
+            pending_state: e
+                .pending
+                .filter(|(to, until)| now < *until && *to != current)
+                .map(|(to, _)| to.as_str().into()),
             settings: EndpointSettings::default(),
             pooler_enabled: false,
             pooler_mode: "transaction".into(),
@@ -445,9 +590,41 @@ impl Snapshot {
 pub struct Role {
     pub branch_id: String,
     pub name: String,
+    /// Only in the answers of create and reset_password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
     pub protected: bool,
+    pub authentication_method: String,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Role {
+    /// The role without its password (what listings and get show).
+    pub fn from(branch_id: &str, r: &state::Role) -> Role {
+        Role {
+            branch_id: branch_id.to_string(),
+            name: r.name.clone(),
+            password: None,
+            protected: r.protected,
+            authentication_method: if r.password.is_some() {
+                "password"
+            } else {
+                "no_login"
+            }
+            .into(),
+            created_at: ts(r.created_at),
+            updated_at: ts(r.updated_at),
+        }
+    }
+
+    /// The role with its password (create and reset_password answers).
+    pub fn with_password(branch_id: &str, r: &state::Role) -> Role {
+        Role {
+            password: r.password.clone(),
+            ..Role::from(branch_id, r)
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -458,6 +635,19 @@ pub struct Database {
     pub owner_name: String,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Database {
+    pub fn from(branch_id: &str, d: &state::Database) -> Database {
+        Database {
+            id: d.id,
+            branch_id: branch_id.to_string(),
+            name: d.name.clone(),
+            owner_name: d.owner_name.clone(),
+            created_at: ts(d.created_at),
+            updated_at: ts(d.updated_at),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -475,43 +665,207 @@ pub struct ConnectionDetails {
     pub connection_parameters: ConnectionParameters,
 }
 
-/// The owner role and database Neon creates on a new root branch.
-pub fn default_role_and_db(b: &state::Branch) -> (Role, Database) {
-    let at = ts(b.created_at);
+/// The host of a compute, and of its pooler.
+pub fn endpoint_hosts(ep: &state::Endpoint) -> (String, String) {
+    let region = ep.region_id.trim_start_matches("aws-");
     (
-        Role {
-            branch_id: b.id.clone(),
-            name: "neondb_owner".into(),
-            protected: false,
-            created_at: at.clone(),
-            updated_at: at.clone(),
-        },
-        Database {
-            id: 1,
-            branch_id: b.id.clone(),
-            name: "neondb".into(),
-            owner_name: "neondb_owner".into(),
-            created_at: at.clone(),
-            updated_at: at,
-        },
+        format!("{}.{region}.aws.neon.tech", ep.id),
+        format!("{}-pooler.{region}.aws.neon.tech", ep.id),
     )
 }
 
-/// Connection URIs for the given read-write compute (a placeholder password: nothing listens).
-pub fn connection_uris(ep: Option<&state::Endpoint>) -> Vec<ConnectionDetails> {
-    let Some(ep) = ep else { return Vec::new() };
-    let host = Endpoint::from(ep).host;
-    let pooler = host.replacen(&ep.id, &format!("{}-pooler", ep.id), 1);
-    vec![ConnectionDetails {
-        connection_uri: format!(
-            "postgresql://neondb_owner:sim-password@{host}/neondb?sslmode=require"
-        ),
-        connection_parameters: ConnectionParameters {
-            database: "neondb".into(),
-            password: "sim-password".into(),
-            role: "neondb_owner".into(),
-            host,
-            pooler_host: pooler,
-        },
-    }]
+/// `postgresql://role:password@host/db?sslmode=require` (nothing listens there).
+pub fn connection_uri(host: &str, role: &str, password: &str, db: &str) -> String {
+    format!("postgresql://{role}:{password}@{host}/{db}?sslmode=require")
 }
+
+/// Connection URIs of the read-write compute for every database of its branch, with the
+/// database owner's password (what create answers return).
+pub fn connection_uris(state: &State, ep: Option<&state::Endpoint>) -> Vec<ConnectionDetails> {
+    let Some(ep) = ep else { return Vec::new() };
+    let (host, pooler) = endpoint_hosts(ep);
+    state
+        .branch_databases(&ep.branch_id)
+        .iter()
+        .filter_map(|db| {
+            let role = state
+                .branch_roles(&ep.branch_id)
+                .iter()
+                .find(|r| r.name == db.owner_name)?;
+            let password = role.password.clone()?;
+            Some(ConnectionDetails {
+                connection_uri: connection_uri(&host, &role.name, &password, &db.name),
+                connection_parameters: ConnectionParameters {
+                    database: db.name.clone(),
+                    password,
+                    role: role.name.clone(),
+                    host: host.clone(),
+                    pooler_host: pooler.clone(),
+                },
+            })
+        })
+        .collect()
+}
+
+// ----- consumption -----------------------------------------------------------------------------
+
+/// A billing period of a consumption answer (`ConsumptionHistoryPerPeriod` and its v2 form).
+#[derive(Serialize)]
+pub struct ConsumptionPeriod<T> {
+    pub period_id: String,
+    pub period_plan: String,
+    pub period_start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<String>,
+    pub consumption: Vec<T>,
+}
+
+#[derive(Serialize)]
+pub struct MetricValue {
+    pub metric_name: String,
+    pub value: i64,
+}
+
+/// A v2 timeframe: its metrics as name/value pairs.
+#[derive(Serialize)]
+pub struct V2Timeframe {
+    pub timeframe_start: String,
+    pub timeframe_end: String,
+    pub metrics: Vec<MetricValue>,
+}
+
+/// A legacy timeframe: each metric a field.
+#[derive(Serialize)]
+pub struct LegacyTimeframe {
+    pub timeframe_start: String,
+    pub timeframe_end: String,
+    #[serde(flatten)]
+    pub values: std::collections::BTreeMap<&'static str, i64>,
+}
+
+#[derive(Serialize)]
+pub struct ProjectConsumption<T> {
+    pub project_id: String,
+    pub periods: Vec<ConsumptionPeriod<T>>,
+}
+
+#[derive(Serialize)]
+pub struct BranchConsumption {
+    pub project_id: String,
+    pub branch_id: String,
+    pub periods: Vec<ConsumptionPeriod<V2Timeframe>>,
+}
+
+#[derive(Serialize)]
+pub struct ProjectsConsumption<T> {
+    pub projects: Vec<ProjectConsumption<T>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+#[derive(Serialize)]
+pub struct BranchesConsumption {
+    pub branches: Vec<BranchConsumption>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+#[derive(Serialize)]
+pub struct AccountConsumption {
+    pub periods: Vec<ConsumptionPeriod<LegacyTimeframe>>,
+}
+
+// ----- answer envelopes ------------------------------------------------------------------------
+
+/// Defines an answer envelope: a struct whose fields are the answer's top-level keys.
+macro_rules! envelope {
+    ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Serialize)]
+        pub struct $name {
+            $(pub $field: $ty),*
+        }
+    };
+}
+
+envelope!(/// `EndpointResponse`.
+    EndpointResponse { endpoint: Endpoint });
+envelope!(/// `EndpointsResponse`.
+    EndpointsResponse { endpoints: Vec<Endpoint> });
+envelope!(/// `EndpointOperations`.
+    EndpointOperations { endpoint: Endpoint, operations: Vec<Operation> });
+envelope!(/// `RoleResponse`.
+    RoleResponse { role: Role });
+envelope!(/// `RolesResponse`.
+    RolesResponse { roles: Vec<Role> });
+envelope!(/// `RoleOperations`.
+    RoleOperations { role: Role, operations: Vec<Operation> });
+envelope!(/// `RolePasswordResponse`.
+    RolePasswordResponse { password: String });
+envelope!(/// `DatabaseResponse`.
+    DatabaseResponse { database: Database });
+envelope!(/// `DatabasesResponse`.
+    DatabasesResponse { databases: Vec<Database> });
+envelope!(/// `DatabaseOperations`.
+    DatabaseOperations { database: Database, operations: Vec<Operation> });
+envelope!(/// `ConnectionURIResponse`.
+    ConnectionUriResponse { uri: String });
+envelope!(/// `BranchSchemaCompareResponse`.
+    SchemaCompareResponse { diff: String });
+envelope!(/// `SnapshotResponse`.
+    SnapshotResponse { snapshot: Snapshot });
+envelope!(/// `ListSnapshotsResponse`.
+    SnapshotsResponse { snapshots: Vec<Snapshot> });
+envelope!(/// A created snapshot and its operation.
+    SnapshotOperations { snapshot: Snapshot, operations: Vec<Operation> });
+envelope!(/// `OperationsResponse`.
+    OperationsResponse { operations: Vec<Operation> });
+envelope!(/// `OperationResponse`.
+    OperationResponse { operation: Operation });
+envelope!(/// `BackupSchedule`.
+    BackupScheduleResponse { schedule: Vec<state::BackupScheduleItem> });
+envelope!(/// A snapshot restore: the new branch, its computes and the operations.
+    RestoredBranch { branch: Branch, endpoints: Vec<Endpoint>, operations: Vec<Operation> });
+
+/// `OperationsResponse` with `PaginationResponse`.
+#[derive(Serialize)]
+pub struct OperationsPage {
+    pub operations: Vec<Operation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+/// An empty JSON object (`{}`).
+#[derive(Serialize)]
+pub struct Empty {}
+envelope!(/// `BranchOperations`.
+    BranchOperations { branch: Branch, operations: Vec<Operation> });
+envelope!(/// `BranchesCountResponse`.
+    CountResponse { count: usize });
+envelope!(/// A created branch: `CreatedBranch` of the document.
+CreatedBranch {
+    branch: Branch,
+    endpoints: Vec<Endpoint>,
+    operations: Vec<Operation>,
+    roles: Vec<Role>,
+    databases: Vec<Database>,
+    connection_uris: Vec<ConnectionDetails>,
+});
+envelope!(/// `BranchRecoverResponse`.
+    RecoveredBranch { branch: Branch, endpoints: Vec<Endpoint> });
+envelope!(/// `ProjectResponse`.
+    ProjectResponse { project: Project });
+envelope!(/// `ProjectOperations`.
+    ProjectOperations { project: Project, operations: Vec<Operation> });
+envelope!(/// `ProjectRecoverResponse`.
+    RecoveredProject { project: Project, branches: Vec<Branch> });
+envelope!(/// `CreatedProject`.
+CreatedProject {
+    project: Project,
+    connection_uris: Vec<ConnectionDetails>,
+    roles: Vec<Role>,
+    databases: Vec<Database>,
+    operations: Vec<Operation>,
+    branch: Branch,
+    endpoints: Vec<Endpoint>,
+});

@@ -43,12 +43,24 @@ impl ConfigError {
     pub(crate) fn from_toml(path: &Path, source: &str, err: &toml::de::Error) -> Self {
         // toml's own messages are good ("unknown field `x`, expected one of ..."); only
         // the trailing newline it sometimes adds is trimmed.
-        Self::at(
-            path,
-            source,
-            err.span(),
-            err.message().trim_end().to_string(),
-        )
+        let mut message = err.message().trim_end().to_string();
+        if message.is_empty() {
+            // The parser gives no text for some lexical errors (a NUL byte, another control
+            // character); name the character it stopped at.
+            message = match err
+                .span()
+                .and_then(|sp| source.get(sp.start..)?.chars().next())
+            {
+                Some(c) if c.is_control() => format!(
+                    "invalid character U+{:04X} (a control character); TOML allows none but \
+                     tab outside strings and comments, and none at all in them",
+                    c as u32
+                ),
+                Some(c) => format!("unexpected character `{c}`"),
+                None => "invalid TOML here".to_string(),
+            };
+        }
+        Self::at(path, source, err.span(), message)
     }
 }
 

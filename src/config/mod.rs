@@ -49,6 +49,38 @@ pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 /// The default `store.heartbeat`.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Most projects a run may process in parallel (`api.concurrency`). Neon lets 40 requests
+/// through at once (its burst); more parallel projects than that only wait on the limiter
+/// while holding memory and connections.
+pub const MAX_API_CONCURRENCY: usize = 64;
+/// Most retries of one API request (`api.max_retries`); the retry budget bounds the time too.
+pub const MAX_API_RETRIES: u32 = 20;
+/// Largest policy file read, in bytes. A real policy is a few kilobytes; this refuses
+/// `/dev/zero` and runaway generated files before they are read into memory.
+pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+/// Most jobs in one policy (the snapshot-name collision check compares every pair).
+pub const MAX_JOBS: usize = 1000;
+/// Metric names Neon's `/consumption_history/v2/projects` accepts.
+pub const V2_METRICS: [&str; 8] = [
+    "compute_unit_seconds",
+    "root_branch_bytes_month",
+    "child_branch_bytes_month",
+    "instant_restore_bytes_month",
+    "public_network_transfer_bytes",
+    "private_network_transfer_bytes",
+    "extra_branches_month",
+    "snapshot_storage_bytes_month",
+];
+/// Metric names Neon's legacy `/consumption_history/projects` accepts.
+pub const LEGACY_METRICS: [&str; 7] = [
+    "active_time_seconds",
+    "compute_time_seconds",
+    "written_data_bytes",
+    "synthetic_storage_size_bytes",
+    "data_storage_bytes_hour",
+    "logical_size_bytes",
+    "logical_size_bytes_hour",
+];
 
 /// The whole validated policy.
 #[derive(Debug, Clone)]
@@ -64,6 +96,34 @@ pub struct Config {
 impl Config {
     pub fn job(&self, name: &str) -> Option<&Arc<JobConfig>> {
         self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// Things that are valid but probably not what the operator meant; `validate` prints
+    /// them and `run` logs them at start-up. Each is a complete sentence.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.jobs.is_empty() {
+            out.push(format!(
+                "{}: the policy has no jobs (is the file empty or truncated?); the daemon would \
+                 schedule nothing",
+                self.source.display()
+            ));
+        }
+        if !self.http.listen.ip().is_loopback() {
+            let trigger = if self.http.admin_token.is_some() {
+                "the manual trigger needs the admin token"
+            } else {
+                "no admin token is set, so the manual trigger is off"
+            };
+            out.push(format!(
+                "listening on {} beyond loopback: /metrics and the read-only /api/v1 history \
+                 (job names, project and branch ids, run errors) are open to anyone who can \
+                 reach it ({trigger}); restrict it with a firewall or network policy, or listen \
+                 on 127.0.0.1",
+                self.http.listen
+            ));
+        }
+        out
     }
 }
 
@@ -714,9 +774,52 @@ pub fn load_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::whole_file(path, format!("cannot read the policy file: {e}")))?;
+    let bytes = read_capped(path)?;
+    let text = decode_policy(path, bytes)?;
     parse_with_env(path, &text, env)
+}
+
+/// Reads at most [`MAX_POLICY_BYTES`] (and one byte more, to tell that there is more).
+fn read_capped(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| {
+        ConfigError::whole_file(path, format!("cannot read the policy file: {e}"))
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(ConfigError::whole_file(
+            path,
+            format!(
+                "the policy file is larger than {} KiB; a policy is a few kilobytes (is this the \
+                 right file?)",
+                MAX_POLICY_BYTES / 1024
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The file as text, or an error at the first byte that is not UTF-8.
+pub fn decode_policy(path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let valid = std::str::from_utf8(&bytes[..at]).expect("valid up to here");
+        let (line, col) = line_col(valid, at);
+        ConfigError {
+            path: path.to_path_buf(),
+            position: Some((line, col)),
+            message: format!(
+                "the policy file is not valid UTF-8: byte 0x{:02x} at offset {at} cannot start \
+                 or continue a character (save the file as UTF-8)",
+                bytes[at]
+            ),
+        }
+    })
 }
 
 /// Parses and validates policy text; `path` is used for messages and relative paths.
@@ -725,8 +828,23 @@ pub fn parse_with_env(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    if text.len() as u64 > MAX_POLICY_BYTES {
+        return Err(ConfigError::whole_file(
+            path,
+            format!("the policy is larger than {} KiB", MAX_POLICY_BYTES / 1024),
+        ));
+    }
     let raw: RawConfig =
         toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+    if raw.jobs.len() > MAX_JOBS {
+        return Err(ConfigError::whole_file(
+            path,
+            format!(
+                "the policy has {} jobs; at most {MAX_JOBS} are allowed",
+                raw.jobs.len()
+            ),
+        ));
+    }
     Validator { path, text, env }.config(raw)
 }
 
@@ -770,6 +888,9 @@ impl Validator<'_> {
                 format!("{what} file {} is empty", full.display()),
             ));
         }
+        crate::secret::check_token_shape(value).map_err(|why| {
+            ConfigError::whole_file(self.path, format!("{what} in {} {why}", full.display()))
+        })?;
         Ok(Secret::new(value))
     }
 
@@ -867,6 +988,9 @@ impl Validator<'_> {
             },
         };
         let api_key = if let Some(k) = self.env("NEON_API_KEY") {
+            crate::secret::check_token_shape(k.trim()).map_err(|why| {
+                ConfigError::whole_file(self.path, format!("the API key in NEON_API_KEY {why}"))
+            })?;
             Some(Secret::new(k.trim()))
         } else if let Some(f) = &raw.api_key_file {
             Some(self.read_secret_file("the API key", f)?)
@@ -894,14 +1018,43 @@ impl Validator<'_> {
             Some(s) if *s.get_ref() == 0 => {
                 return Err(self.err(s.span(), "`concurrency` must be at least 1"))
             }
+            Some(s) if *s.get_ref() > MAX_API_CONCURRENCY => {
+                return Err(self.err(
+                    s.span(),
+                    format!(
+                        "`concurrency` is {}: at most {MAX_API_CONCURRENCY} projects can be \
+                         processed in parallel (Neon lets 40 requests through at once)",
+                        s.get_ref()
+                    ),
+                ))
+            }
             Some(s) => *s.get_ref(),
             None => 4,
+        };
+        let max_retries = match &raw.max_retries {
+            Some(s) if *s.get_ref() > MAX_API_RETRIES => {
+                return Err(self.err(
+                    s.span(),
+                    format!(
+                        "`max_retries` is {}: at most {MAX_API_RETRIES}",
+                        s.get_ref()
+                    ),
+                ))
+            }
+            Some(s) => *s.get_ref(),
+            None => 5,
         };
         Ok(ApiConfig {
             base_url,
             api_key,
             timeout: match &raw.timeout {
-                Some(t) => self.at_most(t, MAX_API_TIMEOUT, "1h", "`timeout` of an API request")?,
+                Some(t) => self.at_most(
+                    t.get_ref().0,
+                    t.span(),
+                    MAX_API_TIMEOUT,
+                    "1h",
+                    "`timeout` of an API request",
+                )?,
                 None => Duration::from_secs(30),
             },
             rate_limit_per_minute: positive(
@@ -910,15 +1063,22 @@ impl Validator<'_> {
                 "rate_limit_per_minute",
             )?,
             burst: positive(&raw.burst, 40, "burst")?,
-            max_retries: raw.max_retries.unwrap_or(5),
+            max_retries,
             concurrency,
         })
     }
 
     fn store(&self, raw: raw::RawStore) -> Result<StoreConfig, ConfigError> {
+        if let Some(u) = self.env("NEON_STEWARD_STORE_URL") {
+            check_store_url(&u).map_err(|e| {
+                ConfigError::whole_file(self.path, format!("NEON_STEWARD_STORE_URL: {e}"))
+            })?;
+        } else if let Some(u) = &raw.url {
+            check_store_url(u.get_ref()).map_err(|e| self.err(u.span(), e))?;
+        }
         let url = self
             .env("NEON_STEWARD_STORE_URL")
-            .or(raw.url)
+            .or(raw.url.map(|u| u.into_inner()))
             .unwrap_or_else(|| {
                 let dir = self.env("STATE_DIRECTORY").map(|d| {
                     // systemd may pass several colon-separated directories; the first is ours.
@@ -989,15 +1149,15 @@ impl Validator<'_> {
     /// A duration with a bound tighter than [`raw::MAX_DURATION`], refused at its position.
     fn at_most(
         &self,
-        d: &Spanned<raw::Dur>,
+        v: Duration,
+        span: Range<usize>,
         max: Duration,
         max_text: &str,
         what: &str,
     ) -> Result<Duration, ConfigError> {
-        let v = d.get_ref().0;
         if v > max {
             return Err(self.err(
-                d.span(),
+                span,
                 format!(
                     "{what} is too long ({}): at most {max_text}",
                     humantime::format_duration(v)
@@ -1037,8 +1197,24 @@ impl Validator<'_> {
         if name.trim().is_empty() || name.contains(char::is_whitespace) || name.contains('/') {
             return Err(self.err(j.name.span(), format!("invalid job name `{name}`: use letters, digits, `-`, `_` or `.` (it appears in URLs and metric labels)")));
         }
+        let timezone = j.timezone.or(d.timezone).map_or(chrono_tz::UTC, |t| t.0);
         let schedule = match (&j.schedule, &j.every) {
-            (Some(c), None) => Schedule::Cron(c.get_ref().0.clone()),
+            (Some(c), None) => {
+                let cron = &c.get_ref().0;
+                // croner accepts dates that do not exist (`0 3 31 2 *`, the 31st of
+                // February); such a job would never run.
+                if cron.next_after(Utc::now(), timezone).is_none() {
+                    return Err(self.err(
+                        c.span(),
+                        format!(
+                            "cron expression `{}` never fires (no such date in any year?); \
+                             check the day-of-month and month fields",
+                            cron.as_str()
+                        ),
+                    ));
+                }
+                Schedule::Cron(cron.clone())
+            }
             (None, Some(e)) => {
                 if e.get_ref().0 < Duration::from_secs(1) {
                     return Err(self.err(e.span(), "`every` must be at least 1s"));
@@ -1052,7 +1228,6 @@ impl Validator<'_> {
                 return Err(self.err(j.name.span(), format!("job `{name}` has neither `schedule` (cron) nor `every` (interval); give exactly one")))
             }
         };
-        let timezone = j.timezone.or(d.timezone).map_or(chrono_tz::UTC, |t| t.0);
         let missed = j.missed.or(d.missed).unwrap_or_default();
 
         let selectors = self.selectors(&j)?;
@@ -1072,7 +1247,7 @@ impl Validator<'_> {
 
         let jitter = match j.jitter.as_ref().or(d.jitter.as_ref()) {
             Some(s) => {
-                let v = self.at_most(s, MAX_JITTER, "24h", "`jitter`")?;
+                let v = self.at_most(s.get_ref().0, s.span(), MAX_JITTER, "24h", "`jitter`")?;
                 if let Schedule::Every(every) = &schedule {
                     if v > *every {
                         return Err(self.err(
@@ -1090,7 +1265,9 @@ impl Validator<'_> {
             None => None,
         };
         let timeout = match j.timeout.as_ref().or(d.timeout.as_ref()) {
-            Some(s) => Some(self.at_most(s, MAX_RUN_TIMEOUT, "7d", "`timeout`")?),
+            Some(s) => {
+                Some(self.at_most(s.get_ref().0, s.span(), MAX_RUN_TIMEOUT, "7d", "`timeout`")?)
+            }
             None => None,
         };
 
@@ -1336,7 +1513,43 @@ impl Validator<'_> {
                     Some(m) => m.get_ref().clone(),
                     None => return Err(self.err(job_span, "kind `collect_consumption` needs `metrics` (e.g. [\"compute_unit_seconds\"])")),
                 };
+                let endpoint = j
+                    .endpoint
+                    .as_ref()
+                    .map(|e| *e.get_ref())
+                    .unwrap_or_default();
+                let (known, endpoint_name): (&[&str], &str) = match endpoint {
+                    ConsumptionEndpoint::V2 => (&V2_METRICS, "v2"),
+                    ConsumptionEndpoint::Legacy => (&LEGACY_METRICS, "legacy"),
+                };
+                let m = j.metrics.as_ref().expect("checked above");
+                let mut seen_metrics = std::collections::HashSet::new();
+                for name in &metrics {
+                    if !known.contains(&name.as_str()) {
+                        return Err(self.err(
+                            m.span(),
+                            format!(
+                                "unknown consumption metric `{name}` for the {endpoint_name} \
+                                 endpoint; expected one of {}",
+                                known.join(", ")
+                            ),
+                        ));
+                    }
+                    if !seen_metrics.insert(name.as_str()) {
+                        return Err(self.err(m.span(), format!("metric `{name}` is listed twice")));
+                    }
+                }
                 if let Some(p) = &j.prices {
+                    if let Some(k) = p.get_ref().keys().find(|k| !metrics.contains(k)) {
+                        return Err(self.err(
+                            p.span(),
+                            format!(
+                                "a price is given for `{k}`, which is not one of this job's \
+                                 `metrics` ({})",
+                                metrics.join(", ")
+                            ),
+                        ));
+                    }
                     if let Some((k, v)) = p
                         .get_ref()
                         .iter()
@@ -1348,11 +1561,6 @@ impl Validator<'_> {
                         ));
                     }
                 }
-                let endpoint = j
-                    .endpoint
-                    .as_ref()
-                    .map(|e| *e.get_ref())
-                    .unwrap_or_default();
                 if endpoint == ConsumptionEndpoint::V2 && j.org_id.is_none() {
                     let at = j.endpoint.as_ref().map_or(job_span, |e| e.span());
                     return Err(self.err(
@@ -1411,10 +1619,19 @@ impl Validator<'_> {
 
 /// The API base URL must be `https://`, except `http://` to a loopback host (neon-sim, a
 /// local proxy): the API key travels in every request's header, and plain HTTP to any other
-/// host would send it in clear text.
-fn check_base_url(s: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(s)
+/// host would send it in clear text. User info (`user:password@`) is refused, and never
+/// shown: it would be a credential, and reqwest would send it instead of the API key.
+pub fn check_base_url(raw: &str) -> Result<(), String> {
+    let s = &without_userinfo(raw);
+    let url = reqwest::Url::parse(raw)
         .map_err(|e| format!("invalid base_url `{s}` ({e}); expected an https URL"))?;
+    if !url.username().is_empty() || url.password().is_some() || s.len() != raw.len() {
+        return Err(format!(
+            "base_url `{s}` must not contain user info (`user:password@`, shown here removed): \
+             Neon is authenticated with the API key alone (NEON_API_KEY, `api_key_file` or the \
+             systemd credential)"
+        ));
+    }
     match url.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -1437,6 +1654,33 @@ fn check_base_url(s: &str) -> Result<(), String> {
         }
         other => Err(format!(
             "invalid base_url `{s}`: scheme `{other}`; expected an https URL"
+        )),
+    }
+}
+
+/// `s` with anything between `scheme://` and an `@` before the path removed (the user info
+/// of a URL), so that a URL can be quoted in an error without its credentials.
+pub fn without_userinfo(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return s.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => s.to_string(),
+    }
+}
+
+/// A store URL must name a backend this build has: `sqlite:` or `postgres:`/`postgresql:`.
+/// Shown redacted: a PostgreSQL URL may carry a password.
+fn check_store_url(s: &str) -> Result<(), String> {
+    let scheme = s.split_once(':').map(|(scheme, _)| scheme);
+    match scheme {
+        Some("sqlite" | "postgres" | "postgresql") => Ok(()),
+        _ => Err(format!(
+            "invalid store url `{}`: expected `sqlite://PATH` (e.g. \
+             \"sqlite:///var/lib/neon-steward/neon-steward.db\") or `postgres://...`",
+            crate::store::redact_url(&without_userinfo(s))
         )),
     }
 }

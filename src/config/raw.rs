@@ -43,6 +43,13 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
+        // Fractions (`1.5h`) are refused rather than rounded: the policy says exactly what
+        // it means, in whole units (`1h 30m`).
+        if s.contains(['.', ',']) {
+            return Err(serde::de::Error::custom(format!(
+                "invalid duration `{s}`: fractions are not accepted; write whole units, e.g. \"1h 30m\" for an hour and a half"
+            )));
+        }
         let v = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration `{s}` ({e}); expected a number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\""
@@ -54,6 +61,24 @@ impl<'de> Deserialize<'de> for Dur {
             )));
         }
         Ok(Dur(v))
+    }
+}
+
+/// A [`Dur`] that must not be zero: for the durations where `0s` can only be a mistake
+/// (a branch `ttl` of zero would expire every branch at once, an API `timeout` of zero fails
+/// every request, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct PositiveDur(pub Duration);
+
+impl<'de> Deserialize<'de> for PositiveDur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Dur::deserialize(d)?.0;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom(
+                "a duration of zero is not allowed here; give a positive duration such as \"1h\" (or leave the key out)",
+            ));
+        }
+        Ok(PositiveDur(v))
     }
 }
 
@@ -130,8 +155,8 @@ pub struct RawApi {
     #[schemars(with = "Option<Forbidden>")]
     pub api_key: Option<Spanned<IgnoredAny>>,
     /// Timeout of each API request (at most 1h).
-    #[schemars(with = "Option<Dur>", extend("default" = "30s"))]
-    pub timeout: Option<Spanned<Dur>>,
+    #[schemars(with = "Option<PositiveDur>", extend("default" = "30s"))]
+    pub timeout: Option<Spanned<PositiveDur>>,
     /// Client-side rate limit, in requests per minute (Neon allows 700 per account).
     #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 700))]
     pub rate_limit_per_minute: Option<Spanned<u32>>,
@@ -139,11 +164,12 @@ pub struct RawApi {
     #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 40))]
     pub burst: Option<Spanned<u32>>,
     /// Retries of 423 (project locked), 429, 503, other 5xx and transport errors, with
-    /// exponential backoff.
-    #[schemars(extend("default" = 5))]
-    pub max_retries: Option<u32>,
-    /// Projects a run processes in parallel (changes within one project are always serial).
-    #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 4))]
+    /// exponential backoff (at most 20).
+    #[schemars(with = "Option<u32>", range(max = 20), extend("default" = 5))]
+    pub max_retries: Option<Spanned<u32>>,
+    /// Projects a run processes in parallel (changes within one project are always serial),
+    /// at most 64 (Neon's burst of 40 requests is the real bound).
+    #[schemars(with = "Option<u32>", range(min = 1, max = 64), extend("default" = 4))]
     pub concurrency: Option<Spanned<usize>>,
 }
 
@@ -155,10 +181,14 @@ pub struct RawStore {
     /// Database URL, e.g. `sqlite:///var/lib/neon-steward/neon-steward.db` or
     /// `postgres://...`. Default: `sqlite://$STATE_DIRECTORY/neon-steward.db` under systemd,
     /// else `sqlite://./neon-steward.db`. NEON_STEWARD_STORE_URL overrides it.
-    pub url: Option<String>,
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^(sqlite|postgres|postgresql):")
+    )]
+    pub url: Option<Spanned<String>>,
     /// Finished runs (and their actions) older than this are pruned.
     #[schemars(extend("default" = "90d"))]
-    pub history_retention: Option<Dur>,
+    pub history_retention: Option<PositiveDur>,
     /// How long a replica holds a run it claimed without renewing it. A replica that dies,
     /// hangs or loses the store loses its runs after this long, and another replica (or the
     /// next start) takes them over. At least 3 heartbeats.
@@ -211,7 +241,7 @@ pub struct RawDefaults {
     pub missed: Option<MissedPolicy>,
     /// With `missed = "run_once"`: the newest missed tick is run only if it is no older than
     /// this. Absent: any age.
-    pub starting_deadline: Option<Dur>,
+    pub starting_deadline: Option<PositiveDur>,
     /// Safety rail: a run that would take more actions than this (creates included) acts
     /// on none and fails.
     pub max_actions: Option<u32>,
@@ -260,7 +290,7 @@ pub struct RawJob {
     pub missed: Option<MissedPolicy>,
     /// With `missed = "run_once"`: how old the newest missed tick may be. Overrides
     /// `[defaults].starting_deadline`.
-    pub starting_deadline: Option<Dur>,
+    pub starting_deadline: Option<PositiveDur>,
     /// Record what would be done without making any change. Overrides `[defaults].dry_run`.
     pub dry_run: Option<bool>,
     /// `false` suspends the job without deleting it from the file.
@@ -301,8 +331,8 @@ pub struct RawJob {
     pub name_template: Option<Spanned<String>>,
     /// `snapshot_branches` only: Neon deletes each snapshot by itself this long after
     /// creation (Neon's native branch expiry). Absent: snapshots do not expire.
-    #[schemars(with = "Option<Dur>")]
-    pub expires_in: Option<Spanned<Dur>>,
+    #[schemars(with = "Option<PositiveDur>")]
+    pub expires_in: Option<Spanned<PositiveDur>>,
     /// `snapshot_branches` only: which of the snapshots this job created to keep
     /// (restic-forget semantics); the rest are deleted. Absent: keep all.
     #[schemars(with = "Option<RawRetention>")]
@@ -311,12 +341,12 @@ pub struct RawJob {
     // expire_branches
     /// `expire_branches` only: branches created longer ago than this expire. At least one
     /// of `ttl` and `idle_ttl` is required.
-    #[schemars(with = "Option<Dur>")]
-    pub ttl: Option<Spanned<Dur>>,
+    #[schemars(with = "Option<PositiveDur>")]
+    pub ttl: Option<Spanned<PositiveDur>>,
     /// `expire_branches` only: branches without activity for this long expire. At least one
     /// of `ttl` and `idle_ttl` is required.
-    #[schemars(with = "Option<Dur>")]
-    pub idle_ttl: Option<Spanned<Dur>>,
+    #[schemars(with = "Option<PositiveDur>")]
+    pub idle_ttl: Option<Spanned<PositiveDur>>,
     /// `expire_branches` only: how an expired branch goes away.
     #[schemars(with = "Option<ExpireMode>", extend("default" = "delete"))]
     pub mode: Option<Spanned<ExpireMode>>,
@@ -324,8 +354,8 @@ pub struct RawJob {
     // suspend_computes
     /// `suspend_computes` only: suspend active endpoints idle longer than this. At least one
     /// of `idle_for` and `windows` is required.
-    #[schemars(with = "Option<Dur>")]
-    pub idle_for: Option<Spanned<Dur>>,
+    #[schemars(with = "Option<PositiveDur>")]
+    pub idle_for: Option<Spanned<PositiveDur>>,
     /// `suspend_computes` only: suspend endpoints while inside any of these windows. Each is
     /// `DAYS [HH:MM-HH:MM] [ZONE]` (e.g. `Mon-Fri 20:00-08:00`, `Sat-Sun`,
     /// `Fri 18:00-23:59 America/New_York`; an overnight range ends the next morning) or

@@ -17,16 +17,16 @@ use schemars::transform::{transform_subschemas, Transform};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
-use super::raw::{CronStr, Dur, RawConfig, TzStr};
+use super::raw::{CronStr, Dur, PositiveDur, RawConfig, TzStr};
 use super::JobKind;
 
 /// Path of the committed schema, relative to the crate root.
 pub const SCHEMA_PATH: &str = "config/schema.json";
 
 /// What a duration looks like to `humantime` (which the parser uses): one or more
-/// `<number><unit>` groups, optionally separated by spaces.
+/// `<whole number><unit>` groups, optionally separated by spaces (fractions are refused).
 pub const DURATION_PATTERN: &str = concat!(
-    r"^\s*([0-9]+(\.[0-9]+)?\s*",
+    r"^\s*([0-9]+\s*",
     r"(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|",
     r"minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|",
     r"months|month|M|years|year|yrs|yr|y)\s*)+$"
@@ -96,8 +96,24 @@ impl JsonSchema for Dur {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "description": "A duration: a number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\", \"1h 30m\" (units: ms, s, m, h, d, w, and their long forms).",
+            "description": "A duration: a whole number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\", \"1h 30m\" (units: ms, s, m, h, d, w, and their long forms).",
             "pattern": DURATION_PATTERN,
+            "examples": ["30s", "15m", "12h", "7d", "1h 30m"],
+        })
+    }
+}
+
+impl JsonSchema for PositiveDur {
+    fn schema_name() -> Cow<'static, str> {
+        "PositiveDuration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration that is not zero: a whole number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\", \"1h 30m\" (units: ms, s, m, h, d, w, and their long forms).",
+            "pattern": DURATION_PATTERN,
+            "not": { "pattern": "^[\\s0a-zA-Zµ]*$" },
             "examples": ["30s", "15m", "12h", "7d", "1h 30m"],
         })
     }

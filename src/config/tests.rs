@@ -292,7 +292,10 @@ fn consumption_endpoint_is_explicit_and_v2_needs_org_id() {
         (v2.endpoint, v2.org_id.as_deref()),
         (ConsumptionEndpoint::V2, Some("org-1"))
     );
-    let legacy = spec(&format!("{base}endpoint = \"legacy\"\n"));
+    let legacy = spec(&base.replace(
+        "metrics = [\"compute_unit_seconds\"]\n",
+        "metrics = [\"active_time_seconds\"]\nendpoint = \"legacy\"\n",
+    ));
     assert_eq!(
         (legacy.endpoint, legacy.org_id),
         (ConsumptionEndpoint::Legacy, None)
@@ -616,4 +619,239 @@ fn store_url_password_never_in_debug() {
         ),
         "{dbg}"
     );
+}
+
+// Issue 12: policies that were accepted although they could never work, and errors that had
+// no position or message.
+
+#[test]
+fn error_store_url_scheme() {
+    let e = err(&format!(
+        "[store]\nurl = \"mysql://admin:hunter2@db/x\"\n{JOB}"
+    ));
+    assert!(!e.contains("hunter2"), "the password is not echoed: {e}");
+    insta::assert_snapshot!(e);
+}
+
+#[test]
+fn error_store_url_garbage() {
+    insta::assert_snapshot!(err(&format!("[store]\nurl = \"garbage\"\n{JOB}")));
+}
+
+#[test]
+fn store_url_from_env_is_checked() {
+    let env = |k: &str| (k == "NEON_STEWARD_STORE_URL").then(|| "mysql://a:pw@h/db".to_string());
+    let e = parse_with_env(Path::new("p.toml"), JOB, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("NEON_STEWARD_STORE_URL") && !e.contains("pw@"),
+        "{e}"
+    );
+    for ok in [
+        "sqlite://./x.db",
+        "sqlite::memory:",
+        "postgres://u@h/db",
+        "postgresql://h/db",
+    ] {
+        let c = parse(&format!("[store]\nurl = \"{ok}\"\n{JOB}")).unwrap();
+        assert_eq!(c.store.url, ok);
+    }
+}
+
+#[test]
+fn error_cron_never_fires() {
+    insta::assert_snapshot!(err("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nschedule = \"0 3 31 2 *\"\nttl = \"7d\"\n"));
+    // A date that exists only in leap years still fires.
+    parse("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nschedule = \"0 3 29 2 *\"\nttl = \"7d\"\n").unwrap();
+}
+
+#[test]
+fn error_unknown_consumption_metric() {
+    insta::assert_snapshot!(err("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\norg_id = \"org-1\"\nmetrics = [\"compute_unit_seconds\", \"cpu_seconds\"]\n"));
+}
+
+#[test]
+fn error_metric_of_the_other_endpoint() {
+    let e = err("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nendpoint = \"legacy\"\nmetrics = [\"compute_unit_seconds\"]\n");
+    assert!(
+        e.contains("policy.toml:6:11:") && e.contains("legacy endpoint"),
+        "{e}"
+    );
+}
+
+#[test]
+fn error_price_of_an_unlisted_metric() {
+    insta::assert_snapshot!(err("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\norg_id = \"org-1\"\nmetrics = [\"compute_unit_seconds\"]\n[jobs.prices]\nextra_branches_month = 1.0\n"));
+}
+
+#[test]
+fn error_zero_ttl() {
+    insta::assert_snapshot!(err(
+        "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"0s\"\n"
+    ));
+}
+
+#[test]
+fn error_zero_expires_in() {
+    insta::assert_snapshot!(err(&format!("{JOB}expires_in = \"0s\"\n")));
+}
+
+#[test]
+fn zero_is_refused_where_it_can_only_be_a_mistake() {
+    for (text, at) in [
+        (format!("[api]\ntimeout = \"0s\"\n{JOB}"), "policy.toml:2:11:"),
+        (format!("[store]\nhistory_retention = \"0m\"\n{JOB}"), "policy.toml:2:21:"),
+        (format!("[defaults]\nstarting_deadline = \"0s\"\n{JOB}"), "policy.toml:2:21:"),
+        ("[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nidle_ttl = \"0h 0m\"\n".to_string(), "policy.toml:5:12:"),
+        ("[[jobs]]\nname = \"a\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"0s\"\n".to_string(), "policy.toml:5:12:"),
+    ] {
+        let e = err(&text);
+        assert!(e.starts_with(at) && e.contains("zero is not allowed"), "{text}\n{e}");
+    }
+    // Where zero means "none", it is still accepted.
+    let c = parse(&format!(
+        "[defaults]\njitter = \"0s\"\ntimeout = \"0s\"\n{JOB}"
+    ))
+    .unwrap();
+    assert_eq!((c.jobs[0].jitter, c.jobs[0].timeout), (None, None));
+}
+
+#[test]
+fn error_fractional_duration() {
+    insta::assert_snapshot!(err(
+        "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"1.5h\"\n"
+    ));
+    let c = parse(
+        "[[jobs]]\nname = \"a\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"1h 30m\"\n",
+    )
+    .unwrap();
+    match &c.jobs[0].spec {
+        JobSpec::ExpireBranches(s) => assert_eq!(s.ttl, Some(Duration::from_secs(5400))),
+        other => panic!("wrong spec {other:?}"),
+    }
+}
+
+#[test]
+fn error_absurd_concurrency() {
+    insta::assert_snapshot!(err(&format!("[api]\nconcurrency = 1000000000\n{JOB}")));
+    assert_eq!(
+        parse(&format!("[api]\nconcurrency = 64\n{JOB}"))
+            .unwrap()
+            .api
+            .concurrency,
+        64
+    );
+    let e = err(&format!("[api]\nmax_retries = 4000000000\n{JOB}"));
+    assert!(
+        e.starts_with("policy.toml:2:15:") && e.contains("at most 20"),
+        "{e}"
+    );
+}
+
+#[test]
+fn empty_policies_warn() {
+    for text in ["", "# nothing yet\n", "[api]\n"] {
+        let c = parse(text).unwrap();
+        assert!(c.jobs.is_empty());
+        let w = c.warnings();
+        assert!(w.len() == 1 && w[0].contains("no jobs"), "{text:?}: {w:?}");
+    }
+    let c = load_with_env(Path::new("/dev/null"), &no_env).unwrap();
+    assert!(c.warnings().iter().any(|w| w.contains("no jobs")));
+    assert!(parse(JOB).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn listening_beyond_loopback_warns() {
+    let c = parse(&format!("[http]\nlisten = \"0.0.0.0:9187\"\n{JOB}")).unwrap();
+    let w = c.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("0.0.0.0:9187") && w[0].contains("manual trigger is off"),
+        "{w:?}"
+    );
+    let c = parse(&format!("[http]\nlisten = \"[::1]:9187\"\n{JOB}")).unwrap();
+    assert!(c.warnings().is_empty());
+}
+
+#[test]
+fn error_invalid_utf8() {
+    let mut bytes = b"[[jobs]]\nname = \"caf".to_vec();
+    bytes.extend([0xe9, b'"', b'\n']);
+    let e = decode_policy(Path::new("policy.toml"), bytes).unwrap_err();
+    assert_eq!(e.position, Some((2, 12)));
+    insta::assert_snapshot!(e.to_string());
+}
+
+#[test]
+fn error_nul_in_comment() {
+    let e = err(&format!("{JOB}# a comment with a NUL \u{0} in it\n"));
+    assert!(e.starts_with("policy.toml:6:"), "{e}");
+    insta::assert_snapshot!(e);
+}
+
+#[test]
+fn error_base_url_userinfo() {
+    let e = err(&format!(
+        "[api]\nbase_url = \"https://me:hunter2@console.neon.tech/api/v2\"\n{JOB}"
+    ));
+    assert!(
+        !e.contains("hunter2") && !e.contains("me:"),
+        "never echoed: {e}"
+    );
+    insta::assert_snapshot!(e);
+    // Nor when the URL is refused for another reason, or comes from the environment.
+    let e = err(&format!(
+        "[api]\nbase_url = \"http://me:hunter2@example.com:99999/\"\n{JOB}"
+    ));
+    assert!(!e.contains("hunter2"), "{e}");
+    let env = |k: &str| {
+        (k == "NEON_STEWARD_BASE_URL").then(|| "https://u:hunter2@x.example/api/v2".to_string())
+    };
+    let e = parse_with_env(Path::new("p.toml"), JOB, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("user info") && !e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn error_api_key_shape() {
+    let env = |k: &str| (k == "NEON_API_KEY").then(|| "napi_first\nnapi_second".to_string());
+    let e = parse_with_env(Path::new("p.toml"), JOB, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("napi_"), "the key is not shown: {e}");
+    insta::assert_snapshot!(e);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "napi one two\n").unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, format!("[api]\napi_key_file = \"key\"\n{JOB}")).unwrap();
+    let e = load_with_env(&policy, &no_env).unwrap_err().to_string();
+    assert!(e.contains("a space or tab") && !e.contains("napi"), "{e}");
+}
+
+#[test]
+fn error_policy_too_large() {
+    let e = load_with_env(Path::new("/dev/zero"), &no_env).unwrap_err();
+    assert!(e.message.contains("larger than 1024 KiB"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.toml");
+    std::fs::write(&p, "#".repeat(MAX_POLICY_BYTES as usize + 1)).unwrap();
+    let e = load_with_env(&p, &no_env).unwrap_err();
+    assert!(e.message.contains("larger than"), "{e}");
+    // Exactly at the cap is read (a comment-only file: valid, no jobs).
+    std::fs::write(&p, "#".repeat(MAX_POLICY_BYTES as usize)).unwrap();
+    assert!(load_with_env(&p, &no_env).unwrap().jobs.is_empty());
+}
+
+#[test]
+fn too_many_jobs() {
+    let mut text = String::new();
+    for i in 0..=MAX_JOBS {
+        text.push_str(&format!(
+            "[[jobs]]\nname = \"j{i}\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\n"
+        ));
+    }
+    let e = err(&text);
+    assert!(e.contains("at most 1000"), "{e}");
 }

@@ -43,7 +43,7 @@ pub(crate) async fn run(
         crate::config::Granularity::Daily => (Period::Daily, Granularity::Daily),
         crate::config::Granularity::Monthly => (Period::Monthly, Granularity::Monthly),
     };
-    let projects = selected_projects(env, job).await?;
+    let projects = selected_projects(&env.client, job).await?;
     // Neon answers 404 for the whole call when one of `project_ids` is outside `org_id`, and
     // a key usually sees more than one org's projects (and personal ones): ask only for the
     // org's projects.

@@ -99,7 +99,7 @@ pub(crate) async fn run<K: JobKind>(
     // Phase 1: plan every project (bounded concurrency, read-only calls). Planning only
     // reads, so a cancellation may simply drop it.
     let planning = async {
-        let projects = selected_projects(env, job).await?;
+        let projects = selected_projects(&env.client, job).await?;
         let cx = PlanCx { env, ctx };
         let cx = &cx;
         let results: Vec<Result<Planned<K>, (ProjectId, PlanError)>> =

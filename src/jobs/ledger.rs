@@ -13,6 +13,11 @@ use crate::store::{
 };
 use crate::telemetry::events::ActionRecorded;
 
+/// How long an action's outcome is held and retried while the store cannot be written.
+pub const FINISH_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+const FINISH_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+const FINISH_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a job intends to do to one resource, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionSpec {
@@ -200,7 +205,22 @@ impl Ledger {
         // Count first: even if the store write fails, the run must not report success.
         self.count(outcome);
         self.emit(&p.spec, outcome, detail);
-        self.store.finish_action(p.id, outcome, detail).await
+        // The call has been made: its outcome is held and written again while the store
+        // fails (locked, restarting), for a bounded time. A run no longer ours (fenced) is
+        // not retried. Should the store stay down, the action stays `pending` and is
+        // reconciled with Neon once the run is over.
+        let mut backoff = FINISH_FIRST_BACKOFF;
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.store.finish_action(p.id, outcome, detail).await {
+                Err(e) if !e.is_fenced() && started.elapsed() + backoff <= FINISH_HOLD => {
+                    tracing::warn!(action_id = p.id, action = p.spec.action, error = %e, "cannot record the action's outcome yet; holding it and retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2).min(FINISH_MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn counts(&self) -> ActionCounts {

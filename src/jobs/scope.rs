@@ -4,13 +4,14 @@
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
-use super::plan::JobEnv;
 use super::select::{
     BranchSelector, ComputeActivity, DefaultBranch, NamePattern, ProjectFacts, ProjectSelector,
     Selection, SelectorError,
 };
 use crate::config::{DefaultBranchFilter, JobConfig};
-use crate::neon::{ApiError, Branch, Endpoint, EndpointState, OrgId, Project, ProjectFilter};
+use crate::neon::{
+    ApiError, Branch, Endpoint, EndpointState, NeonClient, OrgId, Project, ProjectFilter,
+};
 
 pub(crate) fn project_selector(job: &JobConfig) -> Result<ProjectSelector, SelectorError> {
     let p = &job.selectors.projects;
@@ -95,7 +96,7 @@ pub enum ScopeError {
 
 /// The projects the job's project selector picks, in the API's order.
 pub(crate) async fn selected_projects(
-    env: &JobEnv,
+    client: &NeonClient,
     job: &JobConfig,
 ) -> Result<Vec<Project>, ScopeError> {
     let selector = project_selector(job)?;
@@ -103,8 +104,7 @@ pub(crate) async fn selected_projects(
         org_id: job.selectors.projects.org_id.clone().map(OrgId::from),
         search: None,
     };
-    let all: Vec<Project> = env
-        .client
+    let all: Vec<Project> = client
         .list_projects(filter)
         .try_collect()
         .await

@@ -111,7 +111,12 @@ pub enum SnapshotAction {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SnapshotDone {
     Created(SnapshotId),
-    Deleted { already: bool },
+    /// The create was refused because this tick's snapshot exists already (made by an
+    /// earlier attempt whose record was lost); it is recorded as the job's.
+    Adopted(SnapshotId),
+    Deleted {
+        already: bool,
+    },
 }
 
 /// `snapshot_branches`, compiled for one run.
@@ -170,7 +175,10 @@ impl JobKind for Snapshots<'_> {
 
     fn record(&self, state: &mut OwnershipRecord, action: &SnapshotAction, done: &SnapshotDone) {
         match (action, done) {
-            (SnapshotAction::Create { branch, name, .. }, SnapshotDone::Created(id)) => {
+            (
+                SnapshotAction::Create { branch, name, .. },
+                SnapshotDone::Created(id) | SnapshotDone::Adopted(id),
+            ) => {
                 state
                     .attempts
                     .retain(|a| !(a.branch_id == branch.as_str() && a.name == *name));
@@ -197,7 +205,7 @@ impl JobKind for Snapshots<'_> {
                 name,
                 expires_in,
             } => {
-                let (snap, ops) = with_lock_retry(env, project, || {
+                let created = with_lock_retry(env, project, || {
                     let req = SnapshotRequest {
                         name: Some(name.clone()),
                         expires_at: expiry(cx.now(), *expires_in),
@@ -205,7 +213,24 @@ impl JobKind for Snapshots<'_> {
                     };
                     c.create_snapshot(project, branch, req)
                 })
-                .await?;
+                .await;
+                let (snap, ops) = match created {
+                    Ok(r) => r,
+                    // Neon keeps snapshot names unique in a project: this tick's snapshot
+                    // exists, made by an attempt whose record was lost (a replica that
+                    // resumed after a takeover, an answer lost in a crash). It carries this
+                    // job's name for this branch and tick, so it is ours: adopt it.
+                    Err(e) if e.status() == Some(409) => {
+                        let existing = c.list_snapshots(project).await?;
+                        return match existing.into_iter().find(|s| {
+                            s.name == *name && s.source_branch_id.as_ref() == Some(branch)
+                        }) {
+                            Some(s) => Ok(SnapshotDone::Adopted(s.id)),
+                            None => Err(e),
+                        };
+                    }
+                    Err(e) => return Err(e),
+                };
                 wait(env, project, &ops).await?;
                 Ok(SnapshotDone::Created(snap.id))
             }
@@ -225,6 +250,10 @@ impl JobKind for Snapshots<'_> {
     fn detail(done: &SnapshotDone) -> Option<String> {
         match done {
             SnapshotDone::Created(id) => Some(format!("snapshot_id={id}")),
+            SnapshotDone::Adopted(id) => Some(format!(
+                "snapshot_id={id} (it existed already, made by an earlier attempt of this tick \
+                 whose record was lost; adopted)"
+            )),
             SnapshotDone::Deleted { already: true } => Some("already deleted".into()),
             SnapshotDone::Deleted { already: false } => None,
         }
@@ -343,6 +372,22 @@ async fn plan(
             continue;
         };
         if !passes_age_filters(job, ctx.now, b.created_at, b.updated_at) {
+            continue;
+        }
+        if b.parent_id.is_some() {
+            // Neon takes snapshots of root branches only (it answers 400 otherwise).
+            out.skips.push(ActionSpec {
+                resource_kind: "branch",
+                resource_id: b.id.to_string(),
+                resource_name: Some(b.name.clone()),
+                project_id: Some(project.id.to_string()),
+                action: "create_snapshot",
+                rule: Some("neon_rules".into()),
+                reason: format!(
+                    "branch {:?} is not a root branch: Neon takes snapshots of root branches only",
+                    b.name
+                ),
+            });
             continue;
         }
         let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);

@@ -53,6 +53,12 @@ pub const DEFAULT_PAGE_SIZE: u32 = page_max::BRANCHES;
 /// small in bytes (the scan runs per project and per poll) and the margin wide.
 const IN_PROGRESS_SCAN_PAGE: u32 = 100;
 
+/// Told the final outcome of every logical API call (after retries): how `/readyz` learns
+/// that Neon refuses the key or cannot be reached, without the client knowing who listens.
+pub trait ApiObserver: Send + Sync + std::fmt::Debug {
+    fn record(&self, outcome: Result<(), &ApiError>);
+}
+
 /// How to reach Neon and how politely.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -85,6 +91,8 @@ pub struct ClientConfig {
     /// First and largest interval between polls in `wait_for_operations` / `wait_for_project_idle`.
     pub poll_initial: Duration,
     pub poll_max: Duration,
+    /// Where the final outcome of every call is recorded (for `/readyz`), if anywhere.
+    pub health: Option<Arc<dyn ApiObserver>>,
 }
 
 impl ClientConfig {
@@ -106,6 +114,7 @@ impl ClientConfig {
             page_size: DEFAULT_PAGE_SIZE,
             poll_initial: Duration::from_millis(250),
             poll_max: Duration::from_secs(5),
+            health: None,
         }
     }
 }
@@ -127,6 +136,7 @@ struct Inner {
     page_size: u32,
     poll_initial: Duration,
     poll_max: Duration,
+    health: Option<Arc<dyn ApiObserver>>,
 }
 
 impl fmt::Debug for NeonClient {
@@ -216,14 +226,23 @@ struct PageSpec<W, T> {
 
 impl NeonClient {
     pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
+        // Quoted without any user info: that part of a URL is a credential.
+        let shown = crate::config::without_userinfo(&config.base_url);
         let mut base = Url::parse(config.base_url.trim_end_matches('/'))
-            .map_err(|e| ApiError::Config(format!("base_url {:?}: {e}", config.base_url)))?;
+            .map_err(|e| ApiError::Config(format!("base_url {shown:?}: {e}")))?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
             return Err(ApiError::Config(format!(
-                "base_url {:?} must be an http(s) URL",
-                config.base_url
+                "base_url {shown:?} must be an http(s) URL"
             )));
         }
+        // reqwest would send user info as Basic credentials instead of the bearer key.
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(ApiError::Config(format!(
+                "base_url {shown:?} must not contain user info (user:password@)"
+            )));
+        }
+        crate::secret::check_token_shape(config.api_key.expose())
+            .map_err(|why| ApiError::Config(format!("the API key {why}")))?;
         base.set_query(None);
         base.set_fragment(None);
         let user_agent = HeaderValue::from_str(&config.user_agent).map_err(|_| {
@@ -262,6 +281,7 @@ impl NeonClient {
                 page_size: config.page_size.max(1),
                 poll_initial: config.poll_initial,
                 poll_max: config.poll_max.max(config.poll_initial),
+                health: config.health,
             }),
         })
     }
@@ -987,8 +1007,20 @@ impl NeonClient {
         self.execute_with(call, &[]).await
     }
 
-    /// One logical call: attempts and retries.
+    /// One logical call: attempts and retries; its final outcome is recorded for `/readyz`.
     async fn execute_with(
+        &self,
+        call: &Call,
+        extra_query: &[(String, String)],
+    ) -> Result<Reply, ApiError> {
+        let result = self.execute_with_retries(call, extra_query).await;
+        if let Some(h) = &self.inner.health {
+            h.record(result.as_ref().map(|_| ()));
+        }
+        result
+    }
+
+    async fn execute_with_retries(
         &self,
         call: &Call,
         extra_query: &[(String, String)],

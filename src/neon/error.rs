@@ -124,9 +124,16 @@ impl ApiError {
         self.status() == Some(404) || matches!(self, ApiError::AlreadyDeleted { .. })
     }
 
-    /// 423: the project has a conflicting operation running.
+    /// 423: the project has a conflicting operation running (and waiting helps). A 423
+    /// whose code says a quota is exhausted (`QUOTA_EXCEEDED`, e.g. the manual snapshot
+    /// limit) is not a lock: waiting does not lift it, so it is neither retried nor waited on.
     pub fn is_locked(&self) -> bool {
-        self.status() == Some(423)
+        match self {
+            ApiError::Status {
+                status: 423, code, ..
+            } => !code.as_deref().is_some_and(|c| c.contains("QUOTA")),
+            _ => false,
+        }
     }
 
     pub fn is_rate_limited(&self) -> bool {

@@ -61,7 +61,8 @@ impl RetryPolicy {
 pub fn retry_reason(err: &ApiError, idempotent: bool) -> Option<&'static str> {
     match err {
         ApiError::Status { status, .. } => match *status {
-            423 => Some("locked"),
+            423 if err.is_locked() => Some("locked"),
+            423 => None,
             429 => Some("rate_limited"),
             503 => Some("unavailable"),
             s if s >= 500 && idempotent => Some("server_error"),

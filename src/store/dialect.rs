@@ -112,6 +112,82 @@ pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
         .map_err(|source| StoreError::Open { what, source })
 }
 
+/// Opens an existing SQLite store read-only: no file is created, nothing is migrated, and a
+/// file without neon-steward's tables is [`StoreError::NotInitialised`].
+pub async fn open_sqlite_read_only(url: &str) -> StoreResult<Pool<Sqlite>> {
+    let what = url.split('?').next().unwrap_or(url).to_string();
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|source| StoreError::Open {
+            what: what.clone(),
+            source,
+        })?
+        .create_if_missing(false)
+        .read_only(true)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if in_memory || !options.get_filename().exists() {
+        return Err(StoreError::NotInitialised(format!(
+            "no store at {what}: nothing has been recorded yet (the daemon creates it on its \
+             first start)"
+        )));
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            what: what.clone(),
+            source,
+        })?;
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'")
+            .fetch_one(&pool)
+            .await?;
+    if tables == 0 {
+        return Err(StoreError::NotInitialised(format!(
+            "{what} is not a neon-steward store (it has no runs table): not initialised"
+        )));
+    }
+    Ok(pool)
+}
+
+/// Connects read-only (`default_transaction_read_only`) to an existing PostgreSQL store,
+/// without migrating; a database without neon-steward's tables is
+/// [`StoreError::NotInitialised`].
+pub async fn open_postgres_read_only(url: &str) -> StoreResult<Pool<Postgres>> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|source| StoreError::Open {
+            what: "the postgres URL".into(),
+            source,
+        })?
+        .options([("default_transaction_read_only", "on")]);
+    let what = format!(
+        "postgres database {:?} on {}:{}",
+        options.get_database().unwrap_or("(default)"),
+        options.get_host(),
+        options.get_port()
+    );
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            what: what.clone(),
+            source,
+        })?;
+    let (initialised,): (bool,) = sqlx::query_as("SELECT to_regclass('runs') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
+    if !initialised {
+        return Err(StoreError::NotInitialised(format!(
+            "{what} has no neon-steward tables: not initialised (the daemon creates them on \
+             its first start)"
+        )));
+    }
+    Ok(pool)
+}
+
 /// Connects to the PostgreSQL database at `url` (`postgres://user@host/db`).
 pub async fn open_postgres(url: &str) -> StoreResult<Pool<Postgres>> {
     // The URL may carry a password: name only the host and database in errors.

@@ -73,6 +73,25 @@ pub async fn open_with(url: &str, opts: StoreOptions) -> StoreResult<Arc<dyn Sto
     }
 }
 
+/// Opens an existing store for reading only (`history`): no migration, no file created,
+/// and the connection itself read-only. A store that does not exist yet or has no tables is
+/// [`StoreError::NotInitialised`], so a read-only command never writes to whatever database
+/// it is pointed at.
+pub async fn open_read_only(url: &str) -> StoreResult<Arc<dyn Store>> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(SqliteStore::existing(
+            dialect::open_sqlite_read_only(url).await?,
+            StoreOptions::default(),
+        ))),
+        "postgres" | "postgresql" => Ok(Arc::new(PgStore::existing(
+            dialect::open_postgres_read_only(url).await?,
+            StoreOptions::default(),
+        ))),
+        _ => open(url).await,
+    }
+}
+
 /// The store URL as it may be shown (logs, errors, `Debug`, the demo's output): a password
 /// in the user info (`postgres://user:secret@host/db`) or in a `password=` query parameter
 /// is replaced by `[redacted]`; everything else is kept so the operator sees which database
@@ -157,6 +176,9 @@ pub enum StoreError {
     /// The store URL names a backend this build cannot use.
     #[error("store: {0}")]
     Unsupported(String),
+    /// A read-only command found no store, or one without neon-steward's tables.
+    #[error("store: {0}")]
+    NotInitialised(String),
     /// A write of a run that this replica no longer holds: its lease expired, or another
     /// replica took the run over. Nothing was written.
     #[error("store: run {run_id} is no longer held by this replica ({why}); nothing written")]

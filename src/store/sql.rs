@@ -221,6 +221,16 @@ for_every_dialect! {
         Ok(store)
     }
 
+    /// Wraps a pool on an existing store without migrating it (read-only commands; see
+    /// [`super::open_read_only`]).
+    pub fn existing(pool: Pool<DB>, opts: StoreOptions) -> Self {
+        SqlStore {
+            pool,
+            owner: opts.replica.to_string(),
+            lease_ms: i64::try_from(opts.lease.as_millis()).unwrap_or(i64::MAX / 4),
+        }
+    }
+
     /// Closes every connection (used by tests to simulate a process exit cleanly; a real
     /// crash skips this and is handled by [`Store::take_over_expired`]).
     pub async fn close(&self) {

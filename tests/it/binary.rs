@@ -216,9 +216,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, policy: &Path) -> Daemon {
+        Daemon::start_against(dir, policy, "http://127.0.0.1:9/api/v2")
+    }
+
+    /// With the (not real) key, against the Neon API at `base_url`.
+    fn start_against(dir: &Path, policy: &Path, base_url: &str) -> Daemon {
         let mut child = cmd(dir)
             .env("NEON_API_KEY", "napi_test_key_not_real")
-            .env("NEON_STEWARD_BASE_URL", "http://127.0.0.1:9/api/v2")
+            .env("NEON_STEWARD_BASE_URL", base_url)
             .arg("--config")
             .arg(policy)
             .args(["--log-format", "json", "run", "--grace-period", "2s"])
@@ -359,4 +364,263 @@ fn sigterm_and_sigint_shut_down_cleanly() {
         d.wait_for("neon-steward stopped");
         assert_eq!(d.child.wait().unwrap().code(), Some(0), "{sig}");
     }
+}
+
+// Issue 12: the command line's answers to bad input and closed pipes.
+
+/// `history | head`: a reader that goes away ends the command quietly, not with a panic.
+/// The history is larger than a pipe's buffer (64 KiB), so the command cannot finish
+/// writing before the reader is gone, whatever the timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stdout_ends_quietly() {
+    use neon_steward::store::{NewRun, RunStatus, Trigger};
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let url = format!("sqlite://{}/state.db", dir.path().display());
+    let store = neon_steward::store::open(&url).await.unwrap();
+    let start = chrono::Utc::now() - chrono::Duration::days(30);
+    for i in 0..1000 {
+        store
+            .claim_run(&NewRun {
+                job: "expire-previews".into(),
+                kind: "expire_branches".into(),
+                scheduled_for: start + chrono::Duration::minutes(i),
+                trigger: Trigger::Schedule,
+                dry_run: false,
+                status: RunStatus::Skipped,
+                error: Some("skipped: the previous run was still running".into()),
+            })
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let mut child = cmd(dir.path())
+        .arg("--config")
+        .arg(&policy)
+        .args(["history", "--limit", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line (the command is writing), then go away like `head -1`.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("    ID"), "{first}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// `history` is read-only: pointed at a database that is not a store, it says so and
+/// creates nothing (neither a file nor tables).
+#[test]
+fn history_never_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let db = dir.path().join("none.db");
+    let out = run(cmd(dir.path())
+        .env(
+            "NEON_STEWARD_STORE_URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .arg("--config")
+        .arg(&policy)
+        .arg("history"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no store at") && !db.exists(), "{stderr}");
+
+    // An existing SQLite file of someone else's: refused, and left without our tables.
+    let other = dir.path().join("other.db");
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.execute('create table t (x)'); c.commit()",
+            other.display().to_string()
+        ))
+        .status()
+        .unwrap();
+    let out = run(cmd(dir.path())
+        .env(
+            "NEON_STEWARD_STORE_URL",
+            format!("sqlite://{}", other.display()),
+        )
+        .arg("--config")
+        .arg(&policy)
+        .arg("history"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not initialised"), "{stderr}");
+    let tables = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; print(sorted(r[0] for r in sqlite3.connect({:?}).execute(\"select name from sqlite_master where type='table'\")))",
+            other.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tables.stdout).trim(), "['t']");
+}
+
+#[test]
+fn validate_warns_about_empty_policies_and_open_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cmd(dir.path()).args(["--config", "/dev/null", "validate"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (0 jobs)"));
+    assert!(
+        stderr.contains("warning:") && stderr.contains("no jobs"),
+        "{stderr}"
+    );
+
+    let good = write(dir.path(), "p.toml", GOOD);
+    let out = run(cmd(dir.path())
+        .env("NEON_STEWARD_LISTEN", "0.0.0.0:9187")
+        .arg("--config")
+        .arg(&good)
+        .arg("validate"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("beyond loopback"), "{stderr}");
+    let out = run(cmd(dir.path()).arg("--config").arg(&good).arg("validate"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `--config /dev/zero` is refused without reading it all.
+    let out = run(cmd(dir.path()).args(["--config", "/dev/zero", "validate"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"));
+}
+
+#[test]
+fn api_key_shape_is_checked_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "p.toml", GOOD);
+    let out = run(cmd(dir.path())
+        .env("NEON_API_KEY", "napi_secret_part\nsecond_line")
+        .arg("--config")
+        .arg(&good)
+        .args(["once", "expire-previews"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line break") && !stderr.contains("napi_secret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn store_errors_are_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "p.toml", GOOD);
+    let out = run(cmd(dir.path())
+        .env(
+            "NEON_STEWARD_STORE_URL",
+            "postgres://u@127.0.0.1/db?sslmode=bogus",
+        )
+        .arg("--config")
+        .arg(&good)
+        .arg("history"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("bogus").count(), 1, "{stderr}");
+}
+
+/// The daemon's `/readyz` is not ready while Neon refuses its key (the emulator answers 401
+/// to a key it does not know): the jobs cannot do anything, so the probe says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_with_a_refused_key() {
+    let sim = spawn_sim(Default::default()).await;
+    let base = sim.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        &GOOD.replace("schedule = \"0 3 * * *\"", "every = \"1s\""),
+    );
+    let d = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut daemon = Daemon::start_against(&d, &policy, &base);
+        daemon.wait_for("job run finished");
+        let not_ready = daemon.get("/readyz");
+        daemon.signal("-TERM");
+        daemon.wait_for("neon-steward stopped");
+        assert!(
+            not_ready.contains("not_ready") && not_ready.contains("refused the API key"),
+            "{not_ready}"
+        );
+        assert!(!not_ready.contains("napi_test_key_not_real"), "{not_ready}");
+    })
+    .await
+    .unwrap();
+}
+
+/// The same on PostgreSQL: `history` on an empty database says it is not initialised and
+/// leaves it without tables; on an initialised one it reads (read-only) the runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_never_migrates_postgres() {
+    use sqlx::Connection;
+    let admin_url = std::env::var("NEON_STEWARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("steward_ro_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("the PostgreSQL test server is reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let history = |url: String| {
+        let d = dir.path().to_path_buf();
+        let policy = policy.clone();
+        tokio::task::spawn_blocking(move || {
+            run(cmd(&d)
+                .env("NEON_STEWARD_STORE_URL", url)
+                .arg("--config")
+                .arg(&policy)
+                .arg("history"))
+        })
+    };
+    let out = history(url.clone()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    db.close().await.unwrap();
+
+    // Initialised by the daemon's own open: now `history` reads it.
+    drop(neon_steward::store::open(&url).await.unwrap());
+    let after = history(url.clone()).await.unwrap();
+
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not initialised"), "{stderr}");
+    assert_eq!(tables, 0, "history created tables");
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    assert!(String::from_utf8_lossy(&after.stdout).starts_with("    ID"));
 }

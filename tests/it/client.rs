@@ -382,10 +382,11 @@ async fn operations_pagination_and_project_idle() {
         .await
         .unwrap_err();
     assert!(err.is_deadline(), "{err}");
-    let clock = sim.clock();
-    let advance = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        clock.advance(Duration::from_secs(61));
+    // Neon's operations finish once the client has seen them running: the clock moves
+    // after the first poll that found them busy (an explicit signal, not a real-time sleep).
+    sim.clear_sent();
+    let advance = advance_after(&sim, |s| {
+        s.method == "GET" && s.path.ends_with("/operations")
     });
     c.wait_for_project_idle(&project, Duration::from_secs(5))
         .await
@@ -435,15 +436,12 @@ async fn locked_423_is_retried_until_the_operation_finishes() {
 
     // When the operations finish while we back off, the retry succeeds.
     sim.clear_sent();
-    let clock = sim.clock();
     let mut cfg = sim.client_config();
     cfg.retry_base_delay = Duration::from_millis(20);
     cfg.max_retries = 10;
     let patient = NeonClient::new(cfg).unwrap();
-    let advance = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(15)).await;
-        clock.advance(Duration::from_secs(61));
-    });
+    // The operations finish once the client has been refused at least once.
+    let advance = advance_after(&sim, |s| s.status == 423);
     let (b, _) = patient
         .update_branch(
             &project,
@@ -1212,4 +1210,20 @@ async fn a_repeated_cursor_is_an_error_not_a_partial_listing() {
         other => panic!("expected an error for the repeated cursor, got {other:?}"),
     }
     server.abort();
+}
+
+/// Moves the emulator's clock past its operations (61 s) as soon as a request matching
+/// `seen` has been answered: the signal a test waits for instead of a real-time sleep.
+fn advance_after(
+    sim: &TestSim,
+    seen: impl Fn(&crate::helpers::Sent) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let clock = sim.clock();
+    let sent = sim.sent_log();
+    tokio::spawn(async move {
+        while !sent.lock().unwrap().iter().any(&seen) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        clock.advance(Duration::from_secs(61));
+    })
 }

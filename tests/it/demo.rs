@@ -266,11 +266,9 @@ fn demo_runs_every_job_serves_metrics_and_prints_a_usable_summary() {
     for job in jobs {
         assert!(listing.contains(job), "{job} not in history:\n{listing}");
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "the demo test took {:?}",
-        started.elapsed()
-    );
+    // How long the demo took is the bench's business, not this test's (no upper bound on
+    // wall time here: a loaded machine is slow, not wrong).
+    eprintln!("the demo test took {:?}", started.elapsed());
 }
 
 #[test]

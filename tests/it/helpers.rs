@@ -44,6 +44,8 @@ struct FailAfter {
 struct Hooks {
     sent: Arc<Mutex<Vec<Sent>>>,
     fail_after: Arc<Mutex<Vec<FailAfter>>>,
+    /// Moves the emulator's virtual clock by this much after every API request.
+    advance_per_request: Arc<Mutex<Option<(Clock, Duration)>>>,
 }
 
 /// A running emulator for tests. Dropping it stops the server.
@@ -115,6 +117,10 @@ async fn record_layer(State(hooks): State<Hooks>, req: Request, next: Next) -> R
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     if path.starts_with("/api/v2") {
+        let advance = hooks.advance_per_request.lock().unwrap().clone();
+        if let Some((clock, step)) = advance {
+            clock.advance(step);
+        }
         hooks.sent.lock().unwrap().push(Sent {
             method,
             path,
@@ -176,6 +182,18 @@ impl TestSim {
     /// Every API request received, including faulted and rate-limited ones.
     pub fn sent(&self) -> Vec<Sent> {
         self.hooks.sent.lock().unwrap().clone()
+    }
+
+    /// From now on, every API request moves the emulator's virtual clock forward `step`
+    /// (`None` stops it): time passes for Neon as fast as the client asks it, whatever the
+    /// machine's speed, so a test of waiting on operations is deterministic.
+    pub fn advance_clock_per_request(&self, step: Option<Duration>) {
+        *self.hooks.advance_per_request.lock().unwrap() = step.map(|d| (self.clock(), d));
+    }
+
+    /// The shared log behind [`Self::sent`], for a task that waits for a request.
+    pub fn sent_log(&self) -> Arc<Mutex<Vec<Sent>>> {
+        self.hooks.sent.clone()
     }
 
     pub fn clear_sent(&self) {

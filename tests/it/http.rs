@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
+use neon_steward::health::Health;
 use neon_steward::http::{self, Control, HttpState, JobView, TriggerError, TriggerOutcome};
 use neon_steward::secret::Secret;
 use neon_steward::store::{
@@ -81,6 +82,14 @@ impl Server {
     }
 
     async fn start_with(admin_token: Option<&str>, store: Option<Arc<dyn Store>>) -> Server {
+        Server::start_full(admin_token, store, None).await
+    }
+
+    async fn start_full(
+        admin_token: Option<&str>,
+        store: Option<Arc<dyn Store>>,
+        health: Option<Arc<Health>>,
+    ) -> Server {
         let fixture = crate::store::sqlite_fixture().await;
         let store = store.unwrap_or_else(|| fixture.store.clone());
         let control = Arc::new(FakeControl {
@@ -92,6 +101,7 @@ impl Server {
             control: control.clone(),
             store: store.clone(),
             admin_token: admin_token.map(Secret::new),
+            health,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -254,7 +264,8 @@ impl Store for BrokenStore {
         unreachable!("not used by the HTTP server")
     }
     async fn get_run(&self, _: i64) -> StoreResult<Option<neon_steward::store::RunRecord>> {
-        Err(StoreError::Corrupt("disk on fire".into()))
+        // A failure of the database itself (as a locked or full one gives).
+        Err(StoreError::Db(sqlx::Error::PoolTimedOut))
     }
     async fn list_runs(
         &self,
@@ -395,6 +406,17 @@ async fn bad_query_parameters_are_400() {
         ("/api/v1/runs?before=-3", "`before`"),
         ("/api/v1/runs?before=1e3", "`before`"),
         ("/api/v1/runs/abc", "run id must be an integer"),
+        // Unknown parameters are refused, like unknown keys of the policy file.
+        ("/api/v1/runs?limt=5", "unknown query parameter \"limt\""),
+        ("/api/v1/runs?job=a&job=b", "`job` is given more than once"),
+        (
+            "/api/v1/jobs?verbose=1",
+            "unknown query parameter \"verbose\"",
+        ),
+        ("/api/v1/runs/1?x", "unknown query parameter \"x\""),
+        ("/healthz?probe", "unknown query parameter"),
+        ("/readyz?probe=1", "unknown query parameter"),
+        ("/metrics?name[]=up", "unknown query parameter"),
     ] {
         let (status, body) = s.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
@@ -509,4 +531,147 @@ async fn trigger_requires_the_token() {
         vec!["nightly-snapshot", "idle", "off", "nope"]
     );
     s.stop().await;
+}
+
+/// `/readyz` reflects what the daemon last tried: a refused API key, a failing store.
+#[tokio::test]
+async fn readyz_reports_the_last_api_and_store_outcomes() {
+    use neon_steward::neon::ApiError;
+    let health = Health::new();
+    let s = Server::start_full(None, None, Some(health.clone())).await;
+    assert_eq!(s.get("/readyz").await.0, 200);
+
+    health.record_api::<()>(&Err(ApiError::Status {
+        status: 401,
+        code: None,
+        message: "authentication required".into(),
+        request_id: None,
+        route: "/projects",
+    }));
+    let (status, body) = s.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let reasons = body["not_ready"].to_string();
+    assert!(
+        reasons.contains("api: the Neon API refused the API key"),
+        "{body}"
+    );
+
+    // The store the daemon uses, observed: a failing write makes it not ready.
+    let observed = health.observe_store(Arc::new(BrokenStore));
+    assert!(observed.get_run(1).await.is_err());
+    let (status, body) = s.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body["not_ready"]
+            .to_string()
+            .contains("store: the last operation failed"),
+        "{body}"
+    );
+
+    // Successes clear both.
+    health.record_api(&Ok(()));
+    health.record_store(&Ok(()));
+    assert_eq!(s.get("/readyz").await.0, 200);
+    s.stop().await;
+}
+
+/// A server on paused time with small limits, for the connection tests below.
+/// (`/healthz` touches no store; SQLite's pool would time out on paused time.)
+async fn limited_server(limits: http::ServeLimits) -> (std::net::SocketAddr, oneshot::Sender<()>) {
+    let control = Arc::new(FakeControl {
+        running: AtomicBool::new(true),
+        config: AtomicBool::new(true),
+        triggered: Mutex::new(Vec::new()),
+    });
+    let state = HttpState {
+        control,
+        store: Arc::new(BrokenStore),
+        admin_token: None,
+        health: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(http::serve_with(listener, state, limits, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// Reads until the peer closes; what it sent. A server that never closes fails the test
+/// (after an hour of virtual time) instead of hanging it.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(3600),
+        stream.read_to_end(&mut buf),
+    )
+    .await
+    .expect("the server closes the connection")
+    .ok();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A connection that sends nothing, or goes idle after a request, is closed after the
+/// header-read timeout (virtual time: the test waits for the close, not for the clock).
+#[tokio::test(start_paused = true)]
+async fn silent_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let limits = http::ServeLimits {
+        max_connections: 8,
+        header_read_timeout: std::time::Duration::from_secs(10),
+    };
+    let (addr, stop) = limited_server(limits).await;
+
+    let t0 = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_to_close(&mut silent).await, "");
+    assert!(
+        t0.elapsed() >= limits.header_read_timeout,
+        "{:?}",
+        t0.elapsed()
+    );
+
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let t1 = tokio::time::Instant::now();
+    let answer = read_to_close(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        t1.elapsed() >= limits.header_read_timeout,
+        "{:?}",
+        t1.elapsed()
+    );
+    let _ = stop.send(());
+}
+
+/// Beyond `max_connections`, a connection waits (in the backlog) until one closes: two
+/// silent connections hold both slots, and a third is answered only once the header-read
+/// timeout has closed them.
+#[tokio::test(start_paused = true)]
+async fn connections_beyond_the_limit_wait_for_a_slot() {
+    use tokio::io::AsyncWriteExt;
+    let limits = http::ServeLimits {
+        max_connections: 2,
+        header_read_timeout: std::time::Duration::from_secs(10),
+    };
+    let (addr, stop) = limited_server(limits).await;
+    let t0 = tokio::time::Instant::now();
+    let _a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut c).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        t0.elapsed() >= limits.header_read_timeout,
+        "{:?}",
+        t0.elapsed()
+    );
+    let _ = stop.send(());
 }

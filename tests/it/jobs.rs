@@ -444,3 +444,40 @@ async fn suspend_inside_window_only_selected_endpoints() {
     assert!(actions.is_empty(), "{actions:?}");
     assert!(e.sim.mutations().is_empty());
 }
+
+/// Neon takes snapshots of root branches only: a selected child branch is skipped with that
+/// reason, and no call is made for it.
+#[tokio::test]
+async fn child_branches_are_not_snapshotted() {
+    let e = env().await;
+    let (p, main) = e.sim.add_project("app", None);
+    let child = e
+        .sim
+        .add_branch(&p.id, "dev", None, e.sim.clock().now())
+        .unwrap();
+    let j = job(&SNAPSHOT.replace("default = true", "names = [\"*\"]"));
+    e.sim.clock().advance(DAY);
+    let tick = e.sim.clock().now();
+    let (r, actions) = run(&e, &j, tick, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let of = |branch: &str| {
+        actions
+            .iter()
+            .filter(|a| a.resource_id == branch && a.action == "create_snapshot")
+            .map(|a| (a.outcome, a.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(&main.id).len(), 1);
+    assert_eq!(of(&main.id)[0].0, ActionOutcome::Succeeded);
+    let skipped = of(&child.id);
+    assert_eq!(skipped.len(), 1, "{actions:?}");
+    assert_eq!(skipped[0].0, ActionOutcome::Skipped);
+    assert!(skipped[0].1.contains("not a root branch"), "{skipped:?}");
+    let posts = e
+        .sim
+        .mutations()
+        .into_iter()
+        .filter(|m| m.method == "POST" && m.path.contains(&child.id))
+        .count();
+    assert_eq!(posts, 0, "no call for the child branch");
+}

@@ -860,27 +860,6 @@ async fn set_expires_at_follows_neons_rules_and_neon_deletes() {
 
 // ------------------------------------------------------------------ 423 and serialisation
 
-/// Moves the emulator's virtual clock forward `step` every couple of milliseconds, as time
-/// passes for a real Neon, so operations finish while the job waits. Aborted on drop.
-struct ClockDriver(tokio::task::JoinHandle<()>);
-
-impl ClockDriver {
-    fn start(clock: neon_sim::Clock, step: Duration) -> ClockDriver {
-        ClockDriver(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                clock.advance(step);
-            }
-        }))
-    }
-}
-
-impl Drop for ClockDriver {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[tokio::test]
 async fn locked_project_waits_while_others_proceed_and_mutations_are_serialised() {
     // Every operation takes 10 s of emulator time.
@@ -906,9 +885,12 @@ async fn locked_project_waits_while_others_proceed_and_mutations_are_serialised(
     let j = job(EXPIRE_FAILS
         .replace("expire-partial", "expire-locked")
         .as_str());
-    let driver = ClockDriver::start(h.sim.clock(), Duration::from_secs(1));
+    // Neon's time passes five seconds per request the daemon makes (operations take 10 s,
+    // the lock 3 minutes).
+    h.sim
+        .advance_clock_per_request(Some(Duration::from_secs(5)));
     let (r, actions) = h.run(&j, false).await;
-    drop(driver);
+    h.sim.advance_clock_per_request(None);
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
     assert_eq!(r.counts.succeeded, 6);
     assert_eq!(h.branch_names(&a), vec!["main"]);
@@ -1324,10 +1306,12 @@ names = ["preview/*"]
 
 // ------------------------------------------------------------------ unreadable job state
 
-/// A store whose `get_state` fails while `fail` is set (everything else goes through).
+/// A store whose `get_state` fails while `fail` is set, and whose `finish_action` fails the
+/// next `fail_finishes` times (everything else goes through).
 struct FailingReads {
     inner: Arc<dyn neon_steward::store::Store>,
     fail: std::sync::atomic::AtomicBool,
+    fail_finishes: std::sync::atomic::AtomicU32,
 }
 
 #[async_trait::async_trait]
@@ -1395,6 +1379,13 @@ impl neon_steward::store::Store for FailingReads {
         outcome: ActionOutcome,
         detail: Option<&str>,
     ) -> neon_steward::store::StoreResult<()> {
+        let left = self.fail_finishes.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_finishes.store(left - 1, Ordering::SeqCst);
+            return Err(neon_steward::store::StoreError::Corrupt(
+                "injected write failure (the store is locked)".into(),
+            ));
+        }
         self.inner.finish_action(id, outcome, detail).await
     }
     async fn actions_for_run(
@@ -1469,6 +1460,7 @@ async fn an_unreadable_suspend_record_fails_resume_and_window_suspends_and_is_ne
     let store = Arc::new(FailingReads {
         inner: inner.clone(),
         fail: std::sync::atomic::AtomicBool::new(false),
+        fail_finishes: Default::default(),
     });
     h.env.store = store.clone();
     // Monday 2025-06-02 12:00Z: inside the window.
@@ -1566,6 +1558,7 @@ async fn set_expires_at_sets_nothing_it_could_not_remember() {
     let store = Arc::new(FailingReads {
         inner: h.env.store.clone(),
         fail: std::sync::atomic::AtomicBool::new(true),
+        fail_finishes: Default::default(),
     });
     h.env.store = store.clone();
     let (p, _) = h.sim.add_project("app", None);
@@ -1687,4 +1680,37 @@ async fn a_window_suspension_is_recorded_before_its_call() {
             .any(|a| a.resource_id == ours && a.action == "start_endpoint"),
         "{actions:?}"
     );
+}
+
+/// The store cannot be written for a while after a call was made (another process holds
+/// SQLite's lock, PostgreSQL restarts): the outcome is held and written once it can be, not
+/// dropped, and the run is not failed for it.
+#[tokio::test]
+async fn an_outcome_the_store_cannot_take_yet_is_held_and_written_later() {
+    let mut h = harness(SimConfig::default()).await;
+    let store = Arc::new(FailingReads {
+        inner: h.env.store.clone(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+        fail_finishes: std::sync::atomic::AtomicU32::new(2),
+    });
+    h.env.store = store.clone();
+    let (p, _) = h.sim.add_project("app", None);
+    h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
+    let (r, actions) = h
+        .run(
+            &job(EXPIRE_FAILS
+                .replace("expire-partial", "expire-held")
+                .as_str()),
+            false,
+        )
+        .await;
+    assert_eq!(
+        store.fail_finishes.load(Ordering::SeqCst),
+        0,
+        "it was retried"
+    );
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
+    assert_eq!(h.branch_names(&p), vec!["main"]);
 }

@@ -1,106 +1,45 @@
 //! The real binary killed with SIGKILL at random points, again and again, against one
-//! emulator and one SQLite store: after the last start, no action is left `pending`, every
-//! outcome in the ledger agrees with the emulator's mutation log, no tick made a second
-//! snapshot, and every snapshot the job made is in its ownership record (none leaked).
+//! emulator and one SQLite store; and three replicas on one PostgreSQL store with a kill and
+//! a pause. Afterwards no action is `pending`, every outcome in the ledger agrees with the
+//! emulator's mutation log, no tick made a second snapshot, and every snapshot the job made
+//! is in its ownership record (none leaked). The harness is `chaos.rs`.
 //!
 //! Kill points come from a fixed-seed generator (printed), so a failure can be replayed.
 //! Waits are lower bounds (let the daemon run at least this long) plus generous upper bounds
 //! on progress; nothing depends on the machine being fast.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use neon_steward::store::{self, ActionOutcome, RunFilter, RunStatus, Store};
+use neon_steward::store::{self, RunStatus};
 
+use crate::chaos::{
+    all_runs, audit, owner_of_a_running_run, pending_in_ended_runs, signal, slow_operations,
+    start_on, Audit, Points, POLICY,
+};
 use crate::helpers::spawn_sim;
 
-const BIN: &str = env!("CARGO_BIN_EXE_neon-steward");
 const KILLS: u32 = 20;
-
-const POLICY: &str = r#"
-[api]
-concurrency = 2
-
-[store]
-lease = "3s"
-heartbeat = "1s"
-
-[http]
-listen = "127.0.0.1:0"
-
-[[jobs]]
-name = "snap"
-kind = "snapshot_branches"
-every = "2s"
-missed = "run_once"
-name_template = "{job}-{branch}-{date}-{time}"
-[jobs.retention]
-keep_last = 2
-[jobs.branches]
-names = ["main"]
-"#;
 
 fn start(dir: &Path, base: &str, key: &str) -> Child {
     let url = format!("sqlite://{}/state.db", dir.display());
     start_on(dir, base, key, &url, "daemon.log")
 }
 
-fn start_on(dir: &Path, base: &str, key: &str, store_url: &str, log: &str) -> Child {
-    Command::new(BIN)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NEON_API_KEY", key)
-        .env("NEON_STEWARD_BASE_URL", base)
-        .env("NEON_STEWARD_STORE_URL", store_url)
-        .arg("--config")
-        .arg(dir.join("policy.toml"))
-        .args(["--log-format", "json", "run"])
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(log))
-                .unwrap(),
-        )
-        .spawn()
-        .expect("the binary starts")
-}
-
-/// A small deterministic generator (xorshift), so kill points are reproducible.
-struct Points(u64);
-
-impl Points {
-    fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + self.0 % (hi - lo)
-    }
-}
-
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| {
-            // Snapshot names here are `[a-z0-9-]`: percent-decoding `%2D`-style escapes is
-            // all that can occur.
-            let mut out = String::new();
-            let mut bytes = v.bytes();
-            while let Some(b) = bytes.next() {
-                if b == b'%' {
-                    let hex: String = bytes.by_ref().take(2).map(char::from).collect();
-                    out.push(u8::from_str_radix(&hex, 16).unwrap() as char);
-                } else {
-                    out.push(b as char);
-                }
-            }
-            out
-        })
-    })
+/// What every chaos run must end with.
+fn assert_truthful(a: &Audit) {
+    eprintln!("{a:?}");
+    assert_eq!(a.pending, 0, "{a:?}");
+    assert_eq!(a.unknown, 0, "Neon can always tell for snapshots: {a:?}");
+    assert!(a.created_at_neon > 0, "the daemon did work: {a:?}");
+    assert_eq!(
+        a.duplicate_creates, 0,
+        "a tick made a second snapshot: {a:?}"
+    );
+    assert_eq!(a.disagreements, 0, "ledger vs emulator: {a:?}");
+    assert_eq!(a.leaked, 0, "snapshots outside the ownership record: {a:?}");
+    assert_eq!(a.ticks_run_twice, 0, "{a:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,27 +72,9 @@ async fn sigkill_at_random_points_leaves_a_ledger_that_agrees_with_neon() {
         .unwrap();
     let started = Instant::now();
     let settled = loop {
-        let runs = store
-            .list_runs(&RunFilter {
-                job: None,
-                limit: 1000,
-                before: None,
-            })
+        let pending = pending_in_ended_runs(&*store).await;
+        let running = all_runs(&*store)
             .await
-            .unwrap();
-        let mut pending = 0;
-        for r in &runs {
-            if r.status != RunStatus::Running {
-                pending += store
-                    .actions_for_run(r.id)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .filter(|a| a.outcome == ActionOutcome::Pending)
-                    .count();
-            }
-        }
-        let running = runs
             .iter()
             .filter(|r| r.status == RunStatus::Running)
             .count();
@@ -182,61 +103,12 @@ async fn sigkill_at_random_points_leaves_a_ledger_that_agrees_with_neon() {
     );
     assert!(status.success(), "exit after SIGTERM: {status}\n{log}");
 
-    check_ledger_against_neon(&*store, &sim).await;
-}
-
-/// Waits (bounded) for a run in progress and returns the index of the replica holding it
-/// (its owner id is `host:pid:suffix`), other than `not`.
-async fn owner_of_a_running_run(
-    store: &dyn Store,
-    replicas: &[Child],
-    not: Option<usize>,
-) -> usize {
-    let started = Instant::now();
-    loop {
-        let runs = store
-            .list_runs(&RunFilter {
-                job: None,
-                limit: 20,
-                before: None,
-            })
-            .await
-            .unwrap();
-        for r in runs.iter().filter(|r| r.status == RunStatus::Running) {
-            let pid = r
-                .owner
-                .as_deref()
-                .and_then(|o| o.split(':').nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
-                if Some(i) != not {
-                    return i;
-                }
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no run in progress within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The emulator on the real clock, with operations that take a while (as Neon's do), so
-/// that kills and pauses land in the middle of runs and calls.
-fn slow_operations() -> neon_sim::SimConfig {
-    let mut c = neon_sim::SimConfig::default().real_clock();
-    c.operation_duration = Duration::from_millis(600);
-    c
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
+    let runs = all_runs(&*store).await;
+    assert!(
+        runs.iter().all(|r| r.status != RunStatus::Running),
+        "{runs:?}"
+    );
+    assert_truthful(&audit(&*store, &sim).await);
 }
 
 /// Three replicas on one PostgreSQL store: one is killed, one paused past its lease and
@@ -244,7 +116,8 @@ fn signal(child: &Child, sig: &str) {
 /// act nor overwrite after the takeover, and the ledger agrees with Neon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
-    let fixture = crate::store::postgres_fixture().await;
+    let url = crate::chaos::fresh_pg_database("steward_chaos").await;
+    let store = store::open(&url).await.unwrap();
     let sim = spawn_sim(slow_operations()).await;
     for name in ["alpha", "beta"] {
         sim.add_project(name, None);
@@ -252,14 +125,12 @@ async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
     let (base, key) = (sim.base_url(), sim.api_key());
-    let url = fixture.url.clone();
     let logs = ["r0.log", "r1.log", "r2.log"];
     let mut replicas: Vec<Child> = logs
         .iter()
         .map(|log| start_on(dir.path(), &base, &key, &url, log))
         .collect();
     let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-    let store = fixture.store.clone();
     // Kill the replica that is in the middle of a run, then pause the next one that is.
     let victim = owner_of_a_running_run(&*store, &replicas, None).await;
     replicas[victim].kill().unwrap();
@@ -274,24 +145,7 @@ async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
 
     let started = Instant::now();
     loop {
-        let runs = store
-            .list_runs(&RunFilter {
-                job: None,
-                limit: 1000,
-                before: None,
-            })
-            .await
-            .unwrap();
-        let mut pending = 0;
-        for r in runs.iter().filter(|r| r.status != RunStatus::Running) {
-            pending += store
-                .actions_for_run(r.id)
-                .await
-                .unwrap()
-                .iter()
-                .filter(|a| a.outcome == ActionOutcome::Pending)
-                .count();
-        }
+        let pending = pending_in_ended_runs(&*store).await;
         if pending == 0 {
             break;
         }
@@ -310,167 +164,18 @@ async fn three_replicas_with_a_kill_and_a_pause_agree_with_neon() {
         assert!(status.success(), "{log}: {status}\n{text}");
     }
 
-    // Every tick ran once: at most one run per tick did any work (re-runs of an
-    // interrupted tick are claimed as the tick plus a few milliseconds).
-    let runs = store
-        .list_runs(&RunFilter {
-            job: None,
-            limit: 1000,
-            before: None,
-        })
-        .await
-        .unwrap();
-    let taken_over = runs
-        .iter()
-        .filter(|r| {
-            r.error
-                .as_deref()
-                .is_some_and(|e| e.contains("taken over by"))
-        })
-        .count();
-    assert!(
-        taken_over >= 2,
-        "the killed and the paused replica's runs were taken over: {runs:?}"
-    );
-    let owners: BTreeSet<&str> = runs.iter().filter_map(|r| r.owner.as_deref()).collect();
+    let runs = all_runs(&*store).await;
+    let owners: std::collections::BTreeSet<&str> =
+        runs.iter().filter_map(|r| r.owner.as_deref()).collect();
     assert!(
         owners.len() >= 3,
         "runs were spread over the replicas: {owners:?}"
     );
-    let mut worked: BTreeMap<i64, u32> = BTreeMap::new();
-    for r in &runs {
-        if matches!(r.status, RunStatus::Succeeded | RunStatus::Partial) {
-            *worked.entry(r.scheduled_for.timestamp()).or_default() += 1;
-        }
-    }
+    let a = audit(&*store, &sim).await;
     assert!(
-        worked.values().all(|n| *n == 1),
-        "a tick ran twice: {worked:?}"
+        a.taken_over >= 2,
+        "the killed and the paused replica's runs were taken over: {a:?}"
     );
-    check_ledger_against_neon(&*store, &sim).await;
-    crate::store::drop_pg_database(&fixture.url).await;
-}
-
-async fn check_ledger_against_neon(store: &dyn Store, sim: &crate::helpers::TestSim) {
-    let runs = store
-        .list_runs(&RunFilter {
-            job: None,
-            limit: 1000,
-            before: None,
-        })
-        .await
-        .unwrap();
-    assert!(
-        runs.iter().all(|r| r.status != RunStatus::Running),
-        "{runs:?}"
-    );
-    let interrupted = runs
-        .iter()
-        .filter(|r| r.status == RunStatus::Interrupted)
-        .count();
-    eprintln!(
-        "{} runs, {interrupted} interrupted (taken over or cut short)",
-        runs.len()
-    );
-    let mut created_in_ledger: BTreeMap<(String, String), u32> = BTreeMap::new();
-    let mut deleted_in_ledger: BTreeSet<String> = BTreeSet::new();
-    let mut reconciled = 0;
-    for r in &runs {
-        for a in store.actions_for_run(r.id).await.unwrap() {
-            assert_ne!(a.outcome, ActionOutcome::Pending, "{a:?}");
-            assert_ne!(
-                a.outcome,
-                ActionOutcome::Unknown,
-                "Neon can always tell for snapshots: {a:?}"
-            );
-            reconciled += usize::from(a.reconciled_at.is_some());
-            if a.outcome != ActionOutcome::Succeeded {
-                continue;
-            }
-            match a.action.as_str() {
-                "create_snapshot" => {
-                    *created_in_ledger
-                        .entry((
-                            a.project_id.clone().unwrap(),
-                            a.resource_name.clone().unwrap(),
-                        ))
-                        .or_default() += 1
-                }
-                "delete_snapshot" => {
-                    deleted_in_ledger.insert(a.resource_id.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut created_at_neon: BTreeMap<(String, String), u32> = BTreeMap::new();
-    let mut deleted_at_neon: BTreeSet<String> = BTreeSet::new();
-    for m in sim.mutations() {
-        if !(200..300).contains(&m.status) {
-            continue;
-        }
-        match (m.method.as_str(), m.route.as_deref()) {
-            ("POST", Some("/projects/{project_id}/branches/{branch_id}/snapshot")) => {
-                let name = query_param(m.query.as_deref(), "name").expect("named snapshot");
-                let mut segments = m.path.split('/');
-                let project = segments
-                    .by_ref()
-                    .find(|s| *s == "projects")
-                    .and_then(|_| segments.next())
-                    .expect("a project's path");
-                *created_at_neon
-                    .entry((project.to_string(), name))
-                    .or_default() += 1;
-            }
-            ("DELETE", Some("/projects/{project_id}/snapshots/{snapshot_id}")) => {
-                deleted_at_neon.insert(m.path.rsplit('/').next().unwrap().to_string());
-            }
-            _ => {}
-        }
-    }
-    eprintln!(
-        "{} snapshots created, {} deleted, {reconciled} actions reconciled",
-        created_at_neon.len(),
-        deleted_at_neon.len()
-    );
-    assert!(
-        !created_at_neon.is_empty(),
-        "the daemon did work between kills"
-    );
-    assert!(
-        created_at_neon.values().all(|n| *n == 1),
-        "a tick made a second snapshot: {created_at_neon:?}"
-    );
-    assert_eq!(
-        created_in_ledger, created_at_neon,
-        "creates recorded vs made at Neon"
-    );
-    assert_eq!(
-        deleted_in_ledger, deleted_at_neon,
-        "deletes recorded vs made at Neon"
-    );
-
-    // Nothing leaked: every snapshot of ours still at Neon is in the job's record.
-    let ours: Vec<(String, String, String)> = {
-        let st = sim.state();
-        let s = st.settled();
-        s.snapshots
-            .values()
-            .filter(|x| x.name.starts_with("snap-main-"))
-            .map(|x| (x.project_id.clone(), x.id.clone(), x.name.clone()))
-            .collect()
-    };
-    assert!(!ours.is_empty());
-    for (project_id, id, name) in ours {
-        let record = store
-            .get_state("snap", &format!("owned_snapshots/{project_id}"))
-            .await
-            .unwrap()
-            .map(|r| r.value)
-            .unwrap_or_default();
-        assert!(
-            record.contains(&id),
-            "snapshot {id} ({name}) is not in the record: {record}"
-        );
-    }
+    assert_truthful(&a);
+    crate::chaos::drop_pg_database(&url).await;
 }

@@ -4,8 +4,12 @@
 mod helpers;
 
 mod binary;
+mod chaos;
 mod client;
+// `demo` needs the emulator in the binary (feature `demo`, on by default).
+#[cfg(feature = "demo")]
 mod demo;
+mod fuzz_input;
 mod http;
 mod jobs;
 mod jobs_e2e;

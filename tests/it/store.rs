@@ -29,22 +29,7 @@ pub async fn sqlite_fixture() -> Fixture {
 
 /// A fresh database per test on the PostgreSQL server, dropped by [`drop_pg_database`].
 pub async fn postgres_fixture() -> Fixture {
-    use sqlx::Connection;
-    let admin_url = std::env::var("NEON_STEWARD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!("steward_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("the PostgreSQL test server is reachable: start PostgreSQL on 127.0.0.1:5432 (trust auth) or set NEON_STEWARD_TEST_POSTGRES to an admin URL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = admin_url
-        .rsplit_once('/')
-        .expect("the URL names a database")
-        .0;
-    let url = format!("{base}/{name}");
+    let url = crate::chaos::fresh_pg_database("steward_test").await;
     let store = store::open(&url).await.expect("postgres store opens");
     Fixture {
         store,
@@ -53,17 +38,7 @@ pub async fn postgres_fixture() -> Fixture {
     }
 }
 
-pub async fn drop_pg_database(url: &str) {
-    use sqlx::Connection;
-    let (base, name) = url.rsplit_once('/').unwrap();
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-}
+pub use crate::chaos::drop_pg_database;
 
 /// Nothing to clean for SQLite: the temp dir goes with the fixture.
 pub async fn no_cleanup(_url: &str) {}

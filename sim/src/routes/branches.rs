@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::endpoints::{new_endpoint, EndpointOptions};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -25,6 +25,7 @@ pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
     /// Also list soft-deleted branches still in their recovery window, with `recovery`.
+    #[serde(default, deserialize_with = "super::extract::query_bool")]
     include_deleted: Option<bool>,
 }
 
@@ -172,7 +173,7 @@ pub async fn count(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CountQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
     let n = s
@@ -180,7 +181,7 @@ pub async fn count(
         .into_iter()
         .filter(|b| matches_search(b, &q.search))
         .count();
-    Ok(Json(json!({ "count": n })))
+    Ok(Json(wire::CountResponse { count: n }))
 }
 
 pub async fn get(
@@ -202,6 +203,10 @@ pub struct BranchOptions {
     name: Option<String>,
     parent_timestamp: Option<DateTime<Utc>>,
     protected: Option<bool>,
+    /// When the branch is deleted automatically (Neon's branch expiration, the same rules as
+    /// on update).
+    #[serde(default, deserialize_with = "super::extract::timestamp")]
+    expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,6 +215,42 @@ pub struct CreateBody {
     branch: Option<BranchOptions>,
     #[serde(default)]
     endpoints: Vec<EndpointOptions>,
+}
+
+/// Neon's rules for a branch's `expires_at` (on create and update alike): in the future, at
+/// most 30 days ahead, never on the default or a protected branch, nor on a branch with
+/// children.
+fn check_expiry(
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    default: bool,
+    protected: bool,
+    has_children: bool,
+) -> Result<(), ApiError> {
+    if at <= now {
+        return Err(ApiError::bad_request("expires_at must be in the future"));
+    }
+    if at > now + MAX_BRANCH_TTL {
+        return Err(ApiError::bad_request(
+            "expires_at must be at most 30 days in the future",
+        ));
+    }
+    if default {
+        return Err(ApiError::bad_request(
+            "cannot set expires_at on the default branch",
+        ));
+    }
+    if has_children {
+        return Err(ApiError::bad_request(
+            "cannot set expires_at on a branch that has child branches",
+        ));
+    }
+    if protected {
+        return Err(ApiError::bad_request(
+            "cannot set expires_at on a protected branch",
+        ));
+    }
+    Ok(())
 }
 
 fn ensure_unique_name(
@@ -239,7 +280,7 @@ pub async fn create(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiJson(body): ApiJson<Option<CreateBody>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let body = body.unwrap_or_default();
     let opts = body.branch.unwrap_or_default();
     let mut s = app.state.settled();
@@ -258,6 +299,14 @@ pub async fn create(
             .clone(),
     };
     let now = s.now();
+    if parent.expires_at.is_some() {
+        return Err(ApiError::bad_request(
+            "cannot create a child of a branch that has expires_at set",
+        ));
+    }
+    if let Some(at) = opts.expires_at {
+        check_expiry(at, now, false, opts.protected.unwrap_or(false), false)?;
+    }
     if let Some(t) = opts.parent_timestamp {
         if t > now || t < parent.created_at {
             return Err(ApiError::bad_request(
@@ -290,14 +339,21 @@ pub async fn create(
         b.name = b.id.clone();
     }
     b.protected = opts.protected.unwrap_or(false);
+    b.expires_at = opts.expires_at;
     if let Some(t) = opts.parent_timestamp {
         b.parent_timestamp = Some(t);
     }
-    let mut ops = vec![s.push_operation(&project_id, Some(&branch.id), None, "create_timeline")];
+    let mut ops =
+        vec![s.push_create_operation(&project_id, Some(&branch.id), None, "create_timeline")];
     let mut eps = Vec::new();
     for e in &body.endpoints {
         let ep = new_endpoint(&mut s, &branch.id, e)?;
-        ops.push(s.push_operation(&project_id, Some(&branch.id), Some(&ep.id), "start_compute"));
+        ops.push(s.push_create_operation(
+            &project_id,
+            Some(&branch.id),
+            Some(&ep.id),
+            "start_compute",
+        ));
         eps.push(ep);
     }
     let eps: Vec<_> = eps
@@ -310,20 +366,37 @@ pub async fn create(
         .find(|e| e.kind == crate::state::EndpointType::ReadWrite);
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "branch": wire::Branch::from(&s, &branch),
-            "endpoints": eps.iter().map(wire::Endpoint::from).collect::<Vec<_>>(),
-            "operations": Operation::list(&ops, now),
-            "roles": [],
-            "databases": [],
-            "connection_uris": wire::connection_uris(rw_ep),
-        })),
+        Json(wire::CreatedBranch {
+            branch: wire::Branch::from(&s, &branch),
+            endpoints: eps.iter().map(|e| wire::Endpoint::from(e, now)).collect(),
+            operations: Operation::list(&ops, now),
+            roles: s
+                .branch_roles(&branch.id)
+                .iter()
+                .map(|r| wire::Role::from(&branch.id, r))
+                .collect(),
+            databases: s
+                .branch_databases(&branch.id)
+                .iter()
+                .map(|d| wire::Database::from(&branch.id, d))
+                .collect(),
+            connection_uris: wire::connection_uris(&s, rw_ep),
+        }),
     ))
 }
 
 #[derive(Deserialize)]
+pub struct BranchUpdate {
+    name: Option<String>,
+    protected: Option<bool>,
+    /// Absent: unchanged; `null`: cleared; a timestamp: set.
+    #[serde(default, deserialize_with = "super::extract::nullable_timestamp")]
+    expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+#[derive(Deserialize)]
 pub struct UpdateBody {
-    branch: Map<String, Value>,
+    branch: BranchUpdate,
 }
 
 pub async fn update(
@@ -331,38 +404,15 @@ pub async fn update(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let current = s.branch_for(&who, &project_id, &branch_id)?.clone();
     s.ensure_unlocked(&project_id)?;
-    let u = body.branch;
-    let name = match u.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(n)) => Some(n.clone()),
-        Some(_) => return Err(ApiError::bad_request("branch.name must be a string")),
-    };
-    let protected = match u.get("protected") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(p)) => Some(*p),
-        Some(_) => return Err(ApiError::bad_request("branch.protected must be a boolean")),
-    };
-    // `expires_at`: absent = unchanged, null = clear, string = set.
-    let expires_at: Option<Option<DateTime<Utc>>> = match u.get("expires_at") {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(Value::String(t)) => Some(Some(
-            DateTime::parse_from_rfc3339(t)
-                .map_err(|e| {
-                    ApiError::bad_request(format!("expires_at must be an RFC 3339 timestamp: {e}"))
-                })?
-                .with_timezone(&Utc),
-        )),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "expires_at must be an RFC 3339 string or null",
-            ))
-        }
-    };
+    let BranchUpdate {
+        name,
+        protected,
+        expires_at,
+    } = body.branch;
     if let Some(n) = &name {
         ensure_unique_name(&s, &project_id, n, Some(&branch_id))?;
     }
@@ -373,24 +423,13 @@ pub async fn update(
         None => current.expires_at,
     };
     if let Some(Some(at)) = expires_at {
-        if at <= now {
-            return Err(ApiError::bad_request("expires_at must be in the future"));
-        }
-        if at > now + MAX_BRANCH_TTL {
-            return Err(ApiError::bad_request(
-                "expires_at must be at most 30 days in the future",
-            ));
-        }
-        if current.default {
-            return Err(ApiError::bad_request(
-                "cannot set expires_at on the default branch",
-            ));
-        }
-        if s.has_children(&branch_id) {
-            return Err(ApiError::bad_request(
-                "cannot set expires_at on a branch that has child branches",
-            ));
-        }
+        check_expiry(
+            at,
+            now,
+            current.default,
+            will_be_protected,
+            s.has_children(&branch_id),
+        )?;
     }
     if will_be_protected && will_expire.is_some() {
         return Err(ApiError::bad_request(
@@ -412,15 +451,24 @@ pub async fn update(
     }
     b.updated_at = now;
     let b = b.clone();
-    Ok(Json(
-        json!({ "branch": wire::Branch::from(&s, &b), "operations": [] }),
-    ))
+    Ok(Json(wire::BranchOperations {
+        branch: wire::Branch::from(&s, &b),
+        operations: Vec::new(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    /// Delete for good, without the 7-day recovery window.
+    #[serde(default, deserialize_with = "super::extract::query_bool")]
+    hard_delete: Option<bool>,
 }
 
 pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let mut s = app.state.settled();
     // The document: "204 Returned if the branch doesn't exist or has already been deleted".
@@ -465,17 +513,28 @@ pub async fn delete(
     }
     ops.push(s.push_operation(&project_id, Some(&branch_id), None, "delete_timeline"));
     s.remove_branch(&branch_id, now, "user");
-    Ok(
-        Json(json!({ "branch": body_branch, "operations": Operation::list(&ops, now) }))
-            .into_response(),
-    )
+    if q.hard_delete == Some(true) {
+        if let Some(d) = s
+            .deleted_branches
+            .iter_mut()
+            .rev()
+            .find(|d| d.branch.id == branch_id)
+        {
+            d.hard = true;
+        }
+    }
+    Ok(Json(wire::BranchOperations {
+        branch: body_branch,
+        operations: Operation::list(&ops, now),
+    })
+    .into_response())
 }
 
 pub async fn set_as_default(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let b = s.branch_for(&who, &project_id, &branch_id)?.clone();
     s.ensure_unlocked(&project_id)?;
@@ -502,7 +561,184 @@ pub async fn set_as_default(
     b.default = true;
     b.updated_at = now;
     let b = b.clone();
-    Ok(Json(
-        json!({ "branch": wire::Branch::from(&s, &b), "operations": [] }),
-    ))
+    Ok(Json(wire::BranchOperations {
+        branch: wire::Branch::from(&s, &b),
+        operations: Vec::new(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct RestoreBody {
+    source_branch_id: String,
+    source_lsn: Option<String>,
+    source_timestamp: Option<DateTime<Utc>>,
+    preserve_under_name: Option<String>,
+}
+
+/// `POST .../branches/{id}/restore`: the branch takes the data, roles and databases of
+/// `source_branch_id` (at its head, or at `source_timestamp`/`source_lsn` within the project's
+/// history retention). With `preserve_under_name` the previous state is kept as a new branch
+/// that takes over the old parent and the children, and becomes the restored branch's parent
+/// (required when restoring from the branch itself or when it has children, as the document
+/// says). Computes stay attached and are restarted.
+pub async fn restore(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<RestoreBody>,
+) -> Result<Json<impl serde::Serialize>, ApiError> {
+    let mut s = app.state.settled();
+    let target = s.branch_for(&who, &project_id, &branch_id)?.clone();
+    let source = s
+        .branches
+        .get(&body.source_branch_id)
+        .filter(|b| b.project_id == project_id)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(format!("source branch {} not found", body.source_branch_id))
+        })?;
+    let own = source.id == target.id;
+    let preserve = body.preserve_under_name.clone().filter(|n| !n.is_empty());
+    if own && body.source_lsn.is_none() && body.source_timestamp.is_none() {
+        return Err(ApiError::bad_request(
+            "restoring a branch from its own history needs source_timestamp or source_lsn",
+        ));
+    }
+    if (own || s.has_children(&branch_id)) && preserve.is_none() {
+        return Err(ApiError::bad_request(if own {
+            "preserve_under_name is required to restore a branch from its own history"
+        } else {
+            "preserve_under_name is required to restore a branch that has children"
+        }));
+    }
+    if !own && is_descendant(&s, &source.id, &target.id) {
+        return Err(ApiError::bad_request(
+            "cannot restore a branch from one of its own descendants",
+        ));
+    }
+    let now = s.now();
+    if let Some(t) = body.source_timestamp {
+        let retention = s
+            .projects
+            .get(&project_id)
+            .map(|p| chrono::TimeDelta::seconds(p.history_retention_seconds.into()))
+            .unwrap_or_default();
+        if t > now || t < source.created_at || t < now - retention {
+            return Err(ApiError::bad_request(format!(
+                "source_timestamp must lie within the source branch's history: between {} and now",
+                wire::ts(source.created_at.max(now - retention))
+            )));
+        }
+    }
+    if let Some(n) = &preserve {
+        ensure_unique_name(&s, &project_id, n, None)?;
+    }
+    s.ensure_unlocked(&project_id)?;
+    let mut ops = Vec::new();
+    let old_roles = s.branch_roles(&target.id).to_vec();
+    let old_dbs = s.branch_databases(&target.id).to_vec();
+    let new_parent = if let Some(name) = &preserve {
+        // The backup keeps the old state, the old parent and the children.
+        let backup = s.insert_branch(&project_id, name, target.parent_id.as_deref(), now);
+        let children: Vec<String> = s
+            .branches
+            .values()
+            .filter(|b| b.parent_id.as_deref() == Some(target.id.as_str()))
+            .map(|b| b.id.clone())
+            .collect();
+        for c in children {
+            if let Some(c) = s.branches.get_mut(&c) {
+                c.parent_id = Some(backup.id.clone());
+            }
+        }
+        if let Some(b) = s.branches.get_mut(&backup.id) {
+            b.logical_size = target.logical_size;
+            b.parent_timestamp = target.parent_timestamp;
+        }
+        s.roles.insert(backup.id.clone(), old_roles);
+        s.databases.insert(backup.id.clone(), old_dbs);
+        ops.push(s.push_create_operation(&project_id, Some(&backup.id), None, "create_branch"));
+        Some(backup.id)
+    } else if own {
+        target.parent_id.clone()
+    } else {
+        Some(source.id.clone())
+    };
+    if !own {
+        let roles = s.branch_roles(&source.id).to_vec();
+        let dbs = s.branch_databases(&source.id).to_vec();
+        s.roles.insert(target.id.clone(), roles);
+        s.databases.insert(target.id.clone(), dbs);
+    }
+    let b = s
+        .branches
+        .get_mut(&branch_id)
+        .ok_or_else(|| ApiError::not_found("branch vanished"))?;
+    b.parent_id = new_parent;
+    b.parent_timestamp = Some(body.source_timestamp.unwrap_or(now));
+    b.logical_size = source.logical_size;
+    b.last_reset_at = Some(now);
+    b.updated_at = now;
+    let eps: Vec<String> = s
+        .branch_endpoints(&branch_id)
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    for e in eps {
+        let active = s
+            .endpoints
+            .get(&e)
+            .is_some_and(|x| x.current_state == crate::state::EndpointState::Active);
+        if active {
+            s.suspend_endpoint_at(&e, now);
+            ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&e), "suspend_compute"));
+            s.start_endpoint_at(&e, now);
+            ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&e), "start_compute"));
+        }
+    }
+    let b = s.branches[&branch_id].clone();
+    Ok(Json(wire::BranchOperations {
+        branch: wire::Branch::from(&s, &b),
+        operations: Operation::list(&ops, now),
+    }))
+}
+
+/// Whether `candidate` is `ancestor` or lies below it.
+fn is_descendant(s: &State, candidate: &str, ancestor: &str) -> bool {
+    let mut cur = Some(candidate.to_string());
+    let mut hops = 0;
+    while let Some(id) = cur {
+        if id == ancestor {
+            return true;
+        }
+        hops += 1;
+        if hops > 10_000 {
+            return false;
+        }
+        cur = s.branches.get(&id).and_then(|b| b.parent_id.clone());
+    }
+    false
+}
+
+/// `POST .../branches/{id}/recover`: a soft-deleted branch in its recovery window comes back
+/// with its computes, idle, and without its TTL.
+pub async fn recover(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
+) -> Result<Json<impl serde::Serialize>, ApiError> {
+    let mut s = app.state.settled();
+    s.project_for(&who, &project_id)?;
+    if s.branch_for(&who, &project_id, &branch_id).is_ok() {
+        return Err(ApiError::bad_request(format!(
+            "branch {branch_id} is not deleted"
+        )));
+    }
+    s.ensure_unlocked(&project_id)?;
+    let now = s.now();
+    let (branch, eps) = s.recover_branch(&project_id, &branch_id, now)?;
+    Ok(Json(wire::RecoveredBranch {
+        branch: wire::Branch::from(&s, &branch),
+        endpoints: eps.iter().map(|e| wire::Endpoint::from(e, now)).collect(),
+    }))
 }

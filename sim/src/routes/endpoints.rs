@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
@@ -120,40 +119,44 @@ pub async fn list(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
+    let now = s.now();
     let eps: Vec<_> = s
         .project_endpoints(&project_id)
         .into_iter()
-        .map(wire::Endpoint::from)
+        .map(|e| wire::Endpoint::from(e, now))
         .collect();
-    Ok(Json(json!({ "endpoints": eps })))
+    Ok(Json(wire::EndpointsResponse { endpoints: eps }))
 }
 
 pub async fn list_for_branch(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
+    let now = s.now();
     let eps: Vec<_> = s
         .branch_endpoints(&branch_id)
         .into_iter()
-        .map(wire::Endpoint::from)
+        .map(|e| wire::Endpoint::from(e, now))
         .collect();
-    Ok(Json(json!({ "endpoints": eps })))
+    Ok(Json(wire::EndpointsResponse { endpoints: eps }))
 }
 
 pub async fn get(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, endpoint_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     let e = s.endpoint_for(&who, &project_id, &endpoint_id)?;
-    Ok(Json(json!({ "endpoint": wire::Endpoint::from(e) })))
+    Ok(Json(wire::EndpointResponse {
+        endpoint: wire::Endpoint::from(e, s.now()),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -166,7 +169,7 @@ pub async fn create(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiJson(body): ApiJson<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let mut s = app.state.settled();
     s.project_for(&who, &project_id)?;
     let branch_id = body
@@ -177,21 +180,28 @@ pub async fn create(
     s.branch_for(&who, &project_id, &branch_id)?;
     s.ensure_unlocked(&project_id)?;
     let ep = new_endpoint(&mut s, &branch_id, &body.endpoint)?;
-    let mut ops = vec![s.push_operation(
+    let mut ops = vec![s.push_create_operation(
         &project_id,
         Some(&branch_id),
         Some(&ep.id),
         "create_compute",
     )];
     if !ep.disabled {
-        ops.push(s.push_operation(&project_id, Some(&branch_id), Some(&ep.id), "start_compute"));
+        ops.push(s.push_create_operation(
+            &project_id,
+            Some(&branch_id),
+            Some(&ep.id),
+            "start_compute",
+        ));
     }
     let now = s.now();
+    let ep = s.endpoints[&ep.id].clone();
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "endpoint": wire::Endpoint::from(&ep), "operations": Operation::list(&ops, now) }),
-        ),
+        Json(wire::EndpointOperations {
+            endpoint: wire::Endpoint::from(&ep, now),
+            operations: Operation::list(&ops, now),
+        }),
     ))
 }
 
@@ -214,7 +224,7 @@ pub async fn update(
     who: Principal,
     ApiPath((project_id, endpoint_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let cur = s.endpoint_for(&who, &project_id, &endpoint_id)?.clone();
     s.ensure_unlocked(&project_id)?;
@@ -278,9 +288,10 @@ pub async fn update(
         ));
     }
     let e = s.endpoints[&endpoint_id].clone();
-    Ok(Json(
-        json!({ "endpoint": wire::Endpoint::from(&e), "operations": Operation::list(&ops, now) }),
-    ))
+    Ok(Json(wire::EndpointOperations {
+        endpoint: wire::Endpoint::from(&e, now),
+        operations: Operation::list(&ops, now),
+    }))
 }
 
 pub async fn delete(
@@ -307,9 +318,10 @@ pub async fn delete(
         ));
     }
     s.remove_endpoint(&endpoint_id, now);
-    Ok(Json(
-        json!({ "endpoint": wire::Endpoint::from(&e), "operations": Operation::list(&ops, now) }),
-    )
+    Ok(Json(wire::EndpointOperations {
+        endpoint: wire::Endpoint::from(&e, now),
+        operations: Operation::list(&ops, now),
+    })
     .into_response())
 }
 
@@ -320,7 +332,7 @@ async fn lifecycle(
     project_id: String,
     endpoint_id: String,
     action: &'static str,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let e = s.endpoint_for(&who, &project_id, &endpoint_id)?.clone();
     s.ensure_unlocked(&project_id)?;
@@ -368,16 +380,17 @@ async fn lifecycle(
         }
     }
     let e = s.endpoints[&endpoint_id].clone();
-    Ok(Json(
-        json!({ "endpoint": wire::Endpoint::from(&e), "operations": Operation::list(&ops, now) }),
-    ))
+    Ok(Json(wire::EndpointOperations {
+        endpoint: wire::Endpoint::from(&e, now),
+        operations: Operation::list(&ops, now),
+    }))
 }
 
 pub async fn start(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((p, e)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     lifecycle(app, who, p, e, "start").await
 }
 
@@ -385,7 +398,7 @@ pub async fn suspend(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((p, e)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     lifecycle(app, who, p, e, "suspend").await
 }
 
@@ -393,6 +406,6 @@ pub async fn restart(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((p, e)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     lifecycle(app, who, p, e, "restart").await
 }

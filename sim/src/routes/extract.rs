@@ -33,9 +33,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(bytes)
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de)
             .map(ApiJson)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    ApiError::bad_request(format!("invalid request body: {inner}"))
+                } else {
+                    ApiError::bad_request(format!("invalid request body: {path}: {inner}"))
+                }
+            })
     }
 }
 
@@ -66,4 +75,47 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
                 ApiError::bad_request(format!("invalid path parameter: {}", e.body_text()))
             })
     }
+}
+
+/// A boolean query parameter as Neon's server reads one: `true`/`false` in any case, `1`/`0`,
+/// `t`/`f` (what clients send: Python's `requests` writes `True`). Anything else is an error
+/// naming the value. Use with `#[serde(default, deserialize_with = "query_bool")]`.
+pub fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let raw: Option<String> = serde::Deserialize::deserialize(d)?;
+    raw.map(|s| match s.to_ascii_lowercase().as_str() {
+        "true" | "t" | "1" => Ok(true),
+        "false" | "f" | "0" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a boolean (true or false), got {s:?}"
+        ))),
+    })
+    .transpose()
+}
+
+/// An RFC 3339 timestamp field that may be absent (`None`), `null` (`Some(None)`) or set,
+/// with an error naming the format. Use with `#[serde(default, deserialize_with = ...)]`.
+pub fn nullable_timestamp<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<chrono::DateTime<chrono::Utc>>>, D::Error> {
+    let raw: Option<String> = serde::Deserialize::deserialize(d)?;
+    raw.map(|s| parse_timestamp(&s).map_err(serde::de::Error::custom))
+        .transpose()
+        .map(Some)
+}
+
+/// An optional RFC 3339 timestamp field, with an error naming the format.
+pub fn timestamp<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error> {
+    let raw: Option<String> = serde::Deserialize::deserialize(d)?;
+    raw.map(|s| parse_timestamp(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn parse_timestamp(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("expected an RFC 3339 timestamp such as 2025-07-15T18:02:16Z, got {s:?} ({e})")
+        })
 }

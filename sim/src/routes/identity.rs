@@ -9,7 +9,7 @@ use super::extract::{ApiJson, ApiPath};
 use super::AppState;
 use crate::error::ApiError;
 use crate::state::{KeyScope, Principal, DEFAULT_REGION, REGIONS};
-use crate::wire::{ts, Organization};
+use crate::wire::{ts, CurrentUser, Organization};
 
 pub async fn auth(AxState(app): AxState<AppState>, who: Principal) -> Json<Value> {
     let s = app.state.settled();
@@ -24,28 +24,16 @@ pub async fn auth(AxState(app): AxState<AppState>, who: Principal) -> Json<Value
     Json(json!({ "account_id": account_id, "auth_method": method }))
 }
 
-pub async fn me(AxState(app): AxState<AppState>, who: Principal) -> Result<Json<Value>, ApiError> {
+pub async fn me(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+) -> Result<Json<CurrentUser>, ApiError> {
     let s = app.state.settled();
     let user = s
         .users
         .get(&who.user_id)
         .ok_or_else(|| ApiError::not_found("user not found"))?;
-    Ok(Json(json!({
-        "active_seconds_limit": 0,
-        "auth_accounts": [{
-            "email": user.email, "image": "", "login": user.login, "name": user.name, "provider": "github"
-        }],
-        "email": user.email,
-        "id": user.id,
-        "image": "",
-        "login": user.login,
-        "name": user.name,
-        "last_name": user.last_name,
-        "projects_limit": 1000,
-        "branches_limit": 5000,
-        "max_autoscaling_limit": 8.0,
-        "plan": "scale",
-    })))
+    Ok(Json(CurrentUser::from(&s, user)))
 }
 
 pub async fn my_orgs(AxState(app): AxState<AppState>, who: Principal) -> Json<Value> {

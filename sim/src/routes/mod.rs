@@ -3,11 +3,13 @@
 
 pub mod admin;
 pub mod branches;
+pub mod consumption;
 pub mod endpoints;
 pub mod extract;
 pub mod identity;
 pub mod operations;
 pub mod projects;
+pub mod roles;
 pub mod snapshots;
 
 use std::collections::HashMap;
@@ -22,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, on, patch, post, MethodFilter};
 use axum::Router;
 
+use crate::config::SimConfig;
 use crate::error::ApiError;
 use crate::mutations::{Mutation, MutationLog};
-use crate::server::SimConfig;
 use crate::state::SharedState;
 
 /// Everything handlers share.
@@ -79,6 +81,83 @@ pub const EMULATED_OPERATIONS: &[(&str, &str, &str)] = &[
     ("GET", "/regions", "getActiveRegions"),
     ("GET", "/projects", "listProjects"),
     ("POST", "/projects", "createProject"),
+    ("GET", "/projects/shared", "listSharedProjects"),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/recover",
+        "recoverProjectBranch",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/compare_schema",
+        "getProjectBranchSchemaComparison",
+    ),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/restore",
+        "restoreProjectBranch",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/connection_uri",
+        "getConnectionURI",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/roles",
+        "listProjectBranchRoles",
+    ),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/roles",
+        "createProjectBranchRole",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}",
+        "getProjectBranchRole",
+    ),
+    (
+        "DELETE",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}",
+        "deleteProjectBranchRole",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reveal_password",
+        "getProjectBranchRolePassword",
+    ),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reset_password",
+        "resetProjectBranchRolePassword",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/databases",
+        "listProjectBranchDatabases",
+    ),
+    (
+        "POST",
+        "/projects/{project_id}/branches/{branch_id}/databases",
+        "createProjectBranchDatabase",
+    ),
+    (
+        "GET",
+        "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+        "getProjectBranchDatabase",
+    ),
+    (
+        "PATCH",
+        "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+        "updateProjectBranchDatabase",
+    ),
+    (
+        "DELETE",
+        "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+        "deleteProjectBranchDatabase",
+    ),
+    ("POST", "/projects/{project_id}/recover", "recoverProject"),
     ("GET", "/projects/{project_id}", "getProject"),
     ("PATCH", "/projects/{project_id}", "updateProject"),
     ("DELETE", "/projects/{project_id}", "deleteProject"),
@@ -249,6 +328,50 @@ pub fn api_router(app: AppState) -> Router {
         .route("/api_keys/{key_id}", delete(identity::revoke_key))
         .route("/regions", get(identity::regions))
         .route("/projects", get(projects::list).post(projects::create))
+        .route("/projects/shared", get(projects::shared))
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/recover",
+            post(branches::recover),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/compare_schema",
+            get(roles::compare_schema),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/restore",
+            post(branches::restore),
+        )
+        .route(
+            "/projects/{project_id}/connection_uri",
+            get(roles::connection_uri),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles",
+            get(roles::list_roles).post(roles::create_role),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles/{role_name}",
+            get(roles::get_role).delete(roles::delete_role),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reveal_password",
+            get(roles::reveal_password),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/roles/{role_name}/reset_password",
+            post(roles::reset_password),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/databases",
+            get(roles::list_databases).post(roles::create_database),
+        )
+        .route(
+            "/projects/{project_id}/branches/{branch_id}/databases/{database_name}",
+            get(roles::get_database)
+                .patch(roles::update_database)
+                .delete(roles::delete_database),
+        )
+        .route("/projects/{project_id}/recover", post(projects::recover))
         .route(
             "/projects/{project_id}",
             get(projects::get)
@@ -322,10 +445,7 @@ pub fn api_router(app: AppState) -> Router {
             get(operations::get),
         );
 
-    // ==== HOOK (sim-conf): merge extra /api/v2 routes here, e.g.
-    // let emulated = emulated.merge(crate::consumption::routes());
-    // ====
-    let emulated = emulated.merge(crate::consumption::routes());
+    let emulated = emulated.merge(consumption::routes());
 
     let api = with_not_implemented(emulated)
         .fallback(|| async { ApiError::not_found("no such API route") })
@@ -348,8 +468,14 @@ pub fn api_router(app: AppState) -> Router {
     // ====
     // Faults outermost: an injected fault answers before the request counts against a limit.
     let api = api
-        .layer(app.rate_limiter.layer())
-        .layer(app.faults.layer());
+        .layer(middleware::from_fn_with_state(
+            app.rate_limiter.clone(),
+            crate::ratelimit::middleware,
+        ))
+        .layer(middleware::from_fn_with_state(
+            app.faults.clone(),
+            crate::faults::middleware,
+        ));
 
     api.with_state(app)
 }

@@ -3,13 +3,12 @@
 use axum::extract::State as AxState;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::extract::{ApiPath, ApiQuery};
 use super::AppState;
 use crate::error::ApiError;
 use crate::state::Principal;
-use crate::wire::Operation;
+use crate::wire::{self, Operation};
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -23,7 +22,7 @@ pub async fn list(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let limit = q.limit.unwrap_or(10);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
@@ -51,18 +50,20 @@ pub async fn list(
         .take(limit as usize)
         .map(|o| Operation::from(o, now))
         .collect();
-    let mut body = json!({ "operations": page });
-    if let Some(last) = page.last() {
-        body["pagination"] = json!({ "cursor": last.id });
-    }
-    Ok(Json(body))
+    let pagination = page.last().map(|last| wire::Pagination {
+        cursor: last.id.clone(),
+    });
+    Ok(Json(wire::OperationsPage {
+        operations: page,
+        pagination,
+    }))
 }
 
 pub async fn get(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, operation_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
     let op = s
@@ -70,5 +71,7 @@ pub async fn get(
         .iter()
         .find(|o| o.project_id == project_id && o.id == operation_id)
         .ok_or_else(|| ApiError::not_found(format!("operation {operation_id} not found")))?;
-    Ok(Json(json!({ "operation": Operation::from(op, s.now()) })))
+    Ok(Json(wire::OperationResponse {
+        operation: Operation::from(op, s.now()),
+    }))
 }

@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::endpoints::validate_suspend_timeout;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -20,6 +19,16 @@ pub struct ListQuery {
     limit: Option<i64>,
     search: Option<String>,
     org_id: Option<String>,
+    /// Only deleted projects still in their recovery window.
+    #[serde(default, deserialize_with = "super::extract::query_bool")]
+    recoverable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+pub struct SharedQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+    search: Option<String>,
 }
 
 /// Cursor of a project in `(created_at, id)` order: robust to deletions between pages.
@@ -43,73 +52,188 @@ fn parse_cursor(c: &str) -> Result<(DateTime<Utc>, String), ApiError> {
     Ok((at, id.to_string()))
 }
 
-/// Projects visible to the key, oldest first; `org_id` narrows to one organization, `search`
-/// matches part of the name or id (case-insensitive).
+/// The common paging of project listings: `(created_at, id)` order, `limit` 1..=400 (default
+/// 10), `search` on part of the name or id (case-insensitive), an opaque cursor.
+struct Paging {
+    limit: usize,
+    after: Option<(DateTime<Utc>, String)>,
+    search: Option<String>,
+}
+
+impl Paging {
+    fn parse(
+        limit: Option<i64>,
+        cursor: Option<&str>,
+        search: Option<&str>,
+    ) -> Result<Paging, ApiError> {
+        let limit = limit.unwrap_or(10);
+        if !(1..=400).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and 400, got {limit}"
+            )));
+        }
+        let after = cursor
+            .filter(|c| !c.is_empty())
+            .map(parse_cursor)
+            .transpose()?;
+        Ok(Paging {
+            limit: limit as usize,
+            after,
+            search: search.map(str::to_lowercase),
+        })
+    }
+
+    fn page<'a>(
+        &self,
+        mut projects: Vec<&'a crate::state::Project>,
+    ) -> Vec<&'a crate::state::Project> {
+        projects.retain(|p| {
+            self.search.as_ref().is_none_or(|t| {
+                p.name.to_lowercase().contains(t.as_str())
+                    || p.id.to_lowercase().contains(t.as_str())
+            })
+        });
+        projects.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        projects
+            .into_iter()
+            .filter(|p| {
+                self.after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (p.created_at, &p.id) > (*at, id))
+            })
+            .take(self.limit)
+            .collect()
+    }
+}
+
+fn pagination(page: &[&crate::state::Project]) -> Option<wire::Pagination> {
+    page.last().map(|last| wire::Pagination {
+        cursor: cursor_of(last),
+    })
+}
+
+/// Projects the key owns (personally or through an organization), oldest first; `org_id`
+/// narrows to one organization. Projects shared with the user are listed by `shared`;
+/// `recoverable=true` lists deleted projects still in their recovery window instead.
 pub async fn list(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(10);
-    if !(1..=400).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be between 1 and 400, got {limit}"
-        )));
-    }
-    let after = q
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(parse_cursor)
-        .transpose()?;
+) -> Result<Json<wire::ProjectsList>, ApiError> {
+    let paging = Paging::parse(q.limit, q.cursor.as_deref(), q.search.as_deref())?;
     let s = app.state.settled();
     if let Some(org) = &q.org_id {
         if !s.visible_orgs(&who).iter().any(|o| &o.id == org) {
             return Err(ApiError::not_found(format!("organization {org} not found")));
         }
     }
-    let search = q.search.as_deref().map(str::to_lowercase);
-    let mut projects: Vec<&crate::state::Project> = s
+    let in_org = |p: &crate::state::Project| q.org_id.is_none() || p.org_id == q.org_id;
+    if q.recoverable == Some(true) {
+        let deleted: Vec<&crate::state::DeletedProject> = s
+            .deleted_projects
+            .iter()
+            .filter(|d| s.can_see_project(&who, &d.project) && !s.is_shared_with(&who, &d.project))
+            .filter(|d| in_org(&d.project))
+            .collect();
+        let page = paging.page(deleted.iter().map(|d| &d.project).collect());
+        let items = page
+            .iter()
+            .filter_map(|p| deleted.iter().find(|d| d.project.id == p.id))
+            .map(|d| ProjectListItem::deleted(&s, d))
+            .collect();
+        return Ok(Json(wire::ProjectsList {
+            projects: items,
+            pagination: pagination(&page),
+            applications: Default::default(),
+            integrations: Default::default(),
+        }));
+    }
+    let visible: Vec<&crate::state::Project> = s
         .projects
         .values()
-        .filter(|p| s.can_see_project(&who, p))
-        .filter(|p| q.org_id.is_none() || p.org_id == q.org_id)
-        .filter(|p| {
-            search.as_ref().is_none_or(|t| {
-                p.name.to_lowercase().contains(t.as_str())
-                    || p.id.to_lowercase().contains(t.as_str())
-            })
-        })
+        .filter(|p| s.can_see_project(&who, p) && !s.is_shared_with(&who, p))
+        .filter(|p| in_org(p))
         .collect();
-    projects.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    let page: Vec<&crate::state::Project> = projects
-        .into_iter()
-        .filter(|p| {
-            after
-                .as_ref()
-                .is_none_or(|(at, id)| (p.created_at, &p.id) > (*at, id))
-        })
-        .take(limit as usize)
+    let page = paging.page(visible);
+    Ok(Json(wire::ProjectsList {
+        projects: page.iter().map(|p| ProjectListItem::from(&s, p)).collect(),
+        pagination: pagination(&page),
+        applications: Default::default(),
+        integrations: Default::default(),
+    }))
+}
+
+/// `GET /projects/shared`: projects other accounts shared with the calling user (personal keys;
+/// an organization or project key has none), in the same order and paging as `list`.
+pub async fn shared(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiQuery(q): ApiQuery<SharedQuery>,
+) -> Result<Json<wire::ProjectsList>, ApiError> {
+    let paging = Paging::parse(q.limit, q.cursor.as_deref(), q.search.as_deref())?;
+    let s = app.state.settled();
+    let shared: Vec<&crate::state::Project> = s
+        .projects
+        .values()
+        .filter(|p| s.is_shared_with(&who, p))
         .collect();
-    let mut body = json!({
-        "projects": page.iter().map(|p| ProjectListItem::from(&s, p)).collect::<Vec<_>>(),
-        "applications": {},
-        "integrations": {},
-    });
-    if let Some(last) = page.last() {
-        body["pagination"] = json!({ "cursor": cursor_of(last) });
+    let page = paging.page(shared);
+    Ok(Json(wire::ProjectsList {
+        projects: page.iter().map(|p| ProjectListItem::from(&s, p)).collect(),
+        pagination: pagination(&page),
+        applications: Default::default(),
+        integrations: Default::default(),
+    }))
+}
+
+/// `POST /projects/{id}/recover`: a deleted project in its recovery window comes back with its
+/// branches, computes (idle) and snapshots.
+pub async fn recover(
+    AxState(app): AxState<AppState>,
+    who: Principal,
+    ApiPath(project_id): ApiPath<String>,
+) -> Result<Json<impl serde::Serialize>, ApiError> {
+    let mut s = app.state.settled();
+    if s.projects.contains_key(&project_id) {
+        s.project_for(&who, &project_id)?;
+        return Err(ApiError::bad_request(format!(
+            "project {project_id} is not deleted"
+        )));
     }
-    Ok(Json(body))
+    let visible = s
+        .deleted_projects
+        .iter()
+        .any(|d| d.project.id == project_id && s.can_see_project(&who, &d.project));
+    let now = s.now();
+    let project = visible
+        .then(|| s.recover_project(&project_id, now))
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "project {project_id} not found among recoverable projects"
+            ))
+        })?;
+    let branches: Vec<wire::Branch> = s
+        .project_branches(&project.id)
+        .into_iter()
+        .map(|b| wire::Branch::from(&s, b))
+        .collect();
+    Ok(Json(wire::RecoveredProject {
+        project: wire::Project::from(&s, &project),
+        branches,
+    }))
 }
 
 pub async fn get(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     let p = s.project_for(&who, &project_id)?;
-    Ok(Json(json!({ "project": wire::Project::from(&s, p) })))
+    Ok(Json(wire::ProjectResponse {
+        project: wire::Project::from(&s, p),
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -142,7 +266,7 @@ pub async fn create(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiJson(body): ApiJson<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let p = body.project;
     let mut s = app.state.settled();
     let org_id = match (&who.scope, p.org_id) {
@@ -211,22 +335,31 @@ pub async fn create(
         .ok_or_else(|| ApiError::bad_request("cannot create the default compute"))?;
     s.start_endpoint_at(&ep.id, now);
     let ops = vec![
-        s.push_operation(&project.id, Some(&branch.id), None, "create_timeline"),
-        s.push_operation(&project.id, Some(&branch.id), Some(&ep.id), "start_compute"),
+        s.push_create_operation(&project.id, Some(&branch.id), None, "create_timeline"),
+        s.push_create_operation(&project.id, Some(&branch.id), Some(&ep.id), "start_compute"),
     ];
     let project = s.projects[&project.id].clone();
     let branch = s.branches[&branch.id].clone();
     let ep = s.endpoints[&ep.id].clone();
-    let (role, db) = wire::default_role_and_db(&branch);
-    let body = json!({
-        "project": wire::Project::from(&s, &project),
-        "connection_uris": wire::connection_uris(Some(&ep)),
-        "roles": [role],
-        "databases": [db],
-        "operations": Operation::list(&ops, now),
-        "branch": wire::Branch::from(&s, &branch),
-        "endpoints": [wire::Endpoint::from(&ep)],
-    });
+    let roles: Vec<wire::Role> = s
+        .branch_roles(&branch.id)
+        .iter()
+        .map(|r| wire::Role::with_password(&branch.id, r))
+        .collect();
+    let dbs: Vec<wire::Database> = s
+        .branch_databases(&branch.id)
+        .iter()
+        .map(|d| wire::Database::from(&branch.id, d))
+        .collect();
+    let body = wire::CreatedProject {
+        project: wire::Project::from(&s, &project),
+        connection_uris: wire::connection_uris(&s, Some(&ep)),
+        roles,
+        databases: dbs,
+        operations: Operation::list(&ops, now),
+        branch: wire::Branch::from(&s, &branch),
+        endpoints: vec![wire::Endpoint::from(&ep, now)],
+    };
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -247,7 +380,7 @@ pub async fn update(
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     s.project_for(&who, &project_id)?;
     s.ensure_unlocked(&project_id)?;
@@ -284,20 +417,23 @@ pub async fn update(
     }
     p.updated_at = now;
     let p = p.clone();
-    Ok(Json(
-        json!({ "project": wire::Project::from(&s, &p), "operations": [] }),
-    ))
+    Ok(Json(wire::ProjectOperations {
+        project: wire::Project::from(&s, &p),
+        operations: Vec::new(),
+    }))
 }
 
 pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let p = s.project_for(&who, &project_id)?.clone();
     s.ensure_unlocked(&project_id)?;
-    let body = json!({ "project": wire::Project::from(&s, &p) });
+    let body = wire::ProjectResponse {
+        project: wire::Project::from(&s, &p),
+    };
     let now = s.now();
     s.remove_project(&project_id, now);
     Ok(Json(body))

@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
@@ -41,7 +40,7 @@ pub async fn create(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CreateQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     let branch = s.branch_for(&who, &project_id, &branch_id)?.clone();
     let retention = s.projects[&project_id].history_retention_seconds;
@@ -82,6 +81,37 @@ pub async fn create(
     if q.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err(ApiError::bad_request("name must not be empty"));
     }
+    // Neon's rules: snapshots of root branches only, names unique per project, a manual
+    // snapshot limit per project by plan (the limit is a quota 423, not an operation lock).
+    if branch.parent_id.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "snapshots can be taken of root branches only; branch {branch_id} has a parent"
+        )));
+    }
+    if let Some(n) = &q.name {
+        if s.snapshots
+            .values()
+            .any(|x| x.project_id == project_id && &x.name == n)
+        {
+            return Err(ApiError::conflict(format!(
+                "a snapshot named {n:?} already exists in project {project_id}"
+            )));
+        }
+    }
+    let project = s.projects[&project_id].clone();
+    let limit = s.manual_snapshot_limit(&project);
+    let manual = s
+        .snapshots
+        .values()
+        .filter(|x| x.project_id == project_id && x.manual)
+        .count();
+    if manual >= limit {
+        return Err(ApiError::quota_exceeded(format!(
+            "snapshot quota exceeded: project {project_id} already has {manual} manual snapshots, \
+             the limit of the {} plan is {limit}; delete one first",
+            s.project_plan(&project)
+        )));
+    }
     s.ensure_unlocked(&project_id)?;
     let mut snap = s
         .insert_snapshot(&branch_id, q.name.as_deref(), now, expires_at, true)
@@ -97,17 +127,17 @@ pub async fn create(
         snap = sn.clone();
     }
     let op = s.push_operation(&project_id, Some(&branch_id), None, "create_timeline");
-    Ok(Json(json!({
-        "snapshot": wire::Snapshot::from(&snap),
-        "operations": Operation::list(&[op], now),
-    })))
+    Ok(Json(wire::SnapshotOperations {
+        snapshot: wire::Snapshot::from(&snap),
+        operations: Operation::list(&[op], now),
+    }))
 }
 
 pub async fn list(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath(project_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.project_for(&who, &project_id)?;
     let mut snaps: Vec<&crate::state::Snapshot> = s
@@ -116,9 +146,9 @@ pub async fn list(
         .filter(|x| x.project_id == project_id)
         .collect();
     snaps.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-    Ok(Json(
-        json!({ "snapshots": snaps.into_iter().map(wire::Snapshot::from).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(wire::SnapshotsResponse {
+        snapshots: snaps.into_iter().map(wire::Snapshot::from).collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -136,7 +166,7 @@ pub async fn update(
     who: Principal,
     ApiPath((project_id, snapshot_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let mut s = app.state.settled();
     s.snapshot_for(&who, &project_id, &snapshot_id)?;
     let sn = s
@@ -149,14 +179,16 @@ pub async fn update(
         }
         sn.name = n;
     }
-    Ok(Json(json!({ "snapshot": wire::Snapshot::from(sn) })))
+    Ok(Json(wire::SnapshotResponse {
+        snapshot: wire::Snapshot::from(sn),
+    }))
 }
 
 pub async fn delete(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, snapshot_id)): ApiPath<(String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<impl serde::Serialize>), ApiError> {
     let mut s = app.state.settled();
     let snap = s.snapshot_for(&who, &project_id, &snapshot_id)?.clone();
     s.ensure_unlocked(&project_id)?;
@@ -169,7 +201,9 @@ pub async fn delete(
     let op = s.push_operation(&project_id, branch, None, "delete_timeline");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "operations": Operation::list(&[op], now) })),
+        Json(wire::OperationsResponse {
+            operations: Operation::list(&[op], now),
+        }),
     ))
 }
 
@@ -194,7 +228,7 @@ pub async fn restore(
     ApiPath((project_id, snapshot_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<RestoreQuery>,
     ApiJson(body): ApiJson<Option<RestoreBody>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let body = body.unwrap_or_default();
     let mut s = app.state.settled();
     let snap = s.snapshot_for(&who, &project_id, &snapshot_id)?.clone();
@@ -230,7 +264,8 @@ pub async fn restore(
         b.logical_size = snap.full_size;
         b.parent_timestamp = snap.timestamp.or(Some(snap.created_at));
     }
-    let mut ops = vec![s.push_operation(&project_id, Some(&branch.id), None, "create_branch")];
+    let mut ops =
+        vec![s.push_create_operation(&project_id, Some(&branch.id), None, "create_branch")];
     let mut moved = Vec::new();
     if body.finalize_restore {
         let eps: Vec<String> = s
@@ -252,20 +287,20 @@ pub async fn restore(
     let eps: Vec<wire::Endpoint> = moved
         .iter()
         .filter_map(|id| s.endpoints.get(id))
-        .map(wire::Endpoint::from)
+        .map(|e| wire::Endpoint::from(e, now))
         .collect();
-    Ok(Json(json!({
-        "branch": wire::Branch::from(&s, &branch),
-        "endpoints": eps,
-        "operations": Operation::list(&ops, now),
-    })))
+    Ok(Json(wire::RestoredBranch {
+        branch: wire::Branch::from(&s, &branch),
+        endpoints: eps,
+        operations: Operation::list(&ops, now),
+    }))
 }
 
 pub async fn get_schedule(
     AxState(app): AxState<AppState>,
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     let s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     let schedule = s
@@ -273,7 +308,7 @@ pub async fn get_schedule(
         .get(&branch_id)
         .cloned()
         .unwrap_or_default();
-    Ok(Json(json!({ "schedule": schedule })))
+    Ok(Json(wire::BackupScheduleResponse { schedule }))
 }
 
 #[derive(Deserialize)]
@@ -283,11 +318,17 @@ pub struct ScheduleBody {
 
 fn validate_item(i: usize, it: &BackupScheduleItem) -> Result<(), ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(format!("schedule[{i}]: {m}")));
+    // The document lists hourly and yearly too; Neon's API refuses them.
     match it.frequency.as_str() {
-        "hourly" | "daily" | "weekly" | "monthly" | "yearly" => {}
+        "daily" | "weekly" | "monthly" => {}
+        f @ ("hourly" | "yearly") => {
+            return bad(format!(
+                "frequency {f:?} is not supported; use daily, weekly or monthly"
+            ))
+        }
         f => {
             return bad(format!(
-                "frequency must be hourly, daily, weekly, monthly or yearly; got {f:?}"
+                "frequency must be daily, weekly or monthly; got {f:?}"
             ))
         }
     }
@@ -307,6 +348,15 @@ fn validate_item(i: usize, it: &BackupScheduleItem) -> Result<(), ApiError> {
     if it.retention_seconds.is_some_and(|r| r < 3600) {
         return bad("retention_seconds must be at least 3600".into());
     }
+    if it
+        .retention_seconds
+        .is_some_and(|r| r > crate::state::MAX_SCHEDULE_RETENTION_SECONDS)
+    {
+        return bad(format!(
+            "retention_seconds must be at most {} (35 days)",
+            crate::state::MAX_SCHEDULE_RETENTION_SECONDS
+        ));
+    }
     Ok(())
 }
 
@@ -315,12 +365,12 @@ pub async fn put_schedule(
     who: Principal,
     ApiPath((project_id, branch_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ScheduleBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<impl serde::Serialize>, ApiError> {
     for (i, it) in body.schedule.iter().enumerate() {
         validate_item(i, it)?;
     }
     let mut s = app.state.settled();
     s.branch_for(&who, &project_id, &branch_id)?;
     s.backup_schedules.insert(branch_id, body.schedule);
-    Ok(Json(json!({})))
+    Ok(Json(wire::Empty {}))
 }

@@ -27,6 +27,9 @@ struct Harness {
     /// document lists for an emulated operation is exercised.
     statuses: BTreeSet<(String, String, u16)>,
     failures: Vec<String>,
+    /// The same bodies checked by `boon` over the converted document (not `openapi.rs`).
+    independent: crate::independent::Independent,
+    independently_checked: usize,
 }
 
 enum Expect {
@@ -50,6 +53,8 @@ impl Harness {
             errors: BTreeSet::new(),
             statuses: BTreeSet::new(),
             failures: Vec::new(),
+            independent: crate::independent::Independent::neon(),
+            independently_checked: 0,
         }
     }
 
@@ -154,6 +159,15 @@ impl Harness {
             }
             _ => {}
         }
+        match self
+            .independent
+            .validate(method, op.template(), status, parsed.as_ref())
+        {
+            Err(e) => self
+                .failures
+                .push(format!("{method} {path}: independent validator: {e}")),
+            Result::Ok(()) => self.independently_checked += 1,
+        }
         if let Err(e) = op.validate_response(status, parsed.as_ref()) {
             self.failures.push(format!(
                 "{method} {} ({path}) -> {status}: response does not match the document:\n{e}",
@@ -232,6 +246,10 @@ async fn every_emulated_operation_conforms_to_the_document() {
     h.call("GET", &format!("/projects?limit=2&org_id={org}"), None, Ok)
         .await;
     h.call("GET", "/projects?limit=0", None, E(400)).await;
+    h.sim.add_shared_project("conformance-shared");
+    h.call("GET", "/projects/shared", None, Ok).await;
+    h.call("GET", "/projects/shared?limit=0", None, E(400))
+        .await;
     let created = h
         .call(
             "POST",
@@ -336,6 +354,16 @@ async fn every_emulated_operation_conforms_to_the_document() {
     h.call(
         "POST",
         &format!("{bp}/br-does-not-exist-1/set_as_default"),
+        None,
+        E(404),
+    )
+    .await;
+    h.call("DELETE", &format!("{bp}/{b3}"), None, Ok).await;
+    h.call("POST", &format!("{bp}/{b3}/recover"), None, Ok)
+        .await;
+    h.call(
+        "POST",
+        &format!("{bp}/br-does-not-exist-1/recover"),
         None,
         E(404),
     )
@@ -451,14 +479,14 @@ async fn every_emulated_operation_conforms_to_the_document() {
     let snap = h
         .call(
             "POST",
-            &format!("{bp}/{b1}/snapshot?name=conformance-snap"),
+            &format!("{bp}/{main}/snapshot?name=conformance-snap"),
             None,
             Ok,
         )
         .await;
     h.call(
         "POST",
-        &format!("{bp}/{b1}/snapshot?timestamp=yesterday"),
+        &format!("{bp}/{main}/snapshot?timestamp=yesterday"),
         None,
         E(400),
     )
@@ -658,15 +686,155 @@ async fn every_emulated_operation_conforms_to_the_document() {
         h.call("GET", &format!("{path}&{q}"), None, E(429)).await;
     }
 
+    h.call(
+        "POST",
+        &format!("{bp}/{b1}/restore"),
+        Some(json!({"source_branch_id": main, "preserve_under_name": "conformance-1-old"})),
+        Ok,
+    )
+    .await;
+    h.call(
+        "POST",
+        &format!("{bp}/{b1}/restore"),
+        Some(json!({"source_branch_id": "br-does-not-exist-1"})),
+        E(404),
+    )
+    .await;
+
+    h.call(
+        "GET",
+        &format!("{bp}/{b2}/compare_schema?db_name=neondb"),
+        None,
+        Ok,
+    )
+    .await;
+    h.call(
+        "GET",
+        &format!("{bp}/{b2}/compare_schema?db_name=nothing"),
+        None,
+        E(404),
+    )
+    .await;
+
+    // ----- roles, databases, connection URIs ---------------------------------------------------
+    let rp = format!("/projects/{p}/branches/{main}/roles");
+    let dp = format!("/projects/{p}/branches/{main}/databases");
+    h.call("GET", &rp, None, Ok).await;
+    h.call(
+        "GET",
+        "/projects/no-such-project-1/branches/br-x-1/roles",
+        None,
+        E(404),
+    )
+    .await;
+    h.call("POST", &rp, Some(json!({"role": {"name": "app"}})), Ok)
+        .await;
+    h.call("POST", &rp, Some(json!({"role": {"name": "app"}})), E(409))
+        .await;
+    h.call(
+        "POST",
+        &rp,
+        Some(json!({"role": {"name": "robot", "no_login": true}})),
+        Ok,
+    )
+    .await;
+    h.call("GET", &format!("{rp}/app"), None, Ok).await;
+    h.call("GET", &format!("{rp}/nobody"), None, E(404)).await;
+    h.call("GET", &format!("{rp}/app/reveal_password"), None, Ok)
+        .await;
+    h.call("GET", &format!("{rp}/nobody/reveal_password"), None, E(404))
+        .await;
+    h.call("GET", &format!("{rp}/robot/reveal_password"), None, E(412))
+        .await;
+    h.call("POST", &format!("{rp}/app/reset_password"), None, Ok)
+        .await;
+    h.call("POST", &format!("{rp}/nobody/reset_password"), None, E(404))
+        .await;
+    h.call("GET", &dp, None, Ok).await;
+    h.call(
+        "GET",
+        "/projects/no-such-project-1/branches/br-x-1/databases",
+        None,
+        E(404),
+    )
+    .await;
+    h.call(
+        "POST",
+        &dp,
+        Some(json!({"database": {"name": "shop", "owner_name": "app"}})),
+        Ok,
+    )
+    .await;
+    h.call(
+        "POST",
+        &dp,
+        Some(json!({"database": {"name": "shop2", "owner_name": "nobody"}})),
+        E(404),
+    )
+    .await;
+    h.call("GET", &format!("{dp}/shop"), None, Ok).await;
+    h.call("GET", &format!("{dp}/nothing"), None, E(404)).await;
+    h.call(
+        "PATCH",
+        &format!("{dp}/shop"),
+        Some(json!({"database": {"name": "store"}})),
+        Ok,
+    )
+    .await;
+    h.call(
+        "PATCH",
+        &format!("{dp}/nothing"),
+        Some(json!({"database": {"name": "x"}})),
+        E(404),
+    )
+    .await;
+    h.call(
+        "GET",
+        &format!(
+            "/projects/{p}/connection_uri?branch_id={b1}&database_name=neondb\
+             &role_name=neondb_owner&pooled=true"
+        ),
+        None,
+        Ok,
+    )
+    .await;
+    h.call(
+        "GET",
+        &format!("/projects/{p}/connection_uri?database_name=store&role_name=nobody"),
+        None,
+        E(404),
+    )
+    .await;
+    h.call("DELETE", &format!("{rp}/app"), None, E(400)).await;
+    h.call(
+        "DELETE",
+        "/projects/no-such-project-1/branches/br-x-1/databases/store",
+        None,
+        E(404),
+    )
+    .await;
+    h.call("DELETE", &format!("{dp}/store"), None, Ok).await;
+    h.call("DELETE", &format!("{dp}/store"), None, Expect::Status(204))
+        .await;
+    h.call("DELETE", &format!("{rp}/app"), None, Ok).await;
+    h.call("DELETE", &format!("{rp}/app"), None, Expect::Status(204))
+        .await;
+
     // ----- and finally delete the project ----------------------------------------------------
     h.call("DELETE", &format!("/projects/{p}"), None, Ok).await;
     h.call("DELETE", "/projects/no-such-project-1", None, E(404))
         .await;
+    h.call("GET", "/projects?recoverable=true", None, Ok).await;
+    h.call("POST", &format!("/projects/{p}/recover"), None, Ok)
+        .await;
+    h.call("POST", "/projects/no-such-project-1/recover", None, E(404))
+        .await;
 
     eprintln!(
-        "covered: {} successes, {} errors",
+        "covered: {} successes, {} errors; {} answers checked by the independent validator",
         h.success.len(),
-        h.errors.len()
+        h.errors.len(),
+        h.independently_checked
     );
     // ----- verdict -----------------------------------------------------------------------------
     let emulated: BTreeSet<OpKey> = EMULATED_OPERATIONS

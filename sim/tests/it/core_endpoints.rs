@@ -47,10 +47,14 @@ async fn endpoints_autosuspend_by_the_clock_and_busy_ones_stay_active() {
     assert_eq!(body["endpoint"]["current_state"], "active");
 
     // Consumption facts follow the activity: exactly 300 s for the idle compute.
-    let s = api.sim.state();
-    let st = s.lock();
-    assert_eq!(st.endpoint_active_seconds(&idle.id, started, st.now()), 300);
-    drop(st);
+    {
+        let s = api.sim.state();
+        let model = s.lock();
+        assert_eq!(
+            model.endpoint_active_seconds(&idle.id, started, model.now()),
+            300
+        );
+    }
 
     // -1 never suspends; invalid values are refused.
     let (st, body) = api

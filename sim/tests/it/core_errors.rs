@@ -82,8 +82,13 @@ async fn bad_input_is_400_general_error_not_plain_text() {
 #[tokio::test]
 async fn non_emulated_spec_operations_answer_501_naming_them() {
     let api = Api::start(SimConfig::default().projects(1)).await;
-    let (st, body) = api.get("/projects/shared").await;
-    assert_error(st, &body, StatusCode::NOT_IMPLEMENTED, "listSharedProjects");
+    let (st, body) = api.get("/projects/p/vpc_endpoints").await;
+    assert_error(
+        st,
+        &body,
+        StatusCode::NOT_IMPLEMENTED,
+        "listProjectVPCEndpoints",
+    );
     let (st, body) = api
         .post("/organizations/org-x/projects/transfer", json!({}))
         .await;
@@ -92,13 +97,6 @@ async fn non_emulated_spec_operations_answer_501_naming_them() {
         &body,
         StatusCode::NOT_IMPLEMENTED,
         "transferProjectsFromOrgToOrg",
-    );
-    let (st, body) = api.get("/projects/p/branches/b/databases").await;
-    assert_error(
-        st,
-        &body,
-        StatusCode::NOT_IMPLEMENTED,
-        "listProjectBranchDatabases",
     );
     let (st, body) = api.get("/no/such/thing").await;
     assert_error(st, &body, StatusCode::NOT_FOUND, "no such");
