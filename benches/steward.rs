@@ -15,6 +15,9 @@
 //! 4. memory: peak RSS of planning the largest account, measured in a child process so that
 //!    nothing else has grown the heap before.
 //! 5. sim: neon-sim's requests/s for a branch-list page at concurrency 1 vs 8.
+//! 6. telemetry: `/metrics` rendering time at 5,000 series; peak RSS of the first
+//!    consumption collection of a large account (hourly, full look-back), measured in a
+//!    child process that talks to the emulator running in this one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,8 @@ use neon_steward::jobs::{run_job, JobEnv, RunContext};
 use neon_steward::neon::{ClientConfig, NeonClient, ProjectId, DEFAULT_PAGE_SIZE};
 use neon_steward::secret::Secret;
 use neon_steward::store::{self, ActionOutcome, NewAction, NewRun, RunStatus, Store, Trigger};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
+use neon_steward::telemetry::metrics::{metrics, render};
 use serde::Deserialize;
 
 /// Neon's documented limits, as the client enforces them by default (`ClientConfig::new`).
@@ -56,6 +61,11 @@ struct Plan {
     store_runs: usize,
     pg_actions: usize,
     sim_requests: usize,
+    /// Series in `/metrics` when its rendering is timed, and the renders timed.
+    render_series: usize,
+    renders: usize,
+    /// Projects of the consumption memory probe.
+    consumption_projects: usize,
 }
 
 impl Plan {
@@ -71,6 +81,9 @@ impl Plan {
                 store_runs: 100,
                 pg_actions: 200,
                 sim_requests: 200,
+                render_series: 5_000,
+                renders: 20,
+                consumption_projects: 100,
             }
         } else {
             Plan {
@@ -83,6 +96,9 @@ impl Plan {
                 store_runs: 500,
                 pg_actions: 2_000,
                 sim_requests: 1_500,
+                render_series: 5_000,
+                renders: 50,
+                consumption_projects: 1_111,
             }
         }
     }
@@ -96,6 +112,9 @@ struct Row {
     name: String,
     value: f64,
     unit: &'static str,
+    /// What the figure should be (`<= 5 ms`), printed beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    goal: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -112,15 +131,41 @@ impl Report {
         value: f64,
         unit: &'static str,
     ) {
-        let row = Row {
+        self.push(Row {
             section,
             name: name.into(),
             value,
             unit,
-        };
+            goal: None,
+        });
+    }
+
+    /// A figure with its goal (`"<= 5 ms"`), printed beside it.
+    fn add_goal(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        goal: &'static str,
+    ) {
+        self.push(Row {
+            section,
+            name: name.into(),
+            value,
+            unit,
+            goal: Some(goal),
+        });
+    }
+
+    fn push(&mut self, row: Row) {
         // Print as we go: a slow section still shows what the earlier ones measured.
+        let goal = row
+            .goal
+            .map(|g| format!("  (goal {g})"))
+            .unwrap_or_default();
         println!(
-            "{:<8} {:<58} {:>14} {}",
+            "{:<8} {:<58} {:>14} {}{goal}",
             row.section,
             row.name,
             fmt_value(row.value),
@@ -661,6 +706,7 @@ async fn job_env(sim: &BenchSim, dir: &Path) -> Result<JobEnv> {
         store: store::open(&url).await?,
         concurrency: 4,
         operation_deadline: Duration::from_secs(30),
+        consumption: Arc::new(ConsumptionExporter::detached()),
     })
 }
 
@@ -1365,6 +1411,249 @@ async fn bench_sim(plan: &Plan, r: &mut Report) -> Result<()> {
     Ok(())
 }
 
+// -------------------------------------------------------------------------- 6. telemetry
+
+/// `/metrics` as the HTTP handler serves it (`metrics::render`), with the process's registry
+/// filled up to `render_series` series: consumption gauges (projects x 5 metrics, the
+/// family that grows with the account) on top of what earlier sections left.
+fn bench_metrics_render(plan: &Plan, r: &mut Report) -> Result<()> {
+    let s = "telemetry";
+    let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    let have = series(&render());
+    let m = metrics();
+    let metric_names = [
+        "compute_time_seconds",
+        "active_time_seconds",
+        "written_data_bytes",
+        "synthetic_storage_size_bytes",
+        "data_transfer_bytes",
+    ];
+    let mut added = 0;
+    'fill: for p in 0.. {
+        for metric in metric_names {
+            if have + added >= plan.render_series {
+                break 'fill;
+            }
+            let project = format!("bench-project-{p:05}");
+            m.consumption
+                .with_label_values(&[&project, metric, "bench"])
+                .set(p as f64 * 1.5);
+            added += 1;
+        }
+    }
+    let text = render();
+    let n = series(&text);
+    let mut times = Vec::with_capacity(plan.renders);
+    for _ in 0..plan.renders {
+        let t = Instant::now();
+        let text = render();
+        times.push(t.elapsed());
+        std::hint::black_box(text);
+    }
+    let ms = median(times).as_secs_f64() * 1000.0;
+    // Where the time goes: the registry's `gather()` (a sorted protobuf copy of every
+    // series) against the text encoding of what it gathered.
+    let mut gathers = Vec::with_capacity(plan.renders);
+    for _ in 0..plan.renders {
+        let t = Instant::now();
+        std::hint::black_box(m.registry.gather());
+        gathers.push(t.elapsed());
+    }
+    let gather_ms = median(gathers).as_secs_f64() * 1000.0;
+    r.add(s, "series in /metrics", n as f64, "series");
+    r.add(s, "/metrics size", text.len() as f64 / 1024.0, "KiB");
+    r.add_goal(
+        s,
+        format!("/metrics render, median of {}", plan.renders),
+        ms,
+        "ms",
+        "<= 5 ms at 5,000 series",
+    );
+    r.add(s, "of which registry gather()", gather_ms, "ms");
+    r.add(
+        s,
+        "/metrics render per 1,000 series",
+        ms * 1000.0 / n as f64,
+        "ms",
+    );
+    // Leave no bench series behind for later sections.
+    for p in 0..=added / metric_names.len() {
+        for metric in metric_names {
+            let project = format!("bench-project-{p:05}");
+            let _ = m
+                .consumption
+                .remove_label_values(&[&project, metric, "bench"]);
+        }
+    }
+    Ok(())
+}
+
+const CONSUMPTION_POLICY: &str = r#"
+[[jobs]]
+name = "usage"
+kind = "collect_consumption"
+every = "1h"
+granularity = "hourly"
+endpoint = "legacy"
+metrics = ["active_time_seconds", "compute_time_seconds", "written_data_bytes", "synthetic_storage_size_bytes"]
+[jobs.prices]
+compute_time_seconds = 0.0001
+"#;
+
+#[derive(Deserialize)]
+struct ConsumptionProbe {
+    rss_before_kb: u64,
+    hwm_before_kb: u64,
+    hwm_after_kb: u64,
+    rss_after_kb: u64,
+    reset: bool,
+    samples: u64,
+    elapsed_s: f64,
+}
+
+/// The child process: one real `collect_consumption` run (first collection: hourly, Neon's
+/// whole 168 h look-back) against the parent's emulator, into a fresh SQLite store. Prints
+/// one JSON line. Nothing but the client, the job and the store runs here.
+async fn consumption_probe(base: String, key: String, now: String) -> Result<()> {
+    let now = DateTime::parse_from_rfc3339(&now)?.with_timezone(&Utc);
+    let mut cc = ClientConfig::new(base, Secret::new(key));
+    cc.rate_limit_per_minute = 100_000_000;
+    cc.burst = 1_000_000;
+    cc.consumption_rate_limit_per_minute = 100_000_000;
+    cc.consumption_burst = 1_000_000;
+    cc.timeout = Duration::from_secs(600);
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("usage.db").display());
+    let env = JobEnv {
+        client: NeonClient::new(cc)?,
+        store: store::open(&url).await?,
+        concurrency: 4,
+        operation_deadline: Duration::from_secs(30),
+        consumption: Arc::new(ConsumptionExporter::detached()),
+    };
+    let job = job(CONSUMPTION_POLICY)?;
+    let run_id = env
+        .store
+        .claim_run(&NewRun {
+            job: job.name.clone(),
+            kind: job.kind.as_str().to_string(),
+            scheduled_for: now,
+            trigger: Trigger::Manual,
+            dry_run: false,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await?
+        .context("a fresh tick is always claimable")?;
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let hwm_before = proc_status_kb("VmHWM:").context("no VmHWM in /proc/self/status")?;
+    let rss_before = proc_status_kb("VmRSS:").unwrap_or(0);
+    let t = Instant::now();
+    let res = run_job(
+        &env,
+        &job,
+        RunContext {
+            run_id,
+            scheduled_for: now,
+            now,
+            dry_run: false,
+        },
+    )
+    .await;
+    let elapsed = t.elapsed();
+    let hwm_after = proc_status_kb("VmHWM:").context("no VmHWM")?;
+    let rss_after = proc_status_kb("VmRSS:").unwrap_or(0);
+    if res.status != RunStatus::Succeeded {
+        bail!("consumption run ended {:?}: {:?}", res.status, res.error);
+    }
+    // Counted after the measurement: reading every sample back costs memory of its own.
+    let samples = env
+        .store
+        .list_consumption("hourly", now - TimeDelta::days(8))
+        .await?
+        .len();
+    println!(
+        "{}",
+        serde_json::json!({
+            "rss_before_kb": rss_before, "hwm_before_kb": hwm_before,
+            "hwm_after_kb": hwm_after, "rss_after_kb": rss_after, "reset": reset,
+            "samples": samples, "elapsed_s": elapsed.as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+/// Peak RSS of the first consumption collection of `consumption_projects` projects, in a
+/// child process (so neither the emulator, which runs here, nor earlier sections count).
+async fn bench_consumption_memory(plan: &Plan, r: &mut Report) -> Result<()> {
+    let s = "telemetry";
+    let projects = plan.consumption_projects;
+    let sim = start_sim(unthrottled(), |st| seed_account(st, projects, 1)).await?;
+    let now = sim.app.state.lock().now();
+    let exe = std::env::current_exe()?;
+    let out = tokio::process::Command::new(exe)
+        .args([
+            "--consumption-probe",
+            &sim.base,
+            &sim.key,
+            &now.to_rfc3339(),
+        ])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "consumption probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if sim.counter.not_ok() > 0 {
+        bail!("{} sim requests did not answer 2xx", sim.counter.not_ok());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("probe printed no JSON")?;
+    let p: ConsumptionProbe = serde_json::from_str(line)?;
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    let label = format!("first collection, {projects} projects hourly");
+    r.add(
+        s,
+        format!("{label}: samples stored"),
+        p.samples as f64,
+        "samples",
+    );
+    r.add(s, format!("{label}: time"), p.elapsed_s, "s");
+    r.add(
+        s,
+        format!("{label}: RSS before"),
+        mib(p.rss_before_kb),
+        "MiB",
+    );
+    r.add_goal(
+        s,
+        format!("{label}: peak RSS"),
+        mib(p.hwm_after_kb),
+        "MiB",
+        "<= 64 MiB at 1,111 projects",
+    );
+    r.add(
+        s,
+        format!("{label}: peak growth"),
+        mib(p.hwm_after_kb.saturating_sub(p.hwm_before_kb)),
+        "MiB",
+    );
+    r.add(s, format!("{label}: RSS after"), mib(p.rss_after_kb), "MiB");
+    if !p.reset {
+        r.note(
+            s,
+            "could not reset VmHWM (/proc/self/clear_refs); 'before' is the peak so far",
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------- main
 
 fn main() -> Result<()> {
@@ -1382,6 +1671,14 @@ fn main() -> Result<()> {
         };
         let (projects, bpp) = (n(1)?, n(2)?);
         return rt.block_on(memory_probe(projects, bpp));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--consumption-probe") {
+        let arg = |k: usize| -> Result<&String> {
+            args.get(i + k)
+                .context("--consumption-probe BASE_URL KEY NOW")
+        };
+        let (base, key, now) = (arg(1)?.clone(), arg(2)?.clone(), arg(3)?.clone());
+        return rt.block_on(consumption_probe(base, key, now));
     }
     let quick = args.iter().any(|a| a == "--quick");
     // `cargo bench` passes `--bench`; a filter word selects sections.
@@ -1422,6 +1719,10 @@ fn main() -> Result<()> {
         }
         if want("sim") {
             bench_sim(&plan, &mut report).await?;
+        }
+        if want("telemetry") {
+            bench_metrics_render(&plan, &mut report)?;
+            bench_consumption_memory(&plan, &mut report).await?;
         }
         anyhow::Ok(())
     })?;

@@ -32,6 +32,7 @@ use crate::scheduler::{
     SystemClock,
 };
 use crate::store::{self, Store};
+use crate::telemetry::consumption::ConsumptionExporter;
 use crate::telemetry::events::ConfigReloaded;
 
 /// How long Neon operations (and locked projects) are waited for within a run.
@@ -158,6 +159,8 @@ fn executor_with(
         store,
         concurrency: cfg.api.concurrency,
         operation_deadline: OPERATION_DEADLINE,
+        // One per process: it exports into `/metrics`.
+        consumption: Arc::new(ConsumptionExporter::new()),
     };
     Ok(Arc::new(JobsExecutor::new(env, clock)))
 }

@@ -5,20 +5,21 @@
 //! every 15 minutes), never further back than Neon keeps data (hourly 168 h, daily 60 days,
 //! monthly 1 year). Stored samples are upserted, so re-collecting a period is harmless.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Timelike, Utc};
 
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt};
 
 use super::ledger::{ActionSpec, Ledger};
 use super::plan::{JobEnv, RunContext, RunError};
 use super::scope::selected_projects;
 use crate::config::{ConsumptionSpec, JobConfig};
-use crate::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
-use crate::store::ConsumptionSample;
-use crate::telemetry::events::{ConsumptionCollected, ConsumptionExported, ConsumptionPoint};
+use crate::neon::{ApiError, ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
+use crate::store::{ConsumptionSample, Store};
+use crate::telemetry::consumption::ConsumptionPoint;
+use crate::telemetry::events::ConsumptionCollected;
 
 fn cursor_key(period: Period) -> String {
     format!("consumption_cursor/{}", period.as_str())
@@ -96,36 +97,22 @@ pub(crate) async fn run(
                 org_id: spec.org_id.clone().map(OrgId::from),
                 project_ids: chunk,
             };
-            let fetched: Result<Vec<ConsumptionPeriod>, _> =
-                if spec.endpoint == crate::config::ConsumptionEndpoint::V2 {
-                    env.client
-                        .consumption_v2_projects(query)
-                        .try_collect()
-                        .await
-                } else {
-                    env.client
-                        .consumption_legacy_projects(query)
-                        .try_collect()
-                        .await
-                };
-            match fetched {
-                Ok(periods) => {
-                    let samples = to_samples(&periods, period, &spec.metrics);
-                    match env.store.upsert_consumption(&samples).await {
-                        Ok(_) => {
-                            samples_total += samples.len();
-                            let d = format!("{} samples", samples.len());
-                            ledger.succeeded(pending, Some(&d)).await?;
-                        }
-                        Err(e) => {
-                            all_ok = false;
-                            ledger.failed(pending, &e.to_string()).await?;
-                        }
-                    }
+            // Streamed: the periods are stored in batches as the pages arrive, so a call
+            // holds at most one decoded page and one batch, whatever the look-back.
+            let periods = if spec.endpoint == crate::config::ConsumptionEndpoint::V2 {
+                env.client.consumption_v2_projects(query).left_stream()
+            } else {
+                env.client.consumption_legacy_projects(query).right_stream()
+            };
+            match store_streamed(env.store.as_ref(), periods, period, &spec.metrics).await {
+                Ok(n) => {
+                    samples_total += n;
+                    let d = format!("{n} samples");
+                    ledger.succeeded(pending, Some(&d)).await?;
                 }
                 Err(e) => {
                     all_ok = false;
-                    ledger.failed(pending, &e.to_string()).await?;
+                    ledger.failed(pending, &e).await?;
                 }
             }
         }
@@ -158,49 +145,113 @@ pub(crate) async fn run(
         }
     }
     // Export what the store has, selected projects only.
-    let selected: std::collections::HashSet<&str> = ids.iter().map(|p| p.as_str()).collect();
-    let stored: Vec<ConsumptionSample> = env
-        .store
-        .list_consumption(period.as_str(), ctx.now - period.retention())
-        .await?
-        .into_iter()
-        .filter(|s| selected.contains(s.project_id.as_str()))
-        .collect();
+    let selected: HashSet<&str> = ids.iter().map(|p| p.as_str()).collect();
+    let stored = newest_selected(env.store.as_ref(), period, &selected, ctx.now).await?;
     let points = latest_points(&stored, &spec.prices);
-    ConsumptionExported {
-        job: &job.name,
-        granularity: period.as_str(),
-        points: &points,
-        max_projects: spec.max_projects_exported,
-    }
-    .emit();
+    env.consumption.export(
+        &job.name,
+        period.as_str(),
+        points,
+        spec.max_projects_exported,
+    );
     Ok(())
 }
 
-/// The configured metrics of the periods as samples. The legacy endpoint always returns its
-/// required fields (`active_time_seconds`, ...) whatever was asked; only what the policy
-/// names is stored and exported.
-fn to_samples(
-    periods: &[ConsumptionPeriod],
+/// Samples written to the store per statement batch while a call streams in.
+pub const STORE_BATCH: usize = 2_000;
+
+/// Stores the periods of one call as they stream in, [`STORE_BATCH`] samples at a time.
+/// Returns the samples stored, or the first error (what was stored before it stays: the
+/// samples are upserted, and the cursor does not move, so the range is collected again).
+async fn store_streamed(
+    store: &dyn Store,
+    periods: impl Stream<Item = Result<ConsumptionPeriod, ApiError>>,
     period: Period,
     metrics: &[String],
-) -> Vec<ConsumptionSample> {
-    periods
-        .iter()
-        .flat_map(|p| {
-            p.metrics
-                .iter()
-                .filter(|(metric, _)| metrics.contains(metric))
-                .map(move |(metric, value)| ConsumptionSample {
-                    project_id: p.project_id.to_string(),
-                    metric: metric.clone(),
-                    granularity: period.as_str().to_string(),
-                    timeframe_start: p.timeframe_start,
-                    timeframe_end: p.timeframe_end,
-                    value: *value,
-                })
-        })
-        .collect()
+) -> Result<usize, String> {
+    let mut periods = std::pin::pin!(periods);
+    let mut batch = Vec::with_capacity(STORE_BATCH);
+    let mut stored = 0;
+    loop {
+        let next = periods.next().await;
+        let done = match next {
+            Some(Ok(p)) => {
+                push_samples(&mut batch, &p, period, metrics);
+                false
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => true,
+        };
+        if batch.len() >= STORE_BATCH || (done && !batch.is_empty()) {
+            store
+                .upsert_consumption(&batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            stored += batch.len();
+            batch.clear();
+        }
+        if done {
+            return Ok(stored);
+        }
+    }
+}
+
+/// The selected projects' samples of the newest period any of them has, read without
+/// loading the whole look-back: the store is asked for the newest stored period of the
+/// granularity first, and only when none of the selected projects has a sample there is
+/// the window widened (doubling, down to Neon's retention). Exporting needs no more: only
+/// the newest period among the points is exported (see `ConsumptionExporter`).
+async fn newest_selected(
+    store: &dyn Store,
+    period: Period,
+    selected: &HashSet<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<ConsumptionSample>, crate::store::StoreError> {
+    let earliest = now - period.retention();
+    let Some(end) = store.latest_consumption_end(period.as_str()).await? else {
+        return Ok(Vec::new());
+    };
+    let mut since = period
+        .floor(end - chrono::Duration::milliseconds(1))
+        .max(earliest);
+    let mut width = match period {
+        Period::Hourly => chrono::Duration::hours(1),
+        Period::Daily => chrono::Duration::days(1),
+        Period::Monthly => chrono::Duration::days(31),
+    };
+    loop {
+        let mut samples = store.list_consumption(period.as_str(), since).await?;
+        samples.retain(|s| selected.contains(s.project_id.as_str()));
+        if !samples.is_empty() || since <= earliest {
+            return Ok(samples);
+        }
+        since = (since - width).max(earliest);
+        width = width * 2;
+    }
+}
+
+/// Appends the configured metrics of a period as samples. The legacy endpoint always
+/// returns its required fields (`active_time_seconds`, ...) whatever was asked; only what
+/// the policy names is stored and exported.
+fn push_samples(
+    out: &mut Vec<ConsumptionSample>,
+    p: &ConsumptionPeriod,
+    period: Period,
+    metrics: &[String],
+) {
+    out.extend(
+        p.metrics
+            .iter()
+            .filter(|(metric, _)| metrics.contains(metric))
+            .map(|(metric, value)| ConsumptionSample {
+                project_id: p.project_id.to_string(),
+                metric: metric.clone(),
+                granularity: period.as_str().to_string(),
+                timeframe_start: p.timeframe_start,
+                timeframe_end: p.timeframe_end,
+                value: *value,
+            }),
+    );
 }
 
 /// Neon's data freshness: a period is collected once it ended at least this long ago.
@@ -404,5 +455,117 @@ mod tests {
         assert_eq!(p[1].metric, "public_network_transfer_bytes");
         assert_eq!(p[1].cost, None);
         assert_eq!((p[2].project_id.as_str(), p[2].value), ("p2", 1.0));
+    }
+
+    fn sample(p: &str, start: &str, v: f64) -> ConsumptionSample {
+        ConsumptionSample {
+            project_id: p.into(),
+            metric: "compute_time_seconds".into(),
+            granularity: "hourly".into(),
+            timeframe_start: t(start),
+            timeframe_end: t(start) + chrono::Duration::hours(1),
+            value: v,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_export_reads_the_newest_period_of_the_selected_projects() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        store
+            .upsert_consumption(&[
+                sample("p-lag", "2026-03-10T06:00:00Z", 1.0),
+                sample("p-lag", "2026-03-10T08:00:00Z", 2.0),
+                sample("p-new", "2026-03-10T09:00:00Z", 3.0),
+                sample("p-new", "2026-03-10T10:00:00Z", 4.0),
+                sample("p-old", "2026-03-01T10:00:00Z", 5.0),
+            ])
+            .await
+            .unwrap();
+        let now = t("2026-03-10T12:00:00Z");
+        let read = |ids: &'static [&'static str]| {
+            let store = store.clone();
+            async move {
+                let selected: HashSet<&str> = ids.iter().copied().collect();
+                let mut got: Vec<(String, DateTime<Utc>)> =
+                    newest_selected(store.as_ref(), Period::Hourly, &selected, now)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|s| (s.project_id, s.timeframe_start))
+                        .collect();
+                got.sort();
+                got
+            }
+        };
+        // The newest stored period has a selected project: that period only.
+        assert_eq!(
+            read(&["p-new", "p-lag"]).await,
+            vec![("p-new".to_string(), t("2026-03-10T10:00:00Z"))]
+        );
+        // None of the selected projects has the newest period: the window widens until
+        // their newest (08:00) is in it; older samples may come along, never others'.
+        let lag = read(&["p-lag"]).await;
+        assert!(lag.iter().all(|(p, _)| p == "p-lag"), "{lag:?}");
+        assert_eq!(
+            lag.iter().map(|(_, s)| *s).max(),
+            Some(t("2026-03-10T08:00:00Z"))
+        );
+        // Older than Neon's retention (168 h): nothing, as before.
+        assert!(read(&["p-old"]).await.is_empty());
+        assert!(read(&["p-none"]).await.is_empty());
+    }
+
+    fn period_of(p: &str, start: DateTime<Utc>) -> ConsumptionPeriod {
+        ConsumptionPeriod {
+            project_id: p.into(),
+            granularity: Granularity::Hourly,
+            timeframe_start: start,
+            timeframe_end: start + chrono::Duration::hours(1),
+            metrics: vec![
+                ("compute_time_seconds".into(), 1.0),
+                ("written_data_bytes".into(), 2.0),
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_periods_are_stored_in_batches_and_errors_stop_the_call() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let start = t("2026-03-01T00:00:00Z");
+        // More than one batch, and a last one that is not full.
+        let n = STORE_BATCH + STORE_BATCH / 2;
+        let periods = (0..n).map(move |i| {
+            Ok(period_of(
+                &format!("p-{}", i % 7),
+                start + chrono::Duration::hours(i as i64),
+            ))
+        });
+        let metrics = vec!["compute_time_seconds".to_string()];
+        let stored = store_streamed(
+            store.as_ref(),
+            futures::stream::iter(periods),
+            Period::Hourly,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            stored, n,
+            "one sample per period: only the configured metric"
+        );
+        assert_eq!(
+            store.list_consumption("hourly", start).await.unwrap().len(),
+            n
+        );
+
+        let failing = futures::stream::iter(vec![
+            Ok(period_of("p-x", start)),
+            Err(ApiError::InvalidRequest("page 2 failed".into())),
+            Ok(period_of("p-y", start)),
+        ]);
+        let err = store_streamed(store.as_ref(), failing, Period::Hourly, &metrics)
+            .await
+            .unwrap_err();
+        assert!(err.contains("page 2 failed"), "{err}");
     }
 }

@@ -19,6 +19,9 @@ pub struct JobEnv {
     pub concurrency: usize,
     /// How long to wait for Neon's operations (and for a locked project to become idle).
     pub operation_deadline: Duration,
+    /// Sets the consumption gauges from what `collect_consumption` runs hand in (the
+    /// daemon's exports to `/metrics`; tests give each harness its own).
+    pub consumption: Arc<crate::telemetry::consumption::ConsumptionExporter>,
 }
 
 /// One run of one job, as claimed by the scheduler.

@@ -56,9 +56,28 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     c
 }
 
+/// New, unregistered `consumption` and `estimated_cost` families: the process's are
+/// registered in [`Metrics`]; a detached
+/// [`ConsumptionExporter`](super::consumption::ConsumptionExporter) gets its own.
+pub(crate) fn consumption_families() -> (GaugeVec, GaugeVec) {
+    let labels = &["project_id", "metric", "granularity"];
+    let consumption = GaugeVec::new(
+        opts("consumption", "Neon consumption of the latest complete period, per project and metric, in the metric's own unit (the metric name says it)."),
+        labels,
+    )
+    .expect("a valid family");
+    let estimated_cost = GaugeVec::new(
+        opts("estimated_cost", "Estimated cost of the latest complete period from the configured price table, per project and metric."),
+        labels,
+    )
+    .expect("a valid family");
+    (consumption, estimated_cost)
+}
+
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
+        let (consumption, estimated_cost) = consumption_families();
         let secs = vec![
             0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
         ];
@@ -174,22 +193,8 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(opts("config_reloads_total", "Configuration reloads by outcome (success, failure)."), &["outcome"]).unwrap(),
             ),
-            consumption: register(
-                &r,
-                GaugeVec::new(
-                    opts("consumption", "Neon consumption of the latest complete period, per project and metric, in the metric's own unit (the metric name says it)."),
-                    &["project_id", "metric", "granularity"],
-                )
-                .unwrap(),
-            ),
-            estimated_cost: register(
-                &r,
-                GaugeVec::new(
-                    opts("estimated_cost", "Estimated cost of the latest complete period from the configured price table, per project and metric."),
-                    &["project_id", "metric", "granularity"],
-                )
-                .unwrap(),
-            ),
+            consumption: register(&r, consumption),
+            estimated_cost: register(&r, estimated_cost),
             consumption_last_collected_timestamp_seconds: register(
                 &r,
                 Gauge::with_opts(opts("consumption_last_collected_timestamp_seconds", "Unix time consumption was last collected successfully.")).unwrap(),
@@ -214,10 +219,19 @@ pub fn metrics() -> &'static Metrics {
 
 /// Renders every family in the Prometheus text exposition format.
 pub fn render() -> String {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
+    encode(&metrics().registry.gather())
+}
+
+/// The size of the last rendering, so the next one allocates its buffer once.
+static LAST_SIZE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `families` in the Prometheus text exposition format.
+pub fn encode(families: &[prometheus::proto::MetricFamily]) -> String {
+    use std::sync::atomic::Ordering;
+    let mut buf = String::with_capacity(LAST_SIZE.load(Ordering::Relaxed) + 4096);
     prometheus::TextEncoder::new()
-        .encode(&metrics().registry.gather(), &mut buf)
-        .expect("text encoding into a Vec cannot fail");
-    String::from_utf8(buf).expect("the text format is UTF-8")
+        .encode_utf8(families, &mut buf)
+        .expect("text encoding into a String cannot fail");
+    LAST_SIZE.store(buf.len(), Ordering::Relaxed);
+    buf
 }

@@ -13,6 +13,7 @@ use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
 use neon_steward::neon::{ClientConfig, NeonClient};
 use neon_steward::secret::Secret;
 use neon_steward::store::{ActionOutcome, ActionRecord, NewRun, RunStatus, Trigger};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -48,6 +49,7 @@ async fn env() -> Env {
             store,
             concurrency: 2,
             operation_deadline: Duration::from_secs(10),
+            consumption: Arc::new(ConsumptionExporter::detached()),
         },
     }
 }

@@ -20,6 +20,7 @@ use neon_steward::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId
 use neon_steward::store::{
     ActionOutcome, ActionRecord, ConsumptionSample, NewRun, RunStatus, Trigger,
 };
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 
 use crate::helpers::{spawn_sim, Sent, TestSim};
 
@@ -52,6 +53,7 @@ async fn harness(config: SimConfig) -> H {
         store,
         concurrency: 4,
         operation_deadline: Duration::from_secs(20),
+        consumption: Arc::new(ConsumptionExporter::detached()),
     };
     H {
         sim,
@@ -258,8 +260,13 @@ fn rows_of_periods(periods: &[ConsumptionPeriod], metrics: &[&str]) -> Vec<Row> 
 
 /// Parses the rendered exposition: `(project_id, metric) -> value` of one family and
 /// granularity.
-fn gauges(family: &str, granularity: &str) -> std::collections::BTreeMap<(String, String), f64> {
-    let text = neon_steward::telemetry::metrics::render();
+/// The harness's own exporter's gauges of one family and granularity.
+fn gauges(
+    h: &H,
+    family: &str,
+    granularity: &str,
+) -> std::collections::BTreeMap<(String, String), f64> {
+    let text = h.env.consumption.render();
     let prefix = format!("neon_steward_{family}{{");
     let mut out = std::collections::BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with(&prefix)) {
@@ -381,8 +388,8 @@ async fn consumption_v2_collects_resumes_and_exports_capped_gauges() {
 
     // Gauges: the latest complete hour, 2 projects by name, the rest as "other"; cost from
     // the price table.
-    let values = gauges("consumption", "hourly");
-    let costs = gauges("estimated_cost", "hourly");
+    let values = gauges(&h, "consumption", "hourly");
+    let costs = gauges(&h, "estimated_cost", "hourly");
     let cu: Vec<(&String, &f64)> = values
         .iter()
         .filter(|((_, m), _)| m == "compute_unit_seconds")
@@ -556,8 +563,8 @@ async fn consumption_legacy_daily_without_org() {
     );
 
     // Cap 1: the busy project (highest cost) by name, the quiet one as "other".
-    let values = gauges("consumption", "daily");
-    let costs = gauges("estimated_cost", "daily");
+    let values = gauges(&h, "consumption", "daily");
+    let costs = gauges(&h, "estimated_cost", "daily");
     let key = |p: &str, m: &str| (p.to_string(), m.to_string());
     assert_eq!(
         values[&key(&busy, "compute_time_seconds")],

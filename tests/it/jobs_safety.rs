@@ -19,6 +19,7 @@ use neon_steward::neon::{ClientConfig, NeonClient};
 use neon_steward::scheduler::{Clock, Executor, RunHandle};
 use neon_steward::secret::Secret;
 use neon_steward::store::{ActionOutcome, ActionRecord, NewRun, RunStatus, Trigger};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -75,6 +76,7 @@ async fn env_with(max_retries: Option<u32>) -> Env {
             store,
             concurrency: 2,
             operation_deadline: Duration::from_secs(10),
+            consumption: Arc::new(ConsumptionExporter::detached()),
         },
         ticks: Default::default(),
     }

@@ -25,6 +25,7 @@ use neon_steward::store::{
     self, ActionCounts, ActionId, ActionOutcome, ActionRecord, ConsumptionSample, NewAction,
     NewRun, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreResult, Trigger,
 };
+use neon_steward::telemetry::consumption::ConsumptionExporter;
 
 use crate::helpers::{spawn_sim, Sent, TestSim};
 
@@ -467,6 +468,7 @@ async fn jobs_env(sim: &TestSim) -> Jobs {
             store: counting.clone(),
             concurrency: 2,
             operation_deadline: Duration::from_secs(10),
+            consumption: Arc::new(ConsumptionExporter::detached()),
         },
         counting,
     }

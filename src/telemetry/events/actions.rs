@@ -1,0 +1,87 @@
+//! Actions of jobs on Neon resources: recorded in the ledger, or reconciled with Neon.
+
+use super::bool_label;
+use crate::store::{ActionOutcome, RunId};
+use crate::telemetry::metrics::metrics;
+
+/// An action of a job on a Neon resource reached its outcome (emit once per action, with
+/// the final outcome; a `Pending` outcome is logged but not counted).
+pub struct ActionRecorded<'a> {
+    pub job: &'a str,
+    pub run_id: RunId,
+    pub action: &'a str,
+    pub outcome: ActionOutcome,
+    pub dry_run: bool,
+    pub resource_kind: &'a str,
+    pub resource_id: &'a str,
+    pub resource_name: Option<&'a str>,
+    pub project_id: Option<&'a str>,
+    pub reason: &'a str,
+    /// Error message for a failure, extra facts otherwise.
+    pub detail: Option<&'a str>,
+}
+
+impl ActionRecorded<'_> {
+    pub fn emit(&self) {
+        let outcome = self.outcome.as_str();
+        macro_rules! log {
+            ($level:ident) => {
+                tracing::$level!(
+                    job = self.job,
+                    run_id = self.run_id,
+                    action = self.action,
+                    outcome,
+                    dry_run = self.dry_run,
+                    resource_kind = self.resource_kind,
+                    resource_id = self.resource_id,
+                    resource_name = self.resource_name,
+                    project_id = self.project_id,
+                    reason = self.reason,
+                    detail = self.detail,
+                    "action"
+                )
+            };
+        }
+        match self.outcome {
+            ActionOutcome::Pending => {
+                log!(debug);
+                return;
+            }
+            ActionOutcome::Failed | ActionOutcome::Unknown => log!(warn),
+            _ => log!(info),
+        }
+        metrics()
+            .actions_total
+            .with_label_values(&[self.job, self.action, outcome, bool_label(self.dry_run)])
+            .inc();
+    }
+}
+
+/// A pending action was resolved by checking Neon.
+pub struct ActionReconciled<'a> {
+    pub job: &'a str,
+    pub run_id: i64,
+    pub action: &'a str,
+    pub resource_id: &'a str,
+    pub outcome: ActionOutcome,
+    pub detail: &'a str,
+}
+
+impl ActionReconciled<'_> {
+    pub fn emit(&self) {
+        let outcome = self.outcome.as_str();
+        tracing::warn!(
+            job = self.job,
+            run_id = self.run_id,
+            action = self.action,
+            resource_id = self.resource_id,
+            outcome,
+            detail = self.detail,
+            "pending action reconciled with Neon"
+        );
+        metrics()
+            .actions_reconciled_total
+            .with_label_values(&[self.action, outcome])
+            .inc();
+    }
+}
