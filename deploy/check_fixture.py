@@ -18,6 +18,14 @@ def declared(rust_src):
         labels = re.search(r"&\[([^\]]*)\]", block.split("registry: r")[0])
         label_set = set(re.findall(r'"(\w+)"', labels.group(1))) if labels else set()
         fams["neon_steward_" + name.group(1)] = label_set
+    # Families made outside register(...) (the consumption gauges, built by a function so
+    # that each exporter can have its own): `opts("name", ...)` with a `let labels = &[...]`.
+    for fn in re.finditer(r"fn \w+_families\(\)[^{]*\{(.*?)\n\}", rust_src, re.S):
+        body = fn.group(1)
+        labels = re.search(r"let labels = &\[([^\]]*)\]", body)
+        label_set = set(re.findall(r'"(\w+)"', labels.group(1))) if labels else set()
+        for name in re.findall(r'opts\(\s*"(\w+)"', body):
+            fams["neon_steward_" + name] = label_set
     return fams
 
 
