@@ -10,6 +10,7 @@
 //! be committed and reviewed like any other code.
 
 mod error;
+pub mod pattern;
 mod raw;
 mod schema;
 mod window;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use globset::{Glob, GlobSet, GlobSetBuilder};
+pub use pattern::{NamePattern, SelectorError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -347,17 +348,6 @@ pub struct ProjectSelector {
     pub exclude_names: GlobList,
 }
 
-impl ProjectSelector {
-    /// Whether a project with this id and name is selected.
-    pub fn matches(&self, id: &str, name: &str) -> bool {
-        (self.ids.is_empty() || self.ids.iter().any(|i| i == id))
-            && (self.names.is_empty() || self.names.is_match(name))
-            && self.name_regex.as_ref().is_none_or(|r| r.is_match(name))
-            && !self.exclude_ids.iter().any(|i| i == id)
-            && !self.exclude_names.is_match(name)
-    }
-}
-
 /// Whether the project's default branch is selected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DefaultBranchFilter {
@@ -379,21 +369,6 @@ pub struct BranchSelector {
     /// Only branches without activity for this long.
     pub inactive_for: Option<Duration>,
     pub default: DefaultBranchFilter,
-}
-
-impl BranchSelector {
-    /// The name and default-ness part of the selection (age and activity need API data
-    /// and are checked by the job).
-    pub fn matches_name(&self, name: &str, is_default: bool) -> bool {
-        let default_ok = match self.default {
-            DefaultBranchFilter::Any => true,
-            DefaultBranchFilter::Only => is_default,
-            DefaultBranchFilter::Exclude => !is_default,
-        };
-        default_ok
-            && (self.names.is_empty() || self.names.is_match(name))
-            && !self.exclude.is_match(name)
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -468,25 +443,35 @@ impl Exclusion {
 #[derive(Debug, Clone, Default)]
 pub struct GlobList {
     pub patterns: Vec<String>,
-    set: GlobSet,
+    compiled: Vec<NamePattern>,
 }
 
 impl GlobList {
     pub fn new(patterns: &[&str]) -> Result<GlobList, String> {
-        let mut b = GlobSetBuilder::new();
-        for p in patterns {
-            b.add(Glob::new(p).map_err(|e| format!("invalid glob `{p}`: {}", e.kind()))?);
-        }
+        let compiled = patterns
+            .iter()
+            .map(|p| {
+                NamePattern::glob("", p).map_err(|e| match e {
+                    SelectorError::Glob { message, .. } | SelectorError::Regex { message, .. } => {
+                        format!("invalid glob `{p}`: {message}")
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(GlobList {
             patterns: patterns.iter().map(|p| p.to_string()).collect(),
-            set: b.build().map_err(|e| format!("invalid globs: {e}"))?,
+            compiled,
         })
     }
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
     pub fn is_match(&self, s: &str) -> bool {
-        self.set.is_match(s)
+        self.compiled.iter().any(|p| p.is_match(s))
+    }
+    /// The compiled patterns, in the policy's order, for the jobs' selectors.
+    pub fn compiled(&self) -> &[NamePattern] {
+        &self.compiled
     }
 }
 
@@ -1178,14 +1163,10 @@ impl Validator<'_> {
         Ok(v)
     }
 
+    /// Compiles a glob list once, here, for every job kind to use as it is.
     fn globs(&self, list: &[Spanned<String>]) -> Result<GlobList, ConfigError> {
         for g in list {
-            if let Err(e) = Glob::new(g.get_ref()) {
-                return Err(self.err(
-                    g.span(),
-                    format!("invalid glob `{}`: {}", g.get_ref(), e.kind()),
-                ));
-            }
+            GlobList::new(&[g.get_ref()]).map_err(|e| self.err(g.span(), e))?;
         }
         let pats: Vec<&str> = list.iter().map(|s| s.get_ref().as_str()).collect();
         GlobList::new(&pats).map_err(|e| ConfigError::whole_file(self.path, e))

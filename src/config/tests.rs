@@ -118,10 +118,12 @@ max_actions = 2
     assert_eq!(b.limits.max_actions, Some(2));
     assert_eq!(a.concurrency, ConcurrencyPolicy::Replace);
     assert_eq!(a.schedule, Schedule::Every(Duration::from_secs(900)));
-    assert!(a.selectors.branches.matches_name("preview/x", false));
-    assert!(a.selectors.branches.matches_name("pr-12", false));
-    assert!(!a.selectors.branches.matches_name("pr-12", true));
-    assert!(!a.selectors.branches.matches_name("main", false));
+    // Compiled once here; the jobs use these patterns as they are.
+    let b = &a.selectors.branches;
+    assert!(b.names.is_match("preview/x") && b.names.is_match("pr-12"));
+    assert!(!b.names.is_match("main"));
+    assert_eq!(b.names.compiled().len(), b.names.patterns.len());
+    assert_eq!(b.default, DefaultBranchFilter::Exclude);
 }
 
 #[test]

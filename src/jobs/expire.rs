@@ -17,7 +17,7 @@ use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::scope::{branch_last_activity, passes_age_filters};
-use super::select::{BranchFacts, BranchSelector, Selection, SelectorError, Why};
+use super::select::{BranchFacts, BranchSelector, Selection, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
 use crate::neon::{ApiError, Branch, BranchId, BranchUpdate, Project, ProjectId};
 
@@ -55,12 +55,12 @@ pub struct Expire<'a> {
 }
 
 impl<'a> Expire<'a> {
-    pub fn new(job: &'a JobConfig, spec: &'a ExpireSpec) -> Result<Self, SelectorError> {
-        Ok(Expire {
+    pub fn new(job: &'a JobConfig, spec: &'a ExpireSpec) -> Self {
+        Expire {
             job,
             spec,
-            names: super::scope::branch_selector(job)?,
-        })
+            names: super::scope::branch_selector(job),
+        }
     }
 }
 

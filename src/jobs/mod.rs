@@ -52,14 +52,14 @@ pub async fn run_job_with(
 ) -> RunResult {
     let ledger = Ledger::new(env.store.clone(), ctx.run_id, &job.name, ctx.dry_run);
     let outcome: Result<Ended, RunError> = match &job.spec {
-        JobSpec::SnapshotBranches(spec) => match snapshot::Snapshots::new(job, spec) {
-            Ok(kind) => engine::run(&kind, env, job, &ctx, control, &ledger).await,
-            Err(e) => Err(e.into()),
-        },
-        JobSpec::ExpireBranches(spec) => match expire::Expire::new(job, spec) {
-            Ok(kind) => engine::run(&kind, env, job, &ctx, control, &ledger).await,
-            Err(e) => Err(e.into()),
-        },
+        JobSpec::SnapshotBranches(spec) => {
+            let kind = snapshot::Snapshots::new(job, spec);
+            engine::run(&kind, env, job, &ctx, control, &ledger).await
+        }
+        JobSpec::ExpireBranches(spec) => {
+            let kind = expire::Expire::new(job, spec);
+            engine::run(&kind, env, job, &ctx, control, &ledger).await
+        }
         JobSpec::SuspendComputes(spec) => {
             let kind = suspend::Suspend::new(job, spec);
             engine::run(&kind, env, job, &ctx, control, &ledger).await

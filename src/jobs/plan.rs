@@ -160,8 +160,6 @@ pub enum RunError {
     Limit(#[from] super::limits::LimitExceeded),
     #[error("{0}")]
     Scope(#[from] super::scope::ScopeError),
-    #[error("selector: {0}")]
-    Selector(#[from] super::select::SelectorError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     /// A job's state in the store cannot be read or written.

@@ -6,40 +6,32 @@ use futures::TryStreamExt;
 
 use super::select::{
     BranchSelector, ComputeActivity, DefaultBranch, NamePattern, ProjectFacts, ProjectSelector,
-    Selection, SelectorError,
+    Selection,
 };
 use crate::config::{DefaultBranchFilter, JobConfig};
 use crate::neon::{
     ApiError, Branch, Endpoint, EndpointState, NeonClient, OrgId, Project, ProjectFilter,
 };
 
-pub(crate) fn project_selector(job: &JobConfig) -> Result<ProjectSelector, SelectorError> {
+/// The job's project selector, from the patterns the policy compiled when it was read.
+pub(crate) fn project_selector(job: &JobConfig) -> ProjectSelector {
     let p = &job.selectors.projects;
-    Ok(ProjectSelector {
+    ProjectSelector {
         ids: p.ids.clone(),
         org_id: p.org_id.clone(),
-        names: NamePattern::globs("selectors.projects.names", &p.names.patterns)?,
-        name_regex: match &p.name_regex {
-            Some(r) => Some(NamePattern::regex(
-                "selectors.projects.name_regex",
-                r.as_str(),
-            )?),
-            None => None,
-        },
+        names: p.names.compiled().to_vec(),
+        name_regex: p.name_regex.clone().map(NamePattern::Regex),
         exclude_ids: p.exclude_ids.clone(),
-        exclude_names: NamePattern::globs(
-            "selectors.projects.exclude_names",
-            &p.exclude_names.patterns,
-        )?,
-    })
+        exclude_names: p.exclude_names.compiled().to_vec(),
+    }
 }
 
 /// The name part of the branch selector (age and activity are the kinds' business).
-pub(crate) fn branch_selector(job: &JobConfig) -> Result<BranchSelector, SelectorError> {
+pub(crate) fn branch_selector(job: &JobConfig) -> BranchSelector {
     let b = &job.selectors.branches;
-    Ok(BranchSelector {
-        names: NamePattern::globs("selectors.branches.names", &b.names.patterns)?,
-        exclude_names: NamePattern::globs("selectors.branches.exclude", &b.exclude.patterns)?,
+    BranchSelector {
+        names: b.names.compiled().to_vec(),
+        exclude_names: b.exclude.compiled().to_vec(),
         exclude_ids: Vec::new(),
         default_branch: match b.default {
             DefaultBranchFilter::Any => DefaultBranch::Any,
@@ -48,7 +40,7 @@ pub(crate) fn branch_selector(job: &JobConfig) -> Result<BranchSelector, Selecto
         },
         ttl: None,
         idle_ttl: None,
-    })
+    }
 }
 
 /// The selector's own `older_than` / `inactive_for` filters (they narrow; the expire job's
@@ -88,8 +80,6 @@ pub(crate) fn branch_last_activity(
 /// Why the projects could not be selected.
 #[derive(Debug, thiserror::Error)]
 pub enum ScopeError {
-    #[error("selector: {0}")]
-    Selector(#[from] SelectorError),
     #[error("listing projects: {0}")]
     Projects(ApiError),
 }
@@ -99,7 +89,7 @@ pub(crate) async fn selected_projects(
     client: &NeonClient,
     job: &JobConfig,
 ) -> Result<Vec<Project>, ScopeError> {
-    let selector = project_selector(job)?;
+    let selector = project_selector(job);
     let filter = ProjectFilter {
         org_id: job.selectors.projects.org_id.clone().map(OrgId::from),
         search: None,

@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone};
+use chrono::DateTime;
 use futures::TryStreamExt;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
 use super::scope::passes_age_filters;
-use super::select::{BranchFacts, BranchSelector, Selection, SelectorError};
+use super::select::{BranchFacts, BranchSelector, Selection};
 use crate::config::{JobConfig, SnapshotSpec};
 use crate::neon::{
     ApiError, Branch, BranchId, Project, ProjectId, Snapshot, SnapshotId, SnapshotRequest,
@@ -127,12 +127,12 @@ pub struct Snapshots<'a> {
 }
 
 impl<'a> Snapshots<'a> {
-    pub fn new(job: &'a JobConfig, spec: &'a SnapshotSpec) -> Result<Self, SelectorError> {
-        Ok(Snapshots {
+    pub fn new(job: &'a JobConfig, spec: &'a SnapshotSpec) -> Self {
+        Snapshots {
             job,
             spec,
-            branches: super::scope::branch_selector(job)?,
-        })
+            branches: super::scope::branch_selector(job),
+        }
     }
 }
 
@@ -390,7 +390,7 @@ async fn plan(
             });
             continue;
         }
-        let name = render_name(spec.name_template.as_str(), &b.name, &job.name, &tick);
+        let name = spec.name_template.render(&b.name, &job.name, &tick);
         let owner = ownership_matcher(spec.name_template.as_str(), &b.name, &job.name);
         let owned: Vec<_> = snapshots
             .iter()
@@ -483,19 +483,6 @@ async fn plan(
     Ok(out)
 }
 
-/// Renders a snapshot name. Placeholders: `{branch}`, `{job}`, `{date}` (YYYY-MM-DD),
-/// `{time}` (HHMMSS), the latter two in the zone of `at`.
-pub fn render_name<Z: TimeZone>(template: &str, branch: &str, job: &str, at: &DateTime<Z>) -> String
-where
-    Z::Offset: std::fmt::Display,
-{
-    template
-        .replace("{branch}", branch)
-        .replace("{job}", job)
-        .replace("{date}", &at.format("%Y-%m-%d").to_string())
-        .replace("{time}", &at.format("%H%M%S").to_string())
-}
-
 /// A matcher for the names this policy gives to snapshots of one branch.
 pub fn ownership_matcher(template: &str, branch: &str, job: &str) -> Regex {
     let mut pattern = String::from("^");
@@ -542,20 +529,6 @@ mod tests {
     }
 
     #[test]
-    fn renders_in_the_tick_zone() {
-        let tick = Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0).unwrap();
-        let local = tick.with_timezone(&chrono_tz::Europe::Berlin);
-        assert_eq!(
-            render_name("{branch}-snap-{date}-{time}", "main", "nightly", &local),
-            "main-snap-2026-03-29-033000"
-        );
-        assert_eq!(
-            render_name("{job}/{branch}@{date}", "dev", "nightly", &tick),
-            "nightly/dev@2026-03-29"
-        );
-    }
-
-    #[test]
     fn ownership_matches_only_our_names() {
         let m = ownership_matcher("{branch}-snap-{date}-{time}", "main", "nightly");
         assert!(m.is_match("main-snap-2026-03-29-033000"));
@@ -569,8 +542,14 @@ mod tests {
         assert!(!m.is_match("(j) featax+.2026-01-01"));
         // A rendered name is always owned.
         let tick = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        for t in ["{branch}-{date}-{time}", "snap-{job}-{branch}", "{date}"] {
-            let name = render_name(t, "br", "job", &tick);
+        for t in [
+            "{branch}-{job}-{date}-{time}",
+            "snap-{job}-{date}{time}",
+            "{job}{date}{time}",
+        ] {
+            let name = crate::config::NameTemplate::parse(t)
+                .unwrap()
+                .render("br", "job", &tick);
             assert!(
                 ownership_matcher(t, "br", "job").is_match(&name),
                 "{t} -> {name}"

@@ -19,7 +19,7 @@ use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::select::{
-    age, human_duration, EndpointFacts, EndpointKind, EndpointSelector, NamePattern, Selection, Why,
+    age, human_duration, EndpointFacts, EndpointKind, EndpointSelector, Selection, Why,
 };
 use crate::config::{Exclusion, ExclusionTarget, JobConfig, SuspendSpec};
 use crate::neon::{ApiError, Branch, EndpointId, EndpointState, EndpointType, Project};
@@ -224,19 +224,9 @@ async fn plan(
                 crate::config::EndpointType::ReadOnly => vec![EndpointKind::ReadOnly],
             })
             .unwrap_or_default(),
-        branch_names: sel
-            .branches
-            .patterns
-            .iter()
-            .filter_map(|p| NamePattern::glob("selectors.endpoints.branches", p).ok())
-            .collect(),
+        branch_names: sel.branches.compiled().to_vec(),
         exclude_ids: sel.exclude_ids.clone(),
-        exclude_branch_names: sel
-            .exclude_branches
-            .patterns
-            .iter()
-            .filter_map(|p| NamePattern::glob("selectors.endpoints.exclude_branches", p).ok())
-            .collect(),
+        exclude_branch_names: sel.exclude_branches.compiled().to_vec(),
         ..Default::default()
     };
     let rules = SuspendRules {
