@@ -512,6 +512,7 @@ pub fn ownership_matcher(template: &str, branch: &str, job: &str) -> Regex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
     use chrono::Utc;
 
     #[test]
