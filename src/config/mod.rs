@@ -256,6 +256,15 @@ pub enum EndpointType {
     ReadOnly,
 }
 
+impl EndpointType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointType::ReadWrite => "read_write",
+            EndpointType::ReadOnly => "read_only",
+        }
+    }
+}
+
 /// How an expired branch goes away.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -38,10 +38,12 @@ pub(crate) async fn run(
     ctx: &RunContext,
     ledger: &Ledger,
 ) -> Result<(), RunError> {
-    let (period, granularity) = match spec.granularity {
-        crate::config::Granularity::Hourly => (Period::Hourly, Granularity::Hourly),
-        crate::config::Granularity::Daily => (Period::Daily, Granularity::Daily),
-        crate::config::Granularity::Monthly => (Period::Monthly, Granularity::Monthly),
+    let period: Period = spec.granularity;
+    // The API's own query parameter type (the one place it is mapped).
+    let granularity = match period {
+        Period::Hourly => Granularity::Hourly,
+        Period::Daily => Granularity::Daily,
+        Period::Monthly => Granularity::Monthly,
     };
     let projects = selected_projects(&env.client, job).await?;
     // Neon answers 404 for the whole call when one of `project_ids` is outside `org_id`, and
@@ -259,22 +261,11 @@ pub const FRESHNESS: Duration = Duration::from_secs(15 * 60);
 /// Neon's limit of `project_ids` per consumption call.
 pub const MAX_PROJECT_IDS: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Period {
-    Hourly,
-    Daily,
-    Monthly,
-}
+/// A consumption period: the policy's granularity, with the calendar arithmetic of Neon's
+/// consumption history (one enum for the concept, shared with the policy).
+pub use crate::config::Granularity as Period;
 
 impl Period {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Period::Hourly => "hourly",
-            Period::Daily => "daily",
-            Period::Monthly => "monthly",
-        }
-    }
-
     /// Start of the period containing `t` (UTC, as Neon rounds).
     pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
         let (y, m, d, h) = (t.year(), t.month(), t.day(), t.hour());

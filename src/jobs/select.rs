@@ -328,21 +328,8 @@ impl BranchSelector {
 // Endpoints
 // ---------------------------------------------------------------------------------------
 
-/// Compute endpoint type, as the selectors see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EndpointKind {
-    ReadWrite,
-    ReadOnly,
-}
-
-impl EndpointKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointKind::ReadWrite => "read_write",
-            EndpointKind::ReadOnly => "read_only",
-        }
-    }
-}
+/// Compute endpoint type: the policy's own type, shared with the selectors.
+pub use crate::config::EndpointType as EndpointKind;
 
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointFacts<'a> {

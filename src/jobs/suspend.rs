@@ -18,9 +18,7 @@ use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
-use super::select::{
-    age, human_duration, EndpointFacts, EndpointKind, EndpointSelector, Selection, Why,
-};
+use super::select::{age, human_duration, EndpointFacts, EndpointSelector, Selection, Why};
 use crate::config::{Exclusion, ExclusionTarget, JobConfig, SuspendSpec};
 use crate::neon::{ApiError, Branch, EndpointId, EndpointState, EndpointType, Project};
 
@@ -217,13 +215,7 @@ async fn plan(
         }
     };
     let selector = EndpointSelector {
-        kinds: sel
-            .endpoint_type
-            .map(|t| match t {
-                crate::config::EndpointType::ReadWrite => vec![EndpointKind::ReadWrite],
-                crate::config::EndpointType::ReadOnly => vec![EndpointKind::ReadOnly],
-            })
-            .unwrap_or_default(),
+        kinds: sel.endpoint_type.into_iter().collect(),
         branch_names: sel.branches.compiled().to_vec(),
         exclude_ids: sel.exclude_ids.clone(),
         exclude_branch_names: sel.exclude_branches.compiled().to_vec(),
@@ -248,10 +240,7 @@ async fn plan(
             .unwrap_or("");
         let facts = EndpointFacts {
             id: e.id.as_str(),
-            kind: match e.endpoint_type {
-                EndpointType::ReadWrite => EndpointKind::ReadWrite,
-                EndpointType::ReadOnly => EndpointKind::ReadOnly,
-            },
+            kind: e.endpoint_type.into(),
             branch_id: e.branch_id.as_str(),
             branch_name,
         };
@@ -351,6 +340,16 @@ async fn branch_names(
         .into_iter()
         .map(|b| (b.id.to_string(), b.name))
         .collect())
+}
+
+/// Neon's endpoint type in the policy's terms (the one place they are mapped).
+impl From<EndpointType> for crate::config::EndpointType {
+    fn from(t: EndpointType) -> Self {
+        match t {
+            EndpointType::ReadWrite => crate::config::EndpointType::ReadWrite,
+            EndpointType::ReadOnly => crate::config::EndpointType::ReadOnly,
+        }
+    }
 }
 
 /// What the job knows about one selected endpoint.
