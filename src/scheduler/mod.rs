@@ -557,67 +557,65 @@ impl Loop {
     /// (try again later).
     async fn catch_up_job(&mut self, job: &Arc<JobConfig>) -> bool {
         let now = self.clock.now();
-        {
-            if !job.enabled {
-                return true;
+        if !job.enabled {
+            return true;
+        }
+        let last_run = match self.store.last_scheduled_run(&job.name).await {
+            Ok(Some(r)) => r,
+            // Never ran: nothing was missed.
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(job = %job.name, error = %e, "cannot read the last scheduled run; catching up once the store answers");
+                return false;
             }
-            let last_run = match self.store.last_scheduled_run(&job.name).await {
-                Ok(Some(r)) => r,
-                // Never ran: nothing was missed.
-                Ok(None) => return true,
-                Err(e) => {
-                    tracing::warn!(job = %job.name, error = %e, "cannot read the last scheduled run; catching up once the store answers");
-                    return false;
-                }
-            };
-            if last_run.status == RunStatus::Running {
-                // Still in progress (on this or another replica): nothing was missed.
-                return true;
+        };
+        if last_run.status == RunStatus::Running {
+            // Still in progress (on this or another replica): nothing was missed.
+            return true;
+        }
+        let last = last_run.scheduled_for;
+        // A deadline reaching back before the earliest representable instant means
+        // "any age", the same as no deadline.
+        let deadline_start = job
+            .starting_deadline
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .and_then(|d| now.checked_sub_signed(d));
+        let from = deadline_start.map_or(last, |d| d.max(last));
+        let missed_tick = job.schedule.last_between(from, now, job.timezone);
+        let any_missed = job
+            .schedule
+            .next_after(last, job.timezone)
+            .is_some_and(|t| t <= now);
+        let retry = (last_run.status == RunStatus::Interrupted)
+            .then(|| interrupted_tick(job, last))
+            .flatten()
+            .filter(|(tick, _)| deadline_start.is_none_or(|d| *tick >= d));
+        match (job.missed, missed_tick, retry) {
+            (MissedPolicy::RunOnce, Some(tick), _) => {
+                tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), "running a missed tick once");
+                self.start(job, tick, Trigger::CatchUp).await;
             }
-            let last = last_run.scheduled_for;
-            // A deadline reaching back before the earliest representable instant means
-            // "any age", the same as no deadline.
-            let deadline_start = job
-                .starting_deadline
-                .and_then(|d| chrono::Duration::from_std(d).ok())
-                .and_then(|d| now.checked_sub_signed(d));
-            let from = deadline_start.map_or(last, |d| d.max(last));
-            let missed_tick = job.schedule.last_between(from, now, job.timezone);
-            let any_missed = job
-                .schedule
-                .next_after(last, job.timezone)
-                .is_some_and(|t| t <= now);
-            let retry = (last_run.status == RunStatus::Interrupted)
-                .then(|| interrupted_tick(job, last))
-                .flatten()
-                .filter(|(tick, _)| deadline_start.is_none_or(|d| *tick >= d));
-            match (job.missed, missed_tick, retry) {
-                (MissedPolicy::RunOnce, Some(tick), _) => {
-                    tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), "running a missed tick once");
-                    self.start(job, tick, Trigger::CatchUp).await;
-                }
-                // The newest tick's run was cut short (crash, shutdown): it did not happen
-                // as far as the policy is concerned, so it is run again, under a claim of
-                // its own (see `interrupted_tick`).
-                (MissedPolicy::RunOnce, None, Some((tick, attempt))) => {
-                    tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), attempt, "re-running an interrupted tick");
-                    let claim_at = tick + chrono::Duration::milliseconds(attempt.into());
-                    self.start_at(job, claim_at, tick, Trigger::CatchUp).await;
-                }
-                _ if any_missed => {
-                    let tick = job
-                        .schedule
-                        .last_between(last, now, job.timezone)
-                        .unwrap_or(now);
-                    JobTickSkipped {
-                        job: &job.name,
-                        reason: "missed",
-                        scheduled_for: tick,
-                    }
-                    .emit();
-                }
-                _ => {}
+            // The newest tick's run was cut short (crash, shutdown): it did not happen
+            // as far as the policy is concerned, so it is run again, under a claim of
+            // its own (see `interrupted_tick`).
+            (MissedPolicy::RunOnce, None, Some((tick, attempt))) => {
+                tracing::info!(job = %job.name, tick = %tick.to_rfc3339(), attempt, "re-running an interrupted tick");
+                let claim_at = tick + chrono::Duration::milliseconds(attempt.into());
+                self.start_at(job, claim_at, tick, Trigger::CatchUp).await;
             }
+            _ if any_missed => {
+                let tick = job
+                    .schedule
+                    .last_between(last, now, job.timezone)
+                    .unwrap_or(now);
+                JobTickSkipped {
+                    job: &job.name,
+                    reason: "missed",
+                    scheduled_for: tick,
+                }
+                .emit();
+            }
+            _ => {}
         }
         true
     }
