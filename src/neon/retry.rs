@@ -1,16 +1,42 @@
-//! When and how long to retry.
+//! When and how long to retry, and how often to poll: every wait of the Neon client and of
+//! the jobs' calls is scheduled here, on [`backon`]'s retry loop.
 //!
-//! Neon's guidance: 423 (a conflicting operation is running), 429 and 503 are always safe to
-//! retry; connection failures before anything was sent too. Other 5xx and timeouts are retried
-//! only when repeating the call cannot do harm (GET, PUT, DELETE, PATCH, and POSTs that set a
-//! state, like suspend). A create that may have happened is never repeated here: the caller
-//! checks for it first (see `NeonClient::create_snapshot`).
+//! Neon's guidance: 429 and 503 are always safe to retry; connection failures before anything
+//! was sent too. Other 5xx and timeouts are retried only when repeating the call cannot do
+//! harm (GET, PUT, DELETE, PATCH, and POSTs that set a state, like suspend). A create that may
+//! have happened is never repeated blindly: the caller checks for it first (see
+//! `NeonClient::create_snapshot`).
+//!
+//! 423 (a conflicting operation of the project is running) is handled in one layer only, and
+//! not by the client's backoff: waiting a few seconds at random says nothing about when the
+//! operation ends. [`retry_when_locked`] (used by every job's mutation) waits for the
+//! project's operations to finish and calls again, a bounded number of times. A quota 423
+//! (`QUOTA_EXCEEDED`) is neither retried nor waited on (see `ApiError::is_locked`).
 //!
 //! Delays are exponential with *full jitter* (uniform in `[0, min(cap, base * 2^n)]`), which
-//! spreads out clients that failed together, and bounded both in count and in total time.
+//! spreads out clients that failed together, and bounded both in count and in total time. A
+//! `Retry-After` is honoured as a minimum, the jittered delay added on top.
+//!
+//! # Worst case per action
+//!
+//! With the defaults (6 retries, 120 s retry budget, per-request timeout `T`, operation
+//! deadline `D`, 3 locked attempts):
+//!
+//! - one client call: no retry starts whose delay would end more than `max_elapsed` (120 s)
+//!   after the first attempt began, so a call ends within `max_elapsed + T` (plus the time of
+//!   the reads a create makes to rule out a duplicate);
+//! - one job mutation ([`retry_when_locked`]): at most 3 calls and 2 waits for the project,
+//!   each wait ending by `D` (plus one poll request), so `3 * (max_elapsed + T) + 2 * (D + T)`;
+//!   then waiting for the operations the call started, at most `D + T` more.
+//!
+//! Before 423 was handled here alone, each locked call was first retried by the client for up
+//! to 120 s, then waited on: about `3 * (120 s + D)` per action.
 
+use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -55,14 +81,56 @@ impl RetryPolicy {
         }
         Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
     }
+
+    /// The jittered delays of one call, `max_retries` of them, as a [`backon::Backoff`].
+    fn schedule(&self) -> FullJitter {
+        FullJitter {
+            policy: self.clone(),
+            retry: 0,
+        }
+    }
+
+    /// The delay before the next retry given the scheduled `backoff` and the server's
+    /// `retry_after`, or `None` when it would end past `max_elapsed` (`elapsed` is the time
+    /// since the first attempt began).
+    fn admit(
+        &self,
+        elapsed: Duration,
+        backoff: Duration,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        // Saturating: `Retry-After` is whatever the server sent, and a delay beyond the
+        // budget just means giving up now.
+        let delay = retry_after.map_or(backoff, |ra| ra.saturating_add(backoff));
+        (elapsed.saturating_add(delay) <= self.max_elapsed).then_some(delay)
+    }
 }
 
-/// Whether a failed attempt may be repeated, and the reason label for telemetry.
+/// Full-jitter exponential delays (backon's own jitter adds to the delay instead).
+#[derive(Debug)]
+struct FullJitter {
+    policy: RetryPolicy,
+    retry: u32,
+}
+
+impl Iterator for FullJitter {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.retry >= self.policy.max_retries {
+            return None;
+        }
+        let delay = self.policy.backoff(self.retry);
+        self.retry += 1;
+        Some(delay)
+    }
+}
+
+/// Whether a failed attempt may be repeated by the client, and the reason label for
+/// telemetry. 423 is not: see the module documentation.
 pub fn retry_reason(err: &ApiError, idempotent: bool) -> Option<&'static str> {
     match err {
         ApiError::Status { status, .. } => match *status {
-            423 if err.is_locked() => Some("locked"),
-            423 => None,
             429 => Some("rate_limited"),
             503 => Some("unavailable"),
             s if s >= 500 && idempotent => Some("server_error"),
@@ -75,44 +143,125 @@ pub fn retry_reason(err: &ApiError, idempotent: bool) -> Option<&'static str> {
     }
 }
 
-/// Tracks one logical call's retries.
-#[derive(Debug)]
-pub struct Budget<'a> {
-    policy: &'a RetryPolicy,
-    started: Instant,
-    retries: u32,
+/// What a retry is reported as.
+#[derive(Clone, Copy, Debug)]
+pub struct Label<'a> {
+    pub method: &'a str,
+    pub route: &'a str,
 }
 
-impl<'a> Budget<'a> {
-    pub fn start(policy: &'a RetryPolicy) -> Self {
-        Budget {
-            policy,
-            started: Instant::now(),
-            retries: 0,
+/// Makes `attempt` until it succeeds, fails with an error `reason` does not name, or the
+/// policy's budget is spent (then its last error is returned). `retry_after` gives an error's
+/// `Retry-After`, a minimum for the next delay. Every retry is reported (an `ApiRetry`
+/// event), and so is a spent budget.
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    label: Label<'_>,
+    attempt: F,
+    reason: impl Fn(&E) -> Option<&'static str>,
+    retry_after: impl Fn(&E) -> Option<Duration>,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut retries = 0u32;
+    let result = attempt
+        .retry(policy.schedule())
+        .sleep(tokio::time::sleep)
+        .when(|e| reason(e).is_some())
+        .adjust(|e, backoff| policy.admit(started.elapsed(), backoff?, retry_after(e)))
+        .notify(|e, delay| {
+            retries += 1;
+            crate::telemetry::events::ApiRetry {
+                method: label.method,
+                route: label.route,
+                reason: reason(e).unwrap_or("server_error"),
+                attempt: retries,
+                delay,
+            }
+            .emit();
+        })
+        .await;
+    if let Err(e) = &result {
+        if reason(e).is_some() {
+            tracing::warn!(
+                method = label.method,
+                route = label.route,
+                retries,
+                "neon api retry budget exhausted"
+            );
         }
     }
+    result
+}
 
-    /// Retries done so far.
-    pub fn retries(&self) -> u32 {
-        self.retries
+/// How often to poll for a state: doubling from `initial` up to `max`, until a deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct PollPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// Polls until `step` breaks with a value: sleeps, calls `step` with the state the last call
+/// continued with, and so on. Starting a sleep at or past `deadline` after `started` ends it
+/// with `Ok(Err((state, elapsed)))`; the last sleep is cut to end at the deadline, so one
+/// more `step` is made there. An error of `step` ends it at once.
+pub async fn poll_until<S, T, E, F, Fut>(
+    policy: PollPolicy,
+    started: Instant,
+    deadline: Duration,
+    mut state: S,
+    mut step: F,
+) -> Result<Result<T, (S, Duration)>, E>
+where
+    F: FnMut(S) -> Fut,
+    Fut: Future<Output = Result<ControlFlow<T, S>, E>>,
+{
+    let mut intervals = ExponentialBuilder::new()
+        .with_min_delay(policy.initial)
+        .with_max_delay(policy.max.max(policy.initial))
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
+    loop {
+        let elapsed = started.elapsed();
+        if elapsed >= deadline {
+            return Ok(Err((state, elapsed)));
+        }
+        let interval = intervals.next().unwrap_or(policy.max);
+        tokio::time::sleep(interval.min(deadline - elapsed)).await;
+        state = match step(state).await? {
+            ControlFlow::Break(done) => return Ok(Ok(done)),
+            ControlFlow::Continue(state) => state,
+        };
     }
+}
 
-    /// The delay before the next retry, or `None` if the budget is spent. `retry_after` (from
-    /// a 429's header) is honoured as a minimum; the jittered backoff is added on top so that
-    /// clients told the same `Retry-After` do not all come back at the same instant.
-    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
-        if self.retries >= self.policy.max_retries {
-            return None;
+/// Makes a project's mutation `call`; when the project is locked (a 423 other than a quota
+/// one), waits for its operations with `wait_idle` and calls again, `attempts` calls in all.
+/// The last 423 is returned as is; an error of `wait_idle` ends it.
+pub async fn retry_when_locked<T, F, Fut, W, WFut>(
+    attempts: u32,
+    mut call: F,
+    mut wait_idle: W,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+    W: FnMut(u32) -> WFut,
+    WFut: Future<Output = Result<(), ApiError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_locked() && attempt < attempts => {
+                wait_idle(attempt).await?;
+                attempt += 1;
+            }
+            other => return other,
         }
-        let backoff = self.policy.backoff(self.retries);
-        // Saturating: `Retry-After` is whatever the server sent, and a delay beyond the
-        // budget just means giving up now.
-        let delay = retry_after.map_or(backoff, |ra| ra.saturating_add(backoff));
-        if self.started.elapsed().saturating_add(delay) > self.policy.max_elapsed {
-            return None;
-        }
-        self.retries += 1;
-        Some(delay)
     }
 }
 
