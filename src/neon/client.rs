@@ -7,8 +7,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, Stream, StreamExt, TryStreamExt};
@@ -20,7 +20,9 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::ratelimit::RateLimiter;
-use super::retry::{parse_retry_after, poll_until, retry, retry_reason, Label, PollPolicy, RetryPolicy};
+use super::retry::{
+    parse_retry_after, poll_until, retry, retry_reason, Label, PollPolicy, RetryPolicy,
+};
 use super::types::*;
 use super::wire;
 use crate::secret::Secret;
@@ -578,7 +580,8 @@ impl NeonClient {
         let attempt = move || async move {
             let err = match self.execute(call).await {
                 Ok(reply) => {
-                    let r: wire::SnapshotOperations = decode(ROUTE, &reply).map_err(|e| (e, None))?;
+                    let r: wire::SnapshotOperations =
+                        decode(ROUTE, &reply).map_err(|e| (e, None))?;
                     return Ok((r.snapshot.into(), ops(r.operations)));
                 }
                 Err(e) if e.may_have_succeeded() => e,
@@ -857,20 +860,14 @@ impl NeonClient {
         if busy == 0 {
             return Ok(());
         }
-        poll_until(
-            self.poll_policy(),
-            start,
-            deadline,
-            busy,
-            |_| async move {
-                let busy = self.operations_in_progress(project).await?.len();
-                Ok::<_, ApiError>(if busy == 0 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(busy)
-                })
-            },
-        )
+        poll_until(self.poll_policy(), start, deadline, busy, |_| async move {
+            let busy = self.operations_in_progress(project).await?.len();
+            Ok::<_, ApiError>(if busy == 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(busy)
+            })
+        })
         .await?
         .map_err(|(busy, elapsed)| {
             ApiError::deadline(

@@ -300,11 +300,22 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
         let p = RetryPolicy::default();
-        let mut b = Budget::start(&p);
         // A Retry-After longer than the whole budget: the error is returned, no wait.
-        assert_eq!(b.next_delay(Some(Duration::MAX)), None);
-        assert_eq!(b.next_delay(Some(Duration::from_secs(u64::MAX))), None);
-        assert!(b.next_delay(Some(Duration::ZERO)).is_some());
+        assert_eq!(
+            p.admit(Duration::ZERO, Duration::ZERO, Some(Duration::MAX)),
+            None
+        );
+        assert_eq!(
+            p.admit(
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Some(Duration::from_secs(u64::MAX))
+            ),
+            None
+        );
+        assert!(p
+            .admit(Duration::ZERO, Duration::ZERO, Some(Duration::ZERO))
+            .is_some());
     }
 
     fn status(s: u16) -> ApiError {
@@ -344,49 +355,221 @@ mod tests {
         assert!(seen_low && seen_high, "delays spread over the whole range");
     }
 
+    const LABEL: Label<'static> = Label {
+        method: "GET",
+        route: "/x",
+    };
+
+    /// Runs `retry` over `errors` (one per attempt, then success), with `Retry-After` `ra`
+    /// on each; returns the outcome and the attempts made.
+    async fn run(p: &RetryPolicy, errors: u32, ra: Option<Duration>) -> (Result<(), u16>, u32) {
+        let made = std::cell::Cell::new(0u32);
+        let result = retry(
+            p,
+            LABEL,
+            || {
+                made.set(made.get() + 1);
+                let fail = made.get() <= errors;
+                async move {
+                    if fail {
+                        Err(503u16)
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+            |s: &u16| (*s == 503).then_some("unavailable"),
+            |_| ra,
+        )
+        .await;
+        (result, made.get())
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn budget_bounds_attempts_and_time() {
+    async fn retry_bounds_attempts_and_time() {
         let p = RetryPolicy {
             max_retries: 3,
             max_elapsed: Duration::from_secs(600),
             base: Duration::from_millis(10),
             cap: Duration::from_millis(10),
         };
-        let mut b = Budget::start(&p);
-        assert!(b.next_delay(None).is_some());
-        assert!(b.next_delay(None).is_some());
-        assert!(b.next_delay(None).is_some());
-        assert_eq!(b.next_delay(None), None, "max_retries reached");
+        assert_eq!(run(&p, 3, None).await, (Ok(()), 4), "3 retries suffice");
+        assert_eq!(run(&p, 4, None).await, (Err(503), 4), "max_retries reached");
 
         let p = RetryPolicy {
             max_retries: 100,
             max_elapsed: Duration::from_secs(10),
             ..p
         };
-        let mut b = Budget::start(&p);
-        let d = b.next_delay(Some(Duration::from_secs(4))).unwrap();
-        assert!(
-            d >= Duration::from_secs(4) && d <= Duration::from_millis(4010),
-            "{d:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // Retry-After is a minimum: 4 s, then 4 s more would pass 10 s with the jitter.
+        let t = Instant::now();
+        assert_eq!(run(&p, 1, Some(Duration::from_secs(4))).await, (Ok(()), 2));
+        assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
+        let t = Instant::now();
         assert_eq!(
-            b.next_delay(Some(Duration::from_secs(7))),
-            None,
-            "would end after max_elapsed"
+            run(&p, 100, Some(Duration::from_secs(4))).await,
+            (Err(503), 3),
+            "a third retry would end after max_elapsed"
         );
-        let d = b.next_delay(Some(Duration::from_secs(5))).unwrap();
-        assert!(
-            d >= Duration::from_secs(5) && d <= Duration::from_millis(5010),
-            "{d:?}"
-        );
+        assert!(t.elapsed() >= Duration::from_secs(8), "{:?}", t.elapsed());
+        assert!(p
+            .admit(
+                Duration::from_secs(4),
+                Duration::ZERO,
+                Some(Duration::from_secs(7))
+            )
+            .is_none());
+        let d = p
+            .admit(
+                Duration::from_secs(4),
+                Duration::from_millis(10),
+                Some(Duration::from_secs(5)),
+            )
+            .unwrap();
+        assert_eq!(d, Duration::from_millis(5010));
+
+        // An error the classifier does not name is not retried.
+        let made = std::cell::Cell::new(0u32);
+        let r: Result<(), u16> = retry(
+            &p,
+            LABEL,
+            || {
+                made.set(made.get() + 1);
+                async { Err(404u16) }
+            },
+            |s: &u16| (*s == 503).then_some("unavailable"),
+            |_| None,
+        )
+        .await;
+        assert_eq!((r, made.get()), (Err(404), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_doubles_up_to_max_and_stops_at_the_deadline() {
+        let policy = PollPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+        };
+        let started = Instant::now();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let out: Result<Result<(), (u32, Duration)>, ()> =
+            poll_until(policy, started, Duration::from_secs(20), 0u32, |n| {
+                seen.borrow_mut().push(started.elapsed().as_secs());
+                async move { Ok(ControlFlow::Continue(n + 1)) }
+            })
+            .await;
+        // Sleeps of 1, 2, 4, 4, 4, 4 s, and the last one cut to end at the deadline.
+        assert_eq!(*seen.borrow(), vec![1, 3, 7, 11, 15, 19, 20]);
+        let (n, elapsed) = out.unwrap().unwrap_err();
+        assert_eq!(n, 7);
+        assert!(elapsed >= Duration::from_secs(20));
+
+        let out: Result<Result<u32, (u32, Duration)>, ()> = poll_until(
+            policy,
+            Instant::now(),
+            Duration::from_secs(20),
+            0u32,
+            |n| async move {
+                Ok(if n == 2 {
+                    ControlFlow::Break(n)
+                } else {
+                    ControlFlow::Continue(n + 1)
+                })
+            },
+        )
+        .await;
+        assert_eq!(out, Ok(Ok(2)));
+        let out: Result<Result<u32, (u32, Duration)>, &str> = poll_until(
+            policy,
+            Instant::now(),
+            Duration::from_secs(20),
+            0u32,
+            |_| async { Err("boom") },
+        )
+        .await;
+        assert_eq!(out, Err("boom"), "an error ends the polling at once");
+    }
+
+    fn locked(code: Option<&str>) -> ApiError {
+        ApiError::Status {
+            status: 423,
+            code: code.map(Into::into),
+            message: String::new(),
+            request_id: None,
+            route: "/x",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_locked_call_is_waited_on_and_repeated_a_bounded_number_of_times() {
+        let calls = std::cell::Cell::new(0u32);
+        let waits = std::cell::Cell::new(0u32);
+        let r: Result<(), ApiError> = retry_when_locked(
+            3,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(locked(None)) }
+            },
+            |_| {
+                waits.set(waits.get() + 1);
+                async { Ok(()) }
+            },
+        )
+        .await;
+        assert!(r.unwrap_err().is_locked());
+        assert_eq!((calls.get(), waits.get()), (3, 2));
+
+        calls.set(0);
+        waits.set(0);
+        let r = retry_when_locked(
+            3,
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n < 2 {
+                        Err(locked(None))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+            |_| {
+                waits.set(waits.get() + 1);
+                async { Ok(()) }
+            },
+        )
+        .await;
+        assert_eq!(r.unwrap(), 2);
+        assert_eq!(waits.get(), 1);
+
+        // A quota 423 is neither waited on nor repeated.
+        calls.set(0);
+        waits.set(0);
+        let r: Result<(), ApiError> = retry_when_locked(
+            3,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(locked(Some("QUOTA_EXCEEDED"))) }
+            },
+            |_| {
+                waits.set(waits.get() + 1);
+                async { Ok(()) }
+            },
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!((calls.get(), waits.get()), (1, 0));
     }
 
     #[test]
     fn what_is_retried() {
-        for s in [423, 429, 503] {
+        for s in [429, 503] {
             assert!(retry_reason(&status(s), false).is_some(), "{s} always");
         }
+        // 423 is the jobs' to wait on (`retry_when_locked`), not the client's to retry.
+        assert_eq!(retry_reason(&status(423), true), None);
+        assert_eq!(retry_reason(&locked(None), true), None);
         assert_eq!(retry_reason(&status(500), true), Some("server_error"));
         assert_eq!(
             retry_reason(&status(500), false),
