@@ -699,8 +699,8 @@ impl NeonClient {
     /// operations have all ended: an operation older than a whole page of finished ones is
     /// taken to be finished too. The usual answer costs one request, however long the
     /// history (the whole history cost one request per 100 operations before). Were one
-    /// ever missed, the price is a 423 on the next mutation, which the client and the jobs
-    /// retry after waiting, not a wrong action.
+    /// ever missed, the price is a 423 on the next mutation, which the jobs
+    /// retry after waiting for the project, not a wrong action.
     pub async fn operations_in_progress(
         &self,
         project: &ProjectId,

@@ -19,15 +19,17 @@
 //!
 //! # Worst case per action
 //!
-//! With the defaults (6 retries, 120 s retry budget, per-request timeout `T`, operation
-//! deadline `D`, 3 locked attempts):
+//! With a retry budget `max_elapsed` (120 s by default), a per-request timeout `T`, the jobs'
+//! operation deadline `D` and 3 locked attempts:
 //!
-//! - one client call: no retry starts whose delay would end more than `max_elapsed` (120 s)
-//!   after the first attempt began, so a call ends within `max_elapsed + T` (plus the time of
-//!   the reads a create makes to rule out a duplicate);
+//! - one client call `C`: no retry starts whose delay would end more than `max_elapsed` after
+//!   the first attempt began, so a call ends within `C = max_elapsed + T`; a snapshot create
+//!   (a listing first, then its own retries of an ambiguous failure, each a create and a
+//!   listing, within one more `max_elapsed`) within `max_elapsed + 3 C`;
+//! - one poll ([`poll_until`]) ends within `D + C`: its deadline is checked before each sleep,
+//!   and the last request (itself a call) may start just before it;
 //! - one job mutation ([`retry_when_locked`]): at most 3 calls and 2 waits for the project,
-//!   each wait ending by `D` (plus one poll request), so `3 * (max_elapsed + T) + 2 * (D + T)`;
-//!   then waiting for the operations the call started, at most `D + T` more.
+//!   so `3 C + 2 (D + C)`; then waiting for the operations the call started, `D + C` more.
 //!
 //! Before 423 was handled here alone, each locked call was first retried by the client for up
 //! to 120 s, then waited on: about `3 * (120 s + D)` per action.
