@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +20,13 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::ratelimit::RateLimiter;
-use super::retry::{parse_retry_after, retry_reason, Budget, RetryPolicy};
+use super::retry::{
+    parse_retry_after, poll_until, retry, retry_reason, Label, PollPolicy, RetryPolicy,
+};
 use super::types::*;
 use super::wire;
 use crate::secret::Secret;
-use crate::telemetry::events::{ApiRequestCompleted, ApiRetry};
+use crate::telemetry::events::ApiRequestCompleted;
 
 /// Neon's own maximum of `project_ids` per consumption call.
 pub const MAX_CONSUMPTION_PROJECT_IDS: usize = 100;
@@ -571,19 +574,23 @@ impl NeonClient {
         .query_opt("timestamp", req.timestamp.map(wire::rfc3339))
         .query_opt("name", req.name.clone())
         .query_opt("expires_at", req.expires_at.map(wire::rfc3339));
-        let mut budget = Budget::start(&self.inner.policy);
-        loop {
-            let err = match self.execute(&call).await {
+        // An error that may be retried carries its reason: only an ambiguous failure after
+        // which no snapshot of ours appeared.
+        let (call, before, req) = (&call, &before, &req);
+        let attempt = move || async move {
+            let err = match self.execute(call).await {
                 Ok(reply) => {
-                    let r: wire::SnapshotOperations = decode(ROUTE, &reply)?;
+                    let r: wire::SnapshotOperations =
+                        decode(ROUTE, &reply).map_err(|e| (e, None))?;
                     return Ok((r.snapshot.into(), ops(r.operations)));
                 }
                 Err(e) if e.may_have_succeeded() => e,
-                Err(e) => return Err(e),
+                Err(e) => return Err((e, None)),
             };
             let created = self
                 .list_snapshots(project)
-                .await?
+                .await
+                .map_err(|e| (e, None))?
                 .into_iter()
                 .filter(|s| !before.contains(&s.id))
                 .filter(|s| s.source_branch_id.as_ref().is_none_or(|b| b == branch))
@@ -598,19 +605,21 @@ impl NeonClient {
                 return Ok((s, Vec::new()));
             }
             let reason = retry_reason(&err, true).unwrap_or("server_error");
-            let Some(delay) = budget.next_delay(None) else {
-                return Err(err);
-            };
-            ApiRetry {
-                method: "POST",
-                route: ROUTE,
-                reason,
-                attempt: budget.retries(),
-                delay,
-            }
-            .emit();
-            tokio::time::sleep(delay).await;
-        }
+            Err((err, Some(reason)))
+        };
+        let label = Label {
+            method: "POST",
+            route: ROUTE,
+        };
+        retry(
+            &self.inner.policy,
+            label,
+            attempt,
+            |(_, reason): &(ApiError, Option<&'static str>)| *reason,
+            |_| None,
+        )
+        .await
+        .map_err(|(e, _)| e)
     }
 
     pub async fn list_snapshots(&self, project: &ProjectId) -> Result<Vec<Snapshot>, ApiError> {
@@ -690,8 +699,8 @@ impl NeonClient {
     /// operations have all ended: an operation older than a whole page of finished ones is
     /// taken to be finished too. The usual answer costs one request, however long the
     /// history (the whole history cost one request per 100 operations before). Were one
-    /// ever missed, the price is a 423 on the next mutation, which the client and the jobs
-    /// retry after waiting, not a wrong action.
+    /// ever missed, the price is a 423 on the next mutation, which the jobs
+    /// retry after waiting for the project, not a wrong action.
     pub async fn operations_in_progress(
         &self,
         project: &ProjectId,
@@ -750,50 +759,59 @@ impl NeonClient {
                 pending.push(op.clone());
             }
         }
-        let mut interval = self.inner.poll_initial;
-        // Pages the last listing needed; one is what a listing normally costs.
-        let mut listing_pages = 1;
-        while !pending.is_empty() {
-            let elapsed = start.elapsed();
-            if elapsed >= deadline {
-                return Err(ApiError::deadline(
-                    format!(
-                        "waiting for {} operation(s) of project {project} ({})",
-                        pending.len(),
-                        pending
-                            .iter()
-                            .map(|o| format!("{} {} {}", o.id, o.action, o.status))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    elapsed,
-                ));
-            }
-            tokio::time::sleep(interval.min(deadline - elapsed)).await;
-            interval = interval.saturating_mul(2).min(self.inner.poll_max);
-            let refreshed = if pending.len() >= 2 && listing_pages < pending.len() {
-                let (found, pages) = self.find_operations(project, &pending).await?;
-                listing_pages = pages;
-                found
-            } else {
-                let mut found = Vec::with_capacity(pending.len());
-                for op in &pending {
-                    found.push(self.get_operation(project, &op.id).await?);
-                }
-                found
-            };
-            let mut still = Vec::new();
-            for now in refreshed {
-                check_failed(&now)?;
-                if now.status.is_terminal() {
-                    done.push(now);
-                } else {
-                    still.push(now);
-                }
-            }
-            pending = still;
+        if pending.is_empty() {
+            return Ok(done);
         }
-        Ok(done)
+        // The pending operations, the finished ones, and the pages the last listing needed
+        // (one is what a listing normally costs).
+        let state = (pending, done, 1usize);
+        let outcome = poll_until(
+            self.poll_policy(),
+            start,
+            deadline,
+            state,
+            |(pending, mut done, listing_pages)| async move {
+                let (refreshed, listing_pages) =
+                    if pending.len() >= 2 && listing_pages < pending.len() {
+                        self.find_operations(project, &pending).await?
+                    } else {
+                        let mut found = Vec::with_capacity(pending.len());
+                        for op in &pending {
+                            found.push(self.get_operation(project, &op.id).await?);
+                        }
+                        (found, listing_pages)
+                    };
+                let mut still = Vec::new();
+                for now in refreshed {
+                    check_failed(&now)?;
+                    if now.status.is_terminal() {
+                        done.push(now);
+                    } else {
+                        still.push(now);
+                    }
+                }
+                Ok(if still.is_empty() {
+                    ControlFlow::Break(done)
+                } else {
+                    ControlFlow::Continue((still, done, listing_pages))
+                })
+            },
+        )
+        .await?;
+        outcome.map_err(|((pending, _, _), elapsed)| {
+            ApiError::deadline(
+                format!(
+                    "waiting for {} operation(s) of project {project} ({})",
+                    pending.len(),
+                    pending
+                        .iter()
+                        .map(|o| format!("{} {} {}", o.id, o.action, o.status))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                elapsed,
+            )
+        })
     }
 
     /// The current state of `wanted` (all of one project) from the project's operation
@@ -838,24 +856,31 @@ impl NeonClient {
         deadline: Duration,
     ) -> Result<(), ApiError> {
         let start = Instant::now();
-        let mut interval = self.inner.poll_initial;
-        loop {
-            let busy = self.operations_in_progress(project).await?;
-            if busy.is_empty() {
-                return Ok(());
-            }
-            let elapsed = start.elapsed();
-            if elapsed >= deadline {
-                return Err(ApiError::deadline(
-                    format!(
-                        "waiting for project {project} to finish {} running operation(s)",
-                        busy.len()
-                    ),
-                    elapsed,
-                ));
-            }
-            tokio::time::sleep(interval.min(deadline - elapsed)).await;
-            interval = interval.saturating_mul(2).min(self.inner.poll_max);
+        let busy = self.operations_in_progress(project).await?.len();
+        if busy == 0 {
+            return Ok(());
+        }
+        poll_until(self.poll_policy(), start, deadline, busy, |_| async move {
+            let busy = self.operations_in_progress(project).await?.len();
+            Ok::<_, ApiError>(if busy == 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(busy)
+            })
+        })
+        .await?
+        .map_err(|(busy, elapsed)| {
+            ApiError::deadline(
+                format!("waiting for project {project} to finish {busy} running operation(s)"),
+                elapsed,
+            )
+        })
+    }
+
+    fn poll_policy(&self) -> PollPolicy {
+        PollPolicy {
+            initial: self.inner.poll_initial,
+            max: self.inner.poll_max,
         }
     }
 
@@ -1026,34 +1051,19 @@ impl NeonClient {
         extra_query: &[(String, String)],
     ) -> Result<Reply, ApiError> {
         let url = self.url(call, extra_query);
-        let mut budget = Budget::start(&self.inner.policy);
-        loop {
-            let (err, retry_after) = match self.attempt(call, &url).await {
-                Ok(reply) => return Ok(reply),
-                Err(e) => e,
-            };
-            let Some(reason) = retry_reason(&err, call.idempotent) else {
-                return Err(err);
-            };
-            let Some(delay) = budget.next_delay(retry_after) else {
-                tracing::warn!(
-                    method = %call.method,
-                    route = call.route,
-                    retries = budget.retries(),
-                    "neon api retry budget exhausted"
-                );
-                return Err(err);
-            };
-            ApiRetry {
-                method: call.method.as_str(),
-                route: call.route,
-                reason,
-                attempt: budget.retries(),
-                delay,
-            }
-            .emit();
-            tokio::time::sleep(delay).await;
-        }
+        let label = Label {
+            method: call.method.as_str(),
+            route: call.route,
+        };
+        retry(
+            &self.inner.policy,
+            label,
+            || self.attempt(call, &url),
+            |(err, _): &(ApiError, Option<Duration>)| retry_reason(err, call.idempotent),
+            |(_, retry_after)| *retry_after,
+        )
+        .await
+        .map_err(|(err, _)| err)
     }
 
     /// One HTTP attempt. Errors carry the `Retry-After` delay when the answer had one.

@@ -1,16 +1,44 @@
-//! When and how long to retry.
+//! When and how long to retry, and how often to poll: every wait of the Neon client and of
+//! the jobs' calls is scheduled here, on [`backon`]'s retry loop.
 //!
-//! Neon's guidance: 423 (a conflicting operation is running), 429 and 503 are always safe to
-//! retry; connection failures before anything was sent too. Other 5xx and timeouts are retried
-//! only when repeating the call cannot do harm (GET, PUT, DELETE, PATCH, and POSTs that set a
-//! state, like suspend). A create that may have happened is never repeated here: the caller
-//! checks for it first (see `NeonClient::create_snapshot`).
+//! Neon's guidance: 429 and 503 are always safe to retry; connection failures before anything
+//! was sent too. Other 5xx and timeouts are retried only when repeating the call cannot do
+//! harm (GET, PUT, DELETE, PATCH, and POSTs that set a state, like suspend). A create that may
+//! have happened is never repeated blindly: the caller checks for it first (see
+//! `NeonClient::create_snapshot`).
+//!
+//! 423 (a conflicting operation of the project is running) is handled in one layer only, and
+//! not by the client's backoff: waiting a few seconds at random says nothing about when the
+//! operation ends. [`retry_when_locked`] (used by every job's mutation) waits for the
+//! project's operations to finish and calls again, a bounded number of times. A quota 423
+//! (`QUOTA_EXCEEDED`) is neither retried nor waited on (see `ApiError::is_locked`).
 //!
 //! Delays are exponential with *full jitter* (uniform in `[0, min(cap, base * 2^n)]`), which
-//! spreads out clients that failed together, and bounded both in count and in total time.
+//! spreads out clients that failed together, and bounded both in count and in total time. A
+//! `Retry-After` is honoured as a minimum, the jittered delay added on top.
+//!
+//! # Worst case per action
+//!
+//! With a retry budget `max_elapsed` (120 s by default), a per-request timeout `T`, the jobs'
+//! operation deadline `D` and 3 locked attempts:
+//!
+//! - one client call `C`: no retry starts whose delay would end more than `max_elapsed` after
+//!   the first attempt began, so a call ends within `C = max_elapsed + T`; a snapshot create
+//!   (a listing first, then its own retries of an ambiguous failure, each a create and a
+//!   listing, within one more `max_elapsed`) within `max_elapsed + 3 C`;
+//! - one poll ([`poll_until`]) ends within `D + C`: its deadline is checked before each sleep,
+//!   and the last request (itself a call) may start just before it;
+//! - one job mutation ([`retry_when_locked`]): at most 3 calls and 2 waits for the project,
+//!   so `3 C + 2 (D + C)`; then waiting for the operations the call started, `D + C` more.
+//!
+//! Before 423 was handled here alone, each locked call was first retried by the client for up
+//! to 120 s, then waited on: about `3 * (120 s + D)` per action.
 
+use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -55,14 +83,56 @@ impl RetryPolicy {
         }
         Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
     }
+
+    /// The jittered delays of one call, `max_retries` of them, as a [`backon::Backoff`].
+    fn schedule(&self) -> FullJitter {
+        FullJitter {
+            policy: self.clone(),
+            retry: 0,
+        }
+    }
+
+    /// The delay before the next retry given the scheduled `backoff` and the server's
+    /// `retry_after`, or `None` when it would end past `max_elapsed` (`elapsed` is the time
+    /// since the first attempt began).
+    fn admit(
+        &self,
+        elapsed: Duration,
+        backoff: Duration,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        // Saturating: `Retry-After` is whatever the server sent, and a delay beyond the
+        // budget just means giving up now.
+        let delay = retry_after.map_or(backoff, |ra| ra.saturating_add(backoff));
+        (elapsed.saturating_add(delay) <= self.max_elapsed).then_some(delay)
+    }
 }
 
-/// Whether a failed attempt may be repeated, and the reason label for telemetry.
+/// Full-jitter exponential delays (backon's own jitter adds to the delay instead).
+#[derive(Debug)]
+struct FullJitter {
+    policy: RetryPolicy,
+    retry: u32,
+}
+
+impl Iterator for FullJitter {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.retry >= self.policy.max_retries {
+            return None;
+        }
+        let delay = self.policy.backoff(self.retry);
+        self.retry += 1;
+        Some(delay)
+    }
+}
+
+/// Whether a failed attempt may be repeated by the client, and the reason label for
+/// telemetry. 423 is not: see the module documentation.
 pub fn retry_reason(err: &ApiError, idempotent: bool) -> Option<&'static str> {
     match err {
         ApiError::Status { status, .. } => match *status {
-            423 if err.is_locked() => Some("locked"),
-            423 => None,
             429 => Some("rate_limited"),
             503 => Some("unavailable"),
             s if s >= 500 && idempotent => Some("server_error"),
@@ -75,44 +145,125 @@ pub fn retry_reason(err: &ApiError, idempotent: bool) -> Option<&'static str> {
     }
 }
 
-/// Tracks one logical call's retries.
-#[derive(Debug)]
-pub struct Budget<'a> {
-    policy: &'a RetryPolicy,
-    started: Instant,
-    retries: u32,
+/// What a retry is reported as.
+#[derive(Clone, Copy, Debug)]
+pub struct Label<'a> {
+    pub method: &'a str,
+    pub route: &'a str,
 }
 
-impl<'a> Budget<'a> {
-    pub fn start(policy: &'a RetryPolicy) -> Self {
-        Budget {
-            policy,
-            started: Instant::now(),
-            retries: 0,
+/// Makes `attempt` until it succeeds, fails with an error `reason` does not name, or the
+/// policy's budget is spent (then its last error is returned). `retry_after` gives an error's
+/// `Retry-After`, a minimum for the next delay. Every retry is reported (an `ApiRetry`
+/// event), and so is a spent budget.
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    label: Label<'_>,
+    attempt: F,
+    reason: impl Fn(&E) -> Option<&'static str>,
+    retry_after: impl Fn(&E) -> Option<Duration>,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut retries = 0u32;
+    let result = attempt
+        .retry(policy.schedule())
+        .sleep(tokio::time::sleep)
+        .when(|e| reason(e).is_some())
+        .adjust(|e, backoff| policy.admit(started.elapsed(), backoff?, retry_after(e)))
+        .notify(|e, delay| {
+            retries += 1;
+            crate::telemetry::events::ApiRetry {
+                method: label.method,
+                route: label.route,
+                reason: reason(e).unwrap_or("server_error"),
+                attempt: retries,
+                delay,
+            }
+            .emit();
+        })
+        .await;
+    if let Err(e) = &result {
+        if reason(e).is_some() {
+            tracing::warn!(
+                method = label.method,
+                route = label.route,
+                retries,
+                "neon api retry budget exhausted"
+            );
         }
     }
+    result
+}
 
-    /// Retries done so far.
-    pub fn retries(&self) -> u32 {
-        self.retries
+/// How often to poll for a state: doubling from `initial` up to `max`, until a deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct PollPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// Polls until `step` breaks with a value: sleeps, calls `step` with the state the last call
+/// continued with, and so on. Starting a sleep at or past `deadline` after `started` ends it
+/// with `Ok(Err((state, elapsed)))`; the last sleep is cut to end at the deadline, so one
+/// more `step` is made there. An error of `step` ends it at once.
+pub async fn poll_until<S, T, E, F, Fut>(
+    policy: PollPolicy,
+    started: Instant,
+    deadline: Duration,
+    mut state: S,
+    mut step: F,
+) -> Result<Result<T, (S, Duration)>, E>
+where
+    F: FnMut(S) -> Fut,
+    Fut: Future<Output = Result<ControlFlow<T, S>, E>>,
+{
+    let mut intervals = ExponentialBuilder::new()
+        .with_min_delay(policy.initial)
+        .with_max_delay(policy.max.max(policy.initial))
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
+    loop {
+        let elapsed = started.elapsed();
+        if elapsed >= deadline {
+            return Ok(Err((state, elapsed)));
+        }
+        let interval = intervals.next().unwrap_or(policy.max);
+        tokio::time::sleep(interval.min(deadline - elapsed)).await;
+        state = match step(state).await? {
+            ControlFlow::Break(done) => return Ok(Ok(done)),
+            ControlFlow::Continue(state) => state,
+        };
     }
+}
 
-    /// The delay before the next retry, or `None` if the budget is spent. `retry_after` (from
-    /// a 429's header) is honoured as a minimum; the jittered backoff is added on top so that
-    /// clients told the same `Retry-After` do not all come back at the same instant.
-    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
-        if self.retries >= self.policy.max_retries {
-            return None;
+/// Makes a project's mutation `call`; when the project is locked (a 423 other than a quota
+/// one), waits for its operations with `wait_idle` and calls again, `attempts` calls in all.
+/// The last 423 is returned as is; an error of `wait_idle` ends it.
+pub async fn retry_when_locked<T, F, Fut, W, WFut>(
+    attempts: u32,
+    mut call: F,
+    mut wait_idle: W,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+    W: FnMut(u32) -> WFut,
+    WFut: Future<Output = Result<(), ApiError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_locked() && attempt < attempts => {
+                wait_idle(attempt).await?;
+                attempt += 1;
+            }
+            other => return other,
         }
-        let backoff = self.policy.backoff(self.retries);
-        // Saturating: `Retry-After` is whatever the server sent, and a delay beyond the
-        // budget just means giving up now.
-        let delay = retry_after.map_or(backoff, |ra| ra.saturating_add(backoff));
-        if self.started.elapsed().saturating_add(delay) > self.policy.max_elapsed {
-            return None;
-        }
-        self.retries += 1;
-        Some(delay)
     }
 }
 
@@ -151,11 +302,22 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
         let p = RetryPolicy::default();
-        let mut b = Budget::start(&p);
         // A Retry-After longer than the whole budget: the error is returned, no wait.
-        assert_eq!(b.next_delay(Some(Duration::MAX)), None);
-        assert_eq!(b.next_delay(Some(Duration::from_secs(u64::MAX))), None);
-        assert!(b.next_delay(Some(Duration::ZERO)).is_some());
+        assert_eq!(
+            p.admit(Duration::ZERO, Duration::ZERO, Some(Duration::MAX)),
+            None
+        );
+        assert_eq!(
+            p.admit(
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Some(Duration::from_secs(u64::MAX))
+            ),
+            None
+        );
+        assert!(p
+            .admit(Duration::ZERO, Duration::ZERO, Some(Duration::ZERO))
+            .is_some());
     }
 
     fn status(s: u16) -> ApiError {
@@ -195,49 +357,221 @@ mod tests {
         assert!(seen_low && seen_high, "delays spread over the whole range");
     }
 
+    const LABEL: Label<'static> = Label {
+        method: "GET",
+        route: "/x",
+    };
+
+    /// Runs `retry` over `errors` (one per attempt, then success), with `Retry-After` `ra`
+    /// on each; returns the outcome and the attempts made.
+    async fn run(p: &RetryPolicy, errors: u32, ra: Option<Duration>) -> (Result<(), u16>, u32) {
+        let made = std::cell::Cell::new(0u32);
+        let result = retry(
+            p,
+            LABEL,
+            || {
+                made.set(made.get() + 1);
+                let fail = made.get() <= errors;
+                async move {
+                    if fail {
+                        Err(503u16)
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+            |s: &u16| (*s == 503).then_some("unavailable"),
+            |_| ra,
+        )
+        .await;
+        (result, made.get())
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn budget_bounds_attempts_and_time() {
+    async fn retry_bounds_attempts_and_time() {
         let p = RetryPolicy {
             max_retries: 3,
             max_elapsed: Duration::from_secs(600),
             base: Duration::from_millis(10),
             cap: Duration::from_millis(10),
         };
-        let mut b = Budget::start(&p);
-        assert!(b.next_delay(None).is_some());
-        assert!(b.next_delay(None).is_some());
-        assert!(b.next_delay(None).is_some());
-        assert_eq!(b.next_delay(None), None, "max_retries reached");
+        assert_eq!(run(&p, 3, None).await, (Ok(()), 4), "3 retries suffice");
+        assert_eq!(run(&p, 4, None).await, (Err(503), 4), "max_retries reached");
 
         let p = RetryPolicy {
             max_retries: 100,
             max_elapsed: Duration::from_secs(10),
             ..p
         };
-        let mut b = Budget::start(&p);
-        let d = b.next_delay(Some(Duration::from_secs(4))).unwrap();
-        assert!(
-            d >= Duration::from_secs(4) && d <= Duration::from_millis(4010),
-            "{d:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // Retry-After is a minimum: 4 s, then 4 s more would pass 10 s with the jitter.
+        let t = Instant::now();
+        assert_eq!(run(&p, 1, Some(Duration::from_secs(4))).await, (Ok(()), 2));
+        assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
+        let t = Instant::now();
         assert_eq!(
-            b.next_delay(Some(Duration::from_secs(7))),
-            None,
-            "would end after max_elapsed"
+            run(&p, 100, Some(Duration::from_secs(4))).await,
+            (Err(503), 3),
+            "a third retry would end after max_elapsed"
         );
-        let d = b.next_delay(Some(Duration::from_secs(5))).unwrap();
-        assert!(
-            d >= Duration::from_secs(5) && d <= Duration::from_millis(5010),
-            "{d:?}"
-        );
+        assert!(t.elapsed() >= Duration::from_secs(8), "{:?}", t.elapsed());
+        assert!(p
+            .admit(
+                Duration::from_secs(4),
+                Duration::ZERO,
+                Some(Duration::from_secs(7))
+            )
+            .is_none());
+        let d = p
+            .admit(
+                Duration::from_secs(4),
+                Duration::from_millis(10),
+                Some(Duration::from_secs(5)),
+            )
+            .unwrap();
+        assert_eq!(d, Duration::from_millis(5010));
+
+        // An error the classifier does not name is not retried.
+        let made = std::cell::Cell::new(0u32);
+        let r: Result<(), u16> = retry(
+            &p,
+            LABEL,
+            || {
+                made.set(made.get() + 1);
+                async { Err(404u16) }
+            },
+            |s: &u16| (*s == 503).then_some("unavailable"),
+            |_| None,
+        )
+        .await;
+        assert_eq!((r, made.get()), (Err(404), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_doubles_up_to_max_and_stops_at_the_deadline() {
+        let policy = PollPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+        };
+        let started = Instant::now();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let out: Result<Result<(), (u32, Duration)>, ()> =
+            poll_until(policy, started, Duration::from_secs(20), 0u32, |n| {
+                seen.borrow_mut().push(started.elapsed().as_secs());
+                async move { Ok(ControlFlow::Continue(n + 1)) }
+            })
+            .await;
+        // Sleeps of 1, 2, 4, 4, 4, 4 s, and the last one cut to end at the deadline.
+        assert_eq!(*seen.borrow(), vec![1, 3, 7, 11, 15, 19, 20]);
+        let (n, elapsed) = out.unwrap().unwrap_err();
+        assert_eq!(n, 7);
+        assert!(elapsed >= Duration::from_secs(20));
+
+        let out: Result<Result<u32, (u32, Duration)>, ()> = poll_until(
+            policy,
+            Instant::now(),
+            Duration::from_secs(20),
+            0u32,
+            |n| async move {
+                Ok(if n == 2 {
+                    ControlFlow::Break(n)
+                } else {
+                    ControlFlow::Continue(n + 1)
+                })
+            },
+        )
+        .await;
+        assert_eq!(out, Ok(Ok(2)));
+        let out: Result<Result<u32, (u32, Duration)>, &str> = poll_until(
+            policy,
+            Instant::now(),
+            Duration::from_secs(20),
+            0u32,
+            |_| async { Err("boom") },
+        )
+        .await;
+        assert_eq!(out, Err("boom"), "an error ends the polling at once");
+    }
+
+    fn locked(code: Option<&str>) -> ApiError {
+        ApiError::Status {
+            status: 423,
+            code: code.map(Into::into),
+            message: String::new(),
+            request_id: None,
+            route: "/x",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_locked_call_is_waited_on_and_repeated_a_bounded_number_of_times() {
+        let calls = std::cell::Cell::new(0u32);
+        let waits = std::cell::Cell::new(0u32);
+        let r: Result<(), ApiError> = retry_when_locked(
+            3,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(locked(None)) }
+            },
+            |_| {
+                waits.set(waits.get() + 1);
+                async { Ok(()) }
+            },
+        )
+        .await;
+        assert!(r.unwrap_err().is_locked());
+        assert_eq!((calls.get(), waits.get()), (3, 2));
+
+        calls.set(0);
+        waits.set(0);
+        let r = retry_when_locked(
+            3,
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n < 2 {
+                        Err(locked(None))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+            |_| {
+                waits.set(waits.get() + 1);
+                async { Ok(()) }
+            },
+        )
+        .await;
+        assert_eq!(r.unwrap(), 2);
+        assert_eq!(waits.get(), 1);
+
+        // A quota 423 is neither waited on nor repeated.
+        calls.set(0);
+        waits.set(0);
+        let r: Result<(), ApiError> = retry_when_locked(
+            3,
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(locked(Some("QUOTA_EXCEEDED"))) }
+            },
+            |_| {
+                waits.set(waits.get() + 1);
+                async { Ok(()) }
+            },
+        )
+        .await;
+        assert!(r.is_err());
+        assert_eq!((calls.get(), waits.get()), (1, 0));
     }
 
     #[test]
     fn what_is_retried() {
-        for s in [423, 429, 503] {
+        for s in [429, 503] {
             assert!(retry_reason(&status(s), false).is_some(), "{s} always");
         }
+        // 423 is the jobs' to wait on (`retry_when_locked`), not the client's to retry.
+        assert_eq!(retry_reason(&status(423), true), None);
+        assert_eq!(retry_reason(&locked(None), true), None);
         assert_eq!(retry_reason(&status(500), true), Some("server_error"));
         assert_eq!(
             retry_reason(&status(500), false),
