@@ -163,8 +163,9 @@ pub struct RawApi {
     /// Requests that may be sent at once before the rate limit applies (Neon allows 40).
     #[schemars(with = "Option<u32>", range(min = 1), extend("default" = 40))]
     pub burst: Option<Spanned<u32>>,
-    /// Retries of 423 (project locked), 429, 503, other 5xx and transport errors, with
-    /// exponential backoff (at most 20).
+    /// Retries of 429, 503, other 5xx and transport errors, with exponential backoff (at
+    /// most 20). A 423 (project locked) is handled by the jobs, which wait for the project's
+    /// operations and call again.
     #[schemars(with = "Option<u32>", range(max = 20), extend("default" = 5))]
     pub max_retries: Option<Spanned<u32>>,
     /// Projects a run processes in parallel (changes within one project are always serial),

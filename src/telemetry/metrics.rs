@@ -175,7 +175,7 @@ impl Metrics {
             ),
             api_retries_total: register(
                 &r,
-                IntCounterVec::new(opts("api_retries_total", "Retried Neon API requests by reason (locked, rate_limited, unavailable, server_error, timeout, connect)."), &["reason"]).unwrap(),
+                IntCounterVec::new(opts("api_retries_total", "Retried Neon API requests by reason (rate_limited, unavailable, server_error, timeout, connect)."), &["reason"]).unwrap(),
             ),
             api_rate_limited_total: register(
                 &r,

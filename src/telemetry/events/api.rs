@@ -53,7 +53,7 @@ impl ApiRequestCompleted<'_> {
 pub struct ApiRetry<'a> {
     pub method: &'a str,
     pub route: &'a str,
-    /// One of `locked`, `rate_limited`, `unavailable`, `server_error`, `timeout`, `connect`.
+    /// One of `rate_limited`, `unavailable`, `server_error`, `timeout`, `connect`.
     pub reason: &'static str,
     pub attempt: u32,
     pub delay: Duration,
