@@ -335,10 +335,7 @@ async fn once(
             j.clone(),
             dry_run,
             cancel.clone(),
-            crate::scheduler::LeaseTiming {
-                heartbeat: cfg.store.heartbeat,
-                lease: cfg.store.lease,
-            },
+            cfg.store.lease_timing(),
         )
         .await?
         else {

@@ -262,8 +262,7 @@ pub async fn run_until(
     let sched_opts = SchedulerOptions {
         grace_period: opts.grace_period,
         watchdog,
-        heartbeat: cfg.store.heartbeat,
-        lease: cfg.store.lease,
+        lease: cfg.store.lease_timing(),
         ..Default::default()
     };
     let (handle, mut sched_task) =

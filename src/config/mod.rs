@@ -47,8 +47,7 @@ pub const MAX_JITTER: Duration = Duration::from_secs(86_400);
 /// Longest run `timeout`: a run that may go on for more than a week has no timeout.
 pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 /// Longest API request `timeout`.
-/// The default `store.heartbeat`.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+pub use crate::store::DEFAULT_HEARTBEAT;
 pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Most projects a run may process in parallel (`api.concurrency`). Neon lets 40 requests
 /// through at once (its burst); more parallel projects than that only wait on the limiter
@@ -168,6 +167,16 @@ pub struct StoreConfig {
     pub lease: Duration,
     /// How often a run renews its lease and replicas look for expired ones.
     pub heartbeat: Duration,
+}
+
+impl StoreConfig {
+    /// How runs keep their lease.
+    pub fn lease_timing(&self) -> crate::store::LeaseTiming {
+        crate::store::LeaseTiming {
+            heartbeat: self.heartbeat,
+            lease: self.lease,
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreConfig {

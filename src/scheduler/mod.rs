@@ -31,8 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::store::LeaseTiming;
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use run::{run_now, LeaseTiming};
+pub use run::run_now;
 
 use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
 use crate::store::{ActionCounts, Claim, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
@@ -135,12 +136,9 @@ pub struct SchedulerOptions {
     pub cancel_wait: Duration,
     /// Ping interval and function, when systemd's watchdog is on.
     pub watchdog: Option<(Duration, WatchdogPing)>,
-    /// How often a running run renews its lease, and how often the loop takes over runs
-    /// whose lease has expired (`store.heartbeat`).
-    pub heartbeat: Duration,
-    /// How long a claim holds a run (`store.lease`): a run whose renewals have failed for
-    /// this long stops, since another replica may have taken it over.
-    pub lease: Duration,
+    /// How runs keep their lease (`store.heartbeat`, `store.lease`); the heartbeat is also
+    /// how often the loop takes over runs whose lease has expired.
+    pub lease: LeaseTiming,
 }
 
 impl Default for SchedulerOptions {
@@ -149,8 +147,7 @@ impl Default for SchedulerOptions {
             grace_period: Duration::from_secs(30),
             cancel_wait: Duration::from_secs(5),
             watchdog: None,
-            heartbeat: crate::config::DEFAULT_HEARTBEAT,
-            lease: crate::store::DEFAULT_LEASE,
+            lease: LeaseTiming::default(),
         }
     }
 }
@@ -372,7 +369,7 @@ impl Loop {
         self.publish();
         started.cancel();
         let mut next_ping = self.opts.watchdog.as_ref().map(|(every, _)| after(*every));
-        let mut next_maintenance = after(self.opts.heartbeat);
+        let mut next_maintenance = after(self.opts.lease.heartbeat);
         if let Some((_, ping)) = &self.opts.watchdog {
             ping();
         }
@@ -405,7 +402,7 @@ impl Loop {
                 }
                 _ = tokio::time::sleep_until(next_maintenance) => {
                     self.maintain().await;
-                    next_maintenance = after(self.opts.heartbeat);
+                    next_maintenance = after(self.opts.lease.heartbeat);
                 }
                 _ = sleep => self.fire_due().await,
             }
@@ -655,7 +652,7 @@ impl Loop {
         if taken.is_empty() {
             return;
         }
-        let me = self.store_owner();
+        let me = self.store.replica();
         for r in &taken {
             RunTakenOver {
                 job: &r.job,
@@ -687,10 +684,6 @@ impl Loop {
         }
         let executor = self.executor.clone();
         self.reconciling = Some(tokio::spawn(async move { executor.reconcile().await }));
-    }
-
-    fn store_owner(&self) -> String {
-        self.store.replica()
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -922,7 +915,6 @@ impl Loop {
             executor: self.executor.clone(),
             clock: self.clock.clone(),
             cancel_wait: self.opts.cancel_wait,
-            heartbeat: self.opts.heartbeat,
             lease: self.opts.lease,
         };
         self.tasks

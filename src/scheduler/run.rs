@@ -9,7 +9,9 @@ use tracing::Instrument;
 
 use super::{Clock, Executor, LastRun, RunHandle, RunReport};
 use crate::config::JobConfig;
-use crate::store::{ActionCounts, Lease, NewRun, RunId, RunStatus, Store, StoreResult, Trigger};
+use crate::store::{
+    ActionCounts, Lease, LeaseTiming, NewRun, RunId, RunStatus, Store, StoreResult, Trigger,
+};
 use crate::telemetry::events::{JobRunFinished, JobRunStarted, LeaseLost};
 
 pub(super) struct RunContext {
@@ -17,10 +19,8 @@ pub(super) struct RunContext {
     pub executor: Arc<dyn Executor>,
     pub clock: Arc<dyn Clock>,
     pub cancel_wait: Duration,
-    /// How often the run's lease is renewed.
-    pub heartbeat: Duration,
-    /// How long the lease lasts: renewals failing for this long stop the run.
-    pub lease: Duration,
+    /// How the run's lease is renewed, and how long renewals may fail before it stops.
+    pub lease: LeaseTiming,
 }
 
 pub(super) struct Finished {
@@ -74,7 +74,6 @@ pub(super) async fn execute(
         ctx.store.clone(),
         job.name.clone(),
         run_id,
-        ctx.heartbeat,
         ctx.lease,
         cancel.clone(),
         reason.clone(),
@@ -163,7 +162,7 @@ pub(super) async fn execute(
     }
 }
 
-/// Renews the lease of run `run_id` every `every` until aborted. Stops the run when the
+/// Renews the lease of run `run_id` every `timing.heartbeat` until aborted. Stops the run when the
 /// lease is lost (another replica took it over after this one was paused or cut off), when
 /// renewals have failed for a whole lease (another replica may take it over any moment),
 /// or when another replica asks it to stop (`concurrency = "replace"`).
@@ -171,8 +170,7 @@ async fn heartbeat(
     store: Arc<dyn Store>,
     job: String,
     run_id: RunId,
-    every: Duration,
-    lease: Duration,
+    timing: LeaseTiming,
     cancel: CancellationToken,
     reason: Arc<OnceLock<String>>,
 ) {
@@ -188,7 +186,7 @@ async fn heartbeat(
         cancel.cancel();
     };
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(timing.heartbeat).await;
         match store.renew_lease(run_id).await {
             Ok(Lease::Held {
                 cancel_requested, ..
@@ -205,11 +203,11 @@ async fn heartbeat(
                 stop(format!("the run's lease was lost ({why})"));
                 return;
             }
-            Err(e) if renewed.elapsed() >= lease => {
+            Err(e) if renewed.elapsed() >= timing.lease => {
                 stop(format!(
                     "the run's lease could not be renewed for {} ({e}); another replica may \
                      take it over",
-                    humantime::format_duration(lease)
+                    humantime::format_duration(timing.lease)
                 ));
                 return;
             }
@@ -299,22 +297,6 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// How a run outside the scheduler loop keeps its lease (`store.heartbeat`, `store.lease`).
-#[derive(Debug, Clone, Copy)]
-pub struct LeaseTiming {
-    pub heartbeat: Duration,
-    pub lease: Duration,
-}
-
-impl Default for LeaseTiming {
-    fn default() -> Self {
-        LeaseTiming {
-            heartbeat: crate::config::DEFAULT_HEARTBEAT,
-            lease: crate::store::DEFAULT_LEASE,
-        }
-    }
-}
-
 /// Runs `job` once, now, outside the scheduler loop (`once`, `plan`). `dry_run` forces a
 /// dry run (`plan`); `cancel` stops it (Ctrl-C). Returns the run id and how it ended.
 pub async fn run_now(
@@ -356,8 +338,7 @@ pub async fn run_now(
         executor,
         clock,
         cancel_wait: Duration::from_secs(5),
-        heartbeat: timing.heartbeat,
-        lease: timing.lease,
+        lease: timing,
     };
     let fut = execute(ctx, job, handle, reason.clone());
     tokio::pin!(fut);

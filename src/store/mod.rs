@@ -44,6 +44,25 @@ pub struct StoreOptions {
 
 /// The default `store.lease`.
 pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// The default `store.heartbeat`.
+pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How a run keeps its lease: renewed every `heartbeat`; a run whose renewals have failed for
+/// `lease` stops, since another replica may take it over (`store.heartbeat`, `store.lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub heartbeat: std::time::Duration,
+    pub lease: std::time::Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            heartbeat: DEFAULT_HEARTBEAT,
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
 
 impl Default for StoreOptions {
     fn default() -> Self {

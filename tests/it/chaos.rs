@@ -77,24 +77,10 @@ impl Points {
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| {
-            // Snapshot names here are `[a-z0-9-]`: percent-decoding `%2D`-style escapes is
-            // all that can occur.
-            let mut out = String::new();
-            let mut bytes = v.bytes();
-            while let Some(b) = bytes.next() {
-                if b == b'%' {
-                    let hex: String = bytes.by_ref().take(2).map(char::from).collect();
-                    out.push(u8::from_str_radix(&hex, 16).unwrap() as char);
-                } else {
-                    out.push(b as char);
-                }
-            }
-            out
-        })
-    })
+    let url = reqwest::Url::parse(&format!("http://q/?{}", query?)).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Waits (bounded) for a run in progress and returns the index of the replica holding it

@@ -245,6 +245,25 @@ fn pagination(cursor: Option<String>) -> Option<Pagination> {
     cursor.map(|cursor| Pagination { cursor })
 }
 
+/// The per-project answer of the v2 and legacy project endpoints.
+fn projects_answer<T: serde::Serialize>(
+    computed: Vec<(String, Vec<ConsumptionPeriod<T>>)>,
+    next: Option<String>,
+) -> Response {
+    let projects = computed
+        .into_iter()
+        .map(|(project_id, periods)| ProjectConsumption {
+            project_id,
+            periods,
+        })
+        .collect();
+    Json(ProjectsConsumption {
+        projects,
+        pagination: pagination(next),
+    })
+    .into_response()
+}
+
 fn plan_of(state: &State, org_id: Option<&str>) -> String {
     org_id
         .and_then(|o| state.orgs.get(o))
@@ -330,18 +349,7 @@ async fn v2_projects(
         move |v, id, s, e| v2_timeframe(s, e, project_v2_values(v, id, s, e, &metrics)),
     )
     .await?;
-    let projects = computed
-        .into_iter()
-        .map(|(project_id, periods)| ProjectConsumption {
-            project_id,
-            periods,
-        })
-        .collect();
-    Ok(Json(ProjectsConsumption {
-        projects,
-        pagination: pagination(next),
-    })
-    .into_response())
+    Ok(projects_answer(computed, next))
 }
 
 async fn v2_branches(
@@ -492,18 +500,7 @@ async fn legacy_projects(
         },
     )
     .await?;
-    let projects = computed
-        .into_iter()
-        .map(|(project_id, periods)| ProjectConsumption {
-            project_id,
-            periods,
-        })
-        .collect();
-    Ok(Json(ProjectsConsumption {
-        projects,
-        pagination: pagination(next),
-    })
-    .into_response())
+    Ok(projects_answer(computed, next))
 }
 
 async fn legacy_account(
