@@ -211,6 +211,9 @@ pub enum JobKind {
     SuspendComputes,
     /// Collect consumption metrics per project into the store and Prometheus gauges.
     CollectConsumption,
+    /// Compare the month-to-date spend (priced consumption) with a monthly budget, export it,
+    /// and take the thresholds' actions (notice, reversible cost actions).
+    EnforceBudget,
 }
 
 impl JobKind {
@@ -220,6 +223,7 @@ impl JobKind {
             JobKind::ExpireBranches => "expire_branches",
             JobKind::SuspendComputes => "suspend_computes",
             JobKind::CollectConsumption => "collect_consumption",
+            JobKind::EnforceBudget => "enforce_budget",
         }
     }
 }
@@ -508,6 +512,7 @@ pub enum JobSpec {
     ExpireBranches(ExpireSpec),
     SuspendComputes(SuspendSpec),
     CollectConsumption(ConsumptionSpec),
+    EnforceBudget(BudgetSpec),
 }
 
 #[derive(Debug, Clone)]
@@ -767,6 +772,55 @@ pub struct ConsumptionSpec {
     pub prices: BTreeMap<String, f64>,
 }
 
+/// An action of a budget threshold (`[[jobs.budget.thresholds]].actions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetActionKind {
+    /// A log line, a metric and a ledger row, once a month per threshold.
+    Notify,
+    /// Suspend the active computes of non-default branches.
+    SuspendComputes,
+    /// Lower `autoscaling_limit_max_cu` to the threshold's `max_cu`.
+    LowerMaxCu,
+    /// Shorten `suspend_timeout_seconds` to the threshold's `suspend_timeout`.
+    ShortenSuspendTimeout,
+}
+
+/// `enforce_budget`: a monthly budget over the job's selected projects.
+#[derive(Debug, Clone)]
+pub struct BudgetSpec {
+    /// The `collect_consumption` job whose samples and prices give the spend.
+    pub consumption_job: String,
+    /// Per calendar month in `timezone`, in `currency`.
+    pub limit: f64,
+    pub currency: String,
+    /// The zone of the calendar month.
+    pub timezone: Tz,
+    /// Each selected project has a budget of `limit` of its own.
+    pub per_project: bool,
+    /// The projection is the run rate of the last this many days.
+    pub projection_days: u32,
+    /// Ascending by `percent`, no two alike.
+    pub thresholds: Vec<BudgetThreshold>,
+    /// From the consumption job (resolved when the policy is read): the granularity of the
+    /// samples read, and the price of every metric that job collects.
+    pub granularity: Granularity,
+    pub prices: BTreeMap<String, f64>,
+}
+
+/// One threshold of a budget: what to do once the month-to-date spend reaches `percent` of
+/// the limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetThreshold {
+    pub percent: f64,
+    pub notify: bool,
+    pub suspend_computes: bool,
+    /// `lower_max_cu`: the new `autoscaling_limit_max_cu`.
+    pub max_cu: Option<f64>,
+    /// `shorten_suspend_timeout`: the new `suspend_timeout_seconds`.
+    pub suspend_timeout_seconds: Option<i64>,
+}
+
 /// Loads and validates the policy at `path`, with the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_with_env(path, &|k| std::env::var(k).ok())
@@ -911,6 +965,8 @@ impl Validator<'_> {
         // for the default template), to refuse templates whose names can coincide.
         let mut snapshot_templates: Vec<(String, NameTemplate, usize)> = Vec::new();
         let mut jobs = Vec::with_capacity(raw.jobs.len());
+        // Budget jobs (index, position of `consumption_job`), resolved once every job is read.
+        let mut budget_refs: Vec<(usize, Range<usize>)> = Vec::new();
         for job in raw.jobs {
             let name = job.name.get_ref().clone();
             if let Some(first) = seen.get(&name) {
@@ -925,7 +981,14 @@ impl Validator<'_> {
                 .name_template
                 .as_ref()
                 .map_or_else(|| job.name.span(), |t| t.span());
+            let budget_ref = job
+                .budget
+                .as_ref()
+                .map(|b| b.get_ref().consumption_job.span());
             let built = self.job(job, &defaults)?;
+            if let (JobSpec::EnforceBudget(_), Some(at)) = (&built.spec, budget_ref) {
+                budget_refs.push((jobs.len(), at));
+            }
             if let JobSpec::SnapshotBranches(spec) = &built.spec {
                 for (other_name, other_template, other_span) in &snapshot_templates {
                     if let Some(example) =
@@ -955,6 +1018,7 @@ impl Validator<'_> {
             }
             jobs.push(Arc::new(built));
         }
+        self.resolve_budgets(&mut jobs, &budget_refs)?;
         Ok(Config {
             api,
             store,
@@ -1280,7 +1344,12 @@ impl Validator<'_> {
             concurrency: j.concurrency.or(d.concurrency).unwrap_or_default(),
             missed,
             starting_deadline: j.starting_deadline.or(d.starting_deadline).map(|x| x.0),
-            dry_run: j.dry_run.or(d.dry_run).unwrap_or(false),
+            // A budget guard acts on nothing until its own job says `dry_run = false`.
+            dry_run: if kind == JobKind::EnforceBudget {
+                j.dry_run.unwrap_or(true)
+            } else {
+                j.dry_run.or(d.dry_run).unwrap_or(false)
+            },
             enabled: j.enabled.unwrap_or(true),
             selectors,
             limits,
@@ -1352,6 +1421,7 @@ impl Validator<'_> {
             "ttl" | "idle_ttl" | "mode" => "expire_branches",
             "idle_for" | "windows" | "window_timezone" | "exclude_until" | "resume"
             | "endpoints" | "exclusions" => "suspend_computes",
+            "budget" => "enforce_budget",
             _ => "collect_consumption",
         };
         self.err(
@@ -1367,7 +1437,7 @@ impl Validator<'_> {
         fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
             o.as_ref().map(|s| s.span())
         }
-        let options: [(&str, JobKind, Option<Range<usize>>); 19] = [
+        let options: [(&str, JobKind, Option<Range<usize>>); 20] = [
             (
                 "name_template",
                 JobKind::SnapshotBranches,
@@ -1418,6 +1488,7 @@ impl Validator<'_> {
                 JobKind::CollectConsumption,
                 span(&j.prices),
             ),
+            ("[jobs.budget]", JobKind::EnforceBudget, span(&j.budget)),
             ("", kind, None),
         ];
         for (option, owner, sp) in options {
@@ -1587,7 +1658,246 @@ impl Validator<'_> {
                         .unwrap_or_default(),
                 })
             }
+            JobKind::EnforceBudget => match &j.budget {
+                Some(b) => JobSpec::EnforceBudget(self.budget(b, tz)?),
+                None => {
+                    return Err(self.err(
+                        job_span,
+                        "kind `enforce_budget` needs a `[jobs.budget]` table (consumption_job, \
+                         limit, currency, [[jobs.budget.thresholds]])",
+                    ))
+                }
+            },
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `[jobs.budget]`, except what comes from its consumption job ([`Self::resolve_budgets`]).
+    fn budget(&self, b: &Spanned<raw::RawBudget>, tz: Tz) -> Result<BudgetSpec, ConfigError> {
+        let r = b.get_ref();
+        let limit = *r.limit.get_ref();
+        if !(limit.is_finite() && limit > 0.0) {
+            return Err(self.err(
+                r.limit.span(),
+                format!("`limit` must be a number greater than 0, got {limit}"),
+            ));
+        }
+        let currency = r.currency.get_ref();
+        if currency.len() != 3 || !currency.bytes().all(|c| c.is_ascii_uppercase()) {
+            return Err(self.err(
+                r.currency.span(),
+                format!(
+                    "`currency` must be the price table's ISO 4217 code, three capital letters \
+                     such as \"USD\", got {currency:?}"
+                ),
+            ));
+        }
+        let projection_days = match &r.projection_days {
+            Some(d) if !(1..=31).contains(d.get_ref()) => {
+                return Err(self.err(
+                    d.span(),
+                    format!(
+                        "`projection_days` must be between 1 and 31, got {}",
+                        d.get_ref()
+                    ),
+                ))
+            }
+            Some(d) => *d.get_ref(),
+            None => 7,
+        };
+        if r.thresholds.get_ref().is_empty() {
+            return Err(self.err(
+                r.thresholds.span(),
+                "a budget needs at least one `[[jobs.budget.thresholds]]` entry",
+            ));
+        }
+        let mut thresholds: Vec<BudgetThreshold> = Vec::new();
+        for t in r.thresholds.get_ref() {
+            let t_span = t.span();
+            let t = t.get_ref();
+            let percent = *t.percent.get_ref();
+            if !(percent.is_finite() && percent > 0.0 && percent <= 1000.0) {
+                return Err(self.err(
+                    t.percent.span(),
+                    format!("`percent` must be in (0, 1000], got {percent}"),
+                ));
+            }
+            if thresholds.iter().any(|o| o.percent == percent) {
+                return Err(self.err(
+                    t.percent.span(),
+                    format!("threshold {percent}% is given twice"),
+                ));
+            }
+            let actions = t.actions.get_ref();
+            if actions.is_empty() {
+                return Err(self.err(
+                    t.actions.span(),
+                    "`actions` must list at least one of notify, suspend_computes, lower_max_cu, \
+                     shorten_suspend_timeout",
+                ));
+            }
+            for (i, a) in actions.iter().enumerate() {
+                if actions[..i].contains(a) {
+                    return Err(self.err(
+                        t.actions.span(),
+                        format!("action `{}` is listed twice", budget_action_name(*a)),
+                    ));
+                }
+            }
+            let has = |k: BudgetActionKind| actions.contains(&k);
+            let max_cu = match (&t.max_cu, has(BudgetActionKind::LowerMaxCu)) {
+                (Some(cu), true) => {
+                    let v = *cu.get_ref();
+                    let allowed =
+                        v == 0.25 || v == 0.5 || (v.fract() == 0.0 && (1.0..=56.0).contains(&v));
+                    if !allowed {
+                        return Err(self.err(
+                            cu.span(),
+                            format!(
+                                "`max_cu` must be a compute size Neon has: 0.25, 0.5 or a whole \
+                                 number from 1 to 56, got {v}"
+                            ),
+                        ));
+                    }
+                    Some(v)
+                }
+                (None, true) => {
+                    return Err(self.err(
+                        t_span,
+                        "action `lower_max_cu` needs `max_cu` (e.g. max_cu = 1)",
+                    ))
+                }
+                (Some(cu), false) => {
+                    return Err(self.err(
+                        cu.span(),
+                        "`max_cu` is given but `actions` does not list `lower_max_cu`",
+                    ))
+                }
+                (None, false) => None,
+            };
+            let suspend_timeout_seconds =
+                match (&t.suspend_timeout, has(BudgetActionKind::ShortenSuspendTimeout)) {
+                    (Some(d), true) => {
+                        let v = d.get_ref().0;
+                        if v.subsec_nanos() != 0 || !(60..=604_800).contains(&v.as_secs()) {
+                            return Err(self.err(
+                                d.span(),
+                                format!(
+                                    "`suspend_timeout` must be whole seconds between 1m and 7d \
+                                     (Neon's range), got {}",
+                                    humantime::format_duration(v)
+                                ),
+                            ));
+                        }
+                        Some(v.as_secs() as i64)
+                    }
+                    (None, true) => return Err(self.err(
+                        t_span,
+                        "action `shorten_suspend_timeout` needs `suspend_timeout` (e.g. \
+                         suspend_timeout = \"2m\")",
+                    )),
+                    (Some(d), false) => {
+                        return Err(self.err(
+                            d.span(),
+                            "`suspend_timeout` is given but `actions` does not list \
+                             `shorten_suspend_timeout`",
+                        ))
+                    }
+                    (None, false) => None,
+                };
+            thresholds.push(BudgetThreshold {
+                percent,
+                notify: has(BudgetActionKind::Notify),
+                suspend_computes: has(BudgetActionKind::SuspendComputes),
+                max_cu,
+                suspend_timeout_seconds,
+            });
+        }
+        thresholds.sort_by(|a, b| a.percent.total_cmp(&b.percent));
+        Ok(BudgetSpec {
+            consumption_job: r.consumption_job.get_ref().clone(),
+            limit,
+            currency: currency.clone(),
+            timezone: r.timezone.map_or(tz, |t| t.0),
+            per_project: r.per_project,
+            projection_days,
+            thresholds,
+            granularity: Granularity::Hourly,
+            prices: BTreeMap::new(),
+        })
+    }
+
+    /// Gives each budget job the granularity and prices of its `consumption_job`, which must
+    /// be a `collect_consumption` job of this file pricing every metric it collects (hourly
+    /// or daily: monthly samples are UTC months, which a month in another zone cannot use).
+    fn resolve_budgets(
+        &self,
+        jobs: &mut [Arc<JobConfig>],
+        refs: &[(usize, Range<usize>)],
+    ) -> Result<(), ConfigError> {
+        for (i, at) in refs {
+            let Some(JobSpec::EnforceBudget(b)) = jobs.get(*i).map(|j| &j.spec) else {
+                continue;
+            };
+            let wanted = b.consumption_job.clone();
+            let found = jobs.iter().find(|j| j.name == wanted);
+            let c = match found.map(|j| &j.spec) {
+                Some(JobSpec::CollectConsumption(c)) => c.clone(),
+                Some(_) => {
+                    return Err(self.err(
+                        at.clone(),
+                        format!("`consumption_job` names `{wanted}`, which is not a `collect_consumption` job"),
+                    ))
+                }
+                None => {
+                    return Err(self.err(
+                        at.clone(),
+                        format!("`consumption_job` names `{wanted}`, but no job of that name is defined"),
+                    ))
+                }
+            };
+            if c.granularity == Granularity::Monthly {
+                return Err(self.err(
+                    at.clone(),
+                    format!("`consumption_job` `{wanted}` collects monthly samples (UTC months); a budget needs `granularity = \"hourly\"` or `\"daily\"`"),
+                ));
+            }
+            let unpriced: Vec<&str> = c
+                .metrics
+                .iter()
+                .filter(|m| !c.prices.contains_key(*m))
+                .map(String::as_str)
+                .collect();
+            if !unpriced.is_empty() {
+                return Err(self.err(
+                    at.clone(),
+                    format!(
+                        "`consumption_job` `{wanted}` has no price for {} in its [jobs.prices]; \
+                         the budget guard does not run on invented prices: give each metric \
+                         it collects the price of your plan (see config/example.toml)",
+                        unpriced.join(", ")
+                    ),
+                ));
+            }
+            if let Some(job) = jobs.get_mut(*i).map(Arc::make_mut) {
+                if let JobSpec::EnforceBudget(b) = &mut job.spec {
+                    b.granularity = c.granularity;
+                    b.prices = c.prices;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The policy's name of a budget action.
+pub fn budget_action_name(a: BudgetActionKind) -> &'static str {
+    match a {
+        BudgetActionKind::Notify => "notify",
+        BudgetActionKind::SuspendComputes => "suspend_computes",
+        BudgetActionKind::LowerMaxCu => "lower_max_cu",
+        BudgetActionKind::ShortenSuspendTimeout => "shorten_suspend_timeout",
     }
 }
 

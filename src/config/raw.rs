@@ -23,8 +23,8 @@ use toml::Spanned;
 
 use super::schema::{Forbidden, NonNegative};
 use super::{
-    ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, ExpireMode, Granularity, JobKind,
-    MissedPolicy,
+    BudgetActionKind, ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, ExpireMode,
+    Granularity, JobKind, MissedPolicy,
 };
 use crate::schedule::CronSchedule;
 
@@ -409,6 +409,70 @@ pub struct RawJob {
     /// the estimated-cost gauge.
     #[schemars(with = "Option<BTreeMap<String, NonNegative>>")]
     pub prices: Option<Spanned<BTreeMap<String, f64>>>,
+
+    // enforce_budget
+    /// `enforce_budget` only: the budget, its thresholds and their actions.
+    #[schemars(with = "Option<RawBudget>")]
+    pub budget: Option<Spanned<RawBudget>>,
+}
+
+/// `[jobs.budget]` (`enforce_budget` only): a monthly budget over the job's selected
+/// projects (together, or each on its own with `per_project = true`), priced with the price
+/// table of a `collect_consumption` job, whose stored samples are the spend.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Budget")]
+pub struct RawBudget {
+    /// The `collect_consumption` job (by name) whose stored samples and `[jobs.prices]` give
+    /// the spend. Its granularity must be `hourly` or `daily`, and it must price every metric
+    /// it collects (the guard never runs on invented prices).
+    #[schemars(with = "String")]
+    pub consumption_job: Spanned<String>,
+    /// The budget per calendar month, in the price table's currency (greater than 0).
+    #[schemars(with = "f64", extend("exclusiveMinimum" = 0))]
+    pub limit: Spanned<f64>,
+    /// The price table's currency (ISO 4217 code such as `USD`), for the gauges and the
+    /// ledger; it does not convert anything.
+    #[schemars(with = "String", regex(pattern = r"^[A-Z]{3}$"))]
+    pub currency: Spanned<String>,
+    /// IANA time zone of the calendar month. Default: the job's `timezone`.
+    pub timezone: Option<TzStr>,
+    /// `true`: each selected project has a budget of `limit` of its own; `false` (default):
+    /// one budget for all of them together.
+    #[serde(default)]
+    pub per_project: bool,
+    /// The projection to the month's end is the run rate (cost per hour) of the last this
+    /// many days of collected consumption (1 to 31; default 7).
+    #[schemars(with = "Option<u32>", range(min = 1, max = 31))]
+    pub projection_days: Option<Spanned<u32>>,
+    /// Percentages of `limit` whose crossing by the month-to-date spend triggers actions.
+    #[schemars(with = "Vec<RawThreshold>", length(min = 1))]
+    pub thresholds: Spanned<Vec<Spanned<RawThreshold>>>,
+}
+
+/// One `[[jobs.budget.thresholds]]` entry: when the month-to-date spend reaches `percent` of
+/// the limit, take `actions` (each at most once a month for the notice; the cost actions are
+/// undone when the month rolls over or the threshold is no longer reached).
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Threshold")]
+pub struct RawThreshold {
+    /// Percentage of the limit (greater than 0, at most 1000), e.g. 80, 100, 120.
+    #[schemars(with = "f64", extend("exclusiveMinimum" = 0), range(max = 1000))]
+    pub percent: Spanned<f64>,
+    /// What to do: `notify`, `suspend_computes` (suspend the active computes of non-default
+    /// branches), `lower_max_cu` (needs `max_cu`), `shorten_suspend_timeout` (needs
+    /// `suspend_timeout`).
+    #[schemars(with = "Vec<BudgetActionKind>", length(min = 1))]
+    pub actions: Spanned<Vec<BudgetActionKind>>,
+    /// With `lower_max_cu`: the `autoscaling_limit_max_cu` endpoints are lowered to (0.25,
+    /// 0.5 or a whole number up to 56); a higher minimum is lowered with it.
+    #[schemars(with = "Option<f64>")]
+    pub max_cu: Option<Spanned<f64>>,
+    /// With `shorten_suspend_timeout`: the `suspend_timeout_seconds` endpoints with a longer
+    /// (or no) suspend timeout get (between 1m and 7d, whole seconds).
+    #[schemars(with = "Option<PositiveDur>")]
+    pub suspend_timeout: Option<Spanned<PositiveDur>>,
 }
 
 /// `[jobs.projects]`: which projects a job looks at. Every list empty: all projects.

@@ -37,7 +37,7 @@ pub const CRON_PATTERN: &str = r"^\s*(@([Yy][Ee][Aa][Rr][Ll][Yy]|[Aa][Nn][Nn][Uu
 
 /// Job options that belong to one kind; on a job of another kind they are errors (the
 /// parser's `wrong_kind` check). Every other key of `[[jobs]]` is shared by all kinds.
-pub const KIND_OPTIONS: [(JobKind, &[&str]); 4] = [
+pub const KIND_OPTIONS: [(JobKind, &[&str]); 5] = [
     (
         JobKind::SnapshotBranches,
         &["name_template", "expires_in", "retention"],
@@ -66,6 +66,7 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 4] = [
             "prices",
         ],
     ),
+    (JobKind::EnforceBudget, &["budget"]),
 ];
 
 /// The JSON Schema (draft 7) of the policy file, as committed in `config/schema.json`.
@@ -215,6 +216,9 @@ pub(super) fn job_kind_rules(schema: &mut Schema) {
                         { "required": ["windows"], "properties": { "windows": { "minItems": 1 } } },
                     ]),
                 );
+            }
+            JobKind::EnforceBudget => {
+                then.insert("required".into(), json!(["budget"]));
             }
             JobKind::CollectConsumption => {
                 then.insert("required".into(), json!(["metrics"]));

@@ -6,6 +6,7 @@
 //! place that knows every kind.
 
 pub mod branch_tree;
+pub mod budget;
 mod calls;
 pub mod consumption;
 pub mod engine;
@@ -62,6 +63,10 @@ pub async fn run_job_with(
         }
         JobSpec::SuspendComputes(spec) => {
             let kind = suspend::Suspend::new(job, spec);
+            engine::run(&kind, env, job, &ctx, control, &ledger).await
+        }
+        JobSpec::EnforceBudget(spec) => {
+            let kind = budget::Budget::new(job, spec);
             engine::run(&kind, env, job, &ctx, control, &ledger).await
         }
         // Collection only reads Neon and upserts idempotently: it is no plan of actions,

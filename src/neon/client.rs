@@ -494,6 +494,26 @@ impl NeonClient {
         Ok(r.endpoint.into())
     }
 
+    /// `PATCH` an endpoint's settings. Neon's PATCH sets fields to given values, so it is
+    /// retried like a PUT.
+    pub async fn update_endpoint(
+        &self,
+        project: &ProjectId,
+        endpoint: &EndpointId,
+        update: &EndpointUpdate,
+    ) -> Result<(Endpoint, Vec<Operation>), ApiError> {
+        let body = serde_json::to_value(wire::EndpointUpdateRequest::from(update))
+            .map_err(|e| ApiError::InvalidRequest(format!("endpoint update: {e}")))?;
+        let call = Call::get(
+            "/projects/{project_id}/endpoints/{endpoint_id}",
+            &["projects", project.as_str(), "endpoints", endpoint.as_str()],
+        )
+        .with_method(Method::PATCH, true)
+        .body(body);
+        let r: wire::EndpointOperations = self.fetch(&call).await?;
+        Ok((r.endpoint.into(), ops(r.operations)))
+    }
+
     /// Starts a compute. Starting twice ends in the same state, so it is retried like a PUT.
     pub async fn start_endpoint(
         &self,

@@ -186,8 +186,19 @@ pub struct Endpoint {
     pub disabled: bool,
     pub last_active: Option<DateTime<Utc>>,
     pub suspend_timeout_seconds: i64,
+    /// Autoscaling limits in compute units (0 when Neon's answer has none).
+    pub autoscaling_limit_min_cu: f64,
+    pub autoscaling_limit_max_cu: f64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a `PATCH` of an endpoint sets (`None`: left as it is).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointUpdate {
+    pub autoscaling_limit_min_cu: Option<f64>,
+    pub autoscaling_limit_max_cu: Option<f64>,
+    pub suspend_timeout_seconds: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -177,6 +177,33 @@ pub struct BranchUpdateBody {
     pub expires_at: Option<Option<String>>,
 }
 
+#[derive(Serialize)]
+pub struct EndpointUpdateRequest {
+    pub endpoint: EndpointUpdateBody,
+}
+
+#[derive(Serialize)]
+pub struct EndpointUpdateBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling_limit_min_cu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling_limit_max_cu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspend_timeout_seconds: Option<i64>,
+}
+
+impl From<&t::EndpointUpdate> for EndpointUpdateRequest {
+    fn from(u: &t::EndpointUpdate) -> Self {
+        EndpointUpdateRequest {
+            endpoint: EndpointUpdateBody {
+                autoscaling_limit_min_cu: u.autoscaling_limit_min_cu,
+                autoscaling_limit_max_cu: u.autoscaling_limit_max_cu,
+                suspend_timeout_seconds: u.suspend_timeout_seconds,
+            },
+        }
+    }
+}
+
 impl From<&t::BranchUpdate> for BranchUpdateRequest {
     fn from(u: &t::BranchUpdate) -> Self {
         BranchUpdateRequest {
@@ -210,6 +237,10 @@ pub struct Endpoint {
     pub last_active: Option<DateTime<Utc>>,
     #[serde(default)]
     pub suspend_timeout_seconds: i64,
+    #[serde(default)]
+    pub autoscaling_limit_min_cu: f64,
+    #[serde(default)]
+    pub autoscaling_limit_max_cu: f64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -226,6 +257,8 @@ impl From<Endpoint> for t::Endpoint {
             disabled: e.disabled,
             last_active: e.last_active,
             suspend_timeout_seconds: e.suspend_timeout_seconds,
+            autoscaling_limit_min_cu: e.autoscaling_limit_min_cu,
+            autoscaling_limit_max_cu: e.autoscaling_limit_max_cu,
             created_at: e.created_at,
             updated_at: e.updated_at,
         }

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub consumption: GaugeVec,
     pub estimated_cost: GaugeVec,
     pub consumption_last_collected_timestamp_seconds: Gauge,
+    pub budget_spend: GaugeVec,
+    pub budget_projected: GaugeVec,
+    pub budget_limit: GaugeVec,
+    pub budget_notices_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -198,6 +202,22 @@ impl Metrics {
             consumption_last_collected_timestamp_seconds: register(
                 &r,
                 Gauge::with_opts(opts("consumption_last_collected_timestamp_seconds", "Unix time consumption was last collected successfully.")).unwrap(),
+            ),
+            budget_spend: register(
+                &r,
+                GaugeVec::new(opts("budget_spend", "Month-to-date spend of an enforce_budget job's budget (budget=\"all\" or, with per_project, a project id, capped), from the stored consumption and the price table, in `currency`."), &["job_name", "budget", "currency"]).unwrap(),
+            ),
+            budget_projected: register(
+                &r,
+                GaugeVec::new(opts("budget_projected", "Projected spend of the budget at the end of the month: the month-to-date spend plus the run rate of the last projection_days days times the hours left."), &["job_name", "budget", "currency"]).unwrap(),
+            ),
+            budget_limit: register(
+                &r,
+                GaugeVec::new(opts("budget_limit", "The budget's monthly limit."), &["job_name", "budget", "currency"]).unwrap(),
+            ),
+            budget_notices_total: register(
+                &r,
+                IntCounterVec::new(opts("budget_notices_total", "Budget threshold notices given (the `notify` action), by job and threshold percent."), &["job_name", "threshold"]).unwrap(),
             ),
             registry: r,
         }

@@ -417,9 +417,12 @@ fn sample_value(option: &str) -> &'static str {
         "endpoint" => "\"v2\"",
         "max_projects_exported" => "10",
         "prices" => "{ compute_unit_seconds = 0.1 }",
+        "budget" => "{ consumption_job = \"c\", limit = 10.0, currency = \"USD\", thresholds = [{ percent = 80.0, actions = [\"notify\"] }] }",
         other => panic!("no sample value for job option `{other}`; add one to this test"),
     }
 }
+
+const CONSUMPTION_FOR_BUDGET: &str = "\n[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nmetrics = [\"compute_unit_seconds\"]\norg_id = \"org-1\"\nprices = { compute_unit_seconds = 0.1 }\n";
 
 /// Options every kind needs to be valid at all (so a document fails only for the option
 /// under test).
@@ -429,6 +432,7 @@ fn kind_minimum(kind: JobKind) -> &'static str {
         JobKind::ExpireBranches => "ttl = \"7d\"\n",
         JobKind::SuspendComputes => "idle_for = \"30m\"\n",
         JobKind::CollectConsumption => "metrics = [\"compute_unit_seconds\"]\norg_id = \"org-1\"\n",
+        JobKind::EnforceBudget => "budget = { consumption_job = \"c\", limit = 10.0, currency = \"USD\", thresholds = [{ percent = 80.0, actions = [\"notify\"] }] }\n",
     }
 }
 
@@ -467,6 +471,9 @@ fn kind_specific_options_match_the_parser() {
                         &line
                     }
                 );
+                // The consumption job a budget names (valid on its own, so it changes no
+                // verdict about the first job).
+                let text = format!("{text}{CONSUMPTION_FOR_BUDGET}");
                 let (by_schema, by_parser) = (schema.check_toml(&text), parse(&text));
                 if kind == owner {
                     by_schema.unwrap_or_else(|e| panic!("schema rejects {text}\n{e}"));

@@ -6,18 +6,21 @@
 //! - [`api`]: Neon API requests and retries.
 //! - [`jobs`]: scheduling, runs, skipped ticks, removed jobs, leases.
 //! - [`actions`]: actions recorded in the ledger or reconciled with Neon.
+//! - [`budget`]: budgets evaluated (the budget gauges) and threshold notices.
 //! - [`config`]: policy (re)loads.
 //! - [`consumption`]: collections and exports (the gauges themselves belong to
 //!   [`ConsumptionExporter`](super::consumption::ConsumptionExporter)).
 
 pub mod actions;
 pub mod api;
+pub mod budget;
 pub mod config;
 pub mod consumption;
 pub mod jobs;
 
 pub use actions::{ActionReconciled, ActionRecorded};
 pub use api::{ApiRequestCompleted, ApiRetry};
+pub use budget::{BudgetEvaluated, BudgetNotice};
 pub use config::ConfigReloaded;
 pub use consumption::{ConsumptionCollected, ConsumptionExported};
 pub use jobs::{
