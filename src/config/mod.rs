@@ -1658,16 +1658,16 @@ impl Validator<'_> {
                         .unwrap_or_default(),
                 })
             }
-            JobKind::EnforceBudget => match &j.budget {
-                Some(b) => JobSpec::EnforceBudget(self.budget(b, tz)?),
-                None => {
-                    return Err(self.err(
+            JobKind::EnforceBudget => {
+                match &j.budget {
+                    Some(b) => JobSpec::EnforceBudget(self.budget(b, tz)?),
+                    None => return Err(self.err(
                         job_span,
                         "kind `enforce_budget` needs a `[jobs.budget]` table (consumption_job, \
                          limit, currency, [[jobs.budget.thresholds]])",
-                    ))
+                    )),
                 }
-            },
+            }
         })
     }
 }
@@ -1776,36 +1776,40 @@ impl Validator<'_> {
                 }
                 (None, false) => None,
             };
-            let suspend_timeout_seconds =
-                match (&t.suspend_timeout, has(BudgetActionKind::ShortenSuspendTimeout)) {
-                    (Some(d), true) => {
-                        let v = d.get_ref().0;
-                        if v.subsec_nanos() != 0 || !(60..=604_800).contains(&v.as_secs()) {
-                            return Err(self.err(
-                                d.span(),
-                                format!(
-                                    "`suspend_timeout` must be whole seconds between 1m and 7d \
+            let suspend_timeout_seconds = match (
+                &t.suspend_timeout,
+                has(BudgetActionKind::ShortenSuspendTimeout),
+            ) {
+                (Some(d), true) => {
+                    let v = d.get_ref().0;
+                    if v.subsec_nanos() != 0 || !(60..=604_800).contains(&v.as_secs()) {
+                        return Err(self.err(
+                            d.span(),
+                            format!(
+                                "`suspend_timeout` must be whole seconds between 1m and 7d \
                                      (Neon's range), got {}",
-                                    humantime::format_duration(v)
-                                ),
-                            ));
-                        }
-                        Some(v.as_secs() as i64)
+                                humantime::format_duration(v)
+                            ),
+                        ));
                     }
-                    (None, true) => return Err(self.err(
+                    Some(v.as_secs() as i64)
+                }
+                (None, true) => {
+                    return Err(self.err(
                         t_span,
                         "action `shorten_suspend_timeout` needs `suspend_timeout` (e.g. \
                          suspend_timeout = \"2m\")",
-                    )),
-                    (Some(d), false) => {
-                        return Err(self.err(
-                            d.span(),
-                            "`suspend_timeout` is given but `actions` does not list \
+                    ))
+                }
+                (Some(d), false) => {
+                    return Err(self.err(
+                        d.span(),
+                        "`suspend_timeout` is given but `actions` does not list \
                              `shorten_suspend_timeout`",
-                        ))
-                    }
-                    (None, false) => None,
-                };
+                    ))
+                }
+                (None, false) => None,
+            };
             thresholds.push(BudgetThreshold {
                 percent,
                 notify: has(BudgetActionKind::Notify),

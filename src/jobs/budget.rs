@@ -333,7 +333,10 @@ impl<'a> Budget<'a> {
                     .list_consumption(spec.granularity.as_str(), since)
                     .await?;
                 let mut by_project: HashMap<&str, Vec<&ConsumptionSample>> = HashMap::new();
-                for s in samples.iter().filter(|s| ids.contains(s.project_id.as_str())) {
+                for s in samples
+                    .iter()
+                    .filter(|s| ids.contains(s.project_id.as_str()))
+                {
                     by_project.entry(s.project_id.as_str()).or_default().push(s);
                 }
                 let figures = |s: &[&ConsumptionSample]| {
@@ -621,7 +624,11 @@ impl JobKind for Budget<'_> {
         }
     }
 
-    async fn verify(&self, cx: &ActCx<'_>, action: &BudgetAction) -> Result<Option<String>, ApiError> {
+    async fn verify(
+        &self,
+        cx: &ActCx<'_>,
+        action: &BudgetAction,
+    ) -> Result<Option<String>, ApiError> {
         // A restore puts the old value back only over the value this job set.
         let BudgetAction::Restore(c) = action else {
             return Ok(None);
@@ -640,7 +647,10 @@ impl JobKind for Budget<'_> {
         };
         let now = current(&e, c.lever);
         Ok((now != c.set).then(|| {
-            format!("not restored: the value is now {now}, not the {} this job set", c.set)
+            format!(
+                "not restored: the value is now {now}, not the {} this job set",
+                c.set
+            )
         }))
     }
 
@@ -685,7 +695,10 @@ impl JobKind for Budget<'_> {
         }
         let e = match env
             .client
-            .get_endpoint(&ProjectId::from(p.project_id), &EndpointId::from(p.resource_id))
+            .get_endpoint(
+                &ProjectId::from(p.project_id),
+                &EndpointId::from(p.resource_id),
+            )
             .await
         {
             Ok(e) => e,
@@ -829,15 +842,16 @@ async fn plan(
     };
     // Records of endpoints that no longer exist are dropped.
     let present: HashSet<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
-    state.changes.retain(|_, c| present.contains(c.endpoint.as_str()));
+    state
+        .changes
+        .retain(|_, c| present.contains(c.endpoint.as_str()));
     out.matched = endpoints.len();
     for e in &endpoints {
         let on_default = default_branch.contains(e.branch_id.as_str());
         for lever in [Lever::Suspend, Lever::MaxCu, Lever::SuspendTimeout] {
             let key = change_key(e.id.as_str(), lever);
             let recorded = state.changes.get(&key).cloned();
-            let Some(d) = decide(e, on_default, lever, &want, recorded.as_ref(), &month.key)
-            else {
+            let Some(d) = decide(e, on_default, lever, &want, recorded.as_ref(), &month.key) else {
                 continue;
             };
             let spec_for = |a: &BudgetAction, rule: String, reason: String| ActionSpec {
@@ -857,7 +871,8 @@ async fn plan(
                     );
                     let a = BudgetAction::Apply(c.clone());
                     let rule = format!("threshold {}%", format_percent(c.threshold));
-                    out.actions.push(PlannedAction::new(spec_for(&a, rule, reason), a));
+                    out.actions
+                        .push(PlannedAction::new(spec_for(&a, rule, reason), a));
                 }
                 Decision::Restore(c) => {
                     let why = if c.month != month.key {
@@ -867,8 +882,10 @@ async fn plan(
                     };
                     let reason = format!("{why}; {} -> {} (restored)", c.set, c.previous);
                     let a = BudgetAction::Restore(c);
-                    out.actions
-                        .push(PlannedAction::new(spec_for(&a, "restore".into(), reason), a));
+                    out.actions.push(PlannedAction::new(
+                        spec_for(&a, "restore".into(), reason),
+                        a,
+                    ));
                 }
                 Decision::Forget(c, why) => {
                     state.changes.remove(&key);

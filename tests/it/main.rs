@@ -4,6 +4,7 @@
 mod helpers;
 
 mod binary;
+mod budget;
 mod chaos;
 mod client;
 // `demo` needs the emulator in the binary (feature `demo`, on by default).

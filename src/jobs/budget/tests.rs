@@ -93,7 +93,10 @@ fn no_data_projects_nothing_and_data_of_last_month_projects_the_whole_month() {
     let now = t("2026-04-01T10:00:00Z");
     let month = month_of(berlin(), now);
     let none = spend(&[], &priced(), &month, now, 7);
-    assert_eq!((none.spent, none.projected, none.data_until), (0.0, 0.0, None));
+    assert_eq!(
+        (none.spent, none.projected, none.data_until),
+        (0.0, 0.0, None)
+    );
     // Only March's data (1 March 00:00 local, cost 2, one hour of data): April's spend is
     // 0; the rate is 2 per hour over the hours of April (720 - 1 for DST? no: April in
     // Berlin is all CEST, 720 h).
@@ -210,9 +213,18 @@ fn apply_records_the_value_before_the_guard() {
     );
     // Already short enough, or already low enough: nothing.
     let short = endpoint(EndpointState::Idle, 0.25, 0.5, 60);
-    assert_eq!(decide(&short, false, Lever::SuspendTimeout, &w, None, "2026-03"), None);
-    assert_eq!(decide(&short, false, Lever::MaxCu, &w, None, "2026-03"), None);
-    assert_eq!(decide(&short, false, Lever::Suspend, &w, None, "2026-03"), None);
+    assert_eq!(
+        decide(&short, false, Lever::SuspendTimeout, &w, None, "2026-03"),
+        None
+    );
+    assert_eq!(
+        decide(&short, false, Lever::MaxCu, &w, None, "2026-03"),
+        None
+    );
+    assert_eq!(
+        decide(&short, false, Lever::Suspend, &w, None, "2026-03"),
+        None
+    );
     // A minimum above the new maximum comes down with it: 2-4 to 1-1.
     let high = endpoint(EndpointState::Active, 2.0, 4.0, -1);
     let d = decide(&high, false, Lever::MaxCu, &w, None, "2026-03");
@@ -249,7 +261,10 @@ fn restores_at_the_month_boundary_or_when_no_threshold_asks_and_only_its_own_val
     let e = endpoint(EndpointState::Active, 1.0, 1.0, 0);
     // Still March, still over 120%: kept, nothing to do.
     let over = wanted(&three(), 125.0);
-    assert_eq!(decide(&e, false, Lever::MaxCu, &over, Some(&cu), "2026-03"), None);
+    assert_eq!(
+        decide(&e, false, Lever::MaxCu, &over, Some(&cu), "2026-03"),
+        None
+    );
     // April: restored, even though April's figures were to ask for it again.
     assert_eq!(
         decide(&e, false, Lever::MaxCu, &over, Some(&cu), "2026-04"),
@@ -280,7 +295,12 @@ fn restores_at_the_month_boundary_or_when_no_threshold_asks_and_only_its_own_val
         Some(Decision::Apply(c)) if c.previous == Setting::Cu { min: 1.0, max: 4.0 } && c.set == Setting::Cu { min: 1.0, max: 1.0 }
     ));
     // A suspension has nothing to undo: forgotten with the reason.
-    let s = recorded(Lever::Suspend, "2026-03", Setting::Active, Setting::Suspended);
+    let s = recorded(
+        Lever::Suspend,
+        "2026-03",
+        Setting::Active,
+        Setting::Suspended,
+    );
     let idle = endpoint(EndpointState::Idle, 1.0, 1.0, 0);
     assert!(matches!(
         decide(&idle, false, Lever::Suspend, &over, Some(&s), "2026-04"),
@@ -301,11 +321,18 @@ fn state_keeps_the_first_previous_value_and_one_month_of_notices() {
     })
     .unwrap();
     let job = cfg.jobs[0].clone();
-    assert!(job.dry_run, "a budget job is a dry run unless it says otherwise");
+    assert!(
+        job.dry_run,
+        "a budget job is a dry run unless it says otherwise"
+    );
     let JobSpec::EnforceBudget(spec) = &job.spec else {
         panic!("an enforce_budget job");
     };
-    assert_eq!(spec.prices, priced(), "prices come from the consumption job");
+    assert_eq!(
+        spec.prices,
+        priced(),
+        "prices come from the consumption job"
+    );
     let kind = Budget::new(&job, spec);
     let mut st = BudgetState::default();
     let first = recorded(
