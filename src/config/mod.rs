@@ -803,7 +803,8 @@ pub struct BudgetSpec {
     /// Ascending by `percent`, no two alike.
     pub thresholds: Vec<BudgetThreshold>,
     /// From the consumption job (resolved when the policy is read): the granularity of the
-    /// samples read, and the price of every metric that job collects.
+    /// samples read, and the price of every metric the budget counts (its `metrics`, default
+    /// all of the consumption job's).
     pub granularity: Granularity,
     pub prices: BTreeMap<String, f64>,
 }
@@ -966,7 +967,7 @@ impl Validator<'_> {
         let mut snapshot_templates: Vec<(String, NameTemplate, usize)> = Vec::new();
         let mut jobs = Vec::with_capacity(raw.jobs.len());
         // Budget jobs (index, position of `consumption_job`), resolved once every job is read.
-        let mut budget_refs: Vec<(usize, Range<usize>)> = Vec::new();
+        let mut budget_refs: Vec<BudgetRef> = Vec::new();
         for job in raw.jobs {
             let name = job.name.get_ref().clone();
             if let Some(first) = seen.get(&name) {
@@ -981,13 +982,20 @@ impl Validator<'_> {
                 .name_template
                 .as_ref()
                 .map_or_else(|| job.name.span(), |t| t.span());
-            let budget_ref = job
-                .budget
-                .as_ref()
-                .map(|b| b.get_ref().consumption_job.span());
+            let budget_ref = job.budget.as_ref().map(|b| {
+                let b = b.get_ref();
+                (
+                    b.consumption_job.span(),
+                    b.metrics.as_ref().map(|m| (m.span(), m.get_ref().clone())),
+                )
+            });
             let built = self.job(job, &defaults)?;
-            if let (JobSpec::EnforceBudget(_), Some(at)) = (&built.spec, budget_ref) {
-                budget_refs.push((jobs.len(), at));
+            if let (JobSpec::EnforceBudget(_), Some((at, metrics))) = (&built.spec, budget_ref) {
+                budget_refs.push(BudgetRef {
+                    job: jobs.len(),
+                    at,
+                    metrics,
+                });
             }
             if let JobSpec::SnapshotBranches(spec) = &built.spec {
                 for (other_name, other_template, other_span) in &snapshot_templates {
@@ -1838,9 +1846,14 @@ impl Validator<'_> {
     fn resolve_budgets(
         &self,
         jobs: &mut [Arc<JobConfig>],
-        refs: &[(usize, Range<usize>)],
+        refs: &[BudgetRef],
     ) -> Result<(), ConfigError> {
-        for (i, at) in refs {
+        for BudgetRef {
+            job: i,
+            at,
+            metrics,
+        } in refs
+        {
             let Some(JobSpec::EnforceBudget(b)) = jobs.get(*i).map(|j| &j.spec) else {
                 continue;
             };
@@ -1867,13 +1880,34 @@ impl Validator<'_> {
                     format!("`consumption_job` `{wanted}` collects monthly samples (UTC months); a budget needs `granularity = \"hourly\"` or `\"daily\"`"),
                 ));
             }
-            let unpriced: Vec<&str> = c
-                .metrics
+            let counted: Vec<String> = match metrics {
+                Some((m_at, m)) => {
+                    if m.is_empty() {
+                        return Err(self.err(
+                            m_at.clone(),
+                            "`metrics` must list at least one metric",
+                        ));
+                    }
+                    if let Some(x) = m.iter().find(|x| !c.metrics.contains(x)) {
+                        return Err(self.err(
+                            m_at.clone(),
+                            format!(
+                                "metric `{x}` is not collected by `consumption_job` `{wanted}` ({})",
+                                c.metrics.join(", ")
+                            ),
+                        ));
+                    }
+                    m.clone()
+                }
+                None => c.metrics.clone(),
+            };
+            let unpriced: Vec<&str> = counted
                 .iter()
                 .filter(|m| !c.prices.contains_key(*m))
                 .map(String::as_str)
                 .collect();
             if !unpriced.is_empty() {
+                let at = metrics.as_ref().map_or(at, |(m_at, _)| m_at);
                 return Err(self.err(
                     at.clone(),
                     format!(
@@ -1887,12 +1921,24 @@ impl Validator<'_> {
             if let Some(job) = jobs.get_mut(*i).map(Arc::make_mut) {
                 if let JobSpec::EnforceBudget(b) = &mut job.spec {
                     b.granularity = c.granularity;
-                    b.prices = c.prices;
+                    b.prices = c
+                        .prices
+                        .into_iter()
+                        .filter(|(m, _)| counted.contains(m))
+                        .collect();
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Where a budget job's `consumption_job` (and `metrics`) are, to resolve them once every
+/// job is read.
+struct BudgetRef {
+    job: usize,
+    at: Range<usize>,
+    metrics: Option<(Range<usize>, Vec<String>)>,
 }
 
 /// The policy's name of a budget action.

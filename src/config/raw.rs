@@ -425,9 +425,13 @@ pub struct RawJob {
 pub struct RawBudget {
     /// The `collect_consumption` job (by name) whose stored samples and `[jobs.prices]` give
     /// the spend. Its granularity must be `hourly` or `daily`, and it must price every metric
-    /// it collects (the guard never runs on invented prices).
+    /// the budget counts (the guard never runs on invented prices).
     #[schemars(with = "String")]
     pub consumption_job: Spanned<String>,
+    /// The metrics of the consumption job that make up the spend (each needs a price in its
+    /// `[jobs.prices]`). Default: all of that job's metrics.
+    #[schemars(with = "Option<Vec<String>>", length(min = 1))]
+    pub metrics: Option<Spanned<Vec<String>>>,
     /// The budget per calendar month, in the price table's currency (greater than 0).
     #[schemars(with = "f64", extend("exclusiveMinimum" = 0))]
     pub limit: Spanned<f64>,
