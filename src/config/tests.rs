@@ -136,6 +136,7 @@ fn example_file_loads() {
         JobKind::ExpireBranches,
         JobKind::SuspendComputes,
         JobKind::CollectConsumption,
+        JobKind::EnforceBudget,
     ] {
         assert!(kinds.contains(&k), "example lacks a {k} job");
     }
