@@ -1883,10 +1883,9 @@ impl Validator<'_> {
             let counted: Vec<String> = match metrics {
                 Some((m_at, m)) => {
                     if m.is_empty() {
-                        return Err(self.err(
-                            m_at.clone(),
-                            "`metrics` must list at least one metric",
-                        ));
+                        return Err(
+                            self.err(m_at.clone(), "`metrics` must list at least one metric")
+                        );
                     }
                     if let Some(x) = m.iter().find(|x| !c.metrics.contains(x)) {
                         return Err(self.err(

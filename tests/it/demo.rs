@@ -47,7 +47,7 @@ fn fast_demo_policy(dir: &Path) -> std::path::PathBuf {
             }
         })
         .collect();
-    assert_eq!(compressed, 5, "the demo policy has five interval jobs");
+    assert_eq!(compressed, 6, "the demo policy has six interval jobs");
     let p = dir.join("demo.toml");
     std::fs::write(&p, fast.join("\n")).unwrap();
     p
@@ -140,6 +140,7 @@ fn demo_runs_every_job_serves_metrics_and_prints_a_usable_summary() {
         "suspend-idle-computes",
         "plan-stale-dev",
         "consumption",
+        "budget-guard",
     ];
     let summary = text
         .split("\nsummary: ")

@@ -5,9 +5,12 @@ use std::sync::{LazyLock, Mutex};
 
 use crate::telemetry::metrics::metrics;
 
-/// The `(budget, currency)` series each job last exported, so that series of budgets that
-/// are no longer exported (a project no longer selected, or under the cap) are removed.
-static EXPORTED: LazyLock<Mutex<HashMap<String, HashSet<(String, String)>>>> =
+/// `(budget, currency)` label pairs of one job's series.
+type BudgetSeries = HashSet<(String, String)>;
+
+/// The series each job last exported, so that series of budgets that are no longer exported
+/// (a project no longer selected, or under the cap) are removed.
+static EXPORTED: LazyLock<Mutex<HashMap<String, BudgetSeries>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// One budget's figures at a run: sets `neon_steward_budget_{spend,projected,limit}`.
@@ -45,7 +48,7 @@ impl BudgetEvaluated<'_> {
     }
 
     /// After a run's evaluations: removes `job`'s series of budgets not in `exported`.
-    pub fn retain(job: &str, exported: HashSet<(String, String)>) {
+    pub fn retain(job: &str, exported: BudgetSeries) {
         let mut all = EXPORTED.lock().unwrap_or_else(|p| p.into_inner());
         let m = metrics();
         if let Some(before) = all.get(job) {
