@@ -858,3 +858,92 @@ fn too_many_jobs() {
     let e = err(&text);
     assert!(e.contains("at most 1000"), "{e}");
 }
+
+/// A budget job and the consumption job it names, with `{budget}` and `{usage}` lines added.
+fn budget_policy(budget: &str, usage: &str) -> String {
+    format!(
+        "[[jobs]]\nname = \"b\"\nkind = \"enforce_budget\"\nevery = \"1h\"\n[jobs.budget]\n\
+         consumption_job = \"c\"\nlimit = 100.0\ncurrency = \"USD\"\n{budget}\n\
+         [[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\n\
+         metrics = [\"compute_unit_seconds\", \"root_branch_bytes_month\"]\norg_id = \"o\"\n{usage}\n"
+    )
+}
+
+#[test]
+fn budget_errors_name_what_and_where() {
+    let priced = "[jobs.prices]\ncompute_unit_seconds = 0.1\nroot_branch_bytes_month = 0.2";
+    let notify = "[[jobs.budget.thresholds]]\npercent = 80\nactions = [\"notify\"]";
+    // Valid: thresholds sorted, prices and granularity from the consumption job, dry run.
+    let ok = parse(&budget_policy(
+        &format!("[[jobs.budget.thresholds]]\npercent = 120\nactions = [\"lower_max_cu\"]\nmax_cu = 1\n{notify}"),
+        priced,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    match &ok.jobs[0].spec {
+        JobSpec::EnforceBudget(b) => {
+            assert_eq!(
+                b.thresholds.iter().map(|t| t.percent).collect::<Vec<_>>(),
+                vec![80.0, 120.0]
+            );
+            assert_eq!(b.thresholds[1].max_cu, Some(1.0));
+            assert_eq!(b.prices.len(), 2);
+            assert_eq!(b.projection_days, 7);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(ok.jobs[0].dry_run);
+    let cases: [(String, &str); 9] = [
+        (
+            budget_policy(notify, "[jobs.prices]\ncompute_unit_seconds = 0.1"),
+            "policy.toml:6:19: `consumption_job` `c` has no price for root_branch_bytes_month",
+        ),
+        (
+            budget_policy(
+                &format!("metrics = [\"compute_unit_seconds\", \"written_data_bytes\"]\n{notify}"),
+                priced,
+            ),
+            "metric `written_data_bytes` is not collected by `consumption_job` `c`",
+        ),
+        (
+            budget_policy(notify, priced).replace("consumption_job = \"c\"", "consumption_job = \"x\""),
+            "`consumption_job` names `x`, but no job of that name is defined",
+        ),
+        (
+            budget_policy(notify, &format!("granularity = \"monthly\"\n{priced}")),
+            "collects monthly samples",
+        ),
+        (
+            budget_policy(
+                "[[jobs.budget.thresholds]]\npercent = 100\nactions = [\"lower_max_cu\"]",
+                priced,
+            ),
+            "action `lower_max_cu` needs `max_cu`",
+        ),
+        (
+            budget_policy(
+                "[[jobs.budget.thresholds]]\npercent = 100\nactions = [\"lower_max_cu\"]\nmax_cu = 1.5",
+                priced,
+            ),
+            "`max_cu` must be a compute size Neon has",
+        ),
+        (
+            budget_policy(
+                "[[jobs.budget.thresholds]]\npercent = 100\nactions = [\"shorten_suspend_timeout\"]\nsuspend_timeout = \"30s\"",
+                priced,
+            ),
+            "`suspend_timeout` must be whole seconds between 1m and 7d",
+        ),
+        (
+            budget_policy(&format!("{notify}\n{notify}"), priced),
+            "threshold 80% is given twice",
+        ),
+        (
+            budget_policy(notify, priced).replace("currency = \"USD\"", "currency = \"usd\""),
+            "`currency` must be the price table's ISO 4217 code",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.contains(want), "want {want:?} in {e:?}\n{text}");
+    }
+}
