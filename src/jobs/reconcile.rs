@@ -3,6 +3,7 @@
 //! replica later asks Neon what happened, through the kind that owns the action, and
 //! records `succeeded`, `failed` or `unknown` with what it found (`reconciled_at` set).
 
+use super::backup_schedule::BackupSchedules;
 use super::expire::Expire;
 use super::kind::{JobKind, PendingRef, Resolution};
 use super::plan::JobEnv;
@@ -61,6 +62,8 @@ async fn check(env: &JobEnv, a: &ActionRecord) -> Result<Resolution, ApiError> {
         Expire::check_outcome(env, &p).await
     } else if Suspend::owns_action(p.action) {
         Suspend::check_outcome(env, &p).await
+    } else if BackupSchedules::owns_action(p.action) {
+        BackupSchedules::check_outcome(env, &p).await
     } else {
         // Reading actions (a consumption collection, a project's listing) change nothing
         // at Neon: the run that died did not finish them, and the next run does them again.
