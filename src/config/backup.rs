@@ -198,7 +198,10 @@ mod tests {
         r.retention = Some(MAX_RETENTION + Duration::from_secs(1));
         let (field, e) = rule(&r).unwrap_err();
         assert_eq!(field, RuleField::Retention);
-        assert!(e.contains("35 days") && e.contains("mode = \"snapshots\""), "{e}");
+        assert!(
+            e.contains("35 days") && e.contains("mode = \"snapshots\""),
+            "{e}"
+        );
         r.retention = Some(MAX_RETENTION);
         assert!(rule(&r).is_ok());
         r.retention = Some(Duration::from_secs(3599));
@@ -212,7 +215,10 @@ mod tests {
         let mut r = input("monthly");
         r.hour = Some(24);
         assert_eq!(rule(&r).unwrap_err().0, RuleField::Hour);
-        assert_eq!(rule(&input("minutely")).unwrap_err().0, RuleField::Frequency);
+        assert_eq!(
+            rule(&input("minutely")).unwrap_err().0,
+            RuleField::Frequency
+        );
     }
 
     #[test]
@@ -220,6 +226,9 @@ mod tests {
         let a = rule(&input("daily")).unwrap();
         let b = rule(&input("weekly")).unwrap();
         assert_eq!(schedule(vec![a.clone(), b.clone(), a.clone()]), Err(2));
-        assert_eq!(schedule(vec![b.clone(), a.clone()]).unwrap().items().len(), 2);
+        assert_eq!(
+            schedule(vec![b.clone(), a.clone()]).unwrap().items().len(),
+            2
+        );
     }
 }

@@ -1484,9 +1484,7 @@ impl Validator<'_> {
             .trim_start_matches("jobs.")
             .trim_end_matches(']')
         {
-            "name_template" | "expires_in" | "retention" | "backup_schedule" => {
-                "snapshot_branches"
-            }
+            "name_template" | "expires_in" | "retention" | "backup_schedule" => "snapshot_branches",
             "mode" => "expire_branches` or kind `snapshot_branches",
             "ttl" | "idle_ttl" => "expire_branches",
             "idle_for" | "windows" | "window_timezone" | "exclude_until" | "resume"

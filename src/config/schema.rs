@@ -40,7 +40,12 @@ pub const CRON_PATTERN: &str = r"^\s*(@([Yy][Ee][Aa][Rr][Ll][Yy]|[Aa][Nn][Nn][Uu
 pub const KIND_OPTIONS: [(JobKind, &[&str]); 4] = [
     (
         JobKind::SnapshotBranches,
-        &["name_template", "expires_in", "retention", "backup_schedule"],
+        &[
+            "name_template",
+            "expires_in",
+            "retention",
+            "backup_schedule",
+        ],
     ),
     (JobKind::ExpireBranches, &["ttl", "idle_ttl"]),
     (

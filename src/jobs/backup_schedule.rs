@@ -106,10 +106,18 @@ pub enum Decision {
     /// Nothing to do, nothing to say (not selected and not ours, or already as the policy
     /// says).
     None,
-    Set { reason: String, rule: &'static str },
-    TakeBack { reason: String },
+    Set {
+        reason: String,
+        rule: &'static str,
+    },
+    TakeBack {
+        reason: String,
+    },
     /// Left alone, with the reason.
-    Skip { reason: String, rule: &'static str },
+    Skip {
+        reason: String,
+        rule: &'static str,
+    },
 }
 
 /// What [`decide`] needs about one branch.
@@ -143,7 +151,7 @@ pub fn decide(b: &BranchCase<'_>, policy: &BackupSchedule) -> Decision {
     let current = b.current;
     if !b.root {
         return match b.selected {
-            Some(_) => Decision::Skip {
+            Some(_) if !policy.is_empty() => Decision::Skip {
                 reason: format!(
                     "branch {:?} is not a root branch: Neon's backup schedules cover root \
                      branches only (for snapshots of other branches use mode = \"snapshots\")",
@@ -151,7 +159,7 @@ pub fn decide(b: &BranchCase<'_>, policy: &BackupSchedule) -> Decision {
                 ),
                 rule: "neon_rules",
             },
-            None => Decision::None,
+            _ => Decision::None,
         };
     }
     let wanted = match b.selected {
@@ -479,18 +487,32 @@ mod tests {
         let (none, p, other) = (BackupSchedule::default(), daily(3), daily(5));
         assert!(matches!(
             decide(&case(true, true, &none, None), &p),
-            Decision::Set { rule: "backup_schedule", .. }
+            Decision::Set {
+                rule: "backup_schedule",
+                ..
+            }
         ));
         assert!(matches!(
             decide(&case(true, true, &other, None), &p),
-            Decision::Skip { rule: "not_ours", .. }
+            Decision::Skip {
+                rule: "not_ours",
+                ..
+            }
         ));
         assert_eq!(decide(&case(false, true, &other, None), &p), Decision::None);
         assert!(matches!(
             decide(&case(true, false, &none, None), &p),
-            Decision::Skip { rule: "neon_rules", .. }
+            Decision::Skip {
+                rule: "neon_rules",
+                ..
+            }
         ));
         assert_eq!(decide(&case(false, false, &none, None), &p), Decision::None);
+        // An emptied policy wants nothing of a child branch, so says nothing of it.
+        assert_eq!(
+            decide(&case(true, false, &none, None), &BackupSchedule::default()),
+            Decision::None
+        );
     }
 
     #[test]
@@ -499,7 +521,10 @@ mod tests {
         let r = ours(&old);
         assert!(matches!(
             decide(&case(true, true, &old, Some(&r)), &p),
-            Decision::Set { rule: "policy_changed", .. }
+            Decision::Set {
+                rule: "policy_changed",
+                ..
+            }
         ));
         let r = ours(&p);
         assert_eq!(decide(&case(true, true, &p, Some(&r)), &p), Decision::None);

@@ -518,8 +518,14 @@ fn modes_match_the_parser() {
                 by_schema.unwrap_or_else(|e| panic!("schema rejects {text}\n{e}"));
                 by_parser.unwrap_or_else(|e| panic!("parser rejects {text}\n{e}"));
             } else {
-                assert!(by_schema.is_err(), "schema accepts mode {mode} on kind {kind}");
-                assert!(by_parser.is_err(), "parser accepts mode {mode} on kind {kind}");
+                assert!(
+                    by_schema.is_err(),
+                    "schema accepts mode {mode} on kind {kind}"
+                );
+                assert!(
+                    by_parser.is_err(),
+                    "parser accepts mode {mode} on kind {kind}"
+                );
             }
         }
     }
