@@ -444,3 +444,31 @@ every = "1h"
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("root branches only"), "{all}");
 }
+
+#[tokio::test]
+async fn a_call_carried_out_but_answered_with_an_error_is_checked_and_then_adopted() {
+    // Neon carries out every PUT and answers 500: the client's retries see only errors, the
+    // engine asks Neon (the schedule is there, but whose?) and records `unknown`; the intent
+    // written before the call lets the next run take the schedule as the job's.
+    let h = harness().await;
+    let (_a, a_main) = h.sim.add_project("alpha", None);
+    h.sim.fail_after_processing("PUT", "/backup_schedule", 1000);
+    let v1 = job(DAILY_3, "");
+    let (_, actions) = h.run(&v1, false).await;
+    let a = only(&actions, &a_main);
+    assert_eq!(a.outcome, ActionOutcome::Unknown, "{a:?}");
+    assert!(
+        a.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("next run compares"),
+        "{a:?}"
+    );
+    assert_eq!(h.schedule(&a_main), vec![item("daily", 3, None, 7)]);
+    let puts = h.puts();
+    assert!(puts >= 1, "the PUT was made");
+    let (r, actions) = h.run(&v1, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(actions.is_empty(), "adopted from the intent: {actions:#?}");
+    assert_eq!(h.puts(), puts, "no second PUT");
+}
