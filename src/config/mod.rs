@@ -1141,29 +1141,38 @@ impl Validator<'_> {
                     None => "sqlite://./neon-steward.db".to_string(),
                 }
             });
-        let lease = raw.lease.map_or(crate::store::DEFAULT_LEASE, |d| d.0);
-        let heartbeat = raw.heartbeat.map_or(DEFAULT_HEARTBEAT, |d| d.0);
+        let lease = raw
+            .lease
+            .as_ref()
+            .map_or(crate::store::DEFAULT_LEASE, |d| d.get_ref().0);
+        let heartbeat = raw
+            .heartbeat
+            .as_ref()
+            .map_or(DEFAULT_HEARTBEAT, |d| d.get_ref().0);
+        // Errors point at the key that was given (the heartbeat's first).
+        let at = |err: String| match raw.heartbeat.as_ref().or(raw.lease.as_ref()) {
+            Some(d) => self.err(d.span(), err),
+            None => ConfigError::whole_file(self.path, err),
+        };
+        let lease_at = |err: String| match raw.lease.as_ref() {
+            Some(d) => self.err(d.span(), err),
+            None => ConfigError::whole_file(self.path, err),
+        };
         if heartbeat.is_zero() || heartbeat.saturating_mul(3) > lease {
-            return Err(ConfigError::whole_file(
-                self.path,
-                format!(
-                    "store.heartbeat = {} and store.lease = {}: the lease must last at least 3 \
+            return Err(at(format!(
+                "store.heartbeat = {} and store.lease = {}: the lease must last at least 3 \
                      heartbeats (and the heartbeat be above zero), so that one slow renewal \
                      does not lose a run",
-                    humantime::format_duration(heartbeat),
-                    humantime::format_duration(lease)
-                ),
-            ));
+                humantime::format_duration(heartbeat),
+                humantime::format_duration(lease)
+            )));
         }
         if lease > Duration::from_secs(3600) {
-            return Err(ConfigError::whole_file(
-                self.path,
-                format!(
-                    "store.lease = {}: at most 1h (a dead replica's runs wait this long to be \
+            return Err(lease_at(format!(
+                "store.lease = {}: at most 1h (a dead replica's runs wait this long to be \
                      taken over)",
-                    humantime::format_duration(lease)
-                ),
-            ));
+                humantime::format_duration(lease)
+            )));
         }
         Ok(StoreConfig {
             url,

@@ -193,12 +193,12 @@ pub struct RawStore {
     /// How long a replica holds a run it claimed without renewing it. A replica that dies,
     /// hangs or loses the store loses its runs after this long, and another replica (or the
     /// next start) takes them over. At least 3 heartbeats.
-    #[schemars(extend("default" = "30s"))]
-    pub lease: Option<Dur>,
+    #[schemars(with = "Option<Dur>", extend("default" = "30s"))]
+    pub lease: Option<Spanned<Dur>>,
     /// How often a running run renews its lease, and how often every replica looks for
     /// runs whose lease has expired.
-    #[schemars(extend("default" = "10s"))]
-    pub heartbeat: Option<Dur>,
+    #[schemars(with = "Option<Dur>", extend("default" = "10s"))]
+    pub heartbeat: Option<Spanned<Dur>>,
 }
 
 /// `[http]`: the metrics, health and history server.
