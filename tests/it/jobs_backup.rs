@@ -472,3 +472,57 @@ async fn a_call_carried_out_but_answered_with_an_error_is_checked_and_then_adopt
     assert!(actions.is_empty(), "adopted from the intent: {actions:#?}");
     assert_eq!(h.puts(), puts, "no second PUT");
 }
+
+/// `plan` (the real binary) shows the schedule changes and makes no call.
+#[tokio::test]
+async fn plan_shows_the_schedule_changes_and_changes_nothing() {
+    let sim = spawn_sim(SimConfig::default()).await;
+    let (_p, main) = sim.add_project("alpha", None);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[jobs]]\nname = \"native-backups\"\nkind = \"snapshot_branches\"\n\
+             mode = \"backup_schedule\"\nevery = \"1h\"\n{DAILY_3}"
+        ),
+    )
+    .unwrap();
+    let (base, key, d) = (sim.base_url(), sim.api_key(), dir.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_neon-steward"))
+            .current_dir(&d)
+            .env_remove("NEON_STEWARD_CONFIG")
+            .env("NEON_API_KEY", key)
+            .env("NEON_STEWARD_BASE_URL", base)
+            .env(
+                "NEON_STEWARD_STORE_URL",
+                format!("sqlite://{}/state.db", d.display()),
+            )
+            .arg("--config")
+            .arg(&policy)
+            .args(["plan", "--output", "json"])
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions = v[0]["actions"].as_array().expect("the run's actions");
+    assert_eq!(actions.len(), 1, "{v:#}");
+    assert_eq!(actions[0]["action"], "set_backup_schedule");
+    assert_eq!(actions[0]["outcome"], "planned");
+    assert_eq!(actions[0]["resource_id"], main.as_str());
+    let reason = actions[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no backup schedule") && reason.contains("daily at 03:00 UTC, kept 7d"),
+        "{reason}"
+    );
+    assert!(sim.mutations().is_empty(), "plan made no change");
+}
