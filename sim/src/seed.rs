@@ -10,7 +10,8 @@
 //!   "projects": [{
 //!     "name": "shop", "org": "acme", "created_at": "2025-01-01T00:00:00Z",
 //!     "branches": [
-//!       {"name": "main", "endpoints": [{"type": "read_write", "activity": "busy"}]},
+//!       {"name": "main", "endpoints": [{"type": "read_write", "activity": "busy"}],
+//!        "backup_schedule": [{"frequency": "daily", "hour": 3, "retention_seconds": 604800}]},
 //!       {"name": "preview/pr-1-x", "parent": "main", "created_at": "2025-05-01T00:00:00Z",
 //!        "protected": false, "expires_at": "2025-06-10T00:00:00Z",
 //!        "endpoints": [{"type": "read_write", "suspend_timeout_seconds": 300}]}
@@ -22,7 +23,9 @@
 //! ```
 //! Every project gets a default `main` branch; a fixture branch named `main` (without `parent`)
 //! configures it. `parent` names another branch of the same project (default: `main`). Times
-//! default to the clock's now; `activity` is `busy` or `idle` (default).
+//! default to the clock's now; `activity` is `busy` or `idle` (default). `backup_schedule`
+//! (default none) is checked by Neon's rules, as a `PUT .../backup_schedule` is: root branches
+//! only, `daily`/`weekly`/`monthly`, retention at most 35 days.
 
 use std::path::Path;
 
@@ -31,7 +34,9 @@ use rand::Rng;
 use serde::Deserialize;
 
 use crate::ids;
-use crate::state::{Activity, ActivityRecord, EndpointType, KeyScope, Org, State};
+use crate::state::{
+    Activity, ActivityRecord, BackupScheduleItem, EndpointType, KeyScope, Org, State,
+};
 
 /// Sizes of a generated account.
 #[derive(Debug, Clone, Default)]
@@ -317,6 +322,10 @@ pub struct FixtureBranch {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub endpoints: Vec<FixtureEndpoint>,
+    /// The branch's backup schedule, as `PUT .../backup_schedule` takes it (root branches
+    /// only, Neon's rules).
+    #[serde(default)]
+    pub backup_schedule: Vec<BackupScheduleItem>,
 }
 
 #[derive(Deserialize)]
@@ -402,6 +411,21 @@ pub fn apply_fixture(s: &mut State, f: &Fixture) -> anyhow::Result<()> {
             if let Some(x) = s.branches.get_mut(&id) {
                 x.protected = b.protected;
                 x.expires_at = b.expires_at;
+            }
+            if !b.backup_schedule.is_empty() {
+                if s.branches[&id].parent_id.is_some() {
+                    anyhow::bail!(
+                        "branch {:?}: backup schedules apply to root branches only",
+                        b.name
+                    );
+                }
+                for (i, item) in b.backup_schedule.iter().enumerate() {
+                    item.check().map_err(|m| {
+                        anyhow::anyhow!("branch {:?}: backup_schedule[{i}]: {m}", b.name)
+                    })?;
+                }
+                s.backup_schedules
+                    .insert(id.clone(), b.backup_schedule.clone());
             }
             let created = s.branches[&id].created_at;
             for e in &b.endpoints {

@@ -164,6 +164,34 @@ impl Sim {
         self.app.state.settled().branches.get(branch_id).cloned()
     }
 
+    /// A branch's backup schedule (empty: none).
+    pub fn backup_schedule(&self, branch_id: &str) -> Vec<state::BackupScheduleItem> {
+        let s = self.app.state.settled();
+        s.backup_schedules
+            .get(branch_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sets a branch's backup schedule as someone else would (no request, no rule
+    /// checked); empty removes it. `false`: no such branch.
+    pub fn set_backup_schedule(
+        &self,
+        branch_id: &str,
+        schedule: Vec<state::BackupScheduleItem>,
+    ) -> bool {
+        let mut s = self.app.state.settled();
+        if !s.branches.contains_key(branch_id) {
+            return false;
+        }
+        if schedule.is_empty() {
+            s.backup_schedules.remove(branch_id);
+        } else {
+            s.backup_schedules.insert(branch_id.to_string(), schedule);
+        }
+        true
+    }
+
     pub fn endpoints(&self, project_id: &str) -> Vec<state::Endpoint> {
         let s = self.app.state.settled();
         s.project_endpoints(project_id)

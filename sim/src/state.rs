@@ -389,6 +389,53 @@ pub struct BackupScheduleItem {
     pub retention_seconds: Option<i64>,
 }
 
+impl BackupScheduleItem {
+    /// Neon's rules for one item of a branch's backup schedule (the message names the
+    /// field): `daily`, `weekly` or `monthly` (the document also lists `hourly` and
+    /// `yearly`, which Neon refuses), `hour` 0..=23, `day` 1..=7 (weekly) or 1..=31
+    /// (monthly), `month` 1..=12, `retention_seconds` from 3600 to 35 days.
+    pub fn check(&self) -> Result<(), String> {
+        match self.frequency.as_str() {
+            "daily" | "weekly" | "monthly" => {}
+            f @ ("hourly" | "yearly") => {
+                return Err(format!(
+                    "frequency {f:?} is not supported; use daily, weekly or monthly"
+                ))
+            }
+            f => {
+                return Err(format!(
+                    "frequency must be daily, weekly or monthly; got {f:?}"
+                ))
+            }
+        }
+        if self.hour.is_some_and(|h| !(0..=23).contains(&h)) {
+            return Err("hour must be between 0 and 23".into());
+        }
+        let day_max = if self.frequency == "weekly" { 7 } else { 31 };
+        if self.day.is_some_and(|d| !(1..=day_max).contains(&d)) {
+            return Err(format!(
+                "day must be between 1 and {day_max} for {} schedules",
+                self.frequency
+            ));
+        }
+        if self.month.is_some_and(|m| !(1..=12).contains(&m)) {
+            return Err("month must be between 1 and 12".into());
+        }
+        if self.retention_seconds.is_some_and(|r| r < 3600) {
+            return Err("retention_seconds must be at least 3600".into());
+        }
+        if self
+            .retention_seconds
+            .is_some_and(|r| r > MAX_SCHEDULE_RETENTION_SECONDS)
+        {
+            return Err(format!(
+                "retention_seconds must be at most {MAX_SCHEDULE_RETENTION_SECONDS} (35 days)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OperationStatus {
     Scheduling,

@@ -9,6 +9,7 @@
 //! `api.api_key_file` or systemd's `$CREDENTIALS_DIRECTORY/neon-api-key`, so the file can
 //! be committed and reviewed like any other code.
 
+mod backup;
 mod error;
 pub mod pattern;
 mod raw;
@@ -30,6 +31,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub use backup::SnapshotMode;
 pub use error::{line_col, ConfigError};
 pub use schema::{json_schema, json_schema_text, SCHEMA_PATH};
 pub use window::{Window, WindowRule};
@@ -108,6 +110,21 @@ impl Config {
                  schedule nothing",
                 self.source.display()
             ));
+        }
+        for j in &self.jobs {
+            if let JobSpec::SnapshotBranches(spec) = &j.spec {
+                if spec.mode == SnapshotMode::BackupSchedule
+                    && j.selectors.branches.default == DefaultBranchFilter::Exclude
+                {
+                    out.push(format!(
+                        "job `{}`: `default = false` with `mode = \"backup_schedule\"` selects \
+                         only branches other than the default one, and a project's root branch \
+                         is its default branch unless the default was moved; Neon's backup \
+                         schedules cover root branches only, so the job likely sets none",
+                        j.name
+                    ));
+                }
+            }
         }
         if !self.http.listen.ip().is_loopback() {
             let trigger = if self.http.admin_token.is_some() {
@@ -287,6 +304,33 @@ pub enum ExpireMode {
     Delete,
     /// Set Neon's native `expires_at` on the branch and let Neon delete it.
     SetExpiresAt,
+}
+
+/// `mode` as the policy file gives it; each kind takes its own values (`expire_branches`:
+/// `delete`, `set_expires_at`; `snapshot_branches`: `snapshots`, `backup_schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobMode {
+    /// `expire_branches` (default): delete the branch.
+    Delete,
+    /// `expire_branches`: set Neon's native `expires_at` on the branch and let Neon delete it.
+    SetExpiresAt,
+    /// `snapshot_branches` (default): the daemon makes snapshots and prunes them.
+    Snapshots,
+    /// `snapshot_branches`: the daemon sets Neon's backup schedule of each selected root
+    /// branch from `[[jobs.backup_schedule]]`, and Neon takes the snapshots.
+    BackupSchedule,
+}
+
+impl JobMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobMode::Delete => "delete",
+            JobMode::SetExpiresAt => "set_expires_at",
+            JobMode::Snapshots => "snapshots",
+            JobMode::BackupSchedule => "backup_schedule",
+        }
+    }
 }
 
 /// Time bucket of consumption samples.
@@ -521,6 +565,11 @@ pub struct SnapshotSpec {
     /// Sets Neon's `expires_at` on each snapshot this long after creation.
     pub expires_in: Option<Duration>,
     pub retention: Retention,
+    /// `snapshots` (the fields above) or `backup_schedule` (the field below).
+    pub mode: SnapshotMode,
+    /// `mode = "backup_schedule"`: the schedule set on each selected root branch (checked
+    /// against Neon's rules, defaults filled in); empty: take back what the job set.
+    pub backup_schedule: crate::neon::BackupSchedule,
 }
 
 /// `restic forget` style retention of the snapshots this job created. All `None`: keep all.
@@ -1164,29 +1213,38 @@ impl Validator<'_> {
                     None => "sqlite://./neon-steward.db".to_string(),
                 }
             });
-        let lease = raw.lease.map_or(crate::store::DEFAULT_LEASE, |d| d.0);
-        let heartbeat = raw.heartbeat.map_or(DEFAULT_HEARTBEAT, |d| d.0);
+        let lease = raw
+            .lease
+            .as_ref()
+            .map_or(crate::store::DEFAULT_LEASE, |d| d.get_ref().0);
+        let heartbeat = raw
+            .heartbeat
+            .as_ref()
+            .map_or(DEFAULT_HEARTBEAT, |d| d.get_ref().0);
+        // Errors point at the key that was given (the heartbeat's first).
+        let at = |err: String| match raw.heartbeat.as_ref().or(raw.lease.as_ref()) {
+            Some(d) => self.err(d.span(), err),
+            None => ConfigError::whole_file(self.path, err),
+        };
+        let lease_at = |err: String| match raw.lease.as_ref() {
+            Some(d) => self.err(d.span(), err),
+            None => ConfigError::whole_file(self.path, err),
+        };
         if heartbeat.is_zero() || heartbeat.saturating_mul(3) > lease {
-            return Err(ConfigError::whole_file(
-                self.path,
-                format!(
-                    "store.heartbeat = {} and store.lease = {}: the lease must last at least 3 \
+            return Err(at(format!(
+                "store.heartbeat = {} and store.lease = {}: the lease must last at least 3 \
                      heartbeats (and the heartbeat be above zero), so that one slow renewal \
                      does not lose a run",
-                    humantime::format_duration(heartbeat),
-                    humantime::format_duration(lease)
-                ),
-            ));
+                humantime::format_duration(heartbeat),
+                humantime::format_duration(lease)
+            )));
         }
         if lease > Duration::from_secs(3600) {
-            return Err(ConfigError::whole_file(
-                self.path,
-                format!(
-                    "store.lease = {}: at most 1h (a dead replica's runs wait this long to be \
+            return Err(lease_at(format!(
+                "store.lease = {}: at most 1h (a dead replica's runs wait this long to be \
                      taken over)",
-                    humantime::format_duration(lease)
-                ),
-            ));
+                humantime::format_duration(lease)
+            )));
         }
         Ok(StoreConfig {
             url,
@@ -1419,14 +1477,102 @@ impl Validator<'_> {
         Ok(s)
     }
 
+    /// A `snapshot_branches` job's mode, and in `backup_schedule` mode its checked schedule.
+    /// The options of the other mode are refused, and so are the branch filters a standing
+    /// schedule cannot follow.
+    fn snapshot_mode(
+        &self,
+        j: &RawJob,
+    ) -> Result<(SnapshotMode, crate::neon::BackupSchedule), ConfigError> {
+        let mode = match j.mode.as_ref().map(|m| *m.get_ref()) {
+            Some(JobMode::BackupSchedule) => SnapshotMode::BackupSchedule,
+            _ => SnapshotMode::Snapshots,
+        };
+        if mode == SnapshotMode::Snapshots {
+            if let Some(b) = &j.backup_schedule {
+                return Err(self.err(
+                    b.span(),
+                    "`[[jobs.backup_schedule]]` needs `mode = \"backup_schedule\"` (the default \
+                     mode, `snapshots`, makes the snapshots itself)",
+                ));
+            }
+            return Ok((mode, crate::neon::BackupSchedule::default()));
+        }
+        let mode_span = j.mode.as_ref().map_or_else(|| j.kind.span(), |m| m.span());
+        for (option, sp) in [
+            ("name_template", j.name_template.as_ref().map(|s| s.span())),
+            ("expires_in", j.expires_in.as_ref().map(|s| s.span())),
+            ("[jobs.retention]", j.retention.as_ref().map(|s| s.span())),
+        ] {
+            if let Some(sp) = sp {
+                return Err(self.err(
+                    sp,
+                    format!(
+                        "`{option}` is for `mode = \"snapshots\"`; with `mode = \"backup_schedule\"` \
+                         Neon names, takes and expires the snapshots (retention is each rule's \
+                         `retention`)"
+                    ),
+                ));
+            }
+        }
+        if let Some(b) = &j.branches {
+            let r = b.get_ref();
+            if r.older_than.is_some() || r.inactive_for.is_some() {
+                return Err(self.err(
+                    b.span(),
+                    "`older_than` and `inactive_for` cannot select branches for a backup \
+                     schedule: it is a standing setting of a root branch, which the job would \
+                     set and take back as the branch ages or is used; select root branches by \
+                     `names`, `exclude` and `default`",
+                ));
+            }
+        }
+        let Some(rules) = &j.backup_schedule else {
+            return Err(self.err(
+                mode_span,
+                "`mode = \"backup_schedule\"` needs `[[jobs.backup_schedule]]` rules, e.g. \
+                 `frequency = \"daily\"`, `hour = 3`, `retention = \"7d\"` (an empty list, \
+                 `backup_schedule = []`, takes back the schedules this job set)",
+            ));
+        };
+        let mut items = Vec::new();
+        for r in rules.get_ref() {
+            let raw = r.get_ref();
+            let input = backup::RuleInput {
+                frequency: raw.frequency.get_ref(),
+                hour: raw.hour.as_ref().map(|h| *h.get_ref()),
+                day: raw.day.as_ref().map(|d| *d.get_ref()),
+                retention: raw.retention.as_ref().map(|d| d.get_ref().0),
+            };
+            let item = backup::rule(&input).map_err(|(field, e)| {
+                let sp = match field {
+                    backup::RuleField::Frequency => Some(raw.frequency.span()),
+                    backup::RuleField::Hour => raw.hour.as_ref().map(|h| h.span()),
+                    backup::RuleField::Day => raw.day.as_ref().map(|d| d.span()),
+                    backup::RuleField::Retention => raw.retention.as_ref().map(|d| d.span()),
+                };
+                self.err(sp.unwrap_or_else(|| r.span()), e)
+            })?;
+            items.push(item);
+        }
+        let schedule = backup::schedule(items).map_err(|i| {
+            self.err(
+                rules.get_ref()[i].span(),
+                "this rule repeats an earlier one of the same job",
+            )
+        })?;
+        Ok((mode, schedule))
+    }
+
     fn wrong_kind(&self, option: &str, span: Range<usize>, kind: JobKind) -> ConfigError {
         let valid = match option
             .trim_start_matches('[')
             .trim_start_matches("jobs.")
             .trim_end_matches(']')
         {
-            "name_template" | "expires_in" | "retention" => "snapshot_branches",
-            "ttl" | "idle_ttl" | "mode" => "expire_branches",
+            "name_template" | "expires_in" | "retention" | "backup_schedule" => "snapshot_branches",
+            "mode" => "expire_branches` or kind `snapshot_branches",
+            "ttl" | "idle_ttl" => "expire_branches",
             "idle_for" | "windows" | "window_timezone" | "exclude_until" | "resume"
             | "endpoints" | "exclusions" => "suspend_computes",
             "budget" => "enforce_budget",
@@ -1459,7 +1605,11 @@ impl Validator<'_> {
             ),
             ("ttl", JobKind::ExpireBranches, span(&j.ttl)),
             ("idle_ttl", JobKind::ExpireBranches, span(&j.idle_ttl)),
-            ("mode", JobKind::ExpireBranches, span(&j.mode)),
+            (
+                "[[jobs.backup_schedule]]",
+                JobKind::SnapshotBranches,
+                span(&j.backup_schedule),
+            ),
             ("idle_for", JobKind::SuspendComputes, span(&j.idle_for)),
             ("windows", JobKind::SuspendComputes, span(&j.windows)),
             (
@@ -1506,6 +1656,24 @@ impl Validator<'_> {
                 }
             }
         }
+        if let Some(m) = &j.mode {
+            let own: &[JobMode] = match kind {
+                JobKind::ExpireBranches => &[JobMode::Delete, JobMode::SetExpiresAt],
+                JobKind::SnapshotBranches => &[JobMode::Snapshots, JobMode::BackupSchedule],
+                _ => return Err(self.wrong_kind("mode", m.span(), kind)),
+            };
+            if !own.contains(m.get_ref()) {
+                let names: Vec<String> = own.iter().map(|o| format!("`{}`", o.as_str())).collect();
+                return Err(self.err(
+                    m.span(),
+                    format!(
+                        "`mode = \"{}\"` is not a mode of kind `{kind}`; it takes {}",
+                        m.get_ref().as_str(),
+                        names.join(" or ")
+                    ),
+                ));
+            }
+        }
         let job_span = j.kind.span();
         Ok(match kind {
             JobKind::SnapshotBranches => {
@@ -1526,10 +1694,13 @@ impl Validator<'_> {
                         keep_monthly: r.keep_monthly,
                     }
                 });
+                let (mode, backup_schedule) = self.snapshot_mode(j)?;
                 JobSpec::SnapshotBranches(SnapshotSpec {
                     name_template,
                     expires_in: j.expires_in.as_ref().map(|d| d.get_ref().0),
                     retention,
+                    mode,
+                    backup_schedule,
                 })
             }
             JobKind::ExpireBranches => {
@@ -1546,7 +1717,10 @@ impl Validator<'_> {
                 JobSpec::ExpireBranches(ExpireSpec {
                     ttl,
                     idle_ttl,
-                    mode: j.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default(),
+                    mode: match j.mode.as_ref().map(|m| *m.get_ref()) {
+                        Some(JobMode::SetExpiresAt) => ExpireMode::SetExpiresAt,
+                        _ => ExpireMode::Delete,
+                    },
                 })
             }
             JobKind::SuspendComputes => {

@@ -23,8 +23,8 @@ use toml::Spanned;
 
 use super::schema::{Forbidden, NonNegative};
 use super::{
-    BudgetActionKind, ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, ExpireMode,
-    Granularity, JobKind, MissedPolicy,
+    BudgetActionKind, ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, Granularity, JobKind,
+    JobMode, MissedPolicy,
 };
 use crate::schedule::CronSchedule;
 
@@ -193,12 +193,12 @@ pub struct RawStore {
     /// How long a replica holds a run it claimed without renewing it. A replica that dies,
     /// hangs or loses the store loses its runs after this long, and another replica (or the
     /// next start) takes them over. At least 3 heartbeats.
-    #[schemars(extend("default" = "30s"))]
-    pub lease: Option<Dur>,
+    #[schemars(with = "Option<Dur>", extend("default" = "30s"))]
+    pub lease: Option<Spanned<Dur>>,
     /// How often a running run renews its lease, and how often every replica looks for
     /// runs whose lease has expired.
-    #[schemars(extend("default" = "10s"))]
-    pub heartbeat: Option<Dur>,
+    #[schemars(with = "Option<Dur>", extend("default" = "10s"))]
+    pub heartbeat: Option<Spanned<Dur>>,
 }
 
 /// `[http]`: the metrics, health and history server.
@@ -348,9 +348,18 @@ pub struct RawJob {
     /// of `ttl` and `idle_ttl` is required.
     #[schemars(with = "Option<PositiveDur>")]
     pub idle_ttl: Option<Spanned<PositiveDur>>,
-    /// `expire_branches` only: how an expired branch goes away.
-    #[schemars(with = "Option<ExpireMode>", extend("default" = "delete"))]
-    pub mode: Option<Spanned<ExpireMode>>,
+    /// `expire_branches` and `snapshot_branches` only: what the job does.
+    /// `expire_branches`: how an expired branch goes away, `delete` (default) or
+    /// `set_expires_at`. `snapshot_branches`: `snapshots` (default; the daemon makes and
+    /// prunes snapshots) or `backup_schedule` (the daemon sets Neon's own backup schedule
+    /// of each selected root branch from `[[jobs.backup_schedule]]`).
+    #[schemars(with = "Option<JobMode>")]
+    pub mode: Option<Spanned<JobMode>>,
+    /// `snapshot_branches` with `mode = "backup_schedule"` only: the backup schedule the job
+    /// sets on each selected root branch (an empty list takes back the schedules this job
+    /// set). Neon takes the snapshots itself.
+    #[schemars(with = "Option<Vec<RawBackupRule>>")]
+    pub backup_schedule: Option<Spanned<Vec<Spanned<RawBackupRule>>>>,
 
     // suspend_computes
     /// `suspend_computes` only: suspend active endpoints idle longer than this. At least one
@@ -593,4 +602,27 @@ pub struct RawRetention {
     pub keep_weekly: Option<u32>,
     /// Keep the newest snapshot of each of the last this many months that have one.
     pub keep_monthly: Option<u32>,
+}
+
+/// One `[[jobs.backup_schedule]]` rule: when Neon snapshots the branch and how long it keeps
+/// each snapshot.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "BackupRule")]
+pub struct RawBackupRule {
+    /// How often Neon snapshots the branch. `hourly` and `yearly` are not offered by Neon's
+    /// schedules: for those, use `mode = "snapshots"` (the daemon makes the snapshots).
+    #[schemars(with = "super::backup::BackupFrequencyName")]
+    pub frequency: Spanned<String>,
+    /// The hour (0-23, UTC) of the snapshot. Default 0.
+    #[schemars(with = "Option<u32>", range(max = 23))]
+    pub hour: Option<Spanned<u32>>,
+    /// `weekly`: the day of the week (1-7); `monthly`: the day of the month (1-31). Default
+    /// 1. Not for `daily`.
+    #[schemars(with = "Option<u32>", range(min = 1, max = 31))]
+    pub day: Option<Spanned<u32>>,
+    /// How long Neon keeps each snapshot: at least 1h, at most 35d (Neon's limit). Default
+    /// 35d.
+    #[schemars(with = "Option<PositiveDur>", extend("default" = "35d"))]
+    pub retention: Option<Spanned<PositiveDur>>,
 }

@@ -40,9 +40,14 @@ pub const CRON_PATTERN: &str = r"^\s*(@([Yy][Ee][Aa][Rr][Ll][Yy]|[Aa][Nn][Nn][Uu
 pub const KIND_OPTIONS: [(JobKind, &[&str]); 5] = [
     (
         JobKind::SnapshotBranches,
-        &["name_template", "expires_in", "retention"],
+        &[
+            "name_template",
+            "expires_in",
+            "retention",
+            "backup_schedule",
+        ],
     ),
-    (JobKind::ExpireBranches, &["ttl", "idle_ttl", "mode"]),
+    (JobKind::ExpireBranches, &["ttl", "idle_ttl"]),
     (
         JobKind::SuspendComputes,
         &[
@@ -67,6 +72,13 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 5] = [
         ],
     ),
     (JobKind::EnforceBudget, &["budget"]),
+];
+
+/// The values of `mode` each kind takes (a kind not listed takes no `mode`); the first is
+/// the default.
+pub const KIND_MODES: [(JobKind, &[&str]); 2] = [
+    (JobKind::SnapshotBranches, &["snapshots", "backup_schedule"]),
+    (JobKind::ExpireBranches, &["delete", "set_expires_at"]),
 ];
 
 /// The JSON Schema (draft 7) of the policy file, as committed in `config/schema.json`.
@@ -199,9 +211,36 @@ pub(super) fn job_kind_rules(schema: &mut Schema) {
             .flat_map(|(_, opts)| opts.iter())
             .map(|o| (o.to_string(), Value::Bool(false)))
             .collect();
+        let mut forbidden = forbidden;
+        let mode = match KIND_MODES.iter().find(|(k, _)| *k == kind) {
+            Some((_, modes)) => json!({ "enum": modes, "default": modes[0] }),
+            None => Value::Bool(false),
+        };
+        forbidden.insert("mode".into(), mode);
         then.insert("properties".into(), Value::Object(forbidden));
         match kind {
-            JobKind::SnapshotBranches => {}
+            JobKind::SnapshotBranches => {
+                // `[[jobs.backup_schedule]]` and `mode = "backup_schedule"` go together.
+                then.insert(
+                    "if".into(),
+                    json!({ "required": ["mode"], "properties": { "mode": { "const": "backup_schedule" } } }),
+                );
+                then.insert(
+                    "then".into(),
+                    json!({
+                        "required": ["backup_schedule"],
+                        "properties": {
+                            "name_template": false,
+                            "expires_in": false,
+                            "retention": false,
+                        },
+                    }),
+                );
+                then.insert(
+                    "else".into(),
+                    json!({ "properties": { "backup_schedule": false } }),
+                );
+            }
             JobKind::ExpireBranches => {
                 then.insert(
                     "anyOf".into(),

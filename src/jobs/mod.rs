@@ -5,6 +5,7 @@
 //! module is the registry that maps a policy's `kind` to its implementation. It is the only
 //! place that knows every kind.
 
+pub mod backup_schedule;
 pub mod branch_tree;
 pub mod budget;
 mod calls;
@@ -53,6 +54,12 @@ pub async fn run_job_with(
 ) -> RunResult {
     let ledger = Ledger::new(env.store.clone(), ctx.run_id, &job.name, ctx.dry_run);
     let outcome: Result<Ended, RunError> = match &job.spec {
+        JobSpec::SnapshotBranches(spec)
+            if spec.mode == crate::config::SnapshotMode::BackupSchedule =>
+        {
+            let kind = backup_schedule::BackupSchedules::new(job, spec);
+            engine::run(&kind, env, job, &ctx, control, &ledger).await
+        }
         JobSpec::SnapshotBranches(spec) => {
             let kind = snapshot::Snapshots::new(job, spec);
             engine::run(&kind, env, job, &ctx, control, &ledger).await

@@ -4,6 +4,7 @@
 //! records `succeeded`, `failed` or `unknown` with what it found (`reconciled_at` set).
 
 use super::budget::Budget;
+use super::backup_schedule::BackupSchedules;
 use super::expire::Expire;
 use super::kind::{JobKind, PendingRef, Resolution};
 use super::plan::JobEnv;
@@ -64,6 +65,8 @@ async fn check(env: &JobEnv, a: &ActionRecord) -> Result<Resolution, ApiError> {
         Suspend::check_outcome(env, &p).await
     } else if Budget::owns_action(p.action) {
         Budget::check_outcome(env, &p).await
+    } else if BackupSchedules::owns_action(p.action) {
+        BackupSchedules::check_outcome(env, &p).await
     } else {
         // Reading actions (a consumption collection, a project's listing) change nothing
         // at Neon: the run that died did not finish them, and the next run does them again.

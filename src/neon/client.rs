@@ -671,6 +671,56 @@ impl NeonClient {
         Ok(ops(r.operations))
     }
 
+    // ---------------------------------------------------------------- backup schedules
+
+    /// A branch's backup schedule (`GET .../backup_schedule`; empty: none). Neon's
+    /// endpoint is in beta.
+    pub async fn get_backup_schedule(
+        &self,
+        project: &ProjectId,
+        branch: &BranchId,
+    ) -> Result<BackupSchedule, ApiError> {
+        let call = Call::get(
+            "/projects/{project_id}/branches/{branch_id}/backup_schedule",
+            &[
+                "projects",
+                project.as_str(),
+                "branches",
+                branch.as_str(),
+                "backup_schedule",
+            ],
+        );
+        let r: wire::BackupSchedule = self.fetch(&call).await?;
+        Ok(r.into())
+    }
+
+    /// Replaces a branch's backup schedule (`PUT .../backup_schedule`; an empty schedule
+    /// turns it off). A PUT sets the whole schedule, so it is retried like any PUT. Neon
+    /// accepts schedules on root branches only.
+    pub async fn put_backup_schedule(
+        &self,
+        project: &ProjectId,
+        branch: &BranchId,
+        schedule: &BackupSchedule,
+    ) -> Result<(), ApiError> {
+        let body = serde_json::to_value(wire::BackupSchedule::from(schedule))
+            .map_err(|e| ApiError::InvalidRequest(format!("backup schedule: {e}")))?;
+        let call = Call::get(
+            "/projects/{project_id}/branches/{branch_id}/backup_schedule",
+            &[
+                "projects",
+                project.as_str(),
+                "branches",
+                branch.as_str(),
+                "backup_schedule",
+            ],
+        )
+        .with_method(Method::PUT, true)
+        .body(body);
+        self.execute(&call).await?;
+        Ok(())
+    }
+
     // ---------------------------------------------------------------- operations
 
     /// Every operation of the project, newest first (Neon's order), in pages of up to

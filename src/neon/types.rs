@@ -211,6 +211,131 @@ pub struct Snapshot {
     pub manual: Option<bool>,
 }
 
+/// How often Neon takes a branch's scheduled snapshots (`BackupScheduleItem.frequency`).
+/// The document lists `hourly` and `yearly` too; Neon refuses them. Anything else Neon
+/// returns is kept as `Other`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum BackupFrequency {
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+    Other(String),
+}
+
+impl BackupFrequency {
+    pub fn as_str(&self) -> &str {
+        match self {
+            BackupFrequency::Hourly => "hourly",
+            BackupFrequency::Daily => "daily",
+            BackupFrequency::Weekly => "weekly",
+            BackupFrequency::Monthly => "monthly",
+            BackupFrequency::Yearly => "yearly",
+            BackupFrequency::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for BackupFrequency {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "hourly" => BackupFrequency::Hourly,
+            "daily" => BackupFrequency::Daily,
+            "weekly" => BackupFrequency::Weekly,
+            "monthly" => BackupFrequency::Monthly,
+            "yearly" => BackupFrequency::Yearly,
+            _ => BackupFrequency::Other(s),
+        }
+    }
+}
+
+impl From<BackupFrequency> for String {
+    fn from(f: BackupFrequency) -> Self {
+        f.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for BackupFrequency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One rule of a branch's backup schedule: Neon snapshots the branch at `hour` (UTC) every
+/// day, on `day` of the week or month, and keeps each snapshot `retention_seconds`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BackupScheduleItem {
+    pub frequency: BackupFrequency,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hour: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_seconds: Option<i64>,
+}
+
+impl std::fmt::Display for BackupScheduleItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.frequency.as_str())?;
+        if let Some(d) = self.day {
+            write!(f, " day {d}")?;
+        }
+        if let Some(m) = self.month {
+            write!(f, " month {m}")?;
+        }
+        if let Some(h) = self.hour {
+            write!(f, " at {h:02}:00 UTC")?;
+        }
+        match self.retention_seconds {
+            Some(r) if r % 86_400 == 0 => write!(f, ", kept {}d", r / 86_400),
+            Some(r) if r % 3600 == 0 => write!(f, ", kept {}h", r / 3600),
+            Some(r) => write!(f, ", kept {r}s"),
+            None => f.write_str(", kept by Neon's default"),
+        }
+    }
+}
+
+/// A branch's backup schedule (empty: none), in a canonical order so that two schedules
+/// with the same rules compare equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BackupSchedule(Vec<BackupScheduleItem>);
+
+impl BackupSchedule {
+    pub fn new(mut items: Vec<BackupScheduleItem>) -> Self {
+        items.sort();
+        items.dedup();
+        BackupSchedule(items)
+    }
+
+    pub fn items(&self) -> &[BackupScheduleItem] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for BackupSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, it) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{it}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Where an operation is in Neon's life cycle. `error` (a failed attempt Neon will retry) and
 /// anything undocumented land in `Other` and count as not yet terminal.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -370,6 +370,60 @@ pub struct SnapshotsResponse {
     pub snapshots: Vec<Snapshot>,
 }
 
+/// `BackupSchedule` (the body of `GET` and `PUT .../backup_schedule`).
+#[derive(Serialize, Deserialize)]
+pub struct BackupSchedule {
+    pub schedule: Vec<BackupScheduleItem>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct BackupScheduleItem {
+    pub frequency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hour: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_seconds: Option<i64>,
+}
+
+impl From<BackupSchedule> for t::BackupSchedule {
+    fn from(s: BackupSchedule) -> Self {
+        t::BackupSchedule::new(
+            s.schedule
+                .into_iter()
+                .map(|i| t::BackupScheduleItem {
+                    frequency: i.frequency.into(),
+                    hour: i.hour,
+                    day: i.day,
+                    month: i.month,
+                    retention_seconds: i.retention_seconds,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl From<&t::BackupSchedule> for BackupSchedule {
+    fn from(s: &t::BackupSchedule) -> Self {
+        BackupSchedule {
+            schedule: s
+                .items()
+                .iter()
+                .map(|i| BackupScheduleItem {
+                    frequency: i.frequency.as_str().to_string(),
+                    hour: i.hour,
+                    day: i.day,
+                    month: i.month,
+                    retention_seconds: i.retention_seconds,
+                })
+                .collect(),
+        }
+    }
+}
+
 // --- consumption (v2) ---
 
 #[derive(Deserialize)]

@@ -1237,3 +1237,53 @@ fn advance_after(
         clock.advance(Duration::from_secs(61));
     })
 }
+
+#[tokio::test]
+async fn backup_schedule_get_and_put_round_trip_and_follow_the_document() {
+    let sim = spawn_sim(SimConfig::default()).await;
+    let (pid, main) = sim.add_project("shop", None);
+    let child = sim.add_branch(&pid, "dev", None);
+    let c = sim.client();
+    let (project, main) = (ProjectId::from(pid.as_str()), BranchId::from(main.as_str()));
+    assert!(c
+        .get_backup_schedule(&project, &main)
+        .await
+        .unwrap()
+        .is_empty());
+    let item = |frequency: BackupFrequency, hour, day| BackupScheduleItem {
+        frequency,
+        hour: Some(hour),
+        day,
+        month: None,
+        retention_seconds: Some(86_400),
+    };
+    // Given in any order, compared in a canonical one.
+    let schedule = BackupSchedule::new(vec![
+        item(BackupFrequency::Monthly, 2, Some(15)),
+        item(BackupFrequency::Daily, 3, None),
+    ]);
+    c.put_backup_schedule(&project, &main, &schedule)
+        .await
+        .unwrap();
+    let back = c.get_backup_schedule(&project, &main).await.unwrap();
+    assert_eq!(back, schedule);
+    assert_eq!(
+        back.to_string(),
+        "daily at 03:00 UTC, kept 1d; monthly day 15 at 02:00 UTC, kept 1d"
+    );
+    // Neon's rule: root branches only (a 400 the client does not retry).
+    let e = c
+        .put_backup_schedule(&project, &BranchId::from(child.as_str()), &schedule)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    c.put_backup_schedule(&project, &main, &BackupSchedule::default())
+        .await
+        .unwrap();
+    assert!(c
+        .get_backup_schedule(&project, &main)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_bodies_match_spec(&sim);
+}

@@ -13,6 +13,7 @@ mod demo;
 mod fuzz_input;
 mod http;
 mod jobs;
+mod jobs_backup;
 mod jobs_e2e;
 mod jobs_safety;
 mod kill;

@@ -317,47 +317,8 @@ pub struct ScheduleBody {
 }
 
 fn validate_item(i: usize, it: &BackupScheduleItem) -> Result<(), ApiError> {
-    let bad = |m: String| Err(ApiError::bad_request(format!("schedule[{i}]: {m}")));
-    // The document lists hourly and yearly too; Neon's API refuses them.
-    match it.frequency.as_str() {
-        "daily" | "weekly" | "monthly" => {}
-        f @ ("hourly" | "yearly") => {
-            return bad(format!(
-                "frequency {f:?} is not supported; use daily, weekly or monthly"
-            ))
-        }
-        f => {
-            return bad(format!(
-                "frequency must be daily, weekly or monthly; got {f:?}"
-            ))
-        }
-    }
-    if it.hour.is_some_and(|h| !(0..=23).contains(&h)) {
-        return bad("hour must be between 0 and 23".into());
-    }
-    let day_max = if it.frequency == "weekly" { 7 } else { 31 };
-    if it.day.is_some_and(|d| !(1..=day_max).contains(&d)) {
-        return bad(format!(
-            "day must be between 1 and {day_max} for {} schedules",
-            it.frequency
-        ));
-    }
-    if it.month.is_some_and(|m| !(1..=12).contains(&m)) {
-        return bad("month must be between 1 and 12".into());
-    }
-    if it.retention_seconds.is_some_and(|r| r < 3600) {
-        return bad("retention_seconds must be at least 3600".into());
-    }
-    if it
-        .retention_seconds
-        .is_some_and(|r| r > crate::state::MAX_SCHEDULE_RETENTION_SECONDS)
-    {
-        return bad(format!(
-            "retention_seconds must be at most {} (35 days)",
-            crate::state::MAX_SCHEDULE_RETENTION_SECONDS
-        ));
-    }
-    Ok(())
+    it.check()
+        .map_err(|m| ApiError::bad_request(format!("schedule[{i}]: {m}")))
 }
 
 pub async fn put_schedule(
@@ -370,7 +331,20 @@ pub async fn put_schedule(
         validate_item(i, it)?;
     }
     let mut s = app.state.settled();
-    s.branch_for(&who, &project_id, &branch_id)?;
-    s.backup_schedules.insert(branch_id, body.schedule);
+    let is_child = s
+        .branch_for(&who, &project_id, &branch_id)?
+        .parent_id
+        .is_some();
+    // Neon's rule: backup schedules apply to root branches only.
+    if is_child {
+        return Err(ApiError::bad_request(format!(
+            "backup schedules apply to root branches only; branch {branch_id} has a parent"
+        )));
+    }
+    if body.schedule.is_empty() {
+        s.backup_schedules.remove(&branch_id);
+    } else {
+        s.backup_schedules.insert(branch_id, body.schedule);
+    }
     Ok(Json(wire::Empty {}))
 }

@@ -535,14 +535,22 @@ async fn every_emulated_operation_conforms_to_the_document() {
     .await;
     h.call(
         "PUT",
-        &format!("{bp}/{b1}/backup_schedule"),
+        &format!("{bp}/{main}/backup_schedule"),
         Some(json!({"schedule": [{"frequency": "daily", "hour": 3, "retention_seconds": 604800}]})),
         Ok,
     )
     .await;
+    // Root branches only (Neon's rule).
     h.call(
         "PUT",
         &format!("{bp}/{b1}/backup_schedule"),
+        Some(json!({"schedule": [{"frequency": "daily", "hour": 3}]})),
+        E(400),
+    )
+    .await;
+    h.call(
+        "PUT",
+        &format!("{bp}/{main}/backup_schedule"),
         Some(json!({"schedule": [{"frequency": "never"}]})),
         E(400),
     )

@@ -405,6 +405,8 @@ fn sample_value(option: &str) -> &'static str {
         "expires_in" | "ttl" | "idle_ttl" | "idle_for" => "\"1d\"",
         "retention" => "{ keep_last = 1 }",
         "mode" => "\"delete\"",
+        // The rules need their mode (a second key on the next line).
+        "backup_schedule" => "[{ frequency = \"daily\", hour = 3, retention = \"7d\" }]\nmode = \"backup_schedule\"",
         "windows" => "[\"Sat-Sun\"]",
         "window_timezone" => "\"UTC\"",
         "exclude_until" => "\"2026-01-01\"",
@@ -449,7 +451,7 @@ fn kind_specific_options_match_the_parser() {
             .iter()
             .filter(|(_, opts)| opts.contains(&key.as_str()))
             .count();
-        let shared = SHARED_JOB_KEYS.contains(&key.as_str());
+        let shared = SHARED_JOB_KEYS.contains(&key.as_str()) || key == "mode";
         assert!(
             owners + usize::from(shared) == 1,
             "job key `{key}` must be either in SHARED_JOB_KEYS or owned by exactly one kind in KIND_OPTIONS"
@@ -497,4 +499,41 @@ fn kind_specific_options_match_the_parser() {
 /// A TOML basic string holding `s`.
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+#[test]
+fn modes_match_the_parser() {
+    let schema = Compiled::committed();
+    let all = ["delete", "set_expires_at", "snapshots", "backup_schedule"];
+    for (kind, _) in KIND_OPTIONS {
+        let own: &[&str] = KIND_MODES
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[], |(_, m)| m);
+        for mode in all {
+            let extra = if mode == "backup_schedule" {
+                "[[jobs.backup_schedule]]\nfrequency = \"weekly\"\nday = 7\n"
+            } else {
+                ""
+            };
+            let text = format!(
+                "[[jobs]]\nname = \"n\"\nkind = \"{kind}\"\nevery = \"1h\"\n{}mode = \"{mode}\"\n{extra}",
+                kind_minimum(kind)
+            );
+            let (by_schema, by_parser) = (schema.check_toml(&text), parse(&text));
+            if own.contains(&mode) {
+                by_schema.unwrap_or_else(|e| panic!("schema rejects {text}\n{e}"));
+                by_parser.unwrap_or_else(|e| panic!("parser rejects {text}\n{e}"));
+            } else {
+                assert!(
+                    by_schema.is_err(),
+                    "schema accepts mode {mode} on kind {kind}"
+                );
+                assert!(
+                    by_parser.is_err(),
+                    "parser accepts mode {mode} on kind {kind}"
+                );
+            }
+        }
+    }
 }
