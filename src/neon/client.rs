@@ -301,6 +301,14 @@ impl NeonClient {
         Ok(u.into())
     }
 
+    /// The billing plan of an organization (`GET /organizations/{org_id}`, its `plan`), e.g.
+    /// `free_v3` or `scale`: what Neon's per-plan limits (manual snapshots) depend on.
+    pub async fn organization_plan(&self, org: &OrgId) -> Result<String, ApiError> {
+        let call = Call::get("/organizations/{org_id}", &["organizations", org.as_str()]);
+        let o: wire::Organization = self.fetch(&call).await?;
+        Ok(o.plan)
+    }
+
     // ---------------------------------------------------------------- projects
 
     /// Every project the key can see (cursor pagination).

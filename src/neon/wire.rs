@@ -39,6 +39,12 @@ impl From<CurrentUser> for t::CurrentUser {
     }
 }
 
+/// `Organization` (`GET /organizations/{org_id}`): only its billing plan is read.
+#[derive(Deserialize)]
+pub struct Organization {
+    pub plan: String,
+}
+
 #[derive(Deserialize, Default)]
 pub struct CursorPage {
     #[serde(default)]
