@@ -71,6 +71,16 @@ pub const V2_METRICS: [&str; 8] = [
     "extra_branches_month",
     "snapshot_storage_bytes_month",
 ];
+/// The [`V2_METRICS`] Neon's per-branch `/consumption_history/v2/branches` accepts (not
+/// `extra_branches_month` and `snapshot_storage_bytes_month`, which are per project only).
+pub const V2_BRANCH_METRICS: [&str; 6] = [
+    "compute_unit_seconds",
+    "root_branch_bytes_month",
+    "child_branch_bytes_month",
+    "instant_restore_bytes_month",
+    "public_network_transfer_bytes",
+    "private_network_transfer_bytes",
+];
 /// Metric names Neon's legacy `/consumption_history/projects` accepts.
 pub const LEGACY_METRICS: [&str; 7] = [
     "active_time_seconds",
@@ -765,6 +775,9 @@ pub struct ConsumptionSpec {
     pub max_projects_exported: usize,
     /// Metric name -> price per unit, for the estimated cost gauge.
     pub prices: BTreeMap<String, f64>,
+    /// Also collect per branch (`per_branch = true`): the job's metrics that
+    /// `/consumption_history/v2/branches` takes; empty when per-branch collection is off.
+    pub branch_metrics: Vec<String>,
 }
 
 /// Loads and validates the policy at `path`, with the process environment.
@@ -1367,7 +1380,7 @@ impl Validator<'_> {
         fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
             o.as_ref().map(|s| s.span())
         }
-        let options: [(&str, JobKind, Option<Range<usize>>); 19] = [
+        let options: [(&str, JobKind, Option<Range<usize>>); 20] = [
             (
                 "name_template",
                 JobKind::SnapshotBranches,
@@ -1417,6 +1430,11 @@ impl Validator<'_> {
                 "[jobs.prices]",
                 JobKind::CollectConsumption,
                 span(&j.prices),
+            ),
+            (
+                "per_branch",
+                JobKind::CollectConsumption,
+                span(&j.per_branch),
             ),
             ("", kind, None),
         ];
@@ -1567,7 +1585,31 @@ impl Validator<'_> {
                         "the v2 consumption endpoint needs `org_id` (Neon requires it); set `org_id`, or `endpoint = \"legacy\"` for a legacy plan",
                     ));
                 }
+                let mut branch_metrics = Vec::new();
+                if let Some(pb) = j.per_branch.as_ref().filter(|pb| *pb.get_ref()) {
+                    if endpoint != ConsumptionEndpoint::V2 {
+                        return Err(self.err(
+                            pb.span(),
+                            "`per_branch` needs `endpoint = \"v2\"`: Neon's per-branch consumption (/consumption_history/v2/branches) has no legacy counterpart",
+                        ));
+                    }
+                    branch_metrics = metrics
+                        .iter()
+                        .filter(|m| V2_BRANCH_METRICS.contains(&m.as_str()))
+                        .cloned()
+                        .collect();
+                    if branch_metrics.is_empty() {
+                        return Err(self.err(
+                            pb.span(),
+                            format!(
+                                "`per_branch` collects only metrics Neon reports per branch ({}), and this job's `metrics` has none of them",
+                                V2_BRANCH_METRICS.join(", ")
+                            ),
+                        ));
+                    }
+                }
                 JobSpec::CollectConsumption(ConsumptionSpec {
+                    branch_metrics,
                     endpoint,
                     granularity: j
                         .granularity

@@ -409,6 +409,12 @@ pub struct RawJob {
     /// the estimated-cost gauge.
     #[schemars(with = "Option<BTreeMap<String, NonNegative>>")]
     pub prices: Option<Spanned<BTreeMap<String, f64>>>,
+    /// `collect_consumption` only: also collect each branch's consumption into the store
+    /// (Neon's `/consumption_history/v2/branches`, usage-based plans; `endpoint = "v2"` only),
+    /// for the job's metrics that endpoint takes (all but `extra_branches_month` and
+    /// `snapshot_storage_bytes_month`). Per-branch samples are stored, not exported as gauges.
+    #[schemars(with = "Option<bool>", extend("default" = false))]
+    pub per_branch: Option<Spanned<bool>>,
 }
 
 /// `[jobs.projects]`: which projects a job looks at. Every list empty: all projects.

@@ -64,6 +64,7 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 4] = [
             "endpoint",
             "max_projects_exported",
             "prices",
+            "per_branch",
         ],
     ),
 ];

@@ -417,6 +417,7 @@ fn sample_value(option: &str) -> &'static str {
         "endpoint" => "\"v2\"",
         "max_projects_exported" => "10",
         "prices" => "{ compute_unit_seconds = 0.1 }",
+        "per_branch" => "true",
         other => panic!("no sample value for job option `{other}`; add one to this test"),
     }
 }
