@@ -1527,7 +1527,7 @@ impl Validator<'_> {
             JobKind::CollectConsumption => {
                 let metrics = match &j.metrics {
                     Some(m) if m.get_ref().is_empty() => return Err(self.err(m.span(), "`metrics` must list at least one metric")),
-                    Some(m) => m.get_ref().clone(),
+                    Some(m) => m.get_ref().iter().map(|n| n.get_ref().clone()).collect::<Vec<_>>(),
                     None => return Err(self.err(job_span, "kind `collect_consumption` needs `metrics` (e.g. [\"compute_unit_seconds\"])")),
                 };
                 let endpoint = j
@@ -1541,10 +1541,11 @@ impl Validator<'_> {
                 };
                 let m = j.metrics.as_ref().expect("checked above");
                 let mut seen_metrics = std::collections::HashSet::new();
-                for name in &metrics {
+                // Each name is positioned at itself, not at the list.
+                for (name, at) in metrics.iter().zip(m.get_ref().iter().map(|n| n.span())) {
                     if !known.contains(&name.as_str()) {
                         return Err(self.err(
-                            m.span(),
+                            at,
                             format!(
                                 "unknown consumption metric `{name}` for the {endpoint_name} \
                                  endpoint; expected one of {}",
@@ -1553,7 +1554,7 @@ impl Validator<'_> {
                         ));
                     }
                     if !seen_metrics.insert(name.as_str()) {
-                        return Err(self.err(m.span(), format!("metric `{name}` is listed twice")));
+                        return Err(self.err(at, format!("metric `{name}` is listed twice")));
                     }
                 }
                 if let Some(p) = &j.prices {

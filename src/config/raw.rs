@@ -392,7 +392,7 @@ pub struct RawJob {
     /// `root_branch_bytes_month`, `child_branch_bytes_month`, `public_network_transfer_bytes`;
     /// for `legacy` e.g. `active_time_seconds`, `compute_time_seconds`, `written_data_bytes`.
     #[schemars(with = "Option<Vec<String>>", length(min = 1))]
-    pub metrics: Option<Spanned<Vec<String>>>,
+    pub metrics: Option<Spanned<Vec<Spanned<String>>>>,
     /// `collect_consumption` only: the Neon organization whose consumption is collected.
     /// Required unless `endpoint = "legacy"` (Neon's v2 endpoint needs it).
     #[schemars(with = "Option<String>")]

@@ -677,7 +677,7 @@ fn error_unknown_consumption_metric() {
 fn error_metric_of_the_other_endpoint() {
     let e = err("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nendpoint = \"legacy\"\nmetrics = [\"compute_unit_seconds\"]\n");
     assert!(
-        e.contains("policy.toml:6:11:") && e.contains("legacy endpoint"),
+        e.contains("policy.toml:6:12:") && e.contains("legacy endpoint"),
         "{e}"
     );
 }
