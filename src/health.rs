@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 
 use crate::neon::{ApiError, ApiObserver};
 use crate::store::{
-    ActionCounts, ActionId, ActionOutcome, ActionRecord, Claim, ConsumptionSample, Lease,
-    NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreError,
-    StoreResult,
+    ActionCounts, ActionId, ActionOutcome, ActionRecord, BranchConsumptionSample, Claim,
+    ConsumptionSample, Lease, NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus,
+    StateRecord, Store, StoreError, StoreResult,
 };
 
 /// The last failure of one side, if its last outcome was one.
@@ -237,6 +237,25 @@ impl Store for ObservedStore {
         granularity: &str,
     ) -> StoreResult<Option<DateTime<Utc>>> {
         self.seen(self.inner.latest_consumption_end(granularity).await)
+    }
+    async fn upsert_branch_consumption(
+        &self,
+        samples: &[BranchConsumptionSample],
+    ) -> StoreResult<u64> {
+        self.seen(self.inner.upsert_branch_consumption(samples).await)
+    }
+    async fn list_branch_consumption(
+        &self,
+        granularity: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<BranchConsumptionSample>> {
+        self.seen(self.inner.list_branch_consumption(granularity, since).await)
+    }
+    async fn latest_branch_consumption_end(
+        &self,
+        granularity: &str,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        self.seen(self.inner.latest_branch_consumption_end(granularity).await)
     }
     async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.seen(self.inner.prune(before).await)

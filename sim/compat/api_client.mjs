@@ -128,6 +128,34 @@ await step('getConsumptionHistoryPerProjectV2', async () => {
   });
   check(Array.isArray(data.projects), 'projects array');
 });
+await step('getOrganization (its plan)', async () => {
+  const { data } = await api.getOrganization(orgId);
+  check(typeof data.plan === 'string' && data.plan.length > 0, `plan ${data.plan}`);
+});
+await step('getConsumptionHistoryPerBranchV2', async () => {
+  // Up to the end of this hour: the project was made in it.
+  const to = new Date();
+  to.setUTCMinutes(0, 0, 0);
+  to.setTime(to.getTime() + 3600 * 1000);
+  const from = new Date(to.getTime() - 86400 * 1000);
+  const { data } = await api.getConsumptionHistoryPerBranchV2({
+    project_ids: [projectId], from: from.toISOString(), to: to.toISOString(), granularity: 'hourly',
+    metrics: ['compute_unit_seconds'], org_id: orgId, limit: 1000,
+  });
+  check(data.branches.some((b) => b.branch_id === main && b.project_id === projectId), 'main branch listed');
+});
+await step('getProjectBranchSchemaComparison', async () => {
+  const { data } = await api.getProjectBranchSchemaComparison({
+    projectId, branchId: br.branch.id, base_branch_id: main, db_name: 'neondb',
+  });
+  check(typeof data.diff === 'string', `diff ${JSON.stringify(data)}`);
+});
+await step('restoreProjectBranch (from its parent at a point in time)', () =>
+  api.restoreProjectBranch(projectId, br.branch.id, {
+    source_branch_id: main,
+    source_timestamp: new Date(Date.now() - 1000).toISOString().replace(/\.\d+Z$/, 'Z'),
+  }));
+await idle(projectId);
 await step('listProjectOperations', async () => {
   const { data } = await api.listProjectOperations({ projectId });
   check(data.operations.length > 0, 'operations');

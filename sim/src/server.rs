@@ -228,6 +228,19 @@ impl Sim {
         seed::insert_org(&mut s, name)
     }
 
+    /// Sets an organization's billing plan (e.g. `free_v3`, `scale`): what its per-plan limits
+    /// (manual snapshots) follow. `false` if there is no such organization.
+    pub fn set_org_plan(&self, org_id: &str, plan: &str) -> bool {
+        let mut s = self.app.state.settled();
+        match s.orgs.get_mut(org_id) {
+            Some(o) => {
+                o.plan = plan.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Adds a project (with its default `main` branch, no compute) created now.
     pub fn add_project(&self, name: &str, org_id: Option<&str>) -> (state::Project, state::Branch) {
         let mut s = self.app.state.settled();

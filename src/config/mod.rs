@@ -73,6 +73,16 @@ pub const V2_METRICS: [&str; 8] = [
     "extra_branches_month",
     "snapshot_storage_bytes_month",
 ];
+/// The [`V2_METRICS`] Neon's per-branch `/consumption_history/v2/branches` accepts (not
+/// `extra_branches_month` and `snapshot_storage_bytes_month`, which are per project only).
+pub const V2_BRANCH_METRICS: [&str; 6] = [
+    "compute_unit_seconds",
+    "root_branch_bytes_month",
+    "child_branch_bytes_month",
+    "instant_restore_bytes_month",
+    "public_network_transfer_bytes",
+    "private_network_transfer_bytes",
+];
 /// Metric names Neon's legacy `/consumption_history/projects` accepts.
 pub const LEGACY_METRICS: [&str; 7] = [
     "active_time_seconds",
@@ -819,6 +829,9 @@ pub struct ConsumptionSpec {
     pub max_projects_exported: usize,
     /// Metric name -> price per unit, for the estimated cost gauge.
     pub prices: BTreeMap<String, f64>,
+    /// Also collect per branch (`per_branch = true`): the job's metrics that
+    /// `/consumption_history/v2/branches` takes; empty when per-branch collection is off.
+    pub branch_metrics: Vec<String>,
 }
 
 /// An action of a budget threshold (`[[jobs.budget.thresholds]].actions`).
@@ -1591,7 +1604,7 @@ impl Validator<'_> {
         fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
             o.as_ref().map(|s| s.span())
         }
-        let options: [(&str, JobKind, Option<Range<usize>>); 20] = [
+        let options: [(&str, JobKind, Option<Range<usize>>); 21] = [
             (
                 "name_template",
                 JobKind::SnapshotBranches,
@@ -1647,6 +1660,11 @@ impl Validator<'_> {
                 span(&j.prices),
             ),
             ("[jobs.budget]", JobKind::EnforceBudget, span(&j.budget)),
+            (
+                "per_branch",
+                JobKind::CollectConsumption,
+                span(&j.per_branch),
+            ),
             ("", kind, None),
         ];
         for (option, owner, sp) in options {
@@ -1762,7 +1780,7 @@ impl Validator<'_> {
             JobKind::CollectConsumption => {
                 let metrics = match &j.metrics {
                     Some(m) if m.get_ref().is_empty() => return Err(self.err(m.span(), "`metrics` must list at least one metric")),
-                    Some(m) => m.get_ref().clone(),
+                    Some(m) => m.get_ref().iter().map(|n| n.get_ref().clone()).collect::<Vec<_>>(),
                     None => return Err(self.err(job_span, "kind `collect_consumption` needs `metrics` (e.g. [\"compute_unit_seconds\"])")),
                 };
                 let endpoint = j
@@ -1776,10 +1794,11 @@ impl Validator<'_> {
                 };
                 let m = j.metrics.as_ref().expect("checked above");
                 let mut seen_metrics = std::collections::HashSet::new();
-                for name in &metrics {
+                // Each name is positioned at itself, not at the list.
+                for (name, at) in metrics.iter().zip(m.get_ref().iter().map(|n| n.span())) {
                     if !known.contains(&name.as_str()) {
                         return Err(self.err(
-                            m.span(),
+                            at,
                             format!(
                                 "unknown consumption metric `{name}` for the {endpoint_name} \
                                  endpoint; expected one of {}",
@@ -1788,7 +1807,7 @@ impl Validator<'_> {
                         ));
                     }
                     if !seen_metrics.insert(name.as_str()) {
-                        return Err(self.err(m.span(), format!("metric `{name}` is listed twice")));
+                        return Err(self.err(at, format!("metric `{name}` is listed twice")));
                     }
                 }
                 if let Some(p) = &j.prices {
@@ -1820,7 +1839,31 @@ impl Validator<'_> {
                         "the v2 consumption endpoint needs `org_id` (Neon requires it); set `org_id`, or `endpoint = \"legacy\"` for a legacy plan",
                     ));
                 }
+                let mut branch_metrics = Vec::new();
+                if let Some(pb) = j.per_branch.as_ref().filter(|pb| *pb.get_ref()) {
+                    if endpoint != ConsumptionEndpoint::V2 {
+                        return Err(self.err(
+                            pb.span(),
+                            "`per_branch` needs `endpoint = \"v2\"`: Neon's per-branch consumption (/consumption_history/v2/branches) has no legacy counterpart",
+                        ));
+                    }
+                    branch_metrics = metrics
+                        .iter()
+                        .filter(|m| V2_BRANCH_METRICS.contains(&m.as_str()))
+                        .cloned()
+                        .collect();
+                    if branch_metrics.is_empty() {
+                        return Err(self.err(
+                            pb.span(),
+                            format!(
+                                "`per_branch` collects only metrics Neon reports per branch ({}), and this job's `metrics` has none of them",
+                                V2_BRANCH_METRICS.join(", ")
+                            ),
+                        ));
+                    }
+                }
                 JobSpec::CollectConsumption(ConsumptionSpec {
+                    branch_metrics,
                     endpoint,
                     granularity: j
                         .granularity

@@ -401,7 +401,7 @@ pub struct RawJob {
     /// `root_branch_bytes_month`, `child_branch_bytes_month`, `public_network_transfer_bytes`;
     /// for `legacy` e.g. `active_time_seconds`, `compute_time_seconds`, `written_data_bytes`.
     #[schemars(with = "Option<Vec<String>>", length(min = 1))]
-    pub metrics: Option<Spanned<Vec<String>>>,
+    pub metrics: Option<Spanned<Vec<Spanned<String>>>>,
     /// `collect_consumption` only: the Neon organization whose consumption is collected.
     /// Required unless `endpoint = "legacy"` (Neon's v2 endpoint needs it).
     #[schemars(with = "Option<String>")]
@@ -418,6 +418,12 @@ pub struct RawJob {
     /// the estimated-cost gauge.
     #[schemars(with = "Option<BTreeMap<String, NonNegative>>")]
     pub prices: Option<Spanned<BTreeMap<String, f64>>>,
+    /// `collect_consumption` only: also collect each branch's consumption into the store
+    /// (Neon's `/consumption_history/v2/branches`, usage-based plans; `endpoint = "v2"` only),
+    /// for the job's metrics that endpoint takes (all but `extra_branches_month` and
+    /// `snapshot_storage_bytes_month`). Per-branch samples are stored, not exported as gauges.
+    #[schemars(with = "Option<bool>", extend("default" = false))]
+    pub per_branch: Option<Spanned<bool>>,
 
     // enforce_budget
     /// `enforce_budget` only: the budget, its thresholds and their actions.

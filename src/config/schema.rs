@@ -69,6 +69,7 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 5] = [
             "endpoint",
             "max_projects_exported",
             "prices",
+            "per_branch",
         ],
     ),
     (JobKind::EnforceBudget, &["budget"]),

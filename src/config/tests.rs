@@ -678,7 +678,47 @@ fn error_unknown_consumption_metric() {
 fn error_metric_of_the_other_endpoint() {
     let e = err("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nendpoint = \"legacy\"\nmetrics = [\"compute_unit_seconds\"]\n");
     assert!(
-        e.contains("policy.toml:6:11:") && e.contains("legacy endpoint"),
+        e.contains("policy.toml:6:12:") && e.contains("legacy endpoint"),
+        "{e}"
+    );
+}
+
+#[test]
+fn per_branch_takes_the_branch_metrics_of_the_job() {
+    let c = parse("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\norg_id = \"org-1\"\nmetrics = [\"compute_unit_seconds\", \"snapshot_storage_bytes_month\", \"child_branch_bytes_month\"]\nper_branch = true\n").unwrap();
+    let JobSpec::CollectConsumption(spec) = &c.jobs[0].spec else {
+        panic!("a consumption job")
+    };
+    // Per project: every metric; per branch: those Neon reports per branch.
+    assert_eq!(spec.metrics.len(), 3);
+    assert_eq!(
+        spec.branch_metrics,
+        vec!["compute_unit_seconds", "child_branch_bytes_month"]
+    );
+    let c = parse("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\norg_id = \"org-1\"\nmetrics = [\"compute_unit_seconds\"]\nper_branch = false\n").unwrap();
+    let JobSpec::CollectConsumption(spec) = &c.jobs[0].spec else {
+        panic!("a consumption job")
+    };
+    assert!(spec.branch_metrics.is_empty());
+}
+
+#[test]
+fn error_per_branch_without_a_branch_metric_or_on_legacy() {
+    let e = err("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\norg_id = \"org-1\"\nmetrics = [\"extra_branches_month\"]\nper_branch = true\n");
+    assert!(
+        e.contains("policy.toml:7:14:") && e.contains("none of them"),
+        "{e}"
+    );
+    let e = err("[[jobs]]\nname = \"c\"\nkind = \"collect_consumption\"\nevery = \"1h\"\nendpoint = \"legacy\"\nmetrics = [\"compute_time_seconds\"]\nper_branch = true\n");
+    assert!(
+        e.contains("policy.toml:7:14:") && e.contains("endpoint = \"v2\""),
+        "{e}"
+    );
+    let e = err(
+        "[[jobs]]\nname = \"s\"\nkind = \"snapshot_branches\"\nevery = \"1h\"\nper_branch = true\n",
+    );
+    assert!(
+        e.contains("policy.toml:5:") && e.contains("per_branch"),
         "{e}"
     );
 }

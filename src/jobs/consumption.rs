@@ -16,13 +16,21 @@ use super::ledger::{ActionSpec, Ledger};
 use super::plan::{JobEnv, RunContext, RunError};
 use super::scope::selected_projects;
 use crate::config::{ConsumptionSpec, JobConfig};
-use crate::neon::{ApiError, ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId, ProjectId};
-use crate::store::{ConsumptionSample, Store};
+use crate::neon::{
+    ApiError, BranchConsumptionPeriod, ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId,
+    ProjectId,
+};
+use crate::store::{BranchConsumptionSample, ConsumptionSample, Store, StoreResult};
 use crate::telemetry::consumption::ConsumptionPoint;
 use crate::telemetry::events::ConsumptionCollected;
 
 fn cursor_key(period: Period) -> String {
     format!("consumption_cursor/{}", period.as_str())
+}
+
+/// The per-branch collection's own cursor: it advances independently of the projects'.
+fn branch_cursor_key(period: Period) -> String {
+    format!("consumption_branch_cursor/{}", period.as_str())
 }
 
 /// Collects consumption incrementally and exports the gauges.
@@ -139,6 +147,7 @@ pub(crate) async fn run(
             ConsumptionCollected {
                 job: &job.name,
                 granularity: period.as_str(),
+                per_branch: false,
                 projects: ids.len(),
                 samples: samples_total,
                 at: ctx.now,
@@ -146,7 +155,11 @@ pub(crate) async fn run(
             .emit();
         }
     }
-    // Export what the store has, selected projects only.
+    if !spec.branch_metrics.is_empty() && !ids.is_empty() {
+        collect_branches(env, job, spec, ctx, ledger, &ids).await?;
+    }
+    // Export what the store has, selected projects only (per-branch samples are stored, not
+    // exported: a branch label would be unbounded).
     let selected: HashSet<&str> = ids.iter().map(|p| p.as_str()).collect();
     let stored = newest_selected(env.store.as_ref(), period, &selected, ctx.now).await?;
     let points = latest_points(&stored, &spec.prices);
@@ -157,6 +170,151 @@ pub(crate) async fn run(
         spec.max_projects_exported,
     );
     Ok(())
+}
+
+/// The per-branch collection (`per_branch = true`): `/consumption_history/v2/branches` for the
+/// same projects, in calls of at most 100 projects, with its own cursor, stored apart from
+/// the project samples. Like the projects' collection, the cursor moves only when every call
+/// succeeded.
+async fn collect_branches(
+    env: &JobEnv,
+    job: &JobConfig,
+    spec: &ConsumptionSpec,
+    ctx: &RunContext,
+    ledger: &Ledger,
+    ids: &[ProjectId],
+) -> Result<(), RunError> {
+    let period: Period = spec.granularity;
+    let granularity = match period {
+        Period::Hourly => Granularity::Hourly,
+        Period::Daily => Granularity::Daily,
+        Period::Monthly => Granularity::Monthly,
+    };
+    let key = branch_cursor_key(period);
+    let stored = env.store.get_state(&job.name, &key).await?;
+    let cursor_version = stored.as_ref().map(|r| r.version);
+    let cursor = match stored {
+        Some(r) => DateTime::parse_from_rfc3339(&r.value)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        None => {
+            env.store
+                .latest_branch_consumption_end(period.as_str())
+                .await?
+        }
+    };
+    let Some((from, to)) = collection_range(period, cursor, ctx.now) else {
+        return Ok(());
+    };
+    let calls = chunks(ids);
+    let n = calls.len();
+    let mut all_ok = true;
+    let mut samples_total = 0usize;
+    for (i, chunk) in calls.into_iter().enumerate() {
+        let spec_ = ActionSpec {
+            resource_kind: "project",
+            resource_id: format!(
+                "branches of {} project(s), call {}/{}",
+                chunk.len(),
+                i + 1,
+                n
+            ),
+            resource_name: None,
+            project_id: (chunk.len() == 1).then(|| chunk[0].to_string()),
+            action: "collect_consumption",
+            rule: Some(period.as_str().to_string()),
+            reason: format!(
+                "collect {} per-branch consumption {}..{}",
+                period.as_str(),
+                from.to_rfc3339(),
+                to.to_rfc3339()
+            ),
+        };
+        if ctx.dry_run {
+            ledger.planned(&spec_).await?;
+            continue;
+        }
+        let pending = ledger.begin(&spec_).await?;
+        let query = ConsumptionQuery {
+            from,
+            to,
+            granularity,
+            metrics: spec.branch_metrics.clone(),
+            org_id: spec.org_id.clone().map(OrgId::from),
+            project_ids: chunk,
+        };
+        let periods = env.client.consumption_v2_branches(query);
+        let metrics = &spec.branch_metrics;
+        match stream_into_store(env.store.as_ref(), periods, |out, b| {
+            push_branch_samples(out, b, period, metrics)
+        })
+        .await
+        {
+            Ok(n) => {
+                samples_total += n;
+                let d = format!("{n} samples");
+                ledger.succeeded(pending, Some(&d)).await?;
+            }
+            Err(e) => {
+                all_ok = false;
+                ledger.failed(pending, &e).await?;
+            }
+        }
+    }
+    if ctx.dry_run {
+        return Ok(());
+    }
+    if all_ok {
+        let written = env
+            .store
+            .put_state(
+                ctx.run_id,
+                &job.name,
+                &key,
+                cursor_version,
+                &to.to_rfc3339(),
+            )
+            .await?;
+        if written.is_none() {
+            tracing::info!(job = %job.name, "the per-branch consumption cursor was moved by another run; keeping its value");
+        }
+    }
+    ConsumptionCollected {
+        job: &job.name,
+        granularity: period.as_str(),
+        per_branch: true,
+        projects: ids.len(),
+        samples: samples_total,
+        at: ctx.now,
+    }
+    .emit();
+    Ok(())
+}
+
+/// What a batch of samples is written with.
+trait Stored: Sized + Send + Sync {
+    fn upsert<'a>(
+        store: &'a dyn Store,
+        batch: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, StoreResult<u64>>;
+}
+
+impl Stored for ConsumptionSample {
+    fn upsert<'a>(
+        store: &'a dyn Store,
+        batch: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, StoreResult<u64>> {
+        store.upsert_consumption(batch)
+    }
+}
+
+impl Stored for BranchConsumptionSample {
+    fn upsert<'a>(
+        store: &'a dyn Store,
+        batch: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, StoreResult<u64>> {
+        store.upsert_branch_consumption(batch)
+    }
 }
 
 /// Samples written to the store per statement batch while a call streams in.
@@ -171,6 +329,18 @@ async fn store_streamed(
     period: Period,
     metrics: &[String],
 ) -> Result<usize, String> {
+    stream_into_store(store, periods, |out, p| {
+        push_samples(out, p, period, metrics)
+    })
+    .await
+}
+
+/// [`store_streamed`] for any kind of period and sample: `push` turns an item into samples.
+async fn stream_into_store<T, S: Stored>(
+    store: &dyn Store,
+    periods: impl Stream<Item = Result<T, ApiError>>,
+    mut push: impl FnMut(&mut Vec<S>, &T),
+) -> Result<usize, String> {
     let mut periods = std::pin::pin!(periods);
     let mut batch = Vec::with_capacity(STORE_BATCH);
     let mut stored = 0;
@@ -178,17 +348,14 @@ async fn store_streamed(
         let next = periods.next().await;
         let done = match next {
             Some(Ok(p)) => {
-                push_samples(&mut batch, &p, period, metrics);
+                push(&mut batch, &p);
                 false
             }
             Some(Err(e)) => return Err(e.to_string()),
             None => true,
         };
         if batch.len() >= STORE_BATCH || (done && !batch.is_empty()) {
-            store
-                .upsert_consumption(&batch)
-                .await
-                .map_err(|e| e.to_string())?;
+            S::upsert(store, &batch).await.map_err(|e| e.to_string())?;
             stored += batch.len();
             batch.clear();
         }
@@ -247,6 +414,30 @@ fn push_samples(
             .filter(|(metric, _)| metrics.contains(metric))
             .map(|(metric, value)| ConsumptionSample {
                 project_id: p.project_id.to_string(),
+                metric: metric.clone(),
+                granularity: period.as_str().to_string(),
+                timeframe_start: p.timeframe_start,
+                timeframe_end: p.timeframe_end,
+                value: *value,
+            }),
+    );
+}
+
+/// Appends the configured metrics of a branch's period as per-branch samples.
+fn push_branch_samples(
+    out: &mut Vec<BranchConsumptionSample>,
+    b: &BranchConsumptionPeriod,
+    period: Period,
+    metrics: &[String],
+) {
+    let p = &b.period;
+    out.extend(
+        p.metrics
+            .iter()
+            .filter(|(metric, _)| metrics.contains(metric))
+            .map(|(metric, value)| BranchConsumptionSample {
+                project_id: p.project_id.to_string(),
+                branch_id: b.branch_id.to_string(),
                 metric: metric.clone(),
                 granularity: period.as_str().to_string(),
                 timeframe_start: p.timeframe_start,

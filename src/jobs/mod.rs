@@ -21,6 +21,7 @@ pub mod retention;
 pub mod scope;
 pub mod select;
 pub mod snapshot;
+pub mod snapshot_quota;
 pub mod state;
 pub mod suspend;
 pub mod windows;

@@ -33,6 +33,7 @@ use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
 use super::scope::passes_age_filters;
 use super::select::{BranchFacts, BranchSelector, Selection};
+use super::snapshot_quota::{self as quota, PlanQuotas};
 use crate::config::{JobConfig, SnapshotSpec};
 use crate::neon::{
     ApiError, Branch, BranchId, Project, ProjectId, Snapshot, SnapshotId, SnapshotRequest,
@@ -124,6 +125,8 @@ pub struct Snapshots<'a> {
     job: &'a JobConfig,
     spec: &'a SnapshotSpec,
     branches: BranchSelector,
+    /// The plans (manual snapshot limits) looked up in this run.
+    quotas: PlanQuotas,
 }
 
 impl<'a> Snapshots<'a> {
@@ -132,6 +135,7 @@ impl<'a> Snapshots<'a> {
             job,
             spec,
             branches: super::scope::branch_selector(job),
+            quotas: PlanQuotas::default(),
         }
     }
 }
@@ -155,7 +159,15 @@ impl JobKind for Snapshots<'_> {
                 error: format!("{e}; no snapshot is pruned until it is readable"),
             })
         })?;
-        plan(cx, self.job, self.spec, &self.branches, project, record).await
+        plan(
+            cx,
+            self.job,
+            self.spec,
+            (&self.branches, &self.quotas),
+            project,
+            record,
+        )
+        .await
     }
 
     fn is_destructive(action: &SnapshotAction) -> bool {
@@ -335,13 +347,14 @@ pub(crate) fn expiry(
         .and_then(|d| now.checked_add_signed(d))
 }
 
-/// Plans one project: a snapshot of each selected branch (unless this tick's exists), then
-/// retention over the snapshots this job made of that branch.
+/// Plans one project: a snapshot of each selected branch (unless this tick's exists, or the
+/// project is at its plan's manual snapshot limit), then retention over the snapshots this
+/// job made of that branch.
 async fn plan(
     cx: &PlanCx<'_>,
     job: &JobConfig,
     spec: &SnapshotSpec,
-    selector: &BranchSelector,
+    (selector, quotas): (&BranchSelector, &PlanQuotas),
     project: &Project,
     ownership: &mut OwnershipRecord,
 ) -> Result<ProjectPlan<SnapshotAction>, PlanError> {
@@ -349,6 +362,9 @@ async fn plan(
     let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
     let snapshots = env.client.list_snapshots(&project.id).await?;
     ownership.reconcile(&snapshots);
+    // Neon's manual snapshot limit: the plan is looked up only once a create could reach it.
+    let held = quota::manual_count(&snapshots);
+    let mut project_quota: Option<Option<quota::Quota>> = None;
     let mut out = ProjectPlan::new(project.id.clone());
     let tick = schedule_window_start(job, ctx.scheduled_for).with_timezone(&job.timezone);
     let policy = RetentionPolicy {
@@ -424,6 +440,24 @@ async fn plan(
                 reason,
             };
         let mut create = None;
+        let planned = out
+            .actions
+            .iter()
+            .filter(|a| matches!(a.action, SnapshotAction::Create { .. }))
+            .count();
+        let at_limit = if held + planned >= quota::FREE_LIMIT {
+            if project_quota.is_none() {
+                project_quota = Some(quotas.of(&env.client, project).await);
+            }
+            quota::fits(
+                project_quota.as_ref().and_then(Option::as_ref),
+                held,
+                planned,
+            )
+            .err()
+        } else {
+            None
+        };
         if owned.iter().any(|s| s.name == name) {
             out.skips.push(spec_for(
                 "create_snapshot",
@@ -431,6 +465,18 @@ async fn plan(
                 Some(name.clone()),
                 "schedule",
                 format!("snapshot {name:?} for this tick exists already (re-run of the same tick)"),
+            ));
+        } else if let Some(why) = at_limit {
+            // Retention below runs without the new snapshot: its deletes need no create.
+            out.skips.push(spec_for(
+                "create_snapshot",
+                b.id.to_string(),
+                Some(name.clone()),
+                "neon_rules",
+                format!(
+                    "snapshot {name:?} of branch {:?} not created: {why}",
+                    b.name
+                ),
             ));
         } else {
             create = Some(out.actions.len());

@@ -43,6 +43,8 @@ pub mod page_max {
     pub const OPERATIONS: u32 = 1_000;
     /// `GET /consumption_history/v2/projects` and the legacy `/consumption_history/projects`.
     pub const CONSUMPTION_PROJECTS: u32 = 100;
+    /// `GET /consumption_history/v2/branches` (`getConsumptionHistoryPerBranchV2`), in branches.
+    pub const CONSUMPTION_BRANCHES: u32 = 1_000;
 }
 
 /// [`ClientConfig::page_size`]'s default: the largest maximum of any list endpoint, so that
@@ -299,6 +301,14 @@ impl NeonClient {
         let call = Call::get("/users/me", &["users", "me"]);
         let u: wire::CurrentUser = self.fetch(&call).await?;
         Ok(u.into())
+    }
+
+    /// The billing plan of an organization (`GET /organizations/{org_id}`, its `plan`), e.g.
+    /// `free_v3` or `scale`: what Neon's per-plan limits (manual snapshots) depend on.
+    pub async fn organization_plan(&self, org: &OrgId) -> Result<String, ApiError> {
+        let call = Call::get("/organizations/{org_id}", &["organizations", org.as_str()]);
+        let o: wire::Organization = self.fetch(&call).await?;
+        Ok(o.plan)
     }
 
     // ---------------------------------------------------------------- projects
@@ -995,6 +1005,58 @@ impl NeonClient {
                     .and_then(|p| p.cursor.clone())
                     .filter(|_| !all_requested_in(&requested, &in_page));
                 let n = p.projects.len();
+                (p.into_periods(granularity), cursor, n)
+            }),
+        });
+        guard(check, pages)
+    }
+
+    /// `GET /consumption_history/v2/branches`: one item per branch and timeframe of the
+    /// named projects, all pages (pages hold up to 1,000 branches, ordered by project, then
+    /// branch). `org_id`, 1 to 100 `project_ids` and at least one metric are required; the
+    /// endpoint takes six of the v2 metrics (not `extra_branches_month` and
+    /// `snapshot_storage_bytes_month`, which are per project only).
+    pub fn consumption_v2_branches(
+        &self,
+        query: ConsumptionQuery,
+    ) -> impl Stream<Item = Result<BranchConsumptionPeriod, ApiError>> + Send + 'static {
+        const ROUTE: &str = "/consumption_history/v2/branches";
+        let check = (|| {
+            validate_consumption(&query)?;
+            if query.org_id.is_none() {
+                return Err(ApiError::InvalidRequest(format!("{ROUTE} requires org_id")));
+            }
+            if query.project_ids.is_empty() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "{ROUTE} requires 1 to {MAX_CONSUMPTION_PROJECT_IDS} project_ids"
+                )));
+            }
+            if query.metrics.is_empty() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "{ROUTE} requires at least one metric"
+                )));
+            }
+            Ok(())
+        })();
+        let granularity = query.granularity;
+        let limit = self.limit(page_max::CONSUMPTION_BRANCHES);
+        let base = consumption_call(
+            Call::get(ROUTE, &["consumption_history", "v2", "branches"]),
+            &query,
+            limit,
+        );
+        let pages = self.paginate(PageSpec {
+            base,
+            cursor_param: "cursor",
+            last_page_if: None,
+            extract: Box::new(move |p: wire::ConsumptionV2BranchPage| {
+                let n = p.branches.len();
+                // A page shorter than the limit is the last: no request for an empty one.
+                let cursor = p
+                    .pagination
+                    .as_ref()
+                    .and_then(|p| p.cursor.clone())
+                    .filter(|_| n >= limit);
                 (p.into_periods(granularity), cursor, n)
             }),
         });

@@ -452,6 +452,14 @@ pub struct ConsumptionPeriod {
     pub metrics: Vec<(String, f64)>,
 }
 
+/// One branch's consumption in one timeframe (`/consumption_history/v2/branches`): the
+/// branch, and its values as a [`ConsumptionPeriod`] of its project.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BranchConsumptionPeriod {
+    pub branch_id: BranchId,
+    pub period: ConsumptionPeriod,
+}
+
 /// Changes to a branch (`PATCH /projects/{project_id}/branches/{branch_id}`). `None` leaves a
 /// field alone; `expires_at: Some(None)` removes the expiry.
 #[derive(Clone, Debug, Default, PartialEq)]

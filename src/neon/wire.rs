@@ -39,6 +39,12 @@ impl From<CurrentUser> for t::CurrentUser {
     }
 }
 
+/// `Organization` (`GET /organizations/{org_id}`): only its billing plan is read.
+#[derive(Deserialize)]
+pub struct Organization {
+    pub plan: String,
+}
+
 #[derive(Deserialize, Default)]
 pub struct CursorPage {
     #[serde(default)]
@@ -476,6 +482,49 @@ impl ConsumptionV2Page {
                             .into_iter()
                             .map(|m| (m.metric_name, m.value))
                             .collect(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `ConsumptionHistoryPerBranchV2Response` with its pagination.
+#[derive(Deserialize)]
+pub struct ConsumptionV2BranchPage {
+    pub branches: Vec<ConsumptionV2Branch>,
+    #[serde(default)]
+    pub pagination: Option<CursorPage>,
+}
+
+#[derive(Deserialize)]
+pub struct ConsumptionV2Branch {
+    pub project_id: String,
+    pub branch_id: String,
+    #[serde(default)]
+    pub periods: Vec<ConsumptionV2Period>,
+}
+
+impl ConsumptionV2BranchPage {
+    pub fn into_periods(self, granularity: Granularity) -> Vec<t::BranchConsumptionPeriod> {
+        let mut out = Vec::new();
+        for b in self.branches {
+            for period in b.periods {
+                for tf in period.consumption {
+                    out.push(t::BranchConsumptionPeriod {
+                        branch_id: b.branch_id.as_str().into(),
+                        period: t::ConsumptionPeriod {
+                            project_id: b.project_id.as_str().into(),
+                            granularity,
+                            timeframe_start: tf.timeframe_start,
+                            timeframe_end: tf.timeframe_end,
+                            metrics: tf
+                                .metrics
+                                .into_iter()
+                                .map(|m| (m.metric_name, m.value))
+                                .collect(),
+                        },
                     });
                 }
             }

@@ -472,6 +472,21 @@ pub struct ConsumptionSample {
     pub value: f64,
 }
 
+/// One value of one consumption metric for one branch and one period
+/// (`/consumption_history/v2/branches`). Kept apart from the project samples, which are the
+/// project's whole consumption: the two are never summed together.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BranchConsumptionSample {
+    pub project_id: String,
+    pub branch_id: String,
+    pub metric: String,
+    /// `hourly`, `daily` or `monthly`.
+    pub granularity: String,
+    pub timeframe_start: DateTime<Utc>,
+    pub timeframe_end: DateTime<Utc>,
+    pub value: f64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies the embedded migrations.
@@ -606,6 +621,40 @@ pub trait Store: Send + Sync + 'static {
     /// The end of the newest stored timeframe for a granularity, to resume collection.
     async fn latest_consumption_end(&self, granularity: &str)
         -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// Idempotent upsert of per-branch samples, keyed by (project, branch, metric,
+    /// granularity, timeframe_start). Stores that keep none say so (the default).
+    async fn upsert_branch_consumption(
+        &self,
+        samples: &[BranchConsumptionSample],
+    ) -> StoreResult<u64> {
+        let _ = samples;
+        Err(StoreError::Unsupported(
+            "this store keeps no per-branch consumption".into(),
+        ))
+    }
+    /// Per-branch samples of a granularity whose timeframe starts at or after `since`, ordered
+    /// by timeframe, project, branch and metric.
+    async fn list_branch_consumption(
+        &self,
+        granularity: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<BranchConsumptionSample>> {
+        let _ = (granularity, since);
+        Err(StoreError::Unsupported(
+            "this store keeps no per-branch consumption".into(),
+        ))
+    }
+    /// The end of the newest stored per-branch timeframe for a granularity.
+    async fn latest_branch_consumption_end(
+        &self,
+        granularity: &str,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let _ = granularity;
+        Err(StoreError::Unsupported(
+            "this store keeps no per-branch consumption".into(),
+        ))
+    }
 
     /// Deletes finished runs (and their actions) that finished before `before`.
     async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64>;

@@ -12,9 +12,9 @@ use sqlx::{Executor, FromRow, IntoArguments, Pool, Transaction};
 
 use super::dialect::Dialect;
 use super::{
-    from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord, Claim,
-    ConsumptionSample, Lease, NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus,
-    StateRecord, Store, StoreError, StoreOptions, StoreResult, Trigger,
+    from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord,
+    BranchConsumptionSample, Claim, ConsumptionSample, Lease, NewAction, NewRun, RunFilter, RunId,
+    RunRecord, RunStatus, StateRecord, Store, StoreError, StoreOptions, StoreResult, Trigger,
 };
 
 /// The run store on one SQL engine. Cheap to clone (a pool handle).
@@ -151,6 +151,38 @@ pub struct SampleRow {
     value: f64,
 }
 
+/// A `branch_consumption_samples` row as stored.
+#[derive(Debug, FromRow)]
+pub struct BranchSampleRow {
+    project_id: String,
+    branch_id: String,
+    metric: String,
+    granularity: String,
+    timeframe_start: i64,
+    timeframe_end: i64,
+    value: f64,
+}
+
+impl BranchSampleRow {
+    fn into_sample(self) -> StoreResult<BranchConsumptionSample> {
+        Ok(BranchConsumptionSample {
+            timeframe_start: from_ms(
+                self.timeframe_start,
+                "branch_consumption_samples.timeframe_start",
+            )?,
+            timeframe_end: from_ms(
+                self.timeframe_end,
+                "branch_consumption_samples.timeframe_end",
+            )?,
+            project_id: self.project_id,
+            branch_id: self.branch_id,
+            metric: self.metric,
+            granularity: self.granularity,
+            value: self.value,
+        })
+    }
+}
+
 impl SampleRow {
     fn into_sample(self) -> StoreResult<ConsumptionSample> {
         Ok(ConsumptionSample {
@@ -200,6 +232,7 @@ macro_rules! for_every_dialect {
             RunRow: for<'r> FromRow<'r, DB::Row>,
             ActionRow: for<'r> FromRow<'r, DB::Row>,
             SampleRow: for<'r> FromRow<'r, DB::Row>,
+            BranchSampleRow: for<'r> FromRow<'r, DB::Row>,
             StateRow: for<'r> FromRow<'r, DB::Row>,
             LeaseRow: for<'r> FromRow<'r, DB::Row>,
         {
@@ -818,6 +851,73 @@ for_every_dialect! {
         .fetch_one(&self.pool)
         .await?;
         opt_from_ms(ms, "consumption_samples.timeframe_end")
+    }
+
+    async fn upsert_branch_consumption(
+        &self,
+        samples: &[BranchConsumptionSample],
+    ) -> StoreResult<u64> {
+        if samples.is_empty() {
+            return Ok(0);
+        }
+        let now = to_ms(Utc::now());
+        let mut tx = self.write().await?;
+        let mut written = 0;
+        for s in samples {
+            let done = sqlx::query(
+                "INSERT INTO branch_consumption_samples (project_id, branch_id, metric, \
+                 granularity, timeframe_start, timeframe_end, value, collected_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (project_id, branch_id, metric, granularity, timeframe_start) \
+                 DO UPDATE SET timeframe_end = excluded.timeframe_end, value = excluded.value, \
+                 collected_at = excluded.collected_at",
+            )
+            .bind(s.project_id.clone())
+            .bind(s.branch_id.clone())
+            .bind(s.metric.clone())
+            .bind(s.granularity.clone())
+            .bind(to_ms(s.timeframe_start))
+            .bind(to_ms(s.timeframe_end))
+            .bind(s.value)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            written += DB::rows_affected(&done);
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn list_branch_consumption(
+        &self,
+        granularity: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<BranchConsumptionSample>> {
+        sqlx::query_as::<DB, BranchSampleRow>(
+            "SELECT project_id, branch_id, metric, granularity, timeframe_start, timeframe_end, \
+             value FROM branch_consumption_samples WHERE granularity = $1 \
+             AND timeframe_start >= $2 ORDER BY timeframe_start, project_id, branch_id, metric",
+        )
+        .bind(granularity.to_string())
+        .bind(to_ms(since))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(BranchSampleRow::into_sample)
+        .collect()
+    }
+
+    async fn latest_branch_consumption_end(
+        &self,
+        granularity: &str,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let (ms,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(timeframe_end) FROM branch_consumption_samples WHERE granularity = $1",
+        )
+        .bind(granularity.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        opt_from_ms(ms, "branch_consumption_samples.timeframe_end")
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {

@@ -911,6 +911,47 @@ async fn consumption_arguments_are_checked_before_sending() {
     assert!(sim.sent().is_empty(), "nothing was sent");
 }
 
+/// `/consumption_history/v2/branches` needs `org_id`, 1 to 100 `project_ids` and a metric:
+/// a query without them is refused before anything is sent.
+#[tokio::test]
+async fn branch_consumption_arguments_are_checked_before_sending() {
+    let sim = spawn_sim(SimConfig::default()).await;
+    let c = sim.client();
+    let now = Utc::now();
+    let q = ConsumptionQuery {
+        from: now - TimeDelta::days(1),
+        to: now,
+        granularity: Granularity::Hourly,
+        metrics: vec!["compute_unit_seconds".into()],
+        org_id: Some(OrgId::from("org-x")),
+        project_ids: vec![ProjectId::from("p-1")],
+    };
+    for bad in [
+        ConsumptionQuery {
+            project_ids: vec![],
+            ..q.clone()
+        },
+        ConsumptionQuery {
+            project_ids: (0..101)
+                .map(|i| ProjectId::from(format!("p-{i}")))
+                .collect(),
+            ..q.clone()
+        },
+        ConsumptionQuery {
+            org_id: None,
+            ..q.clone()
+        },
+        ConsumptionQuery {
+            metrics: vec![],
+            ..q.clone()
+        },
+    ] {
+        let r: Result<Vec<_>, _> = c.consumption_v2_branches(bad).try_collect().await;
+        assert!(matches!(r, Err(ApiError::InvalidRequest(_))), "{r:?}");
+    }
+    assert!(sim.sent().is_empty(), "nothing was sent");
+}
+
 #[tokio::test]
 async fn consumption_v2_and_legacy_across_pages() {
     let sim = spawn_sim(SimConfig::default()).await;

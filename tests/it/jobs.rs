@@ -481,3 +481,113 @@ async fn child_branches_are_not_snapshotted() {
         .count();
     assert_eq!(posts, 0, "no call for the child branch");
 }
+
+/// Neon's manual snapshot limit (1 on Free plans): a project at its limit is skipped at
+/// planning with the reason, no create is sent (it would be a quota 423), and retention
+/// still runs and deletes what the policy no longer keeps.
+#[tokio::test]
+async fn a_project_at_its_snapshot_limit_is_skipped_and_retention_still_runs() {
+    let e = env().await;
+    let org = e.sim.add_org("acme");
+    let (p, main) = e.sim.add_project("app", Some(&org));
+    // Two snapshots made while the organization was on a paid plan.
+    let keep_two = job(SNAPSHOT);
+    for _ in 0..2 {
+        e.sim.clock().advance(DAY);
+        let (r, _) = run(&e, &keep_two, e.sim.clock().now(), false).await;
+        assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    }
+    assert_eq!(e.sim.snapshots(&p.id).len(), 2);
+    // Downgraded to Free (limit 1), and the policy now keeps one.
+    assert!(e.sim.set_org_plan(&org, "free_v3"));
+    let keep_one = job(&SNAPSHOT.replace("keep_last = 2", "keep_last = 1"));
+    e.sim.clock().advance(DAY);
+    e.sim.clear_mutations();
+    let (r, actions) = run(&e, &keep_one, e.sim.clock().now(), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let creates: Vec<_> = actions
+        .iter()
+        .filter(|a| a.action == "create_snapshot")
+        .collect();
+    assert_eq!(creates.len(), 1, "{actions:?}");
+    assert_eq!(creates[0].outcome, ActionOutcome::Skipped);
+    assert_eq!(creates[0].resource_id, main.id);
+    assert!(
+        creates[0].reason.contains("free_v3") && creates[0].reason.contains("allows 1"),
+        "{}",
+        creates[0].reason
+    );
+    let deletes: Vec<_> = actions
+        .iter()
+        .filter(|a| a.action == "delete_snapshot")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{actions:?}");
+    assert_eq!(deletes[0].outcome, ActionOutcome::Succeeded, "{deletes:?}");
+    let posts = e
+        .sim
+        .mutations()
+        .into_iter()
+        .filter(|m| m.method == "POST" && m.path.ends_with("/snapshot"))
+        .count();
+    assert_eq!(posts, 0, "no create was sent: {:?}", e.sim.mutations());
+    assert_eq!(e.sim.snapshots(&p.id).len(), 1);
+
+    // Still at the limit (one held): skipped again, nothing left to delete.
+    e.sim.clock().advance(DAY);
+    let (r, actions) = run(&e, &keep_one, e.sim.clock().now(), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(
+        actions
+            .iter()
+            .all(|a| a.outcome == ActionOutcome::Skipped && a.action == "create_snapshot"),
+        "{actions:?}"
+    );
+
+    // Back on a paid plan (limit 100): the create is planned and made.
+    assert!(e.sim.set_org_plan(&org, "scale"));
+    e.sim.clock().advance(DAY);
+    let (r, actions) = run(&e, &keep_one, e.sim.clock().now(), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.action == "create_snapshot" && a.outcome == ActionOutcome::Succeeded),
+        "{actions:?}"
+    );
+}
+
+/// Two root branches of a Free project with no snapshot yet: the first create takes the only
+/// slot, the second is skipped at planning instead of being refused by Neon.
+#[tokio::test]
+async fn the_snapshot_limit_counts_creates_planned_in_the_same_run() {
+    let e = env().await;
+    let org = e.sim.add_org("tiny");
+    assert!(e.sim.set_org_plan(&org, "free_v3"));
+    let (p, _main) = e.sim.add_project("app", Some(&org));
+    let other = e
+        .sim
+        .add_branch(&p.id, "other-root", None, e.sim.clock().now())
+        .unwrap();
+    assert!(e.sim.update_branch(&other.id, |b| b.parent_id = None));
+    let j = job(&SNAPSHOT.replace("default = true", "names = [\"*\"]"));
+    e.sim.clock().advance(DAY);
+    let (r, actions) = run(&e, &j, e.sim.clock().now(), false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    let outcomes: Vec<_> = actions
+        .iter()
+        .filter(|a| a.action == "create_snapshot")
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{actions:?}");
+    assert!(outcomes.contains(&ActionOutcome::Succeeded), "{actions:?}");
+    let skipped: Vec<_> = actions
+        .iter()
+        .filter(|a| a.outcome == ActionOutcome::Skipped)
+        .collect();
+    assert_eq!(skipped.len(), 1, "{actions:?}");
+    assert!(
+        skipped[0].reason.contains("more are planned"),
+        "{skipped:?}"
+    );
+    assert_eq!(e.sim.snapshots(&p.id).len(), 1);
+}

@@ -1714,3 +1714,140 @@ async fn an_outcome_the_store_cannot_take_yet_is_held_and_written_later() {
     assert_eq!(actions[0].outcome, ActionOutcome::Succeeded);
     assert_eq!(h.branch_names(&p), vec!["main"]);
 }
+
+const CONSUMPTION_PER_BRANCH: &str = r#"
+[[jobs]]
+name = "usage-branches"
+kind = "collect_consumption"
+every = "1h"
+granularity = "hourly"
+metrics = ["compute_unit_seconds", "snapshot_storage_bytes_month"]
+org_id = "ORG"
+per_branch = true
+"#;
+
+/// `per_branch = true`: every branch of the org's projects is collected from
+/// `/consumption_history/v2/branches` (paged by branches, no empty last page), only with the
+/// metrics that endpoint takes, into the per-branch store, beside the project collection; the
+/// branches of a project add up to the project's own number, and the per-branch cursor resumes.
+#[tokio::test]
+async fn consumption_per_branch_is_collected_paged_and_adds_up_to_the_projects() {
+    let mut h = harness(SimConfig::default()).await;
+    let mut cc = h.sim.client_config();
+    cc.page_size = 2;
+    h.env.client = neon_steward::neon::NeonClient::new(cc).expect("client builds");
+    let org = h.add_org("metered");
+    let (a, a_main) = h.sim.add_project("a", Some(&org));
+    let mut branches = vec![a_main.clone()];
+    for i in 0..3 {
+        branches.push(h.branch_aged(&a, &format!("dev-{i}"), None, TimeDelta::hours(1)));
+    }
+    h.busy_endpoint(&branches[2]);
+    let (b, b_main) = h.sim.add_project("b", Some(&org));
+    branches.push(b_main);
+    h.busy_endpoint(&a_main);
+    let j = job(&CONSUMPTION_PER_BRANCH.replace("ORG", &org));
+
+    h.sim.clock().advance(5 * HOUR + 10 * MINUTE);
+    let (r, actions) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| a.outcome == ActionOutcome::Succeeded)
+            .count(),
+        2,
+        "one project call and one per-branch call: {actions:?}"
+    );
+    let calls = consumption_calls(&h, "/consumption_history/v2/branches");
+    assert_eq!(calls.len(), 3, "5 branches, 2 a page: 2 + 2 + 1: {calls:?}");
+    for c in &calls {
+        assert_eq!(param(c, "metrics"), vec!["compute_unit_seconds"], "{c:?}");
+        assert_eq!(param(c, "limit"), vec!["2"]);
+        let mut ids = param(c, "project_ids");
+        ids.sort();
+        let mut want = vec![a.clone(), b.clone()];
+        want.sort();
+        assert_eq!(ids, want);
+    }
+    assert_eq!(
+        consumption_calls(&h, "/consumption_history/v2/projects").len(),
+        1
+    );
+
+    let since = h.now() - TimeDelta::hours(200);
+    let per_branch = h
+        .env
+        .store
+        .list_branch_consumption("hourly", since)
+        .await
+        .unwrap();
+    let mut seen: Vec<&str> = per_branch.iter().map(|s| s.branch_id.as_str()).collect();
+    seen.sort();
+    seen.dedup();
+    let mut want: Vec<&str> = branches.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(seen, want, "every branch of both projects");
+    assert!(per_branch.iter().all(
+        |s| s.metric == "compute_unit_seconds" && s.timeframe_end <= t("2025-06-02T16:00:00Z")
+    ));
+    assert!(per_branch
+        .iter()
+        .any(|s| s.branch_id == branches[2] && s.value > 0.0));
+    // Each project-hour is the sum of its branches' hours.
+    let projects = h.env.store.list_consumption("hourly", since).await.unwrap();
+    let mut checked = 0;
+    for p in projects
+        .iter()
+        .filter(|s| s.metric == "compute_unit_seconds")
+    {
+        let sum: f64 = per_branch
+            .iter()
+            .filter(|s| s.project_id == p.project_id && s.timeframe_start == p.timeframe_start)
+            .map(|s| s.value)
+            .sum();
+        assert!(
+            (sum - p.value).abs() < 1e-6,
+            "{} at {}: branches {sum}, project {}",
+            p.project_id,
+            p.timeframe_start,
+            p.value
+        );
+        checked += usize::from(p.value > 0.0);
+    }
+    assert!(checked >= 2, "busy hours were compared, not only zeros");
+    let cursor = h
+        .env
+        .store
+        .get_state(&j.name, "consumption_branch_cursor/hourly")
+        .await
+        .unwrap()
+        .expect("the per-branch cursor moved");
+    assert_eq!(cursor.value, t("2025-06-02T16:00:00Z").to_rfc3339());
+
+    // Nothing new complete: no call. 17:20: only the new hour, from the per-branch cursor.
+    h.sim.clear_sent();
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    assert!(consumption_calls(&h, "/consumption_history/").is_empty());
+    h.sim.clock().advance(10 * MINUTE);
+    let (r, _) = h.run(&j, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let calls = consumption_calls(&h, "/consumption_history/v2/branches");
+    assert!(!calls.is_empty());
+    assert!(calls
+        .iter()
+        .all(|c| param(c, "from") == vec!["2025-06-02T16:00:00Z"]
+            && param(c, "to") == vec!["2025-06-02T17:00:00Z"]));
+    let after = h
+        .env
+        .store
+        .list_branch_consumption("hourly", since)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.len(),
+        per_branch.len() + 5,
+        "one new hour x 5 branches"
+    );
+}

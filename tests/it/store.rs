@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use neon_steward::store::{
-    self, ActionCounts, ActionOutcome, ConsumptionSample, NewAction, NewRun, RunFilter, RunStatus,
-    Store, StoreError, Trigger,
+    self, ActionCounts, ActionOutcome, BranchConsumptionSample, ConsumptionSample, NewAction,
+    NewRun, RunFilter, RunStatus, Store, StoreError, Trigger,
 };
 
 /// A freshly opened, empty store plus what keeps it alive and the URL to reopen it with.
@@ -671,6 +671,70 @@ async fn consumption_upsert_is_idempotent(f: Fixture) {
     assert_eq!(s.latest_consumption_end("daily").await.unwrap(), None);
 }
 
+fn branch_sample(
+    project: &str,
+    branch: &str,
+    start: DateTime<Utc>,
+    value: f64,
+) -> BranchConsumptionSample {
+    BranchConsumptionSample {
+        project_id: project.into(),
+        branch_id: branch.into(),
+        metric: "compute_unit_seconds".into(),
+        granularity: "hourly".into(),
+        timeframe_start: start,
+        timeframe_end: start + Duration::hours(1),
+        value,
+    }
+}
+
+async fn branch_consumption_is_kept_apart_and_upserted(f: Fixture) {
+    let s = &f.store;
+    let h0 = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+    let h1 = h0 + Duration::hours(1);
+    assert_eq!(s.upsert_branch_consumption(&[]).await.unwrap(), 0);
+    assert_eq!(
+        s.latest_branch_consumption_end("hourly").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.upsert_branch_consumption(&[
+            branch_sample("p1", "br-b", h0, 3.0),
+            branch_sample("p1", "br-a", h0, 2.0),
+        ])
+        .await
+        .unwrap(),
+        2
+    );
+    // Re-collected with a corrected value, and a later hour.
+    s.upsert_branch_consumption(&[
+        branch_sample("p1", "br-a", h0, 2.5),
+        branch_sample("p1", "br-a", h1, 1.0),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.list_branch_consumption("hourly", h0).await.unwrap(),
+        vec![
+            branch_sample("p1", "br-a", h0, 2.5),
+            branch_sample("p1", "br-b", h0, 3.0),
+            branch_sample("p1", "br-a", h1, 1.0),
+        ]
+    );
+    assert!(s
+        .list_branch_consumption("daily", h0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.latest_branch_consumption_end("hourly").await.unwrap(),
+        Some(h1 + Duration::hours(1))
+    );
+    // Never mixed with the project samples.
+    assert!(s.list_consumption("hourly", h0).await.unwrap().is_empty());
+    assert_eq!(s.latest_consumption_end("hourly").await.unwrap(), None);
+}
+
 async fn prune_removes_old_finished_runs_and_their_actions(f: Fixture) {
     let s = &f.store;
     let old = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
@@ -788,6 +852,7 @@ macro_rules! contract_tests {
                 job_state_is_compare_and_set,
                 concurrent_state_updates_lose_nothing,
                 consumption_upsert_is_idempotent,
+                branch_consumption_is_kept_apart_and_upserted,
                 prune_removes_old_finished_runs_and_their_actions,
                 ping_and_migrate_again,
             );

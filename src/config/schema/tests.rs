@@ -420,6 +420,7 @@ fn sample_value(option: &str) -> &'static str {
         "max_projects_exported" => "10",
         "prices" => "{ compute_unit_seconds = 0.1 }",
         "budget" => "{ consumption_job = \"c\", limit = 10.0, currency = \"USD\", thresholds = [{ percent = 80.0, actions = [\"notify\"] }] }",
+        "per_branch" => "true",
         other => panic!("no sample value for job option `{other}`; add one to this test"),
     }
 }

@@ -9,6 +9,8 @@ use crate::telemetry::metrics::metrics;
 pub struct ConsumptionCollected<'a> {
     pub job: &'a str,
     pub granularity: &'a str,
+    /// The per-branch collection (`/consumption_history/v2/branches`), not the projects'.
+    pub per_branch: bool,
     pub projects: usize,
     pub samples: usize,
     pub at: DateTime<Utc>,
@@ -19,6 +21,7 @@ impl ConsumptionCollected<'_> {
         tracing::info!(
             job = self.job,
             granularity = self.granularity,
+            per_branch = self.per_branch,
             projects = self.projects,
             samples = self.samples,
             "consumption collected"

@@ -490,6 +490,7 @@ mod tests {
         ConsumptionCollected {
             job: "t-collect",
             granularity: "hourly",
+            per_branch: false,
             projects: 2,
             samples: 5,
             at: at(4242),
