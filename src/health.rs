@@ -20,8 +20,8 @@ use crate::store::{
     StoreResult,
 };
 use crate::store::{
-    Delivery, Keep, NewNotification, NoticeKey, NoticeMark, NotificationFilter,
-    NotificationRecord, NotificationStatus,
+    Delivery, Keep, NewNotification, NoticeKey, NoticeMark, NotificationFilter, NotificationRecord,
+    NotificationStatus,
 };
 
 /// The last failure of one side, if its last outcome was one.

@@ -198,6 +198,14 @@ pub(super) fn job_kind_rules(schema: &mut Schema) {
             .flat_map(|(_, opts)| opts.iter())
             .map(|o| (o.to_string(), Value::Bool(false)))
             .collect();
+        let mut forbidden = forbidden;
+        // `notice` belongs to the kinds that destroy on a policy's own decision.
+        if matches!(
+            kind,
+            JobKind::SnapshotBranches | JobKind::CollectConsumption
+        ) {
+            forbidden.insert("notice".into(), Value::Bool(false));
+        }
         then.insert("properties".into(), Value::Object(forbidden));
         match kind {
             JobKind::SnapshotBranches => {}

@@ -472,7 +472,6 @@ pub struct ConsumptionSample {
     pub value: f64,
 }
 
-
 /// A notification to write to the outbox, with the fact it reports (see
 /// [`Store::finish_run_notifying`], [`Store::write_notices`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -549,7 +548,10 @@ pub enum Delivery {
     Delivered,
     /// Failed: try again this long from now (store clock), unless that is past the row's
     /// `give_up_at`, in which case it is given up (`failed`).
-    Retry { after_ms: i64, error: String },
+    Retry {
+        after_ms: i64,
+        error: String,
+    },
 }
 
 /// A resource a job announced it will act on ([`Store::write_notices`]).
@@ -763,7 +765,6 @@ pub trait Store: Send + Sync + 'static {
     /// The end of the newest stored timeframe for a granularity, to resume collection.
     async fn latest_consumption_end(&self, granularity: &str)
         -> StoreResult<Option<DateTime<Utc>>>;
-
 
     /// [`Store::finish_run`] and, in the same transaction, the notifications that report how
     /// the run ended (written only if the run's end is). The default (stores without

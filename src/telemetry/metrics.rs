@@ -43,6 +43,7 @@ pub struct Metrics {
     pub consumption: GaugeVec,
     pub estimated_cost: GaugeVec,
     pub consumption_last_collected_timestamp_seconds: Gauge,
+    pub notifications_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -198,6 +199,10 @@ impl Metrics {
             consumption_last_collected_timestamp_seconds: register(
                 &r,
                 Gauge::with_opts(opts("consumption_last_collected_timestamp_seconds", "Unix time consumption was last collected successfully.")).unwrap(),
+            ),
+            notifications_total: register(
+                &r,
+                IntCounterVec::new(opts("notifications_total", "Notification deliveries by sink, event (run_failed, limit_refused, notice, digest) and outcome (delivered, retry, gave_up)."), &["sink", "event", "outcome"]).unwrap(),
             ),
             registry: r,
         }

@@ -15,6 +15,7 @@ mod jobs;
 mod jobs_e2e;
 mod jobs_safety;
 mod kill;
+mod notify;
 mod requests;
 mod store;
 mod store_tls;

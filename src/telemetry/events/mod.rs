@@ -7,6 +7,7 @@
 //! - [`jobs`]: scheduling, runs, skipped ticks, removed jobs, leases.
 //! - [`actions`]: actions recorded in the ledger or reconciled with Neon.
 //! - [`config`]: policy (re)loads.
+//! - [`notify`]: notices given and notification deliveries.
 //! - [`consumption`]: collections and exports (the gauges themselves belong to
 //!   [`ConsumptionExporter`](super::consumption::ConsumptionExporter)).
 
@@ -15,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod consumption;
 pub mod jobs;
+pub mod notify;
 
 pub use actions::{ActionReconciled, ActionRecorded};
 pub use api::{ApiRequestCompleted, ApiRetry};
@@ -24,6 +26,7 @@ pub use jobs::{
     JobRunFinished, JobRunStarted, JobScheduled, JobTickSkipped, JobUnscheduled, LeaseLost,
     RunTakenOver, RUN_OUTCOMES, SKIP_REASONS,
 };
+pub use notify::{NoticeGiven, NotificationAttempted, NOTIFY_OUTCOMES};
 
 use chrono::{DateTime, Utc};
 
