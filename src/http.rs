@@ -585,8 +585,8 @@ async fn trigger(
 // --- notifications (the outbox) and keeps (issue 13) ---
 
 /// Splits a query string into known parameters; an unknown or repeated one is a 400.
-fn query_params<'a>(
-    query: Option<&'a str>,
+fn query_params(
+    query: Option<&str>,
     known: &[&str],
 ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
     let mut out = std::collections::BTreeMap::new();
@@ -684,7 +684,7 @@ async fn list_keeps(
 }
 
 /// The admin token's check, as for the trigger.
-fn admin(state: &HttpState, headers: &HeaderMap, what: &str) -> Result<(), Response> {
+fn admin(state: &HttpState, headers: &HeaderMap, what: &str) -> Result<(), Box<Response>> {
     let authorised = match (&state.admin_token, bearer(headers)) {
         (Some(expected), Some(given)) => expected.constant_time_eq(given),
         _ => false,
@@ -701,7 +701,7 @@ fn admin(state: &HttpState, headers: &HeaderMap, what: &str) -> Result<(), Respo
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(response)
+    Err(Box::new(response))
 }
 
 /// `POST /api/v1/keeps` `{"target": "<project>/<branch>", "until": "YYYY-MM-DD", "note": "..."}`.
@@ -720,7 +720,7 @@ async fn add_keep(
     body: String,
 ) -> Response {
     if let Err(r) = admin(&state, &headers, "keep") {
-        return r;
+        return *r;
     }
     if let Err(e) = no_query(&uri) {
         return e.into_response();
@@ -755,7 +755,7 @@ async fn add_keep(
 /// `DELETE /api/v1/keeps?target=<project>/<branch>`.
 async fn remove_keep(State(state): State<HttpState>, headers: HeaderMap, uri: Uri) -> Response {
     if let Err(r) = admin(&state, &headers, "keep removal") {
-        return r;
+        return *r;
     }
     let target = match query_params(uri.query(), &["target"]) {
         Ok(q) => q.get("target").cloned().unwrap_or_default(),

@@ -232,6 +232,90 @@ pub fn slack_text(event: &str, payload: &Value) -> String {
 mod tests {
     use super::*;
 
+    fn job(notify: &str) -> std::sync::Arc<JobConfig> {
+        let text = format!(
+            "[[jobs]]\nname = \"j\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\n{notify}\n[[notify]]\nname = \"ops\"\nkind = \"slack\"\nurl_env = \"U\"\n"
+        );
+        let env = |k: &str| (k == "U").then(|| "https://hooks.example.com/x".to_string());
+        crate::config::parse_with_env(std::path::Path::new("p.toml"), &text, &env)
+            .unwrap()
+            .jobs[0]
+            .clone()
+    }
+
+    fn action(outcome: ActionOutcome) -> ActionRecord {
+        ActionRecord {
+            id: 1,
+            run_id: 1,
+            job: "j".into(),
+            resource_kind: "branch".into(),
+            resource_id: "br-1".into(),
+            resource_name: Some("preview/a".into()),
+            project_id: Some("p-1".into()),
+            action: "delete_branch".into(),
+            rule: Some("ttl".into()),
+            reason: "age 9d > ttl 7d".into(),
+            dry_run: false,
+            outcome,
+            detail: None,
+            created_at: Utc::now(),
+            finished_at: None,
+            reconciled_at: None,
+        }
+    }
+
+    #[test]
+    fn a_runs_end_is_reported_by_event_and_only_to_the_sinks_that_take_it() {
+        let j = job("");
+        let end = |status, succeeded, error| RunEnd {
+            run_id: 7,
+            status,
+            succeeded,
+            failed: 1,
+            error,
+            dry_run: false,
+        };
+        let partial = end(RunStatus::Partial, 1, None);
+        assert!(partial.wants_digest(&j));
+        let rows = run_end(
+            &j,
+            &partial,
+            &[
+                action(ActionOutcome::Succeeded),
+                action(ActionOutcome::Failed),
+            ],
+            Utc::now(),
+        );
+        let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+        assert_eq!(events, ["run_failed", "digest"]);
+        let digest: Value = serde_json::from_str(&rows[1].payload).unwrap();
+        assert_eq!(
+            digest["actions"].as_array().unwrap().len(),
+            1,
+            "only what was done"
+        );
+        assert_ne!(rows[0].id, rows[1].id);
+        let refused = end(
+            RunStatus::Failed,
+            0,
+            Some("refusing to act: too many; nothing was done"),
+        );
+        let events: Vec<String> = run_end(&j, &refused, &[], Utc::now())
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(events, ["limit_refused"]);
+        // A job that sends only digests reports no failure; a dry run no digest.
+        let j = job("notify = [\"digest\"]");
+        assert!(run_end(&j, &refused, &[], Utc::now()).is_empty());
+        let dry = RunEnd {
+            dry_run: true,
+            ..partial
+        };
+        assert!(!dry.wants_digest(&j));
+        assert!(run_end(&j, &dry, &[action(ActionOutcome::Succeeded)], Utc::now()).is_empty());
+    }
+
     #[test]
     fn slack_text_says_what_where_why_when() {
         let p = json!({

@@ -551,3 +551,85 @@ async fn a_mark_no_longer_due_is_dropped_and_recorded() {
         .is_empty());
     assert_eq!(h.deletes(), 0);
 }
+
+// ------------------------------------------------------------------ a run's end, through the scheduler
+
+struct Reports(neon_steward::scheduler::RunReport);
+
+#[async_trait::async_trait]
+impl neon_steward::scheduler::Executor for Reports {
+    async fn execute(
+        &self,
+        _: Arc<JobConfig>,
+        _: neon_steward::scheduler::RunHandle,
+    ) -> neon_steward::scheduler::RunReport {
+        self.0.clone()
+    }
+}
+
+async fn run_reporting(
+    job: Arc<JobConfig>,
+    report: neon_steward::scheduler::RunReport,
+) -> Vec<store::NotificationRecord> {
+    let db = db();
+    let s = replica(&db.url, "a").await;
+    neon_steward::scheduler::run_now(
+        s.clone(),
+        Arc::new(Reports(report)),
+        Arc::new(neon_steward::scheduler::SystemClock),
+        job,
+        false,
+        tokio_util::sync::CancellationToken::new(),
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    s.list_notifications(&Default::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_or_refused_run_writes_its_notification_with_its_end() {
+    let job = expire("7d");
+    let failed = run_reporting(
+        job.clone(),
+        neon_steward::scheduler::RunReport {
+            status: RunStatus::Partial,
+            counts: ActionCounts {
+                succeeded: 0,
+                failed: 2,
+                skipped: 0,
+                planned: 0,
+            },
+            error: Some("2 action(s) failed; see the run's actions".into()),
+        },
+    )
+    .await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        (failed[0].event.as_str(), failed[0].sink.as_str()),
+        ("run_failed", "ops")
+    );
+    assert!(
+        failed[0].payload.contains("ended partial"),
+        "{}",
+        failed[0].payload
+    );
+
+    let refused = run_reporting(
+        job.clone(),
+        neon_steward::scheduler::RunReport::failed(
+            "refusing to act: the plan has 9 actions but at most 2 are allowed (max_actions = 2); nothing was done",
+        ),
+    )
+    .await;
+    let events: Vec<&str> = refused.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(events, ["limit_refused"]);
+
+    let fine = run_reporting(
+        job,
+        neon_steward::scheduler::RunReport::succeeded(ActionCounts::default()),
+    )
+    .await;
+    assert!(fine.is_empty(), "nothing to report: {fine:?}");
+}
