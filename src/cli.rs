@@ -97,6 +97,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Keep a branch from every destructive action (notices say how): record, list or
+    /// remove a keep in the store.
+    Keep {
+        /// `<project>/<branch>` (each an id or a name).
+        #[arg(required_unless_present = "list")]
+        target: Option<String>,
+        /// Until this date (`YYYY-MM-DD`, UTC) or RFC 3339 time. Default: until removed.
+        #[arg(long, conflicts_with_all = ["list", "remove"])]
+        until: Option<String>,
+        /// Why it is kept (shown in the ledger and `keep --list`).
+        #[arg(long, conflicts_with_all = ["list", "remove"])]
+        note: Option<String>,
+        /// List the keeps.
+        #[arg(long, conflicts_with = "remove")]
+        list: bool,
+        /// Remove the keep of `<project>/<branch>`.
+        #[arg(long)]
+        remove: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Run the daemon for 90 seconds against a local Neon emulator with a seeded organisation
@@ -188,6 +209,14 @@ pub fn run(cli: Cli) -> u8 {
                 once(cfg, job.clone(), job.is_none(), true, output).await
             }
             Command::History { job, limit, output } => history(cfg, job, limit, output).await,
+            Command::Keep {
+                target,
+                until,
+                note,
+                list,
+                remove,
+                output,
+            } => keep(cfg, target, until, note, list, remove, output).await,
             Command::Validate
             | Command::Jobs { .. }
             | Command::Completions { .. }
@@ -384,6 +413,21 @@ async fn once(
                         a.reason
                     );
                 }
+                // What is under notice, with the time it falls due (`notice`).
+                if j.notice.is_some() {
+                    for m in store.notice_marks(&j.name).await? {
+                        say!(
+                            "  {:<10} {:<18} {:<9} {:<28} falls due at {} (marked {})",
+                            "notice",
+                            m.action,
+                            m.resource_kind,
+                            m.resource_name.as_deref().unwrap_or(&m.resource_id),
+                            m.due_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            m.marked_at
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        );
+                    }
+                }
             }
         }
     }
@@ -391,6 +435,76 @@ async fn once(
         say!("{}", serde_json::Value::Array(json));
     }
     Ok(code)
+}
+
+async fn keep(
+    cfg: Config,
+    target: Option<String>,
+    until: Option<String>,
+    note: Option<String>,
+    list: bool,
+    remove: bool,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let usage = |msg: String| anyhow::Error::new(ConfigError::whole_file(Path::new("keep"), msg));
+    if list {
+        let store = crate::store::open_read_only(&cfg.store.url).await?;
+        let keeps = store.list_keeps().await?;
+        match output {
+            Output::Json => say!("{}", serde_json::to_string(&keeps)?),
+            Output::Table => {
+                say!("{:<40} {:<25} NOTE", "PROJECT/BRANCH", "UNTIL");
+                let now = Utc::now();
+                for k in keeps {
+                    let until = match k.until {
+                        None => "until removed".to_string(),
+                        Some(u) if u <= now => format!(
+                            "ended {}",
+                            u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ),
+                        Some(u) => u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    };
+                    say!(
+                        "{:<40} {:<25} {}",
+                        format!("{}/{}", k.project, k.branch),
+                        until,
+                        k.note.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        return Ok(EXIT_OK);
+    }
+    let target = target.unwrap_or_default();
+    let store = crate::store::open(&cfg.store.url).await?;
+    if remove {
+        let (project, branch) = crate::keep::parse_target(&target).map_err(usage)?;
+        return Ok(if store.remove_keep(&project, &branch).await? {
+            say!("removed the keep of {project}/{branch}");
+            EXIT_OK
+        } else {
+            complain!("neon-steward: no keep of {project}/{branch}");
+            EXIT_RUN_FAILED
+        });
+    }
+    let k = crate::keep::parse(&target, until.as_deref(), note.as_deref(), Utc::now())
+        .map_err(usage)?;
+    store.put_keep(&k).await?;
+    say!(
+        "kept {}/{} {}: no job acts on it destructively{}",
+        k.project,
+        k.branch,
+        k.until.map_or("until removed".to_string(), |u| format!(
+            "until {}",
+            u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )),
+        if cfg.jobs.iter().any(|j| j.notice.is_some()) {
+            "; a notice on it is dropped"
+        } else {
+            ""
+        }
+    );
+    Ok(EXIT_OK)
 }
 
 async fn history(

@@ -295,6 +295,18 @@ pub async fn run_until(
         shutdown.clone(),
     ));
 
+    // The outbox's deliveries: their own task, so a dead or slow sink never holds up a job.
+    // `[[notify]]` sinks are read at start-up (a reload changes which events jobs send,
+    // not where sinks are).
+    let notify_task = (!cfg.notify.is_empty()).then(|| {
+        let deliverer = crate::notify::Deliverer::new(
+            store.clone(),
+            &cfg.notify,
+            crate::notify::deliver::DeliveryTiming::default(),
+        );
+        tokio::spawn(deliverer.run(shutdown.clone()))
+    });
+
     // Ready only once the scheduler has its jobs: `/api/v1/jobs` and `/readyz` are true from
     // the first request systemd or a probe may send after READY=1. Meanwhile the signals and
     // the scheduler task are watched: a SIGTERM during start-up stops cleanly, and a loop that
@@ -353,6 +365,9 @@ pub async fn run_until(
         Ok(Ok(())) => {}
     }
     let _ = prune_task.await;
+    if let Some(t) = notify_task {
+        let _ = t.await;
+    }
     if let Some(e) = died {
         return Err(e);
     }

@@ -19,6 +19,10 @@ use crate::store::{
     ConsumptionSample, Lease, NewAction, NewRun, RunFilter, RunId, RunRecord, RunStatus,
     StateRecord, Store, StoreError, StoreResult,
 };
+use crate::store::{
+    Delivery, Keep, NewNotification, NoticeKey, NoticeMark, NotificationFilter, NotificationRecord,
+    NotificationStatus,
+};
 
 /// The last failure of one side, if its last outcome was one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +160,66 @@ impl Store for ObservedStore {
         error: Option<&str>,
     ) -> StoreResult<()> {
         self.seen(self.inner.finish_run(id, status, counts, error).await)
+    }
+    async fn finish_run_notifying(
+        &self,
+        id: RunId,
+        status: RunStatus,
+        counts: ActionCounts,
+        error: Option<&str>,
+        notes: &[NewNotification],
+    ) -> StoreResult<()> {
+        self.seen(
+            self.inner
+                .finish_run_notifying(id, status, counts, error, notes)
+                .await,
+        )
+    }
+    async fn claim_notifications(
+        &self,
+        limit: u32,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        self.seen(self.inner.claim_notifications(limit, lease_ms).await)
+    }
+    async fn settle_notification(
+        &self,
+        id: &str,
+        delivery: &Delivery,
+    ) -> StoreResult<Option<NotificationStatus>> {
+        self.seen(self.inner.settle_notification(id, delivery).await)
+    }
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        self.seen(self.inner.list_notifications(filter).await)
+    }
+    async fn notice_marks(&self, job: &str) -> StoreResult<Vec<NoticeMark>> {
+        self.seen(self.inner.notice_marks(job).await)
+    }
+    async fn write_notices(
+        &self,
+        run: RunId,
+        job: &str,
+        marks: &[NoticeMark],
+        dropped: &[NoticeKey],
+        notes: &[NewNotification],
+    ) -> StoreResult<()> {
+        self.seen(
+            self.inner
+                .write_notices(run, job, marks, dropped, notes)
+                .await,
+        )
+    }
+    async fn put_keep(&self, keep: &Keep) -> StoreResult<()> {
+        self.seen(self.inner.put_keep(keep).await)
+    }
+    async fn remove_keep(&self, project: &str, branch: &str) -> StoreResult<bool> {
+        self.seen(self.inner.remove_keep(project, branch).await)
+    }
+    async fn list_keeps(&self) -> StoreResult<Vec<Keep>> {
+        self.seen(self.inner.list_keeps().await)
     }
     async fn claim_exclusive(&self, run: &NewRun) -> StoreResult<Claim> {
         self.seen(self.inner.claim_exclusive(run).await)

@@ -129,9 +129,16 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/runs", get(list_runs))
-        .route("/api/v1/runs/{id}", get(get_run));
+        .route("/api/v1/runs/{id}", get(get_run))
+        .route("/api/v1/notifications", get(list_notifications));
     if state.admin_token.is_some() {
         app = app.route("/api/v1/jobs/{name}/trigger", post(trigger));
+        app = app.route(
+            "/api/v1/keeps",
+            get(list_keeps).post(add_keep).delete(remove_keep),
+        );
+    } else {
+        app = app.route("/api/v1/keeps", get(list_keeps));
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -572,6 +579,196 @@ async fn trigger(
             tracing::error!(job = %name, error = %e, "http: trigger failed");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
         }
+    }
+}
+
+// --- notifications (the outbox) and keeps (issue 13) ---
+
+/// Splits a query string into known parameters; an unknown or repeated one is a 400.
+fn query_params(
+    query: Option<&str>,
+    known: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut out = std::collections::BTreeMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "query parameter `{k}` is not valid percent-encoding"
+            ))
+        })?;
+        if !known.contains(&k) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {}; expected {}",
+                quoted(k),
+                known.join(", ")
+            )));
+        }
+        if out.insert(k.to_string(), v).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `{k}` given twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn list_notifications(
+    State(state): State<HttpState>,
+    uri: Uri,
+) -> Result<Json<Vec<crate::store::NotificationRecord>>, ApiError> {
+    let q = query_params(uri.query(), &["status", "sink", "limit"])?;
+    let status = match q.get("status") {
+        None => None,
+        Some(s) => Some(crate::store::NotificationStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status {} is not pending, delivered or failed",
+                quoted(s)
+            ))
+        })?),
+    };
+    let limit = match q.get("limit") {
+        None => 0,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_RUN_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1..={MAX_RUN_LIMIT}")))?,
+    };
+    let filter = crate::store::NotificationFilter {
+        status,
+        sink: q.get("sink").cloned(),
+        limit,
+    };
+    Ok(Json(
+        state
+            .store
+            .list_notifications(&filter)
+            .await
+            .map_err(ApiError::store)?,
+    ))
+}
+
+async fn list_keeps(
+    State(state): State<HttpState>,
+    uri: Uri,
+) -> Result<Json<Vec<crate::store::Keep>>, ApiError> {
+    no_query(&uri)?;
+    Ok(Json(
+        state.store.list_keeps().await.map_err(ApiError::store)?,
+    ))
+}
+
+/// The admin token's check, as for the trigger.
+fn admin(state: &HttpState, headers: &HeaderMap, what: &str) -> Result<(), Box<Response>> {
+    let authorised = match (&state.admin_token, bearer(headers)) {
+        (Some(expected), Some(given)) => expected.constant_time_eq(given),
+        _ => false,
+    };
+    if authorised {
+        return Ok(());
+    }
+    tracing::warn!("http: {what} refused: missing or wrong admin token");
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "a valid admin token is required: Authorization: Bearer <token>",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(Box::new(response))
+}
+
+/// `POST /api/v1/keeps` `{"target": "<project>/<branch>", "until": "YYYY-MM-DD", "note": "..."}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepRequest {
+    target: String,
+    until: Option<String>,
+    note: Option<String>,
+}
+
+async fn add_keep(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: String,
+) -> Response {
+    if let Err(r) = admin(&state, &headers, "keep") {
+        return *r;
+    }
+    if let Err(e) = no_query(&uri) {
+        return e.into_response();
+    }
+    let req: KeepRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(format!(
+                "the body must be {{\"target\": \"<project>/<branch>\", \"until\"?: \"YYYY-MM-DD\", \"note\"?: \"...\"}}: {e}"
+            ))
+            .into_response()
+        }
+    };
+    let keep = match crate::keep::parse(
+        &req.target,
+        req.until.as_deref(),
+        req.note.as_deref(),
+        Utc::now(),
+    ) {
+        Ok(k) => k,
+        Err(e) => return ApiError::bad_request(e).into_response(),
+    };
+    match state.store.put_keep(&keep).await {
+        Ok(()) => {
+            tracing::info!(project = %keep.project, branch = %keep.branch, "http: keep recorded");
+            (StatusCode::CREATED, Json(keep)).into_response()
+        }
+        Err(e) => ApiError::store(e).into_response(),
+    }
+}
+
+/// `DELETE /api/v1/keeps?target=<project>/<branch>`.
+async fn remove_keep(State(state): State<HttpState>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Err(r) = admin(&state, &headers, "keep removal") {
+        return *r;
+    }
+    let target = match query_params(uri.query(), &["target"]) {
+        Ok(q) => q.get("target").cloned().unwrap_or_default(),
+        Err(e) => return e.into_response(),
+    };
+    let (project, branch) = match crate::keep::parse_target(&target) {
+        Ok(t) => t,
+        Err(e) => return ApiError::bad_request(e).into_response(),
+    };
+    match state.store.remove_keep(&project, &branch).await {
+        Ok(true) => Json(json!({ "removed": format!("{project}/{branch}") })).into_response(),
+        Ok(false) => ApiError::not_found(format!("no keep of {project}/{branch}")).into_response(),
+        Err(e) => ApiError::store(e).into_response(),
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod backup;
 mod error;
+mod notify;
 pub mod pattern;
 mod raw;
 mod schema;
@@ -33,6 +34,7 @@ use toml::Spanned;
 
 pub use backup::SnapshotMode;
 pub use error::{line_col, ConfigError};
+pub use notify::{NotifyEvent, NotifyKind, NotifyRoute, SigningKey, SinkConfig};
 pub use schema::{json_schema, json_schema_text, SCHEMA_PATH};
 pub use window::{Window, WindowRule};
 
@@ -101,6 +103,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub http: HttpConfig,
     pub jobs: Vec<Arc<JobConfig>>,
+    /// The notification sinks (`[[notify]]`).
+    pub notify: Vec<Arc<SinkConfig>>,
     /// The file this was loaded from (reloads read it again).
     pub source: PathBuf,
 }
@@ -404,6 +408,10 @@ pub struct JobConfig {
     pub selectors: Selectors,
     pub limits: Limits,
     pub spec: JobSpec,
+    /// `notice`: destructive actions wait this long after the resource was announced.
+    pub notice: Option<Duration>,
+    /// The sinks this job's events go to, and which events each gets.
+    pub notify: Vec<NotifyRoute>,
 }
 
 /// Which resources a job looks at. Empty lists mean "no restriction".
@@ -1027,6 +1035,7 @@ impl Validator<'_> {
         // Snapshot jobs so far: name, template and where the template is (or the job name,
         // for the default template), to refuse templates whose names can coincide.
         let mut snapshot_templates: Vec<(String, NameTemplate, usize)> = Vec::new();
+        let sinks = self.sinks(raw.notify)?;
         let mut jobs = Vec::with_capacity(raw.jobs.len());
         // Budget jobs (index, position of `consumption_job`), resolved once every job is read.
         let mut budget_refs: Vec<BudgetRef> = Vec::new();
@@ -1051,7 +1060,9 @@ impl Validator<'_> {
                     b.metrics.as_ref().map(|m| (m.span(), m.get_ref().clone())),
                 )
             });
-            let built = self.job(job, &defaults)?;
+            let job_events = job.notify.as_ref().map(|e| e.get_ref().clone());
+            let mut built = self.job(job, &defaults)?;
+            built.notify = self.routes(&sinks, &built.name, job_events.as_deref());
             if let (JobSpec::EnforceBudget(_), Some((at, metrics))) = (&built.spec, budget_ref) {
                 budget_refs.push(BudgetRef {
                     job: jobs.len(),
@@ -1089,11 +1100,25 @@ impl Validator<'_> {
             jobs.push(Arc::new(built));
         }
         self.resolve_budgets(&mut jobs, &budget_refs)?;
+        for s in &sinks {
+            for j in s.jobs.iter().flatten() {
+                if !jobs.iter().any(|b: &Arc<JobConfig>| &b.name == j) {
+                    return Err(ConfigError::whole_file(
+                        self.path,
+                        format!(
+                            "[[notify]] `{}` names job `{j}`, which the policy does not have",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Config {
             api,
             store,
             http,
             jobs,
+            notify: sinks.into_iter().map(Arc::new).collect(),
             source: self.path.to_path_buf(),
         })
     }
@@ -1386,6 +1411,19 @@ impl Validator<'_> {
             max_actions_percent,
         };
         let spec = self.spec(&j, kind, timezone)?;
+        let notice = match &j.notice {
+            None => None,
+            Some(n) => {
+                let windows = matches!(&spec, JobSpec::SuspendComputes(s) if !s.windows.is_empty());
+                if !(kind == JobKind::ExpireBranches || windows) {
+                    return Err(self.err(
+                        n.span(),
+                        format!("option `notice` is not valid for kind `{kind}` (it belongs to kind `expire_branches`, and to `suspend_computes` with `windows`)"),
+                    ));
+                }
+                Some(n.get_ref().0)
+            }
+        };
 
         let jitter = match j.jitter.as_ref().or(d.jitter.as_ref()) {
             Some(s) => {
@@ -1433,6 +1471,8 @@ impl Validator<'_> {
             selectors,
             limits,
             spec,
+            notice,
+            notify: Vec::new(),
         })
     }
 

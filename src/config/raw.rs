@@ -131,6 +131,9 @@ pub struct RawConfig {
     /// The jobs (`[[jobs]]`), each with a unique `name`, a `kind` and a `schedule` or `every`.
     #[serde(default)]
     pub jobs: Vec<RawJob>,
+    /// Notification sinks (`[[notify]]`): signed webhooks and Slack.
+    #[serde(default)]
+    pub notify: Vec<super::notify::RawNotify>,
 }
 
 /// `[api]`: Neon's management API. The API key is never written in this file: it comes
@@ -316,6 +319,16 @@ pub struct RawJob {
     /// Overrides `[defaults].max_actions_percent`.
     #[schemars(with = "Option<f64>", range(max = 100), extend("exclusiveMinimum" = 0))]
     pub max_actions_percent: Option<Spanned<f64>>,
+
+    /// `expire_branches` and `suspend_computes` (with `windows`) only: a resource that
+    /// becomes due is first marked and announced (a `notice` notification), and acted on
+    /// only at a run this long after, if it is still due then and not kept
+    /// (`neon-steward keep`). Absent: act at once.
+    #[schemars(with = "Option<PositiveDur>")]
+    pub notice: Option<Spanned<PositiveDur>>,
+    /// The events this job sends to the `[[notify]]` sinks that take them. Absent: all.
+    #[schemars(with = "Option<Vec<super::notify::NotifyEvent>>")]
+    pub notify: Option<Spanned<Vec<super::notify::NotifyEvent>>>,
 
     // snapshot_branches
     /// `snapshot_branches` only: name of each snapshot, with the placeholders `{branch}`,

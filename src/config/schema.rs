@@ -218,6 +218,13 @@ pub(super) fn job_kind_rules(schema: &mut Schema) {
             None => Value::Bool(false),
         };
         forbidden.insert("mode".into(), mode);
+        // `notice` belongs to the kinds that destroy on a policy's own decision.
+        if matches!(
+            kind,
+            JobKind::SnapshotBranches | JobKind::CollectConsumption | JobKind::EnforceBudget
+        ) {
+            forbidden.insert("notice".into(), Value::Bool(false));
+        }
         then.insert("properties".into(), Value::Object(forbidden));
         match kind {
             JobKind::SnapshotBranches => {

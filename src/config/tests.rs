@@ -987,3 +987,122 @@ fn budget_errors_name_what_and_where() {
         assert!(e.contains(want), "want {want:?} in {e:?}\n{text}");
     }
 }
+
+// --- [[notify]] and `notice` (issue 13) ---
+
+const EXPIRE_WITH_NOTICE: &str = r#"
+[[jobs]]
+name = "previews"
+kind = "expire_branches"
+every = "1h"
+ttl = "7d"
+notice = "24h"
+notify = ["notice", "digest"]
+"#;
+
+#[test]
+fn notify_sinks_take_secrets_from_env_file_or_credential_and_route_per_job() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hook-url"),
+        "https://hooks.example.com/a-secret-path\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("slack-url"),
+        "https://hooks.slack.com/services/T/B/sekrit\n",
+    )
+    .unwrap();
+    let d = dir.path().to_string_lossy().to_string();
+    let env = move |k: &str| match k {
+        "HOOK_KEY" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        "CREDENTIALS_DIRECTORY" => Some(d.clone()),
+        _ => None,
+    };
+    let text = format!(
+        "{EXPIRE_WITH_NOTICE}{JOB}\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl_file = \"{}\"\nsecret_env = \"HOOK_KEY\"\n\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl_credential = \"slack-url\"\nevents = [\"notice\", \"run_failed\"]\njobs = [\"previews\"]\n",
+        dir.path().join("hook-url").display()
+    );
+    let c = parse_with_env(Path::new("p.toml"), &text, &env).unwrap();
+    assert_eq!(c.notify.len(), 2);
+    let previews = c.job("previews").unwrap();
+    assert_eq!(previews.notice, Some(Duration::from_secs(86_400)));
+    // The job sends notice and digest; chat takes notice and run_failed.
+    let routes: Vec<(String, Vec<NotifyEvent>)> = previews
+        .notify
+        .iter()
+        .map(|r| (r.sink.clone(), r.events.clone()))
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            ("ops".into(), vec![NotifyEvent::Notice, NotifyEvent::Digest]),
+            ("chat".into(), vec![NotifyEvent::Notice]),
+        ]
+    );
+    // `nightly` is not in chat's `jobs`, and sends every event to ops.
+    let nightly = c.job("nightly").unwrap();
+    assert_eq!(nightly.notify.len(), 1);
+    assert_eq!(nightly.notify[0].events, NotifyEvent::ALL.to_vec());
+    // Nothing secret in Debug.
+    let shown = format!("{:?}", c.notify);
+    assert!(
+        !shown.contains("a-secret-path") && !shown.contains("sekrit") && !shown.contains("MfKQ"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn notify_and_notice_mistakes_are_clear_errors() {
+    let sink =
+        |extra: &str| format!("{JOB}\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\n{extra}");
+    let e = err(&sink("url = \"https://x\"\n"));
+    assert!(
+        e.contains("`url` is not allowed") && !e.contains("https://x"),
+        "{e}"
+    );
+    let e = err(&sink("url_env = \"NOPE\"\nsecret_env = \"NOPE2\"\n"));
+    assert!(e.contains("NOPE") && e.contains("not set"), "{e}");
+    let e = err(&sink(""));
+    assert!(e.contains("has no URL"), "{e}");
+    let e = err(&format!("{JOB}notice = \"1d\"\n"));
+    assert!(
+        e.contains("option `notice` is not valid for kind `snapshot_branches`"),
+        "{e}"
+    );
+    let idle = "[[jobs]]\nname = \"s\"\nkind = \"suspend_computes\"\nevery = \"1h\"\nidle_for = \"1h\"\nnotice = \"1d\"\n";
+    assert!(err(idle).contains("`suspend_computes` with `windows`"));
+    let e = err(&format!(
+        "{JOB}\n[[notify]]\nname = \"a\"\nkind = \"slack\"\nurl_env = \"U\"\njobs = [\"nope\"]\n"
+    ));
+    assert!(e.contains("environment variable U"), "{e}");
+}
+
+#[test]
+fn a_sink_naming_a_missing_job_or_bad_key_is_refused_without_showing_secrets() {
+    let env = |k: &str| match k {
+        "U" => Some("http://example.com/secret-token-path".into()),
+        "L" => Some("http://127.0.0.1:9/x".into()),
+        "K" => Some("whsec_AAAA".into()),
+        _ => None,
+    };
+    let p = |extra: &str| {
+        parse_with_env(
+            Path::new("p.toml"),
+            &format!("{JOB}\n[[notify]]\nname = \"a\"\n{extra}"),
+            &env,
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+    };
+    let e = p("kind = \"slack\"\nurl_env = \"U\"\n");
+    assert!(
+        e.contains("plain http") && !e.contains("secret-token-path"),
+        "{e}"
+    );
+    let e = p("kind = \"slack\"\nurl_env = \"L\"\njobs = [\"nope\"]\n");
+    assert!(e.contains("names job `nope`"), "{e}");
+    let e = p("kind = \"webhook\"\nurl_env = \"L\"\nsecret_env = \"K\"\n");
+    assert!(e.contains("signing key") && !e.contains("AAAA"), "{e}");
+}

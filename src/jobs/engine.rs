@@ -25,6 +25,7 @@ use futures::StreamExt;
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx};
 use super::ledger::{ActionSpec, Ledger};
 use super::limits::Limits;
+use super::notice::{self, Candidate, Step};
 use super::plan::{JobEnv, PlanError, ProjectPlan, RunClock, RunContext, RunControl, RunError};
 use super::scope::selected_projects;
 use super::state::Recorded;
@@ -80,6 +81,8 @@ impl Ended {
 /// One project's plan with the kind's state it was made from.
 struct Planned<K: JobKind> {
     plan: ProjectPlan<K::Action>,
+    /// The project's name (keeps may name a project by it).
+    project_name: String,
     /// `None`: the kind keeps no state for this job, or it could not be read.
     state: Option<Recorded<K::State>>,
 }
@@ -123,6 +126,7 @@ pub(crate) async fn run<K: JobKind>(
         match r {
             Ok(p) => plans.push(p),
             Err((project, e)) => {
+                // Its notice marks are left as they are: whether they are still due is unknown.
                 // One project's listing failing does not stop the others.
                 tracing::warn!(job = %job.name, %project, error = %e, "planning failed for project");
                 let spec = ActionSpec {
@@ -164,11 +168,23 @@ pub(crate) async fn run<K: JobKind>(
         let pending = ledger.begin(spec).await?;
         ledger.failed(pending, error).await?;
     }
+    // The notice step: keeps, and the job's `notice` period (see `notice`).
+    let steps = notice_step(env, job, ctx, ledger, &plans).await?;
     if ctx.dry_run {
-        let planned: Vec<ActionSpec> = plans
-            .iter()
-            .flat_map(|p| p.plan.actions.iter().map(|a| a.spec.clone()))
-            .collect();
+        let (mut planned, mut held) = (Vec::new(), Vec::new());
+        for (p, steps) in plans.iter().zip(&steps) {
+            for (a, step) in p.plan.actions.iter().zip(steps) {
+                match step {
+                    Step::Hold(why) => {
+                        let mut spec = a.spec.clone();
+                        spec.reason = format!("{}; {why}", spec.reason);
+                        held.push(spec);
+                    }
+                    _ => planned.push(a.spec.clone()),
+                }
+            }
+        }
+        ledger.record_all(&held, ActionOutcome::Skipped).await?;
         ledger.record_all(&planned, ActionOutcome::Planned).await?;
         return Ok(Ended::Completed);
     }
@@ -184,7 +200,8 @@ pub(crate) async fn run<K: JobKind>(
     let clock = &clock;
     let per_project: Vec<_> = plans
         .into_iter()
-        .map(|p| act_on_project(kind, env, clock, ledger, p))
+        .zip(steps)
+        .map(|(p, steps)| act_on_project(kind, env, (job, ctx), clock, ledger, p, steps))
         .collect();
     let results: Vec<Result<Ended, RunError>> = futures::stream::iter(per_project)
         .buffer_unordered(env.concurrency.max(1))
@@ -209,7 +226,11 @@ async fn plan_project<K: JobKind>(
     if !kind.keeps_state() {
         let mut none = K::State::default();
         let plan = kind.plan_project(cx, project, Ok(&mut none)).await?;
-        return Ok(Planned { plan, state: None });
+        return Ok(Planned {
+            plan,
+            project_name: project.name.clone(),
+            state: None,
+        });
     }
     let key = format!("{}/{}", K::STATE_KEY, project.id);
     match Recorded::<K::State>::load(cx.env.store.as_ref(), cx.ctx.run_id, &job.name, &key).await {
@@ -217,13 +238,18 @@ async fn plan_project<K: JobKind>(
             let plan = kind.plan_project(cx, project, Ok(state.get_mut())).await?;
             Ok(Planned {
                 plan,
+                project_name: project.name.clone(),
                 state: Some(state),
             })
         }
         Err(e) => {
             tracing::warn!(job = %job.name, project = %project.id, error = %e, "cannot read the job's state of the project");
             let plan = kind.plan_project(cx, project, Err(&e)).await?;
-            Ok(Planned { plan, state: None })
+            Ok(Planned {
+                plan,
+                project_name: project.name.clone(),
+                state: None,
+            })
         }
     }
 }
@@ -233,11 +259,15 @@ async fn plan_project<K: JobKind>(
 async fn act_on_project<K: JobKind>(
     kind: &K,
     env: &JobEnv,
+    (job, ctx): (&JobConfig, &RunContext),
     clock: &RunClock<'_>,
     ledger: &Ledger,
     planned: Planned<K>,
+    steps: Vec<Step>,
 ) -> Result<Ended, RunError> {
-    let Planned { plan: p, mut state } = planned;
+    let Planned {
+        plan: p, mut state, ..
+    } = planned;
     let store = env.store.as_ref();
     if let Some(s) = &mut state {
         if let Err(e) = s.save_planned(store).await {
@@ -262,6 +292,12 @@ async fn act_on_project<K: JobKind>(
     for (i, a) in p.actions.iter().enumerate() {
         if clock.cancelled() {
             return Ok(Ended::Cancelled);
+        }
+        if let Some(Step::Hold(why)) = steps.get(i) {
+            let mut spec = a.spec.clone();
+            spec.reason = format!("{}; {why}", spec.reason);
+            ledger.record_all(&[spec], ActionOutcome::Skipped).await?;
+            continue;
         }
         if let Some(dep) = a.requires.iter().find(|d| !succeeded[**d]) {
             let before = &p.actions[*dep];
@@ -325,6 +361,17 @@ async fn act_on_project<K: JobKind>(
                     .succeeded(pending, K::detail(&done).as_deref())
                     .await?;
                 succeeded[i] = true;
+                if let Some(Step::ActThenDrop(key)) = steps.get(i) {
+                    // Its notice is spent. Should this fail, the next run finds the
+                    // resource gone (or no longer due) and drops the mark then.
+                    if let Err(e) = env
+                        .store
+                        .write_notices(ctx.run_id, &job.name, &[], std::slice::from_ref(key), &[])
+                        .await
+                    {
+                        tracing::warn!(project = %p.project_id, resource = %a.spec.resource_id, error = %e, "cannot drop the notice mark of an action taken");
+                    }
+                }
                 if let Err(e) = recorded {
                     tracing::error!(project = %p.project_id, action = a.spec.action, resource = %a.spec.resource_id, error = %e, "the action succeeded but the job's record of it could not be written");
                     return Err(RunError::State(e));
@@ -360,4 +407,106 @@ async fn act_on_project<K: JobKind>(
         }
     }
     Ok(Ended::Completed)
+}
+
+/// Runs the notice step over every project's plan (see [`notice`]) and writes what it
+/// decided: new marks, their announcement and dropped marks in one transaction, and the
+/// dropped marks in the ledger. A dry run writes nothing but the ledger rows it is shown by.
+async fn notice_step<K: JobKind>(
+    env: &JobEnv,
+    job: &JobConfig,
+    ctx: &RunContext,
+    ledger: &Ledger,
+    plans: &[Planned<K>],
+) -> Result<Vec<Vec<Step>>, RunError> {
+    let destructive = plans
+        .iter()
+        .flat_map(|p| &p.plan.actions)
+        .any(|a| K::is_destructive(&a.action));
+    if !destructive && job.notice.is_none() {
+        return Ok(plans
+            .iter()
+            .map(|p| vec![Step::Act; p.plan.actions.len()])
+            .collect());
+    }
+    let keeps = if destructive {
+        env.store.list_keeps().await?
+    } else {
+        Vec::new()
+    };
+    let marks = match job.notice {
+        Some(_) => env.store.notice_marks(&job.name).await?,
+        None => Vec::new(),
+    };
+    let candidates: Vec<Option<Candidate<'_>>> = plans
+        .iter()
+        .flat_map(|p| {
+            p.plan.actions.iter().map(|a| {
+                K::is_destructive(&a.action).then(|| Candidate {
+                    project_name: &p.project_name,
+                    spec: &a.spec,
+                    under_notice: K::under_notice(&a.action),
+                })
+            })
+        })
+        .collect();
+    let projects = plans
+        .iter()
+        .map(|p| p.plan.project_id.to_string())
+        .collect();
+    let decision = notice::decide(
+        &job.name,
+        ctx.run_id,
+        ctx.now,
+        job.notice,
+        &keeps,
+        &marks,
+        &candidates,
+        &projects,
+    );
+    let mut steps = decision.steps.into_iter();
+    let per_project: Vec<Vec<Step>> = plans
+        .iter()
+        .map(|p| steps.by_ref().take(p.plan.actions.len()).collect())
+        .collect();
+    if !decision.new_marks.is_empty() || !decision.dropped.is_empty() {
+        let dropped_rows: Vec<ActionSpec> = decision
+            .dropped
+            .iter()
+            .filter(|(_, why)| why.starts_with("notice of"))
+            .map(|(m, why)| {
+                let action = plans
+                    .iter()
+                    .flat_map(|p| &p.plan.actions)
+                    .map(|a| a.spec.action)
+                    .find(|a| *a == m.action)
+                    .unwrap_or(match m.action.as_str() {
+                        "delete_branch" => "delete_branch",
+                        "set_branch_expiry" => "set_branch_expiry",
+                        "suspend_endpoint" => "suspend_endpoint",
+                        _ => "notice",
+                    });
+                notice::dropped_spec(m, why, action)
+            })
+            .collect();
+        if !ctx.dry_run {
+            let notes = crate::notify::notice(job, ctx.run_id, &decision.new_marks, ctx.now);
+            let keys: Vec<_> = decision.dropped.iter().map(|(m, _)| m.key()).collect();
+            env.store
+                .write_notices(ctx.run_id, &job.name, &decision.new_marks, &keys, &notes)
+                .await?;
+            crate::telemetry::events::NoticeGiven {
+                job: &job.name,
+                run_id: ctx.run_id,
+                marked: decision.new_marks.len(),
+                dropped: keys.len(),
+                sinks: notes.len(),
+            }
+            .emit();
+            ledger
+                .record_all(&dropped_rows, ActionOutcome::Skipped)
+                .await?;
+        }
+    }
+    Ok(per_project)
 }

@@ -119,6 +119,12 @@ pub trait JobKind: Send + Sync {
     /// Whether the action can destroy something (the numerator of `max_actions_percent`).
     fn is_destructive(action: &Self::Action) -> bool;
 
+    /// Whether the job's `notice` applies to the action (the engine's notice step). By
+    /// default every destructive action waits out the notice.
+    fn under_notice(action: &Self::Action) -> bool {
+        Self::is_destructive(action)
+    }
+
     /// The state before the call: what must be known if the daemon dies during it.
     fn intend(&self, _state: &mut Self::State, _action: &Self::Action) {}
 

@@ -15,6 +15,7 @@ pub mod expire;
 pub mod kind;
 pub mod ledger;
 pub mod limits;
+pub mod notice;
 pub mod plan;
 mod reconcile;
 pub mod retention;

@@ -74,6 +74,17 @@ impl JobKind for Suspend<'_> {
         matches!(action, SuspendAction::Suspend { .. })
     }
 
+    /// `notice` applies to window suspensions only (an idle endpoint's is not announced).
+    fn under_notice(action: &SuspendAction) -> bool {
+        matches!(
+            action,
+            SuspendAction::Suspend {
+                by_window: true,
+                ..
+            }
+        )
+    }
+
     fn intend(&self, state: &mut SuspendedByWindow, action: &SuspendAction) {
         // Before the call: an endpoint suspended by a daemon that died during the call is
         // still started when its window ends. If the call fails the id stays; starting an

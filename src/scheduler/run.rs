@@ -50,7 +50,7 @@ pub(super) async fn execute(
     .emit();
     let span = tracing::info_span!("run", job = %job.name, run_id = run.run_id, replica = %ctx.store.replica());
     let cancel = run.cancel.clone();
-    let (run_id, scheduled_for) = (run.run_id, run.scheduled_for);
+    let (run_id, scheduled_for, dry_run) = (run.run_id, run.scheduled_for, run.dry_run);
 
     // The executor runs in its own task so that a panic is contained and the task can be
     // aborted if it ignores cancellation.
@@ -129,12 +129,17 @@ pub(super) async fn execute(
     }
 
     let finished_at = ctx.clock.now();
-    record_finish(
+    // The notifications of the run's end are written with it, in one transaction.
+    let notes = run_end_notes(&*ctx.store, &job, run_id, dry_run, &report, finished_at)
+        .instrument(span.clone())
+        .await;
+    record_finish_notifying(
         &*ctx.store,
         run_id,
         report.status,
         report.counts,
         report.error.as_deref(),
+        &notes,
     )
     .instrument(span.clone())
     .await;
@@ -234,9 +239,64 @@ pub(super) async fn record_finish(
     counts: ActionCounts,
     error: Option<&str>,
 ) -> bool {
+    record_finish_notifying(store, run_id, status, counts, error, &[]).await
+}
+
+/// The `[[notify]]` rows reporting how the run ended (none when the job has no sinks).
+async fn run_end_notes(
+    store: &dyn Store,
+    job: &JobConfig,
+    run_id: RunId,
+    dry_run: bool,
+    report: &RunReport,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<crate::store::NewNotification> {
+    if job.notify.is_empty() {
+        return Vec::new();
+    }
+    let end = crate::notify::RunEnd {
+        run_id,
+        status: report.status,
+        succeeded: report.counts.succeeded,
+        failed: report.counts.failed,
+        error: report.error.as_deref(),
+        dry_run,
+    };
+    let actions = if end.wants_digest(job) {
+        match store.actions_for_run(run_id).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(run_id, error = %e, "cannot read the run's actions for its digest; no digest is sent");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    crate::notify::run_end(job, &end, &actions, now)
+}
+
+/// [`record_finish`] with the notifications of the run's end, written in the same
+/// transaction as the run's record.
+pub(super) async fn record_finish_notifying(
+    store: &dyn Store,
+    run_id: RunId,
+    status: RunStatus,
+    counts: ActionCounts,
+    error: Option<&str>,
+    notes: &[crate::store::NewNotification],
+) -> bool {
     let mut backoff = FINISH_FIRST_BACKOFF;
     for attempt in 1..=FINISH_ATTEMPTS {
-        match store.finish_run(run_id, status, counts, error).await {
+        let written = match notes.is_empty() {
+            true => store.finish_run(run_id, status, counts, error).await,
+            false => {
+                store
+                    .finish_run_notifying(run_id, status, counts, error, notes)
+                    .await
+            }
+        };
+        match written {
             Ok(()) => return true,
             Err(e) if e.is_fenced() => {
                 // Taken over meanwhile: the survivor's record (interrupted, with its

@@ -35,6 +35,10 @@ pub trait Dialect: sqlx::Database {
     /// transaction, so that two replicas cannot both find no live run and both claim.
     /// Transaction-scoped, so it works through PgBouncer's transaction pooling.
     const LOCK_JOB: Option<&'static str>;
+    /// Appended to the `SELECT` choosing outbox rows to claim, so that two replicas
+    /// claiming at once never take the same row (SQLite's write transactions are
+    /// serialised already).
+    const SKIP_LOCKED: &'static str;
     /// The migrations of this engine's schema.
     fn migrator() -> &'static Migrator;
     fn rows_affected(result: &Self::QueryResult) -> u64;
@@ -55,6 +59,7 @@ impl Dialect for Sqlite {
     const NOW_MS: &'static str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
     const LOCK_ROW: &'static str = "";
     const LOCK_JOB: Option<&'static str> = None;
+    const SKIP_LOCKED: &'static str = "";
     fn migrator() -> &'static Migrator {
         &SQLITE_MIGRATOR
     }
@@ -72,6 +77,7 @@ impl Dialect for Postgres {
     const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const LOCK_JOB: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     fn migrator() -> &'static Migrator {
         &POSTGRES_MIGRATOR
     }

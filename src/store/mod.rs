@@ -487,6 +487,165 @@ pub struct BranchConsumptionSample {
     pub value: f64,
 }
 
+/// A notification to write to the outbox, with the fact it reports (see
+/// [`Store::finish_run_notifying`], [`Store::write_notices`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewNotification {
+    /// Unique; the Standard Webhooks `webhook-id` (`msg_...`). Writing an id twice writes
+    /// it once.
+    pub id: String,
+    /// The `[[notify]]` sink's name.
+    pub sink: String,
+    /// `run_failed`, `limit_refused`, `notice`, `digest`.
+    pub event: String,
+    pub job: Option<String>,
+    pub run_id: Option<RunId>,
+    /// The event as JSON (the webhook body's `data`; a Slack message is rendered from it).
+    pub payload: String,
+    /// Given up this long after it was written (by the store's clock), in milliseconds.
+    pub give_up_after_ms: i64,
+}
+
+/// Where a notification stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationStatus {
+    Pending,
+    Delivered,
+    /// Given up: not delivered within the sink's `give_up_after`.
+    Failed,
+}
+
+impl NotificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationStatus::Pending => "pending",
+            NotificationStatus::Delivered => "delivered",
+            NotificationStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => NotificationStatus::Pending,
+            "delivered" => NotificationStatus::Delivered,
+            "failed" => NotificationStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// An outbox row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotificationRecord {
+    pub id: String,
+    pub sink: String,
+    pub event: String,
+    pub job: Option<String>,
+    pub run_id: Option<RunId>,
+    pub payload: String,
+    pub status: NotificationStatus,
+    /// Deliveries attempted (claims), including the one under way.
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub give_up_at: DateTime<Utc>,
+    /// The replica delivering it now, while its lease lasts.
+    pub owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed (never the sink's URL).
+    pub last_error: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// How a claimed delivery ended ([`Store::settle_notification`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    Delivered,
+    /// Failed: try again this long from now (store clock), unless that is past the row's
+    /// `give_up_at`, in which case it is given up (`failed`).
+    Retry {
+        after_ms: i64,
+        error: String,
+    },
+}
+
+/// A resource a job announced it will act on ([`Store::write_notices`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NoticeMark {
+    pub job: String,
+    pub project_id: String,
+    pub resource_kind: String,
+    pub resource_id: String,
+    pub resource_name: Option<String>,
+    /// The ledger's action name (`delete_branch`, ...).
+    pub action: String,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub marked_at: DateTime<Utc>,
+    /// From when it may be acted on (the run's clock).
+    pub due_at: DateTime<Utc>,
+    pub run_id: Option<RunId>,
+}
+
+/// What names a notice mark within its job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NoticeKey {
+    pub project_id: String,
+    pub resource_id: String,
+    pub action: String,
+}
+
+impl NoticeMark {
+    pub fn key(&self) -> NoticeKey {
+        NoticeKey {
+            project_id: self.project_id.clone(),
+            resource_id: self.resource_id.clone(),
+            action: self.action.clone(),
+        }
+    }
+}
+
+/// `neon-steward keep`: a branch left alone by every destructive action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Keep {
+    /// A project id or name, as given.
+    pub project: String,
+    /// A branch id or name, as given.
+    pub branch: String,
+    /// Until when (absent: until removed).
+    pub until: Option<DateTime<Utc>>,
+    pub note: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Keep {
+    /// Whether the keep still holds at `now`.
+    pub fn holds_at(&self, now: DateTime<Utc>) -> bool {
+        self.until.is_none_or(|u| u > now)
+    }
+
+    /// Whether it names this branch of this project (by id or name).
+    pub fn names(&self, project: (&str, &str), branch: (&str, Option<&str>)) -> bool {
+        (self.project == project.0 || self.project == project.1)
+            && (self.branch == branch.0 || Some(self.branch.as_str()) == branch.1)
+    }
+}
+
+/// Which outbox rows [`Store::list_notifications`] returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationFilter {
+    pub status: Option<NotificationStatus>,
+    pub sink: Option<String>,
+    /// `0` means [`DEFAULT_RUN_LIMIT`]; capped at [`MAX_RUN_LIMIT`].
+    pub limit: u32,
+}
+
+fn unsupported<T>(what: &str) -> StoreResult<T> {
+    Err(StoreError::Unsupported(format!(
+        "this store does not keep {what}"
+    )))
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies the embedded migrations.
@@ -654,6 +813,90 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported(
             "this store keeps no per-branch consumption".into(),
         ))
+    }
+
+    /// [`Store::finish_run`] and, in the same transaction, the notifications that report how
+    /// the run ended (written only if the run's end is). The default (stores without
+    /// transactions) finishes the run and refuses notifications.
+    async fn finish_run_notifying(
+        &self,
+        id: RunId,
+        status: RunStatus,
+        counts: ActionCounts,
+        error: Option<&str>,
+        notes: &[NewNotification],
+    ) -> StoreResult<()> {
+        self.finish_run(id, status, counts, error).await?;
+        if notes.is_empty() {
+            Ok(())
+        } else {
+            unsupported("an outbox")
+        }
+    }
+    /// Claims up to `limit` pending notifications that are due (by the store's clock) and
+    /// not held by a live lease, for `lease_ms`, counting an attempt on each. Two replicas
+    /// never hold the same row at once.
+    async fn claim_notifications(
+        &self,
+        limit: u32,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        let _ = (limit, lease_ms);
+        Ok(Vec::new())
+    }
+    /// Records how a claimed delivery ended and returns the row's status after it. Only the
+    /// replica holding the row may settle it (`None`: it is not ours any more, nothing
+    /// written).
+    async fn settle_notification(
+        &self,
+        id: &str,
+        delivery: &Delivery,
+    ) -> StoreResult<Option<NotificationStatus>> {
+        let _ = (id, delivery);
+        unsupported("an outbox")
+    }
+    /// Outbox rows, newest first.
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        let _ = filter;
+        Ok(Vec::new())
+    }
+
+    /// The notice marks of a job.
+    async fn notice_marks(&self, job: &str) -> StoreResult<Vec<NoticeMark>> {
+        let _ = job;
+        Ok(Vec::new())
+    }
+    /// In one transaction, fenced by run `run`'s live lease: adds the marks (a mark that
+    /// exists already is left as it is), removes the marks named in `dropped` for `job`,
+    /// and writes the notifications announcing them.
+    async fn write_notices(
+        &self,
+        run: RunId,
+        job: &str,
+        marks: &[NoticeMark],
+        dropped: &[NoticeKey],
+        notes: &[NewNotification],
+    ) -> StoreResult<()> {
+        let _ = (run, job, marks, dropped, notes);
+        unsupported("notice marks")
+    }
+
+    /// Adds or replaces a keep.
+    async fn put_keep(&self, keep: &Keep) -> StoreResult<()> {
+        let _ = keep;
+        unsupported("keeps")
+    }
+    /// Removes a keep; whether there was one.
+    async fn remove_keep(&self, project: &str, branch: &str) -> StoreResult<bool> {
+        let _ = (project, branch);
+        unsupported("keeps")
+    }
+    /// Every keep (also those past their `until`), by project and branch.
+    async fn list_keeps(&self) -> StoreResult<Vec<Keep>> {
+        Ok(Vec::new())
     }
 
     /// Deletes finished runs (and their actions) that finished before `before`.

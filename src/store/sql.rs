@@ -13,7 +13,8 @@ use sqlx::{Executor, FromRow, IntoArguments, Pool, Transaction};
 use super::dialect::Dialect;
 use super::{
     from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord,
-    BranchConsumptionSample, Claim, ConsumptionSample, Lease, NewAction, NewRun, RunFilter, RunId,
+    BranchConsumptionSample, Claim, ConsumptionSample, Delivery, Keep, Lease, NewAction, NewNotification, NewRun, NoticeKey,
+    NoticeMark, NotificationFilter, NotificationRecord, NotificationStatus, RunFilter, RunId,
     RunRecord, RunStatus, StateRecord, Store, StoreError, StoreOptions, StoreResult, Trigger,
 };
 
@@ -210,6 +211,111 @@ pub struct StateRow {
     version: i64,
 }
 
+const OUTBOX_COLUMNS: &str = "id, sink, event, job, run_id, payload, status, attempts, \
+    created_at, next_attempt_at, give_up_at, owner, lease_expires_at, last_error, finished_at";
+
+/// An `outbox` row as stored.
+#[derive(Debug, FromRow)]
+pub struct OutboxRow {
+    id: String,
+    sink: String,
+    event: String,
+    job: Option<String>,
+    run_id: Option<i64>,
+    payload: String,
+    status: String,
+    attempts: i64,
+    created_at: i64,
+    next_attempt_at: i64,
+    give_up_at: i64,
+    owner: Option<String>,
+    lease_expires_at: Option<i64>,
+    last_error: Option<String>,
+    finished_at: Option<i64>,
+}
+
+impl OutboxRow {
+    fn into_record(self) -> StoreResult<NotificationRecord> {
+        Ok(NotificationRecord {
+            status: NotificationStatus::parse(&self.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("outbox.status = {:?}", self.status)))?,
+            created_at: from_ms(self.created_at, "outbox.created_at")?,
+            next_attempt_at: from_ms(self.next_attempt_at, "outbox.next_attempt_at")?,
+            give_up_at: from_ms(self.give_up_at, "outbox.give_up_at")?,
+            lease_expires_at: opt_from_ms(self.lease_expires_at, "outbox.lease_expires_at")?,
+            finished_at: opt_from_ms(self.finished_at, "outbox.finished_at")?,
+            id: self.id,
+            sink: self.sink,
+            event: self.event,
+            job: self.job,
+            run_id: self.run_id,
+            payload: self.payload,
+            attempts: self.attempts,
+            owner: self.owner,
+            last_error: self.last_error,
+        })
+    }
+}
+
+const MARK_COLUMNS: &str = "job, project_id, resource_kind, resource_id, resource_name, action, \
+    rule, reason, marked_at, due_at, run_id";
+
+/// A `notice_marks` row as stored.
+#[derive(Debug, FromRow)]
+pub struct MarkRow {
+    job: String,
+    project_id: String,
+    resource_kind: String,
+    resource_id: String,
+    resource_name: Option<String>,
+    action: String,
+    rule: Option<String>,
+    reason: String,
+    marked_at: i64,
+    due_at: i64,
+    run_id: Option<i64>,
+}
+
+impl MarkRow {
+    fn into_mark(self) -> StoreResult<NoticeMark> {
+        Ok(NoticeMark {
+            marked_at: from_ms(self.marked_at, "notice_marks.marked_at")?,
+            due_at: from_ms(self.due_at, "notice_marks.due_at")?,
+            job: self.job,
+            project_id: self.project_id,
+            resource_kind: self.resource_kind,
+            resource_id: self.resource_id,
+            resource_name: self.resource_name,
+            action: self.action,
+            rule: self.rule,
+            reason: self.reason,
+            run_id: self.run_id,
+        })
+    }
+}
+
+/// A `keeps` row as stored.
+#[derive(Debug, FromRow)]
+pub struct KeepRow {
+    project: String,
+    branch: String,
+    until_at: Option<i64>,
+    note: Option<String>,
+    created_at: i64,
+}
+
+impl KeepRow {
+    fn into_keep(self) -> StoreResult<Keep> {
+        Ok(Keep {
+            until: opt_from_ms(self.until_at, "keeps.until_at")?,
+            created_at: from_ms(self.created_at, "keeps.created_at")?,
+            project: self.project,
+            branch: self.branch,
+            note: self.note,
+        })
+    }
+}
+
 /// Implements for every engine whose driver can run the statements: the bounds are spelled
 /// once here (Rust does not carry a trait's where-clauses to its users, so they cannot live
 /// on [`Dialect`]).
@@ -235,6 +341,10 @@ macro_rules! for_every_dialect {
             BranchSampleRow: for<'r> FromRow<'r, DB::Row>,
             StateRow: for<'r> FromRow<'r, DB::Row>,
             LeaseRow: for<'r> FromRow<'r, DB::Row>,
+            OutboxRow: for<'r> FromRow<'r, DB::Row>,
+            MarkRow: for<'r> FromRow<'r, DB::Row>,
+            KeepRow: for<'r> FromRow<'r, DB::Row>,
+            (String,): for<'r> FromRow<'r, DB::Row>,
         {
             $($body)*
         }
@@ -419,6 +529,32 @@ for_every_dialect! {
         Ok(id)
     }
 
+    /// Writes outbox rows inside the caller's transaction (an id written before is left
+    /// as it is: a retried write of the same fact writes it once).
+    async fn insert_notifications(
+        tx: &mut Transaction<'static, DB>,
+        notes: &[NewNotification],
+    ) -> StoreResult<()> {
+        for n in notes {
+            sqlx::query(&format!(
+                "INSERT INTO outbox (id, sink, event, job, run_id, payload, status, attempts, \
+                 created_at, next_attempt_at, give_up_at) VALUES ($1, $2, $3, $4, $5, $6, \
+                 'pending', 0, {now}, {now}, {now} + $7) ON CONFLICT (id) DO NOTHING",
+                now = DB::NOW_MS
+            ))
+            .bind(n.id.clone())
+            .bind(n.sink.clone())
+            .bind(n.event.clone())
+            .bind(n.job.clone())
+            .bind(n.run_id)
+            .bind(n.payload.clone())
+            .bind(n.give_up_after_ms.max(0))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn runs_where(&self, condition: &str, bind: Vec<Bind>) -> StoreResult<Vec<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE {condition}");
         let mut q = sqlx::query_as::<DB, RunRow>(&sql);
@@ -498,6 +634,17 @@ for_every_dialect! {
         counts: ActionCounts,
         error: Option<&str>,
     ) -> StoreResult<()> {
+        self.finish_run_notifying(id, status, counts, error, &[]).await
+    }
+
+    async fn finish_run_notifying(
+        &self,
+        id: RunId,
+        status: RunStatus,
+        counts: ActionCounts,
+        error: Option<&str>,
+        notes: &[NewNotification],
+    ) -> StoreResult<()> {
         let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE runs SET status = $1, finished_at = $2, error = $3, actions_succeeded = $4, \
@@ -519,8 +666,214 @@ for_every_dialect! {
             drop(tx);
             return Err(self.not_updated(id, "run").await);
         }
+        Self::insert_notifications(&mut tx, notes).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn claim_notifications(
+        &self,
+        limit: u32,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        let mut tx = self.write().await?;
+        let ids: Vec<(String,)> = sqlx::query_as(&format!(
+            "SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= {now} \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+             ORDER BY next_attempt_at, id LIMIT $1{skip}",
+            now = DB::NOW_MS,
+            skip = DB::SKIP_LOCKED
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            let row: Option<OutboxRow> = sqlx::query_as(&format!(
+                "UPDATE outbox SET owner = $1, lease_expires_at = {now} + $2, \
+                 attempts = attempts + 1 WHERE id = $3 AND status = 'pending' \
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+                 RETURNING {OUTBOX_COLUMNS}",
+                now = DB::NOW_MS
+            ))
+            .bind(self.owner.clone())
+            .bind(lease_ms.max(1))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                out.push(row.into_record()?);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn settle_notification(
+        &self,
+        id: &str,
+        delivery: &Delivery,
+    ) -> StoreResult<Option<NotificationStatus>> {
+        let mut tx = self.write().await?;
+        let status: Option<(String,)> = match delivery {
+            Delivery::Delivered => sqlx::query_as(&format!(
+                "UPDATE outbox SET status = 'delivered', finished_at = {now}, owner = NULL, \
+                 lease_expires_at = NULL, last_error = NULL WHERE id = $1 AND owner = $2 \
+                 AND status = 'pending' RETURNING status",
+                now = DB::NOW_MS
+            ))
+            .bind(id.to_string())
+            .bind(self.owner.clone())
+            .fetch_optional(&mut *tx)
+            .await?,
+            Delivery::Retry { after_ms, error } => sqlx::query_as(&format!(
+                "UPDATE outbox SET status = CASE WHEN {now} + $1 > give_up_at THEN 'failed' \
+                 ELSE 'pending' END, finished_at = CASE WHEN {now} + $1 > give_up_at THEN \
+                 {now} ELSE NULL END, next_attempt_at = {now} + $1, owner = NULL, \
+                 lease_expires_at = NULL, last_error = $2 WHERE id = $3 AND owner = $4 \
+                 AND status = 'pending' RETURNING status",
+                now = DB::NOW_MS
+            ))
+            .bind((*after_ms).max(0))
+            .bind(error.clone())
+            .bind(id.to_string())
+            .bind(self.owner.clone())
+            .fetch_optional(&mut *tx)
+            .await?,
+        };
+        tx.commit().await?;
+        status
+            .map(|(s,)| {
+                NotificationStatus::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("outbox.status = {s:?}")))
+            })
+            .transpose()
+    }
+
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        let limit = RunFilter {
+            limit: filter.limit,
+            ..RunFilter::default()
+        }
+        .effective_limit();
+        sqlx::query_as::<DB, OutboxRow>(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE ($1 IS NULL OR status = $1) \
+             AND ($2 IS NULL OR sink = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+        ))
+        .bind(filter.status.map(|s| s.as_str().to_string()))
+        .bind(filter.sink.clone())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(OutboxRow::into_record)
+        .collect()
+    }
+
+    async fn notice_marks(&self, job: &str) -> StoreResult<Vec<NoticeMark>> {
+        sqlx::query_as::<DB, MarkRow>(&format!(
+            "SELECT {MARK_COLUMNS} FROM notice_marks WHERE job = $1 \
+             ORDER BY project_id, resource_id, action"
+        ))
+        .bind(job.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(MarkRow::into_mark)
+        .collect()
+    }
+
+    async fn write_notices(
+        &self,
+        run: RunId,
+        job: &str,
+        marks: &[NoticeMark],
+        dropped: &[NoticeKey],
+        notes: &[NewNotification],
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        self.fence(&mut tx, run, true).await?;
+        for m in marks {
+            sqlx::query(
+                "INSERT INTO notice_marks (job, project_id, resource_kind, resource_id, \
+                 resource_name, action, rule, reason, marked_at, due_at, run_id) VALUES ($1, \
+                 $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (job, project_id, resource_id, action) DO NOTHING",
+            )
+            .bind(job.to_string())
+            .bind(m.project_id.clone())
+            .bind(m.resource_kind.clone())
+            .bind(m.resource_id.clone())
+            .bind(m.resource_name.clone())
+            .bind(m.action.clone())
+            .bind(m.rule.clone())
+            .bind(m.reason.clone())
+            .bind(to_ms(m.marked_at))
+            .bind(to_ms(m.due_at))
+            .bind(m.run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for k in dropped {
+            sqlx::query(
+                "DELETE FROM notice_marks WHERE job = $1 AND project_id = $2 \
+                 AND resource_id = $3 AND action = $4",
+            )
+            .bind(job.to_string())
+            .bind(k.project_id.clone())
+            .bind(k.resource_id.clone())
+            .bind(k.action.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Self::insert_notifications(&mut tx, notes).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_keep(&self, keep: &Keep) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO keeps (project, branch, until_at, note, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project, branch) DO UPDATE SET \
+             until_at = excluded.until_at, note = excluded.note, \
+             created_at = excluded.created_at",
+        )
+        .bind(keep.project.clone())
+        .bind(keep.branch.clone())
+        .bind(keep.until.map(to_ms))
+        .bind(keep.note.clone())
+        .bind(to_ms(keep.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_keep(&self, project: &str, branch: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM keeps WHERE project = $1 AND branch = $2")
+            .bind(project.to_string())
+            .bind(branch.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    async fn list_keeps(&self) -> StoreResult<Vec<Keep>> {
+        sqlx::query_as::<DB, KeepRow>(
+            "SELECT project, branch, until_at, note, created_at FROM keeps \
+             ORDER BY project, branch",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(KeepRow::into_keep)
+        .collect()
     }
 
     async fn renew_lease(&self, run: RunId) -> StoreResult<Lease> {

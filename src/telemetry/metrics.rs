@@ -47,6 +47,7 @@ pub struct Metrics {
     pub budget_projected: GaugeVec,
     pub budget_limit: GaugeVec,
     pub budget_notices_total: IntCounterVec,
+    pub notifications_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -218,6 +219,10 @@ impl Metrics {
             budget_notices_total: register(
                 &r,
                 IntCounterVec::new(opts("budget_notices_total", "Budget threshold notices given (the `notify` action), by job and threshold percent."), &["job_name", "threshold"]).unwrap(),
+            ),
+            notifications_total: register(
+                &r,
+                IntCounterVec::new(opts("notifications_total", "Notification deliveries by sink, event (run_failed, limit_refused, notice, digest) and outcome (delivered, retry, gave_up)."), &["sink", "event", "outcome"]).unwrap(),
             ),
             registry: r,
         }

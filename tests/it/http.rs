@@ -675,3 +675,132 @@ async fn connections_beyond_the_limit_wait_for_a_slot() {
     );
     let _ = stop.send(());
 }
+
+/// Keeps through the admin API (token-guarded like the trigger) and the outbox in /api/v1.
+#[tokio::test]
+async fn keeps_need_the_token_and_the_outbox_is_listed() {
+    let s = Server::start(Some(TOKEN)).await;
+    let body = r#"{"target": "app/preview/pr-7", "until": "2999-01-01", "note": "demo"}"#;
+    let post = |token: Option<&'static str>, body: &'static str| {
+        let mut req = s.client.post(format!("{}/api/v1/keeps", s.base)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(post(None, body).await.unwrap().status(), 401);
+    assert_eq!(post(Some("wrong"), body).await.unwrap().status(), 401);
+    assert!(
+        s.store.list_keeps().await.unwrap().is_empty(),
+        "nothing kept without the token"
+    );
+    let r = post(Some(TOKEN), r#"{"target": "no-slash"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"].as_str().unwrap().contains("<project>/<branch>"),
+        "{e}"
+    );
+    assert_eq!(
+        post(Some(TOKEN), r#"{"target": "a/b", "extra": 1}"#)
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let r = post(Some(TOKEN), body).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let (status, list) = s.get("/api/v1/keeps").await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["project"], "app");
+    assert_eq!(list[0]["branch"], "preview/pr-7");
+    assert_eq!(list[0]["note"], "demo");
+    let del = |token: &'static str, q: &'static str| {
+        s.client
+            .delete(format!("{}/api/v1/keeps?{q}", s.base))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        del("wrong", "target=app/preview/pr-7")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        del(TOKEN, "target=app%2Fpreview%2Fpr-7")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        del(TOKEN, "target=app/preview/pr-7")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(del(TOKEN, "nope=1").await.unwrap().status(), 400);
+
+    // The outbox: what a run's end wrote, filtered by status.
+    let run = s
+        .store
+        .claim_run(&neon_steward::store::NewRun {
+            job: "nightly-snapshot".into(),
+            kind: "snapshot_branches".into(),
+            scheduled_for: chrono::Utc::now(),
+            trigger: neon_steward::store::Trigger::Manual,
+            dry_run: false,
+            status: neon_steward::store::RunStatus::Running,
+            error: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    s.store
+        .finish_run_notifying(
+            run,
+            neon_steward::store::RunStatus::Failed,
+            Default::default(),
+            Some("boom"),
+            &[neon_steward::store::NewNotification {
+                id: "msg_api".into(),
+                sink: "ops".into(),
+                event: "run_failed".into(),
+                job: Some("nightly-snapshot".into()),
+                run_id: Some(run),
+                payload: "{}".into(),
+                give_up_after_ms: 60_000,
+            }],
+        )
+        .await
+        .unwrap();
+    let (status, rows) = s.get("/api/v1/notifications?status=pending").await;
+    assert_eq!(status, 200);
+    assert_eq!(rows[0]["id"], "msg_api");
+    assert_eq!(rows[0]["status"], "pending");
+    let (_, none) = s.get("/api/v1/notifications?status=delivered").await;
+    assert_eq!(none, serde_json::json!([]));
+    assert_eq!(s.get("/api/v1/notifications?status=bogus").await.0, 400);
+    assert_eq!(s.get("/api/v1/notifications?colour=red").await.0, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn keeps_are_read_only_without_a_token() {
+    let s = Server::start(None).await;
+    assert_eq!(s.get("/api/v1/keeps").await.0, 200);
+    let r = s
+        .client
+        .post(format!("{}/api/v1/keeps", s.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    s.stop().await;
+}

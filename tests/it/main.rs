@@ -17,6 +17,7 @@ mod jobs_backup;
 mod jobs_e2e;
 mod jobs_safety;
 mod kill;
+mod notify;
 mod requests;
 mod store;
 mod store_tls;

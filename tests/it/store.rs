@@ -833,6 +833,277 @@ async fn batch_of_actions_is_one_write_all_or_none(f: Fixture) {
     assert!(ids.iter().all(|id| *id < next));
 }
 
+fn note(id: &str, give_up_after_ms: i64) -> store::NewNotification {
+    store::NewNotification {
+        id: id.into(),
+        sink: "ops".into(),
+        event: "run_failed".into(),
+        job: Some("a".into()),
+        run_id: None,
+        payload: "{\"summary\":\"x\"}".into(),
+        give_up_after_ms,
+    }
+}
+
+/// The outbox row is written with the run's end or not at all; an id is written once; a
+/// due row is claimed by one replica at a time, settled only by its holder, retried and
+/// finally given up by the store's clock.
+async fn outbox_is_written_with_its_fact_and_claimed_by_one_replica(f: Fixture) {
+    let a = replica(&f, "a", HOUR).await;
+    let b = replica(&f, "b", HOUR).await;
+    let run = a.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    // Fenced (b does not hold the run): neither the run's end nor its notification.
+    let e = b
+        .finish_run_notifying(
+            run,
+            RunStatus::Failed,
+            ActionCounts::default(),
+            None,
+            &[note("msg_1", 3_600_000)],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    assert!(a
+        .list_notifications(&Default::default())
+        .await
+        .unwrap()
+        .is_empty());
+    a.finish_run_notifying(
+        run,
+        RunStatus::Failed,
+        ActionCounts::default(),
+        Some("boom"),
+        &[
+            note("msg_1", 3_600_000),
+            note("msg_1", 3_600_000),
+            note("msg_2", 0),
+        ],
+    )
+    .await
+    .unwrap();
+    let rows = a.list_notifications(&Default::default()).await.unwrap();
+    assert_eq!(rows.len(), 2, "an id is written once: {rows:?}");
+    // Claimed by one replica at a time, even when both ask at once.
+    let (ca, cb) = tokio::join!(
+        a.claim_notifications(10, 3_600_000),
+        b.claim_notifications(10, 3_600_000)
+    );
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!(ca.len() + cb.len(), 2, "{ca:?} {cb:?}");
+    let mut ids: Vec<&str> = ca.iter().chain(&cb).map(|r| r.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["msg_1", "msg_2"]);
+    assert!(
+        a.claim_notifications(10, 3_600_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held by a live lease"
+    );
+    let (holder_of_1, other) = if ca.iter().any(|r| r.id == "msg_1") {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    // Only the holder settles.
+    assert_eq!(
+        other
+            .settle_notification("msg_1", &store::Delivery::Delivered)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        holder_of_1
+            .settle_notification("msg_1", &store::Delivery::Delivered)
+            .await
+            .unwrap(),
+        Some(store::NotificationStatus::Delivered)
+    );
+    // msg_2 may take 0 ms: a failed attempt gives it up.
+    let holder_of_2 = if ca.iter().any(|r| r.id == "msg_2") {
+        &a
+    } else {
+        &b
+    };
+    let gave_up = holder_of_2
+        .settle_notification(
+            "msg_2",
+            &store::Delivery::Retry {
+                after_ms: 1,
+                error: "HTTP 500".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(gave_up, Some(store::NotificationStatus::Failed));
+    let rows = a.list_notifications(&Default::default()).await.unwrap();
+    let r2 = rows.iter().find(|r| r.id == "msg_2").unwrap();
+    assert_eq!(
+        (r2.status, r2.attempts, r2.last_error.as_deref()),
+        (store::NotificationStatus::Failed, 1, Some("HTTP 500"))
+    );
+    assert!(r2.finished_at.is_some());
+    let r1 = rows.iter().find(|r| r.id == "msg_1").unwrap();
+    assert_eq!(r1.status, store::NotificationStatus::Delivered);
+}
+
+/// A claim whose holder died (its lease expired) is claimed again, with the same id; a row
+/// retried later is not due before its time.
+async fn an_outbox_claim_whose_holder_died_is_taken_again(f: Fixture) {
+    let a = replica(&f, "a", HOUR).await;
+    let b = replica(&f, "b", HOUR).await;
+    let run = a.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    a.finish_run_notifying(
+        run,
+        RunStatus::Partial,
+        ActionCounts::default(),
+        None,
+        &[note("msg_x", 86_400_000)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.claim_notifications(10, 1).await.unwrap().len(), 1);
+    outlive_short_lease().await;
+    let again = b.claim_notifications(10, 3_600_000).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.as_str(), again[0].attempts), ("msg_x", 2));
+    // The dead holder's late answer is not taken.
+    assert_eq!(
+        a.settle_notification("msg_x", &store::Delivery::Delivered)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        b.settle_notification(
+            "msg_x",
+            &store::Delivery::Retry {
+                after_ms: 3_600_000,
+                error: "down".into()
+            }
+        )
+        .await
+        .unwrap(),
+        Some(store::NotificationStatus::Pending)
+    );
+    assert!(
+        b.claim_notifications(10, 3_600_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due for an hour"
+    );
+}
+
+fn mark(resource: &str, due: DateTime<Utc>) -> store::NoticeMark {
+    store::NoticeMark {
+        job: "expire".into(),
+        project_id: "proj-1".into(),
+        resource_kind: "branch".into(),
+        resource_id: resource.into(),
+        resource_name: Some(format!("preview/{resource}")),
+        action: "delete_branch".into(),
+        rule: Some("ttl".into()),
+        reason: "age 9d > ttl 7d".into(),
+        marked_at: t(0),
+        due_at: due,
+        run_id: None,
+    }
+}
+
+/// Notice marks: added once (a second mark keeps the first time), dropped, fenced by the
+/// run's lease, and written with their notifications in one transaction.
+async fn notice_marks_and_keeps(f: Fixture) {
+    let a = replica(&f, "a", HOUR).await;
+    let b = replica(&f, "b", HOUR).await;
+    let run = a
+        .claim_run(&new_run("expire", t(0)))
+        .await
+        .unwrap()
+        .unwrap();
+    let e = b
+        .write_notices(
+            run,
+            "expire",
+            &[mark("br-1", t(10))],
+            &[],
+            &[note("msg_n", 3_600_000)],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    assert!(a.notice_marks("expire").await.unwrap().is_empty());
+    assert!(
+        a.list_notifications(&Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing without its mark"
+    );
+    a.write_notices(
+        run,
+        "expire",
+        &[mark("br-1", t(10)), mark("br-2", t(10))],
+        &[],
+        &[note("msg_n", 3_600_000)],
+    )
+    .await
+    .unwrap();
+    a.write_notices(run, "expire", &[mark("br-1", t(30))], &[], &[])
+        .await
+        .unwrap();
+    let marks = a.notice_marks("expire").await.unwrap();
+    assert_eq!(marks.len(), 2);
+    assert_eq!(marks[0].due_at, t(10), "the first notice stands");
+    assert_eq!(
+        a.list_notifications(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    a.write_notices(run, "expire", &[], &[marks[0].key()], &[])
+        .await
+        .unwrap();
+    let left: Vec<String> = a
+        .notice_marks("expire")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.resource_id)
+        .collect();
+    assert_eq!(left, ["br-2"]);
+    assert!(a.notice_marks("other-job").await.unwrap().is_empty());
+
+    // Keeps: upsert, list, remove.
+    let keep = store::Keep {
+        project: "proj-1".into(),
+        branch: "preview/br-2".into(),
+        until: Some(t(50)),
+        note: Some("demo".into()),
+        created_at: t(0),
+    };
+    a.put_keep(&keep).await.unwrap();
+    a.put_keep(&store::Keep {
+        note: Some("demo, longer".into()),
+        until: None,
+        ..keep.clone()
+    })
+    .await
+    .unwrap();
+    let keeps = b.list_keeps().await.unwrap();
+    assert_eq!(keeps.len(), 1);
+    assert_eq!(
+        (keeps[0].note.as_deref(), keeps[0].until),
+        (Some("demo, longer"), None)
+    );
+    assert!(b.remove_keep("proj-1", "preview/br-2").await.unwrap());
+    assert!(!b.remove_keep("proj-1", "preview/br-2").await.unwrap());
+    assert!(a.list_keeps().await.unwrap().is_empty());
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $fixture:path, $cleanup:path) => {
         mod $backend {
@@ -855,6 +1126,9 @@ macro_rules! contract_tests {
                 branch_consumption_is_kept_apart_and_upserted,
                 prune_removes_old_finished_runs_and_their_actions,
                 ping_and_migrate_again,
+                outbox_is_written_with_its_fact_and_claimed_by_one_replica,
+                an_outbox_claim_whose_holder_died_is_taken_again,
+                notice_marks_and_keeps,
             );
         }
     };

@@ -396,6 +396,10 @@ const SHARED_JOB_KEYS: &[&str] = &[
     "branches",
     "max_actions",
     "max_actions_percent",
+    // `notice` belongs to two kinds (expire_branches, suspend_computes with windows): the
+    // schema and the parser refuse it on the others (tested in config/tests.rs).
+    "notice",
+    "notify",
 ];
 
 /// A value the option would accept on a job of its own kind.

@@ -8,6 +8,7 @@
 //! - [`actions`]: actions recorded in the ledger or reconciled with Neon.
 //! - [`budget`]: budgets evaluated (the budget gauges) and threshold notices.
 //! - [`config`]: policy (re)loads.
+//! - [`notify`]: notices given and notification deliveries.
 //! - [`consumption`]: collections and exports (the gauges themselves belong to
 //!   [`ConsumptionExporter`](super::consumption::ConsumptionExporter)).
 
@@ -17,6 +18,7 @@ pub mod budget;
 pub mod config;
 pub mod consumption;
 pub mod jobs;
+pub mod notify;
 
 pub use actions::{ActionReconciled, ActionRecorded};
 pub use api::{ApiRequestCompleted, ApiRetry};
@@ -27,6 +29,7 @@ pub use jobs::{
     JobRunFinished, JobRunStarted, JobScheduled, JobTickSkipped, JobUnscheduled, LeaseLost,
     RunTakenOver, RUN_OUTCOMES, SKIP_REASONS,
 };
+pub use notify::{NoticeGiven, NotificationAttempted, NOTIFY_OUTCOMES};
 
 use chrono::{DateTime, Utc};
 

@@ -1,0 +1,635 @@
+//! Notifications and notices end to end: a local webhook receiver (axum on port 0) checks
+//! the Standard Webhooks signatures, and the deliverer is driven through a sink that
+//! answers 500, answers too slowly, or is down; a crash between the fact and its delivery
+//! still delivers once. Then the notice period against neon-sim: notice -> keep -> nothing
+//! deleted, and notice -> still due -> deleted after the period, not before.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use chrono::{DateTime, TimeDelta, Utc};
+use neon_sim::SimConfig;
+use neon_steward::config::{self, JobConfig, NotifyEvent, NotifyKind, SigningKey, SinkConfig};
+use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
+use neon_steward::notify::deliver::{Deliverer, DeliveryTiming};
+use neon_steward::store::{
+    self, ActionCounts, ActionOutcome, ActionRecord, Keep, NewNotification, NewRun,
+    NotificationStatus, RunStatus, Store, Trigger,
+};
+use neon_steward::telemetry::consumption::ConsumptionExporter;
+
+use crate::helpers::{spawn_sim, TestSim};
+
+const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// How the receiver answers its next requests (then 200 for ever).
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Status(u16),
+    /// Answers 200, but only after this long.
+    Slow(Duration),
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    signature_ok: bool,
+    body: serde_json::Value,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let key = SigningKey::parse(KEY).unwrap();
+    let ts: i64 = h("webhook-timestamp").parse().unwrap_or(0);
+    let signature_ok = neon_steward::notify::sign::verify(
+        &key,
+        &h("webhook-id"),
+        ts,
+        &body,
+        &h("webhook-signature"),
+    );
+    let answer = r.script.lock().unwrap().pop_front();
+    r.got.lock().unwrap().push(Received {
+        id: h("webhook-id"),
+        signature_ok,
+        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    });
+    if let Some(Answer::Slow(d)) = answer {
+        tokio::time::sleep(d).await;
+    }
+    match answer {
+        Some(Answer::Status(s)) => StatusCode::from_u16(s).unwrap(),
+        _ => StatusCode::OK,
+    }
+}
+
+async fn receiver(script: &[Answer]) -> (Receiver, String) {
+    let r = Receiver::default();
+    r.script.lock().unwrap().extend(script.iter().copied());
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (r, url)
+}
+
+fn sink(url: &str, timeout: Duration) -> Arc<SinkConfig> {
+    Arc::new(SinkConfig {
+        name: "ops".into(),
+        kind: NotifyKind::Webhook,
+        url: neon_steward::secret::Secret::new(url),
+        key: Some(SigningKey::parse(KEY).unwrap()),
+        events: NotifyEvent::ALL.to_vec(),
+        jobs: None,
+        timeout,
+        give_up_after: Duration::from_secs(3600),
+    })
+}
+
+const FAST: DeliveryTiming = DeliveryTiming {
+    poll: Duration::from_millis(10),
+    first_backoff: Duration::from_millis(1),
+    max_backoff: Duration::from_millis(5),
+};
+
+fn note(id: &str, give_up_after_ms: i64) -> NewNotification {
+    NewNotification {
+        id: id.into(),
+        sink: "ops".into(),
+        event: "run_failed".into(),
+        job: Some("j".into()),
+        run_id: None,
+        payload: r#"{"summary":"job `j`: run 1 ended failed"}"#.into(),
+        give_up_after_ms,
+    }
+}
+
+struct Db {
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+fn db() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    Db { _dir: dir, url }
+}
+
+async fn replica(url: &str, name: &str) -> Arc<dyn Store> {
+    store::open_with(
+        url,
+        store::StoreOptions {
+            replica: store::ReplicaId::named(name),
+            lease: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A run of job `j` ended, with its notifications, on `s`.
+async fn fact(s: &Arc<dyn Store>, notes: &[NewNotification]) {
+    let run = s
+        .claim_run(&NewRun {
+            job: "j".into(),
+            kind: "expire_branches".into(),
+            scheduled_for: Utc::now(),
+            trigger: Trigger::Manual,
+            dry_run: false,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    s.finish_run_notifying(
+        run,
+        RunStatus::Failed,
+        ActionCounts::default(),
+        Some("boom"),
+        notes,
+    )
+    .await
+    .unwrap();
+}
+
+/// Delivers until `done` or 200 rounds (each round waits at least the poll interval).
+async fn deliver_until(d: &Deliverer, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        d.deliver_due().await;
+        if done() {
+            return;
+        }
+        tokio::time::sleep(FAST.poll).await;
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_is_signed_and_retried_through_a_500_and_a_slow_answer_then_delivered_once() {
+    let (r, url) = receiver(&[Answer::Status(500), Answer::Slow(Duration::from_secs(3))]).await;
+    let db = db();
+    let s = replica(&db.url, "a").await;
+    fact(&s, &[note("msg_retried", 3_600_000)]).await;
+    let d = Deliverer::new(s.clone(), &[sink(&url, Duration::from_millis(300))], FAST);
+    let delivered = || r.got.lock().unwrap().len() >= 3;
+    deliver_until(&d, delivered).await;
+    // One more look: nothing is sent again once delivered.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    d.deliver_due().await;
+    let got = r.got.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        3,
+        "500, too slow (the receiver saw it), then 200: {got:?}"
+    );
+    assert!(
+        got.iter().all(|g| g.id == "msg_retried"),
+        "the same webhook-id every time"
+    );
+    assert!(
+        got.iter().all(|g| g.signature_ok),
+        "every attempt is signed"
+    );
+    assert_eq!(got[2].body["type"], "neon_steward.run_failed");
+    assert_eq!(
+        got[2].body["data"]["summary"],
+        "job `j`: run 1 ended failed"
+    );
+    let rows = s.list_notifications(&Default::default()).await.unwrap();
+    assert_eq!(rows[0].status, NotificationStatus::Delivered);
+    assert_eq!(rows[0].attempts, 3);
+}
+
+#[tokio::test]
+async fn a_dead_sink_is_retried_then_given_up_and_recorded_without_its_url() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/secret-hook-path");
+    let db = db();
+    let s = replica(&db.url, "a").await;
+    fact(&s, &[note("msg_dead", 200)]).await;
+    let d = Deliverer::new(s.clone(), &[sink(&url, Duration::from_millis(300))], FAST);
+    let s2 = s.clone();
+    let failed = Arc::new(Mutex::new(false));
+    for _ in 0..200 {
+        d.deliver_due().await;
+        let rows = s2.list_notifications(&Default::default()).await.unwrap();
+        if rows[0].status == NotificationStatus::Failed {
+            *failed.lock().unwrap() = true;
+            break;
+        }
+        tokio::time::sleep(FAST.poll).await;
+    }
+    assert!(*failed.lock().unwrap(), "given up after give_up_after");
+    let row = &s.list_notifications(&Default::default()).await.unwrap()[0];
+    assert!(row.attempts >= 2, "retried before giving up: {row:?}");
+    let err = row.last_error.as_deref().unwrap_or_default();
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(
+        !err.contains("secret-hook-path") && !err.contains(&port.to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_the_fact_and_its_delivery_still_delivers_once() {
+    let (r, url) = receiver(&[]).await;
+    let db = db();
+    // Replica a records the fact and dies before delivering anything.
+    {
+        let a = replica(&db.url, "a").await;
+        fact(&a, &[note("msg_crash", 3_600_000)]).await;
+    }
+    // Replica c claims it and dies during the delivery (its lease is 1 ms).
+    {
+        let c = replica(&db.url, "c").await;
+        assert_eq!(c.claim_notifications(10, 1).await.unwrap().len(), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let b = replica(&db.url, "b").await;
+    let d = Deliverer::new(b.clone(), &[sink(&url, Duration::from_secs(5))], FAST);
+    deliver_until(&d, || !r.got.lock().unwrap().is_empty()).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        d.deliver_due().await;
+    }
+    let got = r.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].id, "msg_crash");
+    let rows = b.list_notifications(&Default::default()).await.unwrap();
+    assert_eq!(
+        (rows[0].status, rows[0].attempts),
+        (NotificationStatus::Delivered, 2)
+    );
+}
+
+// ------------------------------------------------------------------ notice against neon-sim
+
+fn policy(jobs: &str) -> Arc<JobConfig> {
+    let text = format!(
+        "{jobs}\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl_env = \"HOOK_URL\"\nsecret_env = \"HOOK_KEY\"\n"
+    );
+    let cfg = config::parse_with_env(Path::new("notice.toml"), &text, &|k| match k {
+        "NEON_API_KEY" => Some("unused-in-tests".into()),
+        "HOOK_URL" => Some("http://127.0.0.1:9/hook".into()),
+        "HOOK_KEY" => Some(KEY.into()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("test policy must parse: {e}"));
+    cfg.jobs[0].clone()
+}
+
+fn expire(ttl: &str) -> Arc<JobConfig> {
+    policy(&format!(
+        "[[jobs]]\nname = \"previews\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"{ttl}\"\nnotice = \"24h\"\n[jobs.branches]\nnames = [\"preview/*\"]\n"
+    ))
+}
+
+struct H {
+    sim: TestSim,
+    env: JobEnv,
+    ticks: AtomicI64,
+}
+
+async fn harness() -> H {
+    let sim = spawn_sim(SimConfig::default()).await;
+    let store = store::open("sqlite::memory:").await.unwrap();
+    let env = JobEnv {
+        client: sim.client(),
+        store,
+        concurrency: 2,
+        operation_deadline: Duration::from_secs(20),
+        consumption: Arc::new(ConsumptionExporter::detached()),
+    };
+    H {
+        sim,
+        env,
+        ticks: AtomicI64::new(0),
+    }
+}
+
+impl H {
+    fn now(&self) -> DateTime<Utc> {
+        self.sim.clock().now()
+    }
+
+    async fn run(&self, job: &JobConfig, dry_run: bool) -> (RunResult, Vec<ActionRecord>) {
+        let now = self.now();
+        let tick = now + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
+        let run_id = self
+            .env
+            .store
+            .claim_run(&NewRun {
+                job: job.name.clone(),
+                kind: job.kind.as_str().to_string(),
+                scheduled_for: tick,
+                trigger: Trigger::Manual,
+                dry_run,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let r = run_job(
+            &self.env,
+            job,
+            RunContext {
+                run_id,
+                scheduled_for: tick,
+                now,
+                dry_run,
+            },
+        )
+        .await;
+        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
+        (r, actions)
+    }
+
+    fn old_branch(&self, project: &str, name: &str) -> String {
+        let st = self.sim.state();
+        let mut s = st.settled();
+        let parent = s.default_branch(project).unwrap().id.clone();
+        let at = s.now() - TimeDelta::days(10);
+        s.insert_branch(project, name, Some(&parent), at).id
+    }
+
+    fn branch_names(&self, project: &str) -> Vec<String> {
+        let s = self.sim.state();
+        let s = s.settled();
+        let mut v: Vec<String> = s
+            .project_branches(project)
+            .into_iter()
+            .map(|b| b.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn deletes(&self) -> usize {
+        self.sim
+            .mutations()
+            .iter()
+            .filter(|m| m.method == "DELETE")
+            .count()
+    }
+}
+
+fn reason_of<'a>(actions: &'a [ActionRecord], id: &str) -> &'a str {
+    actions
+        .iter()
+        .find(|a| a.resource_id == id)
+        .map(|a| a.reason.as_str())
+        .unwrap_or_else(|| panic!("no action on {id}: {actions:?}"))
+}
+
+#[tokio::test]
+async fn notice_then_still_due_is_deleted_after_the_period_and_not_before() {
+    let h = harness().await;
+    let (p, _) = h.sim.add_project("app", None);
+    let old = h.old_branch(&p, "preview/old");
+    let job = expire("7d");
+
+    // First run: marked and announced, not deleted.
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(actions[0].outcome, ActionOutcome::Skipped);
+    assert!(
+        reason_of(&actions, &old).contains("notice given: falls due at"),
+        "{actions:?}"
+    );
+    assert_eq!(h.deletes(), 0);
+    let marks = h.env.store.notice_marks("previews").await.unwrap();
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].due_at, h.now() + TimeDelta::hours(24));
+    let outbox = h
+        .env
+        .store
+        .list_notifications(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].event, "notice");
+    let payload: serde_json::Value = serde_json::from_str(&outbox[0].payload).unwrap();
+    assert!(
+        payload["items"][0]["keep"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("neon-steward keep {p}/preview/old")),
+        "{payload}"
+    );
+
+    // A plan shows it with the time it falls due.
+    let (_, planned) = h.run(&job, true).await;
+    assert!(
+        reason_of(&planned, &old).contains("falls due at"),
+        "{planned:?}"
+    );
+
+    // 23 hours later: still under notice.
+    h.sim.clock().advance(Duration::from_secs(23 * 3600));
+    let (_, actions) = h.run(&job, false).await;
+    assert!(
+        reason_of(&actions, &old).contains("under notice since"),
+        "{actions:?}"
+    );
+    assert_eq!(h.deletes(), 0);
+    assert_eq!(
+        h.env
+            .store
+            .list_notifications(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "announced once"
+    );
+
+    // Past the notice and still due: deleted, and the mark is spent.
+    h.sim.clock().advance(Duration::from_secs(2 * 3600));
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(
+        (r.status, r.counts.succeeded),
+        (RunStatus::Succeeded, 1),
+        "{actions:?}"
+    );
+    assert_eq!(h.branch_names(&p), vec!["main"]);
+    assert!(h
+        .env
+        .store
+        .notice_marks("previews")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn notice_then_keep_then_nothing_is_deleted() {
+    let h = harness().await;
+    let (p, _) = h.sim.add_project("app", None);
+    let old = h.old_branch(&p, "preview/old");
+    let job = expire("7d");
+    h.run(&job, false).await;
+    assert_eq!(h.env.store.notice_marks("previews").await.unwrap().len(), 1);
+    // Someone keeps it, by the project's name and the branch's name.
+    h.env
+        .store
+        .put_keep(&Keep {
+            project: "app".into(),
+            branch: "preview/old".into(),
+            until: None,
+            note: Some("demo on Friday".into()),
+            created_at: h.now(),
+        })
+        .await
+        .unwrap();
+    h.sim.clock().advance(Duration::from_secs(25 * 3600));
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded);
+    let why = reason_of(&actions, &old);
+    assert!(
+        why.contains("kept by `neon-steward keep app/preview/old`")
+            && why.contains("demo on Friday"),
+        "{why}"
+    );
+    assert_eq!(h.deletes(), 0);
+    assert_eq!(h.branch_names(&p), vec!["main", "preview/old"]);
+    assert!(
+        h.env
+            .store
+            .notice_marks("previews")
+            .await
+            .unwrap()
+            .is_empty(),
+        "a kept branch's mark is dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_mark_no_longer_due_is_dropped_and_recorded() {
+    let h = harness().await;
+    let (p, _) = h.sim.add_project("app", None);
+    let old = h.old_branch(&p, "preview/old");
+    h.run(&expire("7d"), false).await;
+    // The policy now gives branches 30 days: no longer due.
+    h.sim.clock().advance(Duration::from_secs(25 * 3600));
+    let (_, actions) = h.run(&expire("30d"), false).await;
+    assert!(
+        reason_of(&actions, &old).contains("dropped: no longer due"),
+        "{actions:?}"
+    );
+    assert!(h
+        .env
+        .store
+        .notice_marks("previews")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(h.deletes(), 0);
+}
+
+// ------------------------------------------------------------------ a run's end, through the scheduler
+
+struct Reports(neon_steward::scheduler::RunReport);
+
+#[async_trait::async_trait]
+impl neon_steward::scheduler::Executor for Reports {
+    async fn execute(
+        &self,
+        _: Arc<JobConfig>,
+        _: neon_steward::scheduler::RunHandle,
+    ) -> neon_steward::scheduler::RunReport {
+        self.0.clone()
+    }
+}
+
+async fn run_reporting(
+    job: Arc<JobConfig>,
+    report: neon_steward::scheduler::RunReport,
+) -> Vec<store::NotificationRecord> {
+    let db = db();
+    let s = replica(&db.url, "a").await;
+    neon_steward::scheduler::run_now(
+        s.clone(),
+        Arc::new(Reports(report)),
+        Arc::new(neon_steward::scheduler::SystemClock),
+        job,
+        false,
+        tokio_util::sync::CancellationToken::new(),
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    s.list_notifications(&Default::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_or_refused_run_writes_its_notification_with_its_end() {
+    let job = expire("7d");
+    let failed = run_reporting(
+        job.clone(),
+        neon_steward::scheduler::RunReport {
+            status: RunStatus::Partial,
+            counts: ActionCounts {
+                succeeded: 0,
+                failed: 2,
+                skipped: 0,
+                planned: 0,
+            },
+            error: Some("2 action(s) failed; see the run's actions".into()),
+        },
+    )
+    .await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        (failed[0].event.as_str(), failed[0].sink.as_str()),
+        ("run_failed", "ops")
+    );
+    assert!(
+        failed[0].payload.contains("ended partial"),
+        "{}",
+        failed[0].payload
+    );
+
+    let refused = run_reporting(
+        job.clone(),
+        neon_steward::scheduler::RunReport::failed(
+            "refusing to act: the plan has 9 actions but at most 2 are allowed (max_actions = 2); nothing was done",
+        ),
+    )
+    .await;
+    let events: Vec<&str> = refused.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(events, ["limit_refused"]);
+
+    let fine = run_reporting(
+        job,
+        neon_steward::scheduler::RunReport::succeeded(ActionCounts::default()),
+    )
+    .await;
+    assert!(fine.is_empty(), "nothing to report: {fine:?}");
+}
