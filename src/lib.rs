@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod forge;
 /// `demo`: the daemon against neon-sim in the same process (cargo feature `demo`, default).
 #[cfg(feature = "demo")]
 pub mod demo;
