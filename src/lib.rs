@@ -6,7 +6,6 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod forge;
 /// `demo`: the daemon against neon-sim in the same process (cargo feature `demo`, default).
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -14,6 +13,7 @@ pub mod demo;
 #[cfg(not(feature = "demo"))]
 #[path = "demo_unavailable.rs"]
 pub mod demo;
+pub mod forge;
 pub mod health;
 pub mod http;
 pub mod jobs;

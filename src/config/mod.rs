@@ -1376,24 +1376,23 @@ impl Validator<'_> {
         mode: ExpireMode,
     ) -> Result<Option<crate::forge::ForgeConfig>, ConfigError> {
         use crate::forge::{BranchMapping, ForgeConfig};
-        let (cond, forge) = match (&j.pull_request, &j.forge) {
-            (None, None) => return Ok(None),
-            (Some(c), None) => {
-                return Err(self.err(
+        let (cond, forge) =
+            match (&j.pull_request, &j.forge) {
+                (None, None) => return Ok(None),
+                (Some(c), None) => return Err(self.err(
                     c.span(),
                     "`pull_request` needs a `[jobs.forge]` table (kind, repository, branch and \
                      the token's source)",
-                ))
-            }
-            (None, Some(f)) => {
-                return Err(self.err(
-                    f.span(),
-                    "`[jobs.forge]` is only used with `pull_request = \"closed\"`; add it or \
+                )),
+                (None, Some(f)) => {
+                    return Err(self.err(
+                        f.span(),
+                        "`[jobs.forge]` is only used with `pull_request = \"closed\"`; add it or \
                      remove the table",
-                ))
-            }
-            (Some(c), Some(f)) => (c, f),
-        };
+                    ))
+                }
+                (Some(c), Some(f)) => (c, f),
+            };
         if mode != ExpireMode::Delete {
             return Err(self.err(
                 cond.span(),
@@ -1422,9 +1421,7 @@ impl Validator<'_> {
             };
             return Err(self.err(
                 f.repository.span(),
-                format!(
-                    "repository `{repository}` is not {want} (letters, digits, `-`, `_`, `.`)"
-                ),
+                format!("repository `{repository}` is not {want} (letters, digits, `-`, `_`, `.`)"),
             ));
         }
         let api_url = match self.env(kind.api_url_env()) {
@@ -1506,7 +1503,10 @@ impl Validator<'_> {
             Some(s) if *s.get_ref() > MAX_API_RETRIES => {
                 return Err(self.err(
                     s.span(),
-                    format!("`max_retries` is {}: at most {MAX_API_RETRIES}", s.get_ref()),
+                    format!(
+                        "`max_retries` is {}: at most {MAX_API_RETRIES}",
+                        s.get_ref()
+                    ),
                 ))
             }
             Some(s) => *s.get_ref(),
@@ -1575,7 +1575,11 @@ impl Validator<'_> {
             ("ttl", JobKind::ExpireBranches, span(&j.ttl)),
             ("idle_ttl", JobKind::ExpireBranches, span(&j.idle_ttl)),
             ("mode", JobKind::ExpireBranches, span(&j.mode)),
-            ("pull_request", JobKind::ExpireBranches, span(&j.pull_request)),
+            (
+                "pull_request",
+                JobKind::ExpireBranches,
+                span(&j.pull_request),
+            ),
             ("[jobs.forge]", JobKind::ExpireBranches, span(&j.forge)),
             ("idle_for", JobKind::SuspendComputes, span(&j.idle_for)),
             ("windows", JobKind::SuspendComputes, span(&j.windows)),

@@ -166,7 +166,11 @@ impl ForgeClient {
         if wait > self.policy.max_elapsed {
             return Err(ForgeError::RateLimited { wait: Some(wait) });
         }
-        tracing::info!(forge = self.cfg.kind.as_str(), wait_s = wait.as_secs(), "forge rate limit spent; waiting for its reset");
+        tracing::info!(
+            forge = self.cfg.kind.as_str(),
+            wait_s = wait.as_secs(),
+            "forge rate limit spent; waiting for its reset"
+        );
         tokio::time::sleep(wait).await;
         Ok(())
     }
@@ -178,7 +182,10 @@ impl ForgeClient {
         };
         retry(
             &self.policy,
-            Label { method: "GET", route },
+            Label {
+                method: "GET",
+                route,
+            },
             || self.attempt(url),
             |e: &ForgeError| e.retry_reason(),
             |e: &ForgeError| e.retry_after(),
@@ -239,7 +246,8 @@ impl ForgeClient {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, now));
-        let spent = header_u64(headers, &["x-ratelimit-remaining", "ratelimit-remaining"]) == Some(0);
+        let spent =
+            header_u64(headers, &["x-ratelimit-remaining", "ratelimit-remaining"]) == Some(0);
         if status == 429 || (status == 403 && (spent || retry_after.is_some())) {
             return ForgeError::RateLimited {
                 wait: retry_after.or_else(|| reset_wait(headers, now)),

@@ -12,9 +12,9 @@ use super::client::{ForgeError, Page, PER_PAGE};
 use super::{PullRequest, PullState};
 
 pub(super) fn first_page(base: &Url, repository: &str) -> Result<Url, ForgeError> {
-    let (owner, name) = repository
-        .split_once('/')
-        .ok_or_else(|| ForgeError::Config(format!("repository `{repository}` is not owner/name")))?;
+    let (owner, name) = repository.split_once('/').ok_or_else(|| {
+        ForgeError::Config(format!("repository `{repository}` is not owner/name"))
+    })?;
     let mut url = base.clone();
     url.path_segments_mut()
         .map_err(|_| ForgeError::Config("api_url cannot have a path".into()))?
@@ -143,8 +143,11 @@ mod tests {
 
     #[test]
     fn first_page_keeps_an_enterprise_path() {
-        let u = first_page(&Url::parse("https://ghe.example.com/api/v3/").unwrap(), "acme/web")
-            .unwrap();
+        let u = first_page(
+            &Url::parse("https://ghe.example.com/api/v3/").unwrap(),
+            "acme/web",
+        )
+        .unwrap();
         assert_eq!(u.path(), "/api/v3/repos/acme/web/pulls");
         assert!(u.query().unwrap().contains("state=all"));
     }

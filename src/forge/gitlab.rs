@@ -31,7 +31,10 @@ pub(super) fn first_page(
             .append_pair("sort", "desc")
             .append_pair("per_page", &PER_PAGE.to_string());
         if let Some(s) = since {
-            q.append_pair("updated_after", &s.to_rfc3339_opts(SecondsFormat::Secs, true));
+            q.append_pair(
+                "updated_after",
+                &s.to_rfc3339_opts(SecondsFormat::Secs, true),
+            );
         }
     }
     Ok(url)
@@ -78,10 +81,9 @@ pub(super) fn parse_page(url: &Url, headers: &HeaderMap, body: &[u8]) -> Result<
         Some(Err(_)) => return Err(ForgeError::Decode("an X-Next-Page that is not text".into())),
         Some(Ok(v)) if v.trim().is_empty() => None,
         Some(Ok(v)) => {
-            let n: u32 = v
-                .trim()
-                .parse()
-                .map_err(|_| ForgeError::Decode(format!("X-Next-Page `{v}` is not a page number")))?;
+            let n: u32 = v.trim().parse().map_err(|_| {
+                ForgeError::Decode(format!("X-Next-Page `{v}` is not a page number"))
+            })?;
             let mut next = url.clone();
             let kept: Vec<(String, String)> = url
                 .query_pairs()
@@ -108,7 +110,9 @@ mod tests {
         let base = Url::parse("https://gitlab.example.com/api/v4").unwrap();
         let first = first_page(&base, "group/sub/app", None).unwrap();
         assert!(
-            first.as_str().starts_with("https://gitlab.example.com/api/v4/projects/group%2Fsub%2Fapp/merge_requests?"),
+            first.as_str().starts_with(
+                "https://gitlab.example.com/api/v4/projects/group%2Fsub%2Fapp/merge_requests?"
+            ),
             "{first}"
         );
         let body = br#"[
@@ -125,16 +129,24 @@ mod tests {
         let states: Vec<_> = p.pulls.iter().map(|p| (p.number, p.state)).collect();
         assert_eq!(
             states,
-            [(5, PullState::Merged), (4, PullState::Open), (3, PullState::Closed)]
+            [
+                (5, PullState::Merged),
+                (4, PullState::Open),
+                (3, PullState::Closed)
+            ]
         );
         let next = p.next.unwrap();
         assert!(next.query().unwrap().ends_with("&page=2"), "{next}");
         // Page 3 from page 2: one `page`.
-        let p3 = parse_page(&next, &{
-            let mut h = HeaderMap::new();
-            h.insert("x-next-page", HeaderValue::from_static("3"));
-            h
-        }, b"[]")
+        let p3 = parse_page(
+            &next,
+            &{
+                let mut h = HeaderMap::new();
+                h.insert("x-next-page", HeaderValue::from_static("3"));
+                h
+            },
+            b"[]",
+        )
         .unwrap()
         .next
         .unwrap();

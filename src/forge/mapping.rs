@@ -82,7 +82,8 @@ impl BranchMapping {
             }
         }
         re.push('$');
-        let regex = Regex::new(&re).map_err(|e| MappingError(format!("branch pattern `{pattern}`: {e}")))?;
+        let regex = Regex::new(&re)
+            .map_err(|e| MappingError(format!("branch pattern `{pattern}`: {e}")))?;
         Ok(BranchMapping {
             pattern: pattern.to_string(),
             regex,
@@ -113,7 +114,10 @@ mod tests {
     #[test]
     fn number_and_ref_patterns() {
         let m = BranchMapping::parse("preview/pr-{number}-*").unwrap();
-        assert_eq!(m.key("preview/pr-123-fix-login"), Some(PullKey::Number(123)));
+        assert_eq!(
+            m.key("preview/pr-123-fix-login"),
+            Some(PullKey::Number(123))
+        );
         assert_eq!(m.key("preview/pr-123-"), Some(PullKey::Number(123)));
         assert_eq!(m.key("preview/pr-abc-x"), None);
         assert_eq!(m.key("xpreview/pr-1-a"), None);

@@ -241,10 +241,7 @@ impl Lookup {
                     .map(|(n, p)| (*n, p))
                     .collect();
                 if let Some((n, _)) = from.iter().find(|(_, p)| p.state == PullState::Open) {
-                    return PullStatus::Open(format!(
-                        "{} from `{r}` is open",
-                        kind.name_of(*n)
-                    ));
+                    return PullStatus::Open(format!("{} from `{r}` is open", kind.name_of(*n)));
                 }
                 // Every one from this ref has ended: the latest to end names the branch.
                 match from.iter().max_by_key(|(n, p)| (p.ended_at, *n)) {
@@ -348,7 +345,10 @@ mod tests {
         };
         match l.status(&PullKey::Number(7)) {
             PullStatus::Unknown(w) => {
-                assert!(w.contains("merge request !7 cannot be read from GitLab"), "{w}")
+                assert!(
+                    w.contains("merge request !7 cannot be read from GitLab"),
+                    "{w}"
+                )
             }
             other => panic!("{other:?}"),
         }

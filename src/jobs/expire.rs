@@ -94,11 +94,7 @@ pub async fn load_pulls(cx: &PlanCx<'_>, job: &str, cfg: &ForgeConfig) -> Lookup
     let mut rec =
         match super::state::Recorded::<KnownPulls>::load(store, cx.ctx.run_id, job, &key).await {
             Ok(r) => r,
-            Err(e) => {
-                return lookup(Err(format!(
-                    "the job's record of them cannot be read: {e}"
-                )))
-            }
+            Err(e) => return lookup(Err(format!("the job's record of them cannot be read: {e}"))),
         };
     let client = match ForgeClient::new(cfg) {
         Ok(c) => c,
@@ -151,10 +147,9 @@ pub fn decide_pull_request(status: Option<PullStatus>, by_age: Option<Why>) -> P
         }
         (Some(PullStatus::Open(_)), None) => PullDecision::NotDue,
         (Some(PullStatus::Unknown(text)), None) => PullDecision::Keep(text),
-        (Some(PullStatus::Unknown(text)), Some(w)) => PullDecision::Keep(format!(
-            "{text}, although {} ({})",
-            w.reason, w.rule
-        )),
+        (Some(PullStatus::Unknown(text)), Some(w)) => {
+            PullDecision::Keep(format!("{text}, although {} ({})", w.reason, w.rule))
+        }
     }
 }
 
@@ -848,7 +843,11 @@ mod tests {
     #[test]
     fn pull_request_decides_with_age_as_ceiling_and_fails_closed() {
         let age = || Some(Why::new("ttl", "age 40d > ttl 30d"));
-        let ended = || Some(PullStatus::Ended("pull request #1 merged 2026-12-01T10:00Z".into()));
+        let ended = || {
+            Some(PullStatus::Ended(
+                "pull request #1 merged 2026-12-01T10:00Z".into(),
+            ))
+        };
         let open = || Some(PullStatus::Open("pull request #2 is open".into()));
         let unknown = || Some(PullStatus::Unknown("pull request #3 cannot be read".into()));
         match decide_pull_request(ended(), None) {
@@ -874,7 +873,9 @@ mod tests {
             }
         }
         // No pull request for the name: age alone.
-        assert!(matches!(decide_pull_request(None, age()), PullDecision::Due(w) if w.rule == "ttl"));
+        assert!(
+            matches!(decide_pull_request(None, age()), PullDecision::Due(w) if w.rule == "ttl")
+        );
         assert_eq!(decide_pull_request(None, None), PullDecision::NotDue);
     }
 
