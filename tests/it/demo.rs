@@ -223,7 +223,11 @@ fn demo_runs_every_job_serves_metrics_and_prints_a_usable_summary() {
         );
         // Branches of merged or closed pull requests go; unknown ones stay with a reason.
         assert!(
-            has("expire-closed-prs", "delete_branch", ActionOutcome::Succeeded),
+            has(
+                "expire-closed-prs",
+                "delete_branch",
+                ActionOutcome::Succeeded
+            ),
             "{done:#?}"
         );
         assert!(
