@@ -42,7 +42,10 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 4] = [
         JobKind::SnapshotBranches,
         &["name_template", "expires_in", "retention"],
     ),
-    (JobKind::ExpireBranches, &["ttl", "idle_ttl", "mode"]),
+    (
+        JobKind::ExpireBranches,
+        &["ttl", "idle_ttl", "mode", "pull_request", "forge"],
+    ),
     (
         JobKind::SuspendComputes,
         &[
@@ -204,7 +207,16 @@ pub(super) fn job_kind_rules(schema: &mut Schema) {
             JobKind::ExpireBranches => {
                 then.insert(
                     "anyOf".into(),
-                    json!([{ "required": ["ttl"] }, { "required": ["idle_ttl"] }]),
+                    json!([
+                        { "required": ["ttl"] },
+                        { "required": ["idle_ttl"] },
+                        { "required": ["pull_request"] },
+                    ]),
+                );
+                // `pull_request` and `[jobs.forge]` go together.
+                then.insert(
+                    "dependencies".into(),
+                    json!({ "pull_request": ["forge"], "forge": ["pull_request"] }),
                 );
             }
             JobKind::SuspendComputes => {

@@ -405,6 +405,9 @@ fn sample_value(option: &str) -> &'static str {
         "expires_in" | "ttl" | "idle_ttl" | "idle_for" => "\"1d\"",
         "retention" => "{ keep_last = 1 }",
         "mode" => "\"delete\"",
+        // Each needs the other: the second line is the other key.
+        "pull_request" => "\"closed\"\nforge = { kind = \"github\", repository = \"a/b\", branch = \"pr-{number}\", token_env = \"FORGE_TOKEN\" }",
+        "forge" => "{ kind = \"gitlab\", repository = \"g/p\", branch = \"preview/{ref}\", token_env = \"FORGE_TOKEN\" }\npull_request = \"closed\"",
         "windows" => "[\"Sat-Sun\"]",
         "window_timezone" => "\"UTC\"",
         "exclude_until" => "\"2026-01-01\"",
