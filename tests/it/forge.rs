@@ -151,7 +151,7 @@ fn at(day: u32, hour: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, day, hour, 0, 0).unwrap()
 }
 
-fn with_outcome<'a>(actions: &'a [ActionRecord], o: ActionOutcome) -> Vec<&'a ActionRecord> {
+fn with_outcome(actions: &[ActionRecord], o: ActionOutcome) -> Vec<&ActionRecord> {
     actions.iter().filter(|a| a.outcome == o).collect()
 }
 
