@@ -149,8 +149,12 @@ async fn demo(args: DemoArgs, path: &Path) -> anyhow::Result<()> {
         Some(inject_faults(&sim)?)
     };
 
+    let forge = start_forge(&sim).await?;
+
     let store_url = sqlite_url(&args.db);
     let overrides: HashMap<&str, String> = HashMap::from([
+        ("NEON_STEWARD_GITHUB_API_URL", forge.api_url()),
+        ("DEMO_FORGE_TOKEN", DEMO_FORGE_TOKEN.to_string()),
         ("NEON_STEWARD_BASE_URL", sim.base_url()),
         ("NEON_API_KEY", sim.api_key()),
         ("NEON_STEWARD_STORE_URL", store_url.clone()),
@@ -164,6 +168,11 @@ async fn demo(args: DemoArgs, path: &Path) -> anyhow::Result<()> {
 
     let names = project_names(&sim);
     print_header(&sim, &cfg, path, &args, faults.as_deref());
+    say!(
+        "  forge      a fake GitHub at {} for acme/web (job expire-closed-prs): preview/pr-N-* \
+         branches go once pull request N is merged or closed",
+        forge.api_url()
+    );
 
     // A second handle on the same database file, to follow the runs the daemon records.
     let store = crate::store::open(&cfg.store.url)
@@ -228,6 +237,7 @@ async fn demo(args: DemoArgs, path: &Path) -> anyhow::Result<()> {
     // Runs that finished between the follower's last look and the shutdown.
     print_new_runs(&*store, baseline, started, &names, &mut printed).await?;
     sim.shutdown().await;
+    forge.shutdown().await;
     result?;
 
     summary(
@@ -241,6 +251,44 @@ async fn demo(args: DemoArgs, path: &Path) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The fake forge's token (`token_env = "DEMO_FORGE_TOKEN"` in `config/demo.toml`).
+const DEMO_FORGE_TOKEN: &str = "demo-forge-token";
+
+/// A fake GitHub (neon-sim's forge) for `acme/web`, whose pull requests are those the
+/// seeded `preview/pr-{number}-*` branches name: a quarter merged, a quarter closed, a
+/// quarter open and a quarter absent (kept by the `pull_request` job, with the reason).
+async fn start_forge(sim: &neon_sim::Sim) -> anyhow::Result<neon_sim::forge::FakeForge> {
+    use neon_sim::forge::{FakeForge, FakeState, ForgeFlavor};
+    let forge = FakeForge::start(ForgeFlavor::Github, "acme/web", DEMO_FORGE_TOKEN)
+        .await
+        .context("starting the fake forge")?;
+    let numbers: Vec<u64> = {
+        let s = sim.state();
+        let s = s.settled();
+        s.branches
+            .values()
+            .filter_map(|b| {
+                let rest = b.name.strip_prefix("preview/pr-")?;
+                rest.split('-').next()?.parse().ok()
+            })
+            .collect()
+    };
+    let now = chrono::Utc::now();
+    for n in numbers {
+        let at = now - TimeDelta::hours(i64::try_from(n % 48).unwrap_or(0) + 1);
+        let state = match n % 4 {
+            0 => FakeState::Merged,
+            1 => FakeState::Closed,
+            2 => FakeState::Open,
+            _ => continue,
+        };
+        forge.add(n, state, &format!("feature-{n}"), at);
+    }
+    // Small pages, so the listing shows its pagination.
+    forge.max_page(20);
+    Ok(forge)
 }
 
 /// A few honest failures, as Neon produces them on a bad day, so the retries, 429 and error

@@ -13,6 +13,7 @@ pub mod demo;
 #[cfg(not(feature = "demo"))]
 #[path = "demo_unavailable.rs"]
 pub mod demo;
+pub mod forge;
 pub mod health;
 pub mod http;
 pub mod jobs;

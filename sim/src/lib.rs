@@ -63,6 +63,7 @@ pub mod wire;
 pub mod consumption;
 pub mod consumption_view;
 pub mod faults;
+pub mod forge;
 pub mod openapi;
 pub mod ratelimit;
 

@@ -154,6 +154,23 @@ impl Config {
                 self.http.listen
             ));
         }
+        for job in &self.jobs {
+            if let JobSpec::ExpireBranches(ExpireSpec {
+                pull_request: Some(f),
+                ..
+            }) = &job.spec
+            {
+                if f.token.is_none() {
+                    out.push(format!(
+                        "job `{}`: no {} token in {}; every branch it maps to a pull request \
+                         will be kept (skipped) until there is one",
+                        job.name,
+                        f.kind.display(),
+                        f.token_source
+                    ));
+                }
+            }
+        }
         out
     }
 }
@@ -345,6 +362,14 @@ impl JobMode {
             JobMode::BackupSchedule => "backup_schedule",
         }
     }
+}
+
+/// `expire_branches`' `pull_request` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PullRequestCondition {
+    /// The branch's pull request is merged or closed.
+    Closed,
 }
 
 /// Time bucket of consumption samples.
@@ -809,6 +834,8 @@ pub struct ExpireSpec {
     /// Inactivity after which a branch expires.
     pub idle_ttl: Option<Duration>,
     pub mode: ExpireMode,
+    /// `pull_request = "closed"`: also expire a branch once its pull request has ended.
+    pub pull_request: Option<crate::forge::ForgeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -1617,6 +1644,172 @@ impl Validator<'_> {
         Ok((mode, schedule))
     }
 
+    /// `pull_request` and `[jobs.forge]` (they go together), validated, with the token read.
+    fn pull_request(
+        &self,
+        j: &RawJob,
+        mode: ExpireMode,
+    ) -> Result<Option<crate::forge::ForgeConfig>, ConfigError> {
+        use crate::forge::{BranchMapping, ForgeConfig};
+        let (cond, forge) =
+            match (&j.pull_request, &j.forge) {
+                (None, None) => return Ok(None),
+                (Some(c), None) => return Err(self.err(
+                    c.span(),
+                    "`pull_request` needs a `[jobs.forge]` table (kind, repository, branch and \
+                     the token's source)",
+                )),
+                (None, Some(f)) => {
+                    return Err(self.err(
+                        f.span(),
+                        "`[jobs.forge]` is only used with `pull_request = \"closed\"`; add it or \
+                     remove the table",
+                    ))
+                }
+                (Some(c), Some(f)) => (c, f),
+            };
+        if mode != ExpireMode::Delete {
+            return Err(self.err(
+                cond.span(),
+                "`pull_request` works with `mode = \"delete\"` only (native expiry cannot be \
+                 taken back when a pull request is reopened)",
+            ));
+        }
+        let f = forge.get_ref();
+        let kind = f.kind;
+        let repository = f.repository.get_ref().trim().to_string();
+        let segments: Vec<&str> = repository.split('/').collect();
+        let bad_segment = segments.iter().any(|s| {
+            s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+        let shape_ok = match kind {
+            crate::forge::ForgeKind::Github => segments.len() == 2,
+            crate::forge::ForgeKind::Gitlab => segments.len() >= 2,
+        };
+        if bad_segment || !shape_ok {
+            let want = match kind {
+                crate::forge::ForgeKind::Github => "`owner/name`",
+                crate::forge::ForgeKind::Gitlab => "`group/name` or `group/subgroup/name`",
+            };
+            return Err(self.err(
+                f.repository.span(),
+                format!("repository `{repository}` is not {want} (letters, digits, `-`, `_`, `.`)"),
+            ));
+        }
+        let api_url = match self.env(kind.api_url_env()) {
+            Some(u) => {
+                check_base_url(&u).map_err(|e| {
+                    ConfigError::whole_file(self.path, format!("{}: {e}", kind.api_url_env()))
+                })?;
+                u
+            }
+            None => match &f.api_url {
+                Some(u) => {
+                    check_base_url(u.get_ref()).map_err(|e| self.err(u.span(), e))?;
+                    u.get_ref().clone()
+                }
+                None => kind.default_api_url().to_string(),
+            },
+        };
+        let api_url = api_url.trim_end_matches('/').to_string();
+        let branch = BranchMapping::parse(f.branch.get_ref())
+            .map_err(|e| self.err(f.branch.span(), e.to_string()))?;
+        let sources = usize::from(f.token_file.is_some())
+            + usize::from(f.token_env.is_some())
+            + usize::from(f.token_credential.is_some());
+        if sources != 1 {
+            return Err(self.err(
+                forge.span(),
+                format!(
+                    "`[jobs.forge]` needs exactly one of `token_file`, `token_env` and \
+                     `token_credential` (it has {sources}); the token itself never goes in the \
+                     policy file"
+                ),
+            ));
+        }
+        let what = format!("the {} token", kind.display());
+        let (token, token_source) = if let Some(p) = &f.token_file {
+            (
+                Some(self.read_secret_file(&what, p)?),
+                format!("the file {}", self.resolve(p).display()),
+            )
+        } else if let Some(var) = &f.token_env {
+            let var_name = var.get_ref().trim();
+            if var_name.is_empty() || var_name.contains(['=', '\0']) {
+                return Err(self.err(var.span(), "`token_env` must name an environment variable"));
+            }
+            let token = match self.env(var_name) {
+                Some(v) => {
+                    crate::secret::check_token_shape(v.trim()).map_err(|why| {
+                        ConfigError::whole_file(self.path, format!("{what} in {var_name} {why}"))
+                    })?;
+                    Some(Secret::new(v.trim()))
+                }
+                None => None,
+            };
+            (token, format!("the environment variable {var_name}"))
+        } else if let Some(c) = &f.token_credential {
+            let name = c.get_ref().trim();
+            if name.is_empty() || name.contains(['/', '\0']) || name == "." || name == ".." {
+                return Err(self.err(
+                    c.span(),
+                    "`token_credential` must be a credential name (a file name, no `/`)",
+                ));
+            }
+            let token = match self.env("CREDENTIALS_DIRECTORY") {
+                Some(dir) => {
+                    let p = Path::new(&dir).join(name);
+                    if p.exists() {
+                        Some(self.read_secret_file(&what, &p)?)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            };
+            (token, format!("the systemd credential {name}"))
+        } else {
+            (None, String::new())
+        };
+        let max_retries = match &f.max_retries {
+            Some(s) if *s.get_ref() > MAX_API_RETRIES => {
+                return Err(self.err(
+                    s.span(),
+                    format!(
+                        "`max_retries` is {}: at most {MAX_API_RETRIES}",
+                        s.get_ref()
+                    ),
+                ))
+            }
+            Some(s) => *s.get_ref(),
+            None => 4,
+        };
+        let timeout = match &f.timeout {
+            Some(t) => self.at_most(
+                t.get_ref().0,
+                t.span(),
+                MAX_API_TIMEOUT,
+                "1h",
+                "`timeout` of a forge request",
+            )?,
+            None => Duration::from_secs(30),
+        };
+        let PullRequestCondition::Closed = cond.get_ref();
+        Ok(Some(ForgeConfig {
+            kind,
+            repository,
+            api_url,
+            token,
+            token_source,
+            branch,
+            max_retries,
+            timeout,
+        }))
+    }
+
     fn wrong_kind(&self, option: &str, span: Range<usize>, kind: JobKind) -> ConfigError {
         let valid = match option
             .trim_start_matches('[')
@@ -1625,7 +1818,7 @@ impl Validator<'_> {
         {
             "name_template" | "expires_in" | "retention" | "backup_schedule" => "snapshot_branches",
             "mode" => "expire_branches` or kind `snapshot_branches",
-            "ttl" | "idle_ttl" => "expire_branches",
+            "ttl" | "idle_ttl" | "pull_request" | "forge" => "expire_branches",
             "idle_for" | "windows" | "window_timezone" | "exclude_until" | "resume"
             | "endpoints" | "exclusions" => "suspend_computes",
             "budget" => "enforce_budget",
@@ -1644,7 +1837,7 @@ impl Validator<'_> {
         fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
             o.as_ref().map(|s| s.span())
         }
-        let options: [(&str, JobKind, Option<Range<usize>>); 21] = [
+        let options: [(&str, JobKind, Option<Range<usize>>); 23] = [
             (
                 "name_template",
                 JobKind::SnapshotBranches,
@@ -1663,6 +1856,12 @@ impl Validator<'_> {
                 JobKind::SnapshotBranches,
                 span(&j.backup_schedule),
             ),
+            (
+                "pull_request",
+                JobKind::ExpireBranches,
+                span(&j.pull_request),
+            ),
+            ("[jobs.forge]", JobKind::ExpireBranches, span(&j.forge)),
             ("idle_for", JobKind::SuspendComputes, span(&j.idle_for)),
             ("windows", JobKind::SuspendComputes, span(&j.windows)),
             (
@@ -1766,19 +1965,22 @@ impl Validator<'_> {
                     j.ttl.as_ref().map(|d| d.get_ref().0),
                     j.idle_ttl.as_ref().map(|d| d.get_ref().0),
                 );
-                if ttl.is_none() && idle_ttl.is_none() {
+                let mode = match j.mode.as_ref().map(|m| *m.get_ref()) {
+                    Some(JobMode::SetExpiresAt) => ExpireMode::SetExpiresAt,
+                    _ => ExpireMode::Delete,
+                };
+                let pull_request = self.pull_request(j, mode)?;
+                if ttl.is_none() && idle_ttl.is_none() && pull_request.is_none() {
                     return Err(self.err(
                         job_span,
-                        "kind `expire_branches` needs `ttl`, `idle_ttl` or both",
+                        "kind `expire_branches` needs `ttl`, `idle_ttl`, `pull_request` or several",
                     ));
                 }
                 JobSpec::ExpireBranches(ExpireSpec {
                     ttl,
                     idle_ttl,
-                    mode: match j.mode.as_ref().map(|m| *m.get_ref()) {
-                        Some(JobMode::SetExpiresAt) => ExpireMode::SetExpiresAt,
-                        _ => ExpireMode::Delete,
-                    },
+                    mode,
+                    pull_request,
                 })
             }
             JobKind::SuspendComputes => {

@@ -24,8 +24,9 @@ use toml::Spanned;
 use super::schema::{Forbidden, NonNegative};
 use super::{
     BudgetActionKind, ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, Granularity, JobKind,
-    JobMode, MissedPolicy,
+    JobMode, MissedPolicy, PullRequestCondition,
 };
+use crate::forge::ForgeKind;
 use crate::schedule::CronSchedule;
 
 /// A duration written the `humantime` way: `90s`, `15m`, `12h`, `7d`, `1h 30m`.
@@ -373,6 +374,18 @@ pub struct RawJob {
     /// set). Neon takes the snapshots itself.
     #[schemars(with = "Option<Vec<RawBackupRule>>")]
     pub backup_schedule: Option<Spanned<Vec<Spanned<RawBackupRule>>>>,
+    /// `expire_branches` only: `"closed"` also expires a branch once its pull request (merge
+    /// request on GitLab) is merged or closed, on the forge `[jobs.forge]` names. With it,
+    /// `ttl` and `idle_ttl` are optional (with them: "closed, or older than `ttl`"); the
+    /// branch selector's `older_than` is a floor ("closed, and older than"). A branch whose
+    /// pull request cannot be found or read is kept, and recorded as skipped with why.
+    /// Only with `mode = "delete"`.
+    #[schemars(with = "Option<PullRequestCondition>")]
+    pub pull_request: Option<Spanned<PullRequestCondition>>,
+    /// `expire_branches` with `pull_request` only: the forge and repository, how branch
+    /// names map to pull requests, and where the token comes from.
+    #[schemars(with = "Option<RawForge>")]
+    pub forge: Option<Spanned<RawForge>>,
 
     // suspend_computes
     /// `suspend_computes` only: suspend active endpoints idle longer than this. At least one
@@ -552,6 +565,47 @@ pub struct RawBranches {
     pub inactive_for: Option<Dur>,
     /// `true`: only each project's default branch; `false`: never it. Absent: both.
     pub default: Option<bool>,
+}
+
+/// `[jobs.forge]` (`expire_branches` with `pull_request`): where a branch's pull request is.
+/// The token comes from exactly one of `token_file`, `token_env` and `token_credential`,
+/// never from this file.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Forge")]
+pub struct RawForge {
+    /// `github` (GitHub, GitHub Enterprise Server) or `gitlab` (GitLab.com, self-managed).
+    pub kind: ForgeKind,
+    /// `owner/name` on GitHub, `group/[subgroup/]name` on GitLab.
+    #[schemars(with = "String", regex(pattern = r"^[^/\s]+(/[^/\s]+)+$"))]
+    pub repository: Spanned<String>,
+    /// The forge's API root: default `https://api.github.com` or
+    /// `https://gitlab.com/api/v4`; e.g. `https://github.example.com/api/v3` (Enterprise) or
+    /// `https://gitlab.example.com/api/v4`. https, or http only to a loopback host.
+    /// NEON_STEWARD_GITHUB_API_URL / NEON_STEWARD_GITLAB_API_URL override it.
+    #[schemars(with = "Option<String>", regex(pattern = r"^https?://"))]
+    pub api_url: Option<Spanned<String>>,
+    /// How a branch name names its pull request: literal text with one `{number}` (the
+    /// pull request's number, e.g. `preview/pr-{number}-*`, `pr-{number}`) or one `{ref}`
+    /// (its head ref, the git branch, e.g. `preview/{ref}`); `*` is any text (not with
+    /// `{ref}`). Branches whose name does not fit are left to `ttl`/`idle_ttl`.
+    #[schemars(with = "String")]
+    pub branch: Spanned<String>,
+    /// A file holding the token (relative paths are relative to this policy file).
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the token (e.g. `GITHUB_TOKEN`).
+    #[schemars(with = "Option<String>")]
+    pub token_env: Option<Spanned<String>>,
+    /// The name of a systemd credential (`LoadCredential=`) holding the token, read from
+    /// `$CREDENTIALS_DIRECTORY`.
+    #[schemars(with = "Option<String>")]
+    pub token_credential: Option<Spanned<String>>,
+    /// Retries of one forge request (5xx, 429, rate limited, connection failures), at most 20.
+    #[schemars(with = "Option<u32>", range(max = 20), extend("default" = 4))]
+    pub max_retries: Option<Spanned<u32>>,
+    /// Timeout of one forge request (at most 1h).
+    #[schemars(with = "Option<PositiveDur>", extend("default" = "30s"))]
+    pub timeout: Option<Spanned<PositiveDur>>,
 }
 
 /// `[jobs.endpoints]` (`suspend_computes` only): which compute endpoints a job looks at.

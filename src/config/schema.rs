@@ -47,7 +47,10 @@ pub const KIND_OPTIONS: [(JobKind, &[&str]); 5] = [
             "backup_schedule",
         ],
     ),
-    (JobKind::ExpireBranches, &["ttl", "idle_ttl"]),
+    (
+        JobKind::ExpireBranches,
+        &["ttl", "idle_ttl", "pull_request", "forge"],
+    ),
     (
         JobKind::SuspendComputes,
         &[
@@ -252,7 +255,16 @@ pub(super) fn job_kind_rules(schema: &mut Schema) {
             JobKind::ExpireBranches => {
                 then.insert(
                     "anyOf".into(),
-                    json!([{ "required": ["ttl"] }, { "required": ["idle_ttl"] }]),
+                    json!([
+                        { "required": ["ttl"] },
+                        { "required": ["idle_ttl"] },
+                        { "required": ["pull_request"] },
+                    ]),
+                );
+                // `pull_request` and `[jobs.forge]` go together.
+                then.insert(
+                    "dependencies".into(),
+                    json!({ "pull_request": ["forge"], "forge": ["pull_request"] }),
                 );
             }
             JobKind::SuspendComputes => {

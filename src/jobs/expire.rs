@@ -19,6 +19,7 @@ use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::scope::{branch_last_activity, passes_age_filters};
 use super::select::{BranchFacts, BranchSelector, Selection, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
+use crate::forge::{ForgeClient, ForgeConfig, KnownPulls, Lookup, PullStatus};
 use crate::neon::{ApiError, Branch, BranchId, BranchUpdate, Project, ProjectId};
 
 /// The expiries this job set in a project (branch id -> the `expires_at` it set). Only those
@@ -52,6 +53,9 @@ pub struct Expire<'a> {
     job: &'a JobConfig,
     spec: &'a ExpireSpec,
     names: BranchSelector,
+    /// `pull_request`: the run's one listing of the forge, made when the first project is
+    /// planned and shared by all of them (the per-run cache).
+    pulls: tokio::sync::OnceCell<Lookup>,
 }
 
 impl<'a> Expire<'a> {
@@ -60,6 +64,91 @@ impl<'a> Expire<'a> {
             job,
             spec,
             names: super::scope::branch_selector(job),
+            pulls: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The run's answers about pull requests (`None`: no `pull_request` condition).
+    async fn pulls(&self, cx: &PlanCx<'_>) -> Option<&Lookup> {
+        let cfg = self.spec.pull_request.as_ref()?;
+        Some(
+            self.pulls
+                .get_or_init(|| load_pulls(cx, &self.job.name, cfg))
+                .await,
+        )
+    }
+}
+
+/// Lists the pull requests updated since the job's cursor and brings its record of them
+/// up to date: one listing per run. Fails closed: when the record cannot be read or the
+/// forge cannot be listed, the lookup says why and every branch it would answer for is
+/// kept. A record that cannot be written only costs the next run a longer listing.
+pub async fn load_pulls(cx: &PlanCx<'_>, job: &str, cfg: &ForgeConfig) -> Lookup {
+    let lookup = |known| Lookup {
+        kind: cfg.kind,
+        repository: cfg.repository.clone(),
+        known,
+    };
+    let key = KnownPulls::state_key(cfg);
+    let store = &*cx.env.store;
+    let mut rec =
+        match super::state::Recorded::<KnownPulls>::load(store, cx.ctx.run_id, job, &key).await {
+            Ok(r) => r,
+            Err(e) => return lookup(Err(format!("the job's record of them cannot be read: {e}"))),
+        };
+    let client = match ForgeClient::new(cfg) {
+        Ok(c) => c,
+        Err(e) => return lookup(Err(e.to_string())),
+    };
+    let since = rec.get().cursor;
+    let listed = match client.list_updated_since(since).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(job, forge = cfg.kind.as_str(), repository = %cfg.repository, requests = client.requests(), error = %e, "cannot list pull requests; branches mapped to them are kept");
+            return lookup(Err(e.to_string()));
+        }
+    };
+    tracing::info!(job, forge = cfg.kind.as_str(), repository = %cfg.repository, since = ?since, updated = listed.len(), requests = client.requests(), "pull requests listed");
+    let known = match rec.update(store, |k| k.apply(&listed)).await {
+        Ok(()) => rec.get().clone(),
+        Err(e) => {
+            tracing::warn!(job, key = %key, error = %e, "cannot save the record of pull requests; the next run lists from the older cursor");
+            let mut k = rec.get().clone();
+            k.apply(&listed);
+            k
+        }
+    };
+    lookup(Ok(known))
+}
+
+/// What the `pull_request` condition and the age rules decide about a branch in delete mode.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullDecision {
+    /// Expire it, for this rule and reason.
+    Due(Why),
+    /// Keep it, recorded as skipped with this reason (its pull request is unknown or
+    /// unreadable: fail closed, whatever its age).
+    Keep(String),
+    NotDue,
+}
+
+/// Decides a branch from its pull request's status (`None`: its name maps to no pull
+/// request, or the job has no `pull_request` condition) and from `by_age`, what `ttl` /
+/// `idle_ttl` say (`None`: not due by age, or the job has neither). An ended pull request
+/// makes it due; an open one leaves it to its age ("closed, or older than"); one that
+/// cannot be found or read keeps it.
+pub fn decide_pull_request(status: Option<PullStatus>, by_age: Option<Why>) -> PullDecision {
+    match (status, by_age) {
+        (None, Some(w)) => PullDecision::Due(w),
+        (None, None) => PullDecision::NotDue,
+        (Some(PullStatus::Ended(text)), _) => PullDecision::Due(Why::new("pull_request", text)),
+        (Some(PullStatus::Open(text)), Some(w)) => {
+            PullDecision::Due(Why::new(w.rule, format!("{}; {text}", w.reason)))
+        }
+        (Some(PullStatus::Open(_)), None) => PullDecision::NotDue,
+        (Some(PullStatus::Unknown(text)), None) => PullDecision::Keep(text),
+        (Some(PullStatus::Unknown(text)), Some(w)) => {
+            PullDecision::Keep(format!("{text}, although {} ({})", w.reason, w.rule))
         }
     }
 }
@@ -81,7 +170,8 @@ impl JobKind for Expire<'_> {
         project: &Project,
         state: StateView<'_, ExpiriesSet>,
     ) -> Result<ProjectPlan<ExpireAction>, PlanError> {
-        Ok(plan(cx, self.job, self.spec, &self.names, project, state).await?)
+        let pulls = self.pulls(cx).await;
+        Ok(plan(cx, self.job, self.spec, &self.names, pulls, project, state).await?)
     }
 
     fn is_destructive(action: &ExpireAction) -> bool {
@@ -340,6 +430,7 @@ async fn plan(
     job: &JobConfig,
     spec: &ExpireSpec,
     names: &BranchSelector,
+    pulls: Option<&Lookup>,
     project: &Project,
     state: StateView<'_, ExpiriesSet>,
 ) -> Result<ProjectPlan<ExpireAction>, ApiError> {
@@ -441,9 +532,28 @@ async fn plan(
         out.matched += 1;
         match spec.mode {
             ExpireMode::Delete => {
-                if let Selection::Selected(why) = with_age.select(ctx.now, &facts) {
-                    due.insert(b.id.to_string());
-                    whys.insert(b.id.to_string(), why);
+                // Without `ttl` and `idle_ttl` the selector selects every name it matches:
+                // age says nothing then.
+                let by_age = match with_age.select(ctx.now, &facts) {
+                    Selection::Selected(why) if spec.ttl.is_some() || spec.idle_ttl.is_some() => {
+                        Some(why)
+                    }
+                    _ => None,
+                };
+                let status = pulls.and_then(|l| {
+                    let cfg = spec.pull_request.as_ref()?;
+                    Some(l.status(&cfg.branch.key(&b.name)?))
+                });
+                match decide_pull_request(status, by_age) {
+                    PullDecision::Due(why) => {
+                        due.insert(b.id.to_string());
+                        whys.insert(b.id.to_string(), why);
+                    }
+                    PullDecision::Keep(reason) => {
+                        out.skips
+                            .push(spec_for(b, "delete_branch", "pull_request", reason));
+                    }
+                    PullDecision::NotDue => {}
                 }
             }
             ExpireMode::SetExpiresAt => {
@@ -728,6 +838,45 @@ mod tests {
             t(12, 19) + TimeDelta::seconds(30)
         );
         assert_eq!(expiry_at_call(planned, t(13, 0)), t(13, 10));
+    }
+
+    #[test]
+    fn pull_request_decides_with_age_as_ceiling_and_fails_closed() {
+        let age = || Some(Why::new("ttl", "age 40d > ttl 30d"));
+        let ended = || {
+            Some(PullStatus::Ended(
+                "pull request #1 merged 2026-12-01T10:00Z".into(),
+            ))
+        };
+        let open = || Some(PullStatus::Open("pull request #2 is open".into()));
+        let unknown = || Some(PullStatus::Unknown("pull request #3 cannot be read".into()));
+        match decide_pull_request(ended(), None) {
+            PullDecision::Due(w) => {
+                assert_eq!(w.rule, "pull_request");
+                assert_eq!(w.reason, "pull request #1 merged 2026-12-01T10:00Z");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decide_pull_request(open(), None), PullDecision::NotDue);
+        match decide_pull_request(open(), age()) {
+            PullDecision::Due(w) => {
+                assert_eq!(w.rule, "ttl");
+                assert!(w.reason.contains("#2 is open"), "{}", w.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unknown or unreadable: kept, even when its age would expire it.
+        for by_age in [None, age()] {
+            match decide_pull_request(unknown(), by_age) {
+                PullDecision::Keep(r) => assert!(r.contains("#3 cannot be read"), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // No pull request for the name: age alone.
+        assert!(
+            matches!(decide_pull_request(None, age()), PullDecision::Due(w) if w.rule == "ttl")
+        );
+        assert_eq!(decide_pull_request(None, None), PullDecision::NotDue);
     }
 
     #[test]

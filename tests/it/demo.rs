@@ -137,6 +137,7 @@ fn demo_runs_every_job_serves_metrics_and_prints_a_usable_summary() {
     let jobs = [
         "snapshot-main",
         "expire-previews",
+        "expire-closed-prs",
         "suspend-idle-computes",
         "plan-stale-dev",
         "consumption",
@@ -219,6 +220,19 @@ fn demo_runs_every_job_serves_metrics_and_prints_a_usable_summary() {
         // The safety rails show: protected branches and parents of kept ones are skipped.
         assert!(
             has("expire-previews", "delete_branch", ActionOutcome::Skipped),
+            "{done:#?}"
+        );
+        // Branches of merged or closed pull requests go; unknown ones stay with a reason.
+        assert!(
+            has(
+                "expire-closed-prs",
+                "delete_branch",
+                ActionOutcome::Succeeded
+            ),
+            "{done:#?}"
+        );
+        assert!(
+            has("expire-closed-prs", "delete_branch", ActionOutcome::Skipped),
             "{done:#?}"
         );
         let plans = &done["plan-stale-dev"];

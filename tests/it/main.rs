@@ -10,6 +10,7 @@ mod client;
 // `demo` needs the emulator in the binary (feature `demo`, on by default).
 #[cfg(feature = "demo")]
 mod demo;
+mod forge;
 mod fuzz_input;
 mod http;
 mod jobs;

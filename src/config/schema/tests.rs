@@ -411,6 +411,9 @@ fn sample_value(option: &str) -> &'static str {
         "mode" => "\"delete\"",
         // The rules need their mode (a second key on the next line).
         "backup_schedule" => "[{ frequency = \"daily\", hour = 3, retention = \"7d\" }]\nmode = \"backup_schedule\"",
+        // Each needs the other: the second line is the other key.
+        "pull_request" => "\"closed\"\nforge = { kind = \"github\", repository = \"a/b\", branch = \"pr-{number}\", token_env = \"FORGE_TOKEN\" }",
+        "forge" => "{ kind = \"gitlab\", repository = \"g/p\", branch = \"preview/{ref}\", token_env = \"FORGE_TOKEN\" }\npull_request = \"closed\"",
         "windows" => "[\"Sat-Sun\"]",
         "window_timezone" => "\"UTC\"",
         "exclude_until" => "\"2026-01-01\"",
