@@ -1055,13 +1055,7 @@ impl Validator<'_> {
             None => 5,
         };
         let poll_max = match &raw.poll_max {
-            Some(d) => self.at_most(
-                d.get_ref().0,
-                d.span(),
-                MAX_POLL_MAX,
-                "1m",
-                "`poll_max`",
-            )?,
+            Some(d) => self.at_most(d.get_ref().0, d.span(), MAX_POLL_MAX, "1m", "`poll_max`")?,
             None => crate::neon::DEFAULT_POLL_MAX,
         };
         let poll_initial = match &raw.poll_initial {

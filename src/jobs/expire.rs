@@ -72,7 +72,10 @@ struct Acting {
 #[derive(Clone)]
 enum RecoveryWindow {
     /// `recoverable_until - deleted_at` of the branch it was read for.
-    Known { window: chrono::Duration, branch: String },
+    Known {
+        window: chrono::Duration,
+        branch: String,
+    },
     /// Not reported (or the read failed): later deletes record the estimate.
     Unknown,
 }
@@ -355,7 +358,10 @@ impl Expire<'_> {
                         None
                     }
                 };
-                let window = match found.as_ref().and_then(|d| Some((d.recoverable_until?, d.deleted_at?))) {
+                let window = match found
+                    .as_ref()
+                    .and_then(|d| Some((d.recoverable_until?, d.deleted_at?)))
+                {
                     Some((until, at)) if until >= at => RecoveryWindow::Known {
                         window: until - at,
                         branch: branch.to_string(),

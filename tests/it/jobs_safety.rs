@@ -494,9 +494,7 @@ async fn a_branch_that_got_children_after_planning_is_not_deleted() {
         .unwrap();
     e.sim
         .faults()
-        .inject(
-            FaultRule::on("GET", "/projects/{project_id}/endpoints", Fault::Hold).times(1),
-        )
+        .inject(FaultRule::on("GET", "/projects/{project_id}/endpoints", Fault::Hold).times(1))
         .unwrap();
     let j = job(&EXPIRE.replace("ttl = \"7d\"", "ttl = \"7d\"\nidle_ttl = \"30d\""));
     let run = {
@@ -562,7 +560,12 @@ async fn neon_refuses_a_delete_the_recheck_listing_could_not_see() {
         &first
     };
     e.sim
-        .add_branch(&p.id, "feature/on-top", Some(&later.id), e.sim.clock().now())
+        .add_branch(
+            &p.id,
+            "feature/on-top",
+            Some(&later.id),
+            e.sim.clock().now(),
+        )
         .unwrap();
     e.sim.faults().release();
     let (r, actions) = run.await.unwrap();
@@ -574,7 +577,11 @@ async fn neon_refuses_a_delete_the_recheck_listing_could_not_see() {
     assert_eq!(failed.len(), 1, "{actions:#?}");
     assert_eq!(failed[0].resource_id, later.id.as_str());
     assert!(
-        failed[0].detail.as_deref().unwrap_or("").contains("child branches"),
+        failed[0]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("child branches"),
         "Neon's refusal: {:?}",
         failed[0].detail
     );

@@ -764,7 +764,10 @@ async fn expire_sweep_lists_and_reads_recovery_once_per_project() {
     assert_eq!(deletes.len(), 3, "{sent:?}");
     let child_at = deletes.iter().position(|s| s.path.ends_with(&child));
     let parent_at = deletes.iter().position(|s| s.path.ends_with(&parent));
-    assert!(child_at < parent_at, "the child first, then its parent: {deletes:?}");
+    assert!(
+        child_at < parent_at,
+        "the child first, then its parent: {deletes:?}"
+    );
     let listings: Vec<&Sent> = sent
         .iter()
         .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/projects/{pid}/branches")))
@@ -781,7 +784,11 @@ async fn expire_sweep_lists_and_reads_recovery_once_per_project() {
         0,
         "a ttl-only policy needs no last activity"
     );
-    assert_eq!(gets(&sim, |p| p.contains("/branches/")).len(), 0, "{sent:?}");
+    assert_eq!(
+        gets(&sim, |p| p.contains("/branches/")).len(),
+        0,
+        "{sent:?}"
+    );
     assert_eq!(
         sent.len(),
         1 + 2 + 1 + 3,
@@ -833,7 +840,10 @@ async fn snapshot_sweep_lists_snapshots_once_per_project() {
     sim.clear_sent();
     let (r, actions) = real_run(&sim, &j, &job(SNAPSHOT_KEEP_1), 0).await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
-    assert_eq!(r.counts.succeeded, 2, "a create and a retention delete: {actions:#?}");
+    assert_eq!(
+        r.counts.succeeded, 2,
+        "a create and a retention delete: {actions:#?}"
+    );
     let sent = sim.sent();
     let snapshot_listings = gets(&sim, |p| p.ends_with("/snapshots")).len();
     // Before issue 11 the create listed the snapshots again (and the projects listing asked
