@@ -958,6 +958,40 @@ mod tests {
         assert_eq!(recoverable_until(t(1)), t(8));
     }
 
+    #[test]
+    fn a_delete_is_refused_from_the_fresh_listing() {
+        let at = Utc::now();
+        let named = |id: &str, parent: Option<&str>| Branch {
+            id: id.into(),
+            name: format!("name-{id}"),
+            parent_id: parent.map(Into::into),
+            expires_at: None,
+            ..branch(at, at)
+        };
+        let mut list = vec![
+            named("br-main", None),
+            named("br-a", Some("br-main")),
+            named("br-b", Some("br-main")),
+            named("br-c", Some("br-b")),
+        ];
+        list[0].default = true;
+        let refusal = |l: &[Branch], id: &str| delete_refusal(l, &BranchId::from(id));
+        assert_eq!(refusal(&list, "br-a"), None);
+        assert!(refusal(&list, "br-gone").unwrap().contains("no longer exists"));
+        assert!(refusal(&list, "br-main").unwrap().contains("default branch"));
+        assert!(refusal(&list, "br-b")
+            .unwrap()
+            .contains("now has children (name-br-c)"));
+        list[1].protected = true;
+        assert!(refusal(&list, "br-a").unwrap().contains("now protected"));
+        list[0].default = false;
+        assert!(refusal(&list, "br-main").unwrap().contains("root branch"));
+        // Once the run has deleted the child (and dropped it from the listing), the parent
+        // may go.
+        list.retain(|b| b.id.as_str() != "br-c");
+        assert_eq!(refusal(&list, "br-b"), None);
+    }
+
     fn branch(created: DateTime<Utc>, expires: DateTime<Utc>) -> Branch {
         Branch {
             id: "br-1".into(),
