@@ -10,8 +10,6 @@
 //! 1. client: listing N branches through `NeonClient::list_branches` vs raw reqwest GETs of
 //!    the same pages; what the same request count costs under Neon's 700 requests/minute.
 //! 2. plan: `expire_branches` dry runs over accounts of growing size; requests per project.
-//! 2b. calls: requests per real sweep against the minimum for the account and policy, per
-//!    job kind; a 200-delete sweep against a plain sequential script.
 //! 3. store: `claim_run`, `begin_action` + `finish_action` on SQLite (and PostgreSQL if a
 //!    server answers).
 //! 4. memory: peak RSS of planning the largest account, measured in a child process so that
@@ -20,6 +18,8 @@
 //! 6. telemetry: `/metrics` rendering time at 5,000 series; peak RSS of the first
 //!    consumption collection of a large account (hourly, full look-back), measured in a
 //!    child process that talks to the emulator running in this one.
+//! 7. calls (run after plan): requests per real sweep against the minimum for the account
+//!    and policy, per job kind; a 200-delete sweep against a plain sequential script.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
