@@ -977,8 +977,12 @@ mod tests {
         list[0].default = true;
         let refusal = |l: &[Branch], id: &str| delete_refusal(l, &BranchId::from(id));
         assert_eq!(refusal(&list, "br-a"), None);
-        assert!(refusal(&list, "br-gone").unwrap().contains("no longer exists"));
-        assert!(refusal(&list, "br-main").unwrap().contains("default branch"));
+        assert!(refusal(&list, "br-gone")
+            .unwrap()
+            .contains("no longer exists"));
+        assert!(refusal(&list, "br-main")
+            .unwrap()
+            .contains("default branch"));
         assert!(refusal(&list, "br-b")
             .unwrap()
             .contains("now has children (name-br-c)"));
