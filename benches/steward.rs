@@ -1912,6 +1912,47 @@ async fn bench_sim(plan: &Plan, r: &mut Report) -> Result<()> {
     if sim.counter.not_ok() > 0 {
         bail!("{} sim requests did not answer 2xx", sim.counter.not_ok());
     }
+
+    // One consumption call of 100 projects (legacy endpoint, hourly, Neon's whole 168 h
+    // look-back): what every consumption test and the demo wait for.
+    let sim = start_sim(RateLimitConfig::disabled(), |st| seed_account(st, 100, 1)).await?;
+    let now = sim.app.state.lock().now();
+    let ids: Vec<String> = sim.app.state.lock().projects.keys().cloned().collect();
+    let mut q: Vec<(&str, String)> = vec![
+        ("from", (now - TimeDelta::hours(168)).to_rfc3339()),
+        ("to", now.to_rfc3339()),
+        ("granularity", "hourly".into()),
+        ("limit", "100".into()),
+    ];
+    for id in &ids {
+        q.push(("project_ids", id.clone()));
+    }
+    let http = reqwest::Client::new();
+    let url = format!("{}/consumption_history/projects", sim.base);
+    let mut times = Vec::new();
+    for _ in 0..plan.samples.max(3) {
+        let t = Instant::now();
+        let body = http
+            .get(&url)
+            .bearer_auth(&sim.key)
+            .query(&q)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        times.push(t.elapsed());
+        if body.is_empty() {
+            bail!("an empty consumption answer");
+        }
+    }
+    r.add_goal(
+        s,
+        "consumption call, 100 projects hourly over 168 h",
+        median(times).as_secs_f64(),
+        "s",
+        "< 0.5 s",
+    );
     Ok(())
 }
 
