@@ -18,6 +18,8 @@
 //! 6. telemetry: `/metrics` rendering time at 5,000 series; peak RSS of the first
 //!    consumption collection of a large account (hourly, full look-back), measured in a
 //!    child process that talks to the emulator running in this one.
+//! 7. calls (run after plan): requests per real sweep against the minimum for the account
+//!    and policy, per job kind; a 200-delete sweep against a plain sequential script.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1021,6 +1023,508 @@ async fn bench_suspend_history(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------- 2b. calls: the minimum
+
+/// A run (dry or real) of `job` at tick `now + tick minutes`: its result and its ledger.
+async fn run_once(
+    env: &JobEnv,
+    job: &JobConfig,
+    now: DateTime<Utc>,
+    tick: u32,
+    dry_run: bool,
+) -> Result<(
+    neon_steward::jobs::RunResult,
+    Vec<store::ActionRecord>,
+    Duration,
+)> {
+    let scheduled_for = now + TimeDelta::minutes(i64::from(tick));
+    let run_id = env
+        .store
+        .claim_run(&NewRun {
+            job: job.name.clone(),
+            kind: job.kind.as_str().to_string(),
+            scheduled_for,
+            trigger: Trigger::Manual,
+            dry_run,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await?
+        .context("a fresh tick is always claimable")?;
+    let t = Instant::now();
+    let res = run_job(
+        env,
+        job,
+        RunContext {
+            run_id,
+            scheduled_for,
+            now,
+            dry_run,
+        },
+    )
+    .await;
+    let elapsed = t.elapsed();
+    if res.status != RunStatus::Succeeded {
+        bail!(
+            "run of {} ended {:?}: {:?}",
+            job.name,
+            res.status,
+            res.error
+        );
+    }
+    let actions = env.store.actions_for_run(run_id).await?;
+    Ok((res, actions, elapsed))
+}
+
+/// Projects pages a sweep of `projects` projects needs at Neon's maximum of 400 per page: a
+/// full page is followed by one more (it cannot be known to be the last), a short one ends.
+fn project_pages(projects: usize) -> u64 {
+    (projects / 400 + 1) as u64
+}
+
+/// Actions a run carried out, by project (succeeded or failed: each is one call).
+fn actions_by_project(actions: &[store::ActionRecord]) -> BTreeMap<String, u64> {
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for a in actions {
+        if matches!(a.outcome, ActionOutcome::Succeeded | ActionOutcome::Failed)
+            && a.resource_kind != "project"
+        {
+            *by.entry(a.project_id.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+    }
+    by
+}
+
+/// What the minimum of one sweep is made of (printed beside the ratio).
+struct Minimum {
+    pages: u64,
+    listings: u64,
+    /// Safety and record reads the policy needs per project that acts (expire's fresh
+    /// listing before its deletes, and its one read of `recoverable_until`).
+    per_acting_project: u64,
+    actions: u64,
+    confirmations: u64,
+}
+
+impl Minimum {
+    fn total(&self) -> u64 {
+        self.pages + self.listings + self.per_acting_project + self.actions + self.confirmations
+    }
+    fn strict(&self) -> u64 {
+        self.total() - self.per_acting_project
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} project page(s) + {} listings + {} per-project re-check/record reads + {} \
+             actions + {} operation confirmations = {}",
+            self.pages,
+            self.listings,
+            self.per_acting_project,
+            self.actions,
+            self.confirmations,
+            self.total()
+        )
+    }
+}
+
+const EXPIRE_IDLE_POLICY: &str = r#"
+[api]
+concurrency = 4
+
+[[jobs]]
+name = "expire-idle"
+kind = "expire_branches"
+every = "15m"
+ttl = "7d"
+idle_ttl = "3d"
+mode = "delete"
+[jobs.branches]
+names = ["preview/*"]
+"#;
+
+const SUSPEND_WINDOW_POLICY: &str = r#"
+[api]
+concurrency = 4
+
+[[jobs]]
+name = "suspend-mondays"
+kind = "suspend_computes"
+every = "10m"
+windows = ["Mon"]
+window_timezone = "UTC"
+"#;
+
+/// Requests per real sweep against the minimum for the account and policy, per job kind.
+/// The emulator runs on its virtual clock with operations that finish at once, so no
+/// operation needs confirming before the next mutation (0 confirmations in the minimum),
+/// and its delete answers carry no recovery window (so expire reads it once per project).
+async fn bench_calls(plan: &Plan, r: &mut Report) -> Result<()> {
+    let s = "calls";
+    let goal = "<= 1.05";
+    // Expire: many deletes per project, and one delete per project (where any fixed cost
+    // per project shows most), ttl only and with idle_ttl.
+    let many = if plan.quick { 10 } else { 40 };
+    let single = if plan.quick { 50 } else { 400 };
+    let shapes: [(&str, &str, usize, usize, bool); 3] = [
+        ("expire ttl", EXPIRE_POLICY, many, 20, false),
+        ("expire ttl", EXPIRE_POLICY, single, 2, false),
+        ("expire ttl+idle_ttl", EXPIRE_IDLE_POLICY, many, 20, true),
+    ];
+    for (name, policy, projects, bpp, idle) in shapes {
+        let sim = start_sim(unthrottled(), |st| seed_account(st, projects, bpp)).await?;
+        let dir = tempfile::tempdir()?;
+        let env = job_env(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        // Two branches per project: main and one preview branch; make it old enough.
+        if bpp == 2 {
+            let mut st = sim.app.state.lock();
+            for b in st.branches.values_mut() {
+                if b.name.starts_with("preview/") {
+                    b.created_at = now - TimeDelta::days(20);
+                }
+            }
+        }
+        let j = job(policy)?;
+        sim.counter.reset();
+        let (res, actions, _) = run_once(&env, &j, now, 0, false).await?;
+        if sim.counter.not_ok() > 0 {
+            bail!("{} requests did not answer 2xx", sim.counter.not_ok());
+        }
+        let by_project = actions_by_project(&actions);
+        let acting = by_project.len() as u64;
+        let min = Minimum {
+            pages: project_pages(projects),
+            // branches, and endpoints only when idle_ttl needs last activity
+            listings: projects as u64 * if idle { 2 } else { 1 },
+            // the fresh listing before the project's deletes, and one recoverable_until read
+            per_acting_project: acting * 2,
+            actions: by_project.values().sum(),
+            confirmations: 0,
+        };
+        let label = format!("{name} {projects}x{bpp} ({} deletes)", res.counts.succeeded);
+        report_minimum(r, s, &label, &sim, &min, goal);
+    }
+
+    // Snapshot with retention: the third daily run creates one snapshot per project and
+    // retention deletes the oldest of this job's (keep_last = 2).
+    {
+        let projects = if plan.quick { 10 } else { 40 };
+        let sim = start_sim(unthrottled(), |st| seed_account(st, projects, 3)).await?;
+        let dir = tempfile::tempdir()?;
+        let env = job_env(&sim, dir.path()).await?;
+        let j = job(SNAPSHOT_POLICY)?;
+        for day in 0..3 {
+            if day > 0 {
+                sim.app
+                    .state
+                    .lock()
+                    .clock
+                    .advance(Duration::from_secs(86_400));
+            }
+            let now = sim.app.state.lock().now();
+            sim.counter.reset();
+            let (res, actions, _) = run_once(&env, &j, now, 0, false).await?;
+            if day < 2 {
+                continue;
+            }
+            if sim.counter.not_ok() > 0 {
+                bail!("{} requests did not answer 2xx", sim.counter.not_ok());
+            }
+            let by_project = actions_by_project(&actions);
+            let min = Minimum {
+                pages: project_pages(projects),
+                // branches and snapshots
+                listings: projects as u64 * 2,
+                per_acting_project: 0,
+                actions: by_project.values().sum(),
+                confirmations: 0,
+            };
+            let label = format!(
+                "snapshot keep_last=2 {projects}x3, 3rd day ({} actions)",
+                res.counts.succeeded
+            );
+            report_minimum(r, s, &label, &sim, &min, goal);
+        }
+    }
+
+    // Suspend in a window: every active compute is suspended.
+    {
+        let projects = if plan.quick { 10 } else { 40 };
+        let sim = start_sim(unthrottled(), |st| {
+            seed_account(st, projects, 5);
+            for e in st.endpoints.values_mut() {
+                e.activity = neon_sim::state::Activity::Busy;
+            }
+            st.settle();
+        })
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let env = job_env(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        let j = job(SUSPEND_WINDOW_POLICY)?;
+        sim.counter.reset();
+        let (res, actions, _) = run_once(&env, &j, now, 0, false).await?;
+        if sim.counter.not_ok() > 0 {
+            bail!("{} requests did not answer 2xx", sim.counter.not_ok());
+        }
+        let by_project = actions_by_project(&actions);
+        let min = Minimum {
+            pages: project_pages(projects),
+            // endpoints
+            listings: projects as u64,
+            per_acting_project: 0,
+            actions: by_project.values().sum(),
+            confirmations: 0,
+        };
+        let label = format!(
+            "suspend window {projects}x5 ({} suspends)",
+            res.counts.succeeded
+        );
+        report_minimum(r, s, &label, &sim, &min, goal);
+    }
+    Ok(())
+}
+
+fn report_minimum(
+    r: &mut Report,
+    s: &'static str,
+    label: &str,
+    sim: &BenchSim,
+    min: &Minimum,
+    goal: &'static str,
+) {
+    let requests = sim.counter.total();
+    r.add(s, format!("{label}: requests"), requests as f64, "requests");
+    r.add(
+        s,
+        format!("{label}: minimum"),
+        min.total() as f64,
+        "requests",
+    );
+    r.add_goal(
+        s,
+        format!("{label}: requests / minimum"),
+        requests as f64 / min.total().max(1) as f64,
+        "x",
+        goal,
+    );
+    if min.per_acting_project > 0 {
+        r.add(
+            s,
+            format!("{label}: requests / (minimum without re-check and record reads)"),
+            requests as f64 / min.strict().max(1) as f64,
+            "x",
+        );
+    }
+    r.note(
+        s,
+        format!(
+            "{label}: minimum = {}; sent: {}",
+            min.describe(),
+            sim.counter
+                .by_route()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+}
+
+/// A 200-delete sweep with no rate limit, at the default concurrency and poll settings,
+/// against a plain sequential script on an identical emulator: list the projects, then per
+/// project list its branches and delete the same branches one after the other (plain
+/// reqwest, no polling; a 423 is retried after 1 ms). With instant operations (`op` zero:
+/// the delete's answer reports them finished, nothing to confirm) the goal applies; with
+/// operations of 1 ms each delete's operations are polled once before the project's next
+/// delete (Neon's rule), which the script does not do.
+async fn bench_delete_sweep(plan: &Plan, r: &mut Report, op: Duration) -> Result<()> {
+    let s = "calls";
+    let projects = 14; // x 20 branches: about 200 due under the 7-day ttl
+    let config = || {
+        SimConfig::default()
+            .rate_limit(unthrottled())
+            .real_clock()
+            .operation_duration(op)
+    };
+    // The daemon's defaults: `[api]` as an empty section gives them, the client as
+    // `ClientConfig::new` builds it; only the client's own bucket is lifted.
+    let defaults = config::parse_with_env(
+        Path::new("bench.toml"),
+        EXPIRE_POLICY.replace("concurrency = 4", "").as_str(),
+        &|k| (k == "NEON_API_KEY").then(|| "bench-key-not-used".to_string()),
+    )
+    .map_err(|e| anyhow::anyhow!("bench policy: {e}"))?;
+    let expire = defaults.jobs.first().cloned().context("a job")?;
+    let env_for = |sim: &BenchSim, dir: &Path| {
+        let mut cc = ClientConfig::new(sim.base.clone(), Secret::new(sim.key.clone()));
+        cc.rate_limit_per_minute = 100_000_000;
+        cc.burst = 1_000_000;
+        let url = format!("sqlite://{}", dir.join("sweep.db").display());
+        let concurrency = defaults.api.concurrency;
+        async move {
+            Ok::<_, anyhow::Error>(JobEnv {
+                client: NeonClient::new(cc)?,
+                store: store::open(&url).await?,
+                concurrency,
+                operation_deadline: Duration::from_secs(600),
+                consumption: Arc::new(ConsumptionExporter::detached()),
+            })
+        }
+    };
+    let samples = plan.samples;
+    let mut steward_times = Vec::new();
+    let mut script_times = Vec::new();
+    let mut deletes = 0;
+    let (mut steward_busy, mut script_busy) = (Vec::new(), Vec::new());
+    let mut steward_requests = BTreeMap::new();
+    for k in 0..samples {
+        // The steward.
+        let sim = start_sim_with(config(), |st| seed_account(st, projects, 20)).await?;
+        let dir = tempfile::tempdir()?;
+        let env = env_for(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        let (res, _, elapsed) = run_once(&env, &expire, now, k as u32, false).await?;
+        if sim.counter.not_ok() > 0 {
+            bail!(
+                "{} steward requests did not answer 2xx",
+                sim.counter.not_ok()
+            );
+        }
+        deletes = res.counts.succeeded;
+        steward_times.push(elapsed);
+        steward_busy.push(sim.counter.busy());
+        steward_requests = sim.counter.by_route();
+
+        // The script, on an identical account; what to delete comes from a dry run there
+        // (not timed), in the plan's order (children first).
+        let sim = start_sim_with(config(), |st| seed_account(st, projects, 20)).await?;
+        let dir = tempfile::tempdir()?;
+        let env = env_for(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        let (_, planned, _) = run_once(&env, &expire, now, 0, true).await?;
+        let mut order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in planned
+            .iter()
+            .filter(|a| a.outcome == ActionOutcome::Planned)
+        {
+            order
+                .entry(a.project_id.clone().unwrap_or_default())
+                .or_default()
+                .push(a.resource_id.clone());
+        }
+        let http = reqwest::Client::new();
+        sim.counter.reset();
+        let t = Instant::now();
+        let n = script_sweep(&http, &sim, &order).await?;
+        script_times.push(t.elapsed());
+        script_busy.push(sim.counter.busy());
+        if n as i64 != deletes {
+            bail!("the script deleted {n} branches, the steward {deletes}");
+        }
+    }
+    let (st, sc) = (
+        median(steward_times).as_secs_f64(),
+        median(script_times).as_secs_f64(),
+    );
+    let label = format!("{deletes}-delete sweep, {} ms operations", op.as_millis());
+    r.add(s, format!("{label}: steward"), st * 1e3, "ms");
+    r.add(
+        s,
+        format!("{label}: plain sequential script"),
+        sc * 1e3,
+        "ms",
+    );
+    r.add(
+        s,
+        format!("{label}: of which inside neon-sim, steward / script"),
+        median(steward_busy).as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.add(
+        s,
+        format!("{label}: script inside neon-sim"),
+        median(script_busy).as_secs_f64() * 1e3,
+        "ms",
+    );
+    r.note(
+        s,
+        format!(
+            "{label}: steward requests by route: {}",
+            steward_requests
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    if op.is_zero() {
+        r.add_goal(
+            s,
+            format!("{label}: steward / script"),
+            st / sc,
+            "x",
+            "<= 1.5",
+        );
+    } else {
+        r.add(s, format!("{label}: steward / script"), st / sc, "x");
+    }
+    Ok(())
+}
+
+/// The script of [`bench_delete_sweep`]: returns the branches deleted.
+async fn script_sweep(
+    http: &reqwest::Client,
+    sim: &BenchSim,
+    order: &BTreeMap<String, Vec<String>>,
+) -> Result<usize> {
+    #[derive(Deserialize)]
+    struct Projects {
+        projects: Vec<IdOnly>,
+    }
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    let page: Projects = http
+        .get(format!("{}/projects", sim.base))
+        .bearer_auth(&sim.key)
+        .query(&[("limit", "400")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut deleted = 0;
+    for p in &page.projects {
+        http.get(format!("{}/projects/{}/branches", sim.base, p.id))
+            .bearer_auth(&sim.key)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        for b in order.get(&p.id).into_iter().flatten() {
+            loop {
+                let resp = http
+                    .delete(format!("{}/projects/{}/branches/{b}", sim.base, p.id))
+                    .bearer_auth(&sim.key)
+                    .send()
+                    .await?;
+                if resp.status().as_u16() == 423 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                resp.error_for_status()?.bytes().await?;
+                deleted += 1;
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 // ------------------------------------------------------------------------------ 3. store
 
 fn action(run_id: i64, i: usize) -> NewAction {
@@ -1408,6 +1912,47 @@ async fn bench_sim(plan: &Plan, r: &mut Report) -> Result<()> {
     if sim.counter.not_ok() > 0 {
         bail!("{} sim requests did not answer 2xx", sim.counter.not_ok());
     }
+
+    // One consumption call of 100 projects (legacy endpoint, hourly, Neon's whole 168 h
+    // look-back): what every consumption test and the demo wait for.
+    let sim = start_sim(RateLimitConfig::disabled(), |st| seed_account(st, 100, 1)).await?;
+    let now = sim.app.state.lock().now();
+    let ids: Vec<String> = sim.app.state.lock().projects.keys().cloned().collect();
+    let mut q: Vec<(&str, String)> = vec![
+        ("from", (now - TimeDelta::hours(168)).to_rfc3339()),
+        ("to", now.to_rfc3339()),
+        ("granularity", "hourly".into()),
+        ("limit", "100".into()),
+    ];
+    for id in &ids {
+        q.push(("project_ids", id.clone()));
+    }
+    let http = reqwest::Client::new();
+    let url = format!("{}/consumption_history/projects", sim.base);
+    let mut times = Vec::new();
+    for _ in 0..plan.samples.max(3) {
+        let t = Instant::now();
+        let body = http
+            .get(&url)
+            .bearer_auth(&sim.key)
+            .query(&q)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        times.push(t.elapsed());
+        if body.is_empty() {
+            bail!("an empty consumption answer");
+        }
+    }
+    r.add_goal(
+        s,
+        "consumption call, 100 projects hourly over 168 h",
+        median(times).as_secs_f64(),
+        "s",
+        "< 0.5 s",
+    );
     Ok(())
 }
 
@@ -1713,6 +2258,11 @@ fn main() -> Result<()> {
             bench_plan(&plan, &mut report).await?;
             bench_act(&mut report).await?;
             bench_suspend_history(&mut report).await?;
+        }
+        if want("calls") {
+            bench_calls(&plan, &mut report).await?;
+            bench_delete_sweep(&plan, &mut report, Duration::ZERO).await?;
+            bench_delete_sweep(&plan, &mut report, Duration::from_millis(1)).await?;
         }
         if want("store") {
             bench_store(&plan, &mut report).await?;

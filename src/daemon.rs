@@ -116,6 +116,8 @@ fn client_with(cfg: &Config, health: Option<Arc<Health>>) -> Result<NeonClient, 
     cc.rate_limit_per_minute = cfg.api.rate_limit_per_minute;
     cc.burst = cfg.api.burst;
     cc.max_retries = cfg.api.max_retries;
+    cc.poll_initial = cfg.api.poll_initial;
+    cc.poll_max = cfg.api.poll_max;
     NeonClient::new(cc).map_err(|e| {
         ConfigError::whole_file(&cfg.source, format!("cannot build the Neon client: {e}"))
     })

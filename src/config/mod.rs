@@ -59,6 +59,9 @@ pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_API_CONCURRENCY: usize = 64;
 /// Most retries of one API request (`api.max_retries`); the retry budget bounds the time too.
 pub const MAX_API_RETRIES: u32 = 20;
+/// Longest `api.poll_max`: polling a running operation less often than once a minute only
+/// delays the next mutation of its project.
+pub const MAX_POLL_MAX: Duration = Duration::from_secs(60);
 /// Largest policy file read, in bytes. A real policy is a few kilobytes; this refuses
 /// `/dev/zero` and runaway generated files before they are read into memory.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
@@ -187,6 +190,10 @@ pub struct ApiConfig {
     pub max_retries: u32,
     /// Projects processed in parallel within one run.
     pub concurrency: usize,
+    /// Bounds of the interval between operation polls (`poll_initial`, `poll_max`; see
+    /// [`crate::neon::retry::PollPolicy`]).
+    pub poll_initial: Duration,
+    pub poll_max: Duration,
 }
 
 impl ApiConfig {
@@ -1233,6 +1240,25 @@ impl Validator<'_> {
             Some(s) => *s.get_ref(),
             None => 5,
         };
+        let poll_max = match &raw.poll_max {
+            Some(d) => self.at_most(d.get_ref().0, d.span(), MAX_POLL_MAX, "1m", "`poll_max`")?,
+            None => crate::neon::DEFAULT_POLL_MAX,
+        };
+        let poll_initial = match &raw.poll_initial {
+            Some(d) if d.get_ref().0 > poll_max => {
+                return Err(self.err(
+                    d.span(),
+                    format!(
+                        "`poll_initial` ({}) is longer than `poll_max` ({}): it is the shortest \
+                         interval between polls",
+                        humantime::format_duration(d.get_ref().0),
+                        humantime::format_duration(poll_max)
+                    ),
+                ))
+            }
+            Some(d) => d.get_ref().0,
+            None => crate::neon::DEFAULT_POLL_INITIAL.min(poll_max),
+        };
         Ok(ApiConfig {
             base_url,
             api_key,
@@ -1254,6 +1280,8 @@ impl Validator<'_> {
             burst: positive(&raw.burst, 40, "burst")?,
             max_retries,
             concurrency,
+            poll_initial,
+            poll_max,
         })
     }
 

@@ -176,6 +176,15 @@ pub struct RawApi {
     /// at most 64 (Neon's burst of 40 requests is the real bound).
     #[schemars(with = "Option<u32>", range(min = 1, max = 64), extend("default" = 4))]
     pub concurrency: Option<Spanned<usize>>,
+    /// The shortest interval between polls of an operation Neon is running, and the first
+    /// one until an operation has been seen to finish; after that the first poll comes when
+    /// operations have lately taken, then the interval doubles up to `poll_max`. At most
+    /// `poll_max`.
+    #[schemars(with = "Option<PositiveDur>", extend("default" = "5ms"))]
+    pub poll_initial: Option<Spanned<PositiveDur>>,
+    /// The longest interval between polls of an operation (at most 1m).
+    #[schemars(with = "Option<PositiveDur>", extend("default" = "5s"))]
+    pub poll_max: Option<Spanned<PositiveDur>>,
 }
 
 /// `[store]`: run history, audit ledger and consumption samples.

@@ -1106,3 +1106,29 @@ fn a_sink_naming_a_missing_job_or_bad_key_is_refused_without_showing_secrets() {
     let e = p("kind = \"webhook\"\nurl_env = \"L\"\nsecret_env = \"K\"\n");
     assert!(e.contains("signing key") && !e.contains("AAAA"), "{e}");
 }
+
+#[test]
+fn poll_bounds_are_validated_with_their_position() {
+    let cfg = parse("[api]\n").unwrap();
+    assert_eq!(cfg.api.poll_initial, crate::neon::DEFAULT_POLL_INITIAL);
+    assert_eq!(cfg.api.poll_max, crate::neon::DEFAULT_POLL_MAX);
+    let cfg = parse("[api]\npoll_initial = \"50ms\"\npoll_max = \"10s\"\n").unwrap();
+    assert_eq!(cfg.api.poll_initial, Duration::from_millis(50));
+    assert_eq!(cfg.api.poll_max, Duration::from_secs(10));
+    let e = err("[api]\npoll_initial = \"10s\"\npoll_max = \"2s\"\n");
+    assert!(
+        e.starts_with("policy.toml:2:16:")
+            && e.contains("`poll_initial` (10s) is longer than `poll_max` (2s)"),
+        "{e}"
+    );
+    let e = err("[api]\npoll_max = \"2m\"\n");
+    assert!(
+        e.starts_with("policy.toml:2:12:") && e.contains("at most 1m"),
+        "{e}"
+    );
+    let e = err("[api]\npoll_initial = \"0s\"\n");
+    assert!(e.contains("zero is not allowed"), "{e}");
+    // A poll_max below the default poll_initial lowers the first interval with it.
+    let cfg = parse("[api]\npoll_max = \"1ms\"\n").unwrap();
+    assert_eq!(cfg.api.poll_initial, Duration::from_millis(1));
+}

@@ -6,6 +6,7 @@
 //! ahead, and it is not allowed on protected, default or parent branches.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -56,6 +57,31 @@ pub struct Expire<'a> {
     /// `pull_request`: the run's one listing of the forge, made when the first project is
     /// planned and shared by all of them (the per-run cache).
     pulls: tokio::sync::OnceCell<Lookup>,
+    /// What this run has read of each project while deleting in it (see [`Acting`]).
+    acting: Mutex<HashMap<ProjectId, Acting>>,
+}
+
+/// What a run reads once per project while deleting there, instead of once per delete.
+#[derive(Default)]
+struct Acting {
+    /// The project's branches, listed right before its first delete in this run, less the
+    /// ones this run has deleted since: every delete is re-checked against it.
+    branches: Option<Vec<Branch>>,
+    /// Neon's recovery window in the project, once read (after the first delete whose
+    /// answer did not carry it).
+    recovery: Option<RecoveryWindow>,
+}
+
+/// What the one `include_deleted` read of a project told about its recovery window.
+#[derive(Clone)]
+enum RecoveryWindow {
+    /// `recoverable_until - deleted_at` of the branch it was read for.
+    Known {
+        window: chrono::Duration,
+        branch: String,
+    },
+    /// Not reported (or the read failed): later deletes record the estimate.
+    Unknown,
 }
 
 impl<'a> Expire<'a> {
@@ -64,6 +90,7 @@ impl<'a> Expire<'a> {
             job,
             spec,
             names: super::scope::branch_selector(job),
+            acting: Mutex::new(HashMap::new()),
             pulls: tokio::sync::OnceCell::new(),
         }
     }
@@ -209,7 +236,8 @@ impl JobKind for Expire<'_> {
         action: &ExpireAction,
     ) -> Result<Option<String>, ApiError> {
         match action {
-            ExpireAction::Delete(b) => Ok(recheck_branch(cx, b)
+            ExpireAction::Delete(b) => Ok(self
+                .recheck_branch(cx, b)
                 .await?
                 .map(|refusal| format!("not deleted: {refusal}"))),
             _ => Ok(None),
@@ -224,13 +252,16 @@ impl JobKind for Expire<'_> {
                     match with_lock_retry(env, project, || c.delete_branch(project, b)).await {
                         Ok(r) => r,
                         Err(ApiError::AlreadyDeleted { .. }) => {
+                            self.forget_branch(project, b);
                             return Ok(ExpireDone::Deleted("already deleted".into()));
                         }
                         Err(e) => return Err(e),
                     };
+                // Gone from the re-check listing: its parent may be deleted after it.
+                self.forget_branch(project, b);
                 wait(env, project, &ops).await?;
                 Ok(ExpireDone::Deleted(
-                    recovery_detail(cx, b, branch.recoverable_until).await,
+                    self.recovery_detail(cx, b, branch.recoverable_until).await,
                 ))
             }
             ExpireAction::SetExpiry(b, planned) => {
@@ -331,81 +362,151 @@ impl JobKind for Expire<'_> {
     }
 }
 
-/// Reads a branch again right before deleting it: the listing the plan was made from can
-/// be minutes old on a large account. Returns why it must not be deleted now, if so.
-async fn recheck_branch(cx: &ActCx<'_>, branch: &BranchId) -> Result<Option<String>, ApiError> {
-    let (client, project) = (&cx.env.client, cx.project);
-    let b = match client.get_branch(project, branch).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(Some("the branch no longer exists".into())),
-        Err(e) => return Err(e),
-    };
-    if b.default {
-        return Ok(Some(
-            "the branch is now the project's default branch".into(),
-        ));
+impl Expire<'_> {
+    fn acting(&self) -> std::sync::MutexGuard<'_, HashMap<ProjectId, Acting>> {
+        // Plain data, consistent even if a holder panicked.
+        self.acting.lock().unwrap_or_else(|p| p.into_inner())
     }
-    if b.protected {
-        return Ok(Some("the branch is now protected".into()));
+
+    /// Re-checks a branch right before deleting it: the listing the plan was made from can
+    /// be minutes old on a large account. The project's branches are listed once, right
+    /// before its first delete in this run, and every delete of the project is checked
+    /// against that listing (less the branches this run deleted since: a child deleted
+    /// first no longer keeps its parent). Returns why it must not be deleted now, if so.
+    ///
+    /// Neon itself refuses to delete a default, protected, root or parent branch whatever
+    /// this listing says: this check keeps a stale plan from even asking, and records why.
+    async fn recheck_branch(
+        &self,
+        cx: &ActCx<'_>,
+        branch: &BranchId,
+    ) -> Result<Option<String>, ApiError> {
+        let project = cx.project;
+        let listed = self
+            .acting()
+            .get(project)
+            .is_some_and(|a| a.branches.is_some());
+        if !listed {
+            let branches: Vec<Branch> = cx.env.client.list_branches(project).try_collect().await?;
+            self.acting().entry(project.clone()).or_default().branches = Some(branches);
+        }
+        let acting = self.acting();
+        let branches = acting
+            .get(project)
+            .and_then(|a| a.branches.as_deref())
+            .unwrap_or_default();
+        Ok(delete_refusal(branches, branch))
     }
-    if b.parent_id.is_none() {
-        return Ok(Some("the branch is a root branch".into()));
+
+    /// Drops a branch this run deleted from the project's re-check listing.
+    fn forget_branch(&self, project: &ProjectId, branch: &BranchId) {
+        if let Some(list) = self
+            .acting()
+            .get_mut(project)
+            .and_then(|a| a.branches.as_mut())
+        {
+            list.retain(|b| b.id != *branch);
+        }
     }
-    let children: Vec<String> = client
-        .list_branches(project)
-        .try_filter(|c| futures::future::ready(c.parent_id.as_ref() == Some(branch)))
-        .map_ok(|c| c.name)
-        .try_collect()
-        .await?;
-    if !children.is_empty() {
-        return Ok(Some(format!(
-            "the branch now has children ({})",
-            children.join(", ")
-        )));
+
+    /// The ledger detail of a deleted branch: until when it can be recovered.
+    ///
+    /// Neon reports `recovery.recoverable_until` on soft-deleted branches listed with
+    /// `include_deleted=true` (branch recovery is in preview), so when the delete answer
+    /// does not carry it, it is looked up there, once per project and run: for the first
+    /// such delete Neon's time is written as `recoverable_until=`; the window it implies
+    /// (`recoverable_until - deleted_at`) then dates the project's later deletes, written as
+    /// `recoverable_until about` with the window and where it was read. Without a reported
+    /// window the detail says so and gives Neon's documented 7-day window as an estimate, so
+    /// nobody mistakes an estimate for Neon's word. The delete itself has succeeded either
+    /// way: a failed lookup is not a failed action.
+    async fn recovery_detail(
+        &self,
+        cx: &ActCx<'_>,
+        branch: &BranchId,
+        from_delete: Option<DateTime<Utc>>,
+    ) -> String {
+        let project: &ProjectId = cx.project;
+        if let Some(t) = from_delete {
+            return format!("recoverable_until={}", t.to_rfc3339());
+        }
+        let known = self.acting().get(project).and_then(|a| a.recovery.clone());
+        let window = match known {
+            Some(w) => w,
+            None => {
+                let found: Result<Vec<Branch>, ApiError> = cx
+                    .env
+                    .client
+                    .list_recoverable_branches(project)
+                    .try_filter(|d| futures::future::ready(d.id == *branch))
+                    .try_collect()
+                    .await;
+                let found = match found {
+                    Ok(v) => v.into_iter().find(|d| d.recoverable_until.is_some()),
+                    Err(e) => {
+                        tracing::warn!(%project, %branch, error = %e, "cannot read the deleted branch's recovery window");
+                        None
+                    }
+                };
+                let window = match found
+                    .as_ref()
+                    .and_then(|d| Some((d.recoverable_until?, d.deleted_at?)))
+                {
+                    Some((until, at)) if until >= at => RecoveryWindow::Known {
+                        window: until - at,
+                        branch: branch.to_string(),
+                    },
+                    _ => RecoveryWindow::Unknown,
+                };
+                self.acting().entry(project.clone()).or_default().recovery = Some(window);
+                if let Some(t) = found.and_then(|d| d.recoverable_until) {
+                    return format!("recoverable_until={}", t.to_rfc3339());
+                }
+                RecoveryWindow::Unknown
+            }
+        };
+        match window {
+            RecoveryWindow::Known { window, branch } => format!(
+                "recoverable_until about {} (deleted about {}, plus the {} recovery window Neon \
+                 reported in this project for branch {branch})",
+                (cx.now() + window).to_rfc3339(),
+                cx.now().to_rfc3339(),
+                humantime::format_duration(window.to_std().unwrap_or_default())
+            ),
+            RecoveryWindow::Unknown => format!(
+                "recoverable_until not reported by Neon (estimated {} from its 7-day recovery window)",
+                recoverable_until(cx.now()).to_rfc3339()
+            ),
+        }
     }
-    Ok(None)
 }
 
-/// The ledger detail of a deleted branch: until when Neon says it can be recovered.
-///
-/// Neon reports `recovery.recoverable_until` on soft-deleted branches listed with
-/// `include_deleted=true` (branch recovery is in preview), so it is looked up there when the
-/// delete answer does not carry it. Only a reported time is written as `recoverable_until=`;
-/// otherwise the detail says it was not reported and gives Neon's documented 7-day window as
-/// an estimate, so nobody mistakes the estimate for Neon's word. The delete itself has
-/// succeeded either way: a failed lookup is not a failed action.
-async fn recovery_detail(
-    cx: &ActCx<'_>,
-    branch: &BranchId,
-    from_delete: Option<DateTime<Utc>>,
-) -> String {
-    let project: &ProjectId = cx.project;
-    let reported = match from_delete {
-        Some(t) => Some(t),
-        None => {
-            let found: Result<Vec<Branch>, ApiError> = cx
-                .env
-                .client
-                .list_recoverable_branches(project)
-                .try_filter(|d| futures::future::ready(d.id == *branch))
-                .try_collect()
-                .await;
-            match found {
-                Ok(v) => v.into_iter().find_map(|d| d.recoverable_until),
-                Err(e) => {
-                    tracing::warn!(%project, %branch, error = %e, "cannot read the deleted branch's recovery window");
-                    None
-                }
-            }
-        }
+/// Why `branch` must not be deleted, judged from a fresh listing of its project's branches.
+fn delete_refusal(branches: &[Branch], branch: &BranchId) -> Option<String> {
+    let Some(b) = branches.iter().find(|b| b.id == *branch) else {
+        return Some("the branch no longer exists".into());
     };
-    match reported {
-        Some(t) => format!("recoverable_until={}", t.to_rfc3339()),
-        None => format!(
-            "recoverable_until not reported by Neon (estimated {} from its 7-day recovery window)",
-            recoverable_until(cx.now()).to_rfc3339()
-        ),
+    if b.default {
+        return Some("the branch is now the project's default branch".into());
     }
+    if b.protected {
+        return Some("the branch is now protected".into());
+    }
+    if b.parent_id.is_none() {
+        return Some("the branch is a root branch".into());
+    }
+    let children: Vec<&str> = branches
+        .iter()
+        .filter(|c| c.parent_id.as_ref() == Some(branch))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !children.is_empty() {
+        return Some(format!(
+            "the branch now has children ({})",
+            children.join(", ")
+        ));
+    }
+    None
 }
 
 /// The `expires_at` to send for a planned one, at `now`: the plan's time while it is still
@@ -436,7 +537,13 @@ async fn plan(
 ) -> Result<ProjectPlan<ExpireAction>, ApiError> {
     let (env, ctx) = (cx.env, cx.ctx);
     let branches: Vec<Branch> = env.client.list_branches(&project.id).try_collect().await?;
-    let endpoints = env.client.list_endpoints(&project.id).await?;
+    // Last activity comes from the endpoints; only `idle_ttl` and the selector's
+    // `inactive_for` use it, so a ttl-only policy lists none.
+    let endpoints = if spec.idle_ttl.is_some() || job.selectors.branches.inactive_for.is_some() {
+        env.client.list_endpoints(&project.id).await?
+    } else {
+        Vec::new()
+    };
     let mut out = ProjectPlan::new(project.id.clone());
     let by_id: HashMap<&str, &Branch> = branches.iter().map(|b| (b.id.as_str(), b)).collect();
     let parents: HashSet<&str> = branches
@@ -1000,6 +1107,44 @@ mod tests {
         assert_eq!(recoverable_until(t(1)), t(8));
     }
 
+    #[test]
+    fn a_delete_is_refused_from_the_fresh_listing() {
+        let at = Utc::now();
+        let named = |id: &str, parent: Option<&str>| Branch {
+            id: id.into(),
+            name: format!("name-{id}"),
+            parent_id: parent.map(Into::into),
+            expires_at: None,
+            ..branch(at, at)
+        };
+        let mut list = vec![
+            named("br-main", None),
+            named("br-a", Some("br-main")),
+            named("br-b", Some("br-main")),
+            named("br-c", Some("br-b")),
+        ];
+        list[0].default = true;
+        let refusal = |l: &[Branch], id: &str| delete_refusal(l, &BranchId::from(id));
+        assert_eq!(refusal(&list, "br-a"), None);
+        assert!(refusal(&list, "br-gone")
+            .unwrap()
+            .contains("no longer exists"));
+        assert!(refusal(&list, "br-main")
+            .unwrap()
+            .contains("default branch"));
+        assert!(refusal(&list, "br-b")
+            .unwrap()
+            .contains("now has children (name-br-c)"));
+        list[1].protected = true;
+        assert!(refusal(&list, "br-a").unwrap().contains("now protected"));
+        list[0].default = false;
+        assert!(refusal(&list, "br-main").unwrap().contains("root branch"));
+        // Once the run has deleted the child (and dropped it from the listing), the parent
+        // may go.
+        list.retain(|b| b.id.as_str() != "br-c");
+        assert_eq!(refusal(&list, "br-b"), None);
+    }
+
     fn branch(created: DateTime<Utc>, expires: DateTime<Utc>) -> Branch {
         Branch {
             id: "br-1".into(),
@@ -1014,6 +1159,7 @@ mod tests {
             current_state: "ready".into(),
             logical_size: None,
             recoverable_until: None,
+            deleted_at: None,
         }
     }
 

@@ -8,7 +8,7 @@
 //! inside a window **and** idle long enough: combining them narrows, which is the safe
 //! reading ("suspend idle computes at night"). With one of them, that one decides.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -171,9 +171,8 @@ async fn plan(
     }
     let endpoints = env.client.list_endpoints(&project.id).await?;
     let sel = &job.selectors.endpoints;
-    // Branch names are needed to select endpoints by branch pattern, and otherwise only to
-    // name the branch in the ledger: without patterns they are listed only if there is
-    // something to record (most runs of a large account decide nothing for most projects).
+    // Branch names are needed only to select endpoints by branch pattern: without patterns
+    // no branch is listed, and the ledger names an endpoint's branch only when they were.
     // Exclusions that still hold at this run (an expired one is as if absent).
     let exclusions: Vec<&Exclusion> = spec
         .exclusions
@@ -185,20 +184,15 @@ async fn plan(
         || exclusions
             .iter()
             .any(|x| matches!(x.target, ExclusionTarget::Branch(_)));
-    let mut names: Option<HashMap<String, String>> = if needs_names {
+    let names: Option<HashMap<String, String>> = if needs_names {
         Some(branch_names(env, project).await?)
     } else {
         None
     };
-    // One request normally, however long the project's operation history (see
-    // `operations_in_progress` for why stopping early is safe).
-    let busy: HashSet<String> = env
-        .client
-        .operations_in_progress(&project.id)
-        .await?
-        .into_iter()
-        .filter_map(|o| o.endpoint_id.map(|e| e.to_string()))
-        .collect();
+    // No listing of the project's operations: an endpoint Neon is changing says so in its
+    // `pending_state`, and a call made while an operation of the project runs is answered
+    // 423, which `calls::with_lock_retry` waits out before calling again (a plan's listing
+    // of operations was as old as the plan anyway).
     // Without the record nothing can be resumed this run: that part fails (recorded), the
     // suspending goes on.
     // Without the record nothing can be resumed this run, and nothing suspended for a
@@ -272,7 +266,7 @@ async fn plan(
             active: e.current_state == EndpointState::Active,
             idle: e.current_state == EndpointState::Idle,
             disabled: e.disabled,
-            operation_in_progress: e.pending_state.is_some() || busy.contains(e.id.as_str()),
+            operation_in_progress: e.pending_state.is_some(),
             last_active: e.last_active,
             window,
             suspended_by_window: suspended.contains(e.id.as_str()),
@@ -283,19 +277,15 @@ async fn plan(
             d => decided.push((e, d)),
         }
     }
-    if !decided.is_empty() && names.is_none() {
-        names = Some(branch_names(env, project).await?);
-    }
     for (e, decision) in decided {
         let branch_name = names
             .as_ref()
             .and_then(|n| n.get(e.branch_id.as_str()))
-            .cloned()
-            .unwrap_or_default();
+            .cloned();
         let spec_for = |action: &'static str, why: Why| ActionSpec {
             resource_kind: "endpoint",
             resource_id: e.id.to_string(),
-            resource_name: Some(branch_name.clone()),
+            resource_name: branch_name.clone(),
             project_id: Some(project.id.to_string()),
             action,
             rule: Some(why.rule),
@@ -371,8 +361,8 @@ pub struct EndpointNow<'a> {
     /// `current_state == idle` (suspended).
     pub idle: bool,
     pub disabled: bool,
-    /// A `pending_state` is set, or the project has an operation on this endpoint that is
-    /// not finished.
+    /// A `pending_state` is set (Neon is changing the endpoint). The project's operations
+    /// are not listed for this: a call made while one runs is answered 423 and waited out.
     pub operation_in_progress: bool,
     pub last_active: Option<DateTime<Utc>>,
     /// The window (its text) the instant is inside, if any.

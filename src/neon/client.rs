@@ -21,7 +21,8 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::ratelimit::RateLimiter;
 use super::retry::{
-    parse_retry_after, poll_until, retry, retry_reason, Label, PollPolicy, RetryPolicy,
+    parse_retry_after, poll_until, retry, retry_reason, Label, OperationPace, PollPolicy,
+    RetryPolicy,
 };
 use super::types::*;
 use super::wire;
@@ -93,7 +94,10 @@ pub struct ClientConfig {
     /// maximum, because Neon's rate limit counts requests: listing 2,000 branches is one
     /// request at 10,000 per page and 20 at 100. Lower it only to bound response sizes.
     pub page_size: u32,
-    /// First and largest interval between polls in `wait_for_operations` / `wait_for_project_idle`.
+    /// The shortest interval between polls in `wait_for_operations` /
+    /// `wait_for_project_idle`, and the first one until an operation has been seen to finish;
+    /// after that the first poll comes when operations have lately taken (see
+    /// [`PollPolicy`]). `poll_max` is the longest interval.
     pub poll_initial: Duration,
     pub poll_max: Duration,
     /// Where the final outcome of every call is recorded (for `/readyz`), if anywhere.
@@ -117,12 +121,19 @@ impl ClientConfig {
             retry_max_delay: Duration::from_secs(30),
             user_agent: format!("neon-steward/{}", env!("CARGO_PKG_VERSION")),
             page_size: DEFAULT_PAGE_SIZE,
-            poll_initial: Duration::from_millis(250),
-            poll_max: Duration::from_secs(5),
+            poll_initial: DEFAULT_POLL_INITIAL,
+            poll_max: DEFAULT_POLL_MAX,
             health: None,
         }
     }
 }
+
+/// The default shortest (and first) interval between operation polls: soon, because the
+/// first poll of an operation comes when operations have lately taken, so this only
+/// matters until one has been seen to finish, and for operations that end at once.
+pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(5);
+/// The default longest interval between operation polls.
+pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(5);
 
 /// A cheap-to-clone handle on the Neon API.
 #[derive(Clone)]
@@ -141,6 +152,8 @@ struct Inner {
     page_size: u32,
     poll_initial: Duration,
     poll_max: Duration,
+    /// How long operations have lately taken (the first poll's delay).
+    pace: OperationPace,
     health: Option<Arc<dyn ApiObserver>>,
 }
 
@@ -217,7 +230,9 @@ struct Reply {
 /// A page shorter than the `limit` asked for is NOT taken as the last one: the document only
 /// calls `limit` a maximum (and `GET /projects` returns short, incomplete pages on its
 /// server-side timeout), and a listing cut short could make a parent branch look childless.
-/// A listing ends on a missing or empty cursor, or an empty page.
+/// A listing ends on a missing or empty cursor, or an empty page. The one exception is
+/// `GET /projects`, whose incomplete pages say so (`unavailable_project_ids`): a short page
+/// that names none is its last (see `list_projects`).
 type Extract<W, T> = Box<dyn Fn(W) -> (Vec<T>, Option<String>, usize) + Send + Sync>;
 
 struct PageSpec<W, T> {
@@ -286,6 +301,7 @@ impl NeonClient {
                 page_size: config.page_size.max(1),
                 poll_initial: config.poll_initial,
                 poll_max: config.poll_max.max(config.poll_initial),
+                pace: OperationPace::default(),
                 health: config.health,
             }),
         })
@@ -327,11 +343,16 @@ impl NeonClient {
             base,
             cursor_param: "cursor",
             last_page_if: None,
-            extract: Box::new(|p: wire::ProjectsPage| {
+            // Neon hands out a cursor on the last page too, and the page after it is empty:
+            // a page shorter than the limit that names no unavailable project (those a
+            // server-side timeout left out) is complete and the last one, so no empty page
+            // is asked for.
+            extract: Box::new(move |p: wire::ProjectsPage| {
                 let n = p.projects.len();
+                let last = n < limit && p.unavailable_project_ids.is_empty();
                 (
                     p.projects.into_iter().map(Into::into).collect(),
-                    p.pagination.and_then(|p| p.cursor),
+                    p.pagination.and_then(|p| p.cursor).filter(|_| !last),
                     n,
                 )
             }),
@@ -571,10 +592,13 @@ impl NeonClient {
     /// Creates a snapshot of a branch.
     ///
     /// A create is not idempotent, so a timeout, a dropped connection or a 5xx other than 503
-    /// is not simply repeated: the client lists the project's snapshots and, if one appeared
-    /// for this branch (with the requested name) that was not there before, returns it (with
-    /// no operations) instead of creating a second. Only if none appeared is the create tried
-    /// again, within the retry budget.
+    /// is not simply repeated: the client lists the project's snapshots and, if one of this
+    /// branch appeared that is the one asked for, returns it (with no operations) instead of
+    /// creating a second. Only if none appeared is the create tried again, within the retry
+    /// budget. With a `name` the one asked for is the branch's snapshot of that name (Neon
+    /// keeps snapshot names unique in a project, so it cannot be another's), and nothing is
+    /// listed unless a failure is ambiguous; without one it is the newest of the branch's
+    /// snapshots that were not there before, so the snapshots are listed first.
     pub async fn create_snapshot(
         &self,
         project: &ProjectId,
@@ -582,13 +606,17 @@ impl NeonClient {
         req: SnapshotRequest,
     ) -> Result<(Snapshot, Vec<Operation>), ApiError> {
         const ROUTE: &str = "/projects/{project_id}/branches/{branch_id}/snapshot";
-        // What existed before, so that a snapshot found after an ambiguous failure is ours.
-        let before: HashSet<SnapshotId> = self
-            .list_snapshots(project)
-            .await?
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        // Without a name: what existed before, so that a snapshot found after an ambiguous
+        // failure is ours. With one the name tells (and the listing costs a request).
+        let before: HashSet<SnapshotId> = match &req.name {
+            Some(_) => HashSet::new(),
+            None => self
+                .list_snapshots(project)
+                .await?
+                .into_iter()
+                .map(|s| s.id)
+                .collect(),
+        };
         let call = Call::get(
             ROUTE,
             &[
@@ -834,6 +862,7 @@ impl NeonClient {
         for op in operations {
             check_failed(op)?;
             if op.status.is_terminal() {
+                self.observe_duration(op);
                 done.push(op.clone());
             } else {
                 pending.push(op.clone());
@@ -865,6 +894,7 @@ impl NeonClient {
                 for now in refreshed {
                     check_failed(&now)?;
                     if now.status.is_terminal() {
+                        self.observe_duration(&now);
                         done.push(now);
                     } else {
                         still.push(now);
@@ -957,10 +987,18 @@ impl NeonClient {
         })
     }
 
+    /// Learns from a finished operation how long operations take (Neon's own timestamps).
+    fn observe_duration(&self, op: &Operation) {
+        if let Ok(took) = (op.updated_at - op.created_at).to_std() {
+            self.inner.pace.observe(took);
+        }
+    }
+
     fn poll_policy(&self) -> PollPolicy {
         PollPolicy {
             initial: self.inner.poll_initial,
             max: self.inner.poll_max,
+            expected: self.inner.pace.expected(),
         }
     }
 

@@ -38,7 +38,7 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::Retryable;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -199,17 +199,88 @@ where
     result
 }
 
-/// How often to poll for a state: doubling from `initial` up to `max`, until a deadline.
+/// How often to poll for a state. The first poll comes after the time the awaited work is
+/// `expected` to take (within `initial..=max`; `initial` when nothing is expected), then the
+/// interval doubles from a quarter of that (at least `initial`) up to `max`, until a deadline.
+/// Nothing waits a fixed time: with operations that end at once the first poll comes after
+/// `initial`, with Neon's operations of a few seconds after about their usual length.
 #[derive(Clone, Copy, Debug)]
 pub struct PollPolicy {
+    /// The shortest interval, and the first one when nothing is expected.
     pub initial: Duration,
+    /// The longest interval.
     pub max: Duration,
+    /// How long the awaited work usually takes (see [`OperationPace`]).
+    pub expected: Option<Duration>,
 }
 
-/// Polls until `step` breaks with a value: sleeps, calls `step` with the state the last call
-/// continued with, and so on. Starting a sleep at or past `deadline` after `started` ends it
-/// with `Ok(Err((state, elapsed)))`; the last sleep is cut to end at the deadline, so one
-/// more `step` is made there. An error of `step` ends it at once.
+impl PollPolicy {
+    /// The intervals between polls, in order (endless; the deadline ends the polling).
+    pub fn intervals(&self) -> impl Iterator<Item = Duration> {
+        let max = self.max.max(self.initial);
+        let first = self
+            .expected
+            .unwrap_or(self.initial)
+            .clamp(self.initial, max);
+        let mut step = self.initial.max(first / 4);
+        std::iter::once(first).chain(std::iter::from_fn(move || {
+            step = step.saturating_mul(2).min(max);
+            Some(step)
+        }))
+    }
+}
+
+/// How long a client's operations have taken lately: a moving average of the durations Neon
+/// reports for finished operations (`updated_at - created_at`, both Neon's clock), which
+/// [`PollPolicy::expected`] uses so that the first poll of the next operation comes when it
+/// has probably ended. Shared by the clones of one client.
+#[derive(Debug)]
+pub struct OperationPace {
+    /// Microseconds; `u64::MAX` until an operation has been seen to finish.
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl Default for OperationPace {
+    fn default() -> Self {
+        OperationPace {
+            micros: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl OperationPace {
+    /// Adds an operation that took `took` (the newest counts for a quarter).
+    pub fn observe(&self, took: Duration) {
+        use std::sync::atomic::Ordering;
+        // Longer than a day is no typical operation: cap it so the average stays meaningful.
+        let took = u64::try_from(took.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(86_400_000_000);
+        let _ = self
+            .micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == u64::MAX {
+                    took
+                } else {
+                    (old.saturating_mul(3).saturating_add(took)) / 4
+                })
+            });
+    }
+
+    /// The usual duration, once one operation has been seen to finish.
+    pub fn expected(&self) -> Option<Duration> {
+        match self.micros.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => None,
+            m => Some(Duration::from_micros(m)),
+        }
+    }
+}
+
+/// Polls until `step` breaks with a value: sleeps (see [`PollPolicy`] for how long), calls
+/// `step` with the state the last call continued with, and so on. Starting a sleep at or
+/// past `deadline` after `started` ends it with `Ok(Err((state, elapsed)))`; the last sleep
+/// is cut to end at the deadline, so one more `step` is made there. An error of `step` ends
+/// it at once.
 pub async fn poll_until<S, T, E, F, Fut>(
     policy: PollPolicy,
     started: Instant,
@@ -221,12 +292,7 @@ where
     F: FnMut(S) -> Fut,
     Fut: Future<Output = Result<ControlFlow<T, S>, E>>,
 {
-    let mut intervals = ExponentialBuilder::new()
-        .with_min_delay(policy.initial)
-        .with_max_delay(policy.max.max(policy.initial))
-        .with_factor(2.0)
-        .without_max_times()
-        .build();
+    let mut intervals = policy.intervals();
     loop {
         let elapsed = started.elapsed();
         if elapsed >= deadline {
@@ -451,6 +517,7 @@ mod tests {
         let policy = PollPolicy {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(4),
+            expected: None,
         };
         let started = Instant::now();
         let seen = std::cell::RefCell::new(Vec::new());
@@ -490,6 +557,57 @@ mod tests {
         )
         .await;
         assert_eq!(out, Err("boom"), "an error ends the polling at once");
+    }
+
+    #[test]
+    fn the_first_poll_comes_when_operations_usually_end() {
+        let ms = Duration::from_millis;
+        let take = |p: PollPolicy, n: usize| p.intervals().take(n).collect::<Vec<_>>();
+        // Nothing known: the first poll soon, then doubling.
+        let p = PollPolicy {
+            initial: ms(5),
+            max: ms(5_000),
+            expected: None,
+        };
+        assert_eq!(take(p, 5), vec![ms(5), ms(10), ms(20), ms(40), ms(80)]);
+        // Operations of about 2 s: the first poll at 2 s, then from a quarter of it.
+        let p = PollPolicy {
+            expected: Some(ms(2_000)),
+            ..p
+        };
+        assert_eq!(take(p, 4), vec![ms(2_000), ms(1_000), ms(2_000), ms(4_000)]);
+        assert_eq!(p.intervals().nth(10), Some(ms(5_000)), "capped at max");
+        // Instant operations: never sooner than `initial`; longer ones: never past `max`.
+        let p = PollPolicy {
+            expected: Some(Duration::ZERO),
+            ..p
+        };
+        assert_eq!(take(p, 2), vec![ms(5), ms(10)]);
+        let p = PollPolicy {
+            expected: Some(Duration::from_secs(60)),
+            ..p
+        };
+        assert_eq!(take(p, 2), vec![ms(5_000), ms(2_500)]);
+    }
+
+    #[test]
+    fn the_pace_follows_what_operations_took() {
+        let pace = OperationPace::default();
+        assert_eq!(pace.expected(), None, "nothing seen yet");
+        pace.observe(Duration::from_millis(2_000));
+        assert_eq!(pace.expected(), Some(Duration::from_millis(2_000)));
+        pace.observe(Duration::ZERO);
+        assert_eq!(pace.expected(), Some(Duration::from_millis(1_500)));
+        for _ in 0..40 {
+            pace.observe(Duration::from_millis(100));
+        }
+        let e = pace.expected().unwrap();
+        assert!(
+            e >= Duration::from_millis(100) && e < Duration::from_millis(101),
+            "{e:?}"
+        );
+        pace.observe(Duration::MAX);
+        assert!(pace.expected().unwrap() <= Duration::from_secs(86_400));
     }
 
     fn locked(code: Option<&str>) -> ApiError {

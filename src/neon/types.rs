@@ -112,6 +112,9 @@ pub struct Branch {
     /// Until when a deleted branch can still be recovered (Neon's `recovery.recoverable_until`,
     /// present on the answer to a delete when the account has branch recovery).
     pub recoverable_until: Option<DateTime<Utc>>,
+    /// When a soft-deleted branch was deleted (Neon's `recovery.deleted_at`, listed with
+    /// `include_deleted=true`).
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -86,6 +86,10 @@ pub struct ProjectsPage {
     pub projects: Vec<Project>,
     #[serde(default)]
     pub pagination: Option<CursorPage>,
+    /// Projects that exist but were not fetched before the listing's timeout: a page that
+    /// names any is incomplete, whatever its length.
+    #[serde(default)]
+    pub unavailable_project_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +101,8 @@ pub struct ProjectResponse {
 pub struct Recovery {
     #[serde(default)]
     pub recoverable_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +144,7 @@ impl From<Branch> for t::Branch {
             expires_at: b.expires_at,
             current_state: b.current_state,
             logical_size: b.logical_size,
+            deleted_at: b.recovery.as_ref().and_then(|r| r.deleted_at),
             recoverable_until: b.recovery.and_then(|r| r.recoverable_until),
         }
     }

@@ -475,7 +475,10 @@ ttl = "7d"
 names = ["preview/*"]
 "#;
 
-/// A child created after the listing, before the delete: the branch is read again and kept.
+/// A child created after the plan's listing, before the deletes: the project's branches are
+/// listed again right before its first delete, and the branch is kept. (The policy has an
+/// `idle_ttl`, so the plan lists the endpoints after the branches: holding that listing
+/// makes the plan's view of the branches stale.)
 #[tokio::test]
 async fn a_branch_that_got_children_after_planning_is_not_deleted() {
     let e = Arc::new(env().await);
@@ -489,19 +492,11 @@ async fn a_branch_that_got_children_after_planning_is_not_deleted() {
             e.sim.clock().now() - TimeDelta::days(10),
         )
         .unwrap();
-    // Hold the re-read of the branch until a child has been added meanwhile.
     e.sim
         .faults()
-        .inject(
-            FaultRule::on(
-                "GET",
-                "/projects/{project_id}/branches/{branch_id}",
-                Fault::Hold,
-            )
-            .times(1),
-        )
+        .inject(FaultRule::on("GET", "/projects/{project_id}/endpoints", Fault::Hold).times(1))
         .unwrap();
-    let j = job(EXPIRE);
+    let j = job(&EXPIRE.replace("ttl = \"7d\"", "ttl = \"7d\"\nidle_ttl = \"30d\""));
     let run = {
         let e = e.clone();
         tokio::spawn(async move { e.run(&j).await })
@@ -529,6 +524,68 @@ async fn a_branch_that_got_children_after_planning_is_not_deleted() {
         !e.sim.mutations().iter().any(|m| m.method == "DELETE"),
         "no delete was sent"
     );
+}
+
+/// Between the fresh listing and a later delete of the same project, Neon's own refusal is
+/// the guard: a child created while the project's first delete runs makes Neon refuse the
+/// second, which is recorded as failed, and the branch stays.
+#[tokio::test]
+async fn neon_refuses_a_delete_the_recheck_listing_could_not_see() {
+    let e = Arc::new(env().await);
+    let (p, _main) = e.sim.add_project("app", None);
+    let at = e.sim.clock().now() - TimeDelta::days(10);
+    let first = e.sim.add_branch(&p.id, "preview/one", None, at).unwrap();
+    let second = e.sim.add_branch(&p.id, "preview/two", None, at).unwrap();
+    e.sim
+        .faults()
+        .inject(
+            FaultRule::on(
+                "DELETE",
+                "/projects/{project_id}/branches/{branch_id}",
+                Fault::Hold,
+            )
+            .times(1),
+        )
+        .unwrap();
+    let j = job(EXPIRE);
+    let run = {
+        let e = e.clone();
+        tokio::spawn(async move { e.run(&j).await })
+    };
+    e.fault_fired("DELETE").await;
+    let held = e.sim.faults().injected()[0].path.clone();
+    let later = if held.ends_with(first.id.as_str()) {
+        &second
+    } else {
+        &first
+    };
+    e.sim
+        .add_branch(
+            &p.id,
+            "feature/on-top",
+            Some(&later.id),
+            e.sim.clock().now(),
+        )
+        .unwrap();
+    e.sim.faults().release();
+    let (r, actions) = run.await.unwrap();
+    assert_eq!(r.status, RunStatus::Partial, "{r:?}");
+    let failed: Vec<_> = actions
+        .iter()
+        .filter(|a| a.outcome == ActionOutcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{actions:#?}");
+    assert_eq!(failed[0].resource_id, later.id.as_str());
+    assert!(
+        failed[0]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("child branches"),
+        "Neon's refusal: {:?}",
+        failed[0].detail
+    );
+    assert!(e.branch_names(&p.id).contains(&later.name));
 }
 
 /// A failed child delete: its parent is skipped (not attempted), unrelated branches go on,

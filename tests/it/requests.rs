@@ -4,7 +4,9 @@
 //! timings. Each guards one fix from `docs/BENCHMARKS.md`: scans of a project's operations
 //! that stop early, one listing per poll round for several pending operations, Neon's
 //! maximum page sizes by default, no branch listing the suspend job does not need, and one
-//! store write per batch of final ledger rows.
+//! store write per batch of final ledger rows; and issue 11's minimum per sweep (no empty
+//! projects page, one re-check listing and one recovery read per project for expire, no
+//! operations listing for suspend, no second snapshot listing per create).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -329,10 +331,11 @@ async fn listings_ask_for_neons_maximum_page_by_default() {
         .unwrap();
     assert_eq!(projects.len(), 121);
     let _: Vec<Operation> = c.list_operations(&project).try_collect().await.unwrap();
-    // At the former default of 100 this was 3 + 2 + 1 requests. Projects take two: the
-    // page after the last cursor is asked for, as a short page does not end a listing.
+    // At the former default of 100 this was 3 + 2 + 1 requests. Projects take one: a short
+    // page naming no unavailable project is the last (the empty page after its cursor was
+    // asked for until issue 11).
     let sent = sim.sent();
-    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert_eq!(sent.len(), 3, "{sent:?}");
     let limit_of = |suffix: &str| {
         sent.iter()
             .find(|s| s.path.ends_with(suffix))
@@ -355,6 +358,27 @@ async fn listings_ask_for_neons_maximum_page_by_default() {
     let branches: Vec<Branch> = small.list_branches(&project).try_collect().await.unwrap();
     assert_eq!(branches.len(), 251);
     assert_eq!(branch_listings(&sim), 3);
+
+    // Projects at 100 per page: 121 is a full page and a short one; 100 a full page, which
+    // cannot be known to be the last, and the empty one after its cursor.
+    let project_pages = |sim: &TestSim| gets(sim, |p| p.ends_with("/api/v2/projects")).len();
+    sim.clear_sent();
+    let all: Vec<Project> = small
+        .list_projects(ProjectFilter::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!((all.len(), project_pages(&sim)), (121, 2));
+    for p in all.iter().skip(100) {
+        sim.state().settled().projects.remove(p.id.as_str());
+    }
+    sim.clear_sent();
+    let all: Vec<Project> = small
+        .list_projects(ProjectFilter::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!((all.len(), project_pages(&sim)), (100, 2));
 }
 
 // ------------------------------------------------------------ fix 1: the suspend job
@@ -539,8 +563,20 @@ windows = ["Mon"]
 window_timezone = "UTC"
 "#;
 
+/// Endpoints of `main` only, by branch pattern: the branches must be listed to select.
+const SUSPEND_MONDAYS_MAIN: &str = r#"
+[[jobs]]
+name = "suspend-mondays-main"
+kind = "suspend_computes"
+every = "10m"
+windows = ["Mon"]
+window_timezone = "UTC"
+[jobs.endpoints]
+branches = ["main"]
+"#;
+
 #[tokio::test]
-async fn suspend_job_reads_one_operations_page_and_branches_only_when_needed() {
+async fn suspend_job_lists_only_endpoints_unless_branch_patterns_need_names() {
     let sim = sim().await;
     let (pid, main) = sim.add_project("app", None);
     let ep = sim.add_endpoint(&main);
@@ -549,13 +585,14 @@ async fn suspend_job_reads_one_operations_page_and_branches_only_when_needed() {
     push_ops(&sim, &pid, Some(&ep), 2_500, Duration::ZERO);
     let j = jobs_env(&sim).await;
 
-    // Idle computes, nothing to decide: endpoints + one operations page, no branch listing.
-    // Before: the whole history (3 pages at 1,000, 26 at 100) and every branch.
+    // Idle computes, nothing to decide: the projects page and the endpoints, nothing else.
+    // Before issue 11: also one operations page and the empty projects page after the
+    // cursor (before that fix, the whole operation history: 3 pages at 1,000, 26 at 100).
     sim.clear_sent();
     let (r, actions) = dry_run(&sim, &j, &job(SUSPEND_IDLE), 0).await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
     assert!(actions.is_empty(), "{actions:?}");
-    assert_eq!(op_listings(&sim).len(), 1);
+    assert_eq!(op_listings(&sim).len(), 0);
     assert_eq!(branch_listings(&sim), 0);
     assert_eq!(
         gets(&sim, |p| p.ends_with("/endpoints")).len(),
@@ -563,14 +600,11 @@ async fn suspend_job_reads_one_operations_page_and_branches_only_when_needed() {
         "{:?}",
         sim.sent()
     );
-    assert_eq!(
-        sim.sent().len(),
-        4,
-        "projects (and the empty page after its cursor), endpoints, operations"
-    );
+    assert_eq!(sim.sent().len(), 2, "projects, endpoints: {:?}", sim.sent());
 
-    // Active computes inside the window: something to record, so the branches are listed
-    // once to name them in the ledger; the one with a running operation is skipped.
+    // Active computes inside the window: both planned, still without listing branches or
+    // operations (one has an operation running: its suspend would be answered 423 and
+    // waited out at the call; Neon's `pending_state` is what makes the plan skip one).
     {
         let state = sim.state();
         let mut s = state.settled();
@@ -579,33 +613,37 @@ async fn suspend_job_reads_one_operations_page_and_branches_only_when_needed() {
         }
         s.settle();
     }
-    let running = push_ops(&sim, &pid, Some(&ep_dev), 1, MINUTE);
+    push_ops(&sim, &pid, Some(&ep_dev), 1, MINUTE);
     sim.clear_sent();
     let (r, actions) = dry_run(&sim, &j, &job(SUSPEND_MONDAYS), 1).await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(branch_listings(&sim), 0);
+    assert_eq!(op_listings(&sim).len(), 0);
+    assert_eq!(sim.sent().len(), 2, "projects, endpoints: {:?}", sim.sent());
+    let mut planned: Vec<&str> = actions
+        .iter()
+        .filter(|a| a.outcome == ActionOutcome::Planned)
+        .map(|a| a.resource_id.as_str())
+        .collect();
+    planned.sort();
+    let mut both = vec![ep.as_str(), ep_dev.as_str()];
+    both.sort();
+    assert_eq!(planned, both, "{actions:#?}");
+    assert!(actions.iter().all(|a| a.resource_name.is_none()));
+
+    // A branch pattern needs the names: one branch listing, and the ledger names the branch.
+    sim.clear_sent();
+    let (r, actions) = dry_run(&sim, &j, &job(SUSPEND_MONDAYS_MAIN), 2).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
     assert_eq!(branch_listings(&sim), 1);
-    assert_eq!(
-        op_listings(&sim).len(),
-        2,
-        "the running one's page, then one all finished"
-    );
-    let planned = actions
+    assert_eq!(sim.sent().len(), 3, "{:?}", sim.sent());
+    let planned: Vec<_> = actions
         .iter()
-        .find(|a| a.outcome == ActionOutcome::Planned)
-        .expect("the idle-history endpoint is planned");
-    assert_eq!(planned.resource_id, ep);
-    assert_eq!(planned.resource_name.as_deref(), Some("main"));
-    let skipped = actions
-        .iter()
-        .find(|a| a.outcome == ActionOutcome::Skipped)
-        .expect("the busy endpoint is skipped");
-    assert_eq!(skipped.resource_id, ep_dev);
-    assert_eq!(skipped.resource_name.as_deref(), Some("dev"));
-    assert!(
-        skipped.reason.contains("an operation is in progress"),
-        "{} (operation {running:?})",
-        skipped.reason
-    );
+        .filter(|a| a.outcome == ActionOutcome::Planned)
+        .collect();
+    assert_eq!(planned.len(), 1, "{actions:#?}");
+    assert_eq!(planned[0].resource_id, ep);
+    assert_eq!(planned[0].resource_name.as_deref(), Some("main"));
 }
 
 // ------------------------------------------------------ fix 5: ledger writes in batches
@@ -658,4 +696,162 @@ async fn dry_run_records_planned_actions_and_skips_in_one_write_each() {
     // Before: one write (one transaction) per row, 24 here.
     assert_eq!(j.counting.single.load(Ordering::SeqCst), 0);
     assert_eq!(j.counting.batches.load(Ordering::SeqCst), 2);
+}
+
+// --------------------------------------------- issue 11: real sweeps at the minimum
+
+/// [`dry_run`], for real.
+async fn real_run(
+    sim: &TestSim,
+    j: &Jobs,
+    job: &JobConfig,
+    minute: i64,
+) -> (RunResult, Vec<ActionRecord>) {
+    let now = sim.clock().now();
+    let scheduled_for = now + TimeDelta::minutes(minute);
+    let run_id = j
+        .env
+        .store
+        .claim_run(&NewRun {
+            job: job.name.clone(),
+            kind: job.kind.as_str().to_string(),
+            scheduled_for,
+            trigger: Trigger::Manual,
+            dry_run: false,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await
+        .unwrap()
+        .expect("fresh tick");
+    let r = run_job(
+        &j.env,
+        job,
+        RunContext {
+            run_id,
+            scheduled_for,
+            now,
+            dry_run: false,
+        },
+    )
+    .await;
+    let actions = j.env.store.actions_for_run(run_id).await.unwrap();
+    (r, actions)
+}
+
+#[tokio::test]
+async fn expire_sweep_lists_and_reads_recovery_once_per_project() {
+    let sim = sim().await;
+    let old = sim.clock().now() - TimeDelta::days(30);
+    let (pid, parent, child) = {
+        let (pid, main) = sim.add_project("shop", None);
+        let state = sim.state();
+        let mut s = state.settled();
+        s.insert_branch(&pid, "preview/a", Some(&main), old);
+        let parent = s.insert_branch(&pid, "preview/b", Some(&main), old);
+        let child = s.insert_branch(&pid, "preview/b-child", Some(&parent.id), old);
+        let now = s.now();
+        s.insert_branch(&pid, "preview/new", Some(&main), now);
+        (pid, parent.id, child.id)
+    };
+    let j = jobs_env(&sim).await;
+    sim.clear_sent();
+    let (r, actions) = real_run(&sim, &j, &job(EXPIRE), 0).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(r.counts.succeeded, 3, "{actions:#?}");
+    let sent = sim.sent();
+    let deletes: Vec<&Sent> = sent.iter().filter(|s| s.method == "DELETE").collect();
+    assert_eq!(deletes.len(), 3, "{sent:?}");
+    let child_at = deletes.iter().position(|s| s.path.ends_with(&child));
+    let parent_at = deletes.iter().position(|s| s.path.ends_with(&parent));
+    assert!(
+        child_at < parent_at,
+        "the child first, then its parent: {deletes:?}"
+    );
+    let listings: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/projects/{pid}/branches")))
+        .collect();
+    let recovery = listings
+        .iter()
+        .filter(|s| query_has(s, "include_deleted=true"))
+        .count();
+    // The plan's listing and the fresh one before the deletes; one recovery read.
+    // Before issue 11: a GET of the branch, a listing and a recovery listing per delete.
+    assert_eq!((listings.len() - recovery, recovery), (2, 1), "{sent:?}");
+    assert_eq!(
+        gets(&sim, |p| p.ends_with("/endpoints")).len(),
+        0,
+        "a ttl-only policy needs no last activity"
+    );
+    assert_eq!(
+        gets(&sim, |p| p.contains("/branches/")).len(),
+        0,
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.len(),
+        1 + 2 + 1 + 3,
+        "one projects page, two listings, one recovery read, three deletes: {sent:?}"
+    );
+    // Neon's time for the first; the later ones from the window it implies.
+    let mut details: Vec<&str> = actions
+        .iter()
+        .filter(|a| a.outcome == ActionOutcome::Succeeded)
+        .filter_map(|a| a.detail.as_deref())
+        .collect();
+    details.sort();
+    assert!(
+        details[0].starts_with("recoverable_until about ")
+            && details[0].contains("plus the 7days recovery window Neon reported"),
+        "{details:?}"
+    );
+    assert_eq!(
+        details
+            .iter()
+            .filter(|d| d.starts_with("recoverable_until="))
+            .count(),
+        1,
+        "{details:?}"
+    );
+}
+
+const SNAPSHOT_KEEP_1: &str = r#"
+[[jobs]]
+name = "nightly"
+kind = "snapshot_branches"
+schedule = "0 3 * * *"
+timezone = "UTC"
+name_template = "{job}-{branch}-{date}-{time}"
+[jobs.branches]
+default = true
+[jobs.retention]
+keep_last = 1
+"#;
+
+#[tokio::test]
+async fn snapshot_sweep_lists_snapshots_once_per_project() {
+    let sim = sim().await;
+    sim.add_project("shop", None);
+    let j = jobs_env(&sim).await;
+    let (r, _) = real_run(&sim, &j, &job(SNAPSHOT_KEEP_1), 0).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    sim.clock().advance(Duration::from_secs(86_400));
+    sim.clear_sent();
+    let (r, actions) = real_run(&sim, &j, &job(SNAPSHOT_KEEP_1), 0).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+    assert_eq!(
+        r.counts.succeeded, 2,
+        "a create and a retention delete: {actions:#?}"
+    );
+    let sent = sim.sent();
+    let snapshot_listings = gets(&sim, |p| p.ends_with("/snapshots")).len();
+    // Before issue 11 the create listed the snapshots again (and the projects listing asked
+    // for an empty page).
+    assert_eq!(snapshot_listings, 1, "{sent:?}");
+    assert_eq!(
+        sent.len(),
+        1 + 2 + 2,
+        "projects page, branches and snapshots, create and delete: {sent:?}"
+    );
 }
