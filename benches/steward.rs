@@ -667,6 +667,7 @@ async fn dry_run(env: &JobEnv, job: &JobConfig, now: DateTime<Utc>, tick: u32) -
             dry_run: true,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await?
         .context("a fresh tick is always claimable")?;
@@ -920,6 +921,7 @@ async fn bench_act(r: &mut Report) -> Result<()> {
             dry_run: false,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await?
         .context("fresh tick")?;
@@ -1048,6 +1050,7 @@ fn new_run(i: usize) -> NewRun {
         dry_run: false,
         status: RunStatus::Running,
         error: None,
+        plan_id: None,
     }
 }
 
@@ -1542,6 +1545,7 @@ async fn consumption_probe(base: String, key: String, now: String) -> Result<()>
             dry_run: false,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await?
         .context("a fresh tick is always claimable")?;

@@ -16,6 +16,7 @@ use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
+use super::saved::branch_facts;
 use super::scope::{branch_last_activity, passes_age_filters};
 use super::select::{BranchFacts, BranchSelector, Selection, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
@@ -414,6 +415,7 @@ async fn plan(
         ),
         action: ExpireAction::ClearExpiry(b.id.clone()),
         requires: Vec::new(),
+        facts: branch_facts(b),
     };
     for b in &branches {
         let activity = branch_last_activity(ctx.now, b, &endpoints);
@@ -478,6 +480,7 @@ async fn plan(
                         ),
                         action: ExpireAction::SetExpiry(b.id.clone(), at),
                         requires: Vec::new(),
+                        facts: branch_facts(b),
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
                         b,
@@ -519,6 +522,7 @@ async fn plan(
                 spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
                 action: ExpireAction::Delete(b.id.clone()),
                 requires,
+                facts: branch_facts(b),
             });
         }
         for (id, refusal) in &plan.refused {
@@ -574,6 +578,7 @@ fn revisit(
                 },
                 action: ExpireAction::SetExpiry(b.id.clone(), *at),
                 requires: Vec::new(),
+                facts: branch_facts(b),
             })
         }
         ExpiryDecision::TooFarAhead(at) => Some(clear(
@@ -881,6 +886,7 @@ mod tests {
             },
             action: ExpireAction::ClearExpiry(b.id.clone()),
             requires: Vec::new(),
+            facts: Default::default(),
         }
     }
 

@@ -30,6 +30,7 @@ use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
+use super::saved::{snapshot_facts, snapshot_source_facts};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
 use super::scope::passes_age_filters;
 use super::select::{BranchFacts, BranchSelector, Selection};
@@ -450,7 +451,8 @@ async fn plan(
                     name: name.clone(),
                     expires_in: spec.expires_in,
                 },
-            ));
+            )
+            .with_facts(snapshot_source_facts(b)));
             refs.push(SnapshotRef {
                 id: NEW_SNAPSHOT.to_string(),
                 created_at: ctx.now,
@@ -477,6 +479,7 @@ async fn plan(
                 action: SnapshotAction::Delete(snap.id.clone()),
                 // Pruning makes room for the new snapshot: without it, prune nothing.
                 requires: create.into_iter().collect(),
+                facts: snapshot_facts(snap),
             });
         }
     }

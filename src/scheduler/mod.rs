@@ -869,6 +869,7 @@ impl Loop {
             dry_run: job.dry_run,
             status,
             error: error.map(str::to_string),
+            plan_id: None,
         }
     }
 

@@ -319,6 +319,7 @@ pub async fn run_now(
             dry_run,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await?;
     let Some(run_id) = claimed else {

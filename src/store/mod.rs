@@ -258,6 +258,8 @@ pub enum Trigger {
     CatchUp,
     /// `once`, `plan` or `POST /api/v1/jobs/{name}/trigger`.
     Manual,
+    /// `apply plan.json`: a saved plan carried out (the run's `plan_id` names it).
+    Apply,
 }
 
 impl Trigger {
@@ -266,6 +268,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch_up",
             Trigger::Manual => "manual",
+            Trigger::Apply => "apply",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -273,6 +276,7 @@ impl Trigger {
             "schedule" => Trigger::Schedule,
             "catch_up" => Trigger::CatchUp,
             "manual" => Trigger::Manual,
+            "apply" => Trigger::Apply,
             _ => return None,
         })
     }
@@ -290,6 +294,8 @@ pub struct NewRun {
     pub status: RunStatus,
     /// For skipped ticks: why.
     pub error: Option<String>,
+    /// The saved plan an `apply` run carries out (`Trigger::Apply`); `None` otherwise.
+    pub plan_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -318,6 +324,9 @@ pub struct RunRecord {
     pub owner: Option<String>,
     /// Until when the owner holds the run, by the store's clock, while it is `running`.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The saved plan an `apply` run carried out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

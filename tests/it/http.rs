@@ -155,6 +155,7 @@ async fn seed(store: &Arc<dyn Store>) -> (i64, i64) {
         dry_run: false,
         status: RunStatus::Running,
         error: None,
+        plan_id: None,
     };
     let first = store.claim_run(&run(0)).await.unwrap().unwrap();
     store

@@ -502,6 +502,7 @@ async fn dry_run(
             dry_run: true,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await
         .unwrap()

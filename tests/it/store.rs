@@ -56,6 +56,7 @@ fn new_run(job: &str, at: DateTime<Utc>) -> NewRun {
         dry_run: false,
         status: RunStatus::Running,
         error: None,
+        plan_id: None,
     }
 }
 
