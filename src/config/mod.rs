@@ -10,6 +10,7 @@
 //! be committed and reviewed like any other code.
 
 mod error;
+pub mod hash;
 pub mod pattern;
 mod raw;
 mod schema;
@@ -91,6 +92,9 @@ pub struct Config {
     pub jobs: Vec<Arc<JobConfig>>,
     /// The file this was loaded from (reloads read it again).
     pub source: PathBuf,
+    /// The hash of the normalised policy ([`hash::policy_hash`]): a saved plan is applied
+    /// only under the policy it was made from.
+    pub policy_hash: String,
 }
 
 impl Config {
@@ -961,6 +965,7 @@ impl Validator<'_> {
             http,
             jobs,
             source: self.path.to_path_buf(),
+            policy_hash: hash::policy_hash(self.text),
         })
     }
 
