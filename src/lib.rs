@@ -18,6 +18,7 @@ pub mod http;
 pub mod jobs;
 pub mod neon;
 pub mod output;
+pub mod saved_plan;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;
