@@ -22,6 +22,7 @@
 //!
 //! Unknown fields are refused, so a file from a newer build is not half-read.
 
+pub mod commands;
 pub mod markdown;
 
 use std::collections::BTreeMap;

@@ -16,5 +16,6 @@ mod jobs_e2e;
 mod jobs_safety;
 mod kill;
 mod requests;
+mod saved_plan;
 mod store;
 mod store_tls;
