@@ -770,6 +770,34 @@ async fn batch_of_actions_is_one_write_all_or_none(f: Fixture) {
     assert!(ids.iter().all(|id| *id < next));
 }
 
+/// An `apply` run keeps its trigger and plan id, and is no schedule tick.
+async fn an_apply_run_records_its_plan(f: Fixture) {
+    let s = &f.store;
+    let scheduled = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    let mut apply = new_run("a", t(5));
+    apply.trigger = Trigger::Apply;
+    apply.plan_id = Some("5b3f0c1e-plan".into());
+    let id = s.claim_run(&apply).await.unwrap().unwrap();
+    let run = s.get_run(id).await.unwrap().unwrap();
+    assert_eq!(run.trigger, Trigger::Apply);
+    assert_eq!(run.plan_id.as_deref(), Some("5b3f0c1e-plan"));
+    let listed = s
+        .list_runs(&RunFilter {
+            job: Some("a".into()),
+            limit: 10,
+            before: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed[0].plan_id.as_deref(), Some("5b3f0c1e-plan"));
+    assert_eq!(listed[1].plan_id, None);
+    assert_eq!(
+        s.last_scheduled_run("a").await.unwrap().unwrap().id,
+        scheduled,
+        "apply runs are not schedule ticks"
+    );
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $fixture:path, $cleanup:path) => {
         mod $backend {
@@ -791,6 +819,7 @@ macro_rules! contract_tests {
                 consumption_upsert_is_idempotent,
                 prune_removes_old_finished_runs_and_their_actions,
                 ping_and_migrate_again,
+                an_apply_run_records_its_plan,
             );
         }
     };
