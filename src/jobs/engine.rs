@@ -162,7 +162,12 @@ pub(crate) async fn run<K: JobKind>(
                 .lock()
                 .expect("the recording lock is never poisoned: no panics while held");
             for p in &plans {
-                r.add(&p.plan.project_id, &p.plan.actions, &p.plan.skips, K::is_destructive);
+                r.add(
+                    &p.plan.project_id,
+                    &p.plan.actions,
+                    &p.plan.skips,
+                    K::is_destructive,
+                );
             }
         }
         SavedPlan::Apply(allowed) => {

@@ -34,7 +34,10 @@ pub fn branch_facts(b: &Branch) -> Facts {
     f.insert("name".into(), b.name.clone());
     f.insert(
         "parent_id".into(),
-        b.parent_id.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+        b.parent_id
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
     );
     f.insert("default".into(), b.default.to_string());
     f.insert("protected".into(), b.protected.to_string());
@@ -165,12 +168,20 @@ fn static_action(name: &str) -> &'static str {
         "suspend_endpoint",
         "start_endpoint",
     ];
-    KNOWN.iter().find(|k| **k == name).copied().unwrap_or("unknown")
+    KNOWN
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 fn static_kind(name: &str) -> &'static str {
     const KNOWN: &[&str] = &["branch", "endpoint", "snapshot", "project"];
-    KNOWN.iter().find(|k| **k == name).copied().unwrap_or("unknown")
+    KNOWN
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 /// What a recording run collected.
@@ -304,9 +315,7 @@ impl Allowed {
             )));
         }
         // Deterministic order for the ledger.
-        not_done.sort_by(|a, b| {
-            (a.action, &a.resource_id).cmp(&(b.action, &b.resource_id))
-        });
+        not_done.sort_by(|a, b| (a.action, &a.resource_id).cmp(&(b.action, &b.resource_id)));
         (kept, not_done)
     }
 }
@@ -423,14 +432,16 @@ mod tests {
         assert_eq!(not_done.len(), 2, "{not_done:?}");
         let b = not_done.iter().find(|s| s.resource_id == "b").unwrap();
         assert!(
-            b.reason.starts_with("saved reason b; not done: the branch changed since plan plan-1"),
+            b.reason
+                .starts_with("saved reason b; not done: the branch changed since plan plan-1"),
             "{}",
             b.reason
         );
         assert!(b.reason.contains("updated_at: t1 -> t2"), "{}", b.reason);
         let gone = not_done.iter().find(|s| s.resource_id == "gone").unwrap();
         assert!(
-            gone.reason.contains("no longer planned") && gone.reason.ends_with(": fresh reason gone"),
+            gone.reason.contains("no longer planned")
+                && gone.reason.ends_with(": fresh reason gone"),
             "{}",
             gone.reason
         );
@@ -441,7 +452,11 @@ mod tests {
     fn dependencies_are_renumbered_and_a_dropped_dependency_drops_its_dependents() {
         let allowed = Allowed {
             plan_id: "p".into(),
-            actions: vec![saved("child", "t1"), saved("parent", "t1"), saved("x", "t1")],
+            actions: vec![
+                saved("child", "t1"),
+                saved("parent", "t1"),
+                saved("x", "t1"),
+            ],
         };
         // `other` (index 0) is not in the plan; `parent` requires `child`; `x` requires
         // `other`, which is not carried out.
@@ -453,12 +468,16 @@ mod tests {
         ];
         let (kept, not_done) = allowed.restrict(&ProjectId::new("p-1"), fresh, &[]);
         assert_eq!(
-            kept.iter().map(|a| (a.action.as_str(), a.requires.clone())).collect::<Vec<_>>(),
+            kept.iter()
+                .map(|a| (a.action.as_str(), a.requires.clone()))
+                .collect::<Vec<_>>(),
             [("child", vec![]), ("parent", vec![0])]
         );
         assert_eq!(not_done.len(), 1);
         assert!(
-            not_done[0].reason.contains("depends on delete_branch branch other"),
+            not_done[0]
+                .reason
+                .contains("depends on delete_branch branch other"),
             "{}",
             not_done[0].reason
         );

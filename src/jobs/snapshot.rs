@@ -30,8 +30,8 @@ use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
-use super::saved::{snapshot_facts, snapshot_source_facts};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
+use super::saved::{snapshot_facts, snapshot_source_facts};
 use super::scope::passes_age_filters;
 use super::select::{BranchFacts, BranchSelector, Selection};
 use crate::config::{JobConfig, SnapshotSpec};
@@ -435,24 +435,26 @@ async fn plan(
             ));
         } else {
             create = Some(out.actions.len());
-            out.actions.push(PlannedAction::new(
-                spec_for(
-                    "create_snapshot",
-                    b.id.to_string(),
-                    Some(name.clone()),
-                    "schedule",
-                    format!(
-                        "scheduled snapshot {name:?} of branch {:?} ({})",
-                        b.name, why.reason
+            out.actions.push(
+                PlannedAction::new(
+                    spec_for(
+                        "create_snapshot",
+                        b.id.to_string(),
+                        Some(name.clone()),
+                        "schedule",
+                        format!(
+                            "scheduled snapshot {name:?} of branch {:?} ({})",
+                            b.name, why.reason
+                        ),
                     ),
-                ),
-                SnapshotAction::Create {
-                    branch: b.id.clone(),
-                    name: name.clone(),
-                    expires_in: spec.expires_in,
-                },
-            )
-            .with_facts(snapshot_source_facts(b)));
+                    SnapshotAction::Create {
+                        branch: b.id.clone(),
+                        name: name.clone(),
+                        expires_in: spec.expires_in,
+                    },
+                )
+                .with_facts(snapshot_source_facts(b)),
+            );
             refs.push(SnapshotRef {
                 id: NEW_SNAPSHOT.to_string(),
                 created_at: ctx.now,

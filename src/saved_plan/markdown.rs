@@ -52,7 +52,8 @@ pub fn render(plan: &PlanDocument) -> String {
     let _ = writeln!(
         md,
         "Made at {} from {} (policy {}): **{}, {} destructive**.",
-        plan.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        plan.created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         cell(&plan.policy),
         cell(&plan.policy_hash),
         plural(total, "action", "actions"),
@@ -93,7 +94,12 @@ fn job_section(md: &mut String, j: &PlannedJob) {
     let _ = writeln!(md, "### Job {} ({})", cell(&j.job), cell(&j.kind));
     let _ = writeln!(md);
     if let Some(e) = &j.error {
-        let _ = writeln!(md, "> **Planning {}:** {}", cell(j.status.as_str()), cell(e));
+        let _ = writeln!(
+            md,
+            "> **Planning {}:** {}",
+            cell(j.status.as_str()),
+            cell(e)
+        );
         let _ = writeln!(md);
     }
     if j.dry_run {

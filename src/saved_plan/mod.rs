@@ -169,7 +169,12 @@ impl PlanDocument {
     }
 
     /// Whether this plan may be applied under `cfg` at `now`.
-    pub fn check(&self, cfg: &Config, now: DateTime<Utc>, max_age: Duration) -> Result<(), Refusal> {
+    pub fn check(
+        &self,
+        cfg: &Config,
+        now: DateTime<Utc>,
+        max_age: Duration,
+    ) -> Result<(), Refusal> {
         if self.policy_hash != cfg.policy_hash {
             return Err(Refusal::ForeignPolicy {
                 id: self.id.clone(),
@@ -337,7 +342,11 @@ impl Runner {
         for planned in plan.jobs.iter().filter(|j| !j.actions.is_empty()) {
             let Some(job) = cfg.job(&planned.job) else {
                 // `check` refuses this; kept as an error rather than a panic.
-                anyhow::bail!("plan {} names job `{}`, which the policy does not have", plan.id, planned.job);
+                anyhow::bail!(
+                    "plan {} names job `{}`, which the policy does not have",
+                    plan.id,
+                    planned.job
+                );
             };
             let exec = Arc::new(SavedExecutor {
                 env: self.env.clone(),

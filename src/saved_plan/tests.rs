@@ -34,11 +34,23 @@ fn facts(pairs: &[(&str, &str)]) -> Facts {
         .collect()
 }
 
-fn action(project: &str, action: &str, id: &str, name: &str, destructive: bool, reason: &str) -> SavedAction {
+fn action(
+    project: &str,
+    action: &str,
+    id: &str,
+    name: &str,
+    destructive: bool,
+    reason: &str,
+) -> SavedAction {
     SavedAction {
         project_id: project.into(),
         action: action.into(),
-        resource_kind: if action.contains("endpoint") { "endpoint" } else { "branch" }.into(),
+        resource_kind: if action.contains("endpoint") {
+            "endpoint"
+        } else {
+            "branch"
+        }
+        .into(),
         resource_id: id.into(),
         resource_name: Some(name.into()),
         rule: Some(if destructive { "ttl" } else { "idle_for" }.into()),
@@ -65,9 +77,30 @@ fn sample(cfg: &Config) -> PlanDocument {
                 error: None,
                 dry_run: false,
                 actions: vec![
-                    action("p-alpha", "delete_branch", "br-a1", "preview/login|fix", true, "age 9d > ttl 7d"),
-                    action("p-alpha", "delete_branch", "br-a2", "preview/*old*", true, "age 12d > ttl 7d"),
-                    action("p-beta", "delete_branch", "br-b1", "preview/x", true, "age 8d > ttl 7d"),
+                    action(
+                        "p-alpha",
+                        "delete_branch",
+                        "br-a1",
+                        "preview/login|fix",
+                        true,
+                        "age 9d > ttl 7d",
+                    ),
+                    action(
+                        "p-alpha",
+                        "delete_branch",
+                        "br-a2",
+                        "preview/*old*",
+                        true,
+                        "age 12d > ttl 7d",
+                    ),
+                    action(
+                        "p-beta",
+                        "delete_branch",
+                        "br-b1",
+                        "preview/x",
+                        true,
+                        "age 8d > ttl 7d",
+                    ),
                 ],
                 skips: vec![SavedSkip {
                     project_id: "p-alpha".into(),
@@ -87,8 +120,22 @@ fn sample(cfg: &Config) -> PlanDocument {
                 error: Some("max_actions 1 exceeded: the plan has 2 actions".into()),
                 dry_run: false,
                 actions: vec![
-                    action("p-beta", "start_endpoint", "ep-2", "dev", false, "the window ended"),
-                    action("p-beta", "suspend_endpoint", "ep-1", "main", true, "idle 45m > idle_for 30m"),
+                    action(
+                        "p-beta",
+                        "start_endpoint",
+                        "ep-2",
+                        "dev",
+                        false,
+                        "the window ended",
+                    ),
+                    action(
+                        "p-beta",
+                        "suspend_endpoint",
+                        "ep-1",
+                        "main",
+                        true,
+                        "idle 45m > idle_for 30m",
+                    ),
                 ],
                 skips: vec![],
             },
@@ -125,7 +172,10 @@ fn a_plan_round_trips_and_other_versions_are_refused() {
         "{e}"
     );
     let e = PlanDocument::parse("plan.json", b"{\"jobs\": []}").unwrap_err();
-    assert_eq!(e.to_string(), "plan.json: not a plan file: no `format_version`");
+    assert_eq!(
+        e.to_string(),
+        "plan.json: not a plan file: no `format_version`"
+    );
 }
 
 #[test]
@@ -134,9 +184,15 @@ fn a_stale_foreign_or_future_plan_is_refused() {
     let plan = sample(&cfg);
     let made = plan.created_at;
     let hour = Duration::from_secs(3600);
-    assert_eq!(plan.check(&cfg, made + chrono::Duration::minutes(59), hour), Ok(()));
+    assert_eq!(
+        plan.check(&cfg, made + chrono::Duration::minutes(59), hour),
+        Ok(())
+    );
     // A few seconds "before" it was made: two machines' clocks.
-    assert_eq!(plan.check(&cfg, made - chrono::Duration::seconds(30), hour), Ok(()));
+    assert_eq!(
+        plan.check(&cfg, made - chrono::Duration::seconds(30), hour),
+        Ok(())
+    );
 
     let e = plan
         .check(&cfg, made + chrono::Duration::minutes(61), hour)

@@ -113,10 +113,18 @@ async fn apply_carries_out_exactly_the_plan_and_skips_a_branch_changed_since() {
     planned.sort();
     assert_eq!(
         planned,
-        [("delete_branch", "preview/a"), ("delete_branch", "preview/b")]
+        [
+            ("delete_branch", "preview/a"),
+            ("delete_branch", "preview/b")
+        ]
     );
     assert!(job.actions.iter().all(|a| a.destructive));
-    let facts = &job.actions.iter().find(|a| a.resource_id == b).unwrap().facts;
+    let facts = &job
+        .actions
+        .iter()
+        .find(|a| a.resource_id == b)
+        .unwrap()
+        .facts;
     assert_eq!(facts["name"], "preview/b");
     assert!(facts.contains_key("updated_at"), "{facts:?}");
     // The dry run changed nothing.
@@ -150,7 +158,13 @@ async fn apply_carries_out_exactly_the_plan_and_skips_a_branch_changed_since() {
     assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
     assert_eq!((report.counts.succeeded, report.counts.skipped), (1, 1));
 
-    let run = r.env.store.get_run(run_id).await.unwrap().expect("recorded");
+    let run = r
+        .env
+        .store
+        .get_run(run_id)
+        .await
+        .unwrap()
+        .expect("recorded");
     assert_eq!(run.trigger, Trigger::Apply);
     assert_eq!(run.plan_id.as_deref(), Some(plan.id.as_str()));
     assert!(!run.dry_run);
@@ -168,13 +182,19 @@ async fn apply_carries_out_exactly_the_plan_and_skips_a_branch_changed_since() {
         .expect("one skip");
     assert_eq!(skipped.resource_id, b);
     assert!(
-        skipped.reason.contains(&format!("not done: the branch changed since plan {}", plan.id))
-            && skipped.reason.contains("name: preview/b -> preview/b-renamed"),
+        skipped.reason.contains(&format!(
+            "not done: the branch changed since plan {}",
+            plan.id
+        )) && skipped
+            .reason
+            .contains("name: preview/b -> preview/b-renamed"),
         "{}",
         skipped.reason
     );
     assert!(
-        actions.iter().all(|a| a.resource_name.as_deref() != Some("preview/new")),
+        actions
+            .iter()
+            .all(|a| a.resource_name.as_deref() != Some("preview/new")),
         "never more than the plan"
     );
     assert_eq!(
@@ -205,7 +225,10 @@ async fn a_stale_or_foreign_plan_is_refused_and_nothing_is_done() {
     let foreign = plan
         .check(&other, now, Duration::from_secs(3600))
         .unwrap_err();
-    assert!(matches!(foreign, Refusal::ForeignPolicy { .. }), "{foreign}");
+    assert!(
+        matches!(foreign, Refusal::ForeignPolicy { .. }),
+        "{foreign}"
+    );
     assert!(
         foreign.to_string().contains(&plan.policy_hash)
             && foreign.to_string().contains(&other.policy_hash),
