@@ -250,3 +250,89 @@ async fn a_stale_or_foreign_plan_is_refused_and_nothing_is_done() {
     assert_eq!(runs[0].trigger, Trigger::Manual);
     assert!(runs[0].dry_run);
 }
+
+/// The real binary: `plan --out --output markdown`, `apply` refused under a changed
+/// policy (exit 2, nothing done), then applied under the same policy written differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_plans_refuses_a_foreign_plan_and_applies() {
+    use std::process::Command;
+    const BIN: &str = env!("CARGO_BIN_EXE_neon-steward");
+    let sim = spawn_sim(SimConfig::default()).await;
+    let (p, _) = sim.add_project("app", None);
+    aged_branch(&sim, &p, "preview/old", TimeDelta::days(10));
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("p.toml");
+    std::fs::write(&policy_path, POLICY).unwrap();
+    let (base, key) = (sim.base_url(), sim.api_key());
+    let d = dir.path().to_path_buf();
+    let run = move |args: Vec<String>| {
+        let (d, base, key) = (d.clone(), base.clone(), key.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(BIN)
+                    .current_dir(&d)
+                    .env_remove("NEON_STEWARD_CONFIG")
+                    .env_remove("CREDENTIALS_DIRECTORY")
+                    .env("NEON_API_KEY", key)
+                    .env("NEON_STEWARD_BASE_URL", base)
+                    .arg("--config")
+                    .arg(d.join("p.toml"))
+                    .args(args)
+                    .output()
+                    .expect("the binary runs")
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let out = run(args(&[
+        "plan",
+        "--out",
+        "plan.json",
+        "--output",
+        "markdown",
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.starts_with("## neon-steward plan "), "{md}");
+    assert!(
+        md.contains("| **destructive** | delete\\_branch | branch preview/old"),
+        "{md}"
+    );
+    assert!(
+        stderr.contains("apply it with `neon-steward apply plan.json`"),
+        "{stderr}"
+    );
+    let plan = PlanDocument::read(&dir.path().join("plan.json")).expect("the plan file reads");
+    assert_eq!(plan.jobs[0].actions.len(), 1);
+
+    std::fs::write(&policy_path, POLICY.replace("\"7d\"", "\"6d\"")).unwrap();
+    let out = run(args(&["apply", "plan.json"])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("apply refused: plan ") && stderr.contains("was made from another policy"),
+        "{stderr}"
+    );
+    assert!(branch_names(&sim, &p).contains(&"preview/old".to_string()));
+
+    // The same policy, reformatted and commented: the same hash.
+    std::fs::write(&policy_path, format!("# reviewed in PR 12\n{POLICY}")).unwrap();
+    let out = run(args(&["apply", "plan.json", "--max-age", "10m"])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{stdout}");
+    assert!(stdout.contains("succeeded  delete_branch"), "{stdout}");
+    assert!(!branch_names(&sim, &p).contains(&"preview/old".to_string()));
+
+    let out = run(args(&["history", "--output", "json"])).await;
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs[0]["trigger"], "apply");
+    assert_eq!(runs[0]["plan_id"], plan.id.as_str());
+    assert_eq!(runs[1]["trigger"], "manual");
+    assert!(runs[1].get("plan_id").is_none());
+}
