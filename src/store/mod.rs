@@ -415,6 +415,9 @@ pub struct ActionRecord {
 }
 
 /// What [`Store::claim_exclusive`] found.
+// One per claim, returned and matched at once, never stored in bulk: boxing the record
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Claim {
     Claimed(RunId),
