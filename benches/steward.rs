@@ -669,6 +669,7 @@ async fn dry_run(env: &JobEnv, job: &JobConfig, now: DateTime<Utc>, tick: u32) -
             dry_run: true,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await?
         .context("a fresh tick is always claimable")?;
@@ -922,6 +923,7 @@ async fn bench_act(r: &mut Report) -> Result<()> {
             dry_run: false,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await?
         .context("fresh tick")?;
@@ -1041,6 +1043,7 @@ async fn run_once(
     let run_id = env
         .store
         .claim_run(&NewRun {
+            plan_id: None,
             job: job.name.clone(),
             kind: job.kind.as_str().to_string(),
             scheduled_for,
@@ -1552,6 +1555,7 @@ fn new_run(i: usize) -> NewRun {
         dry_run: false,
         status: RunStatus::Running,
         error: None,
+        plan_id: None,
     }
 }
 
@@ -2087,6 +2091,7 @@ async fn consumption_probe(base: String, key: String, now: String) -> Result<()>
             dry_run: false,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await?
         .context("a fresh tick is always claimable")?;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError};
 use crate::daemon::{self, DaemonOptions};
+use crate::saved_plan;
 use crate::scheduler::{run_now, Clock, SystemClock};
 use crate::store::{RunFilter, RunRecord, RunStatus};
 use crate::telemetry::{init_logging, LogFormat};
@@ -57,6 +58,14 @@ pub enum Output {
     Json,
 }
 
+/// `plan --output`: the table and JSON of `once`, or Markdown for review (a saved plan).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PlanOutput {
+    Table,
+    Json,
+    Markdown,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: schedule the jobs, serve /metrics and the API, until SIGTERM.
@@ -78,6 +87,21 @@ pub enum Command {
     Plan {
         /// Only this job (default: every enabled job).
         job: Option<String>,
+        /// `markdown`: a summary to review in a pull request (a saved plan).
+        #[arg(long, value_enum, default_value = "table")]
+        output: PlanOutput,
+        /// Also write the plan to this file (JSON), for `apply` after review.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Carry out a plan written by `plan --out`: exactly its actions, each checked again
+    /// against Neon and the policy; refused if made from another policy or too long ago.
+    Apply {
+        /// The plan file.
+        plan: PathBuf,
+        /// Refuse a plan older than this.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        max_age: std::time::Duration,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -205,8 +229,33 @@ pub fn run(cli: Cli) -> u8 {
                 .await
                 .map(|()| EXIT_OK),
             Command::Once { job, all } => once(cfg, job, all, false, Output::Table).await,
-            Command::Plan { job, output } => {
-                once(cfg, job.clone(), job.is_none(), true, output).await
+            Command::Plan { job, output, out } => match (output, out) {
+                (PlanOutput::Table, None) => {
+                    once(cfg, job.clone(), job.is_none(), true, Output::Table).await
+                }
+                (PlanOutput::Json, None) => {
+                    once(cfg, job.clone(), job.is_none(), true, Output::Json).await
+                }
+                // A saved plan: written to `--out` and/or rendered for review.
+                (output, out) => {
+                    let format = match output {
+                        PlanOutput::Table => saved_plan::commands::Format::Table,
+                        PlanOutput::Json => saved_plan::commands::Format::Json,
+                        PlanOutput::Markdown => saved_plan::commands::Format::Markdown,
+                    };
+                    saved_plan::commands::plan(cfg, job, out, format).await
+                }
+            },
+            Command::Apply {
+                plan,
+                max_age,
+                output,
+            } => {
+                let format = match output {
+                    Output::Table => saved_plan::commands::Format::Table,
+                    Output::Json => saved_plan::commands::Format::Json,
+                };
+                saved_plan::commands::apply(cfg, plan, max_age, format).await
             }
             Command::History { job, limit, output } => history(cfg, job, limit, output).await,
             Command::Keep {

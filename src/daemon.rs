@@ -156,15 +156,28 @@ fn executor_with(
     clock: Arc<dyn Clock>,
     health: Option<Arc<Health>>,
 ) -> Result<Arc<dyn Executor>, ConfigError> {
-    let env = JobEnv {
+    let env = job_env_with(cfg, store, health)?;
+    Ok(Arc::new(JobsExecutor::new(env, clock)))
+}
+
+/// What the jobs run with, from the policy (fails without an API key).
+pub fn job_env(cfg: &Config, store: Arc<dyn Store>) -> Result<JobEnv, ConfigError> {
+    job_env_with(cfg, store, None)
+}
+
+fn job_env_with(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    health: Option<Arc<Health>>,
+) -> Result<JobEnv, ConfigError> {
+    Ok(JobEnv {
         client: client_with(cfg, health)?,
         store,
         concurrency: cfg.api.concurrency,
         operation_deadline: OPERATION_DEADLINE,
         // One per process: it exports into `/metrics`.
         consumption: Arc::new(ConsumptionExporter::new()),
-    };
-    Ok(Arc::new(JobsExecutor::new(env, clock)))
+    })
 }
 
 /// What the HTTP server sees of the daemon.

@@ -94,6 +94,7 @@ async fn opening_the_store_leaves_running_runs_alone() {
             dry_run: false,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await
         .expect("claim")

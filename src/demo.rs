@@ -717,6 +717,7 @@ mod tests {
             counts: Default::default(),
             owner: None,
             lease_expires_at: None,
+            plan_id: None,
         };
         assert_eq!(
             run_outcome(&r, &[]),

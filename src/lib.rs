@@ -21,6 +21,7 @@ pub mod keep;
 pub mod neon;
 pub mod notify;
 pub mod output;
+pub mod saved_plan;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;

@@ -12,6 +12,7 @@
 mod backup;
 mod error;
 mod notify;
+pub mod hash;
 pub mod pattern;
 mod raw;
 mod schema;
@@ -110,6 +111,9 @@ pub struct Config {
     pub notify: Vec<Arc<SinkConfig>>,
     /// The file this was loaded from (reloads read it again).
     pub source: PathBuf,
+    /// The hash of the normalised policy ([`hash::policy_hash`]): a saved plan is applied
+    /// only under the policy it was made from.
+    pub policy_hash: String,
 }
 
 impl Config {
@@ -1154,6 +1158,7 @@ impl Validator<'_> {
             jobs,
             notify: sinks.into_iter().map(Arc::new).collect(),
             source: self.path.to_path_buf(),
+            policy_hash: hash::policy_hash(self.text),
         })
     }
 

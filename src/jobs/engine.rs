@@ -16,6 +16,13 @@
 //!    call is made, and the outcome is written to the state and the ledger. A failure is
 //!    recorded and the run goes on with the next action (`partial`).
 //!
+//! A saved plan ([`SavedPlan`], see [`super::saved`]) changes only what is between the two
+//! phases: `plan --out` records the plan (with the facts of every action) as it is recorded
+//! in the ledger; `apply` plans only the saved plan's projects, keeps only the fresh actions
+//! the saved plan has with the same facts, and records the saved plan's other actions as
+//! skipped with the reason. The limits, the ledger, the fresh-read `verify` and the fencing
+//! are then the same as for any run.
+//!
 //! Cancellation ([`RunControl::cancel`]) is checked before each action is begun, so a
 //! cancelled run stops between actions and reports what it did; an action already begun
 //! finishes its call (bounded by the client's timeout).
@@ -27,6 +34,7 @@ use super::ledger::{ActionSpec, Ledger};
 use super::limits::Limits;
 use super::notice::{self, Candidate, Step};
 use super::plan::{JobEnv, PlanError, ProjectPlan, RunClock, RunContext, RunControl, RunError};
+use super::saved::SavedPlan;
 use super::scope::selected_projects;
 use super::state::Recorded;
 use crate::config::JobConfig;
@@ -97,12 +105,18 @@ pub(crate) async fn run<K: JobKind>(
     ctx: &RunContext,
     control: &RunControl,
     ledger: &Ledger,
+    saved: SavedPlan<'_>,
 ) -> Result<Ended, RunError> {
     let clock = RunClock::start(control, ctx.now);
     // Phase 1: plan every project (bounded concurrency, read-only calls). Planning only
     // reads, so a cancellation may simply drop it.
     let planning = async {
-        let projects = selected_projects(&env.client, job).await?;
+        let mut projects = selected_projects(&env.client, job).await?;
+        if let SavedPlan::Apply(allowed) = saved {
+            // Only the projects the saved plan acts in.
+            let wanted = allowed.projects();
+            projects.retain(|p| wanted.contains(p.id.as_str()));
+        }
         let cx = PlanCx { env, ctx };
         let cx = &cx;
         let results: Vec<Result<Planned<K>, (ProjectId, PlanError)>> =
@@ -145,6 +159,41 @@ pub(crate) async fn run<K: JobKind>(
     }
     // Deterministic order for the ledger and for tests.
     plans.sort_by(|a, b| a.plan.project_id.cmp(&b.plan.project_id));
+    match saved {
+        SavedPlan::None => {}
+        SavedPlan::Record(recording) => {
+            let mut r = recording
+                .lock()
+                .expect("the recording lock is never poisoned: no panics while held");
+            for p in &plans {
+                r.add(
+                    &p.plan.project_id,
+                    &p.plan.actions,
+                    &p.plan.skips,
+                    K::is_destructive,
+                );
+            }
+        }
+        SavedPlan::Apply(allowed) => {
+            // Exactly the saved plan's actions that still hold; the others are recorded
+            // as skipped with the reason, and the fresh plan's own skips (of resources the
+            // saved plan does not act on) are not part of this run.
+            let mut not_done = allowed.unplanned_projects(
+                &plans
+                    .iter()
+                    .map(|p| p.plan.project_id.to_string())
+                    .collect(),
+            );
+            for p in &mut plans {
+                let fresh = std::mem::take(&mut p.plan.actions);
+                let (kept, skipped) = allowed.restrict(&p.plan.project_id, fresh, &p.plan.skips);
+                p.plan.actions = kept;
+                p.plan.skips = Vec::new();
+                not_done.extend(skipped);
+            }
+            ledger.record_all(&not_done, ActionOutcome::Skipped).await?;
+        }
+    }
 
     // Phase 2a: the limits, before anything is done. `max_actions` bounds every action;
     // `max_actions_percent` bounds the destructive ones over what they could destroy.

@@ -17,6 +17,7 @@ use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
+use super::saved::branch_facts;
 use super::scope::{branch_last_activity, passes_age_filters};
 use super::select::{BranchFacts, BranchSelector, Selection, Why};
 use crate::config::{ExpireMode, ExpireSpec, JobConfig};
@@ -612,6 +613,7 @@ async fn plan(
         ),
         action: ExpireAction::ClearExpiry(b.id.clone()),
         requires: Vec::new(),
+        facts: branch_facts(b),
     };
     for b in &branches {
         let activity = branch_last_activity(ctx.now, b, &endpoints);
@@ -695,6 +697,7 @@ async fn plan(
                         ),
                         action: ExpireAction::SetExpiry(b.id.clone(), at),
                         requires: Vec::new(),
+                        facts: branch_facts(b),
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
                         b,
@@ -736,6 +739,7 @@ async fn plan(
                 spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
                 action: ExpireAction::Delete(b.id.clone()),
                 requires,
+                facts: branch_facts(b),
             });
         }
         for (id, refusal) in &plan.refused {
@@ -791,6 +795,7 @@ fn revisit(
                 },
                 action: ExpireAction::SetExpiry(b.id.clone(), *at),
                 requires: Vec::new(),
+                facts: branch_facts(b),
             })
         }
         ExpiryDecision::TooFarAhead(at) => Some(clear(
@@ -1176,6 +1181,7 @@ mod tests {
             },
             action: ExpireAction::ClearExpiry(b.id.clone()),
             requires: Vec::new(),
+            facts: Default::default(),
         }
     }
 

@@ -258,6 +258,7 @@ mod tests {
                 dry_run,
                 status: RunStatus::Running,
                 error: None,
+                plan_id: None,
             })
             .await
             .unwrap()

@@ -19,6 +19,7 @@ pub mod notice;
 pub mod plan;
 mod reconcile;
 pub mod retention;
+pub mod saved;
 pub mod scope;
 pub mod select;
 pub mod snapshot;
@@ -54,29 +55,42 @@ pub async fn run_job_with(
     ctx: RunContext,
     control: &RunControl,
 ) -> RunResult {
+    run_job_saved(env, job, ctx, control, saved::SavedPlan::None).await
+}
+
+/// [`run_job_with`] for a saved plan: recorded as it is planned (`plan --out`, a dry run),
+/// or restricted to it (`apply`). `collect_consumption` has no plan of actions: the saved
+/// plan commands leave it out.
+pub async fn run_job_saved(
+    env: &JobEnv,
+    job: &JobConfig,
+    ctx: RunContext,
+    control: &RunControl,
+    saved: saved::SavedPlan<'_>,
+) -> RunResult {
     let ledger = Ledger::new(env.store.clone(), ctx.run_id, &job.name, ctx.dry_run);
     let outcome: Result<Ended, RunError> = match &job.spec {
         JobSpec::SnapshotBranches(spec)
             if spec.mode == crate::config::SnapshotMode::BackupSchedule =>
         {
             let kind = backup_schedule::BackupSchedules::new(job, spec);
-            engine::run(&kind, env, job, &ctx, control, &ledger).await
+            engine::run(&kind, env, job, &ctx, control, &ledger, saved).await
         }
         JobSpec::SnapshotBranches(spec) => {
             let kind = snapshot::Snapshots::new(job, spec);
-            engine::run(&kind, env, job, &ctx, control, &ledger).await
+            engine::run(&kind, env, job, &ctx, control, &ledger, saved).await
         }
         JobSpec::ExpireBranches(spec) => {
             let kind = expire::Expire::new(job, spec);
-            engine::run(&kind, env, job, &ctx, control, &ledger).await
+            engine::run(&kind, env, job, &ctx, control, &ledger, saved).await
         }
         JobSpec::SuspendComputes(spec) => {
             let kind = suspend::Suspend::new(job, spec);
-            engine::run(&kind, env, job, &ctx, control, &ledger).await
+            engine::run(&kind, env, job, &ctx, control, &ledger, saved).await
         }
         JobSpec::EnforceBudget(spec) => {
             let kind = budget::Budget::new(job, spec);
-            engine::run(&kind, env, job, &ctx, control, &ledger).await
+            engine::run(&kind, env, job, &ctx, control, &ledger, saved).await
         }
         // Collection only reads Neon and upserts idempotently: it is no plan of actions,
         // and dropping it midway is safe.

@@ -100,6 +100,9 @@ pub struct PlannedAction<A> {
     /// Indices (into the project's `actions`, all earlier than this one) of actions that
     /// must have succeeded in this run for this one to be attempted.
     pub requires: Vec<usize>,
+    /// What the action was decided on (see [`super::saved`]): written to a saved plan, and
+    /// compared with a fresh plan's when the saved plan is applied.
+    pub facts: super::saved::Facts,
 }
 
 impl<A> PlannedAction<A> {
@@ -108,7 +111,14 @@ impl<A> PlannedAction<A> {
             spec,
             action,
             requires: Vec::new(),
+            facts: Default::default(),
         }
+    }
+
+    /// The same action with the facts it was decided on.
+    pub fn with_facts(mut self, facts: super::saved::Facts) -> Self {
+        self.facts = facts;
+        self
     }
 }
 

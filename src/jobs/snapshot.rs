@@ -31,6 +31,7 @@ use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
+use super::saved::{snapshot_facts, snapshot_source_facts};
 use super::scope::passes_age_filters;
 use super::select::{BranchFacts, BranchSelector, Selection};
 use super::snapshot_quota::{self as quota, PlanQuotas};
@@ -480,23 +481,26 @@ async fn plan(
             ));
         } else {
             create = Some(out.actions.len());
-            out.actions.push(PlannedAction::new(
-                spec_for(
-                    "create_snapshot",
-                    b.id.to_string(),
-                    Some(name.clone()),
-                    "schedule",
-                    format!(
-                        "scheduled snapshot {name:?} of branch {:?} ({})",
-                        b.name, why.reason
+            out.actions.push(
+                PlannedAction::new(
+                    spec_for(
+                        "create_snapshot",
+                        b.id.to_string(),
+                        Some(name.clone()),
+                        "schedule",
+                        format!(
+                            "scheduled snapshot {name:?} of branch {:?} ({})",
+                            b.name, why.reason
+                        ),
                     ),
-                ),
-                SnapshotAction::Create {
-                    branch: b.id.clone(),
-                    name: name.clone(),
-                    expires_in: spec.expires_in,
-                },
-            ));
+                    SnapshotAction::Create {
+                        branch: b.id.clone(),
+                        name: name.clone(),
+                        expires_in: spec.expires_in,
+                    },
+                )
+                .with_facts(snapshot_source_facts(b)),
+            );
             refs.push(SnapshotRef {
                 id: NEW_SNAPSHOT.to_string(),
                 created_at: ctx.now,
@@ -523,6 +527,7 @@ async fn plan(
                 action: SnapshotAction::Delete(snap.id.clone()),
                 // Pruning makes room for the new snapshot: without it, prune nothing.
                 requires: create.into_iter().collect(),
+                facts: snapshot_facts(snap),
             });
         }
     }

@@ -18,6 +18,7 @@ use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
 use super::ledger::ActionSpec;
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
+use super::saved::endpoint_facts;
 use super::select::{age, human_duration, EndpointFacts, EndpointSelector, Selection, Why};
 use crate::config::{Exclusion, ExclusionTarget, JobConfig, SuspendSpec};
 use crate::neon::{ApiError, Branch, EndpointId, EndpointState, EndpointType, Project};
@@ -304,19 +305,25 @@ async fn plan(
                         );
                         out.failures.push((spec, err.clone()));
                     }
-                    _ => out.actions.push(PlannedAction::new(
-                        spec_for("suspend_endpoint", why),
-                        SuspendAction::Suspend {
-                            endpoint: e.id.clone(),
-                            by_window,
-                        },
-                    )),
+                    _ => out.actions.push(
+                        PlannedAction::new(
+                            spec_for("suspend_endpoint", why),
+                            SuspendAction::Suspend {
+                                endpoint: e.id.clone(),
+                                by_window,
+                            },
+                        )
+                        .with_facts(endpoint_facts(e)),
+                    ),
                 }
             }
-            SuspendDecision::Resume(why) => out.actions.push(PlannedAction::new(
-                spec_for("start_endpoint", why),
-                SuspendAction::Start(e.id.clone()),
-            )),
+            SuspendDecision::Resume(why) => out.actions.push(
+                PlannedAction::new(
+                    spec_for("start_endpoint", why),
+                    SuspendAction::Start(e.id.clone()),
+                )
+                .with_facts(endpoint_facts(e)),
+            ),
             SuspendDecision::Skip(why) => {
                 let action = if why.rule == "resume" {
                     "start_endpoint"

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::store::LeaseTiming;
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use run::run_now;
+pub use run::{run_now, run_now_as};
 
 use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
 use crate::store::{ActionCounts, Claim, NewRun, RunFilter, RunId, RunStatus, Store, Trigger};
@@ -869,6 +869,7 @@ impl Loop {
             dry_run: job.dry_run,
             status,
             error: error.map(str::to_string),
+            plan_id: None,
         }
     }
 

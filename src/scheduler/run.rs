@@ -368,6 +368,37 @@ pub async fn run_now(
     cancel: CancellationToken,
     timing: LeaseTiming,
 ) -> StoreResult<Option<(RunId, RunReport)>> {
+    run_now_as(
+        store,
+        executor,
+        clock,
+        job,
+        force_dry_run,
+        cancel,
+        timing,
+        None,
+    )
+    .await
+}
+
+/// [`run_now`], recorded as the `apply` of the saved plan `plan_id` when one is given
+/// (trigger `apply`), else as a manual run.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_now_as(
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    clock: Arc<dyn Clock>,
+    job: Arc<JobConfig>,
+    force_dry_run: bool,
+    cancel: CancellationToken,
+    timing: LeaseTiming,
+    plan_id: Option<String>,
+) -> StoreResult<Option<(RunId, RunReport)>> {
+    let trigger = if plan_id.is_some() {
+        Trigger::Apply
+    } else {
+        Trigger::Manual
+    };
     let now = clock.now();
     let dry_run = job.dry_run || force_dry_run;
     let claimed = store
@@ -375,10 +406,11 @@ pub async fn run_now(
             job: job.name.clone(),
             kind: job.kind.as_str().to_string(),
             scheduled_for: now,
-            trigger: Trigger::Manual,
+            trigger,
             dry_run,
             status: RunStatus::Running,
             error: None,
+            plan_id,
         })
         .await?;
     let Some(run_id) = claimed else {
@@ -389,7 +421,7 @@ pub async fn run_now(
     let handle = RunHandle {
         run_id,
         scheduled_for: now,
-        trigger: Trigger::Manual,
+        trigger,
         dry_run,
         cancel: token.clone(),
     };

@@ -66,6 +66,7 @@ impl Store for MemStore {
             counts: ActionCounts::default(),
             owner: None,
             lease_expires_at: None,
+            plan_id: run.plan_id.clone(),
         });
         Ok(Some(id))
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub mod dialect;
 pub mod replica;
@@ -211,7 +211,7 @@ impl StoreError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
@@ -258,6 +258,8 @@ pub enum Trigger {
     CatchUp,
     /// `once`, `plan` or `POST /api/v1/jobs/{name}/trigger`.
     Manual,
+    /// `apply plan.json`: a saved plan carried out (the run's `plan_id` names it).
+    Apply,
 }
 
 impl Trigger {
@@ -266,6 +268,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch_up",
             Trigger::Manual => "manual",
+            Trigger::Apply => "apply",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -273,6 +276,7 @@ impl Trigger {
             "schedule" => Trigger::Schedule,
             "catch_up" => Trigger::CatchUp,
             "manual" => Trigger::Manual,
+            "apply" => Trigger::Apply,
             _ => return None,
         })
     }
@@ -290,6 +294,8 @@ pub struct NewRun {
     pub status: RunStatus,
     /// For skipped ticks: why.
     pub error: Option<String>,
+    /// The saved plan an `apply` run carries out (`Trigger::Apply`); `None` otherwise.
+    pub plan_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -318,6 +324,9 @@ pub struct RunRecord {
     pub owner: Option<String>,
     /// Until when the owner holds the run, by the store's clock, while it is `running`.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The saved plan an `apply` run carried out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -406,6 +415,9 @@ pub struct ActionRecord {
 }
 
 /// What [`Store::claim_exclusive`] found.
+// One per claim, returned and matched at once, never stored in bulk: boxing the record
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Claim {
     Claimed(RunId),

@@ -40,7 +40,7 @@ impl<DB: Dialect> Clone for SqlStore<DB> {
 
 const RUN_COLUMNS: &str = "id, job, kind, scheduled_for, triggered_by, started_at, finished_at, \
     status, dry_run, error, actions_succeeded, actions_failed, actions_skipped, actions_planned, \
-    owner, lease_expires_at";
+    owner, lease_expires_at, plan_id";
 
 const ACTION_COLUMNS: &str = "id, run_id, job, resource_kind, resource_id, resource_name, \
     project_id, action, rule, reason, dry_run, outcome, detail, created_at, finished_at, \
@@ -65,6 +65,7 @@ pub struct RunRow {
     actions_planned: i64,
     owner: Option<String>,
     lease_expires_at: Option<i64>,
+    plan_id: Option<String>,
 }
 
 impl RunRow {
@@ -78,6 +79,7 @@ impl RunRow {
             started_at: from_ms(self.started_at, "runs.started_at")?,
             lease_expires_at: opt_from_ms(self.lease_expires_at, "runs.lease_expires_at")?,
             owner: self.owner,
+            plan_id: self.plan_id,
             finished_at: opt_from_ms(self.finished_at, "runs.finished_at")?,
             status: RunStatus::parse(&self.status)
                 .ok_or_else(|| StoreError::Corrupt(format!("runs.status = {:?}", self.status)))?,
@@ -461,8 +463,8 @@ for_every_dialect! {
         let lease = if running { Some(self.lease_ms) } else { None };
         let id: Option<(i64,)> = sqlx::query_as(&format!(
             "INSERT INTO runs (job, kind, scheduled_for, triggered_by, started_at, finished_at, \
-             status, dry_run, error, owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, \
-             $7, $8, $9, $10, CASE WHEN $11 IS NULL THEN NULL ELSE {} + $11 END) \
+             status, dry_run, error, owner, lease_expires_at, plan_id) VALUES ($1, $2, $3, $4, \
+             $5, $6, $7, $8, $9, $10, CASE WHEN $11 IS NULL THEN NULL ELSE {} + $11 END, $12) \
              ON CONFLICT (job, scheduled_for) DO NOTHING RETURNING id",
             DB::NOW_MS
         ))
@@ -477,6 +479,7 @@ for_every_dialect! {
         .bind(run.error.clone())
         .bind(self.owner.clone())
         .bind(lease)
+        .bind(run.plan_id.clone())
         .fetch_optional(&mut **tx)
         .await?;
         Ok(id.map(|(id,)| id))
@@ -995,10 +998,11 @@ for_every_dialect! {
 
     async fn last_scheduled_run(&self, job: &str) -> StoreResult<Option<RunRecord>> {
         // Catch-up runs are for a scheduled tick too (their `scheduled_for` is the missed
-        // tick), so they count; manual runs do not.
+        // tick), so they count; manual and apply runs do not.
         Ok(self
             .runs_where(
-                "job = $1 AND triggered_by <> 'manual' ORDER BY scheduled_for DESC LIMIT 1",
+                "job = $1 AND triggered_by NOT IN ('manual', 'apply') \
+                 ORDER BY scheduled_for DESC LIMIT 1",
                 vec![Bind::Text(Some(job.to_string()))],
             )
             .await?

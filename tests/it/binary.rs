@@ -157,6 +157,7 @@ async fn once_and_plan_against_the_emulator() {
                 dry_run: false,
                 status: RunStatus::Running,
                 error: None,
+                plan_id: None,
             })
             .await
             .unwrap()
@@ -389,6 +390,7 @@ async fn closed_stdout_ends_quietly() {
                 dry_run: false,
                 status: RunStatus::Skipped,
                 error: Some("skipped: the previous run was still running".into()),
+                plan_id: None,
             })
             .await
             .unwrap();

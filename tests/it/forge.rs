@@ -100,6 +100,7 @@ impl H {
             .env
             .store
             .claim_run(&NewRun {
+                plan_id: None,
                 job: job.name.clone(),
                 kind: job.kind.as_str().to_string(),
                 scheduled_for: tick,

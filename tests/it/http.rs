@@ -155,6 +155,7 @@ async fn seed(store: &Arc<dyn Store>) -> (i64, i64) {
         dry_run: false,
         status: RunStatus::Running,
         error: None,
+        plan_id: None,
     };
     let first = store.claim_run(&run(0)).await.unwrap().unwrap();
     store
@@ -750,6 +751,7 @@ async fn keeps_need_the_token_and_the_outbox_is_listed() {
     let run = s
         .store
         .claim_run(&neon_steward::store::NewRun {
+            plan_id: None,
             job: "nightly-snapshot".into(),
             kind: "snapshot_branches".into(),
             scheduled_for: chrono::Utc::now(),

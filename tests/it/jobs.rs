@@ -71,6 +71,7 @@ async fn run(
             dry_run,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await
         .unwrap()

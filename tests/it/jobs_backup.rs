@@ -87,6 +87,7 @@ impl H {
             .env
             .store
             .claim_run(&NewRun {
+                plan_id: None,
                 job: job.name.clone(),
                 kind: job.kind.as_str().to_string(),
                 scheduled_for: tick,
@@ -323,6 +324,7 @@ async fn a_change_whose_answer_was_lost_is_adopted_from_the_intent() {
         .env
         .store
         .claim_run(&NewRun {
+            plan_id: None,
             job: "crashed".into(),
             kind: "snapshot_branches".into(),
             scheduled_for: h.sim.clock().now() - TimeDelta::hours(1),

@@ -81,6 +81,7 @@ impl H {
                 dry_run,
                 status: RunStatus::Running,
                 error: None,
+                plan_id: None,
             })
             .await
             .unwrap()
@@ -114,6 +115,7 @@ impl H {
                 dry_run: false,
                 status: RunStatus::Running,
                 error: None,
+                plan_id: None,
             })
             .await
             .unwrap()

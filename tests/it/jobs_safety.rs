@@ -98,6 +98,7 @@ impl Env {
                 dry_run: false,
                 status: RunStatus::Running,
                 error: None,
+                plan_id: None,
             })
             .await
             .unwrap()

@@ -20,5 +20,6 @@ mod jobs_safety;
 mod kill;
 mod notify;
 mod requests;
+mod saved_plan;
 mod store;
 mod store_tls;

@@ -152,6 +152,7 @@ async fn replica(url: &str, name: &str) -> Arc<dyn Store> {
 async fn fact(s: &Arc<dyn Store>, notes: &[NewNotification]) {
     let run = s
         .claim_run(&NewRun {
+            plan_id: None,
             job: "j".into(),
             kind: "expire_branches".into(),
             scheduled_for: Utc::now(),
@@ -344,6 +345,7 @@ impl H {
             .env
             .store
             .claim_run(&NewRun {
+                plan_id: None,
                 job: job.name.clone(),
                 kind: job.kind.as_str().to_string(),
                 scheduled_for: tick,

@@ -526,6 +526,7 @@ async fn dry_run(
             dry_run: true,
             status: RunStatus::Running,
             error: None,
+            plan_id: None,
         })
         .await
         .unwrap()
@@ -713,6 +714,7 @@ async fn real_run(
         .env
         .store
         .claim_run(&NewRun {
+            plan_id: None,
             job: job.name.clone(),
             kind: job.kind.as_str().to_string(),
             scheduled_for,

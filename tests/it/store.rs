@@ -56,6 +56,7 @@ fn new_run(job: &str, at: DateTime<Utc>) -> NewRun {
         dry_run: false,
         status: RunStatus::Running,
         error: None,
+        plan_id: None,
     }
 }
 
@@ -1104,6 +1105,34 @@ async fn notice_marks_and_keeps(f: Fixture) {
     assert!(a.list_keeps().await.unwrap().is_empty());
 }
 
+/// An `apply` run keeps its trigger and plan id, and is no schedule tick.
+async fn an_apply_run_records_its_plan(f: Fixture) {
+    let s = &f.store;
+    let scheduled = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
+    let mut apply = new_run("a", t(5));
+    apply.trigger = Trigger::Apply;
+    apply.plan_id = Some("5b3f0c1e-plan".into());
+    let id = s.claim_run(&apply).await.unwrap().unwrap();
+    let run = s.get_run(id).await.unwrap().unwrap();
+    assert_eq!(run.trigger, Trigger::Apply);
+    assert_eq!(run.plan_id.as_deref(), Some("5b3f0c1e-plan"));
+    let listed = s
+        .list_runs(&RunFilter {
+            job: Some("a".into()),
+            limit: 10,
+            before: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed[0].plan_id.as_deref(), Some("5b3f0c1e-plan"));
+    assert_eq!(listed[1].plan_id, None);
+    assert_eq!(
+        s.last_scheduled_run("a").await.unwrap().unwrap().id,
+        scheduled,
+        "apply runs are not schedule ticks"
+    );
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $fixture:path, $cleanup:path) => {
         mod $backend {
@@ -1129,6 +1158,7 @@ macro_rules! contract_tests {
                 outbox_is_written_with_its_fact_and_claimed_by_one_replica,
                 an_outbox_claim_whose_holder_died_is_taken_again,
                 notice_marks_and_keeps,
+                an_apply_run_records_its_plan,
             );
         }
     };
