@@ -13,6 +13,8 @@ pub mod demo;
 #[cfg(not(feature = "demo"))]
 #[path = "demo_unavailable.rs"]
 pub mod demo;
+/// Forecasts: `export-fixture`, `simulate`, `plan --at`.
+pub mod forecast;
 pub mod health;
 pub mod http;
 pub mod jobs;
