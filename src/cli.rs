@@ -143,10 +143,14 @@ pub fn run(cli: Cli) -> u8 {
         say!("{}", String::from_utf8_lossy(&script).trim_end());
         return EXIT_OK;
     }
+    // A forecast reports every run in its timeline; the simulated daemon's own warnings
+    // (one per refused run) would only bury it.
     let default_level = if matches!(
         cli.command,
-        Command::Demo(_) | Command::Simulate(_) | Command::Plan { at: Some(_), .. }
+        Command::Simulate(_) | Command::Plan { at: Some(_), .. }
     ) {
+        "error"
+    } else if matches!(cli.command, Command::Demo(_)) {
         "warn"
     } else {
         "info"

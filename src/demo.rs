@@ -257,8 +257,7 @@ async fn export_seeded(sim: neon_sim::Sim, out: &Path, seed: u64) -> anyhow::Res
         sim.base_url(),
         crate::secret::Secret::new(sim.api_key()),
     ))?;
-    let (fixture, _) =
-        crate::forecast::fixture::export(&client, false, sim.clock().now()).await?;
+    let (fixture, _) = crate::forecast::fixture::export(&client, false, sim.clock().now()).await?;
     std::fs::write(out, serde_json::to_string_pretty(&fixture)?)
         .with_context(|| format!("writing {}", out.display()))?;
     say!(

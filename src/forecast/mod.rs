@@ -50,7 +50,9 @@ pub fn parse_when(s: &str) -> Result<When, String> {
 pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("expected an RFC 3339 time such as 2026-12-24T00:00:00Z, got {s:?}: {e}"))
+        .map_err(|e| {
+            format!("expected an RFC 3339 time such as 2026-12-24T00:00:00Z, got {s:?}: {e}")
+        })
 }
 
 impl When {
@@ -71,7 +73,8 @@ impl When {
 
 /// Options of `neon-steward simulate`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(long_about = "Forecasts what the policy will do to an account: loads the fixture \
+#[command(
+    long_about = "Forecasts what the policy will do to an account: loads the fixture \
 (from export-fixture, or written by hand in neon-sim's fixture format) into neon-sim, a Neon \
 API emulator started in this process on a virtual clock, and runs the policy's real jobs at \
 every tick their schedules give over the period, in order, compressed into seconds. Prints, \
@@ -82,7 +85,8 @@ of this process is read). collect_consumption jobs are not run (they only read).
 The future is modelled simply: computes keep the activity they had (a busy one stays busy, an \
 idle one stays idle and autosuspends by its timeout), and nothing is created but by the policy \
 and by --new-branches-per-day. Ticks are at their nominal times (no jitter).\n\n\
-Only in builds with the `demo` cargo feature (the default), which brings the emulator in.")]
+Only in builds with the `demo` cargo feature (the default), which brings the emulator in."
+)]
 pub struct SimulateArgs {
     /// The account to forecast: a neon-sim fixture (JSON), e.g. from `export-fixture`.
     #[arg(long, value_name = "PATH")]
@@ -185,9 +189,9 @@ pub use with_sim::{plan_at, run_simulate, simulate};
 mod with_sim {
     use super::*;
     use crate::output::complain;
-    use std::io::Write as _;
     use anyhow::Context as _;
     use simulate::{Activity, Engine};
+    use std::io::Write as _;
     use timeline::Forecast;
 
     /// The model's assumptions, said above every timeline.

@@ -503,10 +503,12 @@ impl Engine {
             outcome: outcome.into(),
             resource_kind: a.resource_kind.clone(),
             resource,
-            project: a
-                .project_id
-                .as_ref()
-                .map(|p| self.project_names.get(p).cloned().unwrap_or_else(|| p.clone())),
+            project: a.project_id.as_ref().map(|p| {
+                self.project_names
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| p.clone())
+            }),
             reason: a.reason.clone(),
         });
     }
@@ -518,9 +520,7 @@ impl Engine {
             .iter()
             .filter_map(|(id, s)| match now.endpoints.get(id) {
                 None => Some((id.clone(), t)),
-                Some(e) if e.active => {
-                    Some((id.clone(), e.started_at.unwrap_or(t).max(s.since)))
-                }
+                Some(e) if e.active => Some((id.clone(), e.started_at.unwrap_or(t).max(s.since))),
                 Some(_) => None,
             })
             .collect();

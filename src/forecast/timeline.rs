@@ -282,7 +282,10 @@ pub fn render_text(f: &Forecast, tz: Tz) -> String {
     if m.snapshots_at_end.is_empty() {
         let _ = writeln!(s, "  snapshots at the end    none");
     } else {
-        let _ = writeln!(s, "  snapshots at the end    (per branch; made by the policy)");
+        let _ = writeln!(
+            s,
+            "  snapshots at the end    (per branch; made by the policy)"
+        );
         for b in &m.snapshots_at_end {
             let _ = writeln!(
                 s,

@@ -9,6 +9,9 @@ mod client;
 // `demo` needs the emulator in the binary (feature `demo`, on by default).
 #[cfg(feature = "demo")]
 mod demo;
+// `forecast` runs neon-sim in process through the library (feature `demo`).
+#[cfg(feature = "demo")]
+mod forecast;
 mod fuzz_input;
 mod http;
 mod jobs;
