@@ -553,7 +553,7 @@ impl Engine {
             self.count_suspension(s, until);
         }
         let mut events = std::mem::take(&mut self.events);
-        events.sort_by(|a, b| a.at.cmp(&b.at));
+        events.sort_by_key(|e| e.at);
         let mut summary = Summary {
             runs: self.runs.values().cloned().collect(),
             ..Summary::default()

@@ -138,6 +138,17 @@ pub struct Day<'a> {
     pub lines: Vec<DayLine<'a>>,
 }
 
+/// What makes two events of a day the same line: date, job, action, outcome, resource,
+/// project.
+type LineKey<'a> = (
+    NaiveDate,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+);
+
 /// Groups events by local day in `tz`, every day of the period listed (empty ones too),
 /// repeated identical events of a day folded into one line.
 pub fn days<'a>(f: &'a Forecast, tz: Tz) -> Vec<Day<'a>> {
@@ -161,8 +172,7 @@ pub fn days<'a>(f: &'a Forecast, tz: Tz) -> Vec<Day<'a>> {
             None => break,
         }
     }
-    let mut index: BTreeMap<(NaiveDate, &str, &str, &str, &str, Option<&str>), usize> =
-        BTreeMap::new();
+    let mut index: BTreeMap<LineKey<'a>, usize> = BTreeMap::new();
     for e in &f.events {
         let date = e.at.with_timezone(&tz).date_naive();
         let Some(day) = out.iter_mut().find(|x| x.date == date) else {
