@@ -93,6 +93,12 @@ pub enum Command {
         /// Also write the plan to this file (JSON), for `apply` after review.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// What a run at this time (RFC 3339, in the future) would do, from the account as
+        /// it is now: the account is read (read-only) into an in-process emulator, the
+        /// policy's scheduled runs until then are simulated, then each job is dry-run at
+        /// that time. Needs the `demo` cargo feature (the emulator).
+        #[arg(long, value_name = "TIME", conflicts_with = "out", value_parser = crate::forecast::parse_instant)]
+        at: Option<chrono::DateTime<Utc>>,
     },
     /// Carry out a plan written by `plan --out`: exactly its actions, each checked again
     /// against Neon and the policy; refused if made from another policy or too long ago.
@@ -144,6 +150,22 @@ pub enum Command {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Read the account (read-only API calls, rate-limited) and write it as a neon-sim
+    /// fixture for `simulate`: projects, branch trees, computes, snapshots; no secret.
+    ExportFixture {
+        /// The fixture file to write (JSON).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Replace project, branch, snapshot and organisation names with stable
+        /// placeholders (project-1, branch-7, ...), for sharing.
+        #[arg(long)]
+        redact_names: bool,
+    },
+    /// Forecast what the policy will do over the coming days: runs its real jobs at every
+    /// scheduled tick against a fixture in an in-process emulator with a virtual clock, and
+    /// prints a timeline (needs the `demo` cargo feature).
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
+    Simulate(crate::forecast::SimulateArgs),
     /// Run the daemon for 90 seconds against a local Neon emulator with a seeded organisation
     /// (config/demo.toml, a SQLite file, /metrics); no Neon account or API key needed.
     // Hidden in builds without the `demo` feature, where it only says how to get it.
@@ -166,7 +188,14 @@ pub fn run(cli: Cli) -> u8 {
         say!("{}", String::from_utf8_lossy(&script).trim_end());
         return EXIT_OK;
     }
-    let default_level = if matches!(cli.command, Command::Demo(_)) {
+    // A forecast reports every run in its timeline; the simulated daemon's own warnings
+    // (one per refused run) would only bury it.
+    let default_level = if matches!(
+        cli.command,
+        Command::Simulate(_) | Command::Plan { at: Some(_), .. }
+    ) {
+        "error"
+    } else if matches!(cli.command, Command::Demo(_)) {
         "warn"
     } else {
         "info"
@@ -186,6 +215,9 @@ pub fn run(cli: Cli) -> u8 {
             return EXIT_CONFIG;
         }
     };
+    if let Command::Simulate(args) = cli.command {
+        return simulate(&path, args);
+    }
     let cfg = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -229,7 +261,12 @@ pub fn run(cli: Cli) -> u8 {
                 .await
                 .map(|()| EXIT_OK),
             Command::Once { job, all } => once(cfg, job, all, false, Output::Table).await,
-            Command::Plan { job, output, out } => match (output, out) {
+            Command::Plan {
+                job,
+                output,
+                out,
+                at: None,
+            } => match (output, out) {
                 (PlanOutput::Table, None) => {
                     once(cfg, job.clone(), job.is_none(), true, Output::Table).await
                 }
@@ -257,6 +294,24 @@ pub fn run(cli: Cli) -> u8 {
                 };
                 saved_plan::commands::apply(cfg, plan, max_age, format).await
             }
+            Command::Plan {
+                job,
+                output,
+                at: Some(at),
+                ..
+            } => match output {
+                PlanOutput::Table => plan_at(&cfg, job, at, Output::Table).await,
+                PlanOutput::Json => plan_at(&cfg, job, at, Output::Json).await,
+                PlanOutput::Markdown => {
+                    complain!(
+                        "neon-steward: `plan --at` prints a table or JSON; `--output markdown` is for a plan of now (`plan --output markdown`)"
+                    );
+                    Ok(EXIT_CONFIG)
+                }
+            },
+            Command::ExportFixture { out, redact_names } => {
+                crate::forecast::export_fixture(&cfg, &out, redact_names).await
+            }
             Command::History { job, limit, output } => history(cfg, job, limit, output).await,
             Command::Keep {
                 target,
@@ -269,6 +324,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Validate
             | Command::Jobs { .. }
             | Command::Completions { .. }
+            | Command::Simulate(_)
             | Command::Demo(_) => {
                 unreachable!("handled before the runtime starts")
             }
@@ -287,6 +343,64 @@ pub fn run(cli: Cli) -> u8 {
             }
         }
     })
+}
+
+/// `simulate`: its own runtime, its own error reporting (configuration errors are 2).
+#[cfg(feature = "demo")]
+fn simulate(path: &Path, args: crate::forecast::SimulateArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            complain!("neon-steward: cannot start the async runtime: {e}");
+            return EXIT_RUN_FAILED;
+        }
+    };
+    runtime.block_on(async move {
+        match crate::forecast::run_simulate(path, args).await {
+            Ok(code) => code,
+            Err(e) => {
+                if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                    complain!("neon-steward: simulate: {ce}");
+                    EXIT_CONFIG
+                } else {
+                    complain!("neon-steward: simulate: {}", error_text(&e));
+                    EXIT_RUN_FAILED
+                }
+            }
+        }
+    })
+}
+
+#[cfg(not(feature = "demo"))]
+fn simulate(_path: &Path, _args: crate::forecast::SimulateArgs) -> u8 {
+    crate::forecast::unavailable("simulate")
+}
+
+#[cfg(feature = "demo")]
+async fn plan_at(
+    cfg: &Config,
+    job: Option<String>,
+    at: chrono::DateTime<Utc>,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let output = match output {
+        Output::Table => crate::forecast::Output::Table,
+        Output::Json => crate::forecast::Output::Json,
+    };
+    crate::forecast::plan_at(cfg, job, at, output).await
+}
+
+#[cfg(not(feature = "demo"))]
+async fn plan_at(
+    _cfg: &Config,
+    _job: Option<String>,
+    _at: chrono::DateTime<Utc>,
+    _output: Output,
+) -> anyhow::Result<u8> {
+    Ok(crate::forecast::unavailable("plan --at"))
 }
 
 /// The policy file: `--config`/`NEON_STEWARD_CONFIG`, else the first existing file of the

@@ -75,6 +75,11 @@ pub struct DemoArgs {
     /// Do not inject the occasional 503 and 429 answers.
     #[arg(long)]
     pub no_faults: bool,
+    /// Instead of running the daemon: write the seeded account as a neon-sim fixture (the
+    /// same exporter as `export-fixture`, through the ordinary client) and exit, e.g. for
+    /// `simulate --fixture PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub export_fixture: Option<PathBuf>,
 }
 
 /// Runs the demo; the process exit code. `config` is the global `--config` (or
@@ -143,6 +148,9 @@ async fn demo(args: DemoArgs, path: &Path) -> anyhow::Result<()> {
     )
     .await
     .context("starting neon-sim")?;
+    if let Some(out) = &args.export_fixture {
+        return export_seeded(sim, out, args.seed).await;
+    }
     let faults = if args.no_faults {
         None
     } else {
@@ -289,6 +297,25 @@ async fn start_forge(sim: &neon_sim::Sim) -> anyhow::Result<neon_sim::forge::Fak
     // Small pages, so the listing shows its pagination.
     forge.max_page(20);
     Ok(forge)
+}
+
+/// `demo --export-fixture`: the seeded account, exported as `export-fixture` would.
+async fn export_seeded(sim: neon_sim::Sim, out: &Path, seed: u64) -> anyhow::Result<()> {
+    let client = crate::neon::NeonClient::new(crate::neon::ClientConfig::new(
+        sim.base_url(),
+        crate::secret::Secret::new(sim.api_key()),
+    ))?;
+    let (fixture, _) = crate::forecast::fixture::export(&client, false, sim.clock().now()).await?;
+    std::fs::write(out, serde_json::to_string_pretty(&fixture)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    say!(
+        "{}: the demo's account (seed {}), {} projects, as a neon-sim fixture",
+        out.display(),
+        seed,
+        fixture.projects.len()
+    );
+    sim.shutdown().await;
+    Ok(())
 }
 
 /// A few honest failures, as Neon produces them on a bad day, so the retries, 429 and error

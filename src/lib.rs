@@ -14,6 +14,8 @@ pub mod demo;
 #[path = "demo_unavailable.rs"]
 pub mod demo;
 pub mod forge;
+/// Forecasts: `export-fixture`, `simulate`, `plan --at`.
+pub mod forecast;
 pub mod health;
 pub mod http;
 pub mod jobs;

@@ -22,8 +22,11 @@
 //! }
 //! ```
 //! Every project gets a default `main` branch; a fixture branch named `main` (without `parent`)
-//! configures it. `parent` names another branch of the same project (default: `main`). Times
-//! default to the clock's now; `activity` is `busy` or `idle` (default). `backup_schedule`
+//! configures it, and one with `"default": true` (without `parent`) configures it and renames
+//! it (children then name their parent). Endpoints may carry `"state": "active" | "idle"` and
+//! `last_active`; a fixture may say when it was taken (`exported_at`, which loading ignores).
+//! `parent` names another branch of the same project (default: `main`). Times default to the
+//! clock's now; `activity` is `busy` or `idle` (default). `backup_schedule`
 //! (default none) is checked by Neon's rules, as a `PUT .../backup_schedule` is: root branches
 //! only, `daily`/`weekly`/`monthly`, retention at most 35 days.
 
@@ -285,6 +288,9 @@ fn add_seeded_endpoint(s: &mut State, branch_id: &str, since: DateTime<Utc>, bus
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Fixture {
+    /// When the account was read (`neon-steward export-fixture`); where a forecast starts.
+    /// Not used when loading.
+    pub exported_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub orgs: Vec<FixtureOrg>,
     #[serde(default)]
@@ -319,6 +325,9 @@ pub struct FixtureBranch {
     pub created_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub protected: bool,
+    /// This is the project's default branch under its own name (instead of `main`).
+    #[serde(default)]
+    pub default: bool,
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub endpoints: Vec<FixtureEndpoint>,
@@ -336,6 +345,11 @@ pub struct FixtureEndpoint {
     #[serde(default)]
     pub activity: Option<String>,
     pub suspend_timeout_seconds: Option<i64>,
+    /// `active` or `idle` (default): the compute's state when the fixture was taken. An
+    /// active idle compute autosuspends per its timeout from `last_active`.
+    pub state: Option<String>,
+    /// When the compute last had traffic.
+    pub last_active: Option<DateTime<Utc>>,
 }
 
 fn rw() -> String {
@@ -389,7 +403,14 @@ pub fn apply_fixture(s: &mut State, f: &Fixture) -> anyhow::Result<()> {
         let mut by_name = std::collections::HashMap::new();
         by_name.insert("main".to_string(), main.id.clone());
         for b in &p.branches {
-            let id = if b.name == "main" && b.parent.is_none() {
+            let id = if b.default && b.parent.is_none() {
+                // The default branch under its own name.
+                by_name.remove("main");
+                if let Some(x) = s.branches.get_mut(&main.id) {
+                    x.name = b.name.clone();
+                }
+                main.id.clone()
+            } else if b.name == "main" && b.parent.is_none() {
                 main.id.clone()
             } else {
                 let parent_name = b.parent.clone().unwrap_or_else(|| "main".into());
@@ -411,6 +432,9 @@ pub fn apply_fixture(s: &mut State, f: &Fixture) -> anyhow::Result<()> {
             if let Some(x) = s.branches.get_mut(&id) {
                 x.protected = b.protected;
                 x.expires_at = b.expires_at;
+                if let Some(t) = b.created_at {
+                    x.created_at = t;
+                }
             }
             if !b.backup_schedule.is_empty() {
                 if s.branches[&id].parent_id.is_some() {
@@ -449,8 +473,23 @@ pub fn apply_fixture(s: &mut State, f: &Fixture) -> anyhow::Result<()> {
                         x.suspend_timeout_seconds = t;
                     }
                 }
+                let active = match e.state.as_deref() {
+                    None | Some("idle") => false,
+                    Some("active") => true,
+                    Some(other) => anyhow::bail!(
+                        "branch {:?}: endpoint state must be active or idle, got {other:?}",
+                        b.name
+                    ),
+                };
                 if activity == Activity::Busy {
                     s.start_endpoint_at(&ep.id, now);
+                } else if active {
+                    s.start_endpoint_at(&ep.id, e.last_active.unwrap_or(now));
+                }
+                if let (Some(t), Some(x)) = (e.last_active, s.endpoints.get_mut(&ep.id)) {
+                    if x.activity == Activity::Idle {
+                        x.last_active = Some(t);
+                    }
                 }
             }
         }

@@ -11,6 +11,9 @@ mod client;
 #[cfg(feature = "demo")]
 mod demo;
 mod forge;
+// `forecast` runs neon-sim in process through the library (feature `demo`).
+#[cfg(feature = "demo")]
+mod forecast;
 mod fuzz_input;
 mod http;
 mod jobs;
