@@ -8,8 +8,9 @@
 //! return them (connection URIs, role passwords, API keys) are not made at all, and no field
 //! of what is listed carries one.
 //!
-//! Backup schedules are not exported yet (neither the client nor the fixture format has
-//! them here).
+//! Backup schedules of root branches are exported (one read per root branch; one that cannot
+//! be read is counted in [`ExportNotes`] and left out). neon-sim keeps them but does not take
+//! Neon's scheduled snapshots, so a forecast does not show those.
 //!
 //! `--redact-names` replaces project, branch, snapshot and organisation names with
 //! placeholders (`project-3`, `branch-7`, ...) numbered in a stable order (creation time,
@@ -59,6 +60,10 @@ pub struct FixtureBranch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
     pub endpoints: Vec<FixtureEndpoint>,
+    /// Neon's backup schedule of a root branch (empty: none, or a child branch), in the
+    /// shape `PUT .../backup_schedule` takes; neon-sim checks it by Neon's rules on load.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub backup_schedule: Vec<crate::neon::BackupScheduleItem>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +93,8 @@ pub struct ExportNotes {
     pub orphan_snapshots: usize,
     /// Branches whose parent is not listed (exported as children of the default branch).
     pub reparented_branches: usize,
+    /// Root branches whose backup schedule could not be read (exported without one).
+    pub unread_backup_schedules: usize,
 }
 
 /// Reads the account through `client` (GET calls only) and builds its fixture.
@@ -168,6 +175,19 @@ pub async fn export(
                     last_active: e.last_active,
                 })
                 .collect();
+            // Neon keeps backup schedules on root branches only: one read per root branch.
+            let backup_schedule = if b.parent_id.is_none() {
+                match client.get_backup_schedule(&p.id, &b.id).await {
+                    Ok(schedule) => schedule.items().to_vec(),
+                    Err(e) => {
+                        tracing::warn!(project = %p.id, branch = %b.id, error = %e, "backup schedule not readable; exported without it");
+                        notes.unread_backup_schedules += 1;
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
             fixture_branches.push(FixtureBranch {
                 name: names.get(&id).cloned().unwrap_or_default(),
                 parent,
@@ -176,6 +196,7 @@ pub async fn export(
                 protected: b.protected,
                 expires_at: b.expires_at,
                 endpoints: eps,
+                backup_schedule,
             });
         }
         let mut snaps: Vec<_> = snapshots.iter().collect();

@@ -132,7 +132,7 @@ pub async fn export_fixture(cfg: &Config, out: &Path, redact_names: bool) -> any
     let snapshots: usize = fx.projects.iter().map(|p| p.snapshots.len()).sum();
     say!(
         "{}: {} projects, {branches} branches, {endpoints} computes, {snapshots} snapshots{} \
-         (no secrets; backup schedules are not exported)",
+         (no secrets)",
         out.display(),
         fx.projects.len(),
         if redact_names { ", names redacted" } else { "" }
@@ -147,6 +147,12 @@ pub async fn export_fixture(cfg: &Config, out: &Path, redact_names: bool) -> any
         say!(
             "  {} branch(es) whose parent is not listed were attached to the default branch",
             notes.reparented_branches
+        );
+    }
+    if notes.unread_backup_schedules > 0 {
+        say!(
+            "  {} root branch(es) whose backup schedule could not be read were exported without one",
+            notes.unread_backup_schedules
         );
     }
     Ok(EXIT_OK)

@@ -112,7 +112,12 @@ fn find<'a>(f: &'a Forecast, job: &str, action: &str, resource: &str) -> Vec<&'a
 fn the_export_holds_no_secret() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let (fixture, text, secrets) = exported(&seeded_account()).await;
+        // The production branch also carries a backup schedule, which the export keeps.
+        let mut account: serde_json::Value =
+            serde_json::from_str(&seeded_account()).expect("the seed is JSON");
+        account["projects"][0]["branches"][0]["backup_schedule"] =
+            serde_json::json!([{"frequency": "daily", "hour": 3, "retention_seconds": 604800}]);
+        let (fixture, text, secrets) = exported(&account.to_string()).await;
         assert!(!secrets.is_empty());
         for s in &secrets {
             assert!(!text.contains(s.as_str()), "a secret is in the fixture");
@@ -147,6 +152,12 @@ fn the_export_holds_no_secret() {
         );
         assert_eq!(p.snapshots.len(), 1);
         assert_eq!(p.snapshots[0].branch, "production");
+        let schedule = serde_json::to_value(&p.branches[0].backup_schedule).unwrap();
+        assert_eq!(
+            schedule,
+            serde_json::json!([{"frequency": "daily", "hour": 3, "retention_seconds": 604800}])
+        );
+        assert!(pr1.backup_schedule.is_empty(), "child branches have none");
     });
 }
 
