@@ -13,9 +13,9 @@ pub mod demo;
 #[cfg(not(feature = "demo"))]
 #[path = "demo_unavailable.rs"]
 pub mod demo;
-pub mod forge;
 /// Forecasts: `export-fixture`, `simulate`, `plan --at`.
 pub mod forecast;
+pub mod forge;
 pub mod health;
 pub mod http;
 pub mod jobs;

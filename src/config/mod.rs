@@ -11,8 +11,8 @@
 
 mod backup;
 mod error;
-mod notify;
 pub mod hash;
+mod notify;
 pub mod pattern;
 mod raw;
 mod schema;

@@ -3,8 +3,8 @@
 //! replica later asks Neon what happened, through the kind that owns the action, and
 //! records `succeeded`, `failed` or `unknown` with what it found (`reconciled_at` set).
 
-use super::budget::Budget;
 use super::backup_schedule::BackupSchedules;
+use super::budget::Budget;
 use super::expire::Expire;
 use super::kind::{JobKind, PendingRef, Resolution};
 use super::plan::JobEnv;

@@ -13,9 +13,10 @@ use sqlx::{Executor, FromRow, IntoArguments, Pool, Transaction};
 use super::dialect::Dialect;
 use super::{
     from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord,
-    BranchConsumptionSample, Claim, ConsumptionSample, Delivery, Keep, Lease, NewAction, NewNotification, NewRun, NoticeKey,
-    NoticeMark, NotificationFilter, NotificationRecord, NotificationStatus, RunFilter, RunId,
-    RunRecord, RunStatus, StateRecord, Store, StoreError, StoreOptions, StoreResult, Trigger,
+    BranchConsumptionSample, Claim, ConsumptionSample, Delivery, Keep, Lease, NewAction,
+    NewNotification, NewRun, NoticeKey, NoticeMark, NotificationFilter, NotificationRecord,
+    NotificationStatus, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreError,
+    StoreOptions, StoreResult, Trigger,
 };
 
 /// The run store on one SQL engine. Cheap to clone (a pool handle).
