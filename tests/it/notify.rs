@@ -554,6 +554,105 @@ async fn a_mark_no_longer_due_is_dropped_and_recorded() {
     assert_eq!(h.deletes(), 0);
 }
 
+/// An active endpoint that never suspends itself and has no traffic: it stays active until
+/// the job suspends it, and suspended afterwards.
+fn active_endpoint(h: &H, branch: &str) -> String {
+    let ep = h.sim.add_endpoint(branch);
+    let st = h.sim.state();
+    let mut s = st.settled();
+    let e = s.endpoints.get_mut(&ep).expect("endpoint just added");
+    e.activity = neon_sim::state::Activity::Busy;
+    e.suspend_timeout_seconds = -1;
+    s.settle();
+    let e = s.endpoints.get_mut(&ep).expect("endpoint just added");
+    e.activity = neon_sim::state::Activity::Idle;
+    ep
+}
+
+fn suspend_posts(h: &H, ep: &str) -> usize {
+    h.sim
+        .mutations()
+        .iter()
+        .filter(|m| m.method == "POST" && m.path.ends_with(&format!("/endpoints/{ep}/suspend")))
+        .count()
+}
+
+#[tokio::test]
+async fn a_window_suspension_under_notice_waits_for_the_period_then_suspends() {
+    let h = harness().await;
+    let (_p, main) = h.sim.add_project("app", None);
+    let ep = active_endpoint(&h, &main);
+    let state = |id: &str| h.sim.state().settled().endpoints[id].current_state;
+    assert_eq!(state(&ep), neon_sim::state::EndpointState::Active);
+    // Every day, all day: whenever the job runs it is inside a window, so it stays due.
+    let job = policy(
+        "[[jobs]]\nname = \"nights\"\nkind = \"suspend_computes\"\nevery = \"10m\"\nwindows = [\"Mon-Sun\"]\nwindow_timezone = \"UTC\"\nnotice = \"24h\"\n",
+    );
+
+    // First run: marked and announced, not suspended.
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:?}");
+    assert_eq!(r.counts.succeeded, 0, "{actions:?}");
+    assert!(
+        reason_of(&actions, &ep).contains("notice given: falls due at"),
+        "{actions:?}"
+    );
+    assert_eq!(suspend_posts(&h, &ep), 0);
+    assert_eq!(state(&ep), neon_sim::state::EndpointState::Active);
+    let marks = h.env.store.notice_marks("nights").await.unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0].resource_id, ep);
+    assert_eq!(marks[0].due_at, h.now() + TimeDelta::hours(24));
+    let outbox = h
+        .env
+        .store
+        .list_notifications(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(outbox.len(), 1, "{outbox:?}");
+    assert_eq!(outbox[0].event, "notice");
+    let payload: serde_json::Value = serde_json::from_str(&outbox[0].payload).unwrap();
+    assert_eq!(payload["items"][0]["resource_id"], ep.as_str(), "{payload}");
+
+    // 23 hours later, still inside a window: still under notice, still active.
+    h.sim.clock().advance(Duration::from_secs(23 * 3600));
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(r.counts.succeeded, 0, "{actions:?}");
+    assert!(
+        reason_of(&actions, &ep).contains("under notice since"),
+        "{actions:?}"
+    );
+    assert_eq!(suspend_posts(&h, &ep), 0);
+    assert_eq!(state(&ep), neon_sim::state::EndpointState::Active);
+    assert_eq!(
+        h.env
+            .store
+            .list_notifications(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "announced once"
+    );
+
+    // Past the due time and still inside a window: suspended, and the mark is spent.
+    h.sim.clock().advance(Duration::from_secs(2 * 3600));
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(
+        (r.status, r.counts.succeeded),
+        (RunStatus::Succeeded, 1),
+        "{actions:?}"
+    );
+    let done = actions
+        .iter()
+        .find(|a| a.resource_id == ep && a.outcome == ActionOutcome::Succeeded)
+        .unwrap_or_else(|| panic!("no suspension of {ep}: {actions:?}"));
+    assert_eq!(done.action, "suspend_endpoint");
+    assert_eq!(suspend_posts(&h, &ep), 1);
+    assert_eq!(state(&ep), neon_sim::state::EndpointState::Idle);
+    assert!(h.env.store.notice_marks("nights").await.unwrap().is_empty());
+}
+
 // ------------------------------------------------------------------ a run's end, through the scheduler
 
 struct Reports(neon_steward::scheduler::RunReport);
