@@ -523,3 +523,104 @@ fn forge_policy_errors_name_the_key() {
     .unwrap();
     assert!(!format!("{:?}", ok.jobs[0]).contains(TOKEN));
 }
+
+#[tokio::test]
+async fn merged_under_notice_is_deleted_after_the_period_and_a_kept_one_never() {
+    let h = harness().await;
+    let forge = FakeForge::start(ForgeFlavor::Github, "acme/web", TOKEN)
+        .await
+        .unwrap();
+    forge.add(1, FakeState::Merged, "fix-login", at(1, 10));
+    forge.add(2, FakeState::Merged, "demo", at(1, 9));
+    let (p, _) = h.sim.add_project("web", None);
+    let merged = h.branch(&p, "preview/pr-1-fix-login", TimeDelta::days(2));
+    let kept = h.branch(&p, "preview/pr-2-demo", TimeDelta::days(2));
+    h.env
+        .store
+        .put_keep(&neon_steward::store::Keep {
+            project: "web".into(),
+            branch: "preview/pr-2-demo".into(),
+            until: None,
+            note: Some("the demo".into()),
+            created_at: h.sim.clock().now(),
+        })
+        .await
+        .unwrap();
+    let job = job_of(&policy(
+        &forge,
+        "github",
+        "acme/web",
+        "preview/pr-{number}-*",
+        "notice = \"24h\"",
+    ));
+    let all = ["main", "preview/pr-1-fix-login", "preview/pr-2-demo"];
+    let deletes = || {
+        h.sim
+            .mutations()
+            .iter()
+            .filter(|m| m.method == "DELETE")
+            .count()
+    };
+
+    // First run: the merged one is marked, not deleted; the kept one is not marked.
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:#?}");
+    assert_eq!(r.counts.succeeded, 0, "{actions:#?}");
+    let first = reason_of(&actions, "preview/pr-1-fix-login");
+    assert_eq!(first.outcome, ActionOutcome::Skipped);
+    assert!(
+        first.reason.contains("notice given: falls due at"),
+        "{}",
+        first.reason
+    );
+    assert!(
+        reason_of(&actions, "preview/pr-2-demo")
+            .reason
+            .contains("kept by `neon-steward keep web/preview/pr-2-demo`"),
+        "{actions:#?}"
+    );
+    let marks = h.env.store.notice_marks("expire-closed").await.unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0].resource_id, merged);
+    assert_eq!(marks[0].due_at, h.sim.clock().now() + TimeDelta::hours(24));
+    assert_eq!(h.names(&p), all);
+    assert_eq!(deletes(), 0);
+
+    // 23 hours later: still under notice.
+    h.sim.clock().advance(Duration::from_secs(23 * 3600));
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(r.counts.succeeded, 0, "{actions:#?}");
+    assert!(
+        reason_of(&actions, "preview/pr-1-fix-login")
+            .reason
+            .contains("under notice since"),
+        "{actions:#?}"
+    );
+    assert_eq!(h.names(&p), all);
+    assert_eq!(deletes(), 0);
+
+    // Past the notice and still merged: deleted; the kept one stays.
+    h.sim.clock().advance(Duration::from_secs(2 * 3600));
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(
+        (r.status, r.counts.succeeded),
+        (RunStatus::Succeeded, 1),
+        "{actions:#?}"
+    );
+    let done = reason_of(&actions, "preview/pr-1-fix-login");
+    assert_eq!(done.outcome, ActionOutcome::Succeeded);
+    assert_eq!(done.rule.as_deref(), Some("pull_request"));
+    assert_eq!(h.names(&p), ["main", "preview/pr-2-demo"]);
+    assert_eq!(deletes(), 1);
+    assert!(actions
+        .iter()
+        .all(|a| a.resource_id != kept || a.outcome != ActionOutcome::Succeeded));
+    assert!(h
+        .env
+        .store
+        .notice_marks("expire-closed")
+        .await
+        .unwrap()
+        .is_empty());
+    forge.shutdown().await;
+}
