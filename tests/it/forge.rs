@@ -3,7 +3,8 @@
 //! merged and closed pull requests expire their branches, open ones stay, unknown and
 //! unreadable ones stay with their reason, a forge outage deletes nothing, and the forge
 //! requests of a run are bounded by the pages of pull requests updated since the last run,
-//! whatever the number of projects and branches.
+//! whatever the number of projects and branches. With `notice`, a merged pull request's
+//! branch is marked first and deleted only after the period; a kept one is never deleted.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -582,6 +583,12 @@ async fn merged_under_notice_is_deleted_after_the_period_and_a_kept_one_never() 
     let marks = h.env.store.notice_marks("expire-closed").await.unwrap();
     assert_eq!(marks.len(), 1, "{marks:?}");
     assert_eq!(marks[0].resource_id, merged);
+    assert_eq!(marks[0].rule.as_deref(), Some("pull_request"));
+    assert!(
+        marks[0].reason.contains("pull request #1 merged"),
+        "{}",
+        marks[0].reason
+    );
     assert_eq!(marks[0].due_at, h.sim.clock().now() + TimeDelta::hours(24));
     assert_eq!(h.names(&p), all);
     assert_eq!(deletes(), 0);

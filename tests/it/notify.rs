@@ -2,7 +2,8 @@
 //! the Standard Webhooks signatures, and the deliverer is driven through a sink that
 //! answers 500, answers too slowly, or is down; a crash between the fact and its delivery
 //! still delivers once. Then the notice period against neon-sim: notice -> keep -> nothing
-//! deleted, and notice -> still due -> deleted after the period, not before.
+//! deleted, and notice -> still due -> deleted after the period, not before; the same for a
+//! `suspend_computes` window suspension.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -602,6 +603,7 @@ async fn a_window_suspension_under_notice_waits_for_the_period_then_suspends() {
     let marks = h.env.store.notice_marks("nights").await.unwrap();
     assert_eq!(marks.len(), 1, "{marks:?}");
     assert_eq!(marks[0].resource_id, ep);
+    assert_eq!(marks[0].action, "suspend_endpoint");
     assert_eq!(marks[0].due_at, h.now() + TimeDelta::hours(24));
     let outbox = h
         .env
