@@ -395,3 +395,122 @@ compute_unit_seconds = 0.0001
         assert_eq!((s.suspends, s.resumes), (3, 3));
     });
 }
+
+/// `plan --at` through the real binary against a seeded emulator: a preview branch created
+/// 1h ago under a 2h ttl falls due in 1h. Planned at now + 30min it is not deleted; at
+/// now + 90min the dry run at that time plans its delete (the job's only tick is ~12h away,
+/// so no simulated run before `--at` takes it first). The real account sees only reads.
+#[tokio::test]
+async fn plan_at_plans_a_delete_only_after_the_branch_falls_due() {
+    use chrono::Timelike as _;
+    let now = Utc::now();
+    let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seed = dir.path().join("seed.json");
+    let account = serde_json::json!({"projects": [{
+        "name": "shop",
+        "created_at": "2025-01-01T00:00:00Z",
+        "branches": [
+            {"name": "production", "default": true, "created_at": "2025-01-01T00:00:00Z"},
+            {"name": "preview/pr-7", "parent": "production",
+             "created_at": ts(now - TimeDelta::hours(1))},
+            // Younger: due at now + 2h, after both --at times.
+            {"name": "preview/pr-8", "parent": "production", "created_at": ts(now)}
+        ]
+    }]});
+    std::fs::write(&seed, account.to_string()).expect("write the seed");
+    let sim = spawn_sim(SimConfig::default().virtual_clock(now).fixture(&seed)).await;
+    // One tick a day, 12h from now's hour: none falls in [now, now + 90min].
+    let hour = (now.hour() + 12) % 24;
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[jobs]]\nname = \"expire-previews\"\nkind = \"expire_branches\"\n\
+             schedule = \"0 {hour} * * *\"\ntimezone = \"UTC\"\nttl = \"2h\"\n\
+             [jobs.branches]\nnames = [\"preview/*\"]\n"
+        ),
+    )
+    .expect("write the policy");
+
+    let plan_at = |at: DateTime<Utc>| {
+        let (dir, policy) = (dir.path().to_path_buf(), policy.clone());
+        let (base, key) = (sim.base_url(), sim.api_key());
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_neon-steward"))
+                .current_dir(&dir)
+                .env_remove("NEON_STEWARD_CONFIG")
+                .env_remove("CREDENTIALS_DIRECTORY")
+                .env("NEON_API_KEY", key)
+                .env("NEON_STEWARD_BASE_URL", base)
+                .env(
+                    "NEON_STEWARD_STORE_URL",
+                    format!("sqlite://{}/state.db", dir.display()),
+                )
+                .env("XDG_CONFIG_HOME", dir.join("xdg"))
+                .arg("--config")
+                .arg(&policy)
+                .args(["plan", "--at", &ts(at), "--output", "json"])
+                .output()
+                .expect("the binary runs");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON plan")
+        })
+    };
+    let planned_deletes = |v: &serde_json::Value| -> Vec<String> {
+        let runs = v["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{v:#}");
+        assert_eq!(runs[0]["job"], "expire-previews");
+        assert_eq!(runs[0]["status"], "succeeded", "{v:#}");
+        runs[0]["actions"]
+            .as_array()
+            .expect("actions")
+            .iter()
+            .filter(|a| a["action"] == "delete_branch")
+            .map(|a| a["resource_name"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+
+    let before = plan_at(now + TimeDelta::minutes(30)).await.expect("join");
+    assert_eq!(planned_deletes(&before), Vec::<String>::new(), "{before:#}");
+    assert_eq!(before["runs"][0]["counts"]["planned"], 0, "{before:#}");
+    assert_eq!(
+        before["simulated_before"]["events"],
+        serde_json::json!([]),
+        "no tick before --at"
+    );
+
+    let after = plan_at(now + TimeDelta::minutes(90)).await.expect("join");
+    assert_eq!(
+        planned_deletes(&after),
+        vec!["preview/pr-7".to_string()],
+        "{after:#}"
+    );
+    assert_eq!(after["runs"][0]["counts"]["planned"], 1, "{after:#}");
+    assert_eq!(after["simulated_before"]["events"], serde_json::json!([]));
+
+    // Nothing changed on the account: no mutation logged, only GETs sent.
+    assert!(sim.mutations().is_empty(), "{:?}", sim.mutations());
+    let sent = sim.sent();
+    assert!(!sent.is_empty(), "the account was read");
+    assert!(
+        sent.iter().all(|s| s.method == "GET"),
+        "{:?}",
+        sent.iter()
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect::<Vec<_>>()
+    );
+    let names: Vec<String> = sim
+        .state()
+        .lock()
+        .branches
+        .values()
+        .map(|b| b.name.clone())
+        .collect();
+    assert!(names.contains(&"preview/pr-7".to_string()), "{names:?}");
+}
