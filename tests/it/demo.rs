@@ -47,7 +47,7 @@ fn fast_demo_policy(dir: &Path) -> std::path::PathBuf {
             }
         })
         .collect();
-    assert_eq!(compressed, 6, "the demo policy has six interval jobs");
+    assert_eq!(compressed, 7, "the demo policy has seven interval jobs");
     let p = dir.join("demo.toml");
     std::fs::write(&p, fast.join("\n")).unwrap();
     p

@@ -851,9 +851,13 @@ async fn snapshot_sweep_lists_snapshots_once_per_project() {
     // Before issue 11 the create listed the snapshots again (and the projects listing asked
     // for an empty page).
     assert_eq!(snapshot_listings, 1, "{sent:?}");
+    // The project already holds a manual snapshot (yesterday's), so the run reads the
+    // account's plan once (`/users/me` for a personal project) to know its snapshot limit.
+    let plan_reads = gets(&sim, |p| p.ends_with("/users/me") || p.contains("/organizations/")).len();
+    assert_eq!(plan_reads, 1, "{sent:?}");
     assert_eq!(
         sent.len(),
-        1 + 2 + 2,
-        "projects page, branches and snapshots, create and delete: {sent:?}"
+        1 + 2 + 1 + 2,
+        "projects page, branches and snapshots, the plan, create and delete: {sent:?}"
     );
 }
