@@ -853,7 +853,10 @@ async fn snapshot_sweep_lists_snapshots_once_per_project() {
     assert_eq!(snapshot_listings, 1, "{sent:?}");
     // The project already holds a manual snapshot (yesterday's), so the run reads the
     // account's plan once (`/users/me` for a personal project) to know its snapshot limit.
-    let plan_reads = gets(&sim, |p| p.ends_with("/users/me") || p.contains("/organizations/")).len();
+    let plan_reads = gets(&sim, |p| {
+        p.ends_with("/users/me") || p.contains("/organizations/")
+    })
+    .len();
     assert_eq!(plan_reads, 1, "{sent:?}");
     assert_eq!(
         sent.len(),
