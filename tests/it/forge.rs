@@ -7,19 +7,15 @@
 //! branch is marked first and deleted only after the period; a kept one is never deleted.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use neon_sim::forge::{FakeForge, FakeState, Fault, ForgeFlavor};
-use neon_sim::SimConfig;
 use neon_steward::config::{self, JobConfig};
-use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
-use neon_steward::store::{ActionOutcome, ActionRecord, NewRun, RunStatus, Trigger};
-use neon_steward::telemetry::consumption::ConsumptionExporter;
+use neon_steward::store::{ActionOutcome, ActionRecord, RunStatus};
 
-use crate::helpers::{spawn_sim, TestSim};
+use crate::helpers::{job_harness as harness, JobHarness as H};
 
 const TOKEN: &str = "ghp_fake-forge-token-for-tests";
 
@@ -68,62 +64,7 @@ fn job_of(text: &str) -> Arc<JobConfig> {
         .clone()
 }
 
-struct H {
-    sim: TestSim,
-    env: JobEnv,
-    ticks: AtomicI64,
-}
-
-async fn harness() -> H {
-    let sim = spawn_sim(SimConfig::default()).await;
-    let store = neon_steward::store::open("sqlite::memory:")
-        .await
-        .expect("store opens");
-    let env = JobEnv {
-        client: sim.client(),
-        store,
-        concurrency: 4,
-        operation_deadline: Duration::from_secs(20),
-        consumption: Arc::new(ConsumptionExporter::detached()),
-    };
-    H {
-        sim,
-        env,
-        ticks: AtomicI64::new(0),
-    }
-}
-
 impl H {
-    async fn run(&self, job: &JobConfig, dry_run: bool) -> (RunResult, Vec<ActionRecord>) {
-        let now = self.sim.clock().now();
-        let tick = now + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
-        let run_id = self
-            .env
-            .store
-            .claim_run(&NewRun {
-                plan_id: None,
-                job: job.name.clone(),
-                kind: job.kind.as_str().to_string(),
-                scheduled_for: tick,
-                trigger: Trigger::Manual,
-                dry_run,
-                status: RunStatus::Running,
-                error: None,
-            })
-            .await
-            .unwrap()
-            .expect("fresh tick");
-        let ctx = RunContext {
-            run_id,
-            scheduled_for: tick,
-            now,
-            dry_run,
-        };
-        let r = run_job(&self.env, job, ctx).await;
-        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
-        (r, actions)
-    }
-
     fn branch(&self, project: &str, name: &str, age: TimeDelta) -> String {
         let st = self.sim.state();
         let mut s = st.settled();

@@ -263,3 +263,77 @@ impl TestSim {
             .id
     }
 }
+
+/// A job run against neon-sim with an in-memory store, as the kinds' end-to-end tests need
+/// it: [`job_harness`] spawns both, [`JobHarness::run`] claims a fresh tick (a millisecond
+/// apart, so re-runs are new ticks) and returns the run with its ledger.
+pub struct JobHarness {
+    pub sim: TestSim,
+    pub env: neon_steward::jobs::JobEnv,
+    ticks: std::sync::atomic::AtomicI64,
+}
+
+pub async fn job_harness() -> JobHarness {
+    let sim = spawn_sim(SimConfig::default()).await;
+    let store = neon_steward::store::open("sqlite::memory:")
+        .await
+        .expect("store opens");
+    let env = neon_steward::jobs::JobEnv {
+        client: sim.client(),
+        store,
+        concurrency: 4,
+        operation_deadline: Duration::from_secs(20),
+        consumption: Arc::new(
+            neon_steward::telemetry::consumption::ConsumptionExporter::detached(),
+        ),
+    };
+    JobHarness {
+        sim,
+        env,
+        ticks: std::sync::atomic::AtomicI64::new(0),
+    }
+}
+
+impl JobHarness {
+    pub async fn run(
+        &self,
+        job: &neon_steward::config::JobConfig,
+        dry_run: bool,
+    ) -> (
+        neon_steward::jobs::RunResult,
+        Vec<neon_steward::store::ActionRecord>,
+    ) {
+        use neon_steward::store::{NewRun, RunStatus, Trigger};
+        let now = self.sim.clock().now();
+        let tick = now
+            + chrono::TimeDelta::milliseconds(
+                self.ticks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            );
+        let run_id = self
+            .env
+            .store
+            .claim_run(&NewRun {
+                plan_id: None,
+                job: job.name.clone(),
+                kind: job.kind.as_str().to_string(),
+                scheduled_for: tick,
+                trigger: Trigger::Manual,
+                dry_run,
+                status: RunStatus::Running,
+                error: None,
+            })
+            .await
+            .unwrap()
+            .expect("fresh tick");
+        let ctx = neon_steward::jobs::RunContext {
+            run_id,
+            scheduled_for: tick,
+            now,
+            dry_run,
+        };
+        let r = neon_steward::jobs::run_job(&self.env, job, ctx).await;
+        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
+        (r, actions)
+    }
+}

@@ -4,19 +4,16 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::TimeDelta;
 use neon_sim::state::BackupScheduleItem;
 use neon_sim::SimConfig;
 use neon_steward::config::{self, JobConfig};
-use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
 use neon_steward::store::{ActionOutcome, ActionRecord, NewRun, RunStatus, Trigger};
-use neon_steward::telemetry::consumption::ConsumptionExporter;
 
-use crate::helpers::{spawn_sim, TestSim};
+use crate::helpers::spawn_sim;
+use crate::helpers::{job_harness as harness, JobHarness as H};
 
 fn job(rules: &str, extra: &str) -> Arc<JobConfig> {
     let text = format!(
@@ -54,66 +51,7 @@ retention = "14d"
 frequency = "monthly"
 "#;
 
-struct H {
-    sim: TestSim,
-    env: JobEnv,
-    ticks: AtomicI64,
-}
-
-async fn harness() -> H {
-    let sim = spawn_sim(SimConfig::default()).await;
-    let store = neon_steward::store::open("sqlite::memory:")
-        .await
-        .expect("store opens");
-    let env = JobEnv {
-        client: sim.client(),
-        store,
-        concurrency: 4,
-        operation_deadline: Duration::from_secs(20),
-        consumption: Arc::new(ConsumptionExporter::detached()),
-    };
-    H {
-        sim,
-        env,
-        ticks: AtomicI64::new(0),
-    }
-}
-
 impl H {
-    async fn run(&self, job: &JobConfig, dry_run: bool) -> (RunResult, Vec<ActionRecord>) {
-        let now = self.sim.clock().now();
-        let tick = now + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
-        let run_id = self
-            .env
-            .store
-            .claim_run(&NewRun {
-                plan_id: None,
-                job: job.name.clone(),
-                kind: job.kind.as_str().to_string(),
-                scheduled_for: tick,
-                trigger: Trigger::Manual,
-                dry_run,
-                status: RunStatus::Running,
-                error: None,
-            })
-            .await
-            .unwrap()
-            .expect("fresh tick");
-        let r = run_job(
-            &self.env,
-            job,
-            RunContext {
-                run_id,
-                scheduled_for: tick,
-                now,
-                dry_run,
-            },
-        )
-        .await;
-        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
-        (r, actions)
-    }
-
     fn schedule(&self, branch: &str) -> Vec<BackupScheduleItem> {
         self.sim
             .state()
