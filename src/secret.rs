@@ -1,6 +1,8 @@
-//! A string that must never be shown: API keys and the admin token.
+//! Keeping secrets out of sight: [`Secret`], a string that must never be shown (API keys,
+//! the admin token), and [`without_userinfo`], which takes credentials out of a URL quoted in
+//! an error.
 //!
-//! `Debug` and `Display` print `[redacted]`, there is no `Serialize`, and the only way to the
+//! A `Secret`'s `Debug` and `Display` print `[redacted]`, there is no `Serialize`, and the only way to the
 //! value is [`Secret::expose`], which makes every use greppable.
 
 use std::fmt;
@@ -67,6 +69,19 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+/// `s` with anything between `scheme://` and an `@` before the path removed (the user info
+/// of a URL), so that a URL can be quoted in an error without its credentials.
+pub fn without_userinfo(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return s.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => s.to_string(),
     }
 }
 

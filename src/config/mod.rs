@@ -10,11 +10,13 @@
 //! be committed and reviewed like any other code.
 
 mod backup;
+mod describe;
 mod error;
 pub mod hash;
 mod notify;
 pub mod pattern;
 mod raw;
+mod scalar;
 mod schema;
 mod window;
 
@@ -1377,7 +1379,7 @@ impl Validator<'_> {
         })
     }
 
-    /// A duration with a bound tighter than [`raw::MAX_DURATION`], refused at its position.
+    /// A duration with a bound tighter than [`scalar::MAX_DURATION`], refused at its position.
     fn at_most(
         &self,
         v: Duration,
@@ -2472,7 +2474,7 @@ impl Validator<'_> {
 /// host would send it in clear text. User info (`user:password@`) is refused, and never
 /// shown: it would be a credential, and reqwest would send it instead of the API key.
 pub fn check_base_url(raw: &str) -> Result<(), String> {
-    let s = &without_userinfo(raw);
+    let s = &crate::secret::without_userinfo(raw);
     let url = reqwest::Url::parse(raw)
         .map_err(|e| format!("invalid base_url `{s}` ({e}); expected an https URL"))?;
     if !url.username().is_empty() || url.password().is_some() || s.len() != raw.len() {
@@ -2508,19 +2510,6 @@ pub fn check_base_url(raw: &str) -> Result<(), String> {
     }
 }
 
-/// `s` with anything between `scheme://` and an `@` before the path removed (the user info
-/// of a URL), so that a URL can be quoted in an error without its credentials.
-pub fn without_userinfo(s: &str) -> String {
-    let Some((scheme, rest)) = s.split_once("://") else {
-        return s.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => s.to_string(),
-    }
-}
-
 /// A store URL must name a backend this build has: `sqlite:` or `postgres:`/`postgresql:`.
 /// Shown redacted: a PostgreSQL URL may carry a password.
 fn check_store_url(s: &str) -> Result<(), String> {
@@ -2530,7 +2519,7 @@ fn check_store_url(s: &str) -> Result<(), String> {
         _ => Err(format!(
             "invalid store url `{}`: expected `sqlite://PATH` (e.g. \
              \"sqlite:///var/lib/neon-steward/neon-steward.db\") or `postgres://...`",
-            crate::store::redact_url(&without_userinfo(s))
+            crate::store::redact_url(&crate::secret::without_userinfo(s))
         )),
     }
 }

@@ -12,8 +12,8 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::raw::PositiveDur;
-use super::schema::Forbidden;
+use super::describe::Forbidden;
+use super::scalar::PositiveDur;
 use super::{ConfigError, JobConfig, Validator};
 use crate::secret::Secret;
 

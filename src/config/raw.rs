@@ -1,8 +1,8 @@
 //! The policy file as written: serde structs that mirror the TOML exactly.
 //!
-//! Values with a syntax of their own (durations, cron expressions, time zones) are parsed by
-//! their own `Deserialize` impls so that `toml` attaches the exact position of a bad value to
-//! the error. Values needed by later cross-field checks (duplicate names, options given for
+//! Values with a syntax of their own (durations, cron expressions, time zones) are the types
+//! of [`super::scalar`], parsed where they stand so that `toml` attaches the exact position of a
+//! bad value to the error. Values needed by later cross-field checks (duplicate names, options given for
 //! the wrong kind) are wrapped in [`Spanned`] to keep their position.
 //!
 //! The same types derive `JsonSchema`: their `///` docs become the descriptions of
@@ -12,104 +12,19 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::time::Duration;
 
-use chrono_tz::Tz;
 use schemars::JsonSchema;
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::schema::{Forbidden, NonNegative};
+use super::describe::{Forbidden, NonNegative};
+use super::scalar::{CronStr, Dur, PositiveDur, TzStr};
 use super::{
     BudgetActionKind, ConcurrencyPolicy, ConsumptionEndpoint, EndpointType, Granularity, JobKind,
     JobMode, MissedPolicy, PullRequestCondition,
 };
 use crate::forge::ForgeKind;
-use crate::schedule::CronSchedule;
-
-/// A duration written the `humantime` way: `90s`, `15m`, `12h`, `7d`, `1h 30m`.
-///
-/// At most [`MAX_DURATION`]: every duration of the policy ends up added to an instant
-/// somewhere (a tick plus jitter, now minus a deadline, a creation time plus a ttl), and
-/// an absurd value such as `1000000000d` would overflow that arithmetic. Refusing it here
-/// gives the operator a positioned error instead of a daemon that dies later.
-#[derive(Debug, Clone, Copy)]
-pub struct Dur(pub Duration);
-
-/// The longest duration the policy file accepts anywhere (10 years).
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        // Fractions (`1.5h`) are refused rather than rounded: the policy says exactly what
-        // it means, in whole units (`1h 30m`).
-        if s.contains(['.', ',']) {
-            return Err(serde::de::Error::custom(format!(
-                "invalid duration `{s}`: fractions are not accepted; write whole units, e.g. \"1h 30m\" for an hour and a half"
-            )));
-        }
-        let v = humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{s}` ({e}); expected a number with a unit, e.g. \"90s\", \"15m\", \"12h\", \"7d\""
-            ))
-        })?;
-        if v > MAX_DURATION {
-            return Err(serde::de::Error::custom(format!(
-                "duration `{s}` is too long: at most 3650d (10 years)"
-            )));
-        }
-        Ok(Dur(v))
-    }
-}
-
-/// A [`Dur`] that must not be zero: for the durations where `0s` can only be a mistake
-/// (a branch `ttl` of zero would expire every branch at once, an API `timeout` of zero fails
-/// every request, ...).
-#[derive(Debug, Clone, Copy)]
-pub struct PositiveDur(pub Duration);
-
-impl<'de> Deserialize<'de> for PositiveDur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Dur::deserialize(d)?.0;
-        if v.is_zero() {
-            return Err(serde::de::Error::custom(
-                "a duration of zero is not allowed here; give a positive duration such as \"1h\" (or leave the key out)",
-            ));
-        }
-        Ok(PositiveDur(v))
-    }
-}
-
-/// A cron expression, validated while parsing.
-#[derive(Clone)]
-pub struct CronStr(pub CronSchedule);
-
-impl<'de> Deserialize<'de> for CronStr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        CronSchedule::parse(&s)
-            .map(CronStr)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// An IANA time zone name.
-#[derive(Debug, Clone, Copy)]
-pub struct TzStr(pub Tz);
-
-impl<'de> Deserialize<'de> for TzStr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Tz::from_str(&s).map(TzStr).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "unknown time zone `{s}`; expected an IANA name such as \"UTC\", \"Europe/Berlin\" or \"America/New_York\""
-            ))
-        })
-    }
-}
 
 /// The neon-steward policy file: how to reach Neon, where to keep history, what to serve,
 /// and which jobs to run when. Unknown keys are errors.
@@ -270,7 +185,7 @@ pub struct RawDefaults {
 /// `kind` each (their descriptions say which) and are errors on a job of another kind.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(rename = "Job", transform = super::schema::job_kind_rules)]
+#[schemars(rename = "Job", transform = super::describe::job_kind_rules)]
 pub struct RawJob {
     /// Unique name of the job; it appears in metrics, logs and the history API, so it has no
     /// whitespace and no `/`.

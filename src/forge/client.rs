@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Url;
 
-use super::{ForgeConfig, ForgeKind, PullRequest};
+use super::{ForgeConfig, ForgeError, ForgeKind, PullRequest};
 use crate::neon::retry::{parse_retry_after, retry, Label, RetryPolicy};
 
 /// More pages than this in one listing is a runaway (100,000 pull requests updated since the
@@ -25,53 +25,6 @@ use crate::neon::retry::{parse_retry_after, retry, Label, RetryPolicy};
 pub const MAX_PAGES: u32 = 1000;
 /// Largest page body read.
 const MAX_BODY: usize = 16 * 1024 * 1024;
-/// Pull requests asked for per page (both forges' maximum).
-pub const PER_PAGE: u32 = 100;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ForgeError {
-    #[error("{0}")]
-    Config(String),
-    #[error("no token: {0}")]
-    NoToken(String),
-    #[error("{message}")]
-    Status { status: u16, message: String },
-    #[error("rate limited{}", .wait.map(|w| format!(" for {}s", w.as_secs())).unwrap_or_default())]
-    RateLimited { wait: Option<Duration> },
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("request failed: {0}")]
-    Transport(String),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("unexpected answer: {0}")]
-    Decode(String),
-}
-
-impl ForgeError {
-    fn retry_reason(&self) -> Option<&'static str> {
-        match self {
-            ForgeError::RateLimited { .. } => Some("rate_limited"),
-            ForgeError::Status { status: 503, .. } => Some("unavailable"),
-            ForgeError::Status { status, .. } if *status >= 500 => Some("server_error"),
-            ForgeError::Connect(_) | ForgeError::Transport(_) => Some("connect"),
-            ForgeError::Timeout(_) => Some("timeout"),
-            _ => None,
-        }
-    }
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ForgeError::RateLimited { wait } => *wait,
-            _ => None,
-        }
-    }
-}
-
-/// One page as the forge-specific code reads it.
-pub(super) struct Page {
-    pub pulls: Vec<PullRequest>,
-    pub next: Option<Url>,
-}
 
 pub struct ForgeClient {
     cfg: ForgeConfig,

@@ -8,8 +8,7 @@ use reqwest::header::HeaderMap;
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::client::{ForgeError, Page, PER_PAGE};
-use super::{PullRequest, PullState};
+use super::{ForgeError, Page, PullRequest, PullState, PER_PAGE};
 
 pub(super) fn first_page(base: &Url, repository: &str) -> Result<Url, ForgeError> {
     let (owner, name) = repository.split_once('/').ok_or_else(|| {

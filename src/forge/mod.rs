@@ -13,6 +13,7 @@
 //!   by each listing; [`Lookup`] answers a branch's question from it, failing closed.
 
 mod client;
+mod error;
 mod github;
 mod gitlab;
 mod mapping;
@@ -22,7 +23,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use client::{ForgeClient, ForgeError};
+pub use client::ForgeClient;
+pub use error::ForgeError;
 pub use mapping::{BranchMapping, MappingError, PullKey};
 
 use crate::secret::Secret;
@@ -121,6 +123,15 @@ pub struct PullRequest {
     pub updated_at: DateTime<Utc>,
     /// When it was merged or closed (`None` while open).
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Pull requests asked for per page (both forges' maximum).
+pub const PER_PAGE: u32 = 100;
+
+/// One page as the forge-specific code reads it.
+struct Page {
+    pub pulls: Vec<PullRequest>,
+    pub next: Option<reqwest::Url>,
 }
 
 /// What the job knows of one pull request.

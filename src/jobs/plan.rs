@@ -92,6 +92,10 @@ impl<'a> RunClock<'a> {
     }
 }
 
+/// What an action was decided on (see [`super::saved`] for how each resource's are read): property name -> value, as text (stable across runs;
+/// nothing derived from "now", such as an age).
+pub type Facts = std::collections::BTreeMap<String, String>;
+
 /// One action a plan wants taken, in a kind's own terms (`A`).
 #[derive(Debug, Clone)]
 pub struct PlannedAction<A> {
@@ -102,7 +106,7 @@ pub struct PlannedAction<A> {
     pub requires: Vec<usize>,
     /// What the action was decided on (see [`super::saved`]): written to a saved plan, and
     /// compared with a fresh plan's when the saved plan is applied.
-    pub facts: super::saved::Facts,
+    pub facts: Facts,
 }
 
 impl<A> PlannedAction<A> {
@@ -116,7 +120,7 @@ impl<A> PlannedAction<A> {
     }
 
     /// The same action with the facts it was decided on.
-    pub fn with_facts(mut self, facts: super::saved::Facts) -> Self {
+    pub fn with_facts(mut self, facts: Facts) -> Self {
         self.facts = facts;
         self
     }

@@ -9,19 +9,16 @@
 //! only if the fresh plan has it too, with the same facts; everything else in the saved plan
 //! is recorded as skipped with the reason, and nothing outside it is ever done.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ledger::ActionSpec;
+pub use super::plan::Facts;
 use super::plan::PlannedAction;
 use crate::neon::{Branch, Endpoint, ProjectId, Snapshot};
-
-/// What an action was decided on: property name -> value, as text (stable across runs;
-/// nothing derived from "now", such as an age).
-pub type Facts = BTreeMap<String, String>;
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)

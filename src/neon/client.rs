@@ -247,7 +247,7 @@ struct PageSpec<W, T> {
 impl NeonClient {
     pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
         // Quoted without any user info: that part of a URL is a credential.
-        let shown = crate::config::without_userinfo(&config.base_url);
+        let shown = crate::secret::without_userinfo(&config.base_url);
         let mut base = Url::parse(config.base_url.trim_end_matches('/'))
             .map_err(|e| ApiError::Config(format!("base_url {shown:?}: {e}")))?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {

@@ -7,7 +7,8 @@ use std::str::FromStr;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::{parse_with_env, ConfigError};
+use crate::config::describe::{KIND_MODES, KIND_OPTIONS};
+use crate::config::{parse_with_env, ConfigError, JobKind};
 
 /// The policy files shipped in the repository, each checked against the schema and the
 /// parser. Listed explicitly so that a missing file fails instead of being skipped; a
