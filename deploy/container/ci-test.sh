@@ -4,6 +4,13 @@
 # mmdebstrap and `docker import`, the binary is the production build made outside the image.
 #
 #   deploy/container/ci-test.sh --sim PATH/neon-sim [--demo-bin PATH/neon-steward] [--keep-base]
+#                               [--base-tar TAR]
+#   deploy/container/ci-test.sh --prepare-base TAR
+#
+# --prepare-base only installs what the test needs and makes the base's root filesystem
+# (mmdebstrap) into TAR, then exits: .ci/run does that in the background while the tests
+# build, and passes the same TAR as --base-tar, which the test then imports instead of
+# running mmdebstrap itself.
 #
 # By default dockerd starts on an empty data root (/var/lib/neon-steward-ci-docker), so the base
 # image is made every time, and the data root is removed at the end. --keep-base (for local
@@ -31,20 +38,26 @@ cd "$root"
 sim_bin=""
 demo_bin=""
 keep_base=0
+base_tar=""
+prepare_base=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --sim) sim_bin="${2:?--sim needs a path}"; shift 2 ;;
         --demo-bin) demo_bin="${2:?--demo-bin needs a path}"; shift 2 ;;
         --keep-base) keep_base=1; shift ;;
+        --base-tar) base_tar="${2:?--base-tar needs a path}"; shift 2 ;;
+        --prepare-base) prepare_base="${2:?--prepare-base needs a path}"; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
+if [[ -z "$prepare_base" ]]; then
 [[ -x "$sim_bin" ]] || { echo "ci-test: --sim PATH to the neon-sim binary is required" >&2; exit 2; }
 bin="$root/target/release/neon-steward"
 [[ -x "$bin" ]] || {
     echo "ci-test: $bin is missing: cargo build --release --locked --no-default-features --bin neon-steward" >&2
     exit 2
 }
+fi
 
 image="neon-steward:ci"
 base="neon-steward-base:bookworm"
@@ -53,6 +66,16 @@ t0=$SECONDS
 step() { echo; echo "=== container: $* (t=$((SECONDS - t0))s)"; }
 fail() { echo "FAIL: container: $*" >&2; exit 1; }
 
+# The base's root filesystem from Debian packages. No documentation, manual pages or
+# translations: nothing in the image reads them.
+make_rootfs() {
+    mmdebstrap --quiet --variant=minbase \
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+        bookworm "$1"
+}
+
+if [[ -z "$prepare_base" ]]; then
 step "the production binary holds no emulator"
 # Strings only neon-sim has: its admin and fault routes, the fault injector's and the
 # validator's messages, and the OpenAPI document's description.
@@ -70,6 +93,7 @@ if [[ -n "$demo_bin" ]]; then
 else
     echo "no emulator marker in $bin ($(du -k "$bin" | cut -f1) KiB)"
 fi
+fi
 
 step "installing docker.io and mmdebstrap"
 missing=()
@@ -80,6 +104,13 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ -n "$prepare_base" ]]; then
+    step "base root filesystem into $prepare_base (mmdebstrap minbase)"
+    make_rootfs "$prepare_base.partial"
+    mv "$prepare_base.partial" "$prepare_base"
+    echo "base root filesystem: $(du -k "$prepare_base" | cut -f1) KiB"
+    exit 0
 fi
 # docker.io's own client (a different `docker` may come first on PATH).
 docker=/usr/bin/docker
@@ -129,12 +160,12 @@ done
 step "base image $base from Debian packages (mmdebstrap minbase + docker import)"
 if "$docker" image inspect "$base" >/dev/null 2>&1; then
     echo "reusing $base from an earlier run (--keep-base)"
+elif [[ -n "$base_tar" ]]; then
+    [[ -s "$base_tar" ]] || fail "--base-tar $base_tar is missing or empty (made by --prepare-base)"
+    echo "importing the root filesystem --prepare-base made ($base_tar)"
+    "$docker" import "$base_tar" "$base" >/dev/null
 else
-    # No documentation, manual pages or translations: nothing in the image reads them.
-    mmdebstrap --quiet --variant=minbase \
-        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-        --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-        bookworm "$work/rootfs.tar"
+    make_rootfs "$work/rootfs.tar"
     "$docker" import "$work/rootfs.tar" "$base" >/dev/null
     rm -f "$work/rootfs.tar"
 fi

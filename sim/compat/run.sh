@@ -5,8 +5,18 @@
 # daily must pass; the first failure stops the script with the command and its output.
 # What is not emulated is listed in sim/spec/README.md.
 #
-# Usage: bash sim/compat/run.sh   (from anywhere; needs cargo, node >= 20, npm, python3)
+# Usage: bash sim/compat/run.sh [--install-only]   (from anywhere; needs cargo, node >= 20,
+#        npm, python3)
+# COMPAT_TOOLS_DIR=DIR installs the clients into DIR (kept, and reused when it already holds
+# these versions) instead of a temporary directory; with --install-only the script stops
+# after installing (.ci/run installs in the background while the tests build).
 set -euo pipefail
+install_only=0
+case "${1:-}" in
+    --install-only) install_only=1 ;;
+    "") ;;
+    *) echo "usage: bash sim/compat/run.sh [--install-only]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/../.."
 
 NEONCTL_VERSION=5.0.1
@@ -23,14 +33,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "=== compat: installing neonctl@$NEONCTL_VERSION, neon@$NEON_CLI_VERSION, @neondatabase/api-client@$API_CLIENT_VERSION, neon-api==$NEON_API_PY_VERSION"
-(cd "$work" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \
-    "neonctl@$NEONCTL_VERSION" "@neondatabase/api-client@$API_CLIENT_VERSION" >/dev/null)
-mkdir -p "$work/neon6"
-(cd "$work/neon6" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \
-    "neon@$NEON_CLI_VERSION" >/dev/null)
-python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install --quiet --disable-pip-version-check "neon-api==$NEON_API_PY_VERSION" "pydantic==$PYDANTIC_VERSION"
+tools="${COMPAT_TOOLS_DIR:-$work/tools}"
+versions="neonctl@$NEONCTL_VERSION neon@$NEON_CLI_VERSION @neondatabase/api-client@$API_CLIENT_VERSION neon-api==$NEON_API_PY_VERSION pydantic==$PYDANTIC_VERSION"
+if [[ -f "$tools/installed" && "$(cat "$tools/installed")" == "$versions" ]]; then
+    echo "=== compat: clients already in $tools ($versions)"
+else
+    echo "=== compat: installing $versions"
+    rm -rf "$tools"
+    mkdir -p "$tools/neon6"
+    (cd "$tools" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \
+        "neonctl@$NEONCTL_VERSION" "@neondatabase/api-client@$API_CLIENT_VERSION" >/dev/null)
+    (cd "$tools/neon6" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \
+        "neon@$NEON_CLI_VERSION" >/dev/null)
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "neon-api==$NEON_API_PY_VERSION" "pydantic==$PYDANTIC_VERSION"
+    echo "$versions" >"$tools/installed"
+fi
+[[ $install_only == 1 ]] && exit 0
 
 cargo build --quiet -p neon-sim --bin neon-sim
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -75,7 +94,7 @@ expect() {
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {'d': d}))" "$1" <<<"$out"; }
 
 neon() {
-    "$work/node_modules/.bin/neonctl" --no-analytics --no-color --config-dir "$work/neon-config" \
+    "$tools/node_modules/.bin/neonctl" --no-analytics --no-color --config-dir "$work/neon-config" \
         --context-file "$work/neon-context" "$@"
 }
 
@@ -143,7 +162,7 @@ step "neonctl projects recover" neon projects recover "$project" -o json
 
 echo "=== compat: neon $NEON_CLI_VERSION (neonctl's successor)"
 neon6() {
-    "$work/neon6/node_modules/.bin/neon" --no-analytics --no-color --config-dir "$work/neon6-config" \
+    "$tools/neon6/node_modules/.bin/neon" --no-analytics --no-color --config-dir "$work/neon6-config" \
         --context-file "$work/neon6-context" "$@"
 }
 step "neon me" neon6 me -o json
@@ -163,9 +182,9 @@ step "neon branches delete" neon6 branches delete preview/six -o json
 step "neon projects delete" neon6 projects delete "$project6" -o json
 
 echo "=== compat: @neondatabase/api-client $API_CLIENT_VERSION"
-step "api-client daily calls" node "sim/compat/api_client.mjs" "$work/node_modules/@neondatabase/api-client"
+step "api-client daily calls" node "sim/compat/api_client.mjs" "$tools/node_modules/@neondatabase/api-client"
 
 echo "=== compat: python neon-api $NEON_API_PY_VERSION"
-step "neon-api daily calls" "$work/venv/bin/python" sim/compat/python_sdk.py
+step "neon-api daily calls" "$tools/venv/bin/python" sim/compat/python_sdk.py
 
 echo "$passed passed, $failed failed"
