@@ -69,7 +69,7 @@ fail() { echo "FAIL: container: $*" >&2; exit 1; }
 # The base's root filesystem from Debian packages. No documentation, manual pages or
 # translations: nothing in the image reads them.
 make_rootfs() {
-    mmdebstrap --quiet --variant=minbase \
+    mmdebstrap --quiet --variant=minbase --format=tar \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
         bookworm "$1"
