@@ -4,6 +4,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 
 use super::*;
+use crate::jobs::ledger::{Action, ResourceKind};
 use crate::jobs::saved::Facts;
 
 const POLICY: &str = r#"
@@ -44,13 +45,12 @@ fn action(
 ) -> SavedAction {
     SavedAction {
         project_id: project.into(),
-        action: action.into(),
+        action: action.parse().expect("a known ledger action"),
         resource_kind: if action.contains("endpoint") {
-            "endpoint"
+            ResourceKind::Endpoint
         } else {
-            "branch"
-        }
-        .into(),
+            ResourceKind::Branch
+        },
         resource_id: id.into(),
         resource_name: Some(name.into()),
         rule: Some(if destructive { "ttl" } else { "idle_for" }.into()),
@@ -104,8 +104,8 @@ fn sample(cfg: &Config) -> PlanDocument {
                 ],
                 skips: vec![SavedSkip {
                     project_id: "p-alpha".into(),
-                    action: "delete_branch".into(),
-                    resource_kind: "branch".into(),
+                    action: Action::DeleteBranch,
+                    resource_kind: ResourceKind::Branch,
                     resource_id: "br-a3".into(),
                     resource_name: Some("preview/base".into()),
                     rule: Some("ttl".into()),
