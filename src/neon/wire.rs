@@ -169,11 +169,6 @@ pub struct BranchOperations {
     pub operations: Vec<Operation>,
 }
 
-#[derive(Deserialize)]
-pub struct BranchCount {
-    pub count: u64,
-}
-
 #[derive(Serialize)]
 pub struct BranchUpdateRequest {
     pub branch: BranchUpdateBody,
