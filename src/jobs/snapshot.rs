@@ -424,18 +424,20 @@ async fn plan(
             })
             .collect();
         let spec_for =
-            |action, id: String, name: Option<String>, rule: &str, reason: String| ActionSpec {
-                resource_kind: if action == Action::CreateSnapshot {
-                    "branch"
-                } else {
-                    "snapshot"
-                },
-                resource_id: id,
-                resource_name: name,
-                project_id: Some(project.id.to_string()),
-                action,
-                rule: Some(rule.to_string()),
-                reason,
+            |action: Action, id: String, name: Option<String>, rule: &str, reason: String| {
+                ActionSpec {
+                    resource_kind: if action == Action::CreateSnapshot {
+                        ResourceKind::Branch
+                    } else {
+                        ResourceKind::Snapshot
+                    },
+                    resource_id: id,
+                    resource_name: name,
+                    project_id: Some(project.id.to_string()),
+                    action,
+                    rule: Some(rule.to_string()),
+                    reason,
+                }
             };
         let mut create = None;
         let planned = out

@@ -164,8 +164,14 @@ mod tests {
     fn the_stored_names_are_the_ones_existing_rows_hold() {
         // Rows, metrics and saved plans already hold these names: they must not change.
         assert_eq!(Action::DeleteBranch.as_str(), "delete_branch");
-        assert_eq!(Action::TakeBackBackupSchedule.as_str(), "take_back_backup_schedule");
-        assert_eq!(Action::BudgetShortenSuspendTimeout.as_str(), "budget_shorten_suspend_timeout");
+        assert_eq!(
+            Action::TakeBackBackupSchedule.as_str(),
+            "take_back_backup_schedule"
+        );
+        assert_eq!(
+            Action::BudgetShortenSuspendTimeout.as_str(),
+            "budget_shorten_suspend_timeout"
+        );
         assert_eq!(Action::CollectConsumption.as_str(), "collect_consumption");
         assert_eq!(ResourceKind::Budget.as_str(), "budget");
     }
@@ -176,11 +182,16 @@ mod tests {
         assert_eq!(e.name, "drop_database");
         let text = e.to_string();
         assert!(
-            text.starts_with("unknown ledger action \"drop_database\"") && text.contains("delete_branch"),
+            text.starts_with("unknown ledger action \"drop_database\"")
+                && text.contains("delete_branch"),
             "{text}"
         );
         let e = "Branch".parse::<ResourceKind>().unwrap_err();
-        assert!(e.to_string().starts_with("unknown resource kind \"Branch\""), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("unknown resource kind \"Branch\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -195,7 +206,8 @@ mod tests {
         );
         let e = serde_json::from_str::<Action>("\"explode\"").unwrap_err();
         assert!(
-            e.to_string().contains("unknown variant `explode`") && e.to_string().contains("`delete_branch`"),
+            e.to_string().contains("unknown variant `explode`")
+                && e.to_string().contains("`delete_branch`"),
             "{e}"
         );
     }

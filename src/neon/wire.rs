@@ -93,11 +93,6 @@ pub struct ProjectsPage {
 }
 
 #[derive(Deserialize)]
-pub struct ProjectResponse {
-    pub project: Project,
-}
-
-#[derive(Deserialize)]
 pub struct Recovery {
     #[serde(default)]
     pub recoverable_until: Option<DateTime<Utc>>,

@@ -154,7 +154,11 @@ fn job_section(md: &mut String, j: &PlannedJob) {
                     "| {} | {} | {} | {} | {} |",
                     if a.destructive { "**destructive**" } else { "" },
                     cell(a.action.as_str()),
-                    resource(a.resource_kind.as_str(), &a.resource_id, a.resource_name.as_deref()),
+                    resource(
+                        a.resource_kind.as_str(),
+                        &a.resource_id,
+                        a.resource_name.as_deref()
+                    ),
                     cell(a.rule.as_deref().unwrap_or("")),
                     cell(&a.reason)
                 );
@@ -175,7 +179,11 @@ fn job_section(md: &mut String, j: &PlannedJob) {
                     md,
                     "| {} | {} | {} |",
                     cell(s.action.as_str()),
-                    resource(s.resource_kind.as_str(), &s.resource_id, s.resource_name.as_deref()),
+                    resource(
+                        s.resource_kind.as_str(),
+                        &s.resource_id,
+                        s.resource_name.as_deref()
+                    ),
                     cell(&s.reason)
                 );
             }

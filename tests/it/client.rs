@@ -698,7 +698,11 @@ async fn hang_becomes_timeout() {
     cfg.max_retries = 1;
     let c = NeonClient::new(cfg).unwrap();
     sim.faults
-        .inject(FaultRule::on("GET", "/projects/{project_id}/endpoints", Fault::Hang))
+        .inject(FaultRule::on(
+            "GET",
+            "/projects/{project_id}/endpoints",
+            Fault::Hang,
+        ))
         .unwrap();
     let e = c.list_endpoints(&project).await.unwrap_err();
     assert!(e.is_timeout(), "{e}");
