@@ -123,6 +123,74 @@ async fn check(env: &JobEnv, a: &ActionRecord) -> Result<Resolution, ApiError> {
 mod tests {
     use super::*;
 
+    fn pending(action: &str) -> ActionRecord {
+        ActionRecord {
+            id: 1,
+            run_id: 1,
+            job: "j".into(),
+            resource_kind: "branch".into(),
+            resource_id: "br-1".into(),
+            resource_name: None,
+            project_id: Some("p-1".into()),
+            action: action.into(),
+            rule: None,
+            reason: "r".into(),
+            dry_run: false,
+            outcome: crate::store::ActionOutcome::Pending,
+            detail: None,
+            created_at: chrono::Utc::now(),
+            finished_at: None,
+            reconciled_at: None,
+        }
+    }
+
+    /// Nothing is asked of Neon for these (the client points nowhere: a call would fail).
+    async fn env() -> JobEnv {
+        let client = crate::neon::NeonClient::new(crate::neon::ClientConfig::new(
+            "http://127.0.0.1:1/api/v2",
+            crate::secret::Secret::new("unused"),
+        ))
+        .unwrap();
+        JobEnv {
+            client,
+            store: crate::store::open("sqlite::memory:").await.unwrap(),
+            concurrency: 1,
+            operation_deadline: std::time::Duration::from_secs(1),
+            consumption: std::sync::Arc::new(
+                crate::telemetry::consumption::ConsumptionExporter::detached(),
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_action_this_build_does_not_know_is_unknown_and_says_so() {
+        let r = check(&env().await, &pending("drop_database"))
+            .await
+            .unwrap();
+        assert_eq!(r.outcome, crate::store::ActionOutcome::Unknown);
+        assert!(
+            r.detail
+                .starts_with("unknown ledger action \"drop_database\"")
+                && r.detail.ends_with("nothing can check it"),
+            "{}",
+            r.detail
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_left_pending_failed_and_is_done_again() {
+        let env = env().await;
+        for action in ["collect_consumption", "plan"] {
+            let r = check(&env, &pending(action)).await.unwrap();
+            assert_eq!(r.outcome, crate::store::ActionOutcome::Failed, "{action}");
+            assert!(
+                r.detail.contains("the next run does it again"),
+                "{}",
+                r.detail
+            );
+        }
+    }
+
     /// The dispatch above and the kinds' own declarations agree: every action a kind
     /// declares is sent to it, and only those.
     #[test]
