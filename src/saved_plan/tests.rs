@@ -179,6 +179,29 @@ fn a_plan_round_trips_and_other_versions_are_refused() {
 }
 
 #[test]
+fn a_plan_naming_an_action_or_resource_kind_this_build_does_not_know_is_refused() {
+    let cfg = cfg(POLICY);
+    let text = sample(&cfg).to_json();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut bad = v.clone();
+    bad["jobs"][0]["actions"][0]["action"] = "drop_database".into();
+    let e = PlanDocument::parse("plan.json", bad.to_string().as_bytes()).unwrap_err();
+    assert!(
+        matches!(&e, Refusal::Malformed { path, error } if path == "plan.json"
+            && error.contains("unknown variant `drop_database`")
+            && error.contains("`delete_branch`")),
+        "{e}"
+    );
+    let mut bad = v;
+    bad["jobs"][0]["skips"][0]["resource_kind"] = "database".into();
+    let e = PlanDocument::parse("plan.json", bad.to_string().as_bytes()).unwrap_err();
+    assert!(
+        matches!(&e, Refusal::Malformed { error, .. } if error.contains("unknown variant `database`")),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_stale_foreign_or_future_plan_is_refused() {
     let cfg = cfg(POLICY);
     let plan = sample(&cfg);
