@@ -15,7 +15,7 @@ use neon_sim::forge::{FakeForge, FakeState, Fault, ForgeFlavor};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::store::{ActionOutcome, ActionRecord, RunStatus};
 
-use crate::helpers::{job_harness as harness, JobHarness as H};
+use crate::helpers::job_harness as harness;
 
 const TOKEN: &str = "ghp_fake-forge-token-for-tests";
 
