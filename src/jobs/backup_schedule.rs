@@ -29,15 +29,15 @@ use serde::{Deserialize, Serialize};
 
 use super::calls::with_lock_retry;
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
-use super::ledger::ActionSpec;
+use super::ledger::{Action, ActionSpec, ResourceKind};
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::select::{BranchFacts, BranchSelector, Selection};
 use crate::config::{JobConfig, SnapshotSpec};
 use crate::neon::{ApiError, BackupSchedule, Branch, BranchId, Project, ProjectId};
 
 /// Ledger action names.
-pub const SET: &str = "set_backup_schedule";
-pub const TAKE_BACK: &str = "take_back_backup_schedule";
+pub const SET: Action = Action::SetBackupSchedule;
+pub const TAKE_BACK: Action = Action::TakeBackBackupSchedule;
 
 /// What the job has set, per branch id of one project.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +250,7 @@ impl JobKind for BackupSchedules<'_> {
     type Done = BackupSchedule;
     type State = SchedulesSet;
     const STATE_KEY: &'static str = "backup_schedules";
+    const LEDGER_ACTIONS: &'static [Action] = &[SET, TAKE_BACK];
 
     async fn plan_project(
         &self,
@@ -307,8 +308,8 @@ impl JobKind for BackupSchedules<'_> {
                 // The base of `max_actions_percent`: the schedules a take-back could end.
                 out.matched += 1;
             }
-            let spec = |action: &'static str, rule: &str, reason: String| ActionSpec {
-                resource_kind: "branch",
+            let spec = |action: Action, rule: &str, reason: String| ActionSpec {
+                resource_kind: ResourceKind::Branch,
                 resource_id: b.id.to_string(),
                 resource_name: Some(b.name.clone()),
                 project_id: Some(project.id.to_string()),
@@ -415,10 +416,6 @@ impl JobKind for BackupSchedules<'_> {
 
     fn detail(done: &BackupSchedule) -> Option<String> {
         Some(format!("schedule now: {done}"))
-    }
-
-    fn owns_action(action: &str) -> bool {
-        matches!(action, SET | TAKE_BACK)
     }
 
     async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {

@@ -35,7 +35,7 @@ use tokio::sync::OnceCell;
 
 use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
-use super::ledger::ActionSpec;
+use super::ledger::{Action, ActionSpec, ResourceKind};
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::scope::selected_projects;
 use crate::config::{BudgetSpec, JobConfig};
@@ -550,30 +550,30 @@ pub fn decide(
     }))
 }
 
-fn action_name(a: &BudgetAction) -> &'static str {
+fn action_name(a: &BudgetAction) -> Action {
     match a {
-        BudgetAction::Notify(_) => "budget_notify",
+        BudgetAction::Notify(_) => Action::BudgetNotify,
         BudgetAction::Apply(c) => match c.lever {
-            Lever::Suspend => "budget_suspend_compute",
-            Lever::MaxCu => "budget_lower_max_cu",
-            Lever::SuspendTimeout => "budget_shorten_suspend_timeout",
+            Lever::Suspend => Action::BudgetSuspendCompute,
+            Lever::MaxCu => Action::BudgetLowerMaxCu,
+            Lever::SuspendTimeout => Action::BudgetShortenSuspendTimeout,
         },
         BudgetAction::Restore(c) => match c.lever {
-            Lever::Suspend => "budget_restore_compute",
-            Lever::MaxCu => "budget_restore_max_cu",
-            Lever::SuspendTimeout => "budget_restore_suspend_timeout",
+            Lever::Suspend => Action::BudgetRestoreCompute,
+            Lever::MaxCu => Action::BudgetRestoreMaxCu,
+            Lever::SuspendTimeout => Action::BudgetRestoreSuspendTimeout,
         },
     }
 }
 
-const ACTIONS: &[&str] = &[
-    "budget_notify",
-    "budget_suspend_compute",
-    "budget_lower_max_cu",
-    "budget_shorten_suspend_timeout",
-    "budget_restore_compute",
-    "budget_restore_max_cu",
-    "budget_restore_suspend_timeout",
+const ACTIONS: &[Action] = &[
+    Action::BudgetNotify,
+    Action::BudgetSuspendCompute,
+    Action::BudgetLowerMaxCu,
+    Action::BudgetShortenSuspendTimeout,
+    Action::BudgetRestoreCompute,
+    Action::BudgetRestoreMaxCu,
+    Action::BudgetRestoreSuspendTimeout,
 ];
 
 impl JobKind for Budget<'_> {
@@ -581,6 +581,7 @@ impl JobKind for Budget<'_> {
     type Done = ();
     type State = BudgetState;
     const STATE_KEY: &'static str = "budget_changes";
+    const LEDGER_ACTIONS: &'static [Action] = ACTIONS;
 
     async fn plan_project(
         &self,
@@ -683,12 +684,8 @@ impl JobKind for Budget<'_> {
         None
     }
 
-    fn owns_action(action: &str) -> bool {
-        ACTIONS.contains(&action)
-    }
-
     async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
-        if p.action == "budget_notify" {
+        if p.action == Action::BudgetNotify {
             return Ok(Resolution::unknown(
                 "a notice leaves nothing in Neon to check; it may not have been given",
             ));
@@ -708,7 +705,7 @@ impl JobKind for Budget<'_> {
             Err(e) => return Err(e),
         };
         Ok(match p.action {
-            "budget_suspend_compute" if e.current_state == EndpointState::Idle => {
+            Action::BudgetSuspendCompute if e.current_state == EndpointState::Idle => {
                 Resolution::succeeded("the endpoint is suspended")
             }
             _ => Resolution::unknown(format!(
@@ -771,11 +768,11 @@ async fn plan(
             // could not be kept): that fails, recorded; nothing else is done here.
             out.failures.push((
                 ActionSpec {
-                    resource_kind: "project",
+                    resource_kind: ResourceKind::Project,
                     resource_id: project.id.to_string(),
                     resource_name: Some(project.name.clone()),
                     project_id: Some(project.id.to_string()),
-                    action: "budget_lower_max_cu",
+                    action: Action::BudgetLowerMaxCu,
                     rule: Some("budget".into()),
                     reason: "reading the changes this job made; nothing is changed or restored in this project this run".into(),
                 },
@@ -805,11 +802,11 @@ async fn plan(
         {
             out.actions.push(PlannedAction::new(
                 ActionSpec {
-                    resource_kind: "budget",
+                    resource_kind: ResourceKind::Budget,
                     resource_id: budget.clone(),
                     resource_name: Some(job.name.clone()),
                     project_id: Some(project.id.to_string()),
-                    action: "budget_notify",
+                    action: Action::BudgetNotify,
                     rule: Some(format!("threshold {}%", format_percent(t.percent))),
                     reason: situation.clone(),
                 },
@@ -855,7 +852,7 @@ async fn plan(
                 continue;
             };
             let spec_for = |a: &BudgetAction, rule: String, reason: String| ActionSpec {
-                resource_kind: "endpoint",
+                resource_kind: ResourceKind::Endpoint,
                 resource_id: e.id.to_string(),
                 resource_name: None,
                 project_id: Some(project.id.to_string()),

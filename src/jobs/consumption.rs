@@ -12,7 +12,7 @@ use chrono::{DateTime, Datelike, Months, TimeZone, Timelike, Utc};
 
 use futures::{Stream, StreamExt};
 
-use super::ledger::{ActionSpec, Ledger};
+use super::ledger::{Action, ActionSpec, Ledger, ResourceKind};
 use super::plan::{JobEnv, RunContext, RunError};
 use super::scope::selected_projects;
 use crate::config::{ConsumptionSpec, JobConfig};
@@ -81,11 +81,11 @@ pub(crate) async fn run(
         let mut samples_total = 0usize;
         for (i, chunk) in calls.into_iter().enumerate() {
             let spec_ = ActionSpec {
-                resource_kind: "project",
+                resource_kind: ResourceKind::Project,
                 resource_id: format!("{} project(s), call {}/{}", chunk.len(), i + 1, n),
                 resource_name: None,
                 project_id: (chunk.len() == 1).then(|| chunk[0].to_string()),
-                action: "collect_consumption",
+                action: Action::CollectConsumption,
                 rule: Some(period.as_str().to_string()),
                 reason: format!(
                     "collect {} consumption {}..{}",
@@ -212,7 +212,7 @@ async fn collect_branches(
     let mut samples_total = 0usize;
     for (i, chunk) in calls.into_iter().enumerate() {
         let spec_ = ActionSpec {
-            resource_kind: "project",
+            resource_kind: ResourceKind::Project,
             resource_id: format!(
                 "branches of {} project(s), call {}/{}",
                 chunk.len(),
@@ -221,7 +221,7 @@ async fn collect_branches(
             ),
             resource_name: None,
             project_id: (chunk.len() == 1).then(|| chunk[0].to_string()),
-            action: "collect_consumption",
+            action: Action::CollectConsumption,
             rule: Some(period.as_str().to_string()),
             reason: format!(
                 "collect {} per-branch consumption {}..{}",

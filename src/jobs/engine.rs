@@ -30,7 +30,7 @@
 use futures::StreamExt;
 
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx};
-use super::ledger::{ActionSpec, Ledger};
+use super::ledger::{Action, ActionSpec, Ledger, ResourceKind};
 use super::limits::Limits;
 use super::notice::{self, Candidate, Step};
 use super::plan::{JobEnv, PlanError, ProjectPlan, RunClock, RunContext, RunControl, RunError};
@@ -144,11 +144,11 @@ pub(crate) async fn run<K: JobKind>(
                 // One project's listing failing does not stop the others.
                 tracing::warn!(job = %job.name, %project, error = %e, "planning failed for project");
                 let spec = ActionSpec {
-                    resource_kind: "project",
+                    resource_kind: ResourceKind::Project,
                     resource_id: project.to_string(),
                     resource_name: None,
                     project_id: Some(project.to_string()),
-                    action: "plan",
+                    action: Action::Plan,
                     rule: None,
                     reason: "listing the project's resources".into(),
                 };
@@ -422,7 +422,7 @@ async fn act_on_project<K: JobKind>(
                     }
                 }
                 if let Err(e) = recorded {
-                    tracing::error!(project = %p.project_id, action = a.spec.action, resource = %a.spec.resource_id, error = %e, "the action succeeded but the job's record of it could not be written");
+                    tracing::error!(project = %p.project_id, action = a.spec.action.as_str(), resource = %a.spec.resource_id, error = %e, "the action succeeded but the job's record of it could not be written");
                     return Err(RunError::State(e));
                 }
             }
@@ -523,20 +523,7 @@ async fn notice_step<K: JobKind>(
             .dropped
             .iter()
             .filter(|(_, why)| why.starts_with("notice of"))
-            .map(|(m, why)| {
-                let action = plans
-                    .iter()
-                    .flat_map(|p| &p.plan.actions)
-                    .map(|a| a.spec.action)
-                    .find(|a| *a == m.action)
-                    .unwrap_or(match m.action.as_str() {
-                        "delete_branch" => "delete_branch",
-                        "set_branch_expiry" => "set_branch_expiry",
-                        "suspend_endpoint" => "suspend_endpoint",
-                        _ => "notice",
-                    });
-                notice::dropped_spec(m, why, action)
-            })
+            .map(|(m, why)| notice::dropped_spec(m, why))
             .collect();
         if !ctx.dry_run {
             let notes = crate::notify::notice(job, ctx.run_id, &decision.new_marks, ctx.now);

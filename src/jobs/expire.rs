@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use super::branch_tree::{plan_deletions, TreeBranch};
 use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
-use super::ledger::ActionSpec;
+use super::ledger::{Action, ActionSpec, ResourceKind};
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::saved::branch_facts;
 use super::scope::{branch_last_activity, passes_age_filters};
@@ -186,6 +186,11 @@ impl JobKind for Expire<'_> {
     type Done = ExpireDone;
     type State = ExpiriesSet;
     const STATE_KEY: &'static str = "expiries_set";
+    const LEDGER_ACTIONS: &'static [Action] = &[
+        Action::DeleteBranch,
+        Action::SetBranchExpiry,
+        Action::ClearBranchExpiry,
+    ];
 
     /// Only native expiry remembers what it set (to take back only its own).
     fn keeps_state(&self) -> bool {
@@ -303,13 +308,6 @@ impl JobKind for Expire<'_> {
         })
     }
 
-    fn owns_action(action: &str) -> bool {
-        matches!(
-            action,
-            "delete_branch" | "set_branch_expiry" | "clear_branch_expiry"
-        )
-    }
-
     async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
         let branch = match env
             .client
@@ -324,15 +322,15 @@ impl JobKind for Expire<'_> {
             Err(e) => return Err(e),
         };
         Ok(match (p.action, branch) {
-            ("delete_branch", None) => Resolution::succeeded("the branch no longer exists"),
-            ("delete_branch", Some(_)) => {
+            (Action::DeleteBranch, None) => Resolution::succeeded("the branch no longer exists"),
+            (Action::DeleteBranch, Some(_)) => {
                 Resolution::failed("the branch still exists: it was not deleted")
             }
             (_, None) => Resolution::unknown(
                 "the branch no longer exists (it may have expired): whether its expiry was \
                  changed cannot be told",
             ),
-            ("set_branch_expiry", Some(b)) => match b.expires_at {
+            (Action::SetBranchExpiry, Some(b)) => match b.expires_at {
                 Some(at) => Resolution::succeeded(format!("expires_at={}", at.to_rfc3339())),
                 None => Resolution::failed("the branch has no expires_at: it was not set"),
             },
@@ -556,8 +554,8 @@ async fn plan(
         idle_ttl: spec.idle_ttl,
         ..names.clone()
     };
-    let spec_for = |b: &Branch, action: &'static str, rule: &str, reason: String| ActionSpec {
-        resource_kind: "branch",
+    let spec_for = |b: &Branch, action: Action, rule: &str, reason: String| ActionSpec {
+        resource_kind: ResourceKind::Branch,
         resource_id: b.id.to_string(),
         resource_name: Some(b.name.clone()),
         project_id: Some(project.id.to_string()),
@@ -581,11 +579,11 @@ async fn plan(
             Err(e) => {
                 out.failures.push((
                     ActionSpec {
-                        resource_kind: "project",
+                        resource_kind: ResourceKind::Project,
                         resource_id: project.id.to_string(),
                         resource_name: Some(project.name.clone()),
                         project_id: Some(project.id.to_string()),
-                        action: "set_branch_expiry",
+                        action: Action::SetBranchExpiry,
                         rule: None,
                         reason: "reading the expiries this job set; nothing set or cleared in this project".into(),
                     },
@@ -607,7 +605,7 @@ async fn plan(
     let clear = |b: &Branch, set: DateTime<Utc>, why: String| PlannedAction {
         spec: spec_for(
             b,
-            "clear_branch_expiry",
+            Action::ClearBranchExpiry,
             "no_longer_due",
             format!("expires_at {} was set by this job; {why}", set.to_rfc3339()),
         ),
@@ -660,7 +658,7 @@ async fn plan(
                     }
                     PullDecision::Keep(reason) => {
                         out.skips
-                            .push(spec_for(b, "delete_branch", "pull_request", reason));
+                            .push(spec_for(b, Action::DeleteBranch, "pull_request", reason));
                     }
                     PullDecision::NotDue => {}
                 }
@@ -691,7 +689,7 @@ async fn plan(
                     ExpiryDecision::Set { at, rule, reason } => out.actions.push(PlannedAction {
                         spec: spec_for(
                             b,
-                            "set_branch_expiry",
+                            Action::SetBranchExpiry,
                             rule,
                             format!("{reason}; expires_at {}", at.to_rfc3339()),
                         ),
@@ -701,7 +699,7 @@ async fn plan(
                     }),
                     ExpiryDecision::NotAllowed(why) => out.skips.push(spec_for(
                         b,
-                        "set_branch_expiry",
+                        Action::SetBranchExpiry,
                         "neon_rules",
                         why.to_string(),
                     )),
@@ -736,7 +734,7 @@ async fn plan(
                 .map(|(j, _)| first + j)
                 .collect();
             out.actions.push(PlannedAction {
-                spec: spec_for(b, "delete_branch", &why.rule, why.reason.clone()),
+                spec: spec_for(b, Action::DeleteBranch, &why.rule, why.reason.clone()),
                 action: ExpireAction::Delete(b.id.clone()),
                 requires,
                 facts: branch_facts(b),
@@ -749,7 +747,7 @@ async fn plan(
             let why = &whys[id];
             out.skips.push(spec_for(
                 b,
-                "delete_branch",
+                Action::DeleteBranch,
                 &why.rule,
                 format!("{}; not deleted: {refusal}", why.reason),
             ));
@@ -781,11 +779,11 @@ fn revisit(
             }
             Some(PlannedAction {
                 spec: ActionSpec {
-                    resource_kind: "branch",
+                    resource_kind: ResourceKind::Branch,
                     resource_id: b.id.to_string(),
                     resource_name: Some(b.name.clone()),
                     project_id: Some(b.project_id.to_string()),
-                    action: "set_branch_expiry",
+                    action: Action::SetBranchExpiry,
                     rule: Some(rule.to_string()),
                     reason: format!(
                         "{reason}; expires_at {} (replaces {} set by this job)",
@@ -1171,11 +1169,11 @@ mod tests {
     fn clear(b: &Branch, set: DateTime<Utc>, why: String) -> PlannedAction<ExpireAction> {
         PlannedAction {
             spec: ActionSpec {
-                resource_kind: "branch",
+                resource_kind: ResourceKind::Branch,
                 resource_id: b.id.to_string(),
                 resource_name: None,
                 project_id: None,
-                action: "clear_branch_expiry",
+                action: Action::ClearBranchExpiry,
                 rule: Some("no_longer_due".into()),
                 reason: format!("set {}; {why}", set.to_rfc3339()),
             },

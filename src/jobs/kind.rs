@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan, RunClock, RunContext};
 use super::state::StateError;
+use super::vocab::Action;
 use crate::neon::{ApiError, Project, ProjectId};
 
 /// What a kind is given to plan a project.
@@ -42,7 +43,7 @@ impl ActCx<'_> {
 /// answer was lost, or the run died or was taken over during it).
 #[derive(Debug, Clone, Copy)]
 pub struct PendingRef<'a> {
-    pub action: &'a str,
+    pub action: Action,
     pub project_id: &'a str,
     pub resource_id: &'a str,
     pub resource_name: Option<&'a str>,
@@ -100,6 +101,11 @@ pub trait JobKind: Send + Sync {
     /// The state record's key in the store is `{STATE_KEY}/{project id}`.
     const STATE_KEY: &'static str;
 
+    /// The ledger actions this kind plans, and answers for in [`JobKind::check_outcome`].
+    /// Reconciliation (`jobs/reconcile.rs`) maps every [`Action`] to the kind that checks
+    /// it with an exhaustive `match`, and its test checks that map against these lists.
+    const LEDGER_ACTIONS: &'static [Action];
+
     /// Whether this job keeps state at all (a policy may not need any, e.g. `expire` in
     /// delete mode): without it nothing is read or written.
     fn keeps_state(&self) -> bool {
@@ -152,9 +158,6 @@ pub trait JobKind: Send + Sync {
 
     /// The ledger's detail of a successful action.
     fn detail(done: &Self::Done) -> Option<String>;
-
-    /// Whether an action of this kind (by its ledger name) is this kind's to check.
-    fn owns_action(action: &str) -> bool;
 
     /// Checks with Neon whether an action happened (see [`PendingRef`]). An error means
     /// Neon could not be asked now (try again later); a question Neon cannot answer is

@@ -13,6 +13,8 @@ use crate::store::{
 };
 use crate::telemetry::events::ActionRecorded;
 
+pub use super::vocab::{Action, ResourceKind};
+
 /// How long an action's outcome is held and retried while the store cannot be written.
 pub const FINISH_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 const FINISH_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
@@ -21,15 +23,13 @@ const FINISH_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5
 /// What a job intends to do to one resource, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionSpec {
-    /// `branch`, `endpoint`, `snapshot`, `project`.
-    pub resource_kind: &'static str,
+    pub resource_kind: ResourceKind,
     pub resource_id: String,
     pub resource_name: Option<String>,
     pub project_id: Option<String>,
-    /// `delete_branch`, `set_branch_expiry`, `clear_branch_expiry`, `create_snapshot`,
-    /// `delete_snapshot`, `suspend_endpoint`, `start_endpoint`, `collect_consumption`.
-    pub action: &'static str,
-    /// The policy rule that matched (`ttl`, `keep_daily`, `window`, ...).
+    pub action: Action,
+    /// The policy rule that matched (`ttl`, `keep_daily`, `window`, `idle_for+window`,
+    /// `threshold 80%`, ...): text for the reader, composed from what matched.
     pub rule: Option<String>,
     /// Human reason, e.g. `age 9d > ttl 7d`.
     pub reason: String,
@@ -82,10 +82,10 @@ impl Ledger {
         ActionRecorded {
             job: &self.job,
             run_id: self.run_id,
-            action: spec.action,
+            action: spec.action.as_str(),
             outcome,
             dry_run: self.dry_run,
-            resource_kind: spec.resource_kind,
+            resource_kind: spec.resource_kind.as_str(),
             resource_id: &spec.resource_id,
             resource_name: spec.resource_name.as_deref(),
             project_id: spec.project_id.as_deref(),
@@ -194,7 +194,7 @@ impl Ledger {
         loop {
             match self.store.finish_action(p.id, outcome, detail).await {
                 Err(e) if !e.is_fenced() && started.elapsed() + backoff <= FINISH_HOLD => {
-                    tracing::warn!(action_id = p.id, action = p.spec.action, error = %e, "cannot record the action's outcome yet; holding it and retrying");
+                    tracing::warn!(action_id = p.id, action = p.spec.action.as_str(), error = %e, "cannot record the action's outcome yet; holding it and retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2).min(FINISH_MAX_BACKOFF);
                 }
@@ -237,11 +237,11 @@ mod tests {
 
     fn spec(id: &str) -> ActionSpec {
         ActionSpec {
-            resource_kind: "branch",
+            resource_kind: ResourceKind::Branch,
             resource_id: id.into(),
             resource_name: Some("preview/x".into()),
             project_id: Some("p-1".into()),
-            action: "delete_branch",
+            action: Action::DeleteBranch,
             rule: Some("ttl".into()),
             reason: "age 9d > ttl 7d".into(),
         }

@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod snapshot_quota;
 pub mod state;
 pub mod suspend;
+pub mod vocab;
 pub mod windows;
 
 pub use engine::RunResult;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::ledger::ActionSpec;
+use super::ledger::{Action, ActionSpec, ResourceKind};
 use crate::store::{Keep, NoticeKey, NoticeMark, RunId};
 
 /// What the engine does with one planned action.
@@ -66,7 +66,7 @@ pub fn kept_by<'k>(
     spec: &ActionSpec,
     now: DateTime<Utc>,
 ) -> Option<&'k Keep> {
-    if spec.resource_kind != "branch" {
+    if spec.resource_kind != ResourceKind::Branch {
         return None;
     }
     let project = spec.project_id.as_deref()?;
@@ -176,18 +176,17 @@ pub fn decide(
     out
 }
 
-/// The ledger row recording a dropped mark (skipped: nothing was done to the resource).
-pub fn dropped_spec(m: &NoticeMark, why: &str, action: &'static str) -> ActionSpec {
+/// The ledger row recording a dropped mark (skipped: nothing was done to the resource). A
+/// mark written by another build may name an action or kind this one does not know: the row
+/// then says `notice` (on an `endpoint`, as marks of a kind not known were before), and
+/// keeps the mark's resource.
+pub fn dropped_spec(m: &NoticeMark, why: &str) -> ActionSpec {
     ActionSpec {
-        resource_kind: if m.resource_kind == "branch" {
-            "branch"
-        } else {
-            "endpoint"
-        },
+        resource_kind: m.resource_kind.parse().unwrap_or(ResourceKind::Endpoint),
         resource_id: m.resource_id.clone(),
         resource_name: m.resource_name.clone(),
         project_id: Some(m.project_id.clone()),
-        action,
+        action: m.action.parse().unwrap_or(Action::Notice),
         rule: Some("notice".into()),
         reason: why.to_string(),
     }
@@ -200,11 +199,11 @@ mod tests {
 
     fn spec(id: &str, name: &str) -> ActionSpec {
         ActionSpec {
-            resource_kind: "branch",
+            resource_kind: ResourceKind::Branch,
             resource_id: id.into(),
             resource_name: Some(name.into()),
             project_id: Some("p-1".into()),
-            action: "delete_branch",
+            action: Action::DeleteBranch,
             rule: Some("ttl".into()),
             reason: "age 9d > ttl 7d".into(),
         }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::ledger::ActionSpec;
+use super::ledger::{Action, ActionSpec, ResourceKind};
 pub use super::plan::Facts;
 use super::plan::PlannedAction;
 use crate::neon::{Branch, Endpoint, ProjectId, Snapshot};
@@ -91,9 +91,10 @@ pub fn endpoint_facts(e: &Endpoint) -> Facts {
 #[serde(deny_unknown_fields)]
 pub struct SavedAction {
     pub project_id: String,
-    /// The ledger's action name (`delete_branch`, `set_branch_expiry`, ...).
-    pub action: String,
-    pub resource_kind: String,
+    /// The ledger's action, as its name (`delete_branch`, `set_branch_expiry`, ...): a plan
+    /// naming one this build does not know is refused when it is read.
+    pub action: Action,
+    pub resource_kind: ResourceKind,
     pub resource_id: String,
     pub resource_name: Option<String>,
     pub rule: Option<String>,
@@ -107,19 +108,19 @@ impl SavedAction {
     fn key(&self) -> Key<'_> {
         (
             self.project_id.as_str(),
-            self.action.as_str(),
-            self.resource_kind.as_str(),
+            self.action,
+            self.resource_kind,
             self.resource_id.as_str(),
         )
     }
 
     fn spec(&self, reason: String) -> ActionSpec {
         ActionSpec {
-            resource_kind: static_kind(&self.resource_kind),
+            resource_kind: self.resource_kind,
             resource_id: self.resource_id.clone(),
             resource_name: self.resource_name.clone(),
             project_id: Some(self.project_id.clone()),
-            action: static_action(&self.action),
+            action: self.action,
             rule: self.rule.clone(),
             reason,
         }
@@ -131,8 +132,8 @@ impl SavedAction {
 #[serde(deny_unknown_fields)]
 pub struct SavedSkip {
     pub project_id: String,
-    pub action: String,
-    pub resource_kind: String,
+    pub action: Action,
+    pub resource_kind: ResourceKind,
     pub resource_id: String,
     pub resource_name: Option<String>,
     pub rule: Option<String>,
@@ -143,42 +144,14 @@ impl SavedSkip {
     fn of(spec: &ActionSpec, project: &ProjectId) -> Self {
         SavedSkip {
             project_id: project.to_string(),
-            action: spec.action.to_string(),
-            resource_kind: spec.resource_kind.to_string(),
+            action: spec.action,
+            resource_kind: spec.resource_kind,
             resource_id: spec.resource_id.clone(),
             resource_name: spec.resource_name.clone(),
             rule: spec.rule.clone(),
             reason: spec.reason.clone(),
         }
     }
-}
-
-/// The ledger's `&'static str` names: those of the kinds, or "unknown" (a plan written by
-/// another build; such an action can never match a fresh one anyway).
-fn static_action(name: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "delete_branch",
-        "set_branch_expiry",
-        "clear_branch_expiry",
-        "create_snapshot",
-        "delete_snapshot",
-        "suspend_endpoint",
-        "start_endpoint",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == name)
-        .copied()
-        .unwrap_or("unknown")
-}
-
-fn static_kind(name: &str) -> &'static str {
-    const KNOWN: &[&str] = &["branch", "endpoint", "snapshot", "project"];
-    KNOWN
-        .iter()
-        .find(|k| **k == name)
-        .copied()
-        .unwrap_or("unknown")
 }
 
 /// What a recording run collected.
@@ -208,7 +181,7 @@ pub enum SavedPlan<'a> {
     Apply(&'a Allowed),
 }
 
-type Key<'a> = (&'a str, &'a str, &'a str, &'a str);
+type Key<'a> = (&'a str, Action, ResourceKind, &'a str);
 
 impl Allowed {
     /// The projects with actions in the plan: the only ones `apply` needs to read.
@@ -254,7 +227,7 @@ impl Allowed {
         // Old index -> new index of the kept actions.
         let mut kept_at: HashMap<usize, usize> = HashMap::new();
         let mut kept: Vec<PlannedAction<A>> = Vec::new();
-        let keys: Vec<(String, &'static str, &'static str, String)> = actions
+        let keys: Vec<(String, Action, ResourceKind, String)> = actions
             .iter()
             .map(|a| {
                 (
@@ -312,7 +285,9 @@ impl Allowed {
             )));
         }
         // Deterministic order for the ledger.
-        not_done.sort_by(|a, b| (a.action, &a.resource_id).cmp(&(b.action, &b.resource_id)));
+        not_done.sort_by(|a, b| {
+            (a.action.as_str(), &a.resource_id).cmp(&(b.action.as_str(), &b.resource_id))
+        });
         (kept, not_done)
     }
 }
@@ -347,8 +322,8 @@ impl Recording {
         for a in actions {
             self.actions.push(SavedAction {
                 project_id: project.to_string(),
-                action: a.spec.action.to_string(),
-                resource_kind: a.spec.resource_kind.to_string(),
+                action: a.spec.action,
+                resource_kind: a.spec.resource_kind,
                 resource_id: a.spec.resource_id.clone(),
                 resource_name: a.spec.resource_name.clone(),
                 rule: a.spec.rule.clone(),
@@ -366,9 +341,9 @@ impl Recording {
 mod tests {
     use super::*;
 
-    fn spec(action: &'static str, id: &str) -> ActionSpec {
+    fn spec(action: Action, id: &str) -> ActionSpec {
         ActionSpec {
-            resource_kind: "branch",
+            resource_kind: ResourceKind::Branch,
             resource_id: id.into(),
             resource_name: Some(format!("name-{id}")),
             project_id: Some("p-1".into()),
@@ -386,7 +361,7 @@ mod tests {
 
     fn planned(id: &str, updated: &str, requires: Vec<usize>) -> PlannedAction<String> {
         PlannedAction {
-            spec: spec("delete_branch", id),
+            spec: spec(Action::DeleteBranch, id),
             action: id.to_string(),
             requires,
             facts: facts(updated),
@@ -396,8 +371,8 @@ mod tests {
     fn saved(id: &str, updated: &str) -> SavedAction {
         SavedAction {
             project_id: "p-1".into(),
-            action: "delete_branch".into(),
-            resource_kind: "branch".into(),
+            action: Action::DeleteBranch,
+            resource_kind: ResourceKind::Branch,
             resource_id: id.into(),
             resource_name: Some(format!("name-{id}")),
             rule: Some("ttl".into()),
@@ -420,7 +395,7 @@ mod tests {
             // Not in the saved plan: never done.
             planned("new", "t1", vec![]),
         ];
-        let skips = vec![spec("delete_branch", "gone")];
+        let skips = vec![spec(Action::DeleteBranch, "gone")];
         let (kept, not_done) = allowed.restrict(&ProjectId::new("p-1"), fresh, &skips);
         assert_eq!(
             kept.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
@@ -492,7 +467,7 @@ mod tests {
         let skipped = allowed.unplanned_projects(&planned);
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].resource_id, "z");
-        assert_eq!(skipped[0].action, "delete_branch");
+        assert_eq!(skipped[0].action, Action::DeleteBranch);
         assert!(skipped[0].reason.contains("not planned again"));
     }
 }

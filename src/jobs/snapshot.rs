@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
-use super::ledger::ActionSpec;
+use super::ledger::{Action, ActionSpec, ResourceKind};
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::retention::{self, RetentionPlan, RetentionPolicy, SnapshotRef};
 use super::saved::{snapshot_facts, snapshot_source_facts};
@@ -146,6 +146,7 @@ impl JobKind for Snapshots<'_> {
     type Done = SnapshotDone;
     type State = OwnershipRecord;
     const STATE_KEY: &'static str = "owned_snapshots";
+    const LEDGER_ACTIONS: &'static [Action] = &[Action::CreateSnapshot, Action::DeleteSnapshot];
 
     async fn plan_project(
         &self,
@@ -272,17 +273,13 @@ impl JobKind for Snapshots<'_> {
         }
     }
 
-    fn owns_action(action: &str) -> bool {
-        matches!(action, "create_snapshot" | "delete_snapshot")
-    }
-
     async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
         let snapshots = env
             .client
             .list_snapshots(&ProjectId::from(p.project_id))
             .await?;
         Ok(match p.action {
-            "create_snapshot" => {
+            Action::CreateSnapshot => {
                 let name = p.resource_name.unwrap_or_default();
                 match snapshots.iter().find(|s| {
                     s.name == name
@@ -394,11 +391,11 @@ async fn plan(
         if b.parent_id.is_some() {
             // Neon takes snapshots of root branches only (it answers 400 otherwise).
             out.skips.push(ActionSpec {
-                resource_kind: "branch",
+                resource_kind: ResourceKind::Branch,
                 resource_id: b.id.to_string(),
                 resource_name: Some(b.name.clone()),
                 project_id: Some(project.id.to_string()),
-                action: "create_snapshot",
+                action: Action::CreateSnapshot,
                 rule: Some("neon_rules".into()),
                 reason: format!(
                     "branch {:?} is not a root branch: Neon takes snapshots of root branches only",
@@ -427,18 +424,20 @@ async fn plan(
             })
             .collect();
         let spec_for =
-            |action, id: String, name: Option<String>, rule: &str, reason: String| ActionSpec {
-                resource_kind: if action == "create_snapshot" {
-                    "branch"
-                } else {
-                    "snapshot"
-                },
-                resource_id: id,
-                resource_name: name,
-                project_id: Some(project.id.to_string()),
-                action,
-                rule: Some(rule.to_string()),
-                reason,
+            |action: Action, id: String, name: Option<String>, rule: &str, reason: String| {
+                ActionSpec {
+                    resource_kind: if action == Action::CreateSnapshot {
+                        ResourceKind::Branch
+                    } else {
+                        ResourceKind::Snapshot
+                    },
+                    resource_id: id,
+                    resource_name: name,
+                    project_id: Some(project.id.to_string()),
+                    action,
+                    rule: Some(rule.to_string()),
+                    reason,
+                }
             };
         let mut create = None;
         let planned = out
@@ -461,7 +460,7 @@ async fn plan(
         };
         if owned.iter().any(|s| s.name == name) {
             out.skips.push(spec_for(
-                "create_snapshot",
+                Action::CreateSnapshot,
                 b.id.to_string(),
                 Some(name.clone()),
                 "schedule",
@@ -470,7 +469,7 @@ async fn plan(
         } else if let Some(why) = at_limit {
             // Retention below runs without the new snapshot: its deletes need no create.
             out.skips.push(spec_for(
-                "create_snapshot",
+                Action::CreateSnapshot,
                 b.id.to_string(),
                 Some(name.clone()),
                 "neon_rules",
@@ -484,7 +483,7 @@ async fn plan(
             out.actions.push(
                 PlannedAction::new(
                     spec_for(
-                        "create_snapshot",
+                        Action::CreateSnapshot,
                         b.id.to_string(),
                         Some(name.clone()),
                         "schedule",
@@ -518,7 +517,7 @@ async fn plan(
                 .expect("retention only returns snapshots it was given");
             out.actions.push(PlannedAction {
                 spec: spec_for(
-                    "delete_snapshot",
+                    Action::DeleteSnapshot,
                     snap.id.to_string(),
                     Some(snap.name.clone()),
                     "retention",

@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 
 use super::calls::{wait, with_lock_retry};
 use super::kind::{ActCx, JobKind, PendingRef, PlanCx, Resolution, StateView};
-use super::ledger::ActionSpec;
+use super::ledger::{Action, ActionSpec, ResourceKind};
 use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::saved::endpoint_facts;
 use super::select::{age, human_duration, EndpointFacts, EndpointSelector, Selection, Why};
@@ -56,6 +56,7 @@ impl JobKind for Suspend<'_> {
     type Done = ();
     type State = SuspendedByWindow;
     const STATE_KEY: &'static str = "suspended_by_window";
+    const LEDGER_ACTIONS: &'static [Action] = &[Action::SuspendEndpoint, Action::StartEndpoint];
 
     /// Only a job that resumes needs to remember what it suspended.
     fn keeps_state(&self) -> bool {
@@ -122,10 +123,6 @@ impl JobKind for Suspend<'_> {
         None
     }
 
-    fn owns_action(action: &str) -> bool {
-        matches!(action, "suspend_endpoint" | "start_endpoint")
-    }
-
     async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
         let endpoint = match env
             .client
@@ -143,10 +140,10 @@ impl JobKind for Suspend<'_> {
         };
         let state = endpoint.current_state.as_str().to_string();
         Ok(match (p.action, &endpoint.current_state) {
-            ("suspend_endpoint", EndpointState::Idle) => {
+            (Action::SuspendEndpoint, EndpointState::Idle) => {
                 Resolution::succeeded("the endpoint is suspended")
             }
-            ("start_endpoint", EndpointState::Active) => {
+            (Action::StartEndpoint, EndpointState::Active) => {
                 Resolution::succeeded("the endpoint is active")
             }
             // Traffic wakes a suspended endpoint, and an idle one suspends itself: the state
@@ -206,11 +203,11 @@ async fn plan(
             tracing::warn!(job = %job.name, project = %project.id, error = %e, "cannot read which endpoints this job suspended; not resuming any, nor suspending any for a window, this run");
             out.failures.push((
                 ActionSpec {
-                    resource_kind: "project",
+                    resource_kind: ResourceKind::Project,
                     resource_id: project.id.to_string(),
                     resource_name: Some(project.name.clone()),
                     project_id: Some(project.id.to_string()),
-                    action: "start_endpoint",
+                    action: Action::StartEndpoint,
                     rule: Some("resume".into()),
                     reason: "reading which endpoints this job suspended; none resumed in this project this run".into(),
                 },
@@ -283,8 +280,8 @@ async fn plan(
             .as_ref()
             .and_then(|n| n.get(e.branch_id.as_str()))
             .cloned();
-        let spec_for = |action: &'static str, why: Why| ActionSpec {
-            resource_kind: "endpoint",
+        let spec_for = |action: Action, why: Why| ActionSpec {
+            resource_kind: ResourceKind::Endpoint,
             resource_id: e.id.to_string(),
             resource_name: branch_name.clone(),
             project_id: Some(project.id.to_string()),
@@ -297,7 +294,7 @@ async fn plan(
                 let by_window = why.rule.contains("window");
                 match &unrecordable {
                     Some(err) if by_window => {
-                        let mut spec = spec_for("suspend_endpoint", why);
+                        let mut spec = spec_for(Action::SuspendEndpoint, why);
                         spec.reason = format!(
                             "{}; not suspended: which endpoints this job suspended cannot be \
                              read, so it could not be started again when the window ends",
@@ -307,7 +304,7 @@ async fn plan(
                     }
                     _ => out.actions.push(
                         PlannedAction::new(
-                            spec_for("suspend_endpoint", why),
+                            spec_for(Action::SuspendEndpoint, why),
                             SuspendAction::Suspend {
                                 endpoint: e.id.clone(),
                                 by_window,
@@ -319,16 +316,16 @@ async fn plan(
             }
             SuspendDecision::Resume(why) => out.actions.push(
                 PlannedAction::new(
-                    spec_for("start_endpoint", why),
+                    spec_for(Action::StartEndpoint, why),
                     SuspendAction::Start(e.id.clone()),
                 )
                 .with_facts(endpoint_facts(e)),
             ),
             SuspendDecision::Skip(why) => {
                 let action = if why.rule == "resume" {
-                    "start_endpoint"
+                    Action::StartEndpoint
                 } else {
-                    "suspend_endpoint"
+                    Action::SuspendEndpoint
                 };
                 out.skips.push(spec_for(action, why))
             }

@@ -359,12 +359,6 @@ impl NeonClient {
         })
     }
 
-    pub async fn get_project(&self, project: &ProjectId) -> Result<Project, ApiError> {
-        let call = Call::get("/projects/{project_id}", &["projects", project.as_str()]);
-        let r: wire::ProjectResponse = self.fetch(&call).await?;
-        Ok(r.project.into())
-    }
-
     // ---------------------------------------------------------------- branches
 
     /// Every branch of a project (`pagination.next` pagination, oldest first so that pages
@@ -431,15 +425,6 @@ impl NeonClient {
         Ok(r.branch.into())
     }
 
-    pub async fn count_branches(&self, project: &ProjectId) -> Result<u64, ApiError> {
-        let call = Call::get(
-            "/projects/{project_id}/branches/count",
-            &["projects", project.as_str(), "branches", "count"],
-        );
-        let r: wire::BranchCount = self.fetch(&call).await?;
-        Ok(r.count)
-    }
-
     /// `PATCH` a branch. Neon's PATCH sets fields to given values, so it is retried like a PUT.
     pub async fn update_branch(
         &self,
@@ -488,25 +473,6 @@ impl NeonClient {
         let call = Call::get(
             "/projects/{project_id}/endpoints",
             &["projects", project.as_str(), "endpoints"],
-        );
-        let r: wire::EndpointsResponse = self.fetch(&call).await?;
-        Ok(r.endpoints.into_iter().map(Into::into).collect())
-    }
-
-    pub async fn list_branch_endpoints(
-        &self,
-        project: &ProjectId,
-        branch: &BranchId,
-    ) -> Result<Vec<Endpoint>, ApiError> {
-        let call = Call::get(
-            "/projects/{project_id}/branches/{branch_id}/endpoints",
-            &[
-                "projects",
-                project.as_str(),
-                "branches",
-                branch.as_str(),
-                "endpoints",
-            ],
         );
         let r: wire::EndpointsResponse = self.fetch(&call).await?;
         Ok(r.endpoints.into_iter().map(Into::into).collect())
@@ -760,16 +726,6 @@ impl NeonClient {
     }
 
     // ---------------------------------------------------------------- operations
-
-    /// Every operation of the project, newest first (Neon's order), in pages of up to
-    /// [`page_max::OPERATIONS`]. A project's history can hold thousands (every compute start
-    /// and suspend is one): to find unfinished ones use [`Self::operations_in_progress`].
-    pub fn list_operations(
-        &self,
-        project: &ProjectId,
-    ) -> impl Stream<Item = Result<Operation, ApiError>> + Send + 'static {
-        self.list_operations_paged(project, self.limit(page_max::OPERATIONS), None)
-    }
 
     fn list_operations_paged(
         &self,

@@ -93,11 +93,6 @@ pub struct ProjectsPage {
 }
 
 #[derive(Deserialize)]
-pub struct ProjectResponse {
-    pub project: Project,
-}
-
-#[derive(Deserialize)]
 pub struct Recovery {
     #[serde(default)]
     pub recoverable_until: Option<DateTime<Utc>>,
@@ -167,11 +162,6 @@ pub struct BranchOperations {
     pub branch: Branch,
     #[serde(default)]
     pub operations: Vec<Operation>,
-}
-
-#[derive(Deserialize)]
-pub struct BranchCount {
-    pub count: u64,
 }
 
 #[derive(Serialize)]

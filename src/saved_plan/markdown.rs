@@ -153,8 +153,12 @@ fn job_section(md: &mut String, j: &PlannedJob) {
                     md,
                     "| {} | {} | {} | {} | {} |",
                     if a.destructive { "**destructive**" } else { "" },
-                    cell(&a.action),
-                    resource(&a.resource_kind, &a.resource_id, a.resource_name.as_deref()),
+                    cell(a.action.as_str()),
+                    resource(
+                        a.resource_kind.as_str(),
+                        &a.resource_id,
+                        a.resource_name.as_deref()
+                    ),
                     cell(a.rule.as_deref().unwrap_or("")),
                     cell(&a.reason)
                 );
@@ -174,8 +178,12 @@ fn job_section(md: &mut String, j: &PlannedJob) {
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} |",
-                    cell(&s.action),
-                    resource(&s.resource_kind, &s.resource_id, s.resource_name.as_deref()),
+                    cell(s.action.as_str()),
+                    resource(
+                        s.resource_kind.as_str(),
+                        &s.resource_id,
+                        s.resource_name.as_deref()
+                    ),
                     cell(&s.reason)
                 );
             }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 
 use super::*;
+use crate::jobs::ledger::{Action, ResourceKind};
 use crate::jobs::saved::Facts;
 
 const POLICY: &str = r#"
@@ -44,13 +45,12 @@ fn action(
 ) -> SavedAction {
     SavedAction {
         project_id: project.into(),
-        action: action.into(),
+        action: action.parse().expect("a known ledger action"),
         resource_kind: if action.contains("endpoint") {
-            "endpoint"
+            ResourceKind::Endpoint
         } else {
-            "branch"
-        }
-        .into(),
+            ResourceKind::Branch
+        },
         resource_id: id.into(),
         resource_name: Some(name.into()),
         rule: Some(if destructive { "ttl" } else { "idle_for" }.into()),
@@ -104,8 +104,8 @@ fn sample(cfg: &Config) -> PlanDocument {
                 ],
                 skips: vec![SavedSkip {
                     project_id: "p-alpha".into(),
-                    action: "delete_branch".into(),
-                    resource_kind: "branch".into(),
+                    action: Action::DeleteBranch,
+                    resource_kind: ResourceKind::Branch,
                     resource_id: "br-a3".into(),
                     resource_name: Some("preview/base".into()),
                     rule: Some("ttl".into()),
@@ -175,6 +175,29 @@ fn a_plan_round_trips_and_other_versions_are_refused() {
     assert_eq!(
         e.to_string(),
         "plan.json: not a plan file: no `format_version`"
+    );
+}
+
+#[test]
+fn a_plan_naming_an_action_or_resource_kind_this_build_does_not_know_is_refused() {
+    let cfg = cfg(POLICY);
+    let text = sample(&cfg).to_json();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut bad = v.clone();
+    bad["jobs"][0]["actions"][0]["action"] = "drop_database".into();
+    let e = PlanDocument::parse("plan.json", bad.to_string().as_bytes()).unwrap_err();
+    assert!(
+        matches!(&e, Refusal::Malformed { path, error } if path == "plan.json"
+            && error.contains("unknown variant `drop_database`")
+            && error.contains("`delete_branch`")),
+        "{e}"
+    );
+    let mut bad = v;
+    bad["jobs"][0]["skips"][0]["resource_kind"] = "database".into();
+    let e = PlanDocument::parse("plan.json", bad.to_string().as_bytes()).unwrap_err();
+    assert!(
+        matches!(&e, Refusal::Malformed { error, .. } if error.contains("unknown variant `database`")),
+        "{e}"
     );
 }
 

@@ -15,7 +15,7 @@ use neon_sim::forge::{FakeForge, FakeState, Fault, ForgeFlavor};
 use neon_steward::config::{self, JobConfig};
 use neon_steward::store::{ActionOutcome, ActionRecord, RunStatus};
 
-use crate::helpers::{job_harness as harness, JobHarness as H};
+use crate::helpers::job_harness as harness;
 
 const TOKEN: &str = "ghp_fake-forge-token-for-tests";
 
@@ -64,32 +64,6 @@ fn job_of(text: &str) -> Arc<JobConfig> {
         .clone()
 }
 
-impl H {
-    fn branch(&self, project: &str, name: &str, age: TimeDelta) -> String {
-        let st = self.sim.state();
-        let mut s = st.settled();
-        let parent = s
-            .default_branch(project)
-            .expect("default branch")
-            .id
-            .clone();
-        let at = s.now() - age;
-        s.insert_branch(project, name, Some(&parent), at).id
-    }
-
-    fn names(&self, project: &str) -> Vec<String> {
-        let st = self.sim.state();
-        let s = st.settled();
-        let mut v: Vec<String> = s
-            .project_branches(project)
-            .into_iter()
-            .map(|b| b.name.clone())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
 fn at(day: u32, hour: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, day, hour, 0, 0).unwrap()
 }
@@ -122,7 +96,7 @@ async fn github_merged_and_closed_expire_open_stays_unknown_is_kept_with_its_rea
         "preview/pr-4-elsewhere",
         "preview/no-number",
     ] {
-        h.branch(&p, n, TimeDelta::days(2));
+        h.branch_aged(&p, n, None, TimeDelta::days(2));
     }
     let job = job_of(&policy(
         &forge,
@@ -141,13 +115,13 @@ async fn github_merged_and_closed_expire_open_stays_unknown_is_kept_with_its_rea
         .collect();
     plan.sort();
     assert_eq!(plan, ["preview/pr-1-fix-login", "preview/pr-2-try-idea"]);
-    assert_eq!(h.names(&p).len(), 6);
+    assert_eq!(h.branch_names(&p).len(), 6);
 
     let (r, actions) = h.run(&job, false).await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
     assert_eq!(r.counts.succeeded, 2, "{actions:#?}");
     assert_eq!(
-        h.names(&p),
+        h.branch_names(&p),
         [
             "main",
             "preview/no-number",
@@ -190,12 +164,12 @@ async fn gitlab_by_head_ref_with_ttl_as_ceiling() {
     forge.add(13, FakeState::Open, "feat-z", at(2, 8));
     forge.add(14, FakeState::Locked, "feat-l", at(2, 7));
     let (p, _) = h.sim.add_project("app", None);
-    h.branch(&p, "preview/feat-x", TimeDelta::days(1));
-    h.branch(&p, "preview/feat-y", TimeDelta::days(1));
-    h.branch(&p, "preview/feat-z", TimeDelta::days(1));
-    h.branch(&p, "preview/feat-l", TimeDelta::days(1));
+    h.branch_aged(&p, "preview/feat-x", None, TimeDelta::days(1));
+    h.branch_aged(&p, "preview/feat-y", None, TimeDelta::days(1));
+    h.branch_aged(&p, "preview/feat-z", None, TimeDelta::days(1));
+    h.branch_aged(&p, "preview/feat-l", None, TimeDelta::days(1));
     // Open, but older than the ttl: the ceiling expires it.
-    h.branch(&p, "preview/feat-old", TimeDelta::days(40));
+    h.branch_aged(&p, "preview/feat-old", None, TimeDelta::days(40));
     forge.add(15, FakeState::Open, "feat-old", at(2, 6));
     let job = job_of(&policy(
         &forge,
@@ -207,7 +181,7 @@ async fn gitlab_by_head_ref_with_ttl_as_ceiling() {
     let (r, actions) = h.run(&job, false).await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {actions:#?}");
     assert_eq!(
-        h.names(&p),
+        h.branch_names(&p),
         ["main", "preview/feat-l", "preview/feat-y", "preview/feat-z"]
     );
     let x = reason_of(&actions, "preview/feat-x");
@@ -240,8 +214,8 @@ async fn a_forge_outage_or_a_refused_token_deletes_nothing() {
     forge.add(1, FakeState::Merged, "a", at(1, 10));
     forge.add(2, FakeState::Closed, "b", at(1, 9));
     let (p, _) = h.sim.add_project("web", None);
-    h.branch(&p, "pr-1", TimeDelta::days(60));
-    h.branch(&p, "pr-2", TimeDelta::days(60));
+    h.branch_aged(&p, "pr-1", None, TimeDelta::days(60));
+    h.branch_aged(&p, "pr-2", None, TimeDelta::days(60));
     // With a ttl the branches would be due by age too: an unreadable forge still keeps them.
     let text = policy(&forge, "github", "acme/web", "pr-{number}", "ttl = \"30d\"");
     let job = job_of(&text);
@@ -266,7 +240,7 @@ async fn a_forge_outage_or_a_refused_token_deletes_nothing() {
         let (r, actions) = h.run(&job, false).await;
         assert_eq!(r.status, RunStatus::Succeeded, "{fault:?}: {r:?}");
         assert_eq!(r.counts.succeeded, 0, "{fault:?}: {actions:#?}");
-        assert_eq!(h.names(&p), ["main", "pr-1", "pr-2"], "{fault:?}");
+        assert_eq!(h.branch_names(&p), ["main", "pr-1", "pr-2"], "{fault:?}");
         let skipped = with_outcome(&actions, ActionOutcome::Skipped);
         assert_eq!(skipped.len(), 2, "{fault:?}: {actions:#?}");
         for a in skipped {
@@ -291,7 +265,7 @@ async fn a_forge_outage_or_a_refused_token_deletes_nothing() {
     forge.fail_always(None);
     let (r, _) = h.run(&job, false).await;
     assert_eq!(r.counts.succeeded, 2, "{r:?}");
-    assert_eq!(h.names(&p), ["main"]);
+    assert_eq!(h.branch_names(&p), ["main"]);
 
     // A missing token: kept with the reason, and `validate` warns.
     let cfg = parse(&text, None).expect("a missing token is not a parse error");
@@ -302,7 +276,7 @@ async fn a_forge_outage_or_a_refused_token_deletes_nothing() {
             .any(|w| w.contains("no GitHub token in the environment variable FORGE_TOKEN")),
         "{warnings:?}"
     );
-    h.branch(&p, "pr-1", TimeDelta::days(1));
+    h.branch_aged(&p, "pr-1", None, TimeDelta::days(1));
     let (r, actions) = h.run(&cfg.jobs[0], false).await;
     assert_eq!(r.counts.succeeded, 0);
     assert!(actions[0].reason.contains("no token"), "{actions:#?}");
@@ -335,7 +309,7 @@ async fn forge_requests_are_bounded_by_the_pages_updated_since_the_last_run() {
     for i in 0..3 {
         let (p, _) = h.sim.add_project(&format!("web-{i}"), None);
         for n in 1..=25 {
-            h.branch(&p, &format!("pr-{n}"), TimeDelta::days(1));
+            h.branch_aged(&p, &format!("pr-{n}"), None, TimeDelta::days(1));
         }
         projects.push(p);
     }
@@ -344,7 +318,7 @@ async fn forge_requests_are_bounded_by_the_pages_updated_since_the_last_run() {
     assert_eq!(r.counts.succeeded, 15, "{r:?}");
     assert_eq!(forge.requests(), 3, "{:?}", forge.request_log());
     for p in &projects {
-        assert_eq!(h.names(p).len(), 1 + 20);
+        assert_eq!(h.branch_names(p).len(), 1 + 20);
     }
 
     // Two more are merged; the next run reads only the first page (newest first, it stops
@@ -362,10 +336,10 @@ async fn forge_requests_are_bounded_by_the_pages_updated_since_the_last_run() {
     // A reopened pull request is open again: its branch stays.
     forge.clear_log();
     forge.set_state(5, FakeState::Open, at(3, 2));
-    h.branch(&projects[0], "pr-5", TimeDelta::days(1));
+    h.branch_aged(&projects[0], "pr-5", None, TimeDelta::days(1));
     let (r, _) = h.run(&job, false).await;
     assert_eq!(r.counts.succeeded, 0, "{r:?}");
-    assert!(h.names(&projects[0]).contains(&"pr-5".to_string()));
+    assert!(h.branch_names(&projects[0]).contains(&"pr-5".to_string()));
 
     // A rate limit within the retry budget is waited for (Retry-After), then the listing
     // goes on; a spent quota whose reset is beyond the budget stops it before the next page,
@@ -475,8 +449,8 @@ async fn merged_under_notice_is_deleted_after_the_period_and_a_kept_one_never() 
     forge.add(1, FakeState::Merged, "fix-login", at(1, 10));
     forge.add(2, FakeState::Merged, "demo", at(1, 9));
     let (p, _) = h.sim.add_project("web", None);
-    let merged = h.branch(&p, "preview/pr-1-fix-login", TimeDelta::days(2));
-    let kept = h.branch(&p, "preview/pr-2-demo", TimeDelta::days(2));
+    let merged = h.branch_aged(&p, "preview/pr-1-fix-login", None, TimeDelta::days(2));
+    let kept = h.branch_aged(&p, "preview/pr-2-demo", None, TimeDelta::days(2));
     h.env
         .store
         .put_keep(&neon_steward::store::Keep {
@@ -531,7 +505,7 @@ async fn merged_under_notice_is_deleted_after_the_period_and_a_kept_one_never() 
         marks[0].reason
     );
     assert_eq!(marks[0].due_at, h.sim.clock().now() + TimeDelta::hours(24));
-    assert_eq!(h.names(&p), all);
+    assert_eq!(h.branch_names(&p), all);
     assert_eq!(deletes(), 0);
 
     // 23 hours later: still under notice.
@@ -544,7 +518,7 @@ async fn merged_under_notice_is_deleted_after_the_period_and_a_kept_one_never() 
             .contains("under notice since"),
         "{actions:#?}"
     );
-    assert_eq!(h.names(&p), all);
+    assert_eq!(h.branch_names(&p), all);
     assert_eq!(deletes(), 0);
 
     // Past the notice and still merged: deleted; the kept one stays.
@@ -558,7 +532,7 @@ async fn merged_under_notice_is_deleted_after_the_period_and_a_kept_one_never() 
     let done = reason_of(&actions, "preview/pr-1-fix-login");
     assert_eq!(done.outcome, ActionOutcome::Succeeded);
     assert_eq!(done.rule.as_deref(), Some("pull_request"));
-    assert_eq!(h.names(&p), ["main", "preview/pr-2-demo"]);
+    assert_eq!(h.branch_names(&p), ["main", "preview/pr-2-demo"]);
     assert_eq!(deletes(), 1);
     assert!(actions
         .iter()

@@ -265,16 +265,23 @@ impl TestSim {
 }
 
 /// A job run against neon-sim with an in-memory store, as the kinds' end-to-end tests need
-/// it: [`job_harness`] spawns both, [`JobHarness::run`] claims a fresh tick (a millisecond
-/// apart, so re-runs are new ticks) and returns the run with its ledger.
+/// it: [`job_harness`] (or [`job_harness_with`] for an emulator configured otherwise)
+/// spawns both, [`JobHarness::run`] claims a fresh tick (a millisecond apart, so re-runs are
+/// new ticks) and returns the run with its ledger. `env` is public so that a test can put a
+/// failing store or another client in front of the run.
 pub struct JobHarness {
     pub sim: TestSim,
     pub env: neon_steward::jobs::JobEnv,
+    /// Makes every run's tick unique (a tick can be claimed once).
     ticks: std::sync::atomic::AtomicI64,
 }
 
 pub async fn job_harness() -> JobHarness {
-    let sim = spawn_sim(SimConfig::default()).await;
+    job_harness_with(SimConfig::default()).await
+}
+
+pub async fn job_harness_with(config: SimConfig) -> JobHarness {
+    let sim = spawn_sim(config).await;
     let store = neon_steward::store::open("sqlite::memory:")
         .await
         .expect("store opens");
@@ -295,6 +302,19 @@ pub async fn job_harness() -> JobHarness {
 }
 
 impl JobHarness {
+    /// The emulator's "now", which runs are given as theirs.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.sim.clock().now()
+    }
+
+    fn next_tick(&self) -> chrono::DateTime<chrono::Utc> {
+        self.now()
+            + chrono::TimeDelta::milliseconds(
+                self.ticks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+
     pub async fn run(
         &self,
         job: &neon_steward::config::JobConfig,
@@ -304,12 +324,8 @@ impl JobHarness {
         Vec<neon_steward::store::ActionRecord>,
     ) {
         use neon_steward::store::{NewRun, RunStatus, Trigger};
-        let now = self.sim.clock().now();
-        let tick = now
-            + chrono::TimeDelta::milliseconds(
-                self.ticks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            );
+        let now = self.now();
+        let tick = self.next_tick();
         let run_id = self
             .env
             .store
@@ -335,5 +351,88 @@ impl JobHarness {
         let r = neon_steward::jobs::run_job(&self.env, job, ctx).await;
         let actions = self.env.store.actions_for_run(run_id).await.unwrap();
         (r, actions)
+    }
+
+    /// A run that holds a lease, for a test that writes job state itself (as an operator's
+    /// repair or a crashed run would have).
+    pub async fn writer_run(&self) -> neon_steward::store::RunId {
+        use neon_steward::store::{NewRun, RunStatus, Trigger};
+        let tick = self.next_tick();
+        self.env
+            .store
+            .claim_run(&NewRun {
+                job: "test-writer".into(),
+                kind: "snapshot_branches".into(),
+                scheduled_for: tick,
+                trigger: Trigger::Manual,
+                dry_run: false,
+                status: RunStatus::Running,
+                error: None,
+                plan_id: None,
+            })
+            .await
+            .unwrap()
+            .expect("fresh tick")
+    }
+
+    pub fn add_org(&self, name: &str) -> String {
+        neon_sim::seed::insert_org(&mut self.sim.state().settled(), name)
+    }
+
+    /// A branch created `age` ago under `parent` (default: the project's default branch).
+    pub fn branch_aged(
+        &self,
+        project: &str,
+        name: &str,
+        parent: Option<&str>,
+        age: chrono::TimeDelta,
+    ) -> String {
+        let st = self.sim.state();
+        let mut s = st.settled();
+        let parent = match parent {
+            Some(p) => p.to_string(),
+            None => s
+                .default_branch(project)
+                .expect("project has a default branch")
+                .id
+                .clone(),
+        };
+        let at = s.now() - age;
+        s.insert_branch(project, name, Some(&parent), at).id
+    }
+
+    /// An endpoint on `branch` that is in use (so nothing suspends itself).
+    pub fn busy_endpoint(&self, branch: &str) -> String {
+        let ep = self.sim.add_endpoint(branch);
+        let st = self.sim.state();
+        let mut s = st.settled();
+        s.endpoints
+            .get_mut(&ep)
+            .expect("endpoint just added")
+            .activity = neon_sim::state::Activity::Busy;
+        s.settle();
+        ep
+    }
+
+    /// The names of the project's branches, sorted.
+    pub fn branch_names(&self, project: &str) -> Vec<String> {
+        let s = self.sim.state();
+        let s = s.settled();
+        let mut v: Vec<String> = s
+            .project_branches(project)
+            .into_iter()
+            .map(|b| b.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// How many DELETE calls the emulator carried out (or refused).
+    pub fn deletes(&self) -> usize {
+        self.sim
+            .mutations()
+            .iter()
+            .filter(|m| m.method == "DELETE")
+            .count()
     }
 }

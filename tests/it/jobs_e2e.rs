@@ -3,11 +3,11 @@
 //! 423 at the jobs level with per-project serialisation, Neon's recovery window, and one
 //! failing resource not stopping the others.
 //!
-//! These run on the test harness (`helpers::spawn_sim`) because it records every request the
+//! These run on the test harness (`helpers::JobHarness`) because it records every request the
 //! client sent, so the tests can assert *which* range was asked for.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +15,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
 use neon_sim::SimConfig;
 use neon_steward::config::{self, JobConfig};
-use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
 use neon_steward::neon::{ConsumptionPeriod, ConsumptionQuery, Granularity, OrgId};
-use neon_steward::store::{
-    ActionOutcome, ActionRecord, ConsumptionSample, NewRun, RunStatus, Trigger,
-};
-use neon_steward::telemetry::consumption::ConsumptionExporter;
+use neon_steward::store::{ActionOutcome, ActionRecord, ConsumptionSample, NewRun, RunStatus};
 
-use crate::helpers::{spawn_sim, Sent, TestSim};
+use crate::helpers::{job_harness_with as harness, JobHarness as H, Sent};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
@@ -34,143 +30,6 @@ fn job(toml_jobs: &str) -> Arc<JobConfig> {
     })
     .unwrap_or_else(|e| panic!("test policy must parse: {e}"));
     cfg.jobs[0].clone()
-}
-
-struct H {
-    sim: TestSim,
-    env: JobEnv,
-    /// Makes every run's tick unique (a tick can be claimed once).
-    ticks: AtomicI64,
-}
-
-async fn harness(config: SimConfig) -> H {
-    let sim = spawn_sim(config).await;
-    let store = neon_steward::store::open("sqlite::memory:")
-        .await
-        .expect("store opens");
-    let env = JobEnv {
-        client: sim.client(),
-        store,
-        concurrency: 4,
-        operation_deadline: Duration::from_secs(20),
-        consumption: Arc::new(ConsumptionExporter::detached()),
-    };
-    H {
-        sim,
-        env,
-        ticks: AtomicI64::new(0),
-    }
-}
-
-impl H {
-    fn now(&self) -> DateTime<Utc> {
-        self.sim.clock().now()
-    }
-
-    async fn run(&self, job: &JobConfig, dry_run: bool) -> (RunResult, Vec<ActionRecord>) {
-        let now = self.now();
-        let tick = now + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
-        let run_id = self
-            .env
-            .store
-            .claim_run(&NewRun {
-                job: job.name.clone(),
-                kind: job.kind.as_str().to_string(),
-                scheduled_for: tick,
-                trigger: Trigger::Manual,
-                dry_run,
-                status: RunStatus::Running,
-                error: None,
-                plan_id: None,
-            })
-            .await
-            .unwrap()
-            .expect("fresh tick");
-        let r = run_job(
-            &self.env,
-            job,
-            RunContext {
-                run_id,
-                scheduled_for: tick,
-                now,
-                dry_run,
-            },
-        )
-        .await;
-        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
-        (r, actions)
-    }
-
-    /// A run that holds a lease, for a test that writes job state itself (as an operator's
-    /// repair or a crashed run would have).
-    async fn writer_run(&self) -> i64 {
-        let tick = self.now() + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
-        self.env
-            .store
-            .claim_run(&NewRun {
-                job: "test-writer".into(),
-                kind: "snapshot_branches".into(),
-                scheduled_for: tick,
-                trigger: Trigger::Manual,
-                dry_run: false,
-                status: RunStatus::Running,
-                error: None,
-                plan_id: None,
-            })
-            .await
-            .unwrap()
-            .expect("fresh tick")
-    }
-
-    fn add_org(&self, name: &str) -> String {
-        neon_sim::seed::insert_org(&mut self.sim.state().settled(), name)
-    }
-
-    /// A branch created `age` ago under `parent` (default: the project's default branch).
-    fn branch_aged(
-        &self,
-        project: &str,
-        name: &str,
-        parent: Option<&str>,
-        age: TimeDelta,
-    ) -> String {
-        let st = self.sim.state();
-        let mut s = st.settled();
-        let parent = match parent {
-            Some(p) => p.to_string(),
-            None => s
-                .default_branch(project)
-                .expect("project has a default branch")
-                .id
-                .clone(),
-        };
-        let at = s.now() - age;
-        s.insert_branch(project, name, Some(&parent), at).id
-    }
-
-    fn busy_endpoint(&self, branch: &str) -> String {
-        let ep = self.sim.add_endpoint(branch);
-        let st = self.sim.state();
-        let mut s = st.settled();
-        s.endpoints
-            .get_mut(&ep)
-            .expect("endpoint just added")
-            .activity = neon_sim::state::Activity::Busy;
-        s.settle();
-        ep
-    }
-
-    fn branch_names(&self, project: &str) -> Vec<String> {
-        let s = self.sim.state();
-        let s = s.settled();
-        let mut v: Vec<String> = s
-            .project_branches(project)
-            .into_iter()
-            .map(|b| b.name.clone())
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 /// Decodes `%XX` escapes of a query-string component.

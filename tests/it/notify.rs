@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,18 +14,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use chrono::{DateTime, TimeDelta, Utc};
-use neon_sim::SimConfig;
+use chrono::{TimeDelta, Utc};
 use neon_steward::config::{self, JobConfig, NotifyEvent, NotifyKind, SigningKey, SinkConfig};
-use neon_steward::jobs::{run_job, JobEnv, RunContext, RunResult};
 use neon_steward::notify::deliver::{Deliverer, DeliveryTiming};
 use neon_steward::store::{
     self, ActionCounts, ActionOutcome, ActionRecord, Keep, NewNotification, NewRun,
     NotificationStatus, RunStatus, Store, Trigger,
 };
-use neon_steward::telemetry::consumption::ConsumptionExporter;
 
-use crate::helpers::{spawn_sim, TestSim};
+use crate::helpers::{job_harness as harness, JobHarness as H};
 
 const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -311,97 +307,6 @@ fn expire(ttl: &str) -> Arc<JobConfig> {
     ))
 }
 
-struct H {
-    sim: TestSim,
-    env: JobEnv,
-    ticks: AtomicI64,
-}
-
-async fn harness() -> H {
-    let sim = spawn_sim(SimConfig::default()).await;
-    let store = store::open("sqlite::memory:").await.unwrap();
-    let env = JobEnv {
-        client: sim.client(),
-        store,
-        concurrency: 2,
-        operation_deadline: Duration::from_secs(20),
-        consumption: Arc::new(ConsumptionExporter::detached()),
-    };
-    H {
-        sim,
-        env,
-        ticks: AtomicI64::new(0),
-    }
-}
-
-impl H {
-    fn now(&self) -> DateTime<Utc> {
-        self.sim.clock().now()
-    }
-
-    async fn run(&self, job: &JobConfig, dry_run: bool) -> (RunResult, Vec<ActionRecord>) {
-        let now = self.now();
-        let tick = now + TimeDelta::milliseconds(self.ticks.fetch_add(1, Ordering::Relaxed));
-        let run_id = self
-            .env
-            .store
-            .claim_run(&NewRun {
-                plan_id: None,
-                job: job.name.clone(),
-                kind: job.kind.as_str().to_string(),
-                scheduled_for: tick,
-                trigger: Trigger::Manual,
-                dry_run,
-                status: RunStatus::Running,
-                error: None,
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        let r = run_job(
-            &self.env,
-            job,
-            RunContext {
-                run_id,
-                scheduled_for: tick,
-                now,
-                dry_run,
-            },
-        )
-        .await;
-        let actions = self.env.store.actions_for_run(run_id).await.unwrap();
-        (r, actions)
-    }
-
-    fn old_branch(&self, project: &str, name: &str) -> String {
-        let st = self.sim.state();
-        let mut s = st.settled();
-        let parent = s.default_branch(project).unwrap().id.clone();
-        let at = s.now() - TimeDelta::days(10);
-        s.insert_branch(project, name, Some(&parent), at).id
-    }
-
-    fn branch_names(&self, project: &str) -> Vec<String> {
-        let s = self.sim.state();
-        let s = s.settled();
-        let mut v: Vec<String> = s
-            .project_branches(project)
-            .into_iter()
-            .map(|b| b.name.clone())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn deletes(&self) -> usize {
-        self.sim
-            .mutations()
-            .iter()
-            .filter(|m| m.method == "DELETE")
-            .count()
-    }
-}
-
 fn reason_of<'a>(actions: &'a [ActionRecord], id: &str) -> &'a str {
     actions
         .iter()
@@ -414,7 +319,7 @@ fn reason_of<'a>(actions: &'a [ActionRecord], id: &str) -> &'a str {
 async fn notice_then_still_due_is_deleted_after_the_period_and_not_before() {
     let h = harness().await;
     let (p, _) = h.sim.add_project("app", None);
-    let old = h.old_branch(&p, "preview/old");
+    let old = h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
     let job = expire("7d");
 
     // First run: marked and announced, not deleted.
@@ -494,7 +399,7 @@ async fn notice_then_still_due_is_deleted_after_the_period_and_not_before() {
 async fn notice_then_keep_then_nothing_is_deleted() {
     let h = harness().await;
     let (p, _) = h.sim.add_project("app", None);
-    let old = h.old_branch(&p, "preview/old");
+    let old = h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
     let job = expire("7d");
     h.run(&job, false).await;
     assert_eq!(h.env.store.notice_marks("previews").await.unwrap().len(), 1);
@@ -536,7 +441,7 @@ async fn notice_then_keep_then_nothing_is_deleted() {
 async fn a_mark_no_longer_due_is_dropped_and_recorded() {
     let h = harness().await;
     let (p, _) = h.sim.add_project("app", None);
-    let old = h.old_branch(&p, "preview/old");
+    let old = h.branch_aged(&p, "preview/old", None, TimeDelta::days(10));
     h.run(&expire("7d"), false).await;
     // The policy now gives branches 30 days: no longer due.
     h.sim.clock().advance(Duration::from_secs(25 * 3600));
