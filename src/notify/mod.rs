@@ -165,7 +165,9 @@ pub fn notice(
                 "rule": m.rule,
                 "reason": m.reason,
                 "due_at": rfc3339(m.due_at),
-                "keep": (m.resource_kind == "branch").then(|| keep_command(&m.project_id, branch)),
+                // A compute is kept through its branch (its `resource_name` is the branch's).
+                "keep": (m.resource_kind == "branch" || m.resource_name.is_some())
+                    .then(|| keep_command(&m.project_id, branch)),
             })
         })
         .collect();
@@ -216,7 +218,12 @@ pub fn slack_text(event: &str, payload: &Value) -> String {
             text.push_str(&format!(" (falls due {due})"));
         }
         if let Some(keep) = item.get("keep").and_then(Value::as_str) {
-            text.push_str(&format!("\n   keep it: `{keep}`"));
+            let what = if g("resource_kind") == "branch" {
+                "it"
+            } else {
+                "its branch"
+            };
+            text.push_str(&format!("\n   keep {what}: `{keep}`"));
         }
     }
     if list.is_some_and(|l| l.len() > 20) {
