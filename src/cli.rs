@@ -638,10 +638,11 @@ async fn keep(
         }
         return Ok(EXIT_OK);
     }
+    // Bad input is refused before the store is opened (or created).
     let target = target.unwrap_or_default();
-    let store = crate::store::open(&cfg.store.url).await?;
     if remove {
         let (project, branch) = crate::keep::parse_target(&target).map_err(usage)?;
+        let store = crate::store::open(&cfg.store.url).await?;
         return Ok(if store.remove_keep(&project, &branch).await? {
             say!("removed the keep of {project}/{branch}");
             EXIT_OK
@@ -652,6 +653,7 @@ async fn keep(
     }
     let k = crate::keep::parse(&target, until.as_deref(), note.as_deref(), Utc::now())
         .map_err(usage)?;
+    let store = crate::store::open(&cfg.store.url).await?;
     store.put_keep(&k).await?;
     say!(
         "kept {}/{} {}: no job acts on it destructively{}",
