@@ -328,7 +328,16 @@ mod tests {
             created_at: t(0),
         };
         let projects: BTreeSet<String> = ["p-1".to_string()].into();
-        let earlier = decide("j", 1, t(0), Some(Duration::from_secs(60)), &[], &[], &c, &projects);
+        let earlier = decide(
+            "j",
+            1,
+            t(0),
+            Some(Duration::from_secs(60)),
+            &[],
+            &[],
+            &c,
+            &projects,
+        );
         assert_eq!(earlier.new_marks.len(), 2, "both marked before the keep");
         let d = decide(
             "j",
@@ -346,7 +355,11 @@ mod tests {
             d.steps
         );
         assert!(matches!(&d.steps[1], Step::ActThenDrop(k) if k.resource_id == "ep-other"));
-        let dropped: Vec<&str> = d.dropped.iter().map(|(m, _)| m.resource_id.as_str()).collect();
+        let dropped: Vec<&str> = d
+            .dropped
+            .iter()
+            .map(|(m, _)| m.resource_id.as_str())
+            .collect();
         assert_eq!(dropped, ["ep-kept"]);
         // A keep naming the compute itself is not a keep of a branch.
         let by_endpoint = Keep {

@@ -654,7 +654,10 @@ async fn keep_records_lists_and_removes_and_refuses_bad_input() {
             &["app/b", "--until", "next friday"][..],
             "--until `next friday` is not YYYY-MM-DD or an RFC 3339 time",
         ),
-        (&["app/b", "--until", "2026-02-30"][..], "--until `2026-02-30`"),
+        (
+            &["app/b", "--until", "2026-02-30"][..],
+            "--until `2026-02-30`",
+        ),
         (&["app/b", "--until", "2001-01-01"][..], "is in the past"),
         (&["app"][..], "`app` is not <project>/<branch>"),
         (&["--remove", "app"][..], "`app` is not <project>/<branch>"),
@@ -687,7 +690,10 @@ async fn keep_records_lists_and_removes_and_refuses_bad_input() {
         stdout.contains("kept app/preview/pr-7 until 2099-01-31T00:00:00Z"),
         "{stdout}"
     );
-    assert!(db.exists(), "the store file is created where the policy says");
+    assert!(
+        db.exists(),
+        "the store file is created where the policy says"
+    );
     let (code, _, stderr) = keep(&["app/main"]);
     assert_eq!(code, Some(0), "{stderr}");
 
@@ -758,5 +764,4 @@ async fn keep_records_lists_and_removes_and_refuses_bad_input() {
         !stdout.contains("pr-7") && stdout.contains("app/main"),
         "{stdout}"
     );
-
 }

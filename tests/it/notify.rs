@@ -332,7 +332,9 @@ impl std::io::Write for Logs {
 async fn a_slack_notice_reads_what_where_why_when_and_is_retried_through_500s_without_its_url() {
     let logs = Logs::default();
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info,neon_steward=trace"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,neon_steward=trace",
+        ))
         .with_writer({
             let logs = logs.clone();
             move || logs.clone()
@@ -393,7 +395,10 @@ async fn a_slack_notice_reads_what_where_why_when_and_is_retried_through_500s_wi
             .get()
     };
     let debug = format!("{slack:?}");
-    assert!(!debug.contains("xoxb") && !debug.contains("SECRET"), "{debug}");
+    assert!(
+        !debug.contains("xoxb") && !debug.contains("SECRET"),
+        "{debug}"
+    );
     let d = Deliverer::new(s.clone(), &[slack], FAST);
     let mut errors = Vec::new();
     for _ in 0..200 {
@@ -421,7 +426,9 @@ async fn a_slack_notice_reads_what_where_why_when_and_is_retried_through_500s_wi
         assert_eq!(content_type, "application/json");
         assert_eq!(body, &got[0].1, "every attempt sends the same message");
     }
-    let text = got[0].1["text"].as_str().unwrap_or_else(|| panic!("{:?}", got[0].1));
+    let text = got[0].1["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{:?}", got[0].1));
     for (what, part) in [
         ("the event", "notice"),
         ("when it was said", "2026-03-02T10:00:00Z"),
@@ -445,7 +452,8 @@ async fn a_slack_notice_reads_what_where_why_when_and_is_retried_through_500s_wi
 
     // The URL (its secret path, its port) is in no error, log line or metric.
     assert!(
-        errors.iter().any(|e| e.contains("HTTP 500")) && errors.iter().any(|e| e.contains("HTTP 503")),
+        errors.iter().any(|e| e.contains("HTTP 500"))
+            && errors.iter().any(|e| e.contains("HTTP 503")),
         "{errors:?}"
     );
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
@@ -800,7 +808,11 @@ async fn notice_in_set_expires_at_mode_sets_the_expiry_only_after_the_period_and
 
     // First run: both marked and announced; no expiry handed to Neon yet.
     let (r, actions) = h.run(&job, false).await;
-    assert_eq!((r.status, r.counts.succeeded), (RunStatus::Succeeded, 0), "{actions:?}");
+    assert_eq!(
+        (r.status, r.counts.succeeded),
+        (RunStatus::Succeeded, 0),
+        "{actions:?}"
+    );
     for id in [&old, &kept] {
         assert!(
             reason_of(&actions, id).contains("notice given: falls due at"),
@@ -811,7 +823,10 @@ async fn notice_in_set_expires_at_mode_sets_the_expiry_only_after_the_period_and
     assert!(patches().is_empty(), "{:?}", h.sim.mutations());
     let marks = h.env.store.notice_marks("native").await.unwrap();
     assert_eq!(marks.len(), 2, "{marks:?}");
-    assert!(marks.iter().all(|m| m.action == "set_branch_expiry"), "{marks:?}");
+    assert!(
+        marks.iter().all(|m| m.action == "set_branch_expiry"),
+        "{marks:?}"
+    );
 
     keep(&h, "app", "preview/kept", None).await;
     // 23 hours later: still under notice.
@@ -826,7 +841,11 @@ async fn notice_in_set_expires_at_mode_sets_the_expiry_only_after_the_period_and
     // After the period: the expiry is set on the branch still due, never on the kept one.
     h.sim.clock().advance(Duration::from_secs(2 * 3600));
     let (r, actions) = h.run(&job, false).await;
-    assert_eq!((r.status, r.counts.succeeded), (RunStatus::Succeeded, 1), "{actions:?}");
+    assert_eq!(
+        (r.status, r.counts.succeeded),
+        (RunStatus::Succeeded, 1),
+        "{actions:?}"
+    );
     assert_eq!(patches(), vec![old.clone()]);
     assert_eq!(expiry(&old), Some(created + TimeDelta::days(14)));
     assert_eq!(expiry(&kept), None);
@@ -1249,18 +1268,27 @@ async fn a_run_that_destroys_something_writes_its_digest_and_a_dry_run_none() {
     let rows = outbox().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
-        (rows[0].event.as_str(), rows[0].sink.as_str(), rows[0].run_id),
+        (
+            rows[0].event.as_str(),
+            rows[0].sink.as_str(),
+            rows[0].run_id
+        ),
         ("digest", "ops", Some(run_id))
     );
     let data: serde_json::Value = serde_json::from_str(&rows[0].payload).unwrap();
-    let done = data["actions"].as_array().unwrap_or_else(|| panic!("{data}"));
+    let done = data["actions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{data}"));
     assert_eq!(done.len(), 1, "{data}");
     assert_eq!(done[0]["action"], "delete_branch");
     assert_eq!(done[0]["resource_id"], old.as_str());
     assert_eq!(done[0]["resource_name"], "preview/old");
     assert_eq!(done[0]["project_id"], p.as_str());
     assert!(
-        done[0]["reason"].as_str().unwrap_or_default().contains("ttl"),
+        done[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ttl"),
         "{data}"
     );
 }
