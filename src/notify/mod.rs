@@ -202,15 +202,15 @@ pub fn slack_text(event: &str, payload: &Value) -> String {
         .and_then(Value::as_array);
     for item in list.into_iter().flatten().take(20) {
         let g = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("");
-        let name = match g("resource_name") {
-            "" => g("resource_id"),
-            n => n,
+        // A branch is named by its name; an endpoint's `resource_name` is its branch's.
+        let what = match (g("resource_kind"), g("resource_name")) {
+            (kind, "") => format!("{kind} `{}`", g("resource_id")),
+            ("branch", name) => format!("branch `{name}`"),
+            (kind, branch) => format!("{kind} `{}` of branch `{branch}`", g("resource_id")),
         };
         text.push_str(&format!(
-            "\n• `{}` {} `{}` in project `{}`: {}",
+            "\n• `{}` {what} in project `{}`: {}",
             g("action"),
-            g("resource_kind"),
-            name,
             g("project_id"),
             g("reason")
         ));
@@ -333,6 +333,15 @@ mod tests {
                        "due_at": "2026-01-02T00:00:00Z", "keep": "neon-steward keep p-1/preview/a"}]
         });
         let t = slack_text("notice", &p);
+        let endpoint = json!({"items": [{"action": "suspend_endpoint", "resource_kind": "endpoint",
+            "resource_id": "ep-1", "resource_name": "dev", "project_id": "p-1", "reason": "inside window Sat-Sun",
+            "keep": "neon-steward keep p-1/dev"}]});
+        let e = slack_text("notice", &endpoint);
+        assert!(
+            e.contains("`suspend_endpoint` endpoint `ep-1` of branch `dev` in project `p-1`")
+                && e.contains("keep its branch: `neon-steward keep p-1/dev`"),
+            "{e}"
+        );
         for part in [
             "notice",
             "2026-01-01",

@@ -472,8 +472,17 @@ async fn a_slack_notice_reads_what_where_why_when_and_is_retried_through_500s_wi
     }
 }
 
+async fn row(s: &Arc<dyn Store>, id: &str) -> store::NotificationRecord {
+    s.list_notifications(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap_or_else(|| panic!("no outbox row {id}"))
+}
+
 #[tokio::test]
-async fn a_slack_sink_that_does_not_answer_in_time_is_retried_and_its_error_names_no_url() {
+async fn a_slack_sink_that_does_not_answer_in_time_is_retried_then_given_up_and_counted() {
     // Accepts connections and never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -487,9 +496,18 @@ async fn a_slack_sink_that_does_not_answer_in_time_is_retried_and_its_error_name
     let url = format!("http://127.0.0.1:{port}/services/T1/B1/tokenNeverShown");
     let db = db();
     let s = replica(&db.url, "a").await;
-    fact(&s, &[note("msg_slow_slack", 3_600_000)]).await;
+    // One row to be retried, and one that may take no time at all: its first failure gives
+    // it up.
+    let rows: Vec<NewNotification> = [note("msg_slow_slack", 3_600_000), note("msg_slow_gone", 0)]
+        .into_iter()
+        .map(|n| NewNotification {
+            sink: "slack-slow".into(),
+            ..n
+        })
+        .collect();
+    fact(&s, &rows).await;
     let slack = Arc::new(SinkConfig {
-        name: "ops".into(),
+        name: "slack-slow".into(),
         kind: NotifyKind::Slack,
         url: neon_steward::secret::Secret::new(&url),
         key: None,
@@ -498,36 +516,58 @@ async fn a_slack_sink_that_does_not_answer_in_time_is_retried_and_its_error_name
         timeout: Duration::from_millis(200),
         give_up_after: Duration::from_secs(3600),
     });
+    let metric = |outcome: &str| {
+        neon_steward::telemetry::metrics::metrics()
+            .notifications_total
+            .with_label_values(&["slack-slow", "run_failed", outcome])
+            .get()
+    };
     let d = Deliverer::new(s.clone(), &[slack], FAST);
-    let mut attempts = 0;
     for _ in 0..200 {
         d.deliver_due().await;
-        attempts = s.list_notifications(&Default::default()).await.unwrap()[0].attempts;
-        if attempts >= 2 {
+        if row(&s, "msg_slow_slack").await.attempts >= 2 {
             break;
         }
         tokio::time::sleep(FAST.poll).await;
     }
-    let row = &s.list_notifications(&Default::default()).await.unwrap()[0];
-    assert!(attempts >= 2, "retried: {row:?}");
-    assert_eq!(row.status, NotificationStatus::Pending, "not given up yet");
-    let err = row.last_error.as_deref().unwrap_or_default();
-    assert!(err.contains("no answer within 200ms"), "{err}");
-    assert!(
-        !err.contains("tokenNeverShown") && !err.contains(&port.to_string()),
-        "{err}"
+    let slow = row(&s, "msg_slow_slack").await;
+    assert!(slow.attempts >= 2, "retried: {slow:?}");
+    assert_eq!(slow.status, NotificationStatus::Pending, "not given up yet");
+    let gone = row(&s, "msg_slow_gone").await;
+    assert_eq!(
+        (gone.status, gone.attempts),
+        (NotificationStatus::Failed, 1),
+        "{gone:?}"
     );
+    // Every settled attempt is counted by its outcome (each `deliver_due` settles what it
+    // claimed before it returns).
+    assert_eq!(
+        (metric("retry"), metric("gave_up"), metric("delivered")),
+        (u64::try_from(slow.attempts).unwrap(), 1, 0)
+    );
+    for r in [&slow, &gone] {
+        let err = r.last_error.as_deref().unwrap_or_default();
+        assert!(err.contains("no answer within 200ms"), "{err}");
+        assert!(
+            !err.contains("tokenNeverShown") && !err.contains(&port.to_string()),
+            "{err}"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ notice against neon-sim
 
 fn policy(jobs: &str) -> Arc<JobConfig> {
+    policy_with_hook(jobs, "http://127.0.0.1:9/hook")
+}
+
+fn policy_with_hook(jobs: &str, hook: &str) -> Arc<JobConfig> {
     let text = format!(
         "{jobs}\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl_env = \"HOOK_URL\"\nsecret_env = \"HOOK_KEY\"\n"
     );
     let cfg = config::parse_with_env(Path::new("notice.toml"), &text, &|k| match k {
         "NEON_API_KEY" => Some("unused-in-tests".into()),
-        "HOOK_URL" => Some("http://127.0.0.1:9/hook".into()),
+        "HOOK_URL" => Some(hook.into()),
         "HOOK_KEY" => Some(KEY.into()),
         _ => None,
     })
@@ -759,6 +799,48 @@ async fn notice_then_keep_then_nothing_is_deleted() {
             .unwrap()
             .is_empty(),
         "a kept branch's mark is dropped"
+    );
+}
+
+/// A run only writes its notifications to the outbox: a sink that accepts connections and
+/// never answers is not even connected to by the job, so it cannot hold the run up.
+#[tokio::test]
+async fn a_run_never_calls_a_sink_itself_so_a_hung_sink_cannot_hold_it_up() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let held = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            held.lock().unwrap().push(conn);
+        }
+    });
+    let h = harness().await;
+    let (p, _) = h.sim.add_project("app", None);
+    h.old_branch(&p, "preview/old");
+    let job = policy_with_hook(
+        "[[jobs]]\nname = \"previews\"\nkind = \"expire_branches\"\nevery = \"1h\"\nttl = \"7d\"\nnotice = \"24h\"\n[jobs.branches]\nnames = [\"preview/*\"]\n",
+        &hook,
+    );
+    let (r, actions) = h.run(&job, false).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{actions:?}");
+    let outbox = h
+        .env
+        .store
+        .list_notifications(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox
+            .iter()
+            .map(|o| (o.event.as_str(), o.status))
+            .collect::<Vec<_>>(),
+        [("notice", NotificationStatus::Pending)],
+        "written for the deliverer"
+    );
+    assert!(
+        accepted.lock().unwrap().is_empty(),
+        "the run connected to the sink"
     );
 }
 
