@@ -1,9 +1,11 @@
 //! Notifications and notices end to end: a local webhook receiver (axum on port 0) checks
 //! the Standard Webhooks signatures, and the deliverer is driven through a sink that
 //! answers 500, answers too slowly, or is down; a crash between the fact and its delivery
-//! still delivers once. Then the notice period against neon-sim: notice -> keep -> nothing
-//! deleted, and notice -> still due -> deleted after the period, not before; the same for a
-//! `suspend_computes` window suspension.
+//! still delivers once; a Slack receiver checks the message a person reads, the retries
+//! and that the URL is in no error, log line or metric. Then the notice period against
+//! neon-sim: notice -> keep -> nothing deleted, and notice -> still due -> deleted after the
+//! period, not before; the same in `set_expires_at` mode and for a `suspend_computes` window
+//! suspension; a kept branch's computes are not suspended; a run's digest.
 
 use std::collections::VecDeque;
 use std::path::Path;
