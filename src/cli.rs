@@ -770,4 +770,25 @@ mod tests {
         assert!(Cli::try_parse_from(["neon-steward", "once", "a", "--all"]).is_err());
         assert!(Cli::try_parse_from(["neon-steward", "once", "--all"]).is_ok());
     }
+
+    #[test]
+    fn apply_refuses_plans_older_than_an_hour_unless_told() {
+        let max_age = |args: &[&str]| match Cli::try_parse_from(
+            ["neon-steward", "apply", "plan.json"].iter().chain(args),
+        )
+        .map(|c| c.command)
+        {
+            Ok(Command::Apply { max_age, .. }) => Ok(max_age),
+            Ok(_) => panic!("not apply"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(max_age(&[]), Ok(std::time::Duration::from_secs(3600)));
+        assert_eq!(
+            max_age(&["--max-age", "10m"]),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        assert!(max_age(&["--max-age", "soon"])
+            .unwrap_err()
+            .contains("--max-age"));
+    }
 }

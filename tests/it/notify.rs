@@ -465,7 +465,12 @@ async fn a_slack_notice_reads_what_where_why_when_and_is_retried_through_500s_wi
         "the deliveries were logged: {logs}"
     );
     let metrics = neon_steward::telemetry::metrics::render();
+    let stored = format!(
+        "{:?}",
+        s.list_notifications(&Default::default()).await.unwrap()
+    );
     for secret in ["SECRET", "xoxb", &format!(":{port}")] {
+        assert!(!stored.contains(secret), "{secret} in the outbox: {stored}");
         for e in &errors {
             assert!(!e.contains(secret), "{secret} in error {e}");
         }
