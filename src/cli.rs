@@ -638,10 +638,11 @@ async fn keep(
         }
         return Ok(EXIT_OK);
     }
+    // Bad input is refused before the store is opened (or created).
     let target = target.unwrap_or_default();
-    let store = crate::store::open(&cfg.store.url).await?;
     if remove {
         let (project, branch) = crate::keep::parse_target(&target).map_err(usage)?;
+        let store = crate::store::open(&cfg.store.url).await?;
         return Ok(if store.remove_keep(&project, &branch).await? {
             say!("removed the keep of {project}/{branch}");
             EXIT_OK
@@ -652,6 +653,7 @@ async fn keep(
     }
     let k = crate::keep::parse(&target, until.as_deref(), note.as_deref(), Utc::now())
         .map_err(usage)?;
+    let store = crate::store::open(&cfg.store.url).await?;
     store.put_keep(&k).await?;
     say!(
         "kept {}/{} {}: no job acts on it destructively{}",
@@ -767,5 +769,26 @@ mod tests {
         assert!(Cli::try_parse_from(["neon-steward", "once"]).is_err());
         assert!(Cli::try_parse_from(["neon-steward", "once", "a", "--all"]).is_err());
         assert!(Cli::try_parse_from(["neon-steward", "once", "--all"]).is_ok());
+    }
+
+    #[test]
+    fn apply_refuses_plans_older_than_an_hour_unless_told() {
+        let max_age = |args: &[&str]| match Cli::try_parse_from(
+            ["neon-steward", "apply", "plan.json"].iter().chain(args),
+        )
+        .map(|c| c.command)
+        {
+            Ok(Command::Apply { max_age, .. }) => Ok(max_age),
+            Ok(_) => panic!("not apply"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(max_age(&[]), Ok(std::time::Duration::from_secs(3600)));
+        assert_eq!(
+            max_age(&["--max-age", "10m"]),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        assert!(max_age(&["--max-age", "soon"])
+            .unwrap_err()
+            .contains("--max-age"));
     }
 }

@@ -117,7 +117,7 @@ pub(crate) async fn run<K: JobKind>(
             let wanted = allowed.projects();
             projects.retain(|p| wanted.contains(p.id.as_str()));
         }
-        let cx = PlanCx { env, ctx };
+        let cx = PlanCx::new(env, ctx);
         let cx = &cx;
         let results: Vec<Result<Planned<K>, (ProjectId, PlanError)>> =
             futures::stream::iter(projects.into_iter().map(|p| async move {
@@ -494,6 +494,7 @@ async fn notice_step<K: JobKind>(
                 K::is_destructive(&a.action).then(|| Candidate {
                     project_name: &p.project_name,
                     spec: &a.spec,
+                    on_branch: K::on_branch(&a.action),
                     under_notice: K::under_notice(&a.action),
                 })
             })

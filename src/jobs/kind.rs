@@ -23,6 +23,28 @@ use crate::neon::{ApiError, Project, ProjectId};
 pub struct PlanCx<'a> {
     pub env: &'a JobEnv,
     pub ctx: &'a RunContext,
+    /// The store's keeps, read at most once per run and only by a kind that asks
+    /// ([`PlanCx::keeps`]). The engine's notice step reads them again before acting, so a
+    /// keep recorded while the run plans still holds.
+    pub(crate) keeps: tokio::sync::OnceCell<Vec<crate::store::Keep>>,
+}
+
+impl<'a> PlanCx<'a> {
+    pub fn new(env: &'a JobEnv, ctx: &'a RunContext) -> Self {
+        PlanCx {
+            env,
+            ctx,
+            keeps: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The keeps in the store (`neon-steward keep`), shared by every project of the run.
+    pub async fn keeps(&self) -> Result<&[crate::store::Keep], crate::store::StoreError> {
+        self.keeps
+            .get_or_try_init(|| self.env.store.list_keeps())
+            .await
+            .map(Vec::as_slice)
+    }
 }
 
 /// What a kind is given to act on a project.
@@ -129,6 +151,14 @@ pub trait JobKind: Send + Sync {
     /// default every destructive action waits out the notice.
     fn under_notice(action: &Self::Action) -> bool {
         Self::is_destructive(action)
+    }
+
+    /// The branch an action's resource is on when the resource is not itself a branch (an
+    /// endpoint's branch), as `(id, name)` (the name when the kind listed it): a keep of that
+    /// branch holds the action too. A branch's own actions need nothing here: their
+    /// resource is the branch.
+    fn on_branch(_action: &Self::Action) -> Option<(&str, Option<&str>)> {
+        None
     }
 
     /// The state before the call: what must be known if the daemon dies during it.

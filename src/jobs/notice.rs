@@ -2,7 +2,8 @@
 //! acting: keeps (`neon-steward keep`) and the job's `notice` period.
 //!
 //! For each destructive action of the plan:
-//! - a branch that is kept is skipped with the keep's reason (and any mark on it dropped);
+//! - a branch that is kept is skipped with the keep's reason (and any mark on it dropped),
+//!   and so is an action on a kept branch's compute (`JobKind::on_branch`);
 //! - under `notice`, a resource without a mark is marked (due `now + notice`), announced,
 //!   and not acted on; one whose mark is not due yet is skipped with the time it falls due;
 //!   one whose mark is due is acted on (after the kind's fresh read), and its mark dropped;
@@ -34,6 +35,9 @@ pub enum Step {
 pub struct Candidate<'a> {
     pub project_name: &'a str,
     pub spec: &'a ActionSpec,
+    /// The branch `(id, name)` the resource is on when it is not a branch itself
+    /// (`JobKind::on_branch`): a keep of that branch holds the action.
+    pub on_branch: Option<(&'a str, Option<&'a str>)>,
     /// Whether the job's `notice` applies to it (`JobKind::under_notice`).
     pub under_notice: bool,
 }
@@ -59,24 +63,19 @@ fn key_of(spec: &ActionSpec) -> Option<NoticeKey> {
     })
 }
 
-/// The keep that holds for this action's branch at `now`, if any.
-pub fn kept_by<'k>(
-    keeps: &'k [Keep],
-    project_name: &str,
-    spec: &ActionSpec,
-    now: DateTime<Utc>,
-) -> Option<&'k Keep> {
-    if spec.resource_kind != ResourceKind::Branch {
-        return None;
-    }
+/// The keep that holds at `now` for the candidate's branch (the resource itself, or the
+/// branch its compute is on), if any.
+pub fn kept_by<'k>(keeps: &'k [Keep], c: &Candidate<'_>, now: DateTime<Utc>) -> Option<&'k Keep> {
+    let spec = c.spec;
+    let branch = if spec.resource_kind == ResourceKind::Branch {
+        (spec.resource_id.as_str(), spec.resource_name.as_deref())
+    } else {
+        c.on_branch?
+    };
     let project = spec.project_id.as_deref()?;
-    keeps.iter().find(|k| {
-        k.holds_at(now)
-            && k.names(
-                (project, project_name),
-                (&spec.resource_id, spec.resource_name.as_deref()),
-            )
-    })
+    keeps
+        .iter()
+        .find(|k| k.holds_at(now) && k.names((project, c.project_name), branch))
 }
 
 /// Decides every candidate (`None`: not destructive, acted on as planned). `projects` are
@@ -102,7 +101,7 @@ pub fn decide(
             continue;
         };
         let key = key_of(c.spec);
-        if let Some(k) = kept_by(keeps, c.project_name, c.spec, now) {
+        if let Some(k) = kept_by(keeps, c, now) {
             let until = k.until.map_or("until it is removed".to_string(), |u| {
                 format!("until {}", at(u))
             });
@@ -111,8 +110,13 @@ pub fn decide(
                 .as_deref()
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default();
+            let whose = if c.spec.resource_kind == ResourceKind::Branch {
+                ""
+            } else {
+                "its branch is "
+            };
             out.steps.push(Step::Hold(format!(
-                "not acted on: kept by `neon-steward keep {}/{}` {until}{note}",
+                "not acted on: {whose}kept by `neon-steward keep {}/{}` {until}{note}",
                 k.project, k.branch
             )));
             if let Some(m) = key.as_ref().and_then(|k| by_key.get(k)) {
@@ -130,13 +134,21 @@ pub fn decide(
         match by_key.get(&key) {
             None => {
                 let due = now + chrono::Duration::from_std(notice).unwrap_or(chrono::Duration::MAX);
-                let branch = c
-                    .spec
-                    .resource_name
-                    .as_deref()
-                    .unwrap_or(&c.spec.resource_id);
+                // A compute is kept through its branch.
+                let (branch, keep_it) = match c.on_branch {
+                    Some((id, name)) if c.spec.resource_kind != ResourceKind::Branch => {
+                        (name.unwrap_or(id), "keep its branch")
+                    }
+                    _ => (
+                        c.spec
+                            .resource_name
+                            .as_deref()
+                            .unwrap_or(&c.spec.resource_id),
+                        "keep it",
+                    ),
+                };
                 out.steps.push(Step::Hold(format!(
-                    "notice given: falls due at {}; keep it with `{}`",
+                    "notice given: falls due at {}; {keep_it} with `{}`",
                     at(due),
                     crate::notify::keep_command(&key.project_id, branch)
                 )));
@@ -219,6 +231,7 @@ mod tests {
         let c = vec![Some(Candidate {
             project_name: "proj",
             spec: &s,
+            on_branch: None,
             under_notice: true,
         })];
         let projects: BTreeSet<String> = ["p-1".to_string()].into();
@@ -251,6 +264,7 @@ mod tests {
         let c = vec![Some(Candidate {
             project_name: "proj",
             spec: &s,
+            on_branch: None,
             under_notice: false,
         })];
         let keep = Keep {
@@ -276,5 +290,82 @@ mod tests {
         );
         let d = decide("j", 1, t(6), None, &[keep], &[], &c, &projects);
         assert_eq!(d.steps[0], Step::Act, "the keep has ended");
+    }
+
+    #[test]
+    fn a_compute_of_a_kept_branch_is_held_and_its_mark_dropped() {
+        let on = |id: &str| ActionSpec {
+            resource_kind: ResourceKind::Endpoint,
+            resource_id: id.into(),
+            resource_name: None,
+            project_id: Some("p-1".into()),
+            action: Action::SuspendEndpoint,
+            rule: Some("window".into()),
+            reason: "inside window Mon-Sun".into(),
+        };
+        let (kept, other) = (on("ep-kept"), on("ep-other"));
+        let c = vec![
+            Some(Candidate {
+                project_name: "proj",
+                spec: &kept,
+                on_branch: Some(("br-1", Some("preview/a"))),
+                under_notice: true,
+            }),
+            Some(Candidate {
+                project_name: "proj",
+                spec: &other,
+                on_branch: Some(("br-2", Some("preview/b"))),
+                under_notice: true,
+            }),
+        ];
+        // Kept by the branch's id; the endpoint's own id would not name it.
+        let keep = Keep {
+            project: "p-1".into(),
+            branch: "br-1".into(),
+            until: None,
+            note: None,
+            created_at: t(0),
+        };
+        let projects: BTreeSet<String> = ["p-1".to_string()].into();
+        let earlier = decide(
+            "j",
+            1,
+            t(0),
+            Some(Duration::from_secs(60)),
+            &[],
+            &[],
+            &c,
+            &projects,
+        );
+        assert_eq!(earlier.new_marks.len(), 2, "both marked before the keep");
+        let d = decide(
+            "j",
+            2,
+            t(1),
+            Some(Duration::from_secs(60)),
+            std::slice::from_ref(&keep),
+            &earlier.new_marks,
+            &c,
+            &projects,
+        );
+        assert!(
+            matches!(&d.steps[0], Step::Hold(r) if r.contains("its branch is kept by `neon-steward keep p-1/br-1` until it is removed")),
+            "{:?}",
+            d.steps
+        );
+        assert!(matches!(&d.steps[1], Step::ActThenDrop(k) if k.resource_id == "ep-other"));
+        let dropped: Vec<&str> = d
+            .dropped
+            .iter()
+            .map(|(m, _)| m.resource_id.as_str())
+            .collect();
+        assert_eq!(dropped, ["ep-kept"]);
+        // A keep naming the compute itself is not a keep of a branch.
+        let by_endpoint = Keep {
+            branch: "ep-other".into(),
+            ..keep
+        };
+        let d = decide("j", 3, t(1), None, &[by_endpoint], &[], &c, &projects);
+        assert_eq!(d.steps, vec![Step::Act, Step::Act]);
     }
 }

@@ -21,7 +21,7 @@ use super::plan::{JobEnv, PlanError, PlannedAction, ProjectPlan};
 use super::saved::endpoint_facts;
 use super::select::{age, human_duration, EndpointFacts, EndpointSelector, Selection, Why};
 use crate::config::{Exclusion, ExclusionTarget, JobConfig, SuspendSpec};
-use crate::neon::{ApiError, Branch, EndpointId, EndpointState, EndpointType, Project};
+use crate::neon::{ApiError, Branch, BranchId, EndpointId, EndpointState, EndpointType, Project};
 
 /// The endpoints of a project this job suspended because of a window (endpoint ids): only
 /// those are started again when the window ends.
@@ -34,6 +34,10 @@ pub enum SuspendAction {
         endpoint: EndpointId,
         /// Suspended because of a window: remembered, to be started when it ends.
         by_window: bool,
+        /// The endpoint's branch (id, and name when listed): a keep of the branch holds
+        /// its computes too.
+        branch: BranchId,
+        branch_name: Option<String>,
     },
     /// Start an endpoint this job suspended for a window that has ended.
     Start(EndpointId),
@@ -69,7 +73,7 @@ impl JobKind for Suspend<'_> {
         project: &Project,
         state: StateView<'_, SuspendedByWindow>,
     ) -> Result<ProjectPlan<SuspendAction>, PlanError> {
-        Ok(plan(cx, self.job, self.spec, project, state).await?)
+        plan(cx, self.job, self.spec, project, state).await
     }
 
     fn is_destructive(action: &SuspendAction) -> bool {
@@ -87,6 +91,18 @@ impl JobKind for Suspend<'_> {
         )
     }
 
+    /// A kept branch's computes are not suspended either.
+    fn on_branch(action: &SuspendAction) -> Option<(&str, Option<&str>)> {
+        match action {
+            SuspendAction::Suspend {
+                branch,
+                branch_name,
+                ..
+            } => Some((branch.as_str(), branch_name.as_deref())),
+            SuspendAction::Start(_) => None,
+        }
+    }
+
     fn intend(&self, state: &mut SuspendedByWindow, action: &SuspendAction) {
         // Before the call: an endpoint suspended by a daemon that died during the call is
         // still started when its window ends. If the call fails the id stays; starting an
@@ -94,6 +110,7 @@ impl JobKind for Suspend<'_> {
         if let SuspendAction::Suspend {
             endpoint,
             by_window: true,
+            ..
         } = action
         {
             state.insert(endpoint.to_string());
@@ -161,7 +178,7 @@ async fn plan(
     spec: &SuspendSpec,
     project: &Project,
     state: StateView<'_, SuspendedByWindow>,
-) -> Result<ProjectPlan<SuspendAction>, ApiError> {
+) -> Result<ProjectPlan<SuspendAction>, PlanError> {
     let (env, ctx) = (cx.env, cx.ctx);
     let mut out = ProjectPlan::new(project.id.clone());
     if spec.exclude_until.is_some_and(|until| ctx.now < until) {
@@ -169,19 +186,27 @@ async fn plan(
     }
     let endpoints = env.client.list_endpoints(&project.id).await?;
     let sel = &job.selectors.endpoints;
-    // Branch names are needed only to select endpoints by branch pattern: without patterns
-    // no branch is listed, and the ledger names an endpoint's branch only when they were.
+    // Branch names are listed only when something needs them (below): otherwise no branch
+    // is listed, and the ledger names an endpoint's branch only when they were.
     // Exclusions that still hold at this run (an expired one is as if absent).
     let exclusions: Vec<&Exclusion> = spec
         .exclusions
         .iter()
         .filter(|x| ctx.now < x.until)
         .collect();
-    let needs_names = !sel.branches.is_empty()
+    // A keep may name a branch by its name (a kept branch's computes are not suspended),
+    // and a notice says how to keep an endpoint's branch by name: those need the names too.
+    let mut needs_names = !sel.branches.is_empty()
         || !sel.exclude_branches.is_empty()
         || exclusions
             .iter()
-            .any(|x| matches!(x.target, ExclusionTarget::Branch(_)));
+            .any(|x| matches!(x.target, ExclusionTarget::Branch(_)))
+        || job.notice.is_some();
+    if !needs_names {
+        needs_names = cx.keeps().await?.iter().any(|k| {
+            k.holds_at(ctx.now) && (k.project == project.id.as_str() || k.project == project.name)
+        });
+    }
     let names: Option<HashMap<String, String>> = if needs_names {
         Some(branch_names(env, project).await?)
     } else {
@@ -308,6 +333,8 @@ async fn plan(
                             SuspendAction::Suspend {
                                 endpoint: e.id.clone(),
                                 by_window,
+                                branch: e.branch_id.clone(),
+                                branch_name: branch_name.clone(),
                             },
                         )
                         .with_facts(endpoint_facts(e)),

@@ -165,7 +165,9 @@ pub fn notice(
                 "rule": m.rule,
                 "reason": m.reason,
                 "due_at": rfc3339(m.due_at),
-                "keep": (m.resource_kind == "branch").then(|| keep_command(&m.project_id, branch)),
+                // A compute is kept through its branch (its `resource_name` is the branch's).
+                "keep": (m.resource_kind == "branch" || m.resource_name.is_some())
+                    .then(|| keep_command(&m.project_id, branch)),
             })
         })
         .collect();
@@ -200,15 +202,15 @@ pub fn slack_text(event: &str, payload: &Value) -> String {
         .and_then(Value::as_array);
     for item in list.into_iter().flatten().take(20) {
         let g = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("");
-        let name = match g("resource_name") {
-            "" => g("resource_id"),
-            n => n,
+        // A branch is named by its name; an endpoint's `resource_name` is its branch's.
+        let what = match (g("resource_kind"), g("resource_name")) {
+            (kind, "") => format!("{kind} `{}`", g("resource_id")),
+            ("branch", name) => format!("branch `{name}`"),
+            (kind, branch) => format!("{kind} `{}` of branch `{branch}`", g("resource_id")),
         };
         text.push_str(&format!(
-            "\n• `{}` {} `{}` in project `{}`: {}",
+            "\n• `{}` {what} in project `{}`: {}",
             g("action"),
-            g("resource_kind"),
-            name,
             g("project_id"),
             g("reason")
         ));
@@ -216,7 +218,12 @@ pub fn slack_text(event: &str, payload: &Value) -> String {
             text.push_str(&format!(" (falls due {due})"));
         }
         if let Some(keep) = item.get("keep").and_then(Value::as_str) {
-            text.push_str(&format!("\n   keep it: `{keep}`"));
+            let what = if g("resource_kind") == "branch" {
+                "it"
+            } else {
+                "its branch"
+            };
+            text.push_str(&format!("\n   keep {what}: `{keep}`"));
         }
     }
     if list.is_some_and(|l| l.len() > 20) {
@@ -326,6 +333,15 @@ mod tests {
                        "due_at": "2026-01-02T00:00:00Z", "keep": "neon-steward keep p-1/preview/a"}]
         });
         let t = slack_text("notice", &p);
+        let endpoint = json!({"items": [{"action": "suspend_endpoint", "resource_kind": "endpoint",
+            "resource_id": "ep-1", "resource_name": "dev", "project_id": "p-1", "reason": "inside window Sat-Sun",
+            "keep": "neon-steward keep p-1/dev"}]});
+        let e = slack_text("notice", &endpoint);
+        assert!(
+            e.contains("`suspend_endpoint` endpoint `ep-1` of branch `dev` in project `p-1`")
+                && e.contains("keep its branch: `neon-steward keep p-1/dev`"),
+            "{e}"
+        );
         for part in [
             "notice",
             "2026-01-01",

@@ -626,3 +626,142 @@ async fn history_never_migrates_postgres() {
     );
     assert!(String::from_utf8_lossy(&after.stdout).starts_with("    ID"));
 }
+
+/// `keep` through the real binary against a SQLite store file: record with `--until` and
+/// `--note`, list (table and JSON), remove; bad input is a usage error (exit 2) naming what
+/// is wrong, and nothing is recorded for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_records_lists_and_removes_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "p.toml", GOOD);
+    let db = dir.path().join("state.db");
+    let keep = |args: &[&str]| {
+        let out = run(cmd(dir.path())
+            .arg("--config")
+            .arg(&policy)
+            .arg("keep")
+            .args(args));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Bad input: exit 2, the message names the argument and what is expected.
+    for (args, expected) in [
+        (
+            &["app/b", "--until", "next friday"][..],
+            "--until `next friday` is not YYYY-MM-DD or an RFC 3339 time",
+        ),
+        (
+            &["app/b", "--until", "2026-02-30"][..],
+            "--until `2026-02-30`",
+        ),
+        (&["app/b", "--until", "2001-01-01"][..], "is in the past"),
+        (&["app"][..], "`app` is not <project>/<branch>"),
+        (&["--remove", "app"][..], "`app` is not <project>/<branch>"),
+        (&["app/b", "--forever"][..], "--forever"),
+        (&[][..], "<TARGET>"),
+        (&["--list", "--remove", "app/b"][..], "cannot be used with"),
+    ] {
+        let (code, stdout, stderr) = keep(args);
+        assert_eq!(code, Some(2), "{args:?}: {stdout} {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "{args:?}: a usage error, not a crash: {stderr}"
+        );
+    }
+    assert!(
+        !db.exists(),
+        "bad input is refused before the store is opened"
+    );
+
+    let (code, stdout, stderr) = keep(&[
+        "app/preview/pr-7",
+        "--until",
+        "2099-01-31",
+        "--note",
+        "demo on Friday",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("kept app/preview/pr-7 until 2099-01-31T00:00:00Z"),
+        "{stdout}"
+    );
+    assert!(
+        db.exists(),
+        "the store file is created where the policy says"
+    );
+    let (code, _, stderr) = keep(&["app/main"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The daemon's store holds them, as the jobs will read them.
+    {
+        let store = neon_steward::store::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let mut keeps = store.list_keeps().await.unwrap();
+        keeps.sort_by(|a, b| a.branch.cmp(&b.branch));
+        let got: Vec<(&str, &str, Option<String>, Option<&str>)> = keeps
+            .iter()
+            .map(|k| {
+                (
+                    k.project.as_str(),
+                    k.branch.as_str(),
+                    k.until.map(|u| u.to_rfc3339()),
+                    k.note.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("app", "main", None, None),
+                (
+                    "app",
+                    "preview/pr-7",
+                    Some("2099-01-31T00:00:00+00:00".into()),
+                    Some("demo on Friday")
+                ),
+            ]
+        );
+    }
+
+    let (code, stdout, stderr) = keep(&["--list"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("app/preview/pr-7"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("2099-01-31T00:00:00Z") && line.contains("demo on Friday"),
+        "{line}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("app/main") && l.contains("until removed")),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = keep(&["--list", "--output", "json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+
+    let (code, stdout, stderr) = keep(&["--remove", "app/preview/pr-7"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("removed the keep of app/preview/pr-7"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = keep(&["--remove", "app/preview/pr-7"]);
+    assert_eq!(code, Some(1), "nothing to remove is not success");
+    assert!(stderr.contains("no keep of app/preview/pr-7"), "{stderr}");
+    let (_, stdout, _) = keep(&["--list"]);
+    assert!(
+        !stdout.contains("pr-7") && stdout.contains("app/main"),
+        "{stdout}"
+    );
+}

@@ -203,6 +203,59 @@ async fn apply_carries_out_exactly_the_plan_and_skips_a_branch_changed_since() {
     );
 }
 
+/// A keep recorded after the review holds at `apply` too: the reviewed delete of a kept
+/// branch is skipped with the keep's reason, the rest of the plan is carried out.
+#[tokio::test]
+async fn apply_skips_a_branch_kept_after_the_plan() {
+    let sim = spawn_sim(SimConfig::default()).await;
+    let (p, _) = sim.add_project("app", None);
+    let old = TimeDelta::days(10);
+    aged_branch(&sim, &p, "preview/a", old);
+    let kept = aged_branch(&sim, &p, "preview/kept", old);
+    let cfg = policy(POLICY);
+    let r = runner(&sim).await;
+    let plan = r.make(&cfg, &cfg.jobs).await.expect("plan is made");
+    assert_eq!(plan.jobs[0].actions.len(), 2, "{:?}", plan.jobs[0].actions);
+
+    r.env
+        .store
+        .put_keep(&neon_steward::store::Keep {
+            project: "app".into(),
+            branch: "preview/kept".into(),
+            until: None,
+            note: Some("still in review".into()),
+            created_at: sim.clock().now(),
+        })
+        .await
+        .unwrap();
+    sim.clock().advance(Duration::from_secs(60));
+    let applied = r.apply(&cfg, &plan).await.expect("applies");
+    let (run_id, report) = applied[0].run.clone().expect("the run started");
+    assert_eq!(
+        (
+            report.status,
+            report.counts.succeeded,
+            report.counts.skipped
+        ),
+        (RunStatus::Succeeded, 1, 1),
+        "{report:?}"
+    );
+    let actions = r.env.store.actions_for_run(run_id).await.unwrap();
+    let held = actions
+        .iter()
+        .find(|a| a.resource_id == kept)
+        .unwrap_or_else(|| panic!("{actions:#?}"));
+    assert_eq!(held.outcome, ActionOutcome::Skipped);
+    assert!(
+        held.reason.contains(
+            "kept by `neon-steward keep app/preview/kept` until it is removed (still in review)"
+        ),
+        "{}",
+        held.reason
+    );
+    assert_eq!(branch_names(&sim, &p), ["main", "preview/kept"]);
+}
+
 #[tokio::test]
 async fn a_stale_or_foreign_plan_is_refused_and_nothing_is_done() {
     let sim = spawn_sim(SimConfig::default()).await;
