@@ -37,6 +37,22 @@ use engine::Ended;
 use ledger::Ledger;
 use plan::RunError;
 
+/// The ledger's names of the actions a job of this spec can take (its kind's, and for
+/// `snapshot_branches` its mode's): the daemon creates their `actions_total` series at 0 at
+/// start-up, so that an alert's `increase()` sees the first failure.
+pub fn action_names(spec: &JobSpec) -> &'static [&'static str] {
+    match spec {
+        JobSpec::SnapshotBranches(s) if s.mode == crate::config::SnapshotMode::BackupSchedule => {
+            &[backup_schedule::SET, backup_schedule::TAKE_BACK]
+        }
+        JobSpec::SnapshotBranches(_) => &["create_snapshot", "delete_snapshot"],
+        JobSpec::ExpireBranches(_) => &["delete_branch", "set_branch_expiry", "clear_branch_expiry"],
+        JobSpec::SuspendComputes(_) => &["suspend_endpoint", "start_endpoint"],
+        JobSpec::CollectConsumption(_) => &["collect_consumption"],
+        JobSpec::EnforceBudget(_) => budget::ACTIONS,
+    }
+}
+
 /// Runs one job to its end. Never panics on API or store trouble: everything ends in the
 /// returned status (`failed` with the error when the run could not even start acting).
 ///
@@ -100,4 +116,40 @@ pub async fn run_job_saved(
         },
     };
     Ended::into_result(outcome, &ledger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kind::JobKind;
+    use super::*;
+
+    /// Every name [`action_names`] declares for a job of the example policy (every kind, both
+    /// snapshot modes) is one its kind records and reconciles.
+    #[test]
+    fn declared_action_names_are_the_kinds_own() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let c = crate::config::load_with_env(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = std::collections::BTreeSet::new();
+        for job in &c.jobs {
+            let owns: fn(&str) -> bool = match &job.spec {
+                JobSpec::SnapshotBranches(s)
+                    if s.mode == crate::config::SnapshotMode::BackupSchedule =>
+                {
+                    <backup_schedule::BackupSchedules<'_> as JobKind>::owns_action
+                }
+                JobSpec::SnapshotBranches(_) => <snapshot::Snapshots<'_> as JobKind>::owns_action,
+                JobSpec::ExpireBranches(_) => <expire::Expire<'_> as JobKind>::owns_action,
+                JobSpec::SuspendComputes(_) => <suspend::Suspend<'_> as JobKind>::owns_action,
+                JobSpec::EnforceBudget(_) => <budget::Budget<'_> as JobKind>::owns_action,
+                JobSpec::CollectConsumption(_) => |a| a == "collect_consumption",
+            };
+            let names = action_names(&job.spec);
+            assert!(!names.is_empty(), "{}", job.name);
+            for n in names {
+                assert!(owns(n), "{n} is not the action of a {} job", job.kind);
+            }
+            seen.insert(names.first().copied());
+        }
+        assert_eq!(seen.len(), 6, "every kind and snapshot mode: {seen:?}");
+    }
 }
