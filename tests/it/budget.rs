@@ -632,3 +632,84 @@ async fn each_threshold_crossed_sends_one_budget_notification_a_month() {
     assert_eq!(rows.len(), 4, "one row per sink and threshold: {rows:#?}");
     assert!(rows.iter().all(|r| r.event == "budget" && r.sink != "failures"));
 }
+
+#[tokio::test]
+async fn per_project_budgets_are_each_projects_own() {
+    let h = harness().await;
+    // A second project of the org: one busy compute at its 0.25 CU minimum, 0.9 USD an hour.
+    let (blog, blog_main) = h.sim.add_project("blog", Some(&h.org));
+    let blog_ep = h.sim.add_endpoint(&blog_main);
+    {
+        let st = h.sim.state();
+        let mut s = st.settled();
+        let e = s
+            .endpoints
+            .get_mut(blog_ep.as_str())
+            .expect("endpoint just added");
+        e.activity = neon_sim::state::Activity::Busy;
+        e.autoscaling_limit_min_cu = 0.25;
+        e.autoscaling_limit_max_cu = 1.0;
+        s.settle();
+    }
+    let job = "budget-e2e-per-project";
+    let text = POLICY
+        .replace("ORG", &h.org)
+        .replace("JOB", job)
+        .replace("LIMIT", "50.0")
+        .replace("DRY", "false")
+        .replace("projection_days = 7\n", "projection_days = 7\nper_project = true\n");
+    let cfg = config::parse_with_env(Path::new("per-project.toml"), &text, &|k| {
+        (k == "NEON_API_KEY").then(|| "unused-in-tests".to_string())
+    })
+    .unwrap_or_else(|e| panic!("test policy must parse: {e}"));
+    let (usage, budget) = (cfg.jobs[0].clone(), cfg.jobs[1].clone());
+
+    // 18 complete hours: the shop spent 81 USD (162% of its 50), the blog 16.2 (32.4%).
+    to(&h, "2026-03-30T18:20:00Z");
+    let (r, a) = h.collect_and_guard(&usage, &budget).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {a:?}");
+    let m = metrics();
+    let spend = |p: &str| m.budget_spend.with_label_values(&[job, p, "USD"]).get();
+    assert!(close(spend(&h.project), 81.0), "{}", spend(&h.project));
+    assert!(close(spend(&blog), 16.2), "{}", spend(&blog));
+    assert!(
+        m.budget_spend
+            .with_label_values(&[job, "all", "USD"])
+            .get()
+            == 0.0,
+        "no budget over all projects"
+    );
+    // Every threshold of the shop's own budget, noticed as the shop's; nothing for the blog.
+    let notices: Vec<(&str, &str)> = a
+        .iter()
+        .filter(|x| x.action == "budget_notify")
+        .map(|x| (x.resource_id.as_str(), x.rule.as_deref().unwrap_or("")))
+        .collect();
+    let shop = h.project.as_str();
+    assert_eq!(
+        notices,
+        vec![
+            (shop, "threshold 80%"),
+            (shop, "threshold 100%"),
+            (shop, "threshold 120%")
+        ]
+    );
+    assert!(
+        a.iter().all(|x| x.project_id.as_deref() == Some(shop)),
+        "{a:?}"
+    );
+    assert!(
+        a.iter().any(|x| x.action == "budget_lower_max_cu"),
+        "{a:?}"
+    );
+    assert!(
+        h.endpoint_mutations()
+            .iter()
+            .all(|(_, path)| !path.contains(&blog)),
+        "{:?}",
+        h.endpoint_mutations()
+    );
+    let st = h.sim.state();
+    let s = st.settled();
+    assert_eq!(s.endpoints[blog_ep.as_str()].autoscaling_limit_max_cu, 1.0);
+}
