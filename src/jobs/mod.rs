@@ -46,7 +46,9 @@ pub fn action_names(spec: &JobSpec) -> &'static [&'static str] {
             &[backup_schedule::SET, backup_schedule::TAKE_BACK]
         }
         JobSpec::SnapshotBranches(_) => &["create_snapshot", "delete_snapshot"],
-        JobSpec::ExpireBranches(_) => &["delete_branch", "set_branch_expiry", "clear_branch_expiry"],
+        JobSpec::ExpireBranches(_) => {
+            &["delete_branch", "set_branch_expiry", "clear_branch_expiry"]
+        }
         JobSpec::SuspendComputes(_) => &["suspend_endpoint", "start_endpoint"],
         JobSpec::CollectConsumption(_) => &["collect_consumption"],
         JobSpec::EnforceBudget(_) => budget::ACTIONS,

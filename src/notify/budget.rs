@@ -195,7 +195,13 @@ mod tests {
         assert_eq!(data["limit"], 100.0);
         assert_eq!(data["currency"], "EUR");
         // A job that does not send budget events, or a sink that does not take them: none.
-        assert!(crossed(&job("notify = [\"run_failed\"]", ""), 3, &crossing(80.0), now).is_empty());
+        assert!(crossed(
+            &job("notify = [\"run_failed\"]", ""),
+            3,
+            &crossing(80.0),
+            now
+        )
+        .is_empty());
         assert!(crossed(&job("", "events = [\"digest\"]"), 3, &crossing(80.0), now).is_empty());
     }
 

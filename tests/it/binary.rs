@@ -436,7 +436,10 @@ events = ["run_failed", "budget"]
         series_value(
             &body,
             "neon_steward_actions_total",
-            &[("job_name", "native-backups"), ("action", "create_snapshot")]
+            &[
+                ("job_name", "native-backups"),
+                ("action", "create_snapshot")
+            ]
         ),
         None,
         "only the actions of the job's mode"

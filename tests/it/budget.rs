@@ -569,7 +569,11 @@ async fn each_threshold_crossed_sends_one_budget_notification_a_month() {
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {a:?}");
     let received = deliver(2).await;
     assert_eq!(received.len(), 2, "{received:#?}");
-    let hook = &received.iter().find(|(p, _)| p == "/hook").expect("webhook").1;
+    let hook = &received
+        .iter()
+        .find(|(p, _)| p == "/hook")
+        .expect("webhook")
+        .1;
     assert_eq!(hook["type"], "neon_steward.budget");
     let data = &hook["data"];
     assert_eq!(data["job"], job);
@@ -630,7 +634,9 @@ async fn each_threshold_crossed_sends_one_budget_notification_a_month() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 4, "one row per sink and threshold: {rows:#?}");
-    assert!(rows.iter().all(|r| r.event == "budget" && r.sink != "failures"));
+    assert!(rows
+        .iter()
+        .all(|r| r.event == "budget" && r.sink != "failures"));
 }
 
 #[tokio::test]
@@ -657,7 +663,10 @@ async fn per_project_budgets_are_each_projects_own() {
         .replace("JOB", job)
         .replace("LIMIT", "50.0")
         .replace("DRY", "false")
-        .replace("projection_days = 7\n", "projection_days = 7\nper_project = true\n");
+        .replace(
+            "projection_days = 7\n",
+            "projection_days = 7\nper_project = true\n",
+        );
     let cfg = config::parse_with_env(Path::new("per-project.toml"), &text, &|k| {
         (k == "NEON_API_KEY").then(|| "unused-in-tests".to_string())
     })
@@ -673,10 +682,7 @@ async fn per_project_budgets_are_each_projects_own() {
     assert!(close(spend(&h.project), 81.0), "{}", spend(&h.project));
     assert!(close(spend(&blog), 16.2), "{}", spend(&blog));
     assert!(
-        m.budget_spend
-            .with_label_values(&[job, "all", "USD"])
-            .get()
-            == 0.0,
+        m.budget_spend.with_label_values(&[job, "all", "USD"]).get() == 0.0,
         "no budget over all projects"
     );
     // Every threshold of the shop's own budget, noticed as the shop's; nothing for the blog.
@@ -698,10 +704,7 @@ async fn per_project_budgets_are_each_projects_own() {
         a.iter().all(|x| x.project_id.as_deref() == Some(shop)),
         "{a:?}"
     );
-    assert!(
-        a.iter().any(|x| x.action == "budget_lower_max_cu"),
-        "{a:?}"
-    );
+    assert!(a.iter().any(|x| x.action == "budget_lower_max_cu"), "{a:?}");
     assert!(
         h.endpoint_mutations()
             .iter()

@@ -112,7 +112,12 @@ impl ActionsDeclared<'_> {
         for action in self.actions {
             for outcome in DECLARED_OUTCOMES {
                 m.actions_total
-                    .with_label_values(&[self.job, action, outcome.as_str(), bool_label(self.dry_run)])
+                    .with_label_values(&[
+                        self.job,
+                        action,
+                        outcome.as_str(),
+                        bool_label(self.dry_run),
+                    ])
                     .inc_by(0);
             }
         }
