@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::{rfc3339, rows_with_id};
 use crate::config::{JobConfig, NotifyEvent};
 use crate::store::{NewNotification, RunId};
+use crate::telemetry::events::budget::format_percent as percent;
 
 /// A threshold of a budget crossed this month, as the notification reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,14 +32,6 @@ pub struct Crossing<'a> {
     pub projected: f64,
     pub limit: f64,
     pub currency: &'a str,
-}
-
-fn percent(p: f64) -> String {
-    if p.fract() == 0.0 {
-        format!("{p:.0}")
-    } else {
-        format!("{p}")
-    }
 }
 
 /// The outbox id of `crossing` for `sink`: the same for the same fact, whichever run or

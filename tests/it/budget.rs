@@ -637,6 +637,47 @@ async fn each_threshold_crossed_sends_one_budget_notification_a_month() {
     assert!(rows
         .iter()
         .all(|r| r.event == "budget" && r.sink != "failures"));
+
+    // The 80% notice given again by another run (as after a crash between the outbox write
+    // and the job's record of the notice): the outbox already has it, nothing more is sent.
+    let run_id = h
+        .env
+        .store
+        .claim_run(&NewRun {
+            plan_id: None,
+            job: job.to_string(),
+            kind: "enforce_budget".into(),
+            scheduled_for: h.now() + TimeDelta::minutes(1),
+            trigger: Trigger::Manual,
+            dry_run: false,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await
+        .unwrap()
+        .expect("fresh tick");
+    let again = neon_steward::jobs::budget::Notice {
+        run_id,
+        budget: "all".into(),
+        month: "2026-03".into(),
+        timezone: "Europe/Berlin".into(),
+        threshold: 80.0,
+        spent: 81.0,
+        projected,
+        limit: 100.0,
+        currency: "USD".into(),
+    };
+    neon_steward::jobs::budget::notify(&h.env, &budget, &again, h.now())
+        .await
+        .expect("the outbox takes it");
+    let rows = h
+        .env
+        .store
+        .list_notifications(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    assert_eq!(deliver(5).await.len(), 4);
 }
 
 #[tokio::test]
