@@ -280,6 +280,7 @@ pub async fn run_until(
         lease: cfg.store.lease_timing(),
         ..Default::default()
     };
+    declare_series(&cfg.jobs, &cfg.notify);
     let (handle, mut sched_task) =
         Scheduler::new(store.clone(), executor, clock.clone(), sched_opts)
             .spawn(cfg.jobs.clone(), shutdown.clone());
@@ -421,6 +422,34 @@ fn scheduler_died(r: Result<(), tokio::task::JoinError>) -> anyhow::Error {
     }
 }
 
+/// Creates at 0 the counter series the alert rules take `increase()` of, which a counter
+/// otherwise gets only on its first step (so the first failure would be missed): each
+/// enabled job's `actions_total` per action of its kind and outcome `succeeded`/`failed`,
+/// and each sink's `notifications_total` per event it takes and outcome. (The scheduler
+/// does the same for `job_runs_total`.) A few series per job and sink, not per resource.
+pub fn declare_series(jobs: &[Arc<config::JobConfig>], sinks: &[Arc<config::SinkConfig>]) {
+    for job in jobs.iter().filter(|j| j.enabled) {
+        let actions: Vec<&str> = crate::jobs::action_names(&job.spec)
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        crate::telemetry::events::ActionsDeclared {
+            job: &job.name,
+            dry_run: job.dry_run,
+            actions: &actions,
+        }
+        .emit();
+    }
+    for sink in sinks {
+        let events: Vec<&str> = sink.events.iter().map(|e| e.as_str()).collect();
+        crate::telemetry::events::SinkDeclared {
+            sink: &sink.name,
+            events: &events,
+        }
+        .emit();
+    }
+}
+
 /// SIGHUP: load the file again; keep the old configuration if the new one is invalid.
 async fn reload(current: &mut Config, handle: &SchedulerHandle) {
     let path = current.source.clone();
@@ -460,6 +489,8 @@ async fn reload(current: &mut Config, handle: &SchedulerHandle) {
                 at: Utc::now(),
             }
             .emit();
+            // The sinks are those of the start (see `run_until`).
+            declare_series(&new.jobs, &[]);
             current.jobs = new.jobs;
         }
     }

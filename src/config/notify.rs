@@ -42,14 +42,18 @@ pub enum NotifyEvent {
     Notice,
     /// What a run destroyed or changed (sent only when it did something).
     Digest,
+    /// An `enforce_budget` threshold was crossed (its `notify` action): sent once per
+    /// budget, threshold and month.
+    Budget,
 }
 
 impl NotifyEvent {
-    pub const ALL: [NotifyEvent; 4] = [
+    pub const ALL: [NotifyEvent; 5] = [
         NotifyEvent::RunFailed,
         NotifyEvent::LimitRefused,
         NotifyEvent::Notice,
         NotifyEvent::Digest,
+        NotifyEvent::Budget,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +61,7 @@ impl NotifyEvent {
             NotifyEvent::LimitRefused => "limit_refused",
             NotifyEvent::Notice => "notice",
             NotifyEvent::Digest => "digest",
+            NotifyEvent::Budget => "budget",
         }
     }
 }

@@ -14,8 +14,9 @@
 //! [`spend`], a pure function.
 //!
 //! **Thresholds.** When the month-to-date spend reaches a threshold's share of the limit,
-//! its actions apply: `notify` once per month and threshold (today a warning in the log, a
-//! counter and a ledger row, through [`notify`]); the cost actions on the selected projects'
+//! its actions apply: `notify` once per month and threshold (a `budget` notification to the
+//! `[[notify]]` sinks that take it, a warning in the log, a counter and a ledger row, through
+//! [`notify`]); the cost actions on the selected projects'
 //! endpoints, each recorded in the job's state with the previous value **before** the call
 //! (`budget_changes/{project}`), and undone when the month rolls over in the budget's zone
 //! or when no crossed threshold asks for it any more (the limit was raised, or the policy
@@ -247,9 +248,13 @@ pub struct BudgetState {
 /// A threshold notice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notice {
+    /// The run giving it (the notification's `run_id`).
+    pub run_id: crate::store::RunId,
     /// `all` or a project id.
     pub budget: String,
     pub month: String,
+    /// The zone of the month.
+    pub timezone: String,
     pub threshold: f64,
     pub spent: f64,
     pub projected: f64,
@@ -266,12 +271,38 @@ pub enum BudgetAction {
     Restore(Change),
 }
 
-/// The notice hook: what the `notify` action does. Today a warning in the log and
-/// `neon_steward_budget_notices_total` (the ledger row is the engine's); a notification
-/// channel is one more call here.
-pub fn notify(job: &str, n: &Notice) {
+/// The notice hook: what the `notify` action does. The `budget` notifications for the
+/// job's sinks that take them are written to the outbox (fenced by the run's lease; their
+/// ids are derived from the notice, so writing it again writes nothing: see
+/// [`crate::notify::budget`]), then a warning in the log and
+/// `neon_steward_budget_notices_total` (the ledger row is the engine's). When the outbox
+/// cannot be written the action fails, nothing is recorded as noticed, and the next run
+/// gives the notice again.
+pub async fn notify(
+    env: &JobEnv,
+    job: &JobConfig,
+    n: &Notice,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let crossing = crate::notify::budget::Crossing {
+        budget: &n.budget,
+        month: &n.month,
+        timezone: &n.timezone,
+        threshold_percent: n.threshold,
+        spent: n.spent,
+        projected: n.projected,
+        limit: n.limit,
+        currency: &n.currency,
+    };
+    let notes = crate::notify::budget::crossed(job, n.run_id, &crossing, now);
+    if !notes.is_empty() {
+        env.store
+            .write_notices(n.run_id, &job.name, &[], &[], &notes)
+            .await
+            .map_err(|e| ApiError::Outbox(e.to_string()))?;
+    }
     BudgetNotice {
-        job,
+        job: &job.name,
         budget: &n.budget,
         month: &n.month,
         threshold_percent: n.threshold,
@@ -279,8 +310,10 @@ pub fn notify(job: &str, n: &Notice) {
         projected: n.projected,
         limit: n.limit,
         currency: &n.currency,
+        sinks: notes.len(),
     }
     .emit();
+    Ok(())
 }
 
 // ------------------------------------------------------------------ the kind
@@ -566,7 +599,8 @@ fn action_name(a: &BudgetAction) -> Action {
     }
 }
 
-const ACTIONS: &[Action] = &[
+/// Every action of the kind (the ledger's `action`).
+pub const ACTIONS: &[Action] = &[
     Action::BudgetNotify,
     Action::BudgetSuspendCompute,
     Action::BudgetLowerMaxCu,
@@ -658,10 +692,7 @@ impl JobKind for Budget<'_> {
     async fn perform(&self, cx: &ActCx<'_>, action: &BudgetAction) -> Result<(), ApiError> {
         let (env, project, client) = (cx.env, cx.project, &cx.env.client);
         let (endpoint, update) = match action {
-            BudgetAction::Notify(n) => {
-                notify(&self.job.name, n);
-                return Ok(());
-            }
+            BudgetAction::Notify(n) => return notify(env, self.job, n, cx.now()).await,
             BudgetAction::Apply(c) if c.lever == Lever::Suspend => {
                 let endpoint = EndpointId::from(c.endpoint.as_str());
                 let (_, ops) =
@@ -687,7 +718,7 @@ impl JobKind for Budget<'_> {
     async fn check_outcome(env: &JobEnv, p: &PendingRef<'_>) -> Result<Resolution, ApiError> {
         if p.action == Action::BudgetNotify {
             return Ok(Resolution::unknown(
-                "a notice leaves nothing in Neon to check; it may not have been given",
+                "a notice leaves nothing in Neon to check; it may not have been given (the next run gives it again, and a notification already in the outbox is not written twice)",
             ));
         }
         let e = match env
@@ -811,8 +842,10 @@ async fn plan(
                     reason: situation.clone(),
                 },
                 BudgetAction::Notify(Notice {
+                    run_id: cx.ctx.run_id,
                     budget: budget.clone(),
                     month: month.key.clone(),
+                    timezone: spec.timezone.to_string(),
                     threshold: t.percent,
                     spent: figures.spent,
                     projected: figures.projected,

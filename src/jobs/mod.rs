@@ -34,9 +34,27 @@ pub use plan::{JobEnv, RunContext, RunControl};
 pub use reconcile::reconcile_pending;
 
 use crate::config::{JobConfig, JobSpec};
+use kind::JobKind as _;
+use vocab::Action;
 use engine::Ended;
 use ledger::Ledger;
 use plan::RunError;
+
+/// The ledger's names of the actions a job of this spec can take (its kind's, and for
+/// `snapshot_branches` its mode's): the daemon creates their `actions_total` series at 0 at
+/// start-up, so that an alert's `increase()` sees the first failure.
+pub fn action_names(spec: &JobSpec) -> &'static [Action] {
+    match spec {
+        JobSpec::SnapshotBranches(s) if s.mode == crate::config::SnapshotMode::BackupSchedule => {
+            backup_schedule::BackupSchedules::LEDGER_ACTIONS
+        }
+        JobSpec::SnapshotBranches(_) => snapshot::Snapshots::LEDGER_ACTIONS,
+        JobSpec::ExpireBranches(_) => expire::Expire::LEDGER_ACTIONS,
+        JobSpec::SuspendComputes(_) => suspend::Suspend::LEDGER_ACTIONS,
+        JobSpec::CollectConsumption(_) => &[Action::CollectConsumption],
+        JobSpec::EnforceBudget(_) => budget::Budget::LEDGER_ACTIONS,
+    }
+}
 
 /// Runs one job to its end. Never panics on API or store trouble: everything ends in the
 /// returned status (`failed` with the error when the run could not even start acting).
@@ -101,4 +119,30 @@ pub async fn run_job_saved(
         },
     };
     Ended::into_result(outcome, &ledger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The jobs of the example policy (every kind, both snapshot modes) declare between them
+    /// every action a job records, so every `actions_total` series an alert counts exists
+    /// from start-up; only the engine's own rows (`plan`, `notice`) are not a kind's.
+    #[test]
+    fn the_example_policys_jobs_declare_every_action_a_job_records() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let c = crate::config::load_with_env(&path, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let mut declared = std::collections::BTreeSet::new();
+        for job in &c.jobs {
+            let names = action_names(&job.spec);
+            assert!(!names.is_empty(), "{} declares no action", job.name);
+            declared.extend(names.iter().map(|a| a.as_str()));
+        }
+        let recorded: std::collections::BTreeSet<&str> = Action::ALL
+            .iter()
+            .filter(|a| !matches!(a, Action::Plan | Action::Notice))
+            .map(|a| a.as_str())
+            .collect();
+        assert_eq!(declared, recorded);
+    }
 }

@@ -74,6 +74,11 @@ pub enum ApiError {
     /// The client could not be built (bad base URL, TLS setup).
     #[error("cannot build the Neon client: {0}")]
     Config(String),
+
+    /// Not Neon's: an action whose effect is a notification (a budget's `notify`) could not
+    /// write it to the store's outbox. Nothing was sent; the action is planned again.
+    #[error("writing the notification to the store's outbox: {0}")]
+    Outbox(String),
 }
 
 fn code_suffix(code: &Option<String>) -> String {

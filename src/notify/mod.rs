@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::config::{JobConfig, NotifyEvent};
 use crate::store::{ActionOutcome, ActionRecord, NewNotification, NoticeMark, RunId, RunStatus};
 
+pub mod budget;
 pub mod deliver;
 pub mod sign;
 
@@ -32,9 +33,20 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// One row per sink that takes `event` from `job`, each with its own id.
 fn rows(job: &JobConfig, run_id: RunId, event: NotifyEvent, data: &Value) -> Vec<NewNotification> {
+    rows_with_id(job, run_id, event, data, |_| new_id())
+}
+
+/// [`rows`], with the id of each sink's row from `id_for(sink)`.
+fn rows_with_id(
+    job: &JobConfig,
+    run_id: RunId,
+    event: NotifyEvent,
+    data: &Value,
+    id_for: impl Fn(&str) -> String,
+) -> Vec<NewNotification> {
     job.routes_for(event)
         .map(|r| NewNotification {
-            id: new_id(),
+            id: id_for(&r.sink),
             sink: r.sink.clone(),
             event: event.as_str().to_string(),
             job: Some(job.name.clone()),
@@ -195,6 +207,9 @@ pub fn slack_text(event: &str, payload: &Value) -> String {
     let mut text = format!("*neon-steward* · {event} · {}\n{}", s("at"), s("summary"));
     if let Some(e) = payload.get("error").and_then(Value::as_str) {
         text.push_str(&format!("\n> {e}"));
+    }
+    if event == NotifyEvent::Budget.as_str() {
+        text.push_str(&budget::slack_lines(payload));
     }
     let list = payload
         .get("items")

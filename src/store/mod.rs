@@ -508,7 +508,7 @@ pub struct NewNotification {
     pub id: String,
     /// The `[[notify]]` sink's name.
     pub sink: String,
-    /// `run_failed`, `limit_refused`, `notice`, `digest`.
+    /// `run_failed`, `limit_refused`, `notice`, `digest`, `budget`.
     pub event: String,
     pub job: Option<String>,
     pub run_id: Option<RunId>,

@@ -222,7 +222,7 @@ impl Metrics {
             ),
             notifications_total: register(
                 &r,
-                IntCounterVec::new(opts("notifications_total", "Notification deliveries by sink, event (run_failed, limit_refused, notice, digest) and outcome (delivered, retry, gave_up)."), &["sink", "event", "outcome"]).unwrap(),
+                IntCounterVec::new(opts("notifications_total", "Notification deliveries by sink, event (run_failed, limit_refused, notice, digest, budget) and outcome (delivered, retry, gave_up)."), &["sink", "event", "outcome"]).unwrap(),
             ),
             registry: r,
         }

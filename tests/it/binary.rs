@@ -350,6 +350,127 @@ fn sighup_reload_keeps_old_config_on_error_then_applies_good_one() {
     assert_eq!(d.child.wait().unwrap().code(), Some(0));
 }
 
+/// The value of the one series of `family` with every label of `labels` in a `/metrics`
+/// body (`None`: no such series).
+fn series_value(body: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(found.len() <= 1, "{family} {labels:?}: {found:?}");
+    found.first().copied()
+}
+
+#[test]
+fn a_fresh_daemon_exports_the_series_alerts_count_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "hook-url", "http://127.0.0.1:9/hook");
+    write(
+        dir.path(),
+        "hook-key",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"{GOOD}
+[[jobs]]
+name = "native-backups"
+kind = "snapshot_branches"
+mode = "backup_schedule"
+schedule = "0 3 * * *"
+dry_run = false
+[jobs.branches]
+default = true
+[[jobs.backup_schedule]]
+frequency = "daily"
+
+[[jobs]]
+name = "off"
+kind = "expire_branches"
+schedule = "0 3 * * *"
+enabled = false
+ttl = "7d"
+[jobs.branches]
+names = ["preview/*"]
+
+[[notify]]
+name = "ops"
+kind = "webhook"
+url_file = "hook-url"
+secret_file = "hook-key"
+events = ["run_failed", "budget"]
+"#
+        ),
+    );
+    let mut d = Daemon::start(dir.path(), &policy);
+    // No job has run (the first tick is at 03:00 Berlin), and nothing was delivered.
+    let body = d.get("/metrics");
+    for (job, action, dry_run) in [
+        ("native-backups", "set_backup_schedule", "false"),
+        ("native-backups", "take_back_backup_schedule", "false"),
+        ("expire-previews", "delete_branch", "false"),
+    ] {
+        for outcome in ["succeeded", "failed"] {
+            let labels = [
+                ("job_name", job),
+                ("action", action),
+                ("outcome", outcome),
+                ("dry_run", dry_run),
+            ];
+            assert_eq!(
+                series_value(&body, "neon_steward_actions_total", &labels),
+                Some(0.0),
+                "{labels:?} in:\n{body}"
+            );
+        }
+    }
+    assert_eq!(
+        series_value(
+            &body,
+            "neon_steward_actions_total",
+            &[
+                ("job_name", "native-backups"),
+                ("action", "create_snapshot")
+            ]
+        ),
+        None,
+        "only the actions of the job's mode"
+    );
+    assert!(
+        !body.contains("job_name=\"off\""),
+        "a disabled job has no series"
+    );
+    for event in ["run_failed", "budget"] {
+        for outcome in ["delivered", "retry", "gave_up"] {
+            let labels = [("sink", "ops"), ("event", event), ("outcome", outcome)];
+            assert_eq!(
+                series_value(&body, "neon_steward_notifications_total", &labels),
+                Some(0.0),
+                "{labels:?} in:\n{body}"
+            );
+        }
+    }
+    assert_eq!(
+        series_value(
+            &body,
+            "neon_steward_notifications_total",
+            &[("sink", "ops"), ("event", "digest")]
+        ),
+        None,
+        "only the events the sink takes"
+    );
+    d.signal("-TERM");
+    d.wait_for("neon-steward stopped");
+}
+
 #[test]
 fn sigterm_and_sigint_shut_down_cleanly() {
     for sig in ["-TERM", "-INT"] {

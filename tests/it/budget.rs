@@ -486,3 +486,274 @@ async fn max_actions_bounds_a_run_and_unpriced_metrics_are_refused() {
         "{err}"
     );
 }
+
+/// What a local sink received: `(path, body)`.
+type Got = std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A local receiver for a webhook sink (`/hook`) and a Slack sink (`/slack`), answering 200.
+async fn receiver() -> (Got, String) {
+    use axum::routing::post;
+    let got: Got = Default::default();
+    let record = |path: &'static str, got: Got| {
+        move |body: String| async move {
+            let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            got.lock().unwrap().push((path.to_string(), v));
+            axum::http::StatusCode::OK
+        }
+    };
+    let app = axum::Router::new()
+        .route("/hook", post(record("/hook", got.clone())))
+        .route("/slack", post(record("/slack", got.clone())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (got, base)
+}
+
+#[tokio::test]
+async fn each_threshold_crossed_sends_one_budget_notification_a_month() {
+    use neon_steward::notify::deliver::{Deliverer, DeliveryTiming};
+    let h = harness().await;
+    let (got, base) = receiver().await;
+    let job = "budget-e2e-notify";
+    // The test policy with two sinks that take budget events (and one that does not).
+    let text = format!(
+        "{}\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl_env = \"HOOK_URL\"\nsecret_env = \"HOOK_KEY\"\nevents = [\"budget\"]\n\
+         [[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl_env = \"SLACK_URL\"\nevents = [\"budget\", \"run_failed\"]\n\
+         [[notify]]\nname = \"failures\"\nkind = \"slack\"\nurl_env = \"SLACK_URL\"\nevents = [\"run_failed\"]\n",
+        POLICY
+            .replace("ORG", &h.org)
+            .replace("JOB", job)
+            .replace("LIMIT", "100.0")
+            .replace("DRY", "false")
+    );
+    let env = |k: &str| match k {
+        "NEON_API_KEY" => Some("unused-in-tests".to_string()),
+        "HOOK_URL" => Some(format!("{base}/hook")),
+        "SLACK_URL" => Some(format!("{base}/slack")),
+        "HOOK_KEY" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
+        _ => None,
+    };
+    let cfg = config::parse_with_env(Path::new("budget-notify.toml"), &text, &env)
+        .unwrap_or_else(|e| panic!("test policy must parse: {e}"));
+    let (usage, budget) = (cfg.jobs[0].clone(), cfg.jobs[1].clone());
+    let deliverer = Deliverer::new(
+        h.env.store.clone(),
+        &cfg.notify,
+        DeliveryTiming {
+            poll: Duration::from_millis(10),
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        },
+    );
+    let deliver = |n: usize| {
+        let got = got.clone();
+        let d = &deliverer;
+        async move {
+            for _ in 0..200 {
+                d.deliver_due().await;
+                if got.lock().unwrap().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // One more look: nothing else is due.
+            d.deliver_due().await;
+            got.lock().unwrap().clone()
+        }
+    };
+
+    // 81 USD of 100: the 80% threshold, one notification to each sink that takes it.
+    to(&h, "2026-03-30T18:20:00Z");
+    let (r, a) = h.collect_and_guard(&usage, &budget).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {a:?}");
+    let received = deliver(2).await;
+    assert_eq!(received.len(), 2, "{received:#?}");
+    let hook = &received
+        .iter()
+        .find(|(p, _)| p == "/hook")
+        .expect("webhook")
+        .1;
+    assert_eq!(hook["type"], "neon_steward.budget");
+    let data = &hook["data"];
+    assert_eq!(data["job"], job);
+    assert_eq!(data["budget"], "all");
+    assert_eq!(data["month"], "2026-03");
+    assert_eq!(data["timezone"], "Europe/Berlin");
+    assert_eq!(data["threshold_percent"], 80.0);
+    assert_eq!(data["limit"], 100.0);
+    assert_eq!(data["currency"], "USD");
+    assert!(close(data["spent"].as_f64().unwrap(), 81.0), "{data}");
+    // As the gauge: 81 + 81 * 28 / 167 (see the test above).
+    let projected = 81.0 + 81.0 * 28.0 / 167.0;
+    assert!(
+        close(data["projected"].as_f64().unwrap(), projected),
+        "{data}"
+    );
+    let slack = received
+        .iter()
+        .find(|(p, _)| p == "/slack")
+        .expect("slack")
+        .1["text"]
+        .as_str()
+        .expect("a Slack text")
+        .to_string();
+    for part in [
+        "80% threshold",
+        "2026-03",
+        "Europe/Berlin",
+        "81.00 USD spent of 100.00 USD (81.0%)",
+        &format!("projected by the month's end: {projected:.2} USD"),
+    ] {
+        assert!(slack.contains(part), "{part:?} missing from {slack}");
+    }
+
+    // Again in the same month: no notice, no notification.
+    let (_, a) = h.run(&budget).await;
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(deliver(3).await.len(), 2);
+
+    // 103.5 USD: the 100% threshold, one more to each sink.
+    to(&h, "2026-03-30T23:20:00Z");
+    let (r, a) = h.collect_and_guard(&usage, &budget).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {a:?}");
+    let received = deliver(4).await;
+    assert_eq!(received.len(), 4, "{received:#?}");
+    let hundred: Vec<&serde_json::Value> = received[2..]
+        .iter()
+        .filter(|(p, _)| p == "/hook")
+        .map(|(_, v)| &v["data"])
+        .collect();
+    assert_eq!(hundred.len(), 1, "{received:#?}");
+    assert_eq!(hundred[0]["threshold_percent"], 100.0);
+    assert!(close(hundred[0]["spent"].as_f64().unwrap(), 103.5));
+    let rows = h
+        .env
+        .store
+        .list_notifications(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4, "one row per sink and threshold: {rows:#?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.event == "budget" && r.sink != "failures"));
+
+    // The 80% notice given again by another run (as after a crash between the outbox write
+    // and the job's record of the notice): the outbox already has it, nothing more is sent.
+    let run_id = h
+        .env
+        .store
+        .claim_run(&NewRun {
+            plan_id: None,
+            job: job.to_string(),
+            kind: "enforce_budget".into(),
+            scheduled_for: h.now() + TimeDelta::minutes(1),
+            trigger: Trigger::Manual,
+            dry_run: false,
+            status: RunStatus::Running,
+            error: None,
+        })
+        .await
+        .unwrap()
+        .expect("fresh tick");
+    let again = neon_steward::jobs::budget::Notice {
+        run_id,
+        budget: "all".into(),
+        month: "2026-03".into(),
+        timezone: "Europe/Berlin".into(),
+        threshold: 80.0,
+        spent: 81.0,
+        projected,
+        limit: 100.0,
+        currency: "USD".into(),
+    };
+    neon_steward::jobs::budget::notify(&h.env, &budget, &again, h.now())
+        .await
+        .expect("the outbox takes it");
+    let rows = h
+        .env
+        .store
+        .list_notifications(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    assert_eq!(deliver(5).await.len(), 4);
+}
+
+#[tokio::test]
+async fn per_project_budgets_are_each_projects_own() {
+    let h = harness().await;
+    // A second project of the org: one busy compute at its 0.25 CU minimum, 0.9 USD an hour.
+    let (blog, blog_main) = h.sim.add_project("blog", Some(&h.org));
+    let blog_ep = h.sim.add_endpoint(&blog_main);
+    {
+        let st = h.sim.state();
+        let mut s = st.settled();
+        let e = s
+            .endpoints
+            .get_mut(blog_ep.as_str())
+            .expect("endpoint just added");
+        e.activity = neon_sim::state::Activity::Busy;
+        e.autoscaling_limit_min_cu = 0.25;
+        e.autoscaling_limit_max_cu = 1.0;
+        s.settle();
+    }
+    let job = "budget-e2e-per-project";
+    let text = POLICY
+        .replace("ORG", &h.org)
+        .replace("JOB", job)
+        .replace("LIMIT", "50.0")
+        .replace("DRY", "false")
+        .replace(
+            "projection_days = 7\n",
+            "projection_days = 7\nper_project = true\n",
+        );
+    let cfg = config::parse_with_env(Path::new("per-project.toml"), &text, &|k| {
+        (k == "NEON_API_KEY").then(|| "unused-in-tests".to_string())
+    })
+    .unwrap_or_else(|e| panic!("test policy must parse: {e}"));
+    let (usage, budget) = (cfg.jobs[0].clone(), cfg.jobs[1].clone());
+
+    // 18 complete hours: the shop spent 81 USD (162% of its 50), the blog 16.2 (32.4%).
+    to(&h, "2026-03-30T18:20:00Z");
+    let (r, a) = h.collect_and_guard(&usage, &budget).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:?} {a:?}");
+    let m = metrics();
+    let spend = |p: &str| m.budget_spend.with_label_values(&[job, p, "USD"]).get();
+    assert!(close(spend(&h.project), 81.0), "{}", spend(&h.project));
+    assert!(close(spend(&blog), 16.2), "{}", spend(&blog));
+    assert!(
+        m.budget_spend.with_label_values(&[job, "all", "USD"]).get() == 0.0,
+        "no budget over all projects"
+    );
+    // Every threshold of the shop's own budget, noticed as the shop's; nothing for the blog.
+    let notices: Vec<(&str, &str)> = a
+        .iter()
+        .filter(|x| x.action == "budget_notify")
+        .map(|x| (x.resource_id.as_str(), x.rule.as_deref().unwrap_or("")))
+        .collect();
+    let shop = h.project.as_str();
+    assert_eq!(
+        notices,
+        vec![
+            (shop, "threshold 80%"),
+            (shop, "threshold 100%"),
+            (shop, "threshold 120%")
+        ]
+    );
+    assert!(
+        a.iter().all(|x| x.project_id.as_deref() == Some(shop)),
+        "{a:?}"
+    );
+    assert!(a.iter().any(|x| x.action == "budget_lower_max_cu"), "{a:?}");
+    assert!(
+        h.endpoint_mutations()
+            .iter()
+            .all(|(_, path)| !path.contains(&blog)),
+        "{:?}",
+        h.endpoint_mutations()
+    );
+    let st = h.sim.state();
+    let s = st.settled();
+    assert_eq!(s.endpoints[blog_ep.as_str()].autoscaling_limit_max_cu, 1.0);
+}

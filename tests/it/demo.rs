@@ -47,7 +47,7 @@ fn fast_demo_policy(dir: &Path) -> std::path::PathBuf {
             }
         })
         .collect();
-    assert_eq!(compressed, 7, "the demo policy has seven interval jobs");
+    assert_eq!(compressed, 8, "the demo policy has eight interval jobs");
     let p = dir.join("demo.toml");
     std::fs::write(&p, fast.join("\n")).unwrap();
     p
@@ -142,6 +142,7 @@ fn demo_runs_every_job_serves_metrics_and_prints_a_usable_summary() {
         "plan-stale-dev",
         "consumption",
         "budget-guard",
+        "native-backups",
     ];
     let summary = text
         .split("\nsummary: ")
@@ -213,6 +214,15 @@ fn demo_runs_every_job_serves_metrics_and_prints_a_usable_summary() {
             has(
                 "consumption",
                 "collect_consumption",
+                ActionOutcome::Succeeded
+            ),
+            "{done:#?}"
+        );
+        // Neon's own backup schedules are set on the default (root) branches.
+        assert!(
+            has(
+                "native-backups",
+                "set_backup_schedule",
                 ActionOutcome::Succeeded
             ),
             "{done:#?}"

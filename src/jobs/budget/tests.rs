@@ -353,8 +353,10 @@ fn state_keeps_the_first_previous_value_and_one_month_of_notices() {
     assert!(st.changes.is_empty());
     let notice = |month: &str, threshold: f64| {
         BudgetAction::Notify(Notice {
+            run_id: 1,
             budget: ALL_PROJECTS.into(),
             month: month.into(),
+            timezone: "UTC".into(),
             threshold,
             spent: 0.0,
             projected: 0.0,

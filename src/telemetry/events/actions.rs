@@ -85,3 +85,41 @@ impl ActionReconciled<'_> {
             .inc();
     }
 }
+
+/// The outcomes whose `actions_total` series [`ActionsDeclared`] creates at 0: those alerts
+/// and panels count (`failed` and `succeeded`); `planned` and `skipped` stay born on first use.
+pub const DECLARED_OUTCOMES: [ActionOutcome; 2] = [ActionOutcome::Succeeded, ActionOutcome::Failed];
+
+/// A job of the policy, with the actions its kind can take, at start-up or after a reload:
+/// creates its `actions_total` series for each action x [`DECLARED_OUTCOMES`] at 0 (with
+/// the job's `dry_run` label), or leaves them as they are. A counter series born at 1 has
+/// no earlier sample, so `increase()` (the alert on failed backup-schedule changes) would
+/// miss the first failure. At most a few series a job: a kind has at most seven actions.
+pub struct ActionsDeclared<'a> {
+    pub job: &'a str,
+    pub dry_run: bool,
+    pub actions: &'a [&'a str],
+}
+
+impl ActionsDeclared<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(
+            job = self.job,
+            actions = self.actions.len(),
+            "job actions declared"
+        );
+        let m = metrics();
+        for action in self.actions {
+            for outcome in DECLARED_OUTCOMES {
+                m.actions_total
+                    .with_label_values(&[
+                        self.job,
+                        action,
+                        outcome.as_str(),
+                        bool_label(self.dry_run),
+                    ])
+                    .inc_by(0);
+            }
+        }
+    }
+}

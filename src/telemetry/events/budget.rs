@@ -64,7 +64,8 @@ impl BudgetEvaluated<'_> {
 }
 
 /// A threshold of a budget was crossed and its `notify` action taken: a warning in the log
-/// and `neon_steward_budget_notices_total`. (The ledger row is the engine's.)
+/// and `neon_steward_budget_notices_total`. (The ledger row is the engine's; the `budget`
+/// notifications are in the outbox.)
 pub struct BudgetNotice<'a> {
     pub job: &'a str,
     pub budget: &'a str,
@@ -74,6 +75,8 @@ pub struct BudgetNotice<'a> {
     pub projected: f64,
     pub limit: f64,
     pub currency: &'a str,
+    /// The `[[notify]]` sinks it was written to the outbox for.
+    pub sinks: usize,
 }
 
 impl BudgetNotice<'_> {
@@ -87,6 +90,7 @@ impl BudgetNotice<'_> {
             projected = self.projected,
             limit = self.limit,
             currency = self.currency,
+            sinks = self.sinks,
             "budget threshold crossed: month-to-date spend {:.2} {} is {:.1}% of the {:.2} {} budget",
             self.spent,
             self.currency,

@@ -20,7 +20,7 @@ pub mod consumption;
 pub mod jobs;
 pub mod notify;
 
-pub use actions::{ActionReconciled, ActionRecorded};
+pub use actions::{ActionReconciled, ActionRecorded, ActionsDeclared};
 pub use api::{ApiRequestCompleted, ApiRetry};
 pub use budget::{BudgetEvaluated, BudgetNotice};
 pub use config::ConfigReloaded;
@@ -29,7 +29,7 @@ pub use jobs::{
     JobRunFinished, JobRunStarted, JobScheduled, JobTickSkipped, JobUnscheduled, LeaseLost,
     RunTakenOver, RUN_OUTCOMES, SKIP_REASONS,
 };
-pub use notify::{NoticeGiven, NotificationAttempted, NOTIFY_OUTCOMES};
+pub use notify::{NoticeGiven, NotificationAttempted, SinkDeclared, NOTIFY_OUTCOMES};
 
 use chrono::{DateTime, Utc};
 

@@ -71,3 +71,29 @@ impl NoticeGiven<'_> {
         );
     }
 }
+
+/// A `[[notify]]` sink of the policy, at start-up: creates its `notifications_total` series
+/// for each event it takes x [`NOTIFY_OUTCOMES`] at 0, so that the alert on a failing sink
+/// (an `increase()` of `retry`/`gave_up`) sees its first failures. At most 15 series a sink.
+pub struct SinkDeclared<'a> {
+    pub sink: &'a str,
+    pub events: &'a [&'a str],
+}
+
+impl SinkDeclared<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(
+            sink = self.sink,
+            events = self.events.len(),
+            "notification sink declared"
+        );
+        let m = metrics();
+        for event in self.events {
+            for outcome in NOTIFY_OUTCOMES {
+                m.notifications_total
+                    .with_label_values(&[self.sink, event, outcome])
+                    .inc_by(0);
+            }
+        }
+    }
+}
