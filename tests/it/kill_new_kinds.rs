@@ -377,20 +377,22 @@ async fn settle_and_stop(dir: &Path, mut child: Child, store: &dyn Store, settle
 /// ago (so the hourly consumption is complete and priced: 0.25 + 1 CU x 3600 s x 0.001 USD
 /// = 4.5 USD a project).
 fn account(sim: &TestSim) -> String {
-    let org = neon_sim::seed::insert_org(&mut sim.state().settled(), "metered");
+    let st = sim.state();
+    let mut s = st.settled();
+    let org = neon_sim::seed::insert_org(&mut s, "metered");
+    let now = s.now();
+    // Made a day ago: consumption counts only while a project exists.
+    let since = now - TimeDelta::days(1);
     for name in ["alpha", "beta"] {
-        let (project, main) = sim.add_project(name, Some(&org));
-        let dev = sim.add_branch(&project, "dev", None);
-        let st = sim.state();
-        let mut s = st.settled();
-        let now = s.now();
-        for (branch, min, max, timeout) in [(&main, 0.25, 2.0, 300), (&dev, 1.0, 4.0, -1)] {
+        let (project, main) = s.insert_project(name, Some(&org), since);
+        let dev = s.insert_branch(&project.id, "dev", Some(&main.id), since);
+        for (branch, min, max, timeout) in [(&main.id, 0.25, 2.0, 300), (&dev.id, 1.0, 4.0, -1)] {
             let ep = s
-                .insert_endpoint(branch, neon_sim::state::EndpointType::ReadWrite, now)
+                .insert_endpoint(branch, neon_sim::state::EndpointType::ReadWrite, since)
                 .expect("branch just added");
             let hour = now - TimeDelta::hours(2);
             s.activity_log.push(ActivityRecord {
-                project_id: project.clone(),
+                project_id: project.id.clone(),
                 branch_id: branch.clone(),
                 endpoint_id: ep.id.clone(),
                 from: hour - TimeDelta::hours(1),
@@ -404,8 +406,8 @@ fn account(sim: &TestSim) -> String {
             e.suspend_timeout_seconds = timeout;
             s.start_endpoint_at(&ep.id, now);
         }
-        s.settle();
     }
+    s.settle();
     org
 }
 
@@ -566,7 +568,7 @@ kind = "expire_branches"
 every = "2s"
 missed = "run_once"
 pull_request = "closed"
-max_actions = 2
+max_actions = 50
 [jobs.branches]
 names = ["preview/*"]
 default = false
