@@ -281,7 +281,11 @@ mod tests {
             // Dropped uncommitted, as a store method returning the error does.
         }
         // The fault itself: the connection cannot begin a write any more.
-        let refused = conn.begin_with("BEGIN IMMEDIATE").await.map(|_| ()).unwrap_err();
+        let refused = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map(|_| ())
+            .unwrap_err();
         assert!(
             matches!(refused, sqlx::Error::InvalidSavePointStatement),
             "{refused}"

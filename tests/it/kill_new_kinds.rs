@@ -61,10 +61,28 @@ async fn sink() -> (Sink, String) {
     (s, url)
 }
 
+/// A daemon the test started; killed when dropped, so a failing assertion leaves no
+/// process behind.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    fn sigkill(mut self) {
+        self.0.kill().expect("SIGKILL");
+        let _ = self.0.wait();
+    }
+}
+
 /// `neon-steward run` in `dir` on its SQLite store, with the sink's URL and key and the
 /// forge's token in its environment, logging (JSON) to `dir/daemon.log`.
-fn start(dir: &Path, sim: &TestSim, sink_url: &str) -> Child {
-    Command::new(BIN)
+fn start(dir: &Path, sim: &TestSim, sink_url: &str) -> Daemon {
+    let child = Command::new(BIN)
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -86,7 +104,8 @@ fn start(dir: &Path, sim: &TestSim, sink_url: &str) -> Child {
                 .unwrap(),
         )
         .spawn()
-        .expect("the binary starts")
+        .expect("the binary starts");
+    Daemon(child)
 }
 
 fn store_url(dir: &Path) -> String {
@@ -265,8 +284,9 @@ struct Audit {
     rows: usize,
     pending: usize,
     reconciled: usize,
-    /// Mutations Neon carried out (successful ones).
+    /// Mutations Neon carried out (successful ones), and by what they changed.
     mutations: usize,
+    by_kind: BTreeMap<&'static str, usize>,
     /// Ledger rows `succeeded` / `unknown` for those effects.
     succeeded: usize,
     unknown: usize,
@@ -316,6 +336,9 @@ async fn audit(store: &dyn Store, sim: &TestSim) -> Audit {
     }
     let at_neon = effects_at_neon(sim);
     a.mutations = at_neon.values().sum();
+    for ((_, what), n) in &at_neon {
+        *a.by_kind.entry(what).or_default() += n;
+    }
     for (e, &n) in &at_neon {
         let recorded = maybe.get(e).copied().unwrap_or(0);
         if n > recorded {
@@ -335,13 +358,37 @@ fn assert_agrees(a: &Audit) {
     eprintln!("{a:#?}");
     assert_eq!(a.pending, 0, "actions left pending: {a:?}");
     assert!(a.mutations > 0, "the daemon did work: {a:?}");
-    assert!(a.unrecorded.is_empty(), "changes Neon made that the ledger lacks: {a:?}");
+    assert!(
+        a.unrecorded.is_empty(),
+        "changes Neon made that the ledger lacks: {a:?}"
+    );
     assert!(a.phantom.is_empty(), "successes Neon never saw: {a:?}");
+}
+
+/// Waits (bounded) until `daemon` holds a run of the budget guard (owner `host:pid:...`).
+async fn wait_for_a_guard_run_of(store: &dyn Store, daemon: &Daemon) {
+    let pid = daemon.0.id().to_string();
+    let started = Instant::now();
+    loop {
+        let held = all_runs(store).await.iter().any(|r| {
+            r.job == "guard"
+                && r.status == RunStatus::Running
+                && r.owner.as_deref().and_then(|o| o.split(':').nth(1)) == Some(pid.as_str())
+        });
+        if held {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no budget run by {pid} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (bounded) until the runs of the killed lives are over and nothing is pending,
 /// with the live daemon up for at least `settle`; then stops it with SIGTERM.
-async fn settle_and_stop(dir: &Path, mut child: Child, store: &dyn Store, settle: Duration) {
+async fn settle_and_stop(dir: &Path, mut child: Daemon, store: &dyn Store, settle: Duration) {
     let started = Instant::now();
     let settled = loop {
         let pending = pending_in_ended_runs(store).await;
@@ -359,11 +406,14 @@ async fn settle_and_stop(dir: &Path, mut child: Child, store: &dyn Store, settle
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    signal(&child, "-TERM");
-    let status = child.wait().unwrap();
+    signal(&child.0, "-TERM");
+    let status = child.0.wait().unwrap();
     let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
     let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
-    assert!(settled, "runs or actions unresolved after 60 s; log (newest first):\n{tail}");
+    assert!(
+        settled,
+        "runs or actions unresolved after 60 s; log (newest first):\n{tail}"
+    );
     assert!(status.success(), "exit after SIGTERM: {status}\n{tail}");
     let runs = all_runs(store).await;
     assert!(
@@ -419,7 +469,11 @@ async fn sigkill_during_budget_backups_and_outbox_leaves_a_ledger_that_agrees_wi
     let (received, sink_url) = sink().await;
     let dir = tempfile::tempdir().unwrap();
     let write = |limit: f64, hour: u32| {
-        std::fs::write(dir.path().join("policy.toml"), policy(&org, limit, hour, "")).unwrap();
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            policy(&org, limit, hour, ""),
+        )
+        .unwrap();
     };
     let seed = 0x5eed_b0d6_e7_u64;
     eprintln!("kill points from seed {seed:#x}");
@@ -429,21 +483,36 @@ async fn sigkill_during_budget_backups_and_outbox_leaves_a_ledger_that_agrees_wi
         // Pairs of lives: two over the limit (changes applied), two under it (restored).
         let over = (life / 2) % 2 == 0;
         write(if over { 1.0 } else { 1e9 }, 3 + life % 2);
-        let mut child = start(dir.path(), &sim, &sink_url);
+        let child = start(dir.path(), &sim, &sink_url);
         tokio::time::sleep(Duration::from_millis(points.next_ms(400, 2600))).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.sigkill();
     }
-    // The last life is under the limit, with the hour of the first: every change the guard
-    // made is restored and every schedule is the policy's.
+    let store = store::open(&store_url(dir.path())).await.unwrap();
+    // A replica paused in the middle of a budget run past its lease while the last life
+    // (under the limit, with the hour of the first: every change the guard made is to be
+    // restored, every schedule the policy's) starts beside it; resumed, it must neither act
+    // nor overwrite, and it is killed soon after.
+    write(1.0, 4);
+    let paused = start(dir.path(), &sim, &sink_url);
+    wait_for_a_guard_run_of(&*store, &paused).await;
+    signal(&paused.0, "-STOP");
     write(1e9, 3);
     let child = start(dir.path(), &sim, &sink_url);
-    let store = store::open(&store_url(dir.path())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal(&paused.0, "-CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    paused.sigkill();
     settle_and_stop(dir.path(), child, &*store, Duration::from_secs(8)).await;
 
     let a = audit(&*store, &sim).await;
     assert_agrees(&a);
     assert!(a.taken_over > 0, "some killed life was taken over: {a:?}");
+    for what in ["max_cu", "suspend_timeout", "suspend", "backup_schedule"] {
+        assert!(
+            a.by_kind.get(what).is_some_and(|n| *n > 0),
+            "no {what} change: {a:?}"
+        );
+    }
 
     // Restores put back what the account had before the guard, and nothing is left
     // recorded as changed.
@@ -466,7 +535,12 @@ async fn sigkill_during_budget_backups_and_outbox_leaves_a_ledger_that_agrees_wi
     {
         let st = sim.state();
         let s = st.settled();
-        let mains: Vec<&String> = s.branches.values().filter(|b| b.default).map(|b| &b.id).collect();
+        let mains: Vec<&String> = s
+            .branches
+            .values()
+            .filter(|b| b.default)
+            .map(|b| &b.id)
+            .collect();
         assert_eq!(mains.len(), 2);
         for main in mains {
             let sched = s.backup_schedules.get(main).cloned().unwrap_or_default();
@@ -489,7 +563,10 @@ async fn sigkill_during_budget_backups_and_outbox_leaves_a_ledger_that_agrees_wi
             })
             .await
             .unwrap();
-        if rows.iter().all(|r| r.status == NotificationStatus::Delivered) {
+        if rows
+            .iter()
+            .all(|r| r.status == NotificationStatus::Delivered)
+        {
             break rows;
         }
         assert!(
@@ -501,9 +578,9 @@ async fn sigkill_during_budget_backups_and_outbox_leaves_a_ledger_that_agrees_wi
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    signal(&child, "-TERM");
+    signal(&child.0, "-TERM");
     let mut child = child;
-    child.wait().unwrap();
+    child.0.wait().unwrap();
     let got = received.0.lock().unwrap().clone();
     let ids: BTreeSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let got_ids: BTreeSet<&str> = got.iter().map(String::as_str).collect();
@@ -525,7 +602,9 @@ async fn sigkill_during_budget_backups_and_outbox_leaves_a_ledger_that_agrees_wi
     assert!(!rows.is_empty(), "the runs reported what they changed");
     assert_eq!(got_ids, ids, "the sink got exactly the outbox's ids");
     assert!(
-        again.iter().all(|(_, n, attempts)| (*n as i64) <= *attempts),
+        again
+            .iter()
+            .all(|(_, n, attempts)| (*n as i64) <= *attempts),
         "an id delivered more often than attempted: {again:?}"
     );
 }
@@ -590,10 +669,9 @@ timeout = "5s"
     eprintln!("kill points from seed {seed:#x}");
     let mut points = Points(seed);
     for _ in 0..8 {
-        let mut child = start(dir.path(), &sim, &sink_url);
+        let child = start(dir.path(), &sim, &sink_url);
         tokio::time::sleep(Duration::from_millis(points.next_ms(400, 2600))).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.sigkill();
     }
     let child = start(dir.path(), &sim, &sink_url);
     let store = store::open(&store_url(dir.path())).await.unwrap();
