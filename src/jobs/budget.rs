@@ -549,6 +549,15 @@ pub fn decide(
                     format!("{why}; nothing to undo: a suspended compute starts again on its next connection"),
                 ));
             }
+            if now == r.previous && now != r.set {
+                // A restore whose answer was lost (the daemon died or lost the store after
+                // the call), or an intent whose call never happened: not someone else's
+                // change, and nothing left to do.
+                return Some(Decision::Forget(
+                    r.clone(),
+                    format!("{why}; already {now}, the value before this job's change: nothing to restore"),
+                ));
+            }
             if now != r.set {
                 return Some(Decision::Forget(
                     r.clone(),

@@ -113,9 +113,25 @@ pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
         .min_connections(if in_memory { 1 } else { 0 })
         .idle_timeout((!in_memory).then_some(Duration::from_secs(600)))
         .max_lifetime((!in_memory).then_some(Duration::from_secs(3600)))
+        .after_release(|conn, _| Box::pin(keep_after_release(conn)))
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Open { what, source })
+}
+
+/// Whether a released SQLite connection may go back to the pool: only if it is out of any
+/// transaction. When a write fails with `SQLITE_FULL` (disk full) or `SQLITE_IOERR`, SQLite
+/// may roll the transaction back by itself; sqlx's rollback of the dropped transaction then
+/// fails ("no transaction is active") and the connection keeps counting a transaction that
+/// does not exist, so every later `BEGIN IMMEDIATE` on it is refused ("begin_with at
+/// non-zero transaction depth") and the store never recovers, even once space is freed.
+/// Such a connection is closed instead (a new one is opened on demand). The ping first runs
+/// the rollback a dropped transaction queued, so a connection that rolled back cleanly is
+/// kept.
+async fn keep_after_release(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    conn.ping().await?;
+    Ok(!conn.is_in_transaction())
 }
 
 /// Opens an existing SQLite store read-only: no file is created, nothing is migrated, and a
@@ -227,4 +243,70 @@ pub async fn open_postgres(url: &str) -> StoreResult<Pool<Postgres>> {
             };
             StoreError::Open { what, source }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection as _;
+
+    /// A write that fails with `SQLITE_FULL` (a page limit on the connection stands in for
+    /// a full disk) leaves sqlx counting a transaction SQLite has already rolled back; such
+    /// a connection must leave the pool instead of refusing every later write.
+    #[tokio::test]
+    async fn a_connection_left_in_a_phantom_transaction_by_a_full_disk_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/full.db", dir.path().display());
+        let pool = open_sqlite(&url).await.unwrap();
+        sqlx::query("CREATE TABLE t (x BLOB)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA page_count")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let e = sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))")
+                .execute(&mut *tx)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("full"), "{e}");
+            // Dropped uncommitted, as a store method returning the error does.
+        }
+        // The fault itself: the connection cannot begin a write any more.
+        let refused = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(refused, sqlx::Error::InvalidSavePointStatement),
+            "{refused}"
+        );
+        // Released, it is closed rather than kept (bounded wait: the release runs in the
+        // background).
+        let size = pool.size();
+        drop(conn);
+        let started = std::time::Instant::now();
+        while pool.size() >= size {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the poisoned connection went back to the pool"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (x'00')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
 }

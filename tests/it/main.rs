@@ -22,6 +22,7 @@ mod jobs_backup;
 mod jobs_e2e;
 mod jobs_safety;
 mod kill;
+mod kill_new_kinds;
 mod notify;
 mod requests;
 mod saved_plan;

@@ -372,3 +372,32 @@ fn state_keeps_the_first_previous_value_and_one_month_of_notices() {
         BTreeMap::from([("2026-04".to_string(), vec![100.0])])
     );
 }
+
+#[test]
+fn a_value_already_back_before_the_change_is_forgotten_as_restored_not_as_someone_elses() {
+    // The daemon died (or lost the store) after its restore's call: Neon has the previous
+    // value again, the record still names the change. Nothing to call, and the ledger must
+    // not say that someone else changed it.
+    let cu = recorded(
+        Lever::MaxCu,
+        "2026-03",
+        Setting::Cu { min: 1.0, max: 4.0 },
+        Setting::Cu { min: 1.0, max: 1.0 },
+    );
+    let back = endpoint(EndpointState::Active, 1.0, 4.0, 0);
+    let under = wanted(&three(), 50.0);
+    for month in ["2026-03", "2026-04"] {
+        let d = decide(&back, false, Lever::MaxCu, &under, Some(&cu), month);
+        assert!(
+            matches!(&d, Some(Decision::Forget(_, why))
+                if why.contains("the value before this job's change") && !why.contains("changed since")),
+            "{month}: {d:?}"
+        );
+    }
+    // A value someone else set is still theirs.
+    let other = endpoint(EndpointState::Active, 1.0, 3.0, 0);
+    assert!(matches!(
+        decide(&other, false, Lever::MaxCu, &under, Some(&cu), "2026-03"),
+        Some(Decision::Forget(_, why)) if why.contains("changed since")
+    ));
+}
