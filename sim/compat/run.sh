@@ -7,6 +7,7 @@
 #
 # Usage: bash sim/compat/run.sh [--install-only]   (from anywhere; needs cargo, node >= 20,
 #        npm, python3)
+# NEON_SIM_BIN=PATH uses that neon-sim instead of building one.
 # COMPAT_TOOLS_DIR=DIR installs the clients into DIR (kept, and reused when it already holds
 # these versions) instead of a temporary directory; with --install-only the script stops
 # after installing (.ci/run installs in the background while the tests build).
@@ -51,11 +52,16 @@ else
 fi
 [[ $install_only == 1 ]] && exit 0
 
-cargo build --quiet -p neon-sim --bin neon-sim
+# NEON_SIM_BIN: a neon-sim binary built already (.ci/run passes the one `cargo test` built).
+sim_bin="${NEON_SIM_BIN:-}"
+if [[ -z "$sim_bin" ]]; then
+    cargo build --quiet -p neon-sim --bin neon-sim
+    sim_bin=target/debug/neon-sim
+fi
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 key="compat-key-$RANDOM$RANDOM"
 # 405 projects in one organization: listings page past Neon's 400 limit.
-target/debug/neon-sim serve --port "$port" --projects 405 --orgs 1 --api-key "$key" \
+"$sim_bin" serve --port "$port" --projects 405 --orgs 1 --api-key "$key" \
     --operation-duration 300ms --no-rate-limit >"$work/sim.log" 2>&1 &
 sim_pid=$!
 base="http://127.0.0.1:$port"
