@@ -34,11 +34,11 @@ pub use plan::{JobEnv, RunContext, RunControl};
 pub use reconcile::reconcile_pending;
 
 use crate::config::{JobConfig, JobSpec};
-use kind::JobKind as _;
-use vocab::Action;
 use engine::Ended;
+use kind::JobKind as _;
 use ledger::Ledger;
 use plan::RunError;
+use vocab::Action;
 
 /// The ledger's names of the actions a job of this spec can take (its kind's, and for
 /// `snapshot_branches` its mode's): the daemon creates their `actions_total` series at 0 at
