@@ -1108,19 +1108,32 @@ struct Minimum {
     per_acting_project: u64,
     actions: u64,
     confirmations: u64,
+    /// Consumption pages: one per call of at most 100 projects (each holds every project it
+    /// asked for, so no further page is needed).
+    consumption: u64,
 }
 
 impl Minimum {
     fn total(&self) -> u64 {
-        self.pages + self.listings + self.per_acting_project + self.actions + self.confirmations
+        self.pages
+            + self.listings
+            + self.per_acting_project
+            + self.actions
+            + self.confirmations
+            + self.consumption
     }
     fn strict(&self) -> u64 {
         self.total() - self.per_acting_project
     }
     fn describe(&self) -> String {
+        let consumption = if self.consumption > 0 {
+            format!(" + {} consumption pages", self.consumption)
+        } else {
+            String::new()
+        };
         format!(
             "{} project page(s) + {} listings + {} per-project re-check/record reads + {} \
-             actions + {} operation confirmations = {}",
+             actions + {} operation confirmations{consumption} = {}",
             self.pages,
             self.listings,
             self.per_acting_project,
@@ -1204,6 +1217,7 @@ async fn bench_calls(plan: &Plan, r: &mut Report) -> Result<()> {
             per_acting_project: acting * 2,
             actions: by_project.values().sum(),
             confirmations: 0,
+            consumption: 0,
         };
         let label = format!("{name} {projects}x{bpp} ({} deletes)", res.counts.succeeded);
         report_minimum(r, s, &label, &sim, &min, goal);
@@ -1242,6 +1256,7 @@ async fn bench_calls(plan: &Plan, r: &mut Report) -> Result<()> {
                 per_acting_project: 0,
                 actions: by_project.values().sum(),
                 confirmations: 0,
+                consumption: 0,
             };
             let label = format!(
                 "snapshot keep_last=2 {projects}x3, 3rd day ({} actions)",
@@ -1279,11 +1294,45 @@ async fn bench_calls(plan: &Plan, r: &mut Report) -> Result<()> {
             per_acting_project: 0,
             actions: by_project.values().sum(),
             confirmations: 0,
+            consumption: 0,
         };
         let label = format!(
             "suspend window {projects}x5 ({} suspends)",
             res.counts.succeeded
         );
+        report_minimum(r, s, &label, &sim, &min, goal);
+    }
+
+    // Consumption: a first collection (hourly, Neon's whole 168 h look-back, legacy
+    // endpoint) of every project: the projects pages, then one call per 100 projects.
+    {
+        let projects = if plan.quick { 250 } else { 450 };
+        let sim = start_sim(unthrottled(), |st| seed_account(st, projects, 1)).await?;
+        let dir = tempfile::tempdir()?;
+        let env = job_env(&sim, dir.path()).await?;
+        let now = sim.app.state.lock().now();
+        let j = job(CONSUMPTION_POLICY)?;
+        sim.counter.reset();
+        let (res, _, _) = run_once(&env, &j, now, 0, false).await?;
+        if sim.counter.not_ok() > 0 {
+            bail!("{} requests did not answer 2xx", sim.counter.not_ok());
+        }
+        let calls = projects.div_ceil(neon_steward::jobs::consumption::MAX_PROJECT_IDS) as u64;
+        if res.counts.succeeded != calls as i64 {
+            bail!(
+                "the collection made {} calls, {calls} expected",
+                res.counts.succeeded
+            );
+        }
+        let min = Minimum {
+            pages: project_pages(projects),
+            listings: 0,
+            per_acting_project: 0,
+            actions: 0,
+            confirmations: 0,
+            consumption: calls,
+        };
+        let label = format!("consumption, first hourly collection of {projects} projects");
         report_minimum(r, s, &label, &sim, &min, goal);
     }
     Ok(())

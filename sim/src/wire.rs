@@ -530,7 +530,15 @@ pub struct Operation {
 }
 
 impl Operation {
+    /// The operation as of `now`, or as of its creation when `now` is earlier. A mutation
+    /// route reads the clock before it creates its operations (its branch, deletion and
+    /// endpoint times are that instant), so on the real clock its answer's `now` precedes
+    /// them by a few microseconds; without the clamp an operation of 0 ms would be reported
+    /// `scheduling` in the answer that started it, where Neon, having finished it, reports it
+    /// `finished`. Longer operations are unaffected: they are `scheduling` either way, and the
+    /// project stays locked (423) until they end.
     pub fn from(op: &state::Operation, now: DateTime<Utc>) -> Operation {
+        let now = now.max(op.created_at);
         let status = op.status_at(now);
         let updated = op.updated_at(now);
         let failed = status == state::OperationStatus::Failed;

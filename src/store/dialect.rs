@@ -50,9 +50,11 @@ static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// SQLite: connections run in WAL mode with `synchronous = NORMAL` (durable across process
 /// crashes, at most the last transactions lost on power failure, which the run history
 /// tolerates), a busy timeout so a second writer waits instead of failing, and foreign keys
-/// on (actions are deleted with their run). Every write is its own `BEGIN IMMEDIATE`
-/// transaction: it takes the write lock up front, so two writers never both read and then
-/// collide at upgrade time with `SQLITE_BUSY` mid-transaction (the deferred default can).
+/// on (actions are deleted with their run). Every write of several statements is its own
+/// `BEGIN IMMEDIATE` transaction: it takes the write lock up front, so two writers never both
+/// read and then collide at upgrade time with `SQLITE_BUSY` mid-transaction (the deferred
+/// default can). A write of one statement (the ledger's common case, see `SqlStore::begin_action`)
+/// needs none: SQLite takes the write lock when such a statement starts.
 impl Dialect for Sqlite {
     const NAME: &'static str = "sqlite";
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");

@@ -228,3 +228,86 @@ async fn expires_at_rules_and_background_expiry() {
     assert!(api.sim.branch(&child.id).is_none());
     api.sim.shutdown().await;
 }
+
+/// The statuses of an answer's `operations`.
+fn op_statuses(body: &serde_json::Value) -> Vec<String> {
+    body["operations"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .map(|o| o["status"].as_str().expect("status").to_string())
+        .collect()
+}
+
+/// On the real clock a mutation's answer is stamped a little before its operations are
+/// created; operations of 0 ms must still come back `finished` in that answer (as Neon
+/// reports an operation it has finished), so a client has nothing to poll. The mutation log
+/// still records every call.
+#[tokio::test]
+async fn zero_ms_operations_are_answered_finished_on_the_real_clock() {
+    let api = Api::start(SimConfig::default().real_clock()).await;
+    let (p, _main) = api.sim.add_project("p", None);
+    api.sim.clear_mutations();
+    let base = format!("/projects/{}/branches", p.id);
+    for round in 0..5 {
+        let (st, body) = api
+            .post(
+                &base,
+                json!({"branch": {"name": format!("dev-{round}")}, "endpoints": [{"type": "read_write"}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+        assert_eq!(op_statuses(&body), ["finished", "finished"], "{body}");
+        let dev = body["branch"]["id"].as_str().unwrap().to_string();
+        // A compute on the branch: its delete starts two operations.
+        let (st, body) = api.delete(&format!("{base}/{dev}")).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let actions: Vec<&str> = body["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["suspend_compute", "delete_timeline"]);
+        assert_eq!(op_statuses(&body), ["finished", "finished"], "{body}");
+        for o in body["operations"].as_array().unwrap() {
+            assert_eq!(o["total_duration_ms"], 0, "{o}");
+            assert_eq!(o["updated_at"], o["created_at"], "{o}");
+        }
+    }
+    let log: Vec<(String, u16)> = api
+        .sim
+        .mutations()
+        .iter()
+        .map(|m| (m.method.clone(), m.status))
+        .collect();
+    let expected: Vec<(String, u16)> = (0..5)
+        .flat_map(|_| [("POST".to_string(), 201), ("DELETE".to_string(), 200)])
+        .collect();
+    assert_eq!(log, expected);
+    api.sim.shutdown().await;
+}
+
+/// Operations that take time are answered in progress on the real clock, and the project
+/// refuses the next mutation (423) until they end: one mutation at a time.
+#[tokio::test]
+async fn longer_operations_are_answered_in_progress_and_lock_the_project() {
+    let api = Api::start(
+        SimConfig::default()
+            .real_clock()
+            .operation_duration(Duration::from_secs(600)),
+    )
+    .await;
+    let (p, _main) = api.sim.add_project("p", None);
+    api.sim.clear_mutations();
+    let base = format!("/projects/{}/branches", p.id);
+    let (st, body) = api.post(&base, json!({"branch": {"name": "dev"}})).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(op_statuses(&body), ["scheduling"], "{body}");
+    let dev = body["branch"]["id"].as_str().unwrap().to_string();
+    let (st, body) = api.delete(&format!("{base}/{dev}")).await;
+    assert_error(st, &body, StatusCode::LOCKED, "conflicting operations");
+    let statuses: Vec<u16> = api.sim.mutations().iter().map(|m| m.status).collect();
+    assert_eq!(statuses, [201, 423]);
+    api.sim.shutdown().await;
+}
