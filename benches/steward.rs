@@ -20,6 +20,8 @@
 //!    child process that talks to the emulator running in this one.
 //! 7. calls (run after plan): requests per real sweep against the minimum for the account
 //!    and policy, per job kind; a 200-delete sweep against a plain sequential script.
+//! 8. limiter: the most requests the client's rate limiter lets through in any 60 s window
+//!    at Neon's budget, on paused (virtual) time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -2255,6 +2257,53 @@ async fn bench_consumption_memory(plan: &Plan, r: &mut Report) -> Result<()> {
 
 // ---------------------------------------------------------------------------------- main
 
+/// The client's rate limiter at Neon's budget (700 a minute, bursts of 40), asked as fast as
+/// it lets requests through for five minutes of paused (virtual) time: the most requests any
+/// 60 s window starting at a send holds, against the budget a server counting a strict
+/// one-minute window enforces. Deterministic: the tokio clock only moves when every task
+/// waits.
+fn bench_limiter(r: &mut Report) -> Result<()> {
+    use neon_steward::neon::ratelimit::RateLimiter;
+    let s = "limiter";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    let sent = rt.block_on(async {
+        let rl = RateLimiter::new(700, 40);
+        let start = tokio::time::Instant::now();
+        let mut sent = Vec::new();
+        while start.elapsed() < Duration::from_secs(300) {
+            rl.acquire().await;
+            sent.push(start.elapsed());
+        }
+        sent
+    });
+    let most = (0..sent.len())
+        .map(|i| {
+            sent[i..]
+                .iter()
+                .take_while(|t| **t < sent[i] + Duration::from_secs(60))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    r.add_goal(
+        s,
+        "most requests in any 60 s window, budget 700/min burst 40",
+        most as f64,
+        "requests",
+        "<= 700",
+    );
+    r.add(
+        s,
+        "requests in 5 min of sending flat out (budget 3,500)",
+        sent.len() as f64,
+        "requests",
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -2300,6 +2349,9 @@ fn main() -> Result<()> {
     println!("{:<8} {:<58} {:>14} unit", "section", "figure", "value");
     println!("{}", "-".repeat(90));
     let mut report = Report::default();
+    if want("limiter") {
+        bench_limiter(&mut report)?;
+    }
     // Memory first and in a fresh process, so no earlier section has grown the heap.
     if want("memory") {
         bench_memory(&plan, &mut report)?;
