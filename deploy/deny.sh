@@ -50,7 +50,8 @@ install_wheel() {
     } >"$req"
     # `--target`: the wheel is one static binary and no Python code, so it needs no venv
     # of its own (creating one costs more than the install); pip puts it in $root/bin.
-    if ! python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    # (The root-user warning is off through the environment: older pips lack the flag.)
+    if ! PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
         --no-cache-dir --only-binary=:all: --require-hashes --target "$root" -r "$req"; then
         rm -f "$req"
         return 1
