@@ -508,14 +508,28 @@ for_every_dialect! {
         action: &NewAction,
         now: i64,
     ) -> StoreResult<ActionId> {
-        // Only a pending action is still open; a planned or skipped one is over when written.
-        let finished_at = (action.outcome != ActionOutcome::Pending).then_some(now);
-        let (id,): (i64,) = sqlx::query_as(
+        let q = sqlx::query_as(
             "INSERT INTO actions (run_id, job, resource_kind, resource_id, resource_name, \
              project_id, action, rule, reason, dry_run, outcome, created_at, finished_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-        )
-        .bind(action.run_id)
+        );
+        Self::bind_new_action(q, action, now)
+        .fetch_one(&mut **tx)
+        .await
+        .map(|(id,): (i64,)| id)
+        .map_err(Into::into)
+    }
+
+    /// `$1`..`$13` of an `actions` row: the action's columns, `created_at` = `now`, and
+    /// `finished_at` = `now` unless the action is still open (only a pending action is; a
+    /// planned or skipped one is over when written).
+    fn bind_new_action<'q, O>(
+        q: sqlx::query::QueryAs<'q, DB, O, DB::Arguments<'q>>,
+        action: &NewAction,
+        now: i64,
+    ) -> sqlx::query::QueryAs<'q, DB, O, DB::Arguments<'q>> {
+        let finished_at = (action.outcome != ActionOutcome::Pending).then_some(now);
+        q.bind(action.run_id)
         .bind(action.job.clone())
         .bind(action.resource_kind.clone())
         .bind(action.resource_id.clone())
@@ -528,9 +542,6 @@ for_every_dialect! {
         .bind(action.outcome.as_str().to_string())
         .bind(now)
         .bind(finished_at)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(id)
     }
 
     /// [`Self::insert_action`] as one statement that writes only while this replica holds
@@ -541,8 +552,7 @@ for_every_dialect! {
         action: &NewAction,
         now: i64,
     ) -> StoreResult<Option<ActionId>> {
-        let finished_at = (action.outcome != ActionOutcome::Pending).then_some(now);
-        let row: Option<(i64,)> = sqlx::query_as(&format!(
+        let sql = format!(
             "INSERT INTO actions (run_id, job, resource_kind, resource_id, resource_name, \
              project_id, action, rule, reason, dry_run, outcome, created_at, finished_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM runs \
@@ -550,20 +560,8 @@ for_every_dialect! {
              AND runs.lease_expires_at > {}{} RETURNING id",
             DB::NOW_MS,
             DB::LOCK_ROW
-        ))
-        .bind(action.run_id)
-        .bind(action.job.clone())
-        .bind(action.resource_kind.clone())
-        .bind(action.resource_id.clone())
-        .bind(action.resource_name.clone())
-        .bind(action.project_id.clone())
-        .bind(action.action.clone())
-        .bind(action.rule.clone())
-        .bind(action.reason.clone())
-        .bind(action.dry_run)
-        .bind(action.outcome.as_str().to_string())
-        .bind(now)
-        .bind(finished_at)
+        );
+        let row: Option<(i64,)> = Self::bind_new_action(sqlx::query_as(&sql), action, now)
         .bind(self.owner.clone())
         .bind(RunStatus::Running.as_str().to_string())
         .fetch_optional(&self.pool)
