@@ -106,6 +106,28 @@ fn sink(url: &str, timeout: Duration) -> Arc<SinkConfig> {
     })
 }
 
+/// A Slack sink named `name` that takes every event.
+fn slack_sink(name: &str, url: &str, timeout: Duration) -> Arc<SinkConfig> {
+    Arc::new(SinkConfig {
+        name: name.into(),
+        kind: NotifyKind::Slack,
+        url: neon_steward::secret::Secret::new(url),
+        key: None,
+        events: NotifyEvent::ALL.to_vec(),
+        jobs: None,
+        timeout,
+        give_up_after: Duration::from_secs(3600),
+    })
+}
+
+/// `notifications_total{sink, event, outcome}` now.
+fn notified(sink: &str, event: &str, outcome: &str) -> u64 {
+    neon_steward::telemetry::metrics::metrics()
+        .notifications_total
+        .with_label_values(&[sink, event, outcome])
+        .get()
+}
+
 const FAST: DeliveryTiming = DeliveryTiming {
     poll: Duration::from_millis(10),
     first_backoff: Duration::from_millis(1),
@@ -376,22 +398,8 @@ async fn a_slack_notice_reads_what_where_why_when_and_is_retried_through_500s_wi
     let s = replica(&db.url, "a").await;
     fact(&s, &rows).await;
 
-    let slack = Arc::new(SinkConfig {
-        name: "slack-ops".into(),
-        kind: NotifyKind::Slack,
-        url: neon_steward::secret::Secret::new(&url),
-        key: None,
-        events: NotifyEvent::ALL.to_vec(),
-        jobs: None,
-        timeout: Duration::from_secs(5),
-        give_up_after: Duration::from_secs(3600),
-    });
-    let metric = |outcome: &str| {
-        neon_steward::telemetry::metrics::metrics()
-            .notifications_total
-            .with_label_values(&["slack-ops", "notice", outcome])
-            .get()
-    };
+    let slack = slack_sink("slack-ops", &url, Duration::from_secs(5));
+    let metric = |outcome: &str| notified("slack-ops", "notice", outcome);
     let debug = format!("{slack:?}");
     assert!(
         !debug.contains("xoxb") && !debug.contains("SECRET"),
@@ -509,22 +517,8 @@ async fn a_slack_sink_that_does_not_answer_in_time_is_retried_then_given_up_and_
         })
         .collect();
     fact(&s, &rows).await;
-    let slack = Arc::new(SinkConfig {
-        name: "slack-slow".into(),
-        kind: NotifyKind::Slack,
-        url: neon_steward::secret::Secret::new(&url),
-        key: None,
-        events: NotifyEvent::ALL.to_vec(),
-        jobs: None,
-        timeout: Duration::from_millis(200),
-        give_up_after: Duration::from_secs(3600),
-    });
-    let metric = |outcome: &str| {
-        neon_steward::telemetry::metrics::metrics()
-            .notifications_total
-            .with_label_values(&["slack-slow", "run_failed", outcome])
-            .get()
-    };
+    let slack = slack_sink("slack-slow", &url, Duration::from_millis(200));
+    let metric = |outcome: &str| notified("slack-slow", "run_failed", outcome);
     let d = Deliverer::new(s.clone(), &[slack], FAST);
     for _ in 0..200 {
         d.deliver_due().await;
