@@ -608,23 +608,20 @@ fn action_name(a: &BudgetAction) -> Action {
     }
 }
 
-/// Every action of the kind (the ledger's `action`).
-pub const ACTIONS: &[Action] = &[
-    Action::BudgetNotify,
-    Action::BudgetSuspendCompute,
-    Action::BudgetLowerMaxCu,
-    Action::BudgetShortenSuspendTimeout,
-    Action::BudgetRestoreCompute,
-    Action::BudgetRestoreMaxCu,
-    Action::BudgetRestoreSuspendTimeout,
-];
-
 impl JobKind for Budget<'_> {
     type Action = BudgetAction;
     type Done = ();
     type State = BudgetState;
     const STATE_KEY: &'static str = "budget_changes";
-    const LEDGER_ACTIONS: &'static [Action] = ACTIONS;
+    const LEDGER_ACTIONS: &'static [Action] = &[
+        Action::BudgetNotify,
+        Action::BudgetSuspendCompute,
+        Action::BudgetLowerMaxCu,
+        Action::BudgetShortenSuspendTimeout,
+        Action::BudgetRestoreCompute,
+        Action::BudgetRestoreMaxCu,
+        Action::BudgetRestoreSuspendTimeout,
+    ];
 
     async fn plan_project(
         &self,

@@ -94,7 +94,7 @@ macro_rules! vocabulary {
 
 vocabulary! {
     /// What a ledger row says was (to be) done. Each job kind declares the ones it answers
-    /// for (`JobKind::ACTIONS`); reconciliation matches on this enum to find the kind that
+    /// for (`JobKind::LEDGER_ACTIONS`); reconciliation matches on this enum to find the kind that
     /// checks a pending one with Neon.
     pub enum Action ("ledger action") {
         // expire_branches

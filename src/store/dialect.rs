@@ -91,6 +91,10 @@ impl Dialect for Postgres {
 /// How long an SQLite connection waits for another writer's lock before giving up.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
 /// Opens (creating if missing) the SQLite database at `url` (`sqlite:path`,
 /// `sqlite://path`, `sqlite::memory:`).
 pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
@@ -106,7 +110,7 @@ pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let in_memory = is_in_memory(url);
     SqlitePoolOptions::new()
         // One writer at a time anyway; a few connections let reads (HTTP) proceed during a
         // write under WAL. An in-memory database lives as long as its connections, so keep
@@ -129,9 +133,13 @@ pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
 /// non-zero transaction depth") and the store never recovers, even once space is freed.
 /// Such a connection is closed instead (a new one is opened on demand). The ping first runs
 /// the rollback a dropped transaction queued, so a connection that rolled back cleanly is
-/// kept.
+/// kept. A connection out of any transaction (the common case) is kept without the ping,
+/// which would be one more round trip to its worker thread per statement.
 async fn keep_after_release(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
     use sqlx::Connection as _;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
     conn.ping().await?;
     Ok(!conn.is_in_transaction())
 }
@@ -148,8 +156,7 @@ pub async fn open_sqlite_read_only(url: &str) -> StoreResult<Pool<Sqlite>> {
         .create_if_missing(false)
         .read_only(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-    if in_memory || !options.get_filename().exists() {
+    if is_in_memory(url) || !options.get_filename().exists() {
         return Err(StoreError::NotInitialised(format!(
             "no store at {what}: nothing has been recorded yet (the daemon creates it on its \
              first start)"
