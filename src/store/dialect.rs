@@ -23,6 +23,9 @@ pub trait Dialect: sqlx::Database {
     const NAME: &'static str;
     /// The statement that opens a write transaction; `None` is the driver's `BEGIN`.
     const BEGIN_WRITE: Option<&'static str>;
+    /// Whether the engine lets one writer in at a time (the whole database is the lock),
+    /// so that a process's writes are better queued in the process than at the engine.
+    const ONE_WRITER: bool;
     /// The store's clock as an SQL expression of Unix milliseconds. Leases are compared
     /// with it, never with a replica's own clock, so clock skew between replicas cannot
     /// make a live lease look expired.
@@ -54,10 +57,12 @@ static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// `BEGIN IMMEDIATE` transaction: it takes the write lock up front, so two writers never both
 /// read and then collide at upgrade time with `SQLITE_BUSY` mid-transaction (the deferred
 /// default can). A write of one statement (the ledger's common case, see `SqlStore::begin_action`)
-/// needs none: SQLite takes the write lock when such a statement starts.
+/// needs none: SQLite takes the write lock when such a statement starts. Writers of one
+/// process take turns before reaching SQLite (`ONE_WRITER`, see `SqlStore::turn`).
 impl Dialect for Sqlite {
     const NAME: &'static str = "sqlite";
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    const ONE_WRITER: bool = true;
     const NOW_MS: &'static str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
     const LOCK_ROW: &'static str = "";
     const LOCK_JOB: Option<&'static str> = None;
@@ -76,6 +81,7 @@ impl Dialect for Sqlite {
 impl Dialect for Postgres {
     const NAME: &'static str = "postgres";
     const BEGIN_WRITE: Option<&'static str> = None;
+    const ONE_WRITER: bool = false;
     const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const LOCK_JOB: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");
@@ -120,6 +126,9 @@ pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
         .idle_timeout((!in_memory).then_some(Duration::from_secs(600)))
         .max_lifetime((!in_memory).then_some(Duration::from_secs(3600)))
         .after_release(|conn, _| Box::pin(keep_after_release(conn)))
+        // No ping per acquire: the connection is a thread of this process on a local file,
+        // and the ping was one more round trip to it per statement.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Open { what, source })

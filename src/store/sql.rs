@@ -6,9 +6,12 @@
 //! [`ActionRow::into_record`]), where a value the code did not write is reported as
 //! corrupt rather than guessed at.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Executor, FromRow, IntoArguments, Pool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::dialect::Dialect;
 use super::{
@@ -23,6 +26,9 @@ use super::{
 #[derive(Debug)]
 pub struct SqlStore<DB: Dialect> {
     pool: Pool<DB>,
+    /// This process's turn to write, on an engine that lets one writer in at a time
+    /// (SQLite; see [`Dialect::ONE_WRITER`]).
+    turn: Option<Arc<Mutex<()>>>,
     /// This replica, written as the owner of the runs it claims.
     owner: String,
     /// `store.lease` in milliseconds.
@@ -33,9 +39,36 @@ impl<DB: Dialect> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
         SqlStore {
             pool: self.pool.clone(),
+            turn: self.turn.clone(),
             owner: self.owner.clone(),
             lease_ms: self.lease_ms,
         }
+    }
+}
+
+/// A write transaction, holding this process's turn to write (see [`SqlStore::turn`])
+/// until it is committed or dropped.
+struct WriteTx<DB: Dialect> {
+    tx: Transaction<'static, DB>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl<DB: Dialect> WriteTx<DB> {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl<DB: Dialect> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.tx
+    }
+}
+
+impl<DB: Dialect> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.tx
     }
 }
 
@@ -360,6 +393,7 @@ for_every_dialect! {
     pub async fn new(pool: Pool<DB>, opts: StoreOptions) -> StoreResult<Self> {
         let store = SqlStore {
             pool,
+            turn: DB::ONE_WRITER.then(Arc::default),
             owner: opts.replica.to_string(),
             lease_ms: i64::try_from(opts.lease.as_millis()).unwrap_or(i64::MAX / 4),
         };
@@ -372,6 +406,7 @@ for_every_dialect! {
     pub fn existing(pool: Pool<DB>, opts: StoreOptions) -> Self {
         SqlStore {
             pool,
+            turn: DB::ONE_WRITER.then(Arc::default),
             owner: opts.replica.to_string(),
             lease_ms: i64::try_from(opts.lease.as_millis()).unwrap_or(i64::MAX / 4),
         }
@@ -393,18 +428,37 @@ for_every_dialect! {
         Ok(())
     }
 
-    async fn write(&self) -> StoreResult<Transaction<'static, DB>> {
-        Ok(match DB::BEGIN_WRITE {
+    /// Waits for this process's turn to write, where the engine takes one writer at a time.
+    ///
+    /// SQLite lets one writer in at a time however many connections there are, and a
+    /// writer that finds the file's lock taken polls it from its busy handler, sleeping 1,
+    /// 2, 5, 10, 20 ... ms between tries: with four projects writing ledger rows at once,
+    /// those sleeps were most of a sweep's time. Queued here instead, this process's
+    /// writes take turns in order and start the moment the one before ends. Another
+    /// process's writes (a second replica, a CLI command) are still waited for in the busy
+    /// handler. No timeout: a turn ends when its write ends, and a write waits for the
+    /// file's lock at most the busy timeout.
+    async fn turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.turn {
+            Some(turn) => Some(turn.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    async fn write(&self) -> StoreResult<WriteTx<DB>> {
+        let turn = self.turn().await;
+        let tx = match DB::BEGIN_WRITE {
             Some(begin) => self.pool.begin_with(begin).await?,
             None => self.pool.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Inside a write transaction: that this replica holds `run` (running, its owner, and
     /// with `live_lease` a lease that has not expired by the store's clock).
     async fn fence(
         &self,
-        tx: &mut Transaction<'static, DB>,
+        tx: &mut WriteTx<DB>,
         run: RunId,
         live_lease: bool,
     ) -> StoreResult<()> {
@@ -453,7 +507,7 @@ for_every_dialect! {
     /// Inserts a run inside the caller's transaction; `None` if its tick is taken.
     async fn insert_run(
         &self,
-        tx: &mut Transaction<'static, DB>,
+        tx: &mut WriteTx<DB>,
         run: &NewRun,
     ) -> StoreResult<Option<RunId>> {
         let now = to_ms(Utc::now());
@@ -504,7 +558,7 @@ for_every_dialect! {
 
     /// Inserts one ledger row inside the caller's transaction.
     async fn insert_action(
-        tx: &mut Transaction<'static, DB>,
+        tx: &mut WriteTx<DB>,
         action: &NewAction,
         now: i64,
     ) -> StoreResult<ActionId> {
@@ -561,6 +615,7 @@ for_every_dialect! {
             DB::NOW_MS,
             DB::LOCK_ROW
         );
+        let _turn = self.turn().await;
         let row: Option<(i64,)> = Self::bind_new_action(sqlx::query_as(&sql), action, now)
         .bind(self.owner.clone())
         .bind(RunStatus::Running.as_str().to_string())
@@ -572,7 +627,7 @@ for_every_dialect! {
     /// Writes outbox rows inside the caller's transaction (an id written before is left
     /// as it is: a retried write of the same fact writes it once).
     async fn insert_notifications(
-        tx: &mut Transaction<'static, DB>,
+        tx: &mut WriteTx<DB>,
         notes: &[NewNotification],
     ) -> StoreResult<()> {
         for n in notes {
@@ -1103,6 +1158,7 @@ for_every_dialect! {
         // As in `begin_action`: the fence (owner and status; no lease check, see below) as
         // the update's condition, one statement; the transaction below only when it wrote
         // nothing, to say why (or to write it, should the run have become ours meanwhile).
+        let turn = self.turn().await;
         let done = sqlx::query(&format!(
             "UPDATE actions SET outcome = $1, detail = $2, finished_at = $3 WHERE id = $4 \
              AND EXISTS (SELECT 1 FROM runs WHERE runs.id = actions.run_id AND runs.owner = $5 \
@@ -1117,6 +1173,7 @@ for_every_dialect! {
         .bind(RunStatus::Running.as_str().to_string())
         .execute(&self.pool)
         .await?;
+        drop(turn);
         if DB::rows_affected(&done) == 1 {
             return Ok(());
         }
