@@ -299,9 +299,11 @@ pub(super) async fn record_finish_notifying(
         match written {
             Ok(()) => return true,
             Err(e) if e.is_fenced() => {
-                // Taken over meanwhile: the survivor's record (interrupted, with its
-                // reason) stands, and it reconciles what this run left pending.
-                tracing::warn!(run_id, status = status.as_str(), error = %e, "the run was taken over by another replica; its record stands");
+                // Taken over meanwhile: the taker's record (interrupted, with its reason)
+                // stands, and it reconciles what this run left pending. The taker may be
+                // this replica itself, whose sweep for expired leases found this run's
+                // lease run out while the store could not be reached.
+                tracing::warn!(run_id, status = status.as_str(), error = %e, "the run was taken over after its lease expired (the error names by whom); its record stands");
                 return false;
             }
             Err(e) if attempt < FINISH_ATTEMPTS => {
