@@ -134,10 +134,10 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         replica: store::ReplicaId::of_this_process(),
         lease: cfg.store.lease,
     };
-    let store = store::open_with(&cfg.store.url, opts)
-        .await
-        .context("opening the store")?;
-    store.migrate().await.context("migrating the store")?;
+    // Its errors say "store: cannot open ..." and "store: migration failed: ...": no
+    // context to add that would not repeat them.
+    let store = store::open_with(&cfg.store.url, opts).await?;
+    store.migrate().await?;
     Ok(store)
 }
 

@@ -328,7 +328,8 @@ async fn readyz(State(state): State<HttpState>, uri: Uri) -> Response {
     }
     match tokio::time::timeout(STORE_PING_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => not_ready.push(format!("store: {e}")),
+        // The store's errors begin with "store: " already.
+        Ok(Err(e)) => not_ready.push(e.to_string()),
         Err(_) => not_ready.push(format!(
             "store: no answer within {}s",
             STORE_PING_TIMEOUT.as_secs()

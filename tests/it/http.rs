@@ -331,10 +331,7 @@ async fn broken_store_is_not_ready_and_errors_are_json() {
     let s = Server::start_with(None, Some(Arc::new(BrokenStore))).await;
     let (status, body) = s.get("/readyz").await;
     assert_eq!(status, 503);
-    assert_eq!(
-        body["not_ready"][0],
-        "store: store: corrupt row: disk on fire"
-    );
+    assert_eq!(body["not_ready"][0], "store: corrupt row: disk on fire");
     let (status, body) = s.get("/api/v1/runs").await;
     assert_eq!(status, 500);
     assert!(
