@@ -37,7 +37,8 @@ use crate::telemetry::events::ConfigReloaded;
 
 /// How long Neon operations (and locked projects) are waited for within a run.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(600);
-/// How often finished history older than `store.history_retention` is pruned.
+/// How often what is older than `store.history_retention` and `store.consumption_retention`
+/// is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
@@ -307,7 +308,10 @@ pub async fn run_until(
 
     let prune_task = tokio::spawn(prune_loop(
         store.clone(),
-        cfg.store.history_retention,
+        Retentions {
+            history: cfg.store.history_retention,
+            consumption: cfg.store.consumption_retention,
+        },
         shutdown.clone(),
     ));
 
@@ -496,19 +500,36 @@ async fn reload(current: &mut Config, handle: &SchedulerHandle) {
     }
 }
 
-/// Deletes finished history older than the retention, at start and then hourly.
-async fn prune_loop(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
-    let Ok(retention) = chrono::Duration::from_std(retention) else {
-        return;
+/// How long the store keeps what it prunes (`[store]`).
+#[derive(Debug, Clone, Copy)]
+struct Retentions {
+    history: Duration,
+    consumption: Duration,
+}
+
+/// Deletes what is older than the retentions, at start and then hourly.
+async fn prune_loop(store: Arc<dyn Store>, keep: Retentions, shutdown: CancellationToken) {
+    // A retention reaching back before the earliest instant keeps everything.
+    let cutoff = |d: Duration| {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
     };
     loop {
-        // A retention reaching back before the earliest instant keeps everything.
-        if let Some(cutoff) = Utc::now().checked_sub_signed(retention) {
-            match store.prune(cutoff).await {
-                Ok(n) if n > 0 => tracing::info!(runs = n, "pruned old history"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "pruning history failed"),
-            }
+        let before = store::PruneBefore {
+            history: cutoff(keep.history),
+            consumption: cutoff(keep.consumption),
+        };
+        match store.prune(&before).await {
+            Ok(n) if n != store::Pruned::default() => tracing::info!(
+                runs = n.runs,
+                notifications = n.notifications,
+                consumption_samples = n.samples,
+                "pruned old history"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning history failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -61,9 +61,13 @@ async fn start_up_waits_for_the_scheduler_or_a_stop() {
 async fn prune_survives_a_retention_past_the_earliest_instant() {
     let shutdown = CancellationToken::new();
     let store: Arc<dyn Store> = Arc::new(MemStore::default());
+    let far = Duration::from_secs(1_000_000_000_000_000);
     let task = tokio::spawn(prune_loop(
         store,
-        Duration::from_secs(1_000_000_000_000_000),
+        Retentions {
+            history: far,
+            consumption: far,
+        },
         shutdown.clone(),
     ));
     tokio::time::sleep(PRUNE_EVERY * 3).await;

@@ -321,7 +321,7 @@ impl Store for ObservedStore {
     ) -> StoreResult<Option<DateTime<Utc>>> {
         self.seen(self.inner.latest_branch_consumption_end(granularity).await)
     }
-    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+    async fn prune(&self, before: &crate::store::PruneBefore) -> StoreResult<crate::store::Pruned> {
         self.seen(self.inner.prune(before).await)
     }
 }

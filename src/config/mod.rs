@@ -53,6 +53,10 @@ pub const CREDENTIAL_NAME: &str = "neon-api-key";
 pub const MAX_JITTER: Duration = Duration::from_secs(86_400);
 /// Longest run `timeout`: a run that may go on for more than a week has no timeout.
 pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+/// Shortest `store.consumption_retention`: the budget guard reads the current month.
+pub const MIN_CONSUMPTION_RETENTION: Duration = Duration::from_secs(35 * 86_400);
+/// `store.consumption_retention` by default: over a year.
+pub const DEFAULT_CONSUMPTION_RETENTION: Duration = Duration::from_secs(400 * 86_400);
 /// Longest API request `timeout`.
 pub use crate::store::DEFAULT_HEARTBEAT;
 pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -222,8 +226,11 @@ pub struct StoreConfig {
     /// `sqlite://path` or `postgres://...`. It may carry a PostgreSQL password: show it only
     /// through [`crate::store::redact_url`] (as `Debug` does).
     pub url: String,
-    /// Finished runs older than this are pruned.
+    /// Finished runs (with their actions) and finished notifications older than this are
+    /// pruned.
     pub history_retention: Duration,
+    /// Consumption samples whose period ended longer ago than this are pruned.
+    pub consumption_retention: Duration,
     /// How long a claim holds a run without renewal (`store.lease`).
     pub lease: Duration,
     /// How often a run renews its lease and replicas look for expired ones.
@@ -245,6 +252,7 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("url", &crate::store::redact_url(&self.url))
             .field("history_retention", &self.history_retention)
+            .field("consumption_retention", &self.consumption_retention)
             .field("lease", &self.lease)
             .field("heartbeat", &self.heartbeat)
             .finish()
@@ -1346,11 +1354,26 @@ impl Validator<'_> {
                 humantime::format_duration(lease)
             )));
         }
+        let consumption_retention = match &raw.consumption_retention {
+            Some(d) if d.get_ref().0 < MIN_CONSUMPTION_RETENTION => {
+                return Err(self.err(
+                    d.span(),
+                    format!(
+                        "store.consumption_retention = {}: at least 35d (the budget guard \
+                         reads the whole current month of samples)",
+                        humantime::format_duration(d.get_ref().0)
+                    ),
+                ))
+            }
+            Some(d) => d.get_ref().0,
+            None => DEFAULT_CONSUMPTION_RETENTION,
+        };
         Ok(StoreConfig {
             url,
             history_retention: raw
                 .history_retention
                 .map_or(Duration::from_secs(90 * 86_400), |d| d.0),
+            consumption_retention,
             lease,
             heartbeat,
         })

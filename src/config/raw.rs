@@ -118,6 +118,10 @@ pub struct RawStore {
     /// Finished runs (and their actions) older than this are pruned.
     #[schemars(extend("default" = "90d"))]
     pub history_retention: Option<PositiveDur>,
+    /// Consumption samples (per project and per branch) whose period ended longer ago than
+    /// this are pruned. At least 35d: the budget guard reads the whole current month.
+    #[schemars(with = "Option<PositiveDur>", extend("default" = "400d"))]
+    pub consumption_retention: Option<Spanned<PositiveDur>>,
     /// How long a replica holds a run it claimed without renewing it. A replica that dies,
     /// hangs or loses the store loses its runs after this long, and another replica (or the
     /// next start) takes them over. At least 3 heartbeats.

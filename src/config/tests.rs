@@ -32,6 +32,10 @@ fn minimal_defaults() {
     assert_eq!(c.http.listen.to_string(), "127.0.0.1:9187");
     assert_eq!(c.store.url, "sqlite://./neon-steward.db");
     assert_eq!(c.store.history_retention, Duration::from_secs(90 * 86400));
+    assert_eq!(
+        c.store.consumption_retention,
+        Duration::from_secs(400 * 86400)
+    );
     let j = &c.jobs[0];
     assert_eq!(j.timezone, chrono_tz::UTC);
     assert_eq!(j.concurrency, ConcurrencyPolicy::Forbid);
@@ -738,6 +742,22 @@ fn error_zero_ttl() {
 #[test]
 fn error_zero_expires_in() {
     insta::assert_snapshot!(err(&format!("{JOB}expires_in = \"0s\"\n")));
+}
+
+#[test]
+fn consumption_retention_keeps_at_least_the_budget_month() {
+    let c = parse(&format!("[store]\nconsumption_retention = \"35d\"\n{JOB}")).unwrap();
+    assert_eq!(
+        c.store.consumption_retention,
+        Duration::from_secs(35 * 86400)
+    );
+    let e = err(&format!("[store]\nconsumption_retention = \"30d\"\n{JOB}"));
+    assert!(
+        e.starts_with("policy.toml:2:25:") && e.contains("at least 35d") && e.contains("budget"),
+        "{e}"
+    );
+    let e = err(&format!("[store]\nconsumption_retention = \"0d\"\n{JOB}"));
+    assert!(e.contains("zero is not allowed"), "{e}");
 }
 
 #[test]

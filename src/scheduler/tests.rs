@@ -181,8 +181,8 @@ impl Store for MemStore {
     ) -> StoreResult<Vec<ConsumptionSample>> {
         Ok(Vec::new())
     }
-    async fn prune(&self, _: DateTime<Utc>) -> StoreResult<u64> {
-        Ok(0)
+    async fn prune(&self, _: &crate::store::PruneBefore) -> StoreResult<crate::store::Pruned> {
+        Ok(Default::default())
     }
 }
 

@@ -911,8 +911,26 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Deletes finished runs (and their actions) that finished before `before`.
-    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// Deletes what is older than the retentions (see [`PruneBefore`]), in one transaction.
+    async fn prune(&self, before: &PruneBefore) -> StoreResult<Pruned>;
+}
+
+/// What [`Store::prune`] deletes: finished history - runs (with their actions) and outbox
+/// rows delivered or given up - that ended before `history`, and consumption samples, per
+/// project and per branch, whose period ended before `consumption`. Running runs and
+/// pending notifications are never pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneBefore {
+    pub history: DateTime<Utc>,
+    pub consumption: DateTime<Utc>,
+}
+
+/// How many rows [`Store::prune`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub runs: u64,
+    pub notifications: u64,
+    pub samples: u64,
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use super::{
     from_ms, opt_from_ms, to_ms, ActionCounts, ActionId, ActionOutcome, ActionRecord,
     BranchConsumptionSample, Claim, ConsumptionSample, Delivery, Keep, Lease, NewAction,
     NewNotification, NewRun, NoticeKey, NoticeMark, NotificationFilter, NotificationRecord,
-    NotificationStatus, RunFilter, RunId, RunRecord, RunStatus, StateRecord, Store, StoreError,
-    StoreOptions, StoreResult, Trigger,
+    NotificationStatus, PruneBefore, Pruned, RunFilter, RunId, RunRecord, RunStatus, StateRecord,
+    Store, StoreError, StoreOptions, StoreResult, Trigger,
 };
 
 /// The run store on one SQL engine. Cheap to clone (a pool handle).
@@ -1400,17 +1400,45 @@ for_every_dialect! {
         opt_from_ms(ms, "branch_consumption_samples.timeframe_end")
     }
 
-    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+    async fn prune(&self, before: &PruneBefore) -> StoreResult<Pruned> {
+        let (history, consumption) = (to_ms(before.history), to_ms(before.consumption));
         let mut tx = self.write().await?;
         // Running rows have no finished_at and are never pruned; actions go with their run
         // (ON DELETE CASCADE).
-        let done =
+        let runs =
             sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1")
-                .bind(to_ms(before))
+                .bind(history)
                 .execute(&mut *tx)
                 .await?;
+        // A finished row was created before it finished: `created_at` narrows the scan to
+        // its index.
+        let notifications = sqlx::query(
+            "DELETE FROM outbox WHERE created_at < $1 AND status <> 'pending' \
+             AND finished_at IS NOT NULL AND finished_at < $1",
+        )
+        .bind(history)
+        .execute(&mut *tx)
+        .await?;
+        let mut samples = 0;
+        for table in ["consumption_samples", "branch_consumption_samples"] {
+            // Per granularity, so each delete is a range of the (granularity, end) index.
+            for granularity in ["hourly", "daily", "monthly"] {
+                let done = sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE granularity = $1 AND timeframe_end < $2"
+                ))
+                .bind(granularity.to_string())
+                .bind(consumption)
+                .execute(&mut *tx)
+                .await?;
+                samples += DB::rows_affected(&done);
+            }
+        }
         tx.commit().await?;
-        Ok(DB::rows_affected(&done))
+        Ok(Pruned {
+            runs: DB::rows_affected(&runs),
+            notifications: DB::rows_affected(&notifications),
+            samples,
+        })
     }
 }
 }

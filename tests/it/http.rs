@@ -321,7 +321,10 @@ impl Store for BrokenStore {
     async fn latest_consumption_end(&self, _: &str) -> StoreResult<Option<chrono::DateTime<Utc>>> {
         unreachable!("not used by the HTTP server")
     }
-    async fn prune(&self, _: chrono::DateTime<Utc>) -> StoreResult<u64> {
+    async fn prune(
+        &self,
+        _: &neon_steward::store::PruneBefore,
+    ) -> StoreResult<neon_steward::store::Pruned> {
         unreachable!("not used by the HTTP server")
     }
 }

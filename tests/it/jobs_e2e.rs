@@ -1296,7 +1296,10 @@ impl neon_steward::store::Store for FailingReads {
     ) -> neon_steward::store::StoreResult<Option<DateTime<Utc>>> {
         self.inner.latest_consumption_end(granularity).await
     }
-    async fn prune(&self, before: DateTime<Utc>) -> neon_steward::store::StoreResult<u64> {
+    async fn prune(
+        &self,
+        before: &neon_steward::store::PruneBefore,
+    ) -> neon_steward::store::StoreResult<neon_steward::store::Pruned> {
         self.inner.prune(before).await
     }
 }

@@ -460,7 +460,10 @@ impl Store for CountingStore {
     ) -> StoreResult<Option<DateTime<Utc>>> {
         self.inner.latest_consumption_end(granularity).await
     }
-    async fn prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+    async fn prune(
+        &self,
+        before: &neon_steward::store::PruneBefore,
+    ) -> StoreResult<neon_steward::store::Pruned> {
         self.inner.prune(before).await
     }
 }

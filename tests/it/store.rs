@@ -736,23 +736,94 @@ async fn branch_consumption_is_kept_apart_and_upserted(f: Fixture) {
     assert_eq!(s.latest_consumption_end("hourly").await.unwrap(), None);
 }
 
-async fn prune_removes_old_finished_runs_and_their_actions(f: Fixture) {
+async fn prune_removes_what_is_older_than_the_retentions(f: Fixture) {
     let s = &f.store;
     let old = s.claim_run(&new_run("a", t(0))).await.unwrap().unwrap();
     s.begin_action(&new_action(old, "br-1", ActionOutcome::Planned))
         .await
         .unwrap();
-    s.finish_run(old, RunStatus::Succeeded, ActionCounts::default(), None)
+    // Its end reports two notifications: one delivered, one still pending.
+    s.finish_run_notifying(
+        old,
+        RunStatus::Succeeded,
+        ActionCounts::default(),
+        None,
+        &[note("msg_done", 3_600_000), note("msg_waiting", 3_600_000)],
+    )
+    .await
+    .unwrap();
+    let claimed = s.claim_notifications(1, 3_600_000).await.unwrap();
+    let delivered = claimed[0].id.clone();
+    s.settle_notification(&delivered, &store::Delivery::Delivered)
         .await
         .unwrap();
     let running = s.claim_run(&new_run("a", t(1))).await.unwrap().unwrap();
+    // Samples of two days: hourly and daily, per project and per branch.
+    let d0 = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+    let d1 = d0 + Duration::days(1);
+    let daily = |start| ConsumptionSample {
+        granularity: "daily".into(),
+        timeframe_end: start + Duration::days(1),
+        ..sample("p1", start, 1.0)
+    };
+    s.upsert_consumption(&[
+        sample("p1", d0, 1.0),
+        sample("p1", d1, 2.0),
+        daily(d0),
+        daily(d1),
+    ])
+    .await
+    .unwrap();
+    s.upsert_branch_consumption(&[
+        branch_sample("p1", "br-a", d0, 1.0),
+        branch_sample("p1", "br-a", d1, 1.0),
+    ])
+    .await
+    .unwrap();
 
+    let at = |history, consumption| store::PruneBefore {
+        history,
+        consumption,
+    };
     assert_eq!(
-        s.prune(Utc::now() - Duration::hours(1)).await.unwrap(),
-        0,
+        s.prune(&at(Utc::now() - Duration::hours(1), d0))
+            .await
+            .unwrap(),
+        store::Pruned::default(),
         "nothing is that old"
     );
-    assert_eq!(s.prune(Utc::now() + Duration::seconds(5)).await.unwrap(), 1);
+    // The first day's samples: the hourly and daily ones that ended by the cutoff (the
+    // daily one of d0 ends at d1, so it stays until a cutoff past d1).
+    let got = s
+        .prune(&at(Utc::now() - Duration::hours(1), d1))
+        .await
+        .unwrap();
+    assert_eq!(got.samples, 2, "{got:?}");
+    assert_eq!(
+        s.list_consumption("hourly", d0).await.unwrap(),
+        vec![sample("p1", d1, 2.0)]
+    );
+    assert_eq!(
+        s.list_consumption("daily", d0).await.unwrap(),
+        vec![daily(d0), daily(d1)]
+    );
+    assert_eq!(
+        s.list_branch_consumption("hourly", d0).await.unwrap(),
+        vec![branch_sample("p1", "br-a", d1, 1.0)]
+    );
+
+    let got = s
+        .prune(&at(Utc::now() + Duration::seconds(5), d0))
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        store::Pruned {
+            runs: 1,
+            notifications: 1,
+            samples: 0
+        }
+    );
     assert!(s.get_run(old).await.unwrap().is_none());
     assert!(
         s.actions_for_run(old).await.unwrap().is_empty(),
@@ -762,6 +833,15 @@ async fn prune_removes_old_finished_runs_and_their_actions(f: Fixture) {
         s.get_run(running).await.unwrap().is_some(),
         "running runs are never pruned"
     );
+    let left: Vec<String> = s
+        .list_notifications(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(left.len(), 1, "the pending notification stays: {left:?}");
+    assert_ne!(left[0], delivered);
 }
 
 async fn ping_and_migrate_again(f: Fixture) {
@@ -1153,7 +1233,7 @@ macro_rules! contract_tests {
                 concurrent_state_updates_lose_nothing,
                 consumption_upsert_is_idempotent,
                 branch_consumption_is_kept_apart_and_upserted,
-                prune_removes_old_finished_runs_and_their_actions,
+                prune_removes_what_is_older_than_the_retentions,
                 ping_and_migrate_again,
                 outbox_is_written_with_its_fact_and_claimed_by_one_replica,
                 an_outbox_claim_whose_holder_died_is_taken_again,
