@@ -507,19 +507,22 @@ struct Retentions {
     consumption: Duration,
 }
 
+/// The instant `retention` before `now`; a retention reaching back before the earliest
+/// instant keeps everything (the earliest instant is the cut-off).
+fn cutoff(now: chrono::DateTime<Utc>, retention: Duration) -> chrono::DateTime<Utc> {
+    chrono::Duration::from_std(retention)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+}
+
 /// Deletes what is older than the retentions, at start and then hourly.
 async fn prune_loop(store: Arc<dyn Store>, keep: Retentions, shutdown: CancellationToken) {
-    // A retention reaching back before the earliest instant keeps everything.
-    let cutoff = |d: Duration| {
-        chrono::Duration::from_std(d)
-            .ok()
-            .and_then(|d| Utc::now().checked_sub_signed(d))
-            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
-    };
     loop {
+        let now = Utc::now();
         let before = store::PruneBefore {
-            history: cutoff(keep.history),
-            consumption: cutoff(keep.consumption),
+            history: cutoff(now, keep.history),
+            consumption: cutoff(now, keep.consumption),
         };
         match store.prune(&before).await {
             Ok(n) if n != store::Pruned::default() => tracing::info!(

@@ -57,6 +57,18 @@ async fn start_up_waits_for_the_scheduler_or_a_stop() {
     assert_eq!(r.unwrap(), Some("SIGTERM"));
 }
 
+#[test]
+fn a_retention_past_the_earliest_instant_cuts_off_nothing() {
+    let now = Utc::now();
+    assert_eq!(
+        cutoff(now, Duration::from_secs(3600)),
+        now - chrono::Duration::hours(1)
+    );
+    for far in [Duration::from_secs(1_000_000_000_000_000), Duration::MAX] {
+        assert_eq!(cutoff(now, far), chrono::DateTime::<Utc>::MIN_UTC);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn prune_survives_a_retention_past_the_earliest_instant() {
     let shutdown = CancellationToken::new();

@@ -115,7 +115,8 @@ pub struct RawStore {
         regex(pattern = r"^(sqlite|postgres|postgresql):")
     )]
     pub url: Option<Spanned<String>>,
-    /// Finished runs (and their actions) older than this are pruned.
+    /// Finished runs (with their actions) and finished notifications older than this are
+    /// pruned.
     #[schemars(extend("default" = "90d"))]
     pub history_retention: Option<PositiveDur>,
     /// Consumption samples (per project and per branch) whose period ended longer ago than

@@ -303,7 +303,7 @@ pub(super) async fn record_finish_notifying(
                 // stands, and it reconciles what this run left pending. The taker may be
                 // this replica itself, whose sweep for expired leases found this run's
                 // lease run out while the store could not be reached.
-                tracing::warn!(run_id, status = status.as_str(), error = %e, "the run was taken over after its lease expired (the error names by whom); its record stands");
+                tracing::warn!(run_id, status = status.as_str(), error = %e, "the run was taken over after its lease expired; its record (with the taker's reason) stands");
                 return false;
             }
             Err(e) if attempt < FINISH_ATTEMPTS => {

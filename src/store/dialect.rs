@@ -23,6 +23,9 @@ pub trait Dialect: sqlx::Database {
     const NAME: &'static str;
     /// The statement that opens a write transaction; `None` is the driver's `BEGIN`.
     const BEGIN_WRITE: Option<&'static str>;
+    /// The column that names a row of any table, for deleting in batches a table without
+    /// a one-column key.
+    const ROW_ID: &'static str;
     /// Whether the engine lets one writer in at a time (the whole database is the lock),
     /// so that a process's writes are better queued in the process than at the engine.
     const ONE_WRITER: bool;
@@ -63,6 +66,7 @@ impl Dialect for Sqlite {
     const NAME: &'static str = "sqlite";
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const ONE_WRITER: bool = true;
+    const ROW_ID: &'static str = "rowid";
     const NOW_MS: &'static str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
     const LOCK_ROW: &'static str = "";
     const LOCK_JOB: Option<&'static str> = None;
@@ -82,6 +86,7 @@ impl Dialect for Postgres {
     const NAME: &'static str = "postgres";
     const BEGIN_WRITE: Option<&'static str> = None;
     const ONE_WRITER: bool = false;
+    const ROW_ID: &'static str = "ctid";
     const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const LOCK_JOB: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");

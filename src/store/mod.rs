@@ -911,7 +911,8 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Deletes what is older than the retentions (see [`PruneBefore`]), in one transaction.
+    /// Deletes what is older than the retentions (see [`PruneBefore`]), in batches of a
+    /// bounded number of rows, each its own transaction.
     async fn prune(&self, before: &PruneBefore) -> StoreResult<Pruned>;
 }
 

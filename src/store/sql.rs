@@ -72,6 +72,10 @@ impl<DB: Dialect> std::ops::DerefMut for WriteTx<DB> {
     }
 }
 
+/// Rows one transaction of [`Store::prune`] deletes at most (a twentieth of it for runs,
+/// which take their actions with them).
+const PRUNE_BATCH: i64 = 2_000;
+
 const RUN_COLUMNS: &str = "id, job, kind, scheduled_for, triggered_by, started_at, finished_at, \
     status, dry_run, error, actions_succeeded, actions_failed, actions_skipped, actions_planned, \
     owner, lease_expires_at, plan_id";
@@ -664,6 +668,41 @@ for_every_dialect! {
             .into_iter()
             .map(RunRow::into_record)
             .collect()
+    }
+
+    /// Deletes the rows of `table` matching `condition`, at most `batch` per transaction,
+    /// until none is left; returns how many. Each batch is its own write, so the writes
+    /// waiting behind a prune (on SQLite, for their turn: lease renewals among them) wait
+    /// for one batch, never for a backlog of months.
+    async fn delete_in_batches(
+        &self,
+        table: &str,
+        key: &str,
+        condition: &str,
+        bind: Vec<Bind>,
+        batch: i64,
+    ) -> StoreResult<u64> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE {key} IN \
+             (SELECT {key} FROM {table} WHERE {condition} LIMIT {batch})"
+        );
+        let mut total = 0;
+        loop {
+            let mut tx = self.write().await?;
+            let mut q = sqlx::query::<DB>(&sql);
+            for b in &bind {
+                q = match b {
+                    Bind::Int(v) => q.bind(*v),
+                    Bind::Text(v) => q.bind(v.clone()),
+                };
+            }
+            let done = DB::rows_affected(&q.execute(&mut *tx).await?);
+            tx.commit().await?;
+            total += done;
+            if done < u64::try_from(batch).unwrap_or(u64::MAX) {
+                return Ok(total);
+            }
+        }
     }
 }
 }
@@ -1402,43 +1441,49 @@ for_every_dialect! {
 
     async fn prune(&self, before: &PruneBefore) -> StoreResult<Pruned> {
         let (history, consumption) = (to_ms(before.history), to_ms(before.consumption));
-        let mut tx = self.write().await?;
-        // Running rows have no finished_at and are never pruned; actions go with their run
-        // (ON DELETE CASCADE).
-        let runs =
-            sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1")
-                .bind(history)
-                .execute(&mut *tx)
-                .await?;
+        let mut pruned = Pruned::default();
+        // Running runs have no finished_at and are never pruned. A run's actions go with it
+        // (ON DELETE CASCADE), so its batches are smaller.
+        pruned.runs = self
+            .delete_in_batches(
+                "runs",
+                "id",
+                "finished_at IS NOT NULL AND finished_at < $1",
+                vec![Bind::Int(Some(history))],
+                PRUNE_BATCH / 20,
+            )
+            .await?;
         // A finished row was created before it finished: `created_at` narrows the scan to
         // its index.
-        let notifications = sqlx::query(
-            "DELETE FROM outbox WHERE created_at < $1 AND status <> 'pending' \
-             AND finished_at IS NOT NULL AND finished_at < $1",
-        )
-        .bind(history)
-        .execute(&mut *tx)
-        .await?;
-        let mut samples = 0;
+        pruned.notifications = self
+            .delete_in_batches(
+                "outbox",
+                "id",
+                "created_at < $1 AND status <> 'pending' AND finished_at IS NOT NULL \
+                 AND finished_at < $1",
+                vec![Bind::Int(Some(history))],
+                PRUNE_BATCH,
+            )
+            .await?;
         for table in ["consumption_samples", "branch_consumption_samples"] {
-            // Per granularity, so each delete is a range of the (granularity, end) index.
+            // Per granularity (those `collect_consumption` stores), so that each batch is
+            // a range of the (granularity, end) index.
             for granularity in ["hourly", "daily", "monthly"] {
-                let done = sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE granularity = $1 AND timeframe_end < $2"
-                ))
-                .bind(granularity.to_string())
-                .bind(consumption)
-                .execute(&mut *tx)
-                .await?;
-                samples += DB::rows_affected(&done);
+                pruned.samples += self
+                    .delete_in_batches(
+                        table,
+                        DB::ROW_ID,
+                        "granularity = $2 AND timeframe_end < $1",
+                        vec![
+                            Bind::Int(Some(consumption)),
+                            Bind::Text(Some(granularity.to_string())),
+                        ],
+                        PRUNE_BATCH,
+                    )
+                    .await?;
             }
         }
-        tx.commit().await?;
-        Ok(Pruned {
-            runs: DB::rows_affected(&runs),
-            notifications: DB::rows_affected(&notifications),
-            samples,
-        })
+        Ok(pruned)
     }
 }
 }

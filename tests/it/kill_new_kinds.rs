@@ -112,10 +112,44 @@ fn store_url(dir: &Path) -> String {
     format!("sqlite://{}/state.db", dir.display())
 }
 
+/// The budget's time zone: one where this month has run for 6 hours at least and has 2 hours
+/// left at least, so that the account's consumption (an hour ending two hours ago) falls in
+/// the budget's current month and no month boundary passes during the test, whenever it
+/// runs. Chosen once per process.
+fn budget_zone() -> &'static str {
+    use chrono::{Datelike, TimeZone};
+    static ZONE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    ZONE.get_or_init(|| {
+        let now = Utc::now();
+        let fits = |name: &str| {
+            let Ok(tz) = name.parse::<chrono_tz::Tz>() else {
+                return false;
+            };
+            let local = now.with_timezone(&tz);
+            let start = tz
+                .with_ymd_and_hms(local.year(), local.month(), 1, 0, 0, 0)
+                .single();
+            let (y, m) = match local.month() {
+                12 => (local.year() + 1, 1),
+                m => (local.year(), m + 1),
+            };
+            let end = tz.with_ymd_and_hms(y, m, 1, 0, 0, 0).single();
+            matches!((start, end), (Some(s), Some(e))
+                if now - s.with_timezone(&Utc) >= TimeDelta::hours(6)
+                    && e.with_timezone(&Utc) - now >= TimeDelta::hours(2))
+        };
+        ["UTC", "Etc/GMT+12", "Etc/GMT-12"]
+            .into_iter()
+            .find(|z| fits(z))
+            .unwrap_or("UTC")
+    })
+}
+
 /// The policy of one life: a collect job, the budget guard at `limit` USD (tiny: every
 /// threshold is crossed; huge: none is, so its changes are restored), backup schedules at
 /// `hour`, digests to the sink, and `extra` jobs.
 fn policy(org: &str, limit: f64, hour: u32, extra: &str) -> String {
+    let zone = budget_zone();
     format!(
         r#"
 [api]
@@ -160,7 +194,7 @@ org_id = "{org}"
 consumption_job = "usage"
 limit = {limit:.1}
 currency = "USD"
-timezone = "UTC"
+timezone = "{zone}"
 [[jobs.budget.thresholds]]
 percent = 100
 actions = ["suspend_computes", "lower_max_cu"]

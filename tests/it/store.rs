@@ -842,6 +842,25 @@ async fn prune_removes_what_is_older_than_the_retentions(f: Fixture) {
         .collect();
     assert_eq!(left.len(), 1, "the pending notification stays: {left:?}");
     assert_ne!(left[0], delivered);
+
+    // More than one batch (of 2,000 rows) is pruned whole.
+    let many: Vec<ConsumptionSample> = (0..2_500)
+        .map(|i| sample(&format!("p{i}"), d0 - Duration::days(10), 1.0))
+        .collect();
+    s.upsert_consumption(&many).await.unwrap();
+    let got = s
+        .prune(&at(Utc::now() - Duration::hours(1), d0))
+        .await
+        .unwrap();
+    assert_eq!(got.samples, 2_500, "{got:?}");
+    assert_eq!(
+        s.list_consumption("hourly", d0 - Duration::days(11))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "only the sample of d1 is left"
+    );
 }
 
 async fn ping_and_migrate_again(f: Fixture) {
