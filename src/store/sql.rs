@@ -1441,10 +1441,9 @@ for_every_dialect! {
 
     async fn prune(&self, before: &PruneBefore) -> StoreResult<Pruned> {
         let (history, consumption) = (to_ms(before.history), to_ms(before.consumption));
-        let mut pruned = Pruned::default();
         // Running runs have no finished_at and are never pruned. A run's actions go with it
         // (ON DELETE CASCADE), so its batches are smaller.
-        pruned.runs = self
+        let runs = self
             .delete_in_batches(
                 "runs",
                 "id",
@@ -1455,7 +1454,7 @@ for_every_dialect! {
             .await?;
         // A finished row was created before it finished: `created_at` narrows the scan to
         // its index.
-        pruned.notifications = self
+        let notifications = self
             .delete_in_batches(
                 "outbox",
                 "id",
@@ -1465,11 +1464,12 @@ for_every_dialect! {
                 PRUNE_BATCH,
             )
             .await?;
+        let mut samples = 0;
         for table in ["consumption_samples", "branch_consumption_samples"] {
             // Per granularity (those `collect_consumption` stores), so that each batch is
             // a range of the (granularity, end) index.
             for granularity in ["hourly", "daily", "monthly"] {
-                pruned.samples += self
+                samples += self
                     .delete_in_batches(
                         table,
                         DB::ROW_ID,
@@ -1483,7 +1483,11 @@ for_every_dialect! {
                     .await?;
             }
         }
-        Ok(pruned)
+        Ok(Pruned {
+            runs,
+            notifications,
+            samples,
+        })
     }
 }
 }
