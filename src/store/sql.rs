@@ -548,13 +548,18 @@ for_every_dialect! {
     async fn not_updated(&self, id: RunId, what: &'static str) -> StoreError {
         match self.runs_where("id = $1", vec![Bind::Int(Some(id))]).await {
             Ok(r) if r.is_empty() => StoreError::NotFound { what, id },
+            // As the fence says it: a running run is another replica's; an ended one says
+            // how it ended (a takeover's reason names the taker).
             Ok(r) => StoreError::Fenced {
                 run_id: id,
-                why: format!(
-                    "it is `{}` and held by {}",
-                    r[0].status.as_str(),
-                    r[0].owner.as_deref().unwrap_or("no replica")
-                ),
+                why: match (r[0].status, r[0].error.as_deref()) {
+                    (RunStatus::Running, _) => format!(
+                        "it is held by {}",
+                        r[0].owner.as_deref().unwrap_or("no replica")
+                    ),
+                    (status, Some(e)) => format!("it is `{}`: {e}", status.as_str()),
+                    (status, None) => format!("it is `{}`", status.as_str()),
+                },
             },
             Err(e) => e,
         }
