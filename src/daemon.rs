@@ -83,6 +83,7 @@ impl Executor for JobsExecutor {
         let control = RunControl {
             cancel: run.cancel.clone(),
             clock: Some(self.clock.clone()),
+            lease: run.lease.clone(),
         };
         let r = run_job_with(&self.env, &job, ctx, &control).await;
         RunReport {

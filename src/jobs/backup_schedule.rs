@@ -406,7 +406,7 @@ impl JobKind for BackupSchedules<'_> {
     ) -> Result<BackupSchedule, ApiError> {
         let (env, project) = (cx.env, cx.project);
         let target = action.target();
-        with_lock_retry(env, project, || {
+        with_lock_retry(cx, || {
             env.client
                 .put_backup_schedule(project, action.branch(), &target)
         })

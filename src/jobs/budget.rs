@@ -702,18 +702,15 @@ impl JobKind for Budget<'_> {
             BudgetAction::Apply(c) if c.lever == Lever::Suspend => {
                 let endpoint = EndpointId::from(c.endpoint.as_str());
                 let (_, ops) =
-                    with_lock_retry(env, project, || client.suspend_endpoint(project, &endpoint))
-                        .await?;
+                    with_lock_retry(cx, || client.suspend_endpoint(project, &endpoint)).await?;
                 return wait(env, project, &ops).await;
             }
             BudgetAction::Apply(c) => (&c.endpoint, update_to(c.set)),
             BudgetAction::Restore(c) => (&c.endpoint, update_to(c.previous)),
         };
         let endpoint = EndpointId::from(endpoint.as_str());
-        let (_, ops) = with_lock_retry(env, project, || {
-            client.update_endpoint(project, &endpoint, &update)
-        })
-        .await?;
+        let (_, ops) =
+            with_lock_retry(cx, || client.update_endpoint(project, &endpoint, &update)).await?;
         wait(env, project, &ops).await
     }
 

@@ -254,15 +254,15 @@ impl JobKind for Expire<'_> {
         let (env, project, c) = (cx.env, cx.project, &cx.env.client);
         match action {
             ExpireAction::Delete(b) => {
-                let (branch, ops) =
-                    match with_lock_retry(env, project, || c.delete_branch(project, b)).await {
-                        Ok(r) => r,
-                        Err(ApiError::AlreadyDeleted { .. }) => {
-                            self.forget_branch(project, b);
-                            return Ok(ExpireDone::Deleted("already deleted".into()));
-                        }
-                        Err(e) => return Err(e),
-                    };
+                let (branch, ops) = match with_lock_retry(cx, || c.delete_branch(project, b)).await
+                {
+                    Ok(r) => r,
+                    Err(ApiError::AlreadyDeleted { .. }) => {
+                        self.forget_branch(project, b);
+                        return Ok(ExpireDone::Deleted("already deleted".into()));
+                    }
+                    Err(e) => return Err(e),
+                };
                 // Gone from the re-check listing: its parent may be deleted after it.
                 self.forget_branch(project, b);
                 wait(env, project, &ops).await?;
@@ -272,7 +272,7 @@ impl JobKind for Expire<'_> {
             }
             ExpireAction::SetExpiry(b, planned) => {
                 let mut sent = *planned;
-                let (_, ops) = with_lock_retry(env, project, || {
+                let (_, ops) = with_lock_retry(cx, || {
                     // Computed at each attempt: a retry after waiting for a locked project
                     // must not send a time that has passed meanwhile.
                     sent = expiry_at_call(*planned, cx.now());
@@ -292,8 +292,7 @@ impl JobKind for Expire<'_> {
                     ..Default::default()
                 };
                 let (_, ops) =
-                    with_lock_retry(env, project, || c.update_branch(project, b, update.clone()))
-                        .await?;
+                    with_lock_retry(cx, || c.update_branch(project, b, update.clone())).await?;
                 wait(env, project, &ops).await?;
                 Ok(ExpireDone::Cleared)
             }

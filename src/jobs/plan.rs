@@ -48,6 +48,9 @@ pub struct RunControl {
     /// "Now" while acting (times handed to Neon are computed from it when the call is
     /// made). `None`: the run's `now` plus the (tokio) time elapsed since the run started.
     pub clock: Option<Arc<dyn crate::scheduler::Clock>>,
+    /// How long this replica surely still holds the run; no mutation is sent after (see
+    /// [`crate::scheduler::LeaseWatch`]). The default guards nothing.
+    pub lease: crate::scheduler::LeaseWatch,
 }
 
 impl std::fmt::Debug for RunControl {
@@ -55,6 +58,7 @@ impl std::fmt::Debug for RunControl {
         f.debug_struct("RunControl")
             .field("cancelled", &self.cancel.is_cancelled())
             .field("clock", &self.clock.as_ref().map(|_| "custom"))
+            .field("lease_live", &self.lease.live())
             .finish()
     }
 }
@@ -78,6 +82,11 @@ impl<'a> RunClock<'a> {
     /// Whether the run has been asked to stop.
     pub fn cancelled(&self) -> bool {
         self.control.cancel.is_cancelled()
+    }
+
+    /// Whether this replica surely still holds the run (its lease cannot have lapsed).
+    pub fn lease_live(&self) -> bool {
+        self.control.lease.live()
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -219,7 +219,7 @@ impl JobKind for Snapshots<'_> {
                 name,
                 expires_in,
             } => {
-                let created = with_lock_retry(env, project, || {
+                let created = with_lock_retry(cx, || {
                     let req = SnapshotRequest {
                         name: Some(name.clone()),
                         expires_at: expiry(cx.now(), *expires_in),
@@ -249,7 +249,7 @@ impl JobKind for Snapshots<'_> {
                 Ok(SnapshotDone::Created(snap.id))
             }
             SnapshotAction::Delete(s) => {
-                match with_lock_retry(env, project, || c.delete_snapshot(project, s)).await {
+                match with_lock_retry(cx, || c.delete_snapshot(project, s)).await {
                     Ok(ops) => wait(env, project, &ops).await?,
                     Err(ApiError::AlreadyDeleted { .. }) => {
                         return Ok(SnapshotDone::Deleted { already: true })

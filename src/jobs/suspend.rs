@@ -127,11 +127,9 @@ impl JobKind for Suspend<'_> {
         let (env, project, c) = (cx.env, cx.project, &cx.env.client);
         let (_, ops) = match action {
             SuspendAction::Suspend { endpoint, .. } => {
-                with_lock_retry(env, project, || c.suspend_endpoint(project, endpoint)).await?
+                with_lock_retry(cx, || c.suspend_endpoint(project, endpoint)).await?
             }
-            SuspendAction::Start(e) => {
-                with_lock_retry(env, project, || c.start_endpoint(project, e)).await?
-            }
+            SuspendAction::Start(e) => with_lock_retry(cx, || c.start_endpoint(project, e)).await?,
         };
         wait(env, project, &ops).await
     }

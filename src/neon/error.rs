@@ -66,6 +66,10 @@ pub enum ApiError {
     #[error("Neon API {route}: already deleted or never existed")]
     AlreadyDeleted { route: &'static str },
 
+    /// The call was not sent, for the reason given (it cannot have been carried out).
+    #[error("not sent: {0}")]
+    NotSent(String),
+
     /// The call was refused before sending because its arguments break Neon's documented
     /// rules (e.g. more than 100 `project_ids`).
     #[error("invalid Neon API request: {0}")]

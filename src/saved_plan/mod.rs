@@ -258,6 +258,7 @@ impl Executor for SavedExecutor {
         let control = RunControl {
             cancel: run.cancel.clone(),
             clock: Some(self.clock.clone()),
+            lease: run.lease.clone(),
         };
         let saved = match &self.mode {
             Mode::Record(r) => SavedPlan::Record(r),

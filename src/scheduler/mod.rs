@@ -16,6 +16,7 @@
 //! How a job runs is not the scheduler's business: it calls an [`Executor`].
 
 pub mod clock;
+mod lease;
 mod run;
 pub(crate) use run::panic_message;
 
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::store::LeaseTiming;
 pub use clock::{Clock, SystemClock, TokioClock};
+pub use lease::LeaseWatch;
 pub use run::{run_now, run_now_as};
 
 use crate::config::{ConcurrencyPolicy, JobConfig, MissedPolicy};
@@ -81,6 +83,9 @@ pub struct RunHandle {
     /// Cancelled on timeout, on `replace` and at the end of the shutdown grace period.
     /// Executors check it between actions and stop promptly.
     pub cancel: CancellationToken,
+    /// How long this replica surely still holds the run (renewed by its heartbeat): no
+    /// mutation is sent once it may have lapsed.
+    pub lease: LeaseWatch,
 }
 
 /// How a run ended, as reported by the executor.
@@ -910,6 +915,7 @@ impl Loop {
             trigger,
             dry_run: job.dry_run,
             cancel,
+            lease: LeaseWatch::claimed_now(self.opts.lease),
         };
         let ctx = run::RunContext {
             store: self.store.clone(),

@@ -7,7 +7,7 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Clock, Executor, LastRun, RunHandle, RunReport};
+use super::{Clock, Executor, LastRun, LeaseWatch, RunHandle, RunReport};
 use crate::config::JobConfig;
 use crate::store::{
     ActionCounts, Lease, LeaseTiming, NewRun, RunId, RunStatus, Store, StoreResult, Trigger,
@@ -50,6 +50,7 @@ pub(super) async fn execute(
     .emit();
     let span = tracing::info_span!("run", job = %job.name, run_id = run.run_id, replica = %ctx.store.replica());
     let cancel = run.cancel.clone();
+    let lease = run.lease.clone();
     let (run_id, scheduled_for, dry_run) = (run.run_id, run.scheduled_for, run.dry_run);
 
     // The executor runs in its own task so that a panic is contained and the task can be
@@ -73,7 +74,7 @@ pub(super) async fn execute(
     let heartbeat = tokio::spawn(heartbeat(
         ctx.store.clone(),
         job.name.clone(),
-        run_id,
+        (run_id, lease),
         ctx.lease,
         cancel.clone(),
         reason.clone(),
@@ -174,7 +175,7 @@ pub(super) async fn execute(
 async fn heartbeat(
     store: Arc<dyn Store>,
     job: String,
-    run_id: RunId,
+    (run_id, watch): (RunId, LeaseWatch),
     timing: LeaseTiming,
     cancel: CancellationToken,
     reason: Arc<OnceLock<String>>,
@@ -192,11 +193,13 @@ async fn heartbeat(
     };
     loop {
         tokio::time::sleep(timing.heartbeat).await;
+        let asked = tokio::time::Instant::now();
         match store.renew_lease(run_id).await {
             Ok(Lease::Held {
                 cancel_requested, ..
             }) => {
                 renewed = tokio::time::Instant::now();
+                watch.renewed(asked, timing);
                 if cancel_requested {
                     tracing::info!(job = %job, run_id, "another replica started a newer run (concurrency = replace); stopping");
                     let _ = reason.set("replaced by a newer run (concurrency = replace)".into());
@@ -426,6 +429,7 @@ pub async fn run_now_as(
         trigger,
         dry_run,
         cancel: token.clone(),
+        lease: LeaseWatch::claimed_now(timing),
     };
     let ctx = RunContext {
         store,

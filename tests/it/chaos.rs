@@ -219,6 +219,8 @@ pub struct Audit {
     pub disagreements: usize,
     /// Snapshots of the job at Neon that its ownership record does not name.
     pub leaked: usize,
+    /// For a failure's message: what disagrees, and every ledger row about it.
+    pub why: Vec<String>,
 }
 
 /// Audits the ledger in `store` against `sim`'s mutation log and state.
@@ -307,6 +309,30 @@ pub async fn audit(store: &dyn Store, sim: &TestSim) -> Audit {
         + deleted_at_neon
             .symmetric_difference(&deleted_in_ledger)
             .count();
+    for (project, name) in made.symmetric_difference(&created_in_ledger) {
+        a.why.push(format!(
+            "create of {name} in {project}: at Neon {}, succeeded in the ledger {}",
+            made.contains(&(project.clone(), name.clone())),
+            created_in_ledger.contains(&(project.clone(), name.clone()))
+        ));
+        for r in &runs {
+            for x in store.actions_for_run(r.id).await.unwrap() {
+                if x.resource_name.as_deref() == Some(name.as_str()) {
+                    a.why.push(format!(
+                        "  run {} ({:?}, {:?}, owner {:?}): {} {:?} {:?} reconciled {:?}",
+                        r.id,
+                        r.status,
+                        r.error,
+                        r.owner,
+                        x.action,
+                        x.outcome,
+                        x.detail,
+                        x.reconciled_at
+                    ));
+                }
+            }
+        }
+    }
 
     // Owned is a recorded id, or an unfinished create of that name (an attempt whose answer
     // was not recorded: the next plan adopts it by name, see `jobs/snapshot.rs`).

@@ -16,7 +16,7 @@ use neon_steward::config::{self, JobConfig};
 use neon_steward::jobs::snapshot::ownership_key;
 use neon_steward::jobs::{run_job_with, JobEnv, RunContext, RunControl, RunResult};
 use neon_steward::neon::{ClientConfig, NeonClient};
-use neon_steward::scheduler::{Clock, Executor, RunHandle};
+use neon_steward::scheduler::{Clock, Executor, LeaseTiming, LeaseWatch, RunHandle};
 use neon_steward::secret::Secret;
 use neon_steward::store::{ActionOutcome, ActionRecord, NewRun, RunStatus, Trigger};
 use neon_steward::telemetry::consumption::ConsumptionExporter;
@@ -589,6 +589,43 @@ async fn neon_refuses_a_delete_the_recheck_listing_could_not_see() {
     assert!(e.branch_names(&p.id).contains(&later.name));
 }
 
+/// A replica whose own clock says its lease of the run may have lapsed (here at once: a
+/// lease no longer than its heartbeat) sends no mutation: a survivor may already have taken
+/// the run over and reconciled the action as not made. The action is recorded failed, "not
+/// sent", and Neon sees no call.
+#[tokio::test]
+async fn no_mutation_is_sent_once_the_lease_may_have_lapsed() {
+    let e = env().await;
+    let (p, _main) = e.sim.add_project("app", None);
+    let at = e.sim.clock().now() - TimeDelta::days(10);
+    e.sim.add_branch(&p.id, "preview/old", None, at).unwrap();
+    let second = Duration::from_secs(1);
+    let control = RunControl {
+        clock: Some(Arc::new(SimClock(e.sim.clock()))),
+        lease: LeaseWatch::claimed_now(LeaseTiming {
+            heartbeat: second,
+            lease: second,
+        }),
+        ..Default::default()
+    };
+    let (r, actions) = e
+        .run_with(&job(EXPIRE), e.sim.clock().now(), &control)
+        .await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    assert_eq!(outcomes(&actions, "delete_branch"), [ActionOutcome::Failed]);
+    let detail = actions[0].detail.as_deref().unwrap_or("");
+    assert!(
+        detail.contains("not sent") && detail.contains("lease"),
+        "{detail}"
+    );
+    assert!(
+        e.sim.mutations().is_empty(),
+        "no call reached Neon: {:?}",
+        e.sim.mutations()
+    );
+    assert!(e.branch_names(&p.id).contains(&"preview/old".to_string()));
+}
+
 /// A failed child delete: its parent is skipped (not attempted), unrelated branches go on,
 /// and the run is `partial`.
 #[tokio::test]
@@ -734,6 +771,7 @@ async fn a_cancelled_run_stops_between_actions_and_reports_what_it_did() {
         trigger: Trigger::Manual,
         dry_run: false,
         cancel: cancel.clone(),
+        lease: Default::default(),
     };
     let jj = j.clone();
     let running = tokio::spawn(async move { exec.execute(jj, handle).await });
