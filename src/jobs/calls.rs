@@ -5,8 +5,10 @@
 //! only when the operations it started have finished. And no call is sent once this
 //! replica's hold of the run may have lapsed (see [`crate::scheduler::LeaseWatch`]).
 
+use std::sync::Arc;
+
 use crate::neon::retry::retry_when_locked;
-use crate::neon::{ApiError, Operation, ProjectId};
+use crate::neon::{with_send_gate, ApiError, Operation, ProjectId, SendGate};
 
 use super::kind::ActCx;
 use super::plan::JobEnv;
@@ -16,30 +18,26 @@ const LOCKED_ATTEMPTS: u32 = 3;
 
 /// Makes `call` in the project `cx` acts on, waiting for the project to become idle when it
 /// is locked (423), up to [`LOCKED_ATTEMPTS`] calls and so at most `LOCKED_ATTEMPTS - 1`
-/// waits of `env.operation_deadline` each. Right before each attempt, the run's lease is
-/// checked on this replica's clock: once it may have lapsed (the process was paused, or cut
-/// off from the store), the call is not sent ([`ApiError::NotSent`], which cannot have been
-/// carried out), since a survivor may already have taken the run over and reconciled this
-/// action as not made.
+/// waits of `env.operation_deadline` each. Right before each request the call sends (its
+/// retries and rate-limit waits included), the run's lease is checked on this replica's
+/// clock: once it may have lapsed (the process was paused, or cut off from the store), the
+/// request is not sent ([`ApiError::NotSent`], which cannot have been carried out), since a
+/// survivor may already have taken the run over and reconciled this action as not made.
 pub(crate) async fn with_lock_retry<T, F, Fut>(cx: &ActCx<'_>, mut call: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    let (env, project, clock) = (cx.env, cx.project, cx.clock);
-    let guarded = || {
-        let attempt = call();
-        async move {
-            if !clock.lease_live() {
-                return Err(ApiError::NotSent(
-                    "this replica's lease of the run may have lapsed (the process was paused \
-                     or cut off from the store); another replica may have taken the run over"
-                        .into(),
-                ));
-            }
-            attempt.await
-        }
-    };
+    let (env, project) = (cx.env, cx.project);
+    let lease = cx.clock.lease();
+    let gate: SendGate = Arc::new(move || {
+        (!lease.live()).then(|| {
+            "this replica's lease of the run may have lapsed (the process was paused or cut \
+             off from the store); another replica may have taken the run over"
+                .to_string()
+        })
+    });
+    let guarded = || with_send_gate(gate.clone(), call());
     retry_when_locked(LOCKED_ATTEMPTS, guarded, |attempt| async move {
         tracing::info!(%project, attempt, "project locked; waiting for its operations");
         env.client

@@ -84,9 +84,9 @@ impl<'a> RunClock<'a> {
         self.control.cancel.is_cancelled()
     }
 
-    /// Whether this replica surely still holds the run (its lease cannot have lapsed).
-    pub fn lease_live(&self) -> bool {
-        self.control.lease.live()
+    /// How long this replica surely still holds the run.
+    pub fn lease(&self) -> crate::scheduler::LeaseWatch {
+        self.control.lease.clone()
     }
 
     pub fn now(&self) -> DateTime<Utc> {

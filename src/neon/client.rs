@@ -135,6 +135,24 @@ pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(5);
 /// The default longest interval between operation polls.
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(5);
 
+/// Decides, right before each request of a call is sent, whether it may still be sent:
+/// `None` to send, `Some(reason)` to refuse it ([`ApiError::NotSent`]).
+pub type SendGate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+tokio::task_local! {
+    static SEND_GATE: SendGate;
+}
+
+/// Runs `call` with `gate` consulted before every request it sends, its retries included
+/// (the jobs: "is this run still surely ours?", see `jobs/calls.rs`).
+pub async fn with_send_gate<T>(gate: SendGate, call: impl std::future::Future<Output = T>) -> T {
+    SEND_GATE.scope(gate, call).await
+}
+
+fn gate_refusal() -> Option<String> {
+    SEND_GATE.try_with(|gate| gate()).ok().flatten()
+}
+
 /// A cheap-to-clone handle on the Neon API.
 #[derive(Clone)]
 pub struct NeonClient {
@@ -1166,7 +1184,10 @@ impl NeonClient {
     ) -> Result<Reply, ApiError> {
         let result = self.execute_with_retries(call, extra_query).await;
         if let Some(h) = &self.inner.health {
-            h.record(result.as_ref().map(|_| ()));
+            // A call the gate refused says nothing about Neon.
+            if !matches!(result, Err(ApiError::NotSent(_))) {
+                h.record(result.as_ref().map(|_| ()));
+            }
         }
         result
     }
@@ -1198,6 +1219,11 @@ impl NeonClient {
             self.inner.consumption_limiter.acquire().await;
         }
         self.inner.limiter.acquire().await;
+        // Last, right before the request leaves: every retry and every wait for the
+        // limiter may have been a pause.
+        if let Some(refusal) = gate_refusal() {
+            return Err((ApiError::NotSent(refusal), None));
+        }
         let request_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::debug_span!(
             "neon_api",

@@ -1,12 +1,14 @@
 //! This replica's own view of how long it still holds a run.
 //!
 //! The store fences every write of a run whose lease has lapsed, but Neon cannot be fenced: a
-//! replica paused (SIGSTOP, a frozen VM, a long GC-like stall) between recording an action's
-//! intent and sending its call would, once resumed, send a call that a survivor has already
-//! reconciled as not made. So the replica checks its own clock right before each mutation
-//! and sends nothing once the lease may have lapsed. A pause can still fall between that
-//! check and the request leaving the socket; the window shrinks from "anywhere in the
-//! action" to those microseconds.
+//! replica paused (SIGSTOP, a stalled runtime, a store it could not reach) between recording
+//! an action's intent and sending its call would, once resumed, send a call that a survivor
+//! has already reconciled as not made. So the client checks this replica's clock right
+//! before each request of a run's mutation (after every retry wait and rate-limit wait) and
+//! sends nothing once the lease may have lapsed. A pause can still fall between that check
+//! and the request leaving the socket: the window shrinks from "anywhere in the action" to
+//! those microseconds. The clock is `CLOCK_MONOTONIC`, which counts a process's stop but not
+//! a suspended machine or, usually, a virtual machine paused by its host.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,20 +17,18 @@ use tokio::time::Instant;
 use crate::store::LeaseTiming;
 
 /// Until when this replica may take its hold of a run for granted, by its monotonic clock
-/// (which runs on while the process is stopped): the start of the last renewal that
-/// succeeded, plus the lease, less one heartbeat (the claim's and renewals' own latency,
-/// and clocks that run at slightly different rates). The default is unbounded: a run no
+/// (which runs on while the process is stopped): when the claim or the last renewal that
+/// succeeded was asked, plus the lease, less one heartbeat (clocks that run at slightly
+/// different rates, and a renewal that comes late). The default is unbounded: a run no
 /// lease guards (a test, the bench).
 #[derive(Clone, Debug, Default)]
 pub struct LeaseWatch(Option<Arc<Mutex<Instant>>>);
 
 impl LeaseWatch {
-    /// A run claimed just now.
-    pub fn claimed_now(timing: LeaseTiming) -> Self {
-        LeaseWatch(Some(Arc::new(Mutex::new(Self::until(
-            Instant::now(),
-            timing,
-        )))))
+    /// A run whose claim was asked at `asked` (its lease, by the store's clock, began when
+    /// the claim's statement ran: later).
+    pub fn claimed_at(asked: Instant, timing: LeaseTiming) -> Self {
+        LeaseWatch(Some(Arc::new(Mutex::new(Self::until(asked, timing)))))
     }
 
     /// A renewal asked at `asked` succeeded.
@@ -65,7 +65,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lease_is_taken_for_granted_one_heartbeat_less_than_it_lasts() {
-        let w = LeaseWatch::claimed_now(TIMING);
+        let w = LeaseWatch::claimed_at(Instant::now(), TIMING);
         tokio::time::advance(Duration::from_secs(19)).await;
         assert!(w.live());
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -74,7 +74,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_renewal_extends_it_from_when_it_was_asked() {
-        let w = LeaseWatch::claimed_now(TIMING);
+        let w = LeaseWatch::claimed_at(Instant::now(), TIMING);
         tokio::time::advance(Duration::from_secs(15)).await;
         let asked = Instant::now();
         tokio::time::advance(Duration::from_secs(2)).await;

@@ -723,12 +723,13 @@ impl Loop {
         }
         self.replace_running(&job);
         let now = self.clock.now();
+        let asked = tokio::time::Instant::now();
         match self
             .claim(&job, now, Trigger::Manual, RunStatus::Running, None)
             .await
         {
             Ok(Some(id)) => {
-                self.spawn_run(&job, id, now, Trigger::Manual);
+                self.spawn_run(&job, id, now, Trigger::Manual, asked);
                 Ok(id)
             }
             Ok(None) => Err(TriggerError::Claimed(job.name.clone())),
@@ -800,6 +801,8 @@ impl Loop {
             self.replace_running(job);
         }
         let new_run = self.new_run(job, claim_at, trigger, RunStatus::Running, None);
+        // The lease runs from the claim's statement, which is after this.
+        let asked = tokio::time::Instant::now();
         // `forbid` holds across replicas: the store refuses the claim while another run of
         // the job holds a live lease, wherever it runs.
         let claimed = if job.concurrency == ConcurrencyPolicy::Forbid {
@@ -818,7 +821,7 @@ impl Loop {
                         tracing::warn!(job = %job.name, error = %e, "cannot ask other replicas' runs to stop (concurrency = replace)");
                     }
                 }
-                self.spawn_run(job, id, tick, trigger)
+                self.spawn_run(job, id, tick, trigger, asked)
             }
             Ok(Claim::Busy(other)) => {
                 JobTickSkipped {
@@ -891,12 +894,15 @@ impl Loop {
             .await
     }
 
+    /// Starts the run `id` claimed by a claim asked at `asked` (when its lease began at the
+    /// earliest, by this replica's clock).
     fn spawn_run(
         &mut self,
         job: &Arc<JobConfig>,
         id: RunId,
         tick: DateTime<Utc>,
         trigger: Trigger,
+        asked: tokio::time::Instant,
     ) {
         let cancel = CancellationToken::new();
         let reason = Arc::new(OnceLock::new());
@@ -915,7 +921,7 @@ impl Loop {
             trigger,
             dry_run: job.dry_run,
             cancel,
-            lease: LeaseWatch::claimed_now(self.opts.lease),
+            lease: LeaseWatch::claimed_at(asked, self.opts.lease),
         };
         let ctx = run::RunContext {
             store: self.store.clone(),

@@ -406,6 +406,7 @@ pub async fn run_now_as(
     };
     let now = clock.now();
     let dry_run = job.dry_run || force_dry_run;
+    let asked = tokio::time::Instant::now();
     let claimed = store
         .claim_run(&NewRun {
             job: job.name.clone(),
@@ -429,7 +430,7 @@ pub async fn run_now_as(
         trigger,
         dry_run,
         cancel: token.clone(),
-        lease: LeaseWatch::claimed_now(timing),
+        lease: LeaseWatch::claimed_at(asked, timing),
     };
     let ctx = RunContext {
         store,

@@ -1107,6 +1107,62 @@ async fn retried_delete_after_a_lost_answer_is_already_deleted() {
     assert_eq!(e.status(), Some(404), "{e:?}");
 }
 
+/// The send gate is asked before every request of a call, its retries included: a delete
+/// whose answer was lost is not sent again once the gate closes (a run whose lease may have
+/// lapsed meanwhile), and a closed gate sends nothing at all.
+#[tokio::test]
+async fn the_send_gate_is_asked_before_every_attempt() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const ROUTE: &str = "/projects/{project_id}/branches/{branch_id}";
+    let sim = spawn_sim(SimConfig::default()).await;
+    let (pid, main) = sim.add_project("gated", None);
+    let child = sim.add_branch(&pid, "preview/x", Some(&main));
+    let project = ProjectId::from(pid.as_str());
+    let c = sim.client();
+    sim.fail_after_processing("DELETE", &format!("/branches/{child}"), 1);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let first_only: SendGate = Arc::new(move || {
+        (counter.fetch_add(1, Ordering::SeqCst) > 0).then(|| "closed after one".to_string())
+    });
+    let e = with_send_gate(
+        first_only,
+        c.delete_branch(&project, &BranchId::from(child.as_str())),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, ApiError::NotSent(why) if why == "closed after one"),
+        "{e:?}"
+    );
+    assert!(!e.may_have_succeeded(), "a refused request was never sent");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "asked before the first and the retry"
+    );
+    let deletes = sim
+        .mutations()
+        .iter()
+        .filter(|m| m.method == "DELETE" && m.route.as_deref() == Some(ROUTE))
+        .count();
+    assert_eq!(deletes, 1, "the retry was not sent");
+
+    let closed: SendGate = Arc::new(|| Some("closed".to_string()));
+    let e = with_send_gate(closed, c.list_branches(&project).try_collect::<Vec<_>>())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::NotSent(_)), "{e:?}");
+    // Outside a gate's scope, calls go out as before.
+    let left: Vec<Branch> = c.list_branches(&project).try_collect().await.unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "the branch was deleted by the one request sent"
+    );
+}
+
 // ------------------------------------------------------------------ answers Neon should not give
 
 /// A fake Neon serving `GET /projects/p-1/branches` (pages chosen by `cursor`) and

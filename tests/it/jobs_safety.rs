@@ -602,10 +602,13 @@ async fn no_mutation_is_sent_once_the_lease_may_have_lapsed() {
     let second = Duration::from_secs(1);
     let control = RunControl {
         clock: Some(Arc::new(SimClock(e.sim.clock()))),
-        lease: LeaseWatch::claimed_now(LeaseTiming {
-            heartbeat: second,
-            lease: second,
-        }),
+        lease: LeaseWatch::claimed_at(
+            tokio::time::Instant::now(),
+            LeaseTiming {
+                heartbeat: second,
+                lease: second,
+            },
+        ),
         ..Default::default()
     };
     let (r, actions) = e
