@@ -1001,7 +1001,7 @@ async fn bench_suspend_history(r: &mut Report) -> Result<()> {
             for (p, b, e) in eps {
                 let n = per_project.entry(p.clone()).or_default();
                 while *n < history {
-                    let action = if *n % 2 == 0 {
+                    let action = if n.is_multiple_of(2) {
                         "start_compute"
                     } else {
                         "suspend_compute"

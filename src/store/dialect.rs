@@ -47,6 +47,10 @@ pub trait Dialect: sqlx::Database {
     const SKIP_LOCKED: &'static str;
     /// The migrations of this engine's schema.
     fn migrator() -> &'static Migrator;
+    /// A file to hold locked while migrating, where the engine does not serialise
+    /// migrations across processes itself (`None`: it does, or no other process can reach
+    /// the database).
+    fn migration_lock_file(pool: &Pool<Self>) -> Option<std::path::PathBuf>;
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
 
@@ -74,6 +78,20 @@ impl Dialect for Sqlite {
     fn migrator() -> &'static Migrator {
         &SQLITE_MIGRATOR
     }
+    /// `<database>-migrate.lock` beside a database file. sqlx's SQLite migrator takes no lock,
+    /// so two replicas starting at once on a fresh file both applied the same migration
+    /// (the second failing with "table runs already exists"). An in-memory database (a
+    /// `file:` name) is this process's alone.
+    fn migration_lock_file(pool: &Pool<Self>) -> Option<std::path::PathBuf> {
+        let options = pool.connect_options();
+        let db = options.get_filename();
+        if db.to_string_lossy().starts_with("file:") || db.as_os_str() == ":memory:" {
+            return None;
+        }
+        let mut name = db.as_os_str().to_owned();
+        name.push("-migrate.lock");
+        Some(name.into())
+    }
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         result.rows_affected()
     }
@@ -93,6 +111,10 @@ impl Dialect for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     fn migrator() -> &'static Migrator {
         &POSTGRES_MIGRATOR
+    }
+    /// sqlx's PostgreSQL migrator holds an advisory lock while it migrates.
+    fn migration_lock_file(_: &Pool<Self>) -> Option<std::path::PathBuf> {
+        None
     }
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         result.rows_affected()

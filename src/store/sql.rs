@@ -72,6 +72,31 @@ impl<DB: Dialect> std::ops::DerefMut for WriteTx<DB> {
     }
 }
 
+/// Opens (creating it) and locks `path`, waiting for another process's lock on it; the
+/// lock lasts as long as the returned file.
+async fn lock_file(path: std::path::PathBuf) -> StoreResult<std::fs::File> {
+    let shown = path.display().to_string();
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await;
+    let error = match locked {
+        Ok(Ok(file)) => return Ok(file),
+        Ok(Err(e)) => e,
+        Err(e) => std::io::Error::other(e),
+    };
+    Err(StoreError::Open {
+        what: format!("{shown} (the lock that has processes migrate the store one at a time)"),
+        source: sqlx::Error::Io(error),
+    })
+}
+
 /// Rows one transaction of [`Store::prune`] deletes at most (a twentieth of it for runs,
 /// which take their actions with them).
 const PRUNE_BATCH: i64 = 2_000;
@@ -428,6 +453,12 @@ for_every_dialect! {
     }
 
     async fn apply_migrations(&self) -> StoreResult<()> {
+        // Held (an OS file lock, released when dropped or when the process dies) while the
+        // migrations run, so that processes starting at once migrate one after the other.
+        let _lock = match DB::migration_lock_file(&self.pool) {
+            Some(path) => Some(lock_file(path).await?),
+            None => None,
+        };
         DB::migrator().run(&self.pool).await?;
         Ok(())
     }

@@ -1289,6 +1289,27 @@ async fn sqlite_file_is_created_with_missing_file() {
     assert!(path.exists());
 }
 
+/// Replicas (and a CLI command) starting at once on a store that does not exist yet: each
+/// opens it, and the migrations are applied once (they used to race: "duplicate column
+/// name" from the second to run an `ALTER TABLE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_opening_a_fresh_sqlite_store_at_once_all_start() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/fresh.db", dir.path().display());
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { store::open(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for open in opens {
+            let opened = open.await.unwrap();
+            assert!(opened.is_ok(), "round {round}: {:?}", opened.err());
+        }
+    }
+}
+
 #[tokio::test]
 async fn in_memory_sqlite_works() {
     let s = store::open("sqlite::memory:").await.unwrap();
