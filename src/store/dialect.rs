@@ -83,14 +83,7 @@ impl Dialect for Sqlite {
     /// (the second failing with "table runs already exists"). An in-memory database (a
     /// `file:` name) is this process's alone.
     fn migration_lock_file(pool: &Pool<Self>) -> Option<std::path::PathBuf> {
-        let options = pool.connect_options();
-        let db = options.get_filename();
-        if db.to_string_lossy().starts_with("file:") || db.as_os_str() == ":memory:" {
-            return None;
-        }
-        let mut name = db.as_os_str().to_owned();
-        name.push("-migrate.lock");
-        Some(name.into())
+        sqlite_lock_file(&pool.connect_options())
     }
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         result.rows_affected()
@@ -159,6 +152,23 @@ pub async fn open_sqlite(url: &str) -> StoreResult<Pool<Sqlite>> {
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Open { what, source })
+}
+
+/// The lock file of the SQLite database at `url` (see [`Dialect::migration_lock_file`]):
+/// held from before its first connection (which switches a fresh file to WAL, a change two
+/// processes at once collide on with "database is locked") until it is migrated.
+pub fn sqlite_lock_path(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_lock_file(&SqliteConnectOptions::from_str(url).ok()?)
+}
+
+fn sqlite_lock_file(options: &SqliteConnectOptions) -> Option<std::path::PathBuf> {
+    let db = options.get_filename();
+    if db.to_string_lossy().starts_with("file:") || db.as_os_str() == ":memory:" {
+        return None;
+    }
+    let mut name = db.as_os_str().to_owned();
+    name.push("-migrate.lock");
+    Some(name.into())
 }
 
 /// Whether a released SQLite connection may go back to the pool: only if it is out of any

@@ -78,6 +78,19 @@ pub async fn open_with(url: &str, opts: StoreOptions) -> StoreResult<Arc<dyn Sto
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "sqlite" => {
+            // One process at a time from the first connection to the last migration (see
+            // `dialect::sqlite_lock_path`).
+            // Without its directory the database cannot be opened either: that error says so.
+            let _lock = match dialect::sqlite_lock_path(url) {
+                Some(path)
+                    if path
+                        .parent()
+                        .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir()) =>
+                {
+                    Some(sql::lock_file(path).await?)
+                }
+                _ => None,
+            };
             let pool = dialect::open_sqlite(url).await?;
             Ok(Arc::new(SqliteStore::new(pool, opts).await?))
         }

@@ -73,8 +73,8 @@ impl<DB: Dialect> std::ops::DerefMut for WriteTx<DB> {
 }
 
 /// Opens (creating it) and locks `path`, waiting for another process's lock on it; the
-/// lock lasts as long as the returned file.
-async fn lock_file(path: std::path::PathBuf) -> StoreResult<std::fs::File> {
+/// lock (an OS file lock) lasts as long as the returned file, or the process.
+pub(super) async fn lock_file(path: std::path::PathBuf) -> StoreResult<std::fs::File> {
     let shown = path.display().to_string();
     let locked = tokio::task::spawn_blocking(move || {
         let file = std::fs::OpenOptions::new()
@@ -452,13 +452,10 @@ for_every_dialect! {
         &self.pool
     }
 
+    /// Runs the migrations. The caller holds the migration lock where the engine needs one
+    /// ([`Dialect::migration_lock_file`]): [`super::open_with`] around the whole open,
+    /// [`Store::migrate`] around this.
     async fn apply_migrations(&self) -> StoreResult<()> {
-        // Held (an OS file lock, released when dropped or when the process dies) while the
-        // migrations run, so that processes starting at once migrate one after the other.
-        let _lock = match DB::migration_lock_file(&self.pool) {
-            Some(path) => Some(lock_file(path).await?),
-            None => None,
-        };
         DB::migrator().run(&self.pool).await?;
         Ok(())
     }
@@ -753,6 +750,10 @@ for_every_dialect! {
 #[async_trait]
 [impl<DB: Dialect> Store for SqlStore<DB>] {
     async fn migrate(&self) -> StoreResult<()> {
+        let _lock = match DB::migration_lock_file(&self.pool) {
+            Some(path) => Some(lock_file(path).await?),
+            None => None,
+        };
         self.apply_migrations().await
     }
 
